@@ -1,0 +1,2 @@
+/* aprender.c - placeholder until its module lands. */
+#include <errno.h>

@@ -1,0 +1,2 @@
+/* bundle.c - placeholder until its module lands. */
+#include <errno.h>

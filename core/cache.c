@@ -1,0 +1,2 @@
+/* cache.c - placeholder until its module lands. */
+#include <errno.h>

@@ -1,0 +1,2 @@
+/* name.c - placeholder until its module lands. */
+#include <errno.h>

@@ -1,0 +1,2 @@
+/* size.c - placeholder until its module lands. */
+#include <errno.h>

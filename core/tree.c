@@ -1,0 +1,2 @@
+/* tree.c - placeholder until its module lands. */
+#include <errno.h>

@@ -1,0 +1,2 @@
+/* writer.c - placeholder until its module lands. */
+#include <errno.h>

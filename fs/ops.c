@@ -1,0 +1,2 @@
+/* ops.c */
+#include <errno.h>

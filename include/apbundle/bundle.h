@@ -1,0 +1,81 @@
+/*
+ * bundle.h - open, validate and read an .apbundle file.
+ *
+ * apb_bundle_open() reads the header and manifest, validates every rule of
+ * SPEC §2 (and the aprender binary layout) and only then returns a bundle.
+ * Nothing about a bundle is trusted before that: offsets, sizes, counts and
+ * names are all checked, with overflow-safe arithmetic, against the file.
+ *
+ * Models are exposed sorted by name; a model's index in that order is its
+ * identity everywhere else in the library (cache keys, tree, stats).
+ *
+ * Thread safety: after open, a bundle is immutable; every function below may
+ * be called from any number of threads at once (reads use pread()).
+ */
+#ifndef APBUNDLE_BUNDLE_H
+#define APBUNDLE_BUNDLE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#define APB_MAGIC "APBUNDLE"
+#define APB_MAGIC_LEN 8
+#define APB_ALIGN 4096u                    /* v1 model offsets are multiples */
+#define APB_MANIFEST_MAX (256u << 20)      /* cap on manifest bytes */
+#define APB_MODELS_MAX (1u << 20)          /* cap on model_count */
+
+/* The on-disk layouts this library understands. */
+enum apb_layout {
+	APB_LAYOUT_V1 = 1,       /* SPEC §2 version 1: JSON manifest */
+	APB_LAYOUT_APRENDER = 1001, /* aprender's binary manifest, u64 length */
+};
+
+/* One model, as validated. All pointers are owned by the bundle and live
+ * until apb_bundle_close(). */
+struct apb_model {
+	const char *name;     /* relative path, '/'-separated, validated */
+	uint64_t size;        /* uncompressed bytes */
+	uint64_t offset;      /* absolute file offset of the stored bytes */
+	uint64_t stored_size; /* bytes occupied in the file */
+	uint64_t xxh3;        /* XXH3-64 of the model bytes, if has_checksum */
+	bool has_checksum;    /* false for the aprender layout */
+};
+
+struct apb_bundle;
+
+/*
+ * Open and validate PATH. On success *out owns an open file descriptor and
+ * the manifest. On failure returns a negative errno (-EINVAL for a malformed
+ * bundle, the open()/read() errno otherwise) and writes one line describing
+ * exactly what is wrong into err (no trailing newline, no path prefix).
+ */
+int apb_bundle_open(const char *path, struct apb_bundle **out, char *err,
+		    size_t err_len);
+void apb_bundle_close(struct apb_bundle *b);
+
+enum apb_layout apb_bundle_layout(const struct apb_bundle *b);
+size_t apb_bundle_count(const struct apb_bundle *b);
+
+/* Model number index (0 <= index < count), in name order. */
+const struct apb_model *apb_bundle_model(const struct apb_bundle *b,
+					 size_t index);
+
+/* Binary search by exact name. Returns 0 and sets *index, or -ENOENT. */
+int apb_bundle_find(const struct apb_bundle *b, const char *name,
+		    size_t *index);
+
+/*
+ * Read up to len bytes of model index starting at byte off of the model's
+ * uncompressed data. Returns the number of bytes read (short only at the end
+ * of the model, 0 at or past it) or a negative errno; a backing file that is
+ * shorter than the manifest promised gives -EIO.
+ */
+long apb_bundle_read(const struct apb_bundle *b, size_t index, uint64_t off,
+		     void *buf, size_t len);
+
+/* stat() of the bundle file taken at open time (times, owner, size). */
+const struct stat *apb_bundle_stat(const struct apb_bundle *b);
+
+#endif

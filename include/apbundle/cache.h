@@ -1,0 +1,109 @@
+/*
+ * cache.h - a memory-budgeted cache of fixed-size chunks of model data.
+ *
+ * A chunk is bytes [index * chunk_size, (index + 1) * chunk_size) of one
+ * model's uncompressed data, keyed by (model, index). The cache knows nothing
+ * of files or FUSE: it calls the configured loader to fill a chunk on a miss.
+ *
+ * Guarantees:
+ *  - Memory: every resident or in-flight chunk occupies one slot of
+ *    chunk_size bytes; at most budget_bytes / chunk_size slots exist, so
+ *    chunk memory never exceeds the budget. Slots are carved from one
+ *    reserved region; freed slots are returned to the OS (MADV_DONTNEED)
+ *    by apb_cache_clear() and apb_cache_evict_model().
+ *  - Single flight: concurrent misses on one chunk call the loader once;
+ *    the other callers wait for it.
+ *  - References: apb_cache_get() returns a referenced chunk; its bytes stay
+ *    valid and unchanged until apb_cache_put(). Referenced chunks are never
+ *    evicted.
+ *  - When every slot is referenced or loading, apb_cache_get() waits for a
+ *    slot. A caller must therefore hold no other reference while it calls
+ *    apb_cache_get(), or it may wait forever.
+ *  - Cost per access: O(1) for LRU, O(log n) for LFU (a heap).
+ *
+ * Thread safety: every function may be called from any thread, except
+ * apb_cache_free(), which must be called once no other call is running and
+ * no reference is held.
+ */
+#ifndef APBUNDLE_CACHE_H
+#define APBUNDLE_CACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum apb_eviction {
+	APB_EVICT_LRU = 0,
+	APB_EVICT_LFU = 1, /* LFU with dynamic aging (see cache.c) */
+};
+
+/*
+ * Fill buf (cap bytes, cap == chunk_size) with chunk index of model.
+ * Returns the number of valid bytes (<= cap; less only for a model's last
+ * chunk) or a negative errno. Called with no cache lock held, possibly from
+ * several threads at once for different chunks.
+ */
+typedef long (*apb_cache_load_fn)(void *ctx, uint32_t model, uint64_t index,
+				  void *buf, size_t cap);
+
+struct apb_cache_config {
+	uint64_t budget_bytes;    /* >= chunk_size */
+	uint32_t chunk_size;      /* multiple of 4096, >= 4096 */
+	enum apb_eviction policy;
+	uint32_t model_count;     /* models are 0 .. model_count - 1 */
+	apb_cache_load_fn load;
+	void *load_ctx;
+};
+
+struct apb_cache_stats {
+	uint64_t budget_bytes;    /* slots * chunk_size */
+	uint64_t used_bytes;      /* slots resident or loading * chunk_size */
+	uint64_t resident_chunks; /* loaded chunks (not counting in-flight) */
+	uint64_t hits;            /* gets that found the chunk resident */
+	uint64_t misses;          /* gets that had to load or wait for a load */
+	uint64_t evictions;       /* chunks dropped, for room or on request */
+	uint64_t loaded_bytes;    /* bytes returned by successful loads */
+	uint64_t load_errors;     /* loads that failed */
+};
+
+struct apb_cache_model_stats {
+	uint64_t resident_bytes;  /* valid bytes of this model's loaded chunks */
+	uint64_t hits;
+	uint64_t misses;
+	uint64_t evictions;
+};
+
+struct apb_cache;
+struct apb_chunk;
+
+/* Returns 0, -EINVAL for a bad config, or -ENOMEM. */
+int apb_cache_new(const struct apb_cache_config *cfg, struct apb_cache **out);
+void apb_cache_free(struct apb_cache *c);
+
+/*
+ * Get chunk index of model, loading it on a miss. Counts one hit or one
+ * miss. On success returns 0 and a referenced chunk in *out; on a failed
+ * load returns the loader's negative errno (for every waiter of that load)
+ * and caches nothing, so a later get tries again.
+ */
+int apb_cache_get(struct apb_cache *c, uint32_t model, uint64_t index,
+		  struct apb_chunk **out);
+void apb_cache_put(struct apb_cache *c, struct apb_chunk *chunk);
+
+/* Valid bytes of a referenced chunk. */
+const void *apb_chunk_data(const struct apb_chunk *chunk);
+size_t apb_chunk_len(const struct apb_chunk *chunk);
+
+/* Drop every unreferenced chunk of model (or of all models) and give the
+ * memory back to the OS. Referenced or loading chunks stay. */
+void apb_cache_evict_model(struct apb_cache *c, uint32_t model);
+void apb_cache_clear(struct apb_cache *c);
+
+/* Zero hits, misses, evictions, loaded_bytes, load_errors (global and per
+ * model); memory and residency are state, not counters, and stay. */
+void apb_cache_reset_stats(struct apb_cache *c);
+
+void apb_cache_stats(struct apb_cache *c, struct apb_cache_stats *out);
+void apb_cache_model_stats(struct apb_cache *c, uint32_t model,
+			   struct apb_cache_model_stats *out);
+
+#endif

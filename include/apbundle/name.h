@@ -1,0 +1,30 @@
+/*
+ * name.h - the rules for model names (SPEC §2), shared by the packer and the
+ * reader so that nothing `apbundle create` writes can be refused at mount
+ * and nothing hostile in a bundle can escape or shadow the mounted tree.
+ */
+#ifndef APBUNDLE_NAME_H
+#define APBUNDLE_NAME_H
+
+#include <stddef.h>
+
+#define APB_NAME_MAX 4096      /* bytes in a whole name */
+#define APB_COMPONENT_MAX 255  /* bytes in one '/'-separated component */
+
+/*
+ * Check one name: relative '/'-separated UTF-8 path, no empty, "." or ".."
+ * component, no control character, length limits, valid UTF-8, first
+ * component not one of the reserved root entries (.stats .metrics .control).
+ * Returns 0 or -EINVAL with the reason in err.
+ */
+int apb_name_check(const char *name, size_t len, char *err, size_t err_len);
+
+/*
+ * Check a set of names sorted with strcmp(): no duplicates and no name that
+ * is also a directory of another ("a" and "a/b"). Returns 0 or -EINVAL with
+ * the offending names in err.
+ */
+int apb_names_check_set(const char *const *sorted, size_t n, char *err,
+			size_t err_len);
+
+#endif
