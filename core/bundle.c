@@ -1,2 +1,789 @@
-/* bundle.c - placeholder until its module lands. */
+/*
+ * bundle.c - open, validate and read an .apbundle file.
+ *
+ * Opening is a pipeline that trusts nothing until the end:
+ *
+ *   1. fixed header: at least 16 bytes, magic "APBUNDLE", u32 LE version.
+ *      Only version 1 is read; anything else is refused by number.
+ *   2. layout: byte 16 is '{' for the JSON manifest of SPEC §2 (and a file
+ *      of exactly 16 bytes is judged as that layout, so its error speaks
+ *      of the JSON manifest); otherwise bytes 16..19 must be zero (the high
+ *      half of aprender's u64 manifest length) and the file is aprender's
+ *      binary layout (aprender.c); with non-zero bytes there it is neither,
+ *      and the error says the manifest must begin with '{'. Each layout's
+ *      parser turns its manifest into a common table (struct apb_manifest,
+ *      format.h). A chunked version 2 slots in here as one more parser plus
+ *      one more case in apb_bundle_read().
+ *   3. checks every layout shares (finish_models): each model's data starts
+ *      after the manifest and, with overflow-safe arithmetic, ends inside
+ *      the file; the name set has no duplicate and no file that is also a
+ *      directory; no two non-empty models share a byte.
+ *   4. models are sorted by name (strcmp order); index = identity.
+ *
+ * Version 1 JSON manifest rules, beyond the shape in SPEC §2:
+ *   - the manifest is one JSON object; whitespace may follow it, nothing else;
+ *   - "model_count" and every "offset"/"size" must be exact non-negative
+ *     integers. cJSON keeps numbers as doubles, so a value is accepted only
+ *     if it is integral and at most 2^53 - 1: above that a double no longer
+ *     tells neighbouring integers apart, and such values are rejected as
+ *     "not an exact integer";
+ *   - "checksum" is required and must be "xxh3-64:" + 16 lower-case hex;
+ *   - every offset, of empty models too, is a multiple of 4096 and not
+ *     inside the header or manifest;
+ *   - a known key that appears twice in one object is an error (JSON tools
+ *     disagree on which copy wins); unknown keys are ignored;
+ *   - no string may contain an escaped NUL ("\u0000"): cJSON's C strings
+ *     would end there and "a\u0000b" would be read as the name "a".
+ *
+ * Cost: O(n log n) in the number of models (one sort by name, one by
+ * offset, binary searches for the name set); allocations are bounded by
+ * APB_MANIFEST_MAX and APB_MODELS_MAX before they are made.
+ *
+ * Thread safety: a bundle never changes after open; reads use pread() on
+ * the one O_RDONLY descriptor, so any number of threads may share it.
+ */
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "apbundle/bundle.h"
+#include "apbundle/checksum.h"
+#include "apbundle/name.h"
+#include "format.h"
+
+#define EXACT_INT_MAX 9007199254740991.0 /* 2^53 - 1 */
+
+struct apb_bundle {
+	int fd;                   /* O_RDONLY | O_CLOEXEC, closed by close() */
+	enum apb_layout layout;
+	struct stat st;           /* taken once at open */
+	struct apb_model *models; /* count entries, sorted by name */
+	size_t count;
+	char *names;              /* pool the model names point into */
+};
+
+/* ---- small shared helpers (format.h) ---------------------------------- */
+
+int apb_pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	char *p = buf;
+
+	while (len) {
+		ssize_t r = pread(fd, p, len, (off_t)off);
+
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (r == 0)
+			return -EIO;
+		p += r;
+		len -= (size_t)r;
+		off += (uint64_t)r;
+	}
+	return 0;
+}
+
+int apb_manifest_read(const struct apb_source *src, uint64_t off, uint64_t len,
+		      uint8_t **out, char *err, size_t err_len)
+{
+	uint8_t *buf;
+	int rc;
+
+	*out = NULL;
+	if (len == 0)
+		return apb_errf(err, err_len, "manifest length is 0");
+	if (len > APB_MANIFEST_MAX)
+		return apb_errf(err, err_len,
+				"manifest length %llu exceeds the limit of %u bytes",
+				(unsigned long long)len, APB_MANIFEST_MAX);
+	if (off > src->file_size || len > src->file_size - off)
+		return apb_errf(err, err_len,
+				"manifest (%llu bytes at offset %llu) runs past end of file (%llu bytes)",
+				(unsigned long long)len, (unsigned long long)off,
+				(unsigned long long)src->file_size);
+	buf = malloc((size_t)len + 1);
+	if (!buf)
+		return apb_fail(-ENOMEM, err, err_len,
+				"out of memory for the manifest");
+	rc = apb_pread_full(src->fd, buf, (size_t)len, off);
+	if (rc) {
+		free(buf);
+		return apb_fail(rc, err, err_len, "cannot read the manifest: %s",
+				strerror(-rc));
+	}
+	buf[len] = '\0';
+	*out = buf;
+	return 0;
+}
+
+void apb_manifest_free(struct apb_manifest *m)
+{
+	free(m->models);
+	free(m->names);
+	memset(m, 0, sizeof *m);
+}
+
+/* ---- version 1: the JSON manifest ------------------------------------- */
+
+/* What a message is about; rendered only when there is a message. */
+struct where {
+	const char *name; /* the model's name, once known */
+	size_t i;         /* its index in "models", or TOP_LEVEL */
+};
+
+#define TOP_LEVEL SIZE_MAX
+#define WHERE_MAX (APB_QUOTE_MAX + 16)
+
+/* "manifest", "models[i]" (before the name is known) or "model 'x'". */
+static const char *where_str(struct where w, char *buf)
+{
+	char q[APB_QUOTE_MAX];
+
+	if (w.name)
+		snprintf(buf, WHERE_MAX, "model '%s'",
+			 apb_name_quote(w.name, strlen(w.name), q, sizeof q));
+	else if (w.i == TOP_LEVEL)
+		snprintf(buf, WHERE_MAX, "manifest");
+	else
+		snprintf(buf, WHERE_MAX, "models[%zu]", w.i);
+	return buf;
+}
+
+/*
+ * Find the keys[] members of object obj, vals[k] = NULL if absent. A key
+ * seen twice is an error: cJSON would silently take the first copy while
+ * other JSON tools take the last.
+ */
+static int pick_keys(const cJSON *obj, const char *const *keys,
+		     const cJSON **vals, size_t nkeys, struct where w,
+		     char *err, size_t err_len)
+{
+	char ws[WHERE_MAX];
+	const cJSON *it;
+
+	for (size_t k = 0; k < nkeys; k++)
+		vals[k] = NULL;
+	cJSON_ArrayForEach(it, obj) {
+		for (size_t k = 0; k < nkeys; k++) {
+			if (strcmp(it->string, keys[k]) != 0)
+				continue;
+			if (vals[k])
+				return apb_errf(err, err_len,
+						"%s: key '%s' appears twice",
+						where_str(w, ws), keys[k]);
+			vals[k] = it;
+		}
+	}
+	return 0;
+}
+
+/* Shortest %g spelling that reads back as d, for messages. */
+static const char *fmt_double(double d, char *buf, size_t len)
+{
+	snprintf(buf, len, "%.15g", d);
+	if (strtod(buf, NULL) != d)
+		snprintf(buf, len, "%.17g", d);
+	return buf;
+}
+
+/* An exact non-negative integer (see the header comment for the rule). */
+static int json_u64(const cJSON *v, const char *key, struct where w,
+		    uint64_t *out, char *err, size_t err_len)
+{
+	char ws[WHERE_MAX], num[40];
+	double d;
+
+	if (!v)
+		return apb_errf(err, err_len, "%s: '%s' is missing",
+				where_str(w, ws), key);
+	if (!cJSON_IsNumber(v))
+		return apb_errf(err, err_len, "%s: '%s' is not a number",
+				where_str(w, ws), key);
+	d = v->valuedouble;
+	if (d < 0)
+		return apb_errf(err, err_len, "%s: '%s' %s is negative",
+				where_str(w, ws), key,
+				fmt_double(d, num, sizeof num));
+	if (d > EXACT_INT_MAX)
+		return apb_errf(err, err_len,
+				"%s: '%s' %s is not an exact integer (above 2^53-1)",
+				where_str(w, ws), key,
+				fmt_double(d, num, sizeof num));
+	if (d != floor(d))
+		return apb_errf(err, err_len,
+				"%s: '%s' %s is not an exact integer",
+				where_str(w, ws), key,
+				fmt_double(d, num, sizeof num));
+	*out = (uint64_t)d;
+	return 0;
+}
+
+/* Where cJSON stopped, with a few bytes of context. */
+static int json_syntax_error(const char *text, size_t len, const char *at,
+			     char *err, size_t err_len)
+{
+	size_t pos = at && at >= text && at <= text + len ? (size_t)(at - text)
+							   : len;
+	char q[APB_QUOTE_MAX];
+
+	if (pos >= len)
+		return apb_errf(err, err_len,
+				"manifest is not valid JSON: unexpected end at byte %zu of the manifest",
+				pos);
+	return apb_errf(err, err_len,
+			"manifest is not valid JSON: syntax error at byte %zu of the manifest (near '%s')",
+			pos, apb_name_quote(text + pos, len - pos, q, 24));
+}
+
+static bool is_json_space(char c)
+{
+	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/*
+ * Offset of the first escaped NUL ("\u0000") in text, or len. cJSON
+ * decodes it into a C string that then silently ends early, so a name
+ * "a\u0000b" would turn into "a"; such manifests are refused instead.
+ */
+static size_t find_escaped_nul(const char *text, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		if (text[i] != '\\')
+			continue;
+		if (i + 6 <= len && memcmp(text + i + 1, "u0000", 5) == 0)
+			return i;
+		i++; /* skip the escaped character, e.g. the second of "\\" */
+	}
+	return len;
+}
+
+static int parse_json(const char *text, size_t len, cJSON **out, char *err,
+		      size_t err_len)
+{
+	const char *end = NULL;
+	cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+	size_t nul;
+
+	if (!root)
+		return json_syntax_error(text, len, end, err, err_len);
+	nul = find_escaped_nul(text, len);
+	if (nul < len) {
+		cJSON_Delete(root);
+		return apb_errf(err, err_len,
+				"manifest contains an escaped NUL (\\u0000) at byte %zu; NUL is not allowed in manifest strings",
+				nul);
+	}
+	for (size_t i = (size_t)(end - text); i < len; i++) {
+		if (is_json_space(text[i]))
+			continue;
+		cJSON_Delete(root);
+		return apb_errf(err, err_len,
+				"manifest has unexpected bytes after the JSON value at byte %zu",
+				i);
+	}
+	if (!cJSON_IsObject(root)) {
+		cJSON_Delete(root);
+		return apb_errf(err, err_len,
+				"manifest top level is not a JSON object");
+	}
+	*out = root;
+	return 0;
+}
+
+/* model_count and models; returns the array and its checked length. */
+static int v1_top_level(const cJSON *root, const cJSON **models, size_t *count,
+			char *err, size_t err_len)
+{
+	static const char *const keys[] = {"model_count", "models"};
+	const struct where top = {NULL, TOP_LEVEL};
+	const cJSON *v[2];
+	uint64_t n;
+	int rc, len;
+
+	rc = pick_keys(root, keys, v, 2, top, err, err_len);
+	if (rc)
+		return rc;
+	rc = json_u64(v[0], "model_count", top, &n, err, err_len);
+	if (rc)
+		return rc;
+	if (n > APB_MODELS_MAX)
+		return apb_errf(err, err_len,
+				"manifest: 'model_count' %llu exceeds the limit of %u",
+				(unsigned long long)n, APB_MODELS_MAX);
+	if (!v[1])
+		return apb_errf(err, err_len, "manifest: 'models' is missing");
+	if (!cJSON_IsArray(v[1]))
+		return apb_errf(err, err_len,
+				"manifest: 'models' is not an array");
+	len = cJSON_GetArraySize(v[1]);
+	if ((uint64_t)len != n)
+		return apb_errf(err, err_len,
+				"manifest: 'model_count' is %llu but 'models' has %d entries",
+				(unsigned long long)n, len);
+	*models = v[1];
+	*count = (size_t)n;
+	return 0;
+}
+
+/* One entry of "models"; m->name points into the cJSON tree for now. */
+static int v1_model(const cJSON *obj, size_t i, struct apb_model *m,
+		    char *err, size_t err_len)
+{
+	static const char *const keys[] = {"name", "offset", "size", "checksum"};
+	struct where w = {NULL, i};
+	const cJSON *v[4];
+	char ws[WHERE_MAX], q[APB_QUOTE_MAX];
+	int rc;
+
+	if (!cJSON_IsObject(obj))
+		return apb_errf(err, err_len, "%s is not a JSON object",
+				where_str(w, ws));
+	rc = pick_keys(obj, keys, v, 4, w, err, err_len);
+	if (rc)
+		return rc;
+	if (!v[0])
+		return apb_errf(err, err_len, "%s: 'name' is missing",
+				where_str(w, ws));
+	if (!cJSON_IsString(v[0]))
+		return apb_errf(err, err_len, "%s: 'name' is not a string",
+				where_str(w, ws));
+	rc = apb_name_check(v[0]->valuestring, strlen(v[0]->valuestring), err,
+			    err_len);
+	if (rc)
+		return rc;
+	m->name = w.name = v[0]->valuestring;
+	rc = json_u64(v[1], "offset", w, &m->offset, err, err_len);
+	if (!rc)
+		rc = json_u64(v[2], "size", w, &m->size, err, err_len);
+	if (rc)
+		return rc;
+	m->stored_size = m->size;
+	if (!v[3])
+		return apb_errf(err, err_len, "%s: 'checksum' is missing",
+				where_str(w, ws));
+	if (!cJSON_IsString(v[3]))
+		return apb_errf(err, err_len, "%s: 'checksum' is not a string",
+				where_str(w, ws));
+	if (apb_checksum_parse(v[3]->valuestring, &m->xxh3) != 0)
+		return apb_errf(err, err_len,
+				"%s: checksum '%s' is not \"xxh3-64:\" followed by 16 lower-case hex digits",
+				where_str(w, ws),
+				apb_name_quote(v[3]->valuestring,
+					       strlen(v[3]->valuestring), q, 64));
+	m->has_checksum = true;
+	if (m->offset % APB_ALIGN)
+		return apb_errf(err, err_len,
+				"%s: offset %llu is not a multiple of %u",
+				where_str(w, ws), (unsigned long long)m->offset,
+				APB_ALIGN);
+	return 0;
+}
+
+/* Copy the names out of the cJSON tree into the manifest's own pool. */
+static int intern_names(struct apb_manifest *m, char *err, size_t err_len)
+{
+	size_t total = 0, o = 0;
+
+	for (size_t i = 0; i < m->count; i++)
+		total += strlen(m->models[i].name) + 1;
+	m->names = malloc(total ? total : 1);
+	if (!m->names)
+		return apb_fail(-ENOMEM, err, err_len,
+				"out of memory for model names");
+	for (size_t i = 0; i < m->count; i++) {
+		size_t n = strlen(m->models[i].name) + 1;
+
+		memcpy(m->names + o, m->models[i].name, n);
+		m->models[i].name = m->names + o;
+		o += n;
+	}
+	return 0;
+}
+
+static int v1_models(const cJSON *root, struct apb_manifest *m, char *err,
+		     size_t err_len)
+{
+	const cJSON *arr = NULL, *it;
+	size_t n = 0, i = 0;
+	int rc;
+
+	rc = v1_top_level(root, &arr, &n, err, err_len);
+	if (rc)
+		return rc;
+	m->models = calloc(n ? n : 1, sizeof *m->models);
+	if (!m->models)
+		return apb_fail(-ENOMEM, err, err_len,
+				"out of memory for %zu models", n);
+	m->count = n;
+	cJSON_ArrayForEach(it, arr) {
+		rc = v1_model(it, i, &m->models[i], err, err_len);
+		if (rc)
+			return rc;
+		i++;
+	}
+	return intern_names(m, err, err_len);
+}
+
+static int parse_v1(const struct apb_source *src, struct apb_manifest *m,
+		    char *err, size_t err_len)
+{
+	uint64_t len = apb_le32(src->head + APB_MAGIC_LEN + 4);
+	uint8_t *text = NULL;
+	cJSON *root = NULL;
+	int rc;
+
+	rc = apb_manifest_read(src, APB_V1_HEADER_LEN, len, &text, err,
+			       err_len);
+	if (rc)
+		goto out;
+	m->data_start = APB_V1_HEADER_LEN + len;
+	rc = parse_json((const char *)text, (size_t)len, &root, err, err_len);
+	if (rc)
+		goto out;
+	rc = v1_models(root, m, err, err_len);
+out:
+	cJSON_Delete(root);
+	free(text);
+	if (rc)
+		apb_manifest_free(m);
+	return rc;
+}
+
+/* ---- checks shared by every layout ------------------------------------ */
+
+static int cmp_by_name(const void *a, const void *b)
+{
+	return strcmp(((const struct apb_model *)a)->name,
+		      ((const struct apb_model *)b)->name);
+}
+
+/* Offset order, ties by name so the reported pair is deterministic. */
+static int cmp_by_offset(const void *a, const void *b)
+{
+	const struct apb_model *x = *(const struct apb_model *const *)a;
+	const struct apb_model *y = *(const struct apb_model *const *)b;
+
+	if (x->offset != y->offset)
+		return x->offset < y->offset ? -1 : 1;
+	return strcmp(x->name, y->name);
+}
+
+/* "'name'" of a model for a message; q holds the text. */
+static const char *mq(const struct apb_model *m, char *q)
+{
+	return apb_name_quote(m->name, strlen(m->name), q, APB_QUOTE_MAX);
+}
+
+static int check_extent(const struct apb_model *m, uint64_t data_start,
+			uint64_t file_size, char *err, size_t err_len)
+{
+	char q[APB_QUOTE_MAX];
+
+	if (m->offset < data_start)
+		return apb_errf(err, err_len,
+				"model '%s': offset %llu is inside the header and manifest (which end at %llu)",
+				mq(m, q), (unsigned long long)m->offset,
+				(unsigned long long)data_start);
+	if (m->stored_size > UINT64_MAX - m->offset)
+		return apb_errf(err, err_len,
+				"model '%s': offset %llu + size %llu overflows",
+				mq(m, q), (unsigned long long)m->offset,
+				(unsigned long long)m->stored_size);
+	if (m->offset + m->stored_size > file_size)
+		return apb_errf(err, err_len,
+				"model '%s': offset %llu + size %llu runs past end of file (%llu bytes)",
+				mq(m, q), (unsigned long long)m->offset,
+				(unsigned long long)m->stored_size,
+				(unsigned long long)file_size);
+	return 0;
+}
+
+/* qsort() unless already in order: writers usually list models in name
+ * and offset order, and checking is O(n) where sorting is O(n log n). */
+static void sort_if_needed(void *base, size_t n, size_t size,
+			   int (*cmp)(const void *, const void *))
+{
+	const char *p = base;
+
+	for (size_t i = 1; i < n; i++)
+		if (cmp(p + (i - 1) * size, p + i * size) > 0) {
+			qsort(base, n, size, cmp);
+			return;
+		}
+}
+
+/* Walk the non-empty models in offset order, remembering the one that
+ * reaches furthest: whoever starts before that end overlaps it. */
+static int check_overlap(const struct apb_manifest *m, char *err,
+			 size_t err_len)
+{
+	const struct apb_model **by_off;
+	const struct apb_model *far = NULL;
+	int rc = 0;
+
+	by_off = malloc((m->count ? m->count : 1) * sizeof *by_off);
+	if (!by_off)
+		return apb_fail(-ENOMEM, err, err_len, "out of memory");
+	for (size_t i = 0; i < m->count; i++)
+		by_off[i] = &m->models[i];
+	sort_if_needed(by_off, m->count, sizeof *by_off, cmp_by_offset);
+	for (size_t i = 0; i < m->count; i++) {
+		const struct apb_model *cur = by_off[i];
+		char qa[APB_QUOTE_MAX], qb[APB_QUOTE_MAX];
+
+		if (cur->stored_size == 0)
+			continue;
+		if (far && cur->offset < far->offset + far->stored_size) {
+			rc = apb_errf(err, err_len,
+				      "models '%s' and '%s' overlap: '%s' covers bytes %llu to %llu, '%s' starts at %llu",
+				      mq(far, qa), mq(cur, qb), qa,
+				      (unsigned long long)far->offset,
+				      (unsigned long long)(far->offset + far->stored_size),
+				      qb, (unsigned long long)cur->offset);
+			break;
+		}
+		if (!far || cur->offset + cur->stored_size >
+				    far->offset + far->stored_size)
+			far = cur;
+	}
+	free(by_off);
+	return rc;
+}
+
+static int check_name_set(const struct apb_manifest *m, char *err,
+			  size_t err_len)
+{
+	const char **names = malloc((m->count ? m->count : 1) * sizeof *names);
+	int rc;
+
+	if (!names)
+		return apb_fail(-ENOMEM, err, err_len, "out of memory");
+	for (size_t i = 0; i < m->count; i++)
+		names[i] = m->models[i].name;
+	rc = apb_names_check_set(names, m->count, err, err_len);
+	free(names);
+	return rc;
+}
+
+/* Shared checks, then the final name order. Models arrive in manifest
+ * order, so per-model errors name the first bad entry of the file. */
+static int finish_models(struct apb_manifest *m, uint64_t file_size,
+			 char *err, size_t err_len)
+{
+	int rc;
+
+	for (size_t i = 0; i < m->count; i++) {
+		rc = check_extent(&m->models[i], m->data_start, file_size, err,
+				  err_len);
+		if (rc)
+			return rc;
+	}
+	sort_if_needed(m->models, m->count, sizeof *m->models, cmp_by_name);
+	rc = check_name_set(m, err, err_len);
+	if (rc)
+		return rc;
+	return check_overlap(m, err, err_len);
+}
+
+/* ---- open / close ----------------------------------------------------- */
+
+/* Magic and version; picks the layout parser. */
+static int parse_any(const struct apb_source *src, enum apb_layout *layout,
+		     struct apb_manifest *m, char *err, size_t err_len)
+{
+	uint32_t version;
+
+	if (src->head_len < APB_V1_HEADER_LEN)
+		return apb_errf(err, err_len,
+				"file is %llu bytes, shorter than the %u-byte header",
+				(unsigned long long)src->file_size,
+				APB_V1_HEADER_LEN);
+	if (memcmp(src->head, APB_MAGIC, APB_MAGIC_LEN) != 0)
+		return apb_errf(err, err_len,
+				"not an apbundle file (bad magic)");
+	version = apb_le32(src->head + APB_MAGIC_LEN);
+	if (version != 1)
+		return apb_errf(err, err_len,
+				"unsupported format version %u (this apbundlefs reads 1)",
+				version);
+	if (src->head_len > APB_V1_HEADER_LEN &&
+	    src->head[APB_V1_HEADER_LEN] != '{') {
+		/* Bytes 16..19 are the high half of aprender's u64 manifest
+		 * length: non-zero would mean a manifest of 4 GiB or more, far
+		 * past APB_MANIFEST_MAX, so the file is neither layout. Say so
+		 * in terms of the JSON manifest, the documented format. */
+		if (src->head_len >= APB_APRENDER_HEADER_LEN &&
+		    apb_le32(src->head + APB_V1_HEADER_LEN) != 0)
+			return apb_errf(err, err_len,
+					"manifest must begin with '{' (found byte 0x%02x at offset %u)",
+					src->head[APB_V1_HEADER_LEN],
+					APB_V1_HEADER_LEN);
+		*layout = APB_LAYOUT_APRENDER;
+		return apb_aprender_parse(src, m, err, err_len);
+	}
+	*layout = APB_LAYOUT_V1;
+	return parse_v1(src, m, err, err_len);
+}
+
+static int open_file(const char *path, int *fd, struct stat *st, char *err,
+		     size_t err_len)
+{
+	int rc;
+
+	*fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (*fd < 0) {
+		rc = -errno;
+		return apb_fail(rc, err, err_len, "cannot open: %s",
+				strerror(-rc));
+	}
+	if (fstat(*fd, st) != 0) {
+		rc = -errno;
+		return apb_fail(rc, err, err_len, "cannot stat: %s",
+				strerror(-rc));
+	}
+	if (!S_ISREG(st->st_mode))
+		return apb_errf(err, err_len, "not a regular file");
+	return 0;
+}
+
+int apb_bundle_open(const char *path, struct apb_bundle **out, char *err,
+		    size_t err_len)
+{
+	struct apb_manifest m = {0};
+	struct apb_bundle *b = NULL;
+	uint8_t head[APB_HEAD_LEN];
+	struct apb_source src = {.head = head};
+	enum apb_layout layout = APB_LAYOUT_V1;
+	struct stat st;
+	int fd = -1, rc;
+
+	*out = NULL;
+	rc = open_file(path, &fd, &st, err, err_len);
+	if (rc)
+		goto out;
+	src.fd = fd;
+	src.file_size = (uint64_t)st.st_size;
+	src.head_len = src.file_size < APB_HEAD_LEN ? (size_t)src.file_size
+						    : APB_HEAD_LEN;
+	rc = apb_pread_full(fd, head, src.head_len, 0);
+	if (rc) {
+		apb_fail(rc, err, err_len, "cannot read the header: %s",
+			 strerror(-rc));
+		goto out;
+	}
+	rc = parse_any(&src, &layout, &m, err, err_len);
+	if (rc)
+		goto out;
+	rc = finish_models(&m, src.file_size, err, err_len);
+	if (rc)
+		goto out;
+	b = malloc(sizeof *b);
+	if (!b) {
+		rc = apb_fail(-ENOMEM, err, err_len, "out of memory");
+		goto out;
+	}
+	*b = (struct apb_bundle){.fd = fd, .layout = layout, .st = st,
+				 .models = m.models, .count = m.count,
+				 .names = m.names};
+	*out = b;
+	return 0;
+out:
+	apb_manifest_free(&m);
+	if (fd >= 0)
+		close(fd);
+	return rc;
+}
+
+void apb_bundle_close(struct apb_bundle *b)
+{
+	if (!b)
+		return;
+	close(b->fd);
+	free(b->models);
+	free(b->names);
+	free(b);
+}
+
+/* ---- queries and reads ------------------------------------------------ */
+
+enum apb_layout apb_bundle_layout(const struct apb_bundle *b)
+{
+	return b->layout;
+}
+
+size_t apb_bundle_count(const struct apb_bundle *b)
+{
+	return b->count;
+}
+
+const struct apb_model *apb_bundle_model(const struct apb_bundle *b,
+					 size_t index)
+{
+	return index < b->count ? &b->models[index] : NULL;
+}
+
+int apb_bundle_find(const struct apb_bundle *b, const char *name,
+		    size_t *index)
+{
+	size_t lo = 0, hi = b->count;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int r = strcmp(b->models[mid].name, name);
+
+		if (r == 0) {
+			*index = mid;
+			return 0;
+		}
+		if (r < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return -ENOENT;
+}
+
+/* Layouts whose stored bytes are the model bytes: one pread() at offset. */
+static long read_stored(const struct apb_bundle *b, const struct apb_model *m,
+			uint64_t off, void *buf, size_t len)
+{
+	int rc = apb_pread_full(b->fd, buf, len, m->offset + off);
+
+	return rc ? rc : (long)len;
+}
+
+long apb_bundle_read(const struct apb_bundle *b, size_t index, uint64_t off,
+		     void *buf, size_t len)
+{
+	const struct apb_model *m;
+
+	if (index >= b->count)
+		return -EINVAL;
+	m = &b->models[index];
+	if (off >= m->size)
+		return 0;
+	if (len > m->size - off)
+		len = (size_t)(m->size - off);
+	if (len > LONG_MAX)
+		len = LONG_MAX;
+	switch (b->layout) {
+	case APB_LAYOUT_V1:
+	case APB_LAYOUT_APRENDER:
+		return read_stored(b, m, off, buf, len);
+	}
+	return -EINVAL;
+}
+
+const struct stat *apb_bundle_stat(const struct apb_bundle *b)
+{
+	return &b->st;
+}

@@ -1,2 +1,1045 @@
+/*
+ * test_bundle.c - apb_bundle_open() and friends (include/apbundle/bundle.h).
+ *
+ * Bundles are built byte by byte in memory, written to a temporary file
+ * and opened. Round trips pin down what a valid bundle exposes (name
+ * order, sizes, offsets, checksums, reads); then every validation rule has
+ * its own test asserting -EINVAL and the distinctive part of its message.
+ * JSON manifests are written with ' for " to keep them readable.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <xxhash.h>
+
+#include "apbundle/bundle.h"
 #include "test.h"
-int main(void) { return 0; }
+
+/* ---- building files ---------------------------------------------------- */
+
+struct buf {
+	uint8_t *p;
+	size_t len, cap;
+};
+
+static void reserve(struct buf *b, size_t len)
+{
+	if (len <= b->cap)
+		return;
+	b->cap = len * 2;
+	b->p = realloc(b->p, b->cap);
+	CHECK(b->p != NULL);
+}
+
+/* Write n bytes at off, zero-filling any gap. */
+static void put_at(struct buf *b, size_t off, const void *d, size_t n)
+{
+	reserve(b, off + n);
+	if (off > b->len)
+		memset(b->p + b->len, 0, off - b->len);
+	if (n)
+		memcpy(b->p + off, d, n);
+	if (off + n > b->len)
+		b->len = off + n;
+}
+
+static void put(struct buf *b, const void *d, size_t n)
+{
+	put_at(b, b->len, d, n);
+}
+
+static void put_str(struct buf *b, const char *s)
+{
+	put(b, s, strlen(s));
+}
+
+static void put_u32(struct buf *b, uint32_t v)
+{
+	uint8_t le[4];
+
+	for (int i = 0; i < 4; i++)
+		le[i] = (uint8_t)(v >> (8 * i));
+	put(b, le, 4);
+}
+
+static void put_u64(struct buf *b, uint64_t v)
+{
+	put_u32(b, (uint32_t)v);
+	put_u32(b, (uint32_t)(v >> 32));
+}
+
+static void pad_to(struct buf *b, size_t len)
+{
+	if (len > b->len)
+		put_at(b, len, "", 0);
+}
+
+/* A JSON text with ' turned into ". */
+static char *json(const char *sq)
+{
+	char *s = strdup(sq);
+
+	CHECK(s != NULL);
+	for (char *p = s; *p; p++)
+		if (*p == '\'')
+			*p = '"';
+	return s;
+}
+
+/* Version 1 header + manifest, zero-padded to file_size. */
+static struct buf v1_file(const char *manifest_sq, size_t file_size)
+{
+	struct buf b = {0};
+	char *m = json(manifest_sq);
+
+	put_str(&b, "APBUNDLE");
+	put_u32(&b, 1);
+	put_u32(&b, (uint32_t)strlen(m));
+	put_str(&b, m);
+	pad_to(&b, file_size);
+	free(m);
+	return b;
+}
+
+static char path[64];
+
+/* Write b to a fresh temporary file; path names it until unlinked. */
+static int write_temp(const struct buf *b)
+{
+	int fd;
+
+	strcpy(path, "/tmp/test_bundle.XXXXXX");
+	fd = mkstemp(path);
+	CHECK(fd >= 0);
+	CHECK_EQ(write(fd, b->p, b->len), (long long)b->len);
+	return fd;
+}
+
+static char err[1024];
+
+static int open_buf(const struct buf *b, struct apb_bundle **out)
+{
+	int fd = write_temp(b);
+	int rc;
+
+	err[0] = '\0';
+	rc = apb_bundle_open(path, out, err, sizeof err);
+	unlink(path);
+	close(fd);
+	return rc;
+}
+
+static void expect_error(struct buf *b, const char *needle)
+{
+	struct apb_bundle *bundle = (struct apb_bundle *)1;
+
+	CHECK_EQ(open_buf(b, &bundle), -EINVAL);
+	CHECK(bundle == NULL);
+	CHECK_STR_CONTAINS(err, needle);
+	free(b->p);
+}
+
+static void expect_v1_error(const char *manifest_sq, size_t file_size,
+			    const char *needle)
+{
+	struct buf b = v1_file(manifest_sq, file_size);
+
+	expect_error(&b, needle);
+}
+
+/* One model "m" with every field valid except where a test changes it. */
+#define ONE_MODEL(fields) "{'model_count':1,'models':[{" fields "}]}"
+#define OK_CHECKSUM "'checksum':'xxh3-64:0123456789abcdef'"
+
+static void pattern(uint8_t *d, size_t n, unsigned seed)
+{
+	for (size_t i = 0; i < n; i++)
+		d[i] = (uint8_t)(i * 7 + seed + i / 251);
+}
+
+/* ---- version 1 round trip ---------------------------------------------- */
+
+struct v1_fixture {
+	struct buf file;
+	uint8_t enc[5000], cfg[10];
+};
+
+/* Three models listed out of name order: encoder, bert/config.json, a. */
+static void make_v1_fixture(struct v1_fixture *f)
+{
+	char m[1024];
+
+	pattern(f->enc, sizeof f->enc, 1);
+	pattern(f->cfg, sizeof f->cfg, 2);
+	snprintf(m, sizeof m,
+		 "{'model_count':3,'future_key':{'x':[1,2]},'models':["
+		 "{'name':'encoder','offset':4096,'size':5000,'checksum':'xxh3-64:%016llx'},"
+		 "{'name':'bert/config.json','offset':12288,'size':10,'checksum':'xxh3-64:%016llx','extra':true},"
+		 "{'name':'a','offset':16384,'size':0,'checksum':'xxh3-64:%016llx'}]}",
+		 (unsigned long long)XXH3_64bits(f->enc, sizeof f->enc),
+		 (unsigned long long)XXH3_64bits(f->cfg, sizeof f->cfg),
+		 (unsigned long long)XXH3_64bits(NULL, 0));
+	f->file = v1_file(m, 4096);
+	put_at(&f->file, 4096, f->enc, sizeof f->enc);
+	put_at(&f->file, 12288, f->cfg, sizeof f->cfg);
+	pad_to(&f->file, 16384);
+}
+
+static void v1_models_are_sorted_by_name_with_sizes_offsets_checksums(void)
+{
+	struct v1_fixture f;
+	struct apb_bundle *b;
+	const struct apb_model *m;
+
+	make_v1_fixture(&f);
+	CHECK_EQ(open_buf(&f.file, &b), 0);
+	CHECK_EQ(apb_bundle_layout(b), APB_LAYOUT_V1);
+	CHECK_EQ(apb_bundle_count(b), 3);
+	CHECK_EQ(apb_bundle_stat(b)->st_size, 16384);
+
+	m = apb_bundle_model(b, 0);
+	CHECK(strcmp(m->name, "a") == 0);
+	CHECK_EQ(m->size, 0);
+	CHECK_EQ(m->offset, 16384);
+	CHECK_EQ(m->xxh3, XXH3_64bits(NULL, 0));
+
+	m = apb_bundle_model(b, 1);
+	CHECK(strcmp(m->name, "bert/config.json") == 0);
+	CHECK_EQ(m->size, 10);
+	CHECK_EQ(m->stored_size, 10);
+	CHECK_EQ(m->offset, 12288);
+	CHECK(m->has_checksum);
+	CHECK_EQ(m->xxh3, XXH3_64bits(f.cfg, sizeof f.cfg));
+
+	m = apb_bundle_model(b, 2);
+	CHECK(strcmp(m->name, "encoder") == 0);
+	CHECK_EQ(m->size, 5000);
+	CHECK_EQ(m->offset, 4096);
+	CHECK_EQ(m->xxh3, XXH3_64bits(f.enc, sizeof f.enc));
+
+	CHECK(apb_bundle_model(b, 3) == NULL);
+	apb_bundle_close(b);
+	free(f.file.p);
+}
+
+static void find_returns_index_in_name_order(void)
+{
+	struct v1_fixture f;
+	struct apb_bundle *b;
+	size_t i = 99;
+
+	make_v1_fixture(&f);
+	CHECK_EQ(open_buf(&f.file, &b), 0);
+	CHECK_EQ(apb_bundle_find(b, "encoder", &i), 0);
+	CHECK_EQ(i, 2);
+	CHECK_EQ(apb_bundle_find(b, "a", &i), 0);
+	CHECK_EQ(i, 0);
+	CHECK_EQ(apb_bundle_find(b, "bert", &i), -ENOENT);
+	CHECK_EQ(apb_bundle_find(b, "zzz", &i), -ENOENT);
+	CHECK_EQ(apb_bundle_find(b, "", &i), -ENOENT);
+	apb_bundle_close(b);
+	free(f.file.p);
+}
+
+static void read_returns_model_bytes_at_any_offset(void)
+{
+	struct v1_fixture f;
+	struct apb_bundle *b;
+	static uint8_t out[8192];
+
+	make_v1_fixture(&f);
+	CHECK_EQ(open_buf(&f.file, &b), 0);
+	CHECK_EQ(apb_bundle_read(b, 2, 0, out, 5000), 5000);
+	CHECK(memcmp(out, f.enc, 5000) == 0);
+	CHECK_EQ(apb_bundle_read(b, 2, 123, out, 10), 10);
+	CHECK(memcmp(out, f.enc + 123, 10) == 0);
+	CHECK_EQ(apb_bundle_read(b, 2, 4095, out, 2), 2);
+	CHECK(memcmp(out, f.enc + 4095, 2) == 0);
+	CHECK_EQ(apb_bundle_read(b, 1, 0, out, sizeof out), 10);
+	CHECK(memcmp(out, f.cfg, 10) == 0);
+	CHECK_EQ(apb_bundle_read(b, 2, 1, out, 0), 0);
+	apb_bundle_close(b);
+	free(f.file.p);
+}
+
+static void read_is_short_at_end_and_zero_at_or_past_it(void)
+{
+	struct v1_fixture f;
+	struct apb_bundle *b;
+	static uint8_t out[8192];
+
+	make_v1_fixture(&f);
+	CHECK_EQ(open_buf(&f.file, &b), 0);
+	CHECK_EQ(apb_bundle_read(b, 2, 4000, out, 4096), 1000);
+	CHECK(memcmp(out, f.enc + 4000, 1000) == 0);
+	CHECK_EQ(apb_bundle_read(b, 2, 5000, out, 10), 0);
+	CHECK_EQ(apb_bundle_read(b, 2, 6000, out, 10), 0);
+	CHECK_EQ(apb_bundle_read(b, 2, UINT64_MAX, out, 10), 0);
+	CHECK_EQ(apb_bundle_read(b, 0, 0, out, 10), 0); /* empty model */
+	CHECK_EQ(apb_bundle_read(b, 3, 0, out, 10), -EINVAL);
+	apb_bundle_close(b);
+	free(f.file.p);
+}
+
+static void read_of_truncated_backing_file_is_eio(void)
+{
+	struct v1_fixture f;
+	struct apb_bundle *b;
+	uint8_t out[16];
+	int fd;
+
+	make_v1_fixture(&f);
+	fd = write_temp(&f.file);
+	CHECK_EQ(apb_bundle_open(path, &b, err, sizeof err), 0);
+	CHECK_EQ(ftruncate(fd, 8192), 0);
+	CHECK_EQ(apb_bundle_read(b, 2, 0, out, sizeof out), sizeof out);
+	CHECK_EQ(apb_bundle_read(b, 1, 0, out, sizeof out), -EIO);
+	CHECK_EQ(apb_bundle_read(b, 2, 4096, out, sizeof out), -EIO);
+	apb_bundle_close(b);
+	unlink(path);
+	close(fd);
+	free(f.file.p);
+}
+
+static void empty_models_may_share_an_offset(void)
+{
+	struct buf b = v1_file(
+		"{'model_count':2,'models':["
+		"{'name':'x','offset':4096,'size':0," OK_CHECKSUM "},"
+		"{'name':'y','offset':4096,'size':0," OK_CHECKSUM "}]}",
+		4096);
+	struct apb_bundle *bundle;
+
+	CHECK_EQ(open_buf(&b, &bundle), 0);
+	CHECK_EQ(apb_bundle_count(bundle), 2);
+	apb_bundle_close(bundle);
+	free(b.p);
+}
+
+static void bundle_with_no_models_opens(void)
+{
+	struct buf b = v1_file("{'model_count':0,'models':[]}  \n", 0);
+	struct apb_bundle *bundle;
+
+	CHECK_EQ(open_buf(&b, &bundle), 0);
+	CHECK_EQ(apb_bundle_count(bundle), 0);
+	CHECK_EQ(apb_bundle_find(bundle, "a", &(size_t){0}), -ENOENT);
+	apb_bundle_close(bundle);
+	free(b.p);
+}
+
+static void missing_file_reports_open_errno(void)
+{
+	struct apb_bundle *b;
+
+	CHECK_EQ(apb_bundle_open("/nonexistent/x.apbundle", &b, err,
+				 sizeof err), -ENOENT);
+	CHECK_STR_CONTAINS(err, "cannot open");
+}
+
+/* ---- aprender layout ---------------------------------------------------- */
+
+struct entry {
+	const char *name;
+	size_t name_len;
+	uint64_t size, offset;
+};
+
+static struct buf aprender_manifest(const struct entry *e, size_t n)
+{
+	struct buf m = {0};
+
+	put_u32(&m, 1);
+	put_u64(&m, 1700000000);
+	put_u32(&m, 5);
+	put_str(&m, "hello");
+	put_u32(&m, (uint32_t)n);
+	for (size_t i = 0; i < n; i++) {
+		size_t len = e[i].name_len ? e[i].name_len : strlen(e[i].name);
+
+		put_u32(&m, (uint32_t)len);
+		put(&m, e[i].name, len);
+		put_u64(&m, e[i].size);
+		put_u64(&m, e[i].offset);
+	}
+	return m;
+}
+
+/* Header + the given manifest bytes; data to be appended by the caller. */
+static struct buf aprender_file(const struct buf *manifest)
+{
+	struct buf b = {0};
+
+	put_str(&b, "APBUNDLE");
+	put_u32(&b, 1);
+	put_u64(&b, manifest->len);
+	put(&b, manifest->p, manifest->len);
+	return b;
+}
+
+static void expect_aprender_error(const struct entry *e, size_t n,
+				  size_t data_len, const char *needle)
+{
+	struct buf m = aprender_manifest(e, n);
+	struct buf b = aprender_file(&m);
+
+	pad_to(&b, b.len + data_len);
+	free(m.p);
+	expect_error(&b, needle);
+}
+
+static void aprender_layout_round_trip(void)
+{
+	const struct entry e[] = {{"zeta", 0, 3, 0}, {"alpha/x", 0, 5, 3}};
+	struct buf m = aprender_manifest(e, 2);
+	struct buf b = aprender_file(&m);
+	uint64_t data = 20 + m.len;
+	struct apb_bundle *bundle;
+	const struct apb_model *mod;
+	char out[16];
+
+	put_str(&b, "abchello");
+	CHECK_EQ(open_buf(&b, &bundle), 0);
+	CHECK_EQ(apb_bundle_layout(bundle), APB_LAYOUT_APRENDER);
+	CHECK_EQ(apb_bundle_count(bundle), 2);
+	mod = apb_bundle_model(bundle, 0);
+	CHECK(strcmp(mod->name, "alpha/x") == 0);
+	CHECK_EQ(mod->size, 5);
+	CHECK_EQ(mod->offset, data + 3);
+	CHECK(!mod->has_checksum);
+	mod = apb_bundle_model(bundle, 1);
+	CHECK(strcmp(mod->name, "zeta") == 0);
+	CHECK_EQ(mod->offset, data);
+	CHECK_EQ(apb_bundle_read(bundle, 0, 0, out, sizeof out), 5);
+	CHECK(memcmp(out, "hello", 5) == 0);
+	CHECK_EQ(apb_bundle_read(bundle, 1, 1, out, sizeof out), 2);
+	CHECK(memcmp(out, "bc", 2) == 0);
+	apb_bundle_close(bundle);
+	free(m.p);
+	free(b.p);
+}
+
+/* ---- header errors ------------------------------------------------------ */
+
+static void rejects_file_shorter_than_header(void)
+{
+	struct buf b = {0};
+
+	put_str(&b, "APBUNDLE");
+	put_u32(&b, 1);
+	expect_error(&b, "file is 12 bytes, shorter than the 16-byte header");
+}
+
+static void rejects_bad_magic(void)
+{
+	struct buf b = v1_file("{}", 0);
+
+	b.p[7] = 'X';
+	expect_error(&b, "not an apbundle file (bad magic)");
+}
+
+static void rejects_unsupported_version(void)
+{
+	struct buf b = v1_file("{}", 0);
+
+	b.p[8] = 7;
+	expect_error(&b, "unsupported format version 7 (this apbundlefs reads 1)");
+}
+
+static void rejects_manifest_that_does_not_begin_with_brace(void)
+{
+	expect_v1_error(" {'model_count':0,'models':[]}", 0,
+			"manifest must begin with '{' (found byte 0x20 at offset 16)");
+	expect_v1_error("[1,2,3]", 0, "manifest must begin with '{'");
+}
+
+/* ---- version 1 manifest errors ------------------------------------------ */
+
+static void rejects_zero_manifest_length(void)
+{
+	struct buf b = {0};
+
+	put_str(&b, "APBUNDLE");
+	put_u32(&b, 1);
+	put_u32(&b, 0);
+	expect_error(&b, "manifest length is 0");
+
+	b = (struct buf){0};
+	put_str(&b, "APBUNDLE");
+	put_u32(&b, 1);
+	put_u32(&b, 0);
+	put_str(&b, "{}");
+	expect_error(&b, "manifest length is 0");
+}
+
+static void rejects_manifest_longer_than_limit(void)
+{
+	struct buf b = v1_file("{}", 0);
+
+	b.p[12] = 1;
+	b.p[15] = 0x10; /* 0x10000001 */
+	expect_error(&b, "manifest length 268435457 exceeds the limit of 268435456 bytes");
+}
+
+static void rejects_manifest_past_end_of_file(void)
+{
+	struct buf b = v1_file("{'model_count':0,'models':[]}", 0);
+
+	b.p[12] = 200;
+	expect_error(&b, "manifest (200 bytes at offset 16) runs past end of file (45 bytes)");
+}
+
+static void rejects_json_syntax_error_with_position(void)
+{
+	/* The position is cJSON's: where it found the token it could not use. */
+	expect_v1_error("{'model_count':1 'models':[]}", 0,
+			"manifest is not valid JSON: syntax error at byte 17 of the manifest (near '\"models\":[]}')");
+}
+
+static void rejects_truncated_json(void)
+{
+	expect_v1_error("{'model_count':1", 0,
+			"manifest is not valid JSON: syntax error at byte 15");
+}
+
+static void rejects_bytes_after_the_json_value(void)
+{
+	expect_v1_error("{'model_count':0,'models':[]} x", 0,
+			"manifest has unexpected bytes after the JSON value at byte 30");
+}
+
+static void rejects_duplicate_top_level_key(void)
+{
+	expect_v1_error("{'model_count':0,'models':[],'models':[]}", 0,
+			"manifest: key 'models' appears twice");
+}
+
+static void rejects_missing_model_count(void)
+{
+	expect_v1_error("{'models':[]}", 0, "manifest: 'model_count' is missing");
+}
+
+static void rejects_non_numeric_model_count(void)
+{
+	expect_v1_error("{'model_count':'1','models':[]}", 0,
+			"manifest: 'model_count' is not a number");
+}
+
+static void rejects_negative_model_count(void)
+{
+	expect_v1_error("{'model_count':-1,'models':[]}", 0,
+			"manifest: 'model_count' -1 is negative");
+}
+
+static void rejects_fractional_model_count(void)
+{
+	expect_v1_error("{'model_count':1.5,'models':[]}", 0,
+			"manifest: 'model_count' 1.5 is not an exact integer");
+}
+
+static void rejects_model_count_above_limit(void)
+{
+	expect_v1_error("{'model_count':2000000,'models':[]}", 0,
+			"manifest: 'model_count' 2000000 exceeds the limit of 1048576");
+}
+
+static void rejects_missing_models(void)
+{
+	expect_v1_error("{'model_count':0}", 0, "manifest: 'models' is missing");
+}
+
+static void rejects_models_that_is_not_an_array(void)
+{
+	expect_v1_error("{'model_count':0,'models':{}}", 0,
+			"manifest: 'models' is not an array");
+}
+
+static void rejects_model_count_not_matching_models(void)
+{
+	expect_v1_error("{'model_count':2,'models':[{'name':'m','offset':4096,'size':0," OK_CHECKSUM "}]}",
+			4096, "manifest: 'model_count' is 2 but 'models' has 1 entries");
+}
+
+static void rejects_model_that_is_not_an_object(void)
+{
+	expect_v1_error("{'model_count':1,'models':[42]}", 0,
+			"models[0] is not a JSON object");
+}
+
+static void rejects_model_without_name(void)
+{
+	expect_v1_error(ONE_MODEL("'offset':4096,'size':1," OK_CHECKSUM), 8192,
+			"models[0]: 'name' is missing");
+}
+
+static void rejects_model_name_that_is_not_a_string(void)
+{
+	expect_v1_error(ONE_MODEL("'name':7,'offset':4096,'size':1," OK_CHECKSUM),
+			8192, "models[0]: 'name' is not a string");
+}
+
+static void rejects_invalid_model_name(void)
+{
+	expect_v1_error(ONE_MODEL("'name':'a/../b','offset':4096,'size':1," OK_CHECKSUM),
+			8192, "name 'a/../b': component '..' is not allowed");
+}
+
+static void rejects_duplicate_key_in_model(void)
+{
+	expect_v1_error(ONE_MODEL("'name':'m','offset':4096,'offset':8192,'size':1," OK_CHECKSUM),
+			8192, "models[0]: key 'offset' appears twice");
+}
+
+/* cJSON would cut "a\u0000b" to the name "a". */
+static void rejects_escaped_nul_in_manifest(void)
+{
+	expect_v1_error(ONE_MODEL("'name':'a\\u0000b','offset':4096,'size':1," OK_CHECKSUM),
+			8192,
+			"manifest contains an escaped NUL (\\u0000) at byte 37");
+}
+
+static void accepts_escaped_backslash_before_u0000(void)
+{
+	struct buf b = v1_file(ONE_MODEL("'name':'m','offset':4096,'size':1,'note':'\\\\u0000'," OK_CHECKSUM), 8192);
+	struct apb_bundle *bundle;
+
+	CHECK_EQ(open_buf(&b, &bundle), 0);
+	apb_bundle_close(bundle);
+	free(b.p);
+}
+
+static void rejects_missing_offset(void)
+{
+	expect_v1_error(ONE_MODEL("'name':'m','size':1," OK_CHECKSUM), 8192,
+			"model 'm': 'offset' is missing");
+}
+
+static void rejects_missing_size(void)
+{
+	expect_v1_error(ONE_MODEL("'name':'m','offset':4096," OK_CHECKSUM), 8192,
+			"model 'm': 'size' is missing");
+}
+
+static void rejects_non_numeric_size(void)
+{
+	expect_v1_error(ONE_MODEL("'name':'m','offset':4096,'size':'1'," OK_CHECKSUM),
+			8192, "model 'm': 'size' is not a number");
+}
+
+static void rejects_negative_offset(void)
+{
+	expect_v1_error(ONE_MODEL("'name':'m','offset':-4096,'size':1," OK_CHECKSUM),
+			8192, "model 'm': 'offset' -4096 is negative");
+}
+
+static void rejects_fractional_size(void)
+{
+	expect_v1_error(ONE_MODEL("'name':'m','offset':4096,'size':10.5," OK_CHECKSUM),
+			8192, "model 'm': 'size' 10.5 is not an exact integer");
+}
+
+static void rejects_offset_above_exact_integer_range(void)
+{
+	expect_v1_error(ONE_MODEL("'name':'m','offset':9007199254740992,'size':1," OK_CHECKSUM),
+			8192,
+			"model 'm': 'offset' 9007199254740992 is not an exact integer (above 2^53-1)");
+	expect_v1_error(ONE_MODEL("'name':'m','offset':4096,'size':1e300," OK_CHECKSUM),
+			8192, "model 'm': 'size' 1e+300 is not an exact integer (above 2^53-1)");
+}
+
+static void rejects_missing_checksum(void)
+{
+	expect_v1_error(ONE_MODEL("'name':'m','offset':4096,'size':1"), 8192,
+			"model 'm': 'checksum' is missing");
+}
+
+static void rejects_checksum_that_is_not_a_string(void)
+{
+	expect_v1_error(ONE_MODEL("'name':'m','offset':4096,'size':1,'checksum':5"),
+			8192, "model 'm': 'checksum' is not a string");
+}
+
+static void rejects_malformed_checksum(void)
+{
+	expect_v1_error(ONE_MODEL("'name':'m','offset':4096,'size':1,'checksum':'xxh3-64:0123456789ABCDEF'"),
+			8192,
+			"model 'm': checksum 'xxh3-64:0123456789ABCDEF' is not \"xxh3-64:\" followed by 16 lower-case hex digits");
+	expect_v1_error(ONE_MODEL("'name':'m','offset':4096,'size':1,'checksum':'sha256:00'"),
+			8192, "model 'm': checksum 'sha256:00' is not");
+}
+
+static void rejects_unaligned_offset(void)
+{
+	expect_v1_error(ONE_MODEL("'name':'m','offset':4100,'size':1," OK_CHECKSUM),
+			8192, "model 'm': offset 4100 is not a multiple of 4096");
+}
+
+static void rejects_offset_inside_header_and_manifest(void)
+{
+	/* The manifest is 99 bytes, so data may start at 115 at the earliest. */
+	expect_v1_error(ONE_MODEL("'name':'m','offset':0,'size':1," OK_CHECKSUM),
+			8192,
+			"model 'm': offset 0 is inside the header and manifest (which end at 115)");
+}
+
+static void rejects_model_past_end_of_file(void)
+{
+	expect_v1_error(ONE_MODEL("'name':'enc','offset':8192,'size':4096," OK_CHECKSUM),
+			10000,
+			"model 'enc': offset 8192 + size 4096 runs past end of file (10000 bytes)");
+}
+
+static void rejects_duplicate_names(void)
+{
+	expect_v1_error("{'model_count':2,'models':["
+			"{'name':'m','offset':4096,'size':1," OK_CHECKSUM "},"
+			"{'name':'m','offset':8192,'size':1," OK_CHECKSUM "}]}",
+			12288, "duplicate name 'm'");
+}
+
+static void rejects_name_that_is_file_and_directory(void)
+{
+	expect_v1_error("{'model_count':3,'models':["
+			"{'name':'a/b/c','offset':4096,'size':1," OK_CHECKSUM "},"
+			"{'name':'a-b','offset':8192,'size':1," OK_CHECKSUM "},"
+			"{'name':'a','offset':12288,'size':1," OK_CHECKSUM "}]}",
+			16384,
+			"names 'a' and 'a/b/c': 'a' is both a file and a directory");
+}
+
+static void rejects_overlapping_models(void)
+{
+	expect_v1_error("{'model_count':2,'models':["
+			"{'name':'b','offset':8192,'size':10," OK_CHECKSUM "},"
+			"{'name':'a','offset':4096,'size':8192," OK_CHECKSUM "}]}",
+			16384,
+			"models 'a' and 'b' overlap: 'a' covers bytes 4096 to 12288, 'b' starts at 8192");
+}
+
+/* A long model overlapping one that is not its neighbour in offset order. */
+static void rejects_overlap_beyond_the_next_model(void)
+{
+	expect_v1_error("{'model_count':3,'models':["
+			"{'name':'big','offset':4096,'size':16384," OK_CHECKSUM "},"
+			"{'name':'empty','offset':8192,'size':0," OK_CHECKSUM "},"
+			"{'name':'late','offset':16384,'size':10," OK_CHECKSUM "}]}",
+			20480,
+			"models 'big' and 'late' overlap: 'big' covers bytes 4096 to 20480, 'late' starts at 16384");
+}
+
+/* ---- aprender layout errors --------------------------------------------- */
+
+static void rejects_aprender_file_shorter_than_its_header(void)
+{
+	struct buf b = {0};
+
+	put_str(&b, "APBUNDLE");
+	put_u32(&b, 1);
+	put_u32(&b, 10);
+	put_u32(&b, 0); /* 20 bytes with the next line */
+	b.len = 18;
+	expect_error(&b, "file is 18 bytes, shorter than the 20-byte header of the aprender layout");
+}
+
+static void rejects_aprender_zero_manifest_length(void)
+{
+	struct buf m = {0};
+	struct buf b = aprender_file(&m);
+
+	pad_to(&b, 100);
+	expect_error(&b, "manifest length is 0");
+}
+
+static void rejects_aprender_manifest_past_end_of_file(void)
+{
+	struct buf m = aprender_manifest(NULL, 0);
+	struct buf b = aprender_file(&m);
+
+	b.len -= 1;
+	free(m.p);
+	expect_error(&b, "manifest (25 bytes at offset 20) runs past end of file (44 bytes)");
+}
+
+static void rejects_aprender_truncated_preamble(void)
+{
+	struct buf m = {0};
+	struct buf b;
+
+	put_u32(&m, 1);
+	put_u32(&m, 0); /* created_at needs 8 bytes */
+	b = aprender_file(&m);
+	free(m.p);
+	expect_error(&b, "aprender manifest ends early: created_at needs 8 bytes at manifest byte 4, only 4 left");
+}
+
+static void rejects_aprender_description_past_manifest(void)
+{
+	struct buf m = {0};
+	struct buf b;
+
+	put_u32(&m, 1);
+	put_u64(&m, 0);
+	put_u32(&m, 1000);
+	put_str(&m, "short");
+	b = aprender_file(&m);
+	free(m.p);
+	expect_error(&b, "aprender manifest ends early: the description needs 1000 bytes at manifest byte 16, only 5 left");
+}
+
+static void rejects_aprender_model_count_above_limit(void)
+{
+	struct buf m = aprender_manifest(NULL, 0);
+	struct buf b;
+
+	m.p[m.len - 2] = 0x20; /* count = 0x200000 */
+	b = aprender_file(&m);
+	free(m.p);
+	expect_error(&b, "aprender manifest: model count 2097152 exceeds the limit of 1048576");
+}
+
+static void rejects_aprender_model_count_that_cannot_fit(void)
+{
+	struct buf m = aprender_manifest(NULL, 0);
+	struct buf b;
+
+	m.p[m.len - 4] = 3;
+	put_u64(&m, 0);
+	b = aprender_file(&m);
+	free(m.p);
+	expect_error(&b, "aprender manifest: 3 models cannot fit in the 8 bytes left");
+}
+
+static void rejects_aprender_name_past_manifest(void)
+{
+	struct buf m = aprender_manifest(NULL, 0);
+	struct buf b;
+
+	m.p[m.len - 4] = 1;
+	put_u32(&m, 100); /* name length */
+	put_u64(&m, 0);
+	put_u64(&m, 0);
+	b = aprender_file(&m);
+	free(m.p);
+	expect_error(&b, "aprender manifest ends early: model 0 name needs 100 bytes at manifest byte 29, only 16 left");
+}
+
+static void rejects_aprender_truncated_entry(void)
+{
+	struct buf m = aprender_manifest(NULL, 0);
+	struct buf b;
+
+	m.p[m.len - 4] = 1;
+	put_u32(&m, 8);
+	put_str(&m, "abcdefgh");
+	put_u64(&m, 1); /* size; the offset is missing */
+	b = aprender_file(&m);
+	free(m.p);
+	expect_error(&b, "aprender manifest ends early: model 0 offset needs 8 bytes at manifest byte 45, only 0 left");
+}
+
+static void rejects_aprender_invalid_name(void)
+{
+	const struct entry e[] = {{"a\0b", 3, 1, 0}};
+
+	expect_aprender_error(e, 1, 1, "name 'a\\x00b': contains a NUL byte at byte 1");
+}
+
+static void rejects_aprender_trailing_manifest_bytes(void)
+{
+	const struct entry e[] = {{"m", 0, 1, 0}};
+	struct buf m = aprender_manifest(e, 1);
+	struct buf b;
+
+	put_u32(&m, 0);
+	b = aprender_file(&m);
+	pad_to(&b, b.len + 1);
+	free(m.p);
+	expect_error(&b, "4 trailing bytes after the last model entry in the manifest");
+}
+
+static void rejects_aprender_relative_offset_overflow(void)
+{
+	const struct entry e[] = {{"m", 0, 1, UINT64_MAX}};
+
+	expect_aprender_error(e, 1, 1, "model 'm': offset 18446744073709551615 (relative to the data start 66) overflows");
+}
+
+static void rejects_aprender_offset_plus_size_overflow(void)
+{
+	const struct entry e[] = {{"m", 0, UINT64_MAX, 0}};
+
+	expect_aprender_error(e, 1, 1, "model 'm': offset 66 + size 18446744073709551615 overflows");
+}
+
+static void rejects_aprender_model_past_end_of_file(void)
+{
+	const struct entry e[] = {{"m", 0, 10, 5}};
+
+	expect_aprender_error(e, 1, 14, "model 'm': offset 71 + size 10 runs past end of file (80 bytes)");
+}
+
+static void rejects_aprender_overlapping_models(void)
+{
+	const struct entry e[] = {{"p", 0, 10, 0}, {"q", 0, 10, 9}};
+
+	expect_aprender_error(e, 2, 19, "models 'p' and 'q' overlap");
+}
+
+static void rejects_aprender_duplicate_names(void)
+{
+	const struct entry e[] = {{"p", 0, 1, 0}, {"p", 0, 1, 1}};
+
+	expect_aprender_error(e, 2, 2, "duplicate name 'p'");
+}
+
+/* ---- scale --------------------------------------------------------------- */
+
+enum { MANY = 100000 };
+
+/*
+ * MANY models listed in reverse name order, spread over 97 directories,
+ * one byte each, 4096 apart from first. Offsets are printed at a fixed
+ * width (JSON allows the leading spaces) so the manifest's length, and so
+ * first, does not depend on them.
+ */
+static struct buf many_models_manifest(uint64_t first)
+{
+	struct buf m = {0};
+	char line[160];
+
+	put_str(&m, "{\"model_count\":100000,\"models\":[");
+	for (size_t i = 0; i < MANY; i++) {
+		size_t k = MANY - 1 - i;
+
+		snprintf(line, sizeof line,
+			 "%s{\"name\":\"dir%02zu/model%06zu.bin\",\"offset\":%16llu,\"size\":1,\"checksum\":\"xxh3-64:%016llx\"}",
+			 i ? "," : "", k % 97, k,
+			 (unsigned long long)(first + 4096 * (uint64_t)k),
+			 (unsigned long long)k);
+		put_str(&m, line);
+	}
+	put_str(&m, "]}");
+	return m;
+}
+
+static void opens_a_manifest_of_100000_models(void)
+{
+	struct buf man = many_models_manifest(0), b = {0};
+	uint64_t first = (16 + man.len + 4095) / 4096 * 4096;
+	struct apb_bundle *bundle;
+	struct timespec t0, t1;
+	size_t i;
+	int fd;
+
+	free(man.p);
+	man = many_models_manifest(first);
+	put_str(&b, "APBUNDLE");
+	put_u32(&b, 1);
+	put_u32(&b, (uint32_t)man.len);
+	put(&b, man.p, man.len);
+	free(man.p);
+	fd = write_temp(&b);
+	/* Sparse: the models' bytes are holes. */
+	CHECK_EQ(ftruncate(fd, (off_t)(first + 4096 * (uint64_t)MANY)), 0);
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	CHECK_EQ(apb_bundle_open(path, &bundle, err, sizeof err), 0);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	unlink(path);
+	close(fd);
+	printf("# opened %d models in %.1f ms\n", MANY,
+	       (double)(t1.tv_sec - t0.tv_sec) * 1e3 +
+		       (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+
+	CHECK_EQ(apb_bundle_count(bundle), MANY);
+	CHECK(strcmp(apb_bundle_model(bundle, 0)->name,
+		     "dir00/model000000.bin") == 0);
+	CHECK_EQ(apb_bundle_find(bundle, "dir05/model099999.bin", &i), -ENOENT);
+	CHECK_EQ(apb_bundle_find(bundle, "dir89/model099999.bin", &i), 0);
+	CHECK_EQ(apb_bundle_model(bundle, i)->offset, first + 4096ull * 99999);
+	CHECK_EQ(apb_bundle_model(bundle, i)->xxh3, 99999);
+	apb_bundle_close(bundle);
+	free(b.p);
+}
+
+int main(void)
+{
+	RUN(v1_models_are_sorted_by_name_with_sizes_offsets_checksums);
+	RUN(find_returns_index_in_name_order);
+	RUN(read_returns_model_bytes_at_any_offset);
+	RUN(read_is_short_at_end_and_zero_at_or_past_it);
+	RUN(read_of_truncated_backing_file_is_eio);
+	RUN(empty_models_may_share_an_offset);
+	RUN(bundle_with_no_models_opens);
+	RUN(missing_file_reports_open_errno);
+	RUN(aprender_layout_round_trip);
+
+	RUN(rejects_file_shorter_than_header);
+	RUN(rejects_bad_magic);
+	RUN(rejects_unsupported_version);
+	RUN(rejects_manifest_that_does_not_begin_with_brace);
+
+	RUN(rejects_zero_manifest_length);
+	RUN(rejects_manifest_longer_than_limit);
+	RUN(rejects_manifest_past_end_of_file);
+	RUN(rejects_json_syntax_error_with_position);
+	RUN(rejects_truncated_json);
+	RUN(rejects_bytes_after_the_json_value);
+	RUN(rejects_duplicate_top_level_key);
+	RUN(rejects_missing_model_count);
+	RUN(rejects_non_numeric_model_count);
+	RUN(rejects_negative_model_count);
+	RUN(rejects_fractional_model_count);
+	RUN(rejects_model_count_above_limit);
+	RUN(rejects_missing_models);
+	RUN(rejects_models_that_is_not_an_array);
+	RUN(rejects_model_count_not_matching_models);
+	RUN(rejects_model_that_is_not_an_object);
+	RUN(rejects_model_without_name);
+	RUN(rejects_model_name_that_is_not_a_string);
+	RUN(rejects_invalid_model_name);
+	RUN(rejects_duplicate_key_in_model);
+	RUN(rejects_escaped_nul_in_manifest);
+	RUN(accepts_escaped_backslash_before_u0000);
+	RUN(rejects_missing_offset);
+	RUN(rejects_missing_size);
+	RUN(rejects_non_numeric_size);
+	RUN(rejects_negative_offset);
+	RUN(rejects_fractional_size);
+	RUN(rejects_offset_above_exact_integer_range);
+	RUN(rejects_missing_checksum);
+	RUN(rejects_checksum_that_is_not_a_string);
+	RUN(rejects_malformed_checksum);
+	RUN(rejects_unaligned_offset);
+	RUN(rejects_offset_inside_header_and_manifest);
+	RUN(rejects_model_past_end_of_file);
+	RUN(rejects_duplicate_names);
+	RUN(rejects_name_that_is_file_and_directory);
+	RUN(rejects_overlapping_models);
+	RUN(rejects_overlap_beyond_the_next_model);
+
+	RUN(rejects_aprender_file_shorter_than_its_header);
+	RUN(rejects_aprender_zero_manifest_length);
+	RUN(rejects_aprender_manifest_past_end_of_file);
+	RUN(rejects_aprender_truncated_preamble);
+	RUN(rejects_aprender_description_past_manifest);
+	RUN(rejects_aprender_model_count_above_limit);
+	RUN(rejects_aprender_model_count_that_cannot_fit);
+	RUN(rejects_aprender_name_past_manifest);
+	RUN(rejects_aprender_truncated_entry);
+	RUN(rejects_aprender_invalid_name);
+	RUN(rejects_aprender_trailing_manifest_bytes);
+	RUN(rejects_aprender_relative_offset_overflow);
+	RUN(rejects_aprender_offset_plus_size_overflow);
+	RUN(rejects_aprender_model_past_end_of_file);
+	RUN(rejects_aprender_overlapping_models);
+	RUN(rejects_aprender_duplicate_names);
+
+	RUN(opens_a_manifest_of_100000_models);
+	return 0;
+}
