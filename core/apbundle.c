@@ -1,1 +1,912 @@
-int main(void) { return 1; }
+/*
+ * apbundle.c - the `apbundle` command: create, list, verify, extract, stats.
+ *
+ * This file is only the command line: it parses arguments, calls the
+ * library (writer.h to write, bundle.h to read, checksum.h to verify) and
+ * prints. It holds no format knowledge of its own.
+ *
+ * Conventions every subcommand keeps:
+ *  - Exit status 0 on success, 1 on failure (for verify: some model does
+ *    not match or cannot be read), 2 on a usage error (which also prints
+ *    the command's synopsis to stderr).
+ *  - Errors go to stderr as one line "apbundle: <file>: <reason>".
+ *  - Results go to stdout, progress to stderr, and progress only when
+ *    stderr is a terminal and the job is larger than PROGRESS_MIN_BYTES.
+ *  - create and extract write atomically (see writer.h). SIGINT, SIGTERM
+ *    and SIGHUP only set a flag that the writer polls, so the temporary
+ *    file is removed by ordinary code, not in a signal handler; the
+ *    command then dies of the same signal so its caller sees why.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "apbundle/bundle.h"
+#include "apbundle/checksum.h"
+#include "apbundle/size.h"
+#include "apbundle/writer.h"
+
+#define EXIT_USAGE 2
+#define PROGRESS_MIN_BYTES (UINT64_C(64) << 20)
+#define STATS_MAX_BYTES (256u << 20)
+#define ERR_LEN 1024
+#define ZSTD_LEVEL_MAX 22
+
+/* ================================================================== */
+/* Usage                                                               */
+/* ================================================================== */
+
+struct command {
+	const char *name;
+	const char *synopsis; /* one or more "apbundle ..." lines */
+	const char *help;     /* what follows the synopsis in `help CMD` */
+	int (*run)(int argc, char **argv);
+};
+
+static const struct command *find_command(const char *name);
+
+static void print_main_usage(FILE *f)
+{
+	fputs("Usage: apbundle COMMAND [ARGS]\n"
+	      "\n"
+	      "Create, inspect and unpack .apbundle model bundles.\n"
+	      "\n"
+	      "Commands:\n"
+	      "  create   pack model files into a bundle\n"
+	      "  list     show the models of a bundle\n"
+	      "  verify   check the checksum of every model of a bundle\n"
+	      "  extract  copy one model out of a bundle\n"
+	      "  stats    show the cache statistics of a mounted bundle\n"
+	      "  help     show the help of a command\n"
+	      "\n"
+	      "Options:\n"
+	      "  -h, --help     show this help\n"
+	      "  -V, --version  show the version\n"
+	      "\n"
+	      "Exit status: 0 success, 1 failure, 2 usage error.\n",
+	      f);
+}
+
+/* A usage error: the reason, the synopsis, exit status 2. */
+__attribute__((format(printf, 2, 3)))
+static int usage_error(const struct command *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("apbundle: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	if (c)
+		fprintf(stderr, "Usage: %sTry 'apbundle help %s'.\n",
+			c->synopsis, c->name);
+	else
+		fputs("Try 'apbundle --help'.\n", stderr);
+	return EXIT_USAGE;
+}
+
+static void print_command_help(const struct command *c)
+{
+	printf("Usage: %s%s", c->synopsis, c->help);
+}
+
+/* getopt_long over a subcommand's arguments; argv[0] is its name. The
+ * options every subcommand has: -h/--help. Returns -1 at the end, 'h'
+ * for help, '?' after printing a usage error, or the option's value. */
+static int next_option(const struct command *c, int argc, char **argv,
+		       const struct option *longs, const char *shorts,
+		       int *status)
+{
+	int opt = getopt_long(argc, argv, shorts, longs, NULL);
+
+	if (opt == '?') {
+		*status = usage_error(c, "unknown option '%s'", argv[optind - 1]);
+	} else if (opt == ':') {
+		*status = usage_error(c, "option '%s' needs a value",
+				      argv[optind - 1]);
+		opt = '?';
+	}
+	return opt;
+}
+
+/* ================================================================== */
+/* Signals and progress                                                */
+/* ================================================================== */
+
+static volatile sig_atomic_t got_signal;
+
+static void on_signal(int sig)
+{
+	got_signal = sig;
+}
+
+/* No SA_RESTART: a blocked read returns EINTR and the writer sees the
+ * flag at once instead of after the next buffer. */
+static void catch_signals(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+}
+
+/* After cleaning up, die of the signal that stopped us (exit 128 + n). */
+static int die_of_signal(void)
+{
+	int sig = got_signal;
+
+	signal(sig, SIG_DFL);
+	raise(sig);
+	return 128 + sig;
+}
+
+struct progress {
+	bool tty;         /* stderr is a terminal */
+	bool shown;       /* a progress line is on screen */
+	uint64_t base;    /* bytes finished before the current callback's 0 */
+	int last_permille;
+};
+
+static void progress_init(struct progress *p)
+{
+	memset(p, 0, sizeof(*p));
+	p->tty = isatty(STDERR_FILENO);
+	p->last_permille = -1;
+}
+
+/* One updating line "\r  37% 1.2 GiB / 3.2 GiB", redrawn every 0.1%. */
+static void progress_show(void *arg, uint64_t done, uint64_t total)
+{
+	struct progress *p = arg;
+	char a[32], b[32];
+	int permille;
+
+	if (!p->tty || total <= PROGRESS_MIN_BYTES)
+		return;
+	done += p->base;
+	permille = (int)(done * 1000 / total);
+	if (permille == p->last_permille)
+		return;
+	p->last_permille = permille;
+	p->shown = true;
+	fprintf(stderr, "\r%4d%% %s / %s\033[K", permille / 10,
+		apb_size_format(done, a, sizeof(a)),
+		apb_size_format(total, b, sizeof(b)));
+	fflush(stderr);
+}
+
+static void progress_clear(struct progress *p)
+{
+	if (p->shown)
+		fputs("\r\033[K", stderr);
+	p->shown = false;
+	p->last_permille = -1;
+}
+
+/* ================================================================== */
+/* create                                                              */
+/* ================================================================== */
+
+static int parse_compress(const char *s, struct apb_writer_options *o)
+{
+	char *end;
+	long level;
+
+	if (strcmp(s, "none") == 0) {
+		o->compression = APB_WRITER_STORE;
+		return 0;
+	}
+	if (strncmp(s, "zstd", 4) != 0 || (s[4] != '\0' && s[4] != ':'))
+		return -EINVAL;
+	o->compression = APB_WRITER_ZSTD;
+	if (s[4] == '\0')
+		return 0;
+	errno = 0;
+	level = strtol(s + 5, &end, 10);
+	if (errno || end == s + 5 || *end || level < 1 || level > ZSTD_LEVEL_MAX)
+		return -EINVAL;
+	o->compression_level = (int)level;
+	return 0;
+}
+
+/* Parse create's options into o; returns -1 to go on or an exit status. */
+static int create_options(const struct command *c, int argc, char **argv,
+			  struct apb_writer_options *o)
+{
+	static const struct option longs[] = {
+		{"compress", required_argument, NULL, 'c'},
+		{"chunk-size", required_argument, NULL, 's'},
+		{"format", required_argument, NULL, 'f'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	bool format_given = false;
+	int opt, status = -1;
+
+	while ((opt = next_option(c, argc, argv, longs, ":h", &status)) != -1) {
+		switch (opt) {
+		case 'h':
+			print_command_help(c);
+			return 0;
+		case 'c':
+			if (parse_compress(optarg, o) != 0)
+				return usage_error(c, "--compress: '%s' is not "
+					"none, zstd or zstd:LEVEL (1-%d)",
+					optarg, ZSTD_LEVEL_MAX);
+			break;
+		case 's':
+			if (apb_size_parse(optarg, &o->chunk_size) != 0 ||
+			    o->chunk_size == 0 || o->chunk_size % APB_ALIGN)
+				return usage_error(c, "--chunk-size: '%s' is not "
+					"a multiple of 4096 bytes", optarg);
+			break;
+		case 'f':
+			if (strcmp(optarg, "1") && strcmp(optarg, "2"))
+				return usage_error(c, "--format: '%s' is not 1 or 2",
+						   optarg);
+			o->format = (unsigned)(optarg[0] - '0');
+			format_given = true;
+			break;
+		default:
+			return status;
+		}
+	}
+	/* Compression and chunks exist only in format 2: asking for them
+	 * asks for it, unless --format 1 says otherwise (then it is an
+	 * error, reported by apb_writer_options_check). */
+	if (!format_given &&
+	    (o->compression != APB_WRITER_STORE || o->chunk_size != 0))
+		o->format = 2;
+	return -1;
+}
+
+static int run_create(int argc, char **argv)
+{
+	const struct command *c = find_command("create");
+	struct apb_writer_options o;
+	struct apb_input_list *inputs = NULL;
+	struct progress p;
+	char err[ERR_LEN];
+	const char *out;
+	int status, rc;
+
+	apb_writer_options_init(&o);
+	status = create_options(c, argc, argv, &o);
+	if (status >= 0)
+		return status;
+	if (argc - optind < 2)
+		return usage_error(c, argc == optind ? "missing OUT.apbundle"
+						     : "missing INPUT");
+	if (apb_writer_options_check(&o, err, sizeof(err)) != 0)
+		return usage_error(c, "%s", err);
+	out = argv[optind++];
+
+	catch_signals();
+	if (apb_input_list_new(&inputs) != 0) {
+		fprintf(stderr, "apbundle: %s\n", strerror(ENOMEM));
+		return EXIT_FAILURE;
+	}
+	for (rc = 0; rc == 0 && optind < argc; optind++)
+		rc = got_signal ? -EINTR
+				: apb_input_list_add_arg(inputs, argv[optind],
+							 err, sizeof(err));
+	if (rc == 0) {
+		progress_init(&p);
+		o.progress = progress_show;
+		o.progress_arg = &p;
+		o.cancel = &got_signal;
+		rc = apb_writer_create_bundle(out, inputs, &o, err, sizeof(err));
+		progress_clear(&p);
+	}
+	apb_input_list_free(inputs);
+	if (rc && got_signal) { /* a signal after the rename changes nothing */
+		fprintf(stderr, "apbundle: %s: interrupted\n", out);
+		return die_of_signal();
+	}
+	if (rc) {
+		fprintf(stderr, "apbundle: %s\n", err);
+		return EXIT_FAILURE;
+	}
+	return EXIT_SUCCESS;
+}
+
+/* ================================================================== */
+/* list, verify, extract: commands on a bundle file                    */
+/* ================================================================== */
+
+/* Parse "CMD [-h] ARGS..." expecting exactly nargs operands (extract adds
+ * -o). Returns -1 to go on, or an exit status. */
+static int operands(const struct command *c, int argc, char **argv,
+		    int nargs, const char **out_path)
+{
+	static const struct option plain[] = {
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	static const struct option with_output[] = {
+		{"help", no_argument, NULL, 'h'},
+		{"output", required_argument, NULL, 'o'},
+		{NULL, 0, NULL, 0},
+	};
+	int opt, status = -1;
+
+	while ((opt = next_option(c, argc, argv, out_path ? with_output : plain,
+				  out_path ? ":ho:" : ":h", &status)) != -1) {
+		if (opt == 'h') {
+			print_command_help(c);
+			return 0;
+		}
+		if (opt == 'o' && out_path) {
+			*out_path = optarg;
+			continue;
+		}
+		return status;
+	}
+	if (argc - optind != nargs)
+		return usage_error(c, argc - optind < nargs ? "missing operand"
+							    : "too many operands");
+	return -1;
+}
+
+static struct apb_bundle *open_bundle(const char *path)
+{
+	struct apb_bundle *b = NULL;
+	char err[ERR_LEN] = "";
+	int rc = apb_bundle_open(path, &b, err, sizeof(err));
+
+	if (rc) {
+		fprintf(stderr, "apbundle: %s: %s\n", path,
+			err[0] ? err : strerror(-rc));
+		return NULL;
+	}
+	return b;
+}
+
+static int digits(uint64_t v)
+{
+	int n = 1;
+
+	while (v >= 10) {
+		v /= 10;
+		n++;
+	}
+	return n;
+}
+
+static int run_list(int argc, char **argv)
+{
+	const struct command *c = find_command("list");
+	int status = operands(c, argc, argv, 1, NULL);
+	int wname = 4, wsize = 4, wstored = 6;
+	struct apb_bundle *b;
+	size_t n;
+
+	if (status >= 0)
+		return status;
+	b = open_bundle(argv[optind]);
+	if (!b)
+		return EXIT_FAILURE;
+	n = apb_bundle_count(b);
+	for (size_t i = 0; i < n; i++) {
+		const struct apb_model *m = apb_bundle_model(b, i);
+		int w = (int)strlen(m->name);
+
+		wname = w > wname ? w : wname;
+		wsize = digits(m->size) > wsize ? digits(m->size) : wsize;
+		wstored = digits(m->stored_size) > wstored
+				  ? digits(m->stored_size) : wstored;
+	}
+	printf("%-*s  %*s  %*s  %-11s  %s\n", wname, "NAME", wsize, "SIZE",
+	       wstored, "STORED", "COMPRESSION", "CHECKSUM");
+	for (size_t i = 0; i < n; i++) {
+		const struct apb_model *m = apb_bundle_model(b, i);
+		char sum[APB_CHECKSUM_STRLEN + 1] = "-";
+
+		if (m->has_checksum)
+			apb_checksum_format(m->xxh3, sum);
+		printf("%-*s  %*llu  %*llu  %-11s  %s\n", wname, m->name, wsize,
+		       (unsigned long long)m->size, wstored,
+		       (unsigned long long)m->stored_size, "none", sum);
+	}
+	apb_bundle_close(b);
+	return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+
+struct verify_ctx {
+	struct progress p;
+	uint64_t total;
+};
+
+static void verify_progress(void *arg, uint64_t done)
+{
+	struct verify_ctx *v = arg;
+
+	progress_show(&v->p, done, v->total);
+}
+
+/* Hash model i straight from the bundle file and print its verdict line:
+ * "OK NAME", "BAD NAME: REASON" or, without a checksum, "SKIP NAME: ...".
+ * Returns false for BAD. */
+static bool verify_model(const struct apb_bundle *b, int fd, size_t i,
+			 struct verify_ctx *v)
+{
+	const struct apb_model *m = apb_bundle_model(b, i);
+	char have[APB_CHECKSUM_STRLEN + 1], want[APB_CHECKSUM_STRLEN + 1];
+	uint64_t got = 0;
+	int rc = -ENOTSUP; /* stored differently (compressed): not in v1 */
+
+	if (m->stored_size == m->size)
+		rc = apb_checksum_fd(fd, m->offset, m->size, &got,
+				     verify_progress, v);
+	v->p.base += m->size;
+	progress_clear(&v->p); /* the verdict line must not mix with it */
+	if (rc) {
+		printf("BAD %s: %s\n", m->name, strerror(-rc));
+		return false;
+	}
+	if (!m->has_checksum) {
+		printf("SKIP %s: no checksum (aprender layout)\n", m->name);
+		return true;
+	}
+	if (got != m->xxh3) {
+		apb_checksum_format(got, have);
+		apb_checksum_format(m->xxh3, want);
+		printf("BAD %s: checksum %s expected %s\n", m->name, have, want);
+		return false;
+	}
+	printf("OK %s\n", m->name);
+	return true;
+}
+
+/* A descriptor on the very file apb_bundle_open() validated. */
+static int open_same_file(const struct apb_bundle *b, const char *path)
+{
+	const struct stat *want = apb_bundle_stat(b);
+	struct stat st;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0 || fstat(fd, &st) != 0) {
+		fprintf(stderr, "apbundle: %s: %s\n", path, strerror(errno));
+	} else if (st.st_dev != want->st_dev || st.st_ino != want->st_ino) {
+		fprintf(stderr, "apbundle: %s: replaced while being read\n",
+			path);
+	} else {
+		return fd;
+	}
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
+static int run_verify(int argc, char **argv)
+{
+	const struct command *c = find_command("verify");
+	int status = operands(c, argc, argv, 1, NULL);
+	struct verify_ctx v;
+	struct apb_bundle *b;
+	const char *path;
+	size_t n, bad = 0;
+	int fd;
+
+	if (status >= 0)
+		return status;
+	path = argv[optind];
+	b = open_bundle(path);
+	if (!b)
+		return EXIT_FAILURE;
+	fd = open_same_file(b, path);
+	if (fd < 0) {
+		apb_bundle_close(b);
+		return EXIT_FAILURE;
+	}
+	n = apb_bundle_count(b);
+	progress_init(&v.p);
+	v.total = 0;
+	for (size_t i = 0; i < n; i++)
+		v.total += apb_bundle_model(b, i)->size;
+	for (size_t i = 0; i < n; i++) {
+		bad += !verify_model(b, fd, i, &v);
+		fflush(stdout);
+	}
+	if (bad)
+		fprintf(stderr, "apbundle: %s: %zu of %zu models failed "
+			"verification\n", path, bad, n);
+	else if (apb_bundle_layout(b) == APB_LAYOUT_APRENDER)
+		fprintf(stderr, "apbundle: %s: aprender layout has no checksums; "
+			"every model was read, none could be verified\n", path);
+	close(fd);
+	apb_bundle_close(b);
+	return bad ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
+/* Where extract writes: PATH, PATH/BASENAME when PATH is a directory, or
+ * BASENAME of the model name in the current directory. Caller frees. */
+static char *extract_target(const char *name, const char *out)
+{
+	const char *slash = strrchr(name, '/');
+	const char *base = slash ? slash + 1 : name;
+	struct stat st;
+	char *s;
+	size_t n;
+
+	if (!out)
+		return strdup(base);
+	if (stat(out, &st) != 0 || !S_ISDIR(st.st_mode))
+		return strdup(out);
+	n = strlen(out) + strlen(base) + 2;
+	s = malloc(n);
+	if (s)
+		snprintf(s, n, "%s/%s", out, base);
+	return s;
+}
+
+static int run_extract(int argc, char **argv)
+{
+	const struct command *c = find_command("extract");
+	const char *out = NULL, *path, *name;
+	int status = operands(c, argc, argv, 2, &out);
+	struct apb_writer_options o;
+	struct apb_bundle *b;
+	struct progress p;
+	char err[ERR_LEN], *target = NULL;
+	size_t index;
+	int rc;
+
+	if (status >= 0)
+		return status;
+	path = argv[optind];
+	name = argv[optind + 1];
+	b = open_bundle(path);
+	if (!b)
+		return EXIT_FAILURE;
+	status = EXIT_FAILURE;
+	if (apb_bundle_find(b, name, &index) != 0) {
+		fprintf(stderr, "apbundle: %s: no model named '%s'\n", path, name);
+		goto out;
+	}
+	target = extract_target(name, out);
+	if (!target) {
+		fprintf(stderr, "apbundle: %s\n", strerror(ENOMEM));
+		goto out;
+	}
+	catch_signals();
+	apb_writer_options_init(&o);
+	progress_init(&p);
+	o.progress = progress_show;
+	o.progress_arg = &p;
+	o.cancel = &got_signal;
+	rc = apb_writer_extract_model(b, path, index, target, &o, err,
+				      sizeof(err));
+	progress_clear(&p);
+	if (rc && got_signal) {
+		fprintf(stderr, "apbundle: %s: interrupted\n", target);
+		status = die_of_signal();
+	} else if (rc) {
+		fprintf(stderr, "apbundle: %s\n", err);
+	} else {
+		status = EXIT_SUCCESS;
+	}
+out:
+	free(target);
+	apb_bundle_close(b);
+	return status;
+}
+
+/* ================================================================== */
+/* stats                                                               */
+/* ================================================================== */
+
+/* The whole of a (FUSE) file; its st_size is not trusted, EOF is. */
+static int read_whole(const char *path, char **out, size_t *len_out)
+{
+	size_t len = 0, cap = 1 << 16;
+	char *buf = malloc(cap);
+	int fd = open(path, O_RDONLY | O_CLOEXEC), rc = 0;
+
+	if (fd < 0 || !buf) {
+		rc = fd < 0 ? -errno : -ENOMEM;
+		goto out;
+	}
+	for (;;) {
+		ssize_t n;
+
+		if (len == cap) {
+			char *more = cap < STATS_MAX_BYTES
+					     ? realloc(buf, cap * 2) : NULL;
+			if (!more) {
+				rc = cap < STATS_MAX_BYTES ? -ENOMEM : -EFBIG;
+				goto out;
+			}
+			buf = more;
+			cap *= 2;
+		}
+		n = read(fd, buf + len, cap - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			rc = -errno;
+			goto out;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	*out = buf;
+	*len_out = len;
+	buf = NULL;
+out:
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+	return rc;
+}
+
+/* A counter of the document; absent or not a number reads as 0, so a
+ * newer or older daemon with other keys still prints. */
+static uint64_t num(const cJSON *obj, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+
+	return cJSON_IsNumber(v) && v->valuedouble > 0
+		       ? (uint64_t)v->valuedouble : 0;
+}
+
+static char *human(uint64_t bytes, char *buf)
+{
+	return apb_size_format(bytes, buf, 32);
+}
+
+static void print_rate(const char *label, uint64_t part, uint64_t whole)
+{
+	if (whole)
+		printf("%s%.1f%%", label, 100.0 * (double)part / (double)whole);
+	else
+		printf("%s-", label);
+}
+
+static void print_summary(const cJSON *root)
+{
+	const cJSON *cache = cJSON_GetObjectItemCaseSensitive(root, "cache");
+	const cJSON *pf = cJSON_GetObjectItemCaseSensitive(root, "prefetch");
+	const cJSON *io = cJSON_GetObjectItemCaseSensitive(root, "io");
+	const cJSON *pol = cJSON_GetObjectItemCaseSensitive(cache, "policy");
+	uint64_t hits = num(cache, "hits"), misses = num(cache, "misses");
+	char a[32], b[32];
+
+	printf("cache     %s, %s chunks, %llu resident\n",
+	       cJSON_IsString(pol) ? pol->valuestring : "?",
+	       human(num(cache, "chunk_size"), a),
+	       (unsigned long long)num(cache, "resident_chunks"));
+	printf("memory    %s used of %s", human(num(cache, "memory_used"), a),
+	       human(num(cache, "memory_limit"), b));
+	print_rate(" (", num(cache, "memory_used"), num(cache, "memory_limit"));
+	printf(")\n");
+	print_rate("hit rate  ", hits, hits + misses);
+	printf(" (%llu hits, %llu misses, %llu evictions)\n",
+	       (unsigned long long)hits, (unsigned long long)misses,
+	       (unsigned long long)num(cache, "evictions"));
+	printf("prefetch  %llu issued, %llu hits, %llu wasted\n",
+	       (unsigned long long)num(pf, "issued"),
+	       (unsigned long long)num(pf, "hits"),
+	       (unsigned long long)num(pf, "wasted"));
+	printf("io        %s read from the bundle, %s served, %llu errors, "
+	       "%llu checksum errors\n",
+	       human(num(io, "backing_bytes_read"), a),
+	       human(num(io, "bytes_served"), b),
+	       (unsigned long long)num(io, "errors"),
+	       (unsigned long long)num(io, "checksum_errors"));
+}
+
+/* Most resident first; ties by name so the output is stable. */
+static int cmp_resident(const void *pa, const void *pb)
+{
+	const cJSON *a = *(const cJSON *const *)pa;
+	const cJSON *b = *(const cJSON *const *)pb;
+	uint64_t ra = num(a, "resident_bytes"), rb = num(b, "resident_bytes");
+
+	if (ra != rb)
+		return ra > rb ? -1 : 1;
+	return strcmp(a->string, b->string);
+}
+
+static void print_model_row(const cJSON *m, int wname, int wsize)
+{
+	const cJSON *pinned = cJSON_GetObjectItemCaseSensitive(m, "pinned");
+	char a[32], b[32];
+
+	printf("%-*s  %*s  %*s  %8llu  %8llu  %9llu  %6llu  %s\n", wname,
+	       m->string, wsize, human(num(m, "size"), a), wsize,
+	       human(num(m, "resident_bytes"), b),
+	       (unsigned long long)num(m, "hits"),
+	       (unsigned long long)num(m, "misses"),
+	       (unsigned long long)num(m, "evictions"),
+	       (unsigned long long)num(m, "opens"),
+	       cJSON_IsTrue(pinned) ? "yes" : "no");
+}
+
+static int print_models(const cJSON *root)
+{
+	const cJSON *models = cJSON_GetObjectItemCaseSensitive(root, "models");
+	int n = cJSON_GetArraySize(models), wname = 5, wsize = 9, i = 0;
+	const cJSON **v, *m;
+
+	if (!cJSON_IsObject(models) || n == 0)
+		return 0;
+	v = malloc((size_t)n * sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	cJSON_ArrayForEach(m, models) {
+		int w = (int)strlen(m->string);
+
+		wname = w > wname ? w : wname;
+		v[i++] = m;
+	}
+	qsort(v, (size_t)n, sizeof(*v), cmp_resident);
+	printf("\n%-*s  %*s  %*s  %8s  %8s  %9s  %6s  %s\n", wname, "MODEL",
+	       wsize, "SIZE", wsize, "RESIDENT", "HITS", "MISSES", "EVICTIONS",
+	       "OPENS", "PINNED");
+	for (i = 0; i < n; i++)
+		print_model_row(v[i], wname, wsize);
+	free(v);
+	return 0;
+}
+
+static int run_stats(int argc, char **argv)
+{
+	const struct command *c = find_command("stats");
+	int status = operands(c, argc, argv, 1, NULL);
+	char *path = NULL, *text = NULL;
+	cJSON *root = NULL;
+	size_t len = 0, n;
+	int rc;
+
+	if (status >= 0)
+		return status;
+	status = EXIT_FAILURE;
+	n = strlen(argv[optind]) + sizeof("/.stats");
+	path = malloc(n);
+	if (!path)
+		goto out;
+	snprintf(path, n, "%s/.stats", argv[optind]);
+	rc = read_whole(path, &text, &len);
+	if (rc) {
+		fprintf(stderr, "apbundle: %s: %s%s\n", path, strerror(-rc),
+			rc == -ENOENT ? " (is it an apbundlefs mount?)" : "");
+		goto out;
+	}
+	root = cJSON_ParseWithLength(text, len);
+	if (!cJSON_IsObject(root)) {
+		fprintf(stderr, "apbundle: %s: not a JSON stats document\n", path);
+		goto out;
+	}
+	print_summary(root);
+	if (print_models(root) == 0)
+		status = EXIT_SUCCESS;
+out:
+	cJSON_Delete(root);
+	free(text);
+	free(path);
+	return status;
+}
+
+/* ================================================================== */
+/* Dispatch                                                            */
+/* ================================================================== */
+
+static int run_help(int argc, char **argv);
+
+static const struct command commands[] = {
+	{"create",
+	 "apbundle create [--compress zstd[:LEVEL]] [--chunk-size BYTES] "
+	 "[--format 1|2]\n                OUT.apbundle INPUT...\n",
+	 "\nPack the INPUTs into OUT.apbundle. The bundle is written to a\n"
+	 "temporary file next to OUT and renamed into place once complete;\n"
+	 "a failed or interrupted create leaves nothing behind.\n"
+	 "\n"
+	 "INPUT is one of:\n"
+	 "  FILE        a model named after the file's last path component\n"
+	 "  NAME=FILE   a model named NAME (split at the first '=')\n"
+	 "  DIR         every regular file below DIR, named by its path\n"
+	 "              relative to DIR; symbolic links to files are\n"
+	 "              followed, links to directories are not\n"
+	 "  NAME=DIR    the same, named NAME/<relative path>\n"
+	 "\n"
+	 "Options:\n"
+	 "  --format 1|2             bundle format (default 1)\n"
+	 "  --compress zstd[:LEVEL]  zstd-compress each model (format 2)\n"
+	 "  --chunk-size BYTES       chunk size, a multiple of 4096; K, M, G\n"
+	 "                           suffixes (format 2)\n"
+	 "  -h, --help               show this help\n"
+	 "\n"
+	 "Format 2 is not supported yet.\n",
+	 run_create},
+	{"list", "apbundle list BUNDLE\n",
+	 "\nPrint one line per model: NAME, SIZE and STORED (bytes),\n"
+	 "COMPRESSION and CHECKSUM ('-' when the bundle has none).\n",
+	 run_list},
+	{"verify", "apbundle verify BUNDLE\n",
+	 "\nRecompute the XXH3-64 checksum of every model and print\n"
+	 "'OK NAME', or 'BAD NAME: REASON'. Exit status 0 when every model\n"
+	 "matches, 1 otherwise. Bundles in aprender's layout carry no\n"
+	 "checksums: every model is read and reported as 'SKIP NAME: ...'.\n",
+	 run_verify},
+	{"extract", "apbundle extract BUNDLE NAME [-o PATH]\n",
+	 "\nCopy model NAME to PATH (default: the last component of NAME in\n"
+	 "the current directory; into PATH when it is a directory). The copy\n"
+	 "is checked against the model's checksum and written atomically;\n"
+	 "on a mismatch nothing is left behind.\n"
+	 "\n"
+	 "  -o, --output PATH  where to write\n",
+	 run_extract},
+	{"stats", "apbundle stats MOUNTPOINT\n",
+	 "\nShow the cache statistics of a mounted bundle (MOUNTPOINT/.stats),\n"
+	 "models sorted by resident bytes.\n",
+	 run_stats},
+	{"help", "apbundle help [COMMAND]\n",
+	 "\nShow the help of COMMAND, or the list of commands.\n",
+	 run_help},
+};
+
+static const struct command *find_command(const char *name)
+{
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (strcmp(commands[i].name, name) == 0)
+			return &commands[i];
+	return NULL;
+}
+
+static int run_help(int argc, char **argv)
+{
+	const struct command *c;
+
+	if (argc < 2) {
+		print_main_usage(stdout);
+		return EXIT_SUCCESS;
+	}
+	if (argc > 2)
+		return usage_error(find_command("help"), "too many operands");
+	c = find_command(argv[1]);
+	if (!c)
+		return usage_error(NULL, "unknown command '%s'", argv[1]);
+	print_command_help(c);
+	return EXIT_SUCCESS;
+}
+
+int main(int argc, char **argv)
+{
+	const struct command *c;
+
+	if (argc < 2) {
+		print_main_usage(stderr);
+		return EXIT_USAGE;
+	}
+	if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+		print_main_usage(stdout);
+		return EXIT_SUCCESS;
+	}
+	if (!strcmp(argv[1], "-V") || !strcmp(argv[1], "--version")) {
+		printf("apbundle %s\n", APB_VERSION);
+		return EXIT_SUCCESS;
+	}
+	c = find_command(argv[1]);
+	if (!c)
+		return usage_error(NULL, "unknown command '%s'", argv[1]);
+	opterr = 0; /* next_option() words the errors */
+	return c->run(argc - 1, argv + 1);
+}

@@ -1,4 +1,161 @@
-/* writer.h - placeholder; the writer module defines its API here. */
+/*
+ * writer.h - write .apbundle files and extract models from them, atomically.
+ *
+ * Two pieces:
+ *
+ *  - An input list: (model name, source path) pairs, either added one by one
+ *    or expanded from the command-line forms of `apbundle create` (FILE,
+ *    NAME=FILE, DIR, NAME=DIR).
+ *  - apb_writer_create_bundle(), which turns an input list into a bundle,
+ *    and apb_writer_extract_model(), which copies one model out of a bundle.
+ *
+ * Both writers are atomic: they write a temporary file next to the target
+ * ("OUT.tmp.XXXXXX"), fsync it, rename it over the target and fsync the
+ * directory. On any failure, including cancellation, the temporary file is
+ * removed and the target is left as it was. Nothing is created before every
+ * name and every input has been checked.
+ *
+ * Output is deterministic: the same names and bytes give a byte-identical
+ * bundle (models sorted by name with strcmp(), unformatted JSON, no
+ * timestamps).
+ *
+ * Error reporting: every function returning int returns 0 or a negative
+ * errno and, on failure, writes one line into err (no trailing newline)
+ * that starts with the file concerned: "models/x.bin: No such file or
+ * directory". A command prints it behind its own name.
+ *
+ * Thread safety: no global state. An input list may be used by one thread
+ * at a time; different lists and different writes are independent.
+ */
 #ifndef APBUNDLE_WRITER_H
 #define APBUNDLE_WRITER_H
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct apb_bundle;
+
+/* ------------------------------------------------------------------ */
+/* Input lists                                                         */
+/* ------------------------------------------------------------------ */
+
+struct apb_input_list;
+
+/* Returns 0 or -ENOMEM. */
+int apb_input_list_new(struct apb_input_list **out);
+void apb_input_list_free(struct apb_input_list *l);
+
+size_t apb_input_list_count(const struct apb_input_list *l);
+
+/* Name and path of entry i, in the order added. Owned by the list. */
+const char *apb_input_list_name(const struct apb_input_list *l, size_t i);
+const char *apb_input_list_path(const struct apb_input_list *l, size_t i);
+
+/* Add one (name, path) pair; both are copied. Nothing is checked here:
+ * names and files are checked when the bundle is written. Returns 0 or
+ * -ENOMEM. */
+int apb_input_list_add(struct apb_input_list *l, const char *name,
+		       const char *path);
+
+/*
+ * Add what one INPUT argument of `apbundle create` stands for:
+ *
+ *   FILE       one model named after the last component of FILE
+ *   NAME=FILE  one model named NAME
+ *   DIR        every regular file below DIR, named by its path relative
+ *              to DIR ("config.json", "onnx/model.onnx")
+ *   NAME=DIR   the same, named "NAME/<relative path>"
+ *
+ * An argument containing '=' is always split at its first '='; to pass a
+ * path that contains '=', give a name: "model.bin=./a=b.bin".
+ * Symbolic links: a link given as the argument is followed. Below DIR, a
+ * link to a regular file is followed (the model holds the target's bytes),
+ * a link to a directory is not descended (no loops, no escaping DIR), and
+ * a dangling link is an error. Other non-regular files (FIFOs, sockets,
+ * devices) below DIR are skipped; given directly, they are an error.
+ * Entries of one directory are added in strcmp() order of their names.
+ * Returns 0, -ENOENT/-EACCES/... (the failing call's errno) or -EINVAL
+ * (empty name, not a regular file or directory).
+ */
+int apb_input_list_add_arg(struct apb_input_list *l, const char *arg,
+			   char *err, size_t err_len);
+
+/* ------------------------------------------------------------------ */
+/* Writing                                                             */
+/* ------------------------------------------------------------------ */
+
+#define APB_WRITER_FORMAT_DEFAULT 1 /* becomes 2 once format 2 is written */
+
+enum apb_writer_compression {
+	APB_WRITER_STORE = 0, /* bytes stored as they are */
+	APB_WRITER_ZSTD = 1,  /* zstd per chunk (format 2 only) */
+};
+
+/* Called with bytes done so far and the total; total may be 0. */
+typedef void (*apb_writer_progress_fn)(void *arg, uint64_t done,
+				       uint64_t total);
+
+struct apb_writer_options {
+	unsigned format;                          /* 1 or 2 */
+	enum apb_writer_compression compression;
+	int compression_level;                    /* zstd level; 0 = default */
+	uint64_t chunk_size;                      /* format 2; 0 = default */
+	apb_writer_progress_fn progress;          /* may be NULL */
+	void *progress_arg;
+	/* When non-NULL and *cancel becomes non-zero (e.g. set by a signal
+	 * handler), the write stops at the next buffer, removes its temporary
+	 * file and returns -EINTR. */
+	const volatile sig_atomic_t *cancel;
+};
+
+/* Defaults: format APB_WRITER_FORMAT_DEFAULT, stored, no callbacks. */
+void apb_writer_options_init(struct apb_writer_options *o);
+
+/*
+ * Check options without writing anything, so a command can reject them as
+ * a usage error. Returns 0, -EINVAL (a value out of range, or compression
+ * or chunk size asked of format 1) or -ENOTSUP ("format 2 is not supported
+ * yet").
+ */
+int apb_writer_options_check(const struct apb_writer_options *o, char *err,
+			     size_t err_len);
+
+/*
+ * Write the inputs as a bundle at out_path (format 1 today, SPEC §2).
+ * Before anything is created: options are checked, every name passes
+ * apb_name_check(), the sorted names pass apb_names_check_set() (a name
+ * given twice is reported with both paths), and every input is opened and
+ * must be a regular file. Then each input is read exactly once: its bytes
+ * are copied and hashed (XXH3-64) in the same pass. An input whose size
+ * changes between listing and copying fails the write. Zero inputs give a
+ * valid empty bundle (model_count 0).
+ *
+ * Errors: those of apb_writer_options_check(), -EINVAL for names, the
+ * errno of a failing open/read/write/fsync/rename (e.g. -ENOSPC), -EIO for
+ * an input that changed size, -ELOOP for an input that is the existing
+ * file at out_path (a bundle is never packed into its successor), -EISDIR
+ * when out_path is a directory, -EFBIG for sizes a JSON manifest cannot
+ * hold exactly (over 2^53 bytes) or too many models, -EINTR when cancelled.
+ */
+int apb_writer_create_bundle(const char *out_path,
+			     const struct apb_input_list *inputs,
+			     const struct apb_writer_options *o, char *err,
+			     size_t err_len);
+
+/*
+ * Copy model index of b to out_path, atomically, hashing while copying.
+ * label is how messages name the bundle (usually its path): a read error
+ * reads "LABEL: model 'NAME': Input/output error", a write error names
+ * out_path. When the model has a checksum and the bytes do not match it,
+ * nothing is left at out_path and -EBADMSG is returned with both checksums
+ * in err ("LABEL: model 'NAME': checksum xxh3-64:... expected xxh3-64:...").
+ * Only o->progress, o->progress_arg and o->cancel are used (o may be NULL).
+ * Returns 0, -EBADMSG, -EINTR, or the errno of a failing read or write.
+ */
+int apb_writer_extract_model(const struct apb_bundle *b, const char *label,
+			     size_t index, const char *out_path,
+			     const struct apb_writer_options *o, char *err,
+			     size_t err_len);
+
 #endif
