@@ -1,2 +1,209 @@
-/* report.c - placeholder until its module lands. */
-#include <errno.h>
+/*
+ * report.c - the /.stats JSON document and the /.metrics Prometheus text.
+ *
+ * Both are rendered from the same snapshot so that their numbers agree in
+ * meaning; SPEC §5 fixes the JSON keys, and the metric names follow the
+ * Prometheus conventions (_total for counters, _bytes for sizes).
+ */
+#include <apbundle/report.h>
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static double hit_rate(uint64_t hits, uint64_t misses)
+{
+	return hits + misses ? (double)hits / (double)(hits + misses) : 0.0;
+}
+
+static cJSON *cache_json(const struct apb_report_source *src,
+			 const struct apb_cache_stats *cs)
+{
+	cJSON *o = cJSON_CreateObject();
+	if (!o)
+		return NULL;
+	cJSON_AddStringToObject(o, "policy", src->policy);
+	cJSON_AddNumberToObject(o, "chunk_size", src->chunk_size);
+	cJSON_AddNumberToObject(o, "memory_limit", (double)cs->budget_bytes);
+	cJSON_AddNumberToObject(o, "memory_used", (double)cs->used_bytes);
+	cJSON_AddNumberToObject(o, "resident_chunks",
+				(double)cs->resident_chunks);
+	cJSON_AddNumberToObject(o, "hits", (double)cs->hits);
+	cJSON_AddNumberToObject(o, "misses", (double)cs->misses);
+	cJSON_AddNumberToObject(o, "evictions", (double)cs->evictions);
+	cJSON_AddNumberToObject(o, "hit_rate", hit_rate(cs->hits, cs->misses));
+	return o;
+}
+
+static cJSON *io_json(const struct apb_report_source *src,
+		      const struct apb_cache_stats *cs)
+{
+	cJSON *o = cJSON_CreateObject();
+	if (!o)
+		return NULL;
+	cJSON_AddNumberToObject(o, "backing_bytes_read",
+				(double)cs->loaded_bytes);
+	cJSON_AddNumberToObject(o, "bytes_served",
+				(double)atomic_load(&src->io->bytes_served));
+	cJSON_AddNumberToObject(o, "errors",
+				(double)atomic_load(&src->io->errors));
+	cJSON_AddNumberToObject(o, "checksum_errors",
+				(double)atomic_load(&src->io->checksum_errors));
+	return o;
+}
+
+static cJSON *model_json(const struct apb_report_source *src, size_t i)
+{
+	struct apb_cache_model_stats ms;
+	cJSON *o = cJSON_CreateObject();
+	if (!o)
+		return NULL;
+	apb_cache_model_stats(src->cache, (uint32_t)i, &ms);
+	cJSON_AddNumberToObject(o, "size",
+				(double)apb_bundle_model(src->bundle, i)->size);
+	cJSON_AddNumberToObject(o, "resident_bytes", (double)ms.resident_bytes);
+	cJSON_AddNumberToObject(o, "hits", (double)ms.hits);
+	cJSON_AddNumberToObject(o, "misses", (double)ms.misses);
+	cJSON_AddNumberToObject(o, "evictions", (double)ms.evictions);
+	cJSON_AddNumberToObject(o, "opens",
+				(double)atomic_load(&src->opens[i]));
+	cJSON_AddBoolToObject(o, "pinned", 0);
+	return o;
+}
+
+/* cJSON_AddItemToObject() on a NULL item is a no-op returning false, so a
+ * failed allocation anywhere surfaces as a missing key; check them all. */
+static int attach(cJSON *parent, const char *key, cJSON *child)
+{
+	if (!child)
+		return -1;
+	if (!cJSON_AddItemToObject(parent, key, child)) {
+		cJSON_Delete(child);
+		return -1;
+	}
+	return 0;
+}
+
+char *apb_report_json(const struct apb_report_source *src, size_t *len)
+{
+	struct apb_cache_stats cs;
+	cJSON *root = cJSON_CreateObject(), *prefetch, *models;
+	char *text = NULL;
+
+	if (!root)
+		return NULL;
+	apb_cache_stats(src->cache, &cs);
+	if (attach(root, "cache", cache_json(src, &cs)) ||
+	    !(prefetch = cJSON_AddObjectToObject(root, "prefetch")) ||
+	    !cJSON_AddNumberToObject(prefetch, "issued", 0) ||
+	    !cJSON_AddNumberToObject(prefetch, "hits", 0) ||
+	    !cJSON_AddNumberToObject(prefetch, "wasted", 0) ||
+	    attach(root, "io", io_json(src, &cs)) ||
+	    !(models = cJSON_AddObjectToObject(root, "models")))
+		goto out;
+	for (size_t i = 0; i < apb_bundle_count(src->bundle); i++)
+		if (attach(models, apb_bundle_model(src->bundle, i)->name,
+			   model_json(src, i)))
+			goto out;
+	text = cJSON_Print(root);
+	if (text)
+		*len = strlen(text);
+out:
+	cJSON_Delete(root);
+	return text;
+}
+
+/* Prometheus label values escape backslash, double quote and newline. */
+static void put_label(FILE *f, const char *s)
+{
+	for (; *s; s++) {
+		if (*s == '\\' || *s == '"')
+			fputc('\\', f);
+		if (*s == '\n')
+			fputs("\\n", f);
+		else
+			fputc(*s, f);
+	}
+}
+
+static void put_metric(FILE *f, const char *name, const char *type,
+		       const char *help, uint64_t value)
+{
+	fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name,
+		type, name, (unsigned long long)value);
+}
+
+static void put_model_family(FILE *f, const struct apb_report_source *src,
+			     const char *name, const char *type,
+			     const char *help, int field)
+{
+	fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+	for (size_t i = 0; i < apb_bundle_count(src->bundle); i++) {
+		struct apb_cache_model_stats ms;
+		uint64_t v;
+		apb_cache_model_stats(src->cache, (uint32_t)i, &ms);
+		switch (field) {
+		case 0: v = ms.hits; break;
+		case 1: v = ms.misses; break;
+		case 2: v = ms.evictions; break;
+		case 3: v = ms.resident_bytes; break;
+		default: v = atomic_load(&src->opens[i]); break;
+		}
+		fprintf(f, "%s{model=\"", name);
+		put_label(f, apb_bundle_model(src->bundle, i)->name);
+		fprintf(f, "\"} %llu\n", (unsigned long long)v);
+	}
+}
+
+char *apb_report_metrics(const struct apb_report_source *src, size_t *len)
+{
+	struct apb_cache_stats cs;
+	char *text = NULL;
+	size_t size = 0;
+	FILE *f = open_memstream(&text, &size);
+
+	if (!f)
+		return NULL;
+	apb_cache_stats(src->cache, &cs);
+	put_metric(f, "apbundlefs_cache_hits_total", "counter",
+		   "Chunk lookups served from memory.", cs.hits);
+	put_metric(f, "apbundlefs_cache_misses_total", "counter",
+		   "Chunk lookups that had to load from the bundle.", cs.misses);
+	put_metric(f, "apbundlefs_cache_evictions_total", "counter",
+		   "Chunks dropped from memory.", cs.evictions);
+	put_metric(f, "apbundlefs_cache_memory_used_bytes", "gauge",
+		   "Chunk memory in use, loading chunks included.",
+		   cs.used_bytes);
+	put_metric(f, "apbundlefs_cache_memory_limit_bytes", "gauge",
+		   "The chunk memory budget (max_memory).", cs.budget_bytes);
+	put_metric(f, "apbundlefs_cache_resident_chunks", "gauge",
+		   "Chunks held in memory.", cs.resident_chunks);
+	put_metric(f, "apbundlefs_io_backing_bytes_read_total", "counter",
+		   "Bytes read from the bundle file.", cs.loaded_bytes);
+	put_metric(f, "apbundlefs_io_bytes_served_total", "counter",
+		   "Bytes returned to readers.",
+		   atomic_load(&src->io->bytes_served));
+	put_metric(f, "apbundlefs_io_errors_total", "counter",
+		   "Reads answered with an error.",
+		   atomic_load(&src->io->errors));
+	put_metric(f, "apbundlefs_io_checksum_errors_total", "counter",
+		   "Chunks that failed checksum verification.",
+		   atomic_load(&src->io->checksum_errors));
+	put_model_family(f, src, "apbundlefs_model_hits_total", "counter",
+			 "Chunk hits per model.", 0);
+	put_model_family(f, src, "apbundlefs_model_misses_total", "counter",
+			 "Chunk misses per model.", 1);
+	put_model_family(f, src, "apbundlefs_model_evictions_total", "counter",
+			 "Chunks of the model dropped from memory.", 2);
+	put_model_family(f, src, "apbundlefs_model_resident_bytes", "gauge",
+			 "Bytes of the model held in memory.", 3);
+	put_model_family(f, src, "apbundlefs_model_opens_total", "counter",
+			 "Opens of the model.", 4);
+	if (fclose(f) != 0) {
+		free(text);
+		return NULL;
+	}
+	*len = size;
+	return text;
+}

@@ -1,1 +1,300 @@
-int main(void) { return 1; }
+/*
+ * main.c - apbundlefs: parse the command line, open and validate the
+ * bundle, build the tree and the cache, mount, serve, unmount.
+ *
+ * Everything that can fail because of the bundle or the options fails
+ * before the mount exists, so a refused bundle never leaves a mount behind.
+ */
+#include "apbfs.h"
+
+#include <apbundle/size.h>
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#define DEFAULT_MAX_MEMORY (256ull << 20)
+#define DEFAULT_CHUNK_SIZE (256u << 10)
+#define MAX_CHUNK_SIZE (64u << 20)
+
+struct cmdline {
+	char *bundle;
+	int nonopts;
+	char *max_memory;
+	char *chunk_size;
+	char *eviction;
+	int kernel_cache;
+};
+
+#define OPT(t, field) {t, offsetof(struct cmdline, field), 1}
+static const struct fuse_opt option_spec[] = {
+	OPT("max_memory=%s", max_memory),
+	OPT("chunk_size=%s", chunk_size),
+	OPT("eviction=%s", eviction),
+	OPT("kernel_cache", kernel_cache),
+	FUSE_OPT_END
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+"usage: apbundlefs [-f] [-d] [-s] [-o OPT[,OPT...]] BUNDLE MOUNTPOINT\n"
+"\n"
+"Mount the models of an .apbundle file as read-only files whose reads are\n"
+"served from a memory-budgeted chunk cache. Unmount with fusermount3 -u.\n"
+"\n"
+"apbundlefs options:\n"
+"    -o max_memory=SIZE     budget for cached chunks (default 256M)\n"
+"    -o chunk_size=SIZE     cache chunk, a multiple of 4K (default 256K)\n"
+"    -o eviction=lru|lfu    eviction policy (default lru)\n"
+"    -o kernel_cache        let the kernel page cache keep file pages\n"
+"                           across opens\n"
+"Sizes take K, M and G suffixes (powers of 1024).\n"
+"\n");
+}
+
+/* The first non-option argument is the bundle; the second, the mountpoint,
+ * stays for fuse_parse_cmdline(). */
+static int take_arg(void *data, const char *arg, int key,
+		    struct fuse_args *outargs)
+{
+	struct cmdline *cl = data;
+	(void)outargs;
+
+	if (key != FUSE_OPT_KEY_NONOPT)
+		return 1;
+	if (cl->nonopts++ == 0) {
+		cl->bundle = strdup(arg);
+		return cl->bundle ? 0 : -1;
+	}
+	return 1;
+}
+
+static int parse_size_opt(const char *name, const char *value, uint64_t *out)
+{
+	if (!value)
+		return 0;
+	if (apb_size_parse(value, out) != 0) {
+		fprintf(stderr, "apbundlefs: bad option %s=%s: expected a size "
+			"such as 64K, 512M or 2G\n", name, value);
+		return -1;
+	}
+	return 0;
+}
+
+static int resolve_options(const struct cmdline *cl, struct apbfs_options *o)
+{
+	uint64_t chunk = DEFAULT_CHUNK_SIZE;
+	char a[32], b[32];
+
+	o->max_memory = DEFAULT_MAX_MEMORY;
+	o->eviction = APB_EVICT_LRU;
+	o->kernel_cache = cl->kernel_cache;
+	if (parse_size_opt("max_memory", cl->max_memory, &o->max_memory) ||
+	    parse_size_opt("chunk_size", cl->chunk_size, &chunk))
+		return -1;
+	if (chunk < 4096 || chunk % 4096 || chunk > MAX_CHUNK_SIZE) {
+		fprintf(stderr, "apbundlefs: bad option chunk_size=%s: must be "
+			"a multiple of 4K from 4K to 64M\n", cl->chunk_size);
+		return -1;
+	}
+	o->chunk_size = (uint32_t)chunk;
+	if (o->max_memory < chunk) {
+		fprintf(stderr, "apbundlefs: max_memory (%s) is smaller than "
+			"one chunk (%s)\n",
+			apb_size_format(o->max_memory, a, sizeof(a)),
+			apb_size_format(chunk, b, sizeof(b)));
+		return -1;
+	}
+	if (cl->eviction) {
+		if (strcmp(cl->eviction, "lfu") == 0) {
+			o->eviction = APB_EVICT_LFU;
+		} else if (strcmp(cl->eviction, "lru") != 0) {
+			fprintf(stderr, "apbundlefs: bad option eviction=%s: "
+				"expected lru or lfu\n", cl->eviction);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static long load_chunk(void *arg, uint32_t model, uint64_t index, void *buf,
+		       size_t cap)
+{
+	struct apbfs *fs = arg;
+	return apb_bundle_read(fs->bundle, model, index * fs->opt.chunk_size,
+			       buf, cap);
+}
+
+/* Open the bundle and build everything the operations need. */
+static int setup(struct apbfs *fs, const char *path)
+{
+	char err[512] = "";
+	int rc = apb_bundle_open(path, &fs->bundle, err, sizeof(err));
+	size_t n;
+
+	if (rc) {
+		fprintf(stderr, "apbundlefs: %s: %s\n", path,
+			err[0] ? err : strerror(-rc));
+		return rc;
+	}
+	n = apb_bundle_count(fs->bundle);
+	rc = apb_tree_build(fs->bundle, &fs->tree);
+	if (rc == 0) {
+		fs->opens = calloc(n ? n : 1, sizeof(*fs->opens));
+		if (!fs->opens)
+			rc = -ENOMEM;
+	}
+	if (rc == 0) {
+		struct apb_cache_config cfg = {
+			.budget_bytes = fs->opt.max_memory,
+			.chunk_size = fs->opt.chunk_size,
+			.policy = fs->opt.eviction,
+			.model_count = (uint32_t)n,
+			.load = load_chunk,
+			.load_ctx = fs,
+		};
+		rc = apb_cache_new(&cfg, &fs->cache);
+	}
+	if (rc) {
+		fprintf(stderr, "apbundlefs: %s: %s\n", path, strerror(-rc));
+		return rc;
+	}
+	for (int i = 0; i < APBFS_NSPECIAL; i++)
+		fs->special_ino[i] = apb_tree_count(fs->tree) + 1 + (uint64_t)i;
+	fs->owner = getuid();
+	return 0;
+}
+
+static void teardown(struct apbfs *fs)
+{
+	if (fs->cache)
+		apb_cache_free(fs->cache);
+	apb_tree_free(fs->tree);
+	free(fs->opens);
+	if (fs->bundle)
+		apb_bundle_close(fs->bundle);
+}
+
+static void log_to_syslog(enum fuse_log_level level, const char *fmt,
+			  va_list ap)
+{
+	vsyslog((int)level, fmt, ap);
+}
+
+/* Show the bundle in /proc/mounts; fuse_opt splits on unescaped commas. */
+static int add_fsname(struct fuse_args *args, const char *bundle)
+{
+	size_t n = strlen(bundle);
+	char *o = malloc(2 * n + sizeof("-ofsname="));
+	char *p;
+	int rc;
+
+	if (!o)
+		return -1;
+	p = o + sprintf(o, "-ofsname=");
+	for (const char *s = bundle; *s; s++) {
+		if (*s == ',' || *s == '\\')
+			*p++ = '\\';
+		*p++ = *s;
+	}
+	*p = '\0';
+	rc = fuse_opt_add_arg(args, o);
+	free(o);
+	return rc ? rc : fuse_opt_add_arg(args, "-osubtype=apbundlefs");
+}
+
+static int serve(struct apbfs *fs, struct fuse_args *args,
+		 struct fuse_cmdline_opts *o)
+{
+	struct fuse_session *se;
+	struct fuse_loop_config *lc = NULL;
+	int rc = 1;
+
+	se = fuse_session_new(args, &apbfs_ops, sizeof(apbfs_ops), fs);
+	if (!se)
+		return 1;
+	if (fuse_set_signal_handlers(se) != 0)
+		goto out_destroy;
+	if (fuse_session_mount(se, o->mountpoint) != 0)
+		goto out_signals;
+	if (!o->foreground) {
+		openlog("apbundlefs", LOG_PID, LOG_DAEMON);
+		fuse_set_log_func(log_to_syslog);
+	}
+	fuse_daemonize(o->foreground);
+	if (o->singlethread) {
+		rc = fuse_session_loop(se);
+	} else {
+		lc = fuse_loop_cfg_create();
+		if (lc) {
+			fuse_loop_cfg_set_clone_fd(lc, (unsigned)o->clone_fd);
+			fuse_loop_cfg_set_idle_threads(lc, o->max_idle_threads);
+			fuse_loop_cfg_set_max_threads(lc, o->max_threads);
+			rc = fuse_session_loop_mt(se, lc);
+			fuse_loop_cfg_destroy(lc);
+		}
+	}
+	/* A signal ends the loop with its number; that is a clean stop. */
+	if (rc > 0 && fuse_session_exited(se))
+		rc = 0;
+	fuse_session_unmount(se);
+out_signals:
+	fuse_remove_signal_handlers(se);
+out_destroy:
+	fuse_session_destroy(se);
+	return rc ? 1 : 0;
+}
+
+int main(int argc, char *argv[])
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_cmdline_opts o = {0};
+	struct cmdline cl = {0};
+	struct apbfs fs = {0};
+	int ret = 1;
+
+	if (fuse_opt_parse(&args, &cl, option_spec, take_arg) != 0 ||
+	    fuse_parse_cmdline(&args, &o) != 0) {
+		ret = 2;
+		goto out;
+	}
+	if (o.show_help) {
+		usage(stdout);
+		fuse_cmdline_help();
+		fuse_lowlevel_help();
+		ret = 0;
+		goto out;
+	}
+	if (o.show_version) {
+		printf("apbundlefs %s (libfuse %s)\n", APB_VERSION,
+		       fuse_pkgversion());
+		ret = 0;
+		goto out;
+	}
+	if (!cl.bundle || !o.mountpoint || cl.nonopts > 2) {
+		usage(stderr);
+		ret = 2;
+		goto out;
+	}
+	if (resolve_options(&cl, &fs.opt) != 0) {
+		ret = 2;
+		goto out;
+	}
+	if (setup(&fs, cl.bundle) != 0 || add_fsname(&args, cl.bundle) != 0)
+		goto out;
+	ret = serve(&fs, &args, &o);
+out:
+	teardown(&fs);
+	free(o.mountpoint);
+	free(cl.bundle);
+	free(cl.max_memory);
+	free(cl.chunk_size);
+	free(cl.eviction);
+	fuse_opt_free_args(&args);
+	return ret;
+}

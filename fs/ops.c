@@ -1,2 +1,562 @@
-/* ops.c */
+/*
+ * ops.c - the FUSE low-level operations: translate each request into calls
+ * of the tree, the cache and the report modules, and reply. No format or
+ * caching logic lives here.
+ *
+ * Reads of model files: a request inside one chunk is answered straight
+ * from the chunk's memory with fuse_reply_iov() while a reference pins the
+ * chunk (no copy in the daemon); a request that spans chunks is assembled
+ * in a buffer, taking one chunk reference at a time, because the cache
+ * forbids holding a reference while waiting for another (cache.h).
+ *
+ * The control files: .stats and .metrics render a fresh document at open
+ * and serve reads from it (direct_io, so their st_size of 0 does not stop
+ * readers); .control takes one command per written line.
+ */
+#include "apbfs.h"
+
 #include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+/* The bundle never changes under a mount (issue: detection of changes is
+ * its own check), so names and attributes may be cached for long. */
+#define ATTR_TIMEOUT_S 86400.0
+
+static const char *const special_names[APBFS_NSPECIAL] = {
+	[APBFS_STATS] = ".stats",
+	[APBFS_METRICS] = ".metrics",
+	[APBFS_CONTROL] = ".control",
+};
+
+struct doc {
+	char *text;
+	size_t len;
+};
+
+static struct apbfs *ctx(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static int special_of(const struct apbfs *fs, fuse_ino_t ino)
+{
+	for (int i = 0; i < APBFS_NSPECIAL; i++)
+		if (fs->special_ino[i] == ino)
+			return i;
+	return -1;
+}
+
+static int fill_attr(const struct apbfs *fs, fuse_ino_t ino, struct stat *st)
+{
+	const struct stat *bst = apb_bundle_stat(fs->bundle);
+	const struct apb_tree_node *n = apb_tree_node(fs->tree, ino);
+	int sp = special_of(fs, ino);
+
+	memset(st, 0, sizeof(*st));
+	st->st_ino = ino;
+	st->st_uid = fs->owner;
+	st->st_gid = getgid();
+	st->st_atim = bst->st_atim;
+	st->st_mtim = bst->st_mtim;
+	st->st_ctim = bst->st_ctim;
+	st->st_blksize = fs->opt.chunk_size;
+	st->st_nlink = 1;
+	if (sp >= 0) {
+		st->st_mode = S_IFREG | (sp == APBFS_CONTROL ? 0200 : 0444);
+		return 0;
+	}
+	if (!n)
+		return -ENOENT;
+	if (n->is_dir) {
+		st->st_mode = S_IFDIR | 0555;
+		st->st_nlink = 2;
+		return 0;
+	}
+	st->st_mode = S_IFREG | 0444;
+	st->st_size = (off_t)apb_bundle_model(fs->bundle, n->model)->size;
+	st->st_blocks = (st->st_size + 511) / 512;
+	return 0;
+}
+
+static void reply_entry(fuse_req_t req, struct apbfs *fs, fuse_ino_t ino)
+{
+	struct fuse_entry_param e;
+
+	memset(&e, 0, sizeof(e));
+	e.ino = ino;
+	e.attr_timeout = special_of(fs, ino) >= 0 ? 0.0 : ATTR_TIMEOUT_S;
+	e.entry_timeout = ATTR_TIMEOUT_S;
+	if (fill_attr(fs, ino, &e.attr) != 0) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	fuse_reply_entry(req, &e);
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct apbfs *fs = ctx(req);
+	uint64_t ino;
+	int rc;
+
+	if (parent == APB_TREE_ROOT)
+		for (int i = 0; i < APBFS_NSPECIAL; i++)
+			if (strcmp(name, special_names[i]) == 0) {
+				reply_entry(req, fs, fs->special_ino[i]);
+				return;
+			}
+	rc = apb_tree_lookup(fs->tree, parent, name, &ino);
+	if (rc) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	reply_entry(req, fs, ino);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	struct apbfs *fs = ctx(req);
+	struct stat st;
+	(void)fi;
+
+	if (fill_attr(fs, ino, &st) != 0) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	fuse_reply_attr(req, &st, special_of(fs, ino) >= 0 ? 0.0 : ATTR_TIMEOUT_S);
+}
+
+/* Directory offsets: 0 ".", 1 "..", then the children in name order, then,
+ * in the root only, the control files. */
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	struct apbfs *fs = ctx(req);
+	const struct apb_tree_node *dir = apb_tree_node(fs->tree, ino);
+	size_t nkids, total, used = 0;
+	char *buf;
+	(void)fi;
+
+	if (!dir) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (!dir->is_dir) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	nkids = dir->nchildren;
+	total = 2 + nkids + (ino == APB_TREE_ROOT ? APBFS_NSPECIAL : 0);
+	buf = malloc(size);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	for (size_t i = (size_t)off; i < total; i++) {
+		struct stat st = {0};
+		const char *name;
+		size_t n;
+
+		if (i == 0) {
+			name = ".";
+			st.st_ino = ino;
+		} else if (i == 1) {
+			name = "..";
+			st.st_ino = dir->parent;
+		} else if (i < 2 + nkids) {
+			st.st_ino = apb_tree_child(fs->tree, ino, i - 2);
+			name = apb_tree_node(fs->tree, st.st_ino)->name;
+		} else {
+			name = special_names[i - 2 - nkids];
+			st.st_ino = fs->special_ino[i - 2 - nkids];
+		}
+		if (fill_attr(fs, st.st_ino, &st) != 0)
+			st.st_mode = S_IFDIR;
+		n = fuse_add_direntry(req, buf + used, size - used, name, &st,
+				      (off_t)(i + 1));
+		if (n > size - used)
+			break;
+		used += n;
+	}
+	fuse_reply_buf(req, buf, used);
+	free(buf);
+}
+
+static void open_special(fuse_req_t req, struct apbfs *fs, int sp,
+			 struct fuse_file_info *fi)
+{
+	int acc = fi->flags & O_ACCMODE;
+	struct apb_report_source src = {
+		.bundle = fs->bundle, .cache = fs->cache,
+		.policy = fs->opt.eviction == APB_EVICT_LFU ? "lfu" : "lru",
+		.chunk_size = fs->opt.chunk_size, .io = &fs->io,
+		.opens = fs->opens,
+	};
+	struct doc *d;
+
+	fi->direct_io = 1;
+	if (sp == APBFS_CONTROL) {
+		if (acc != O_WRONLY || fuse_req_ctx(req)->uid != fs->owner) {
+			fuse_reply_err(req, EACCES);
+			return;
+		}
+		fuse_reply_open(req, fi);
+		return;
+	}
+	if (acc != O_RDONLY || (fi->flags & O_TRUNC)) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	d = calloc(1, sizeof(*d));
+	if (d)
+		d->text = sp == APBFS_STATS ? apb_report_json(&src, &d->len)
+					    : apb_report_metrics(&src, &d->len);
+	if (!d || !d->text) {
+		free(d);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	fi->fh = (uint64_t)(uintptr_t)d;
+	fuse_reply_open(req, fi);
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct apbfs *fs = ctx(req);
+	const struct apb_tree_node *n = apb_tree_node(fs->tree, ino);
+	int sp = special_of(fs, ino);
+
+	if (sp >= 0) {
+		open_special(req, fs, sp, fi);
+		return;
+	}
+	if (!n) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	atomic_fetch_add(&fs->opens[n->model], 1);
+	fi->keep_cache = fs->opt.kernel_cache;
+	fuse_reply_open(req, fi);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	struct apbfs *fs = ctx(req);
+	int sp = special_of(fs, ino);
+
+	if (sp == APBFS_STATS || sp == APBFS_METRICS) {
+		struct doc *d = (struct doc *)(uintptr_t)fi->fh;
+		free(d->text);
+		free(d);
+	}
+	fuse_reply_err(req, 0);
+}
+
+static void read_doc(fuse_req_t req, const struct doc *d, size_t size, off_t off)
+{
+	if ((uint64_t)off >= d->len) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	if (size > d->len - (size_t)off)
+		size = d->len - (size_t)off;
+	fuse_reply_buf(req, d->text + off, size);
+}
+
+static void read_failed(fuse_req_t req, struct apbfs *fs, uint32_t model,
+			uint64_t chunk, int rc)
+{
+	atomic_fetch_add(&fs->io.errors, 1);
+	fuse_log(FUSE_LOG_ERR, "apbundlefs: model '%s' chunk %llu: %s\n",
+		 apb_bundle_model(fs->bundle, model)->name,
+		 (unsigned long long)chunk, strerror(-rc));
+	fuse_reply_err(req, -rc);
+}
+
+/* Copy [off, off + len) of the model out of chunk number idx. A chunk
+ * shorter than the model says it must be means the bundle lost bytes. */
+static int copy_from_chunk(struct apbfs *fs, uint32_t model, uint64_t idx,
+			   uint64_t off, size_t len, char *dst)
+{
+	struct apb_chunk *c;
+	uint64_t in = off - idx * fs->opt.chunk_size;
+	int rc = apb_cache_get(fs->cache, model, idx, &c);
+
+	if (rc)
+		return rc;
+	if (apb_chunk_len(c) < in + len)
+		rc = -EIO;
+	else
+		memcpy(dst, (const char *)apb_chunk_data(c) + in, len);
+	apb_cache_put(fs->cache, c);
+	return rc;
+}
+
+static void read_model(fuse_req_t req, struct apbfs *fs, uint32_t model,
+		       size_t size, uint64_t off)
+{
+	uint64_t msize = apb_bundle_model(fs->bundle, model)->size;
+	uint64_t cs = fs->opt.chunk_size, first, last;
+	struct apb_chunk *c;
+	char *buf;
+	int rc;
+
+	if (off >= msize || size == 0) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	if (size > msize - off)
+		size = (size_t)(msize - off);
+	first = off / cs;
+	last = (off + size - 1) / cs;
+	if (first == last) {
+		uint64_t in = off - first * cs;
+		rc = apb_cache_get(fs->cache, model, first, &c);
+		if (rc == 0 && apb_chunk_len(c) < in + size) {
+			apb_cache_put(fs->cache, c);
+			rc = -EIO;
+		}
+		if (rc) {
+			read_failed(req, fs, model, first, rc);
+			return;
+		}
+		struct iovec iov = {
+			.iov_base = (char *)apb_chunk_data(c) + in,
+			.iov_len = size,
+		};
+		fuse_reply_iov(req, &iov, 1);
+		apb_cache_put(fs->cache, c);
+		atomic_fetch_add(&fs->io.bytes_served, size);
+		return;
+	}
+	buf = malloc(size);
+	if (!buf) {
+		read_failed(req, fs, model, first, -ENOMEM);
+		return;
+	}
+	for (uint64_t idx = first, done = 0; idx <= last; idx++) {
+		uint64_t start = idx == first ? off : idx * cs;
+		uint64_t end = idx == last ? off + size : (idx + 1) * cs;
+		rc = copy_from_chunk(fs, model, idx, start, end - start,
+				     buf + done);
+		if (rc) {
+			free(buf);
+			read_failed(req, fs, model, idx, rc);
+			return;
+		}
+		done += end - start;
+	}
+	fuse_reply_buf(req, buf, size);
+	free(buf);
+	atomic_fetch_add(&fs->io.bytes_served, size);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct apbfs *fs = ctx(req);
+	const struct apb_tree_node *n;
+	int sp = special_of(fs, ino);
+
+	if (sp == APBFS_STATS || sp == APBFS_METRICS) {
+		read_doc(req, (const struct doc *)(uintptr_t)fi->fh, size, off);
+		return;
+	}
+	n = apb_tree_node(fs->tree, ino);
+	if (!n || n->is_dir || off < 0) {
+		fuse_reply_err(req, n && n->is_dir ? EISDIR : EINVAL);
+		return;
+	}
+	read_model(req, fs, n->model, size, (uint64_t)off);
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
+		     size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct apbfs *fs = ctx(req);
+	const char *line = buf, *end = buf + size;
+	(void)off;
+	(void)fi;
+
+	if (special_of(fs, ino) != APBFS_CONTROL) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	while (line < end) {
+		const char *nl = memchr(line, '\n', (size_t)(end - line));
+		size_t len = (size_t)((nl ? nl : end) - line);
+		int rc = apbfs_control(fs, line, len);
+		if (rc) {
+			fuse_reply_err(req, -rc);
+			return;
+		}
+		line += len + 1;
+	}
+	fuse_reply_write(req, size);
+}
+
+/* `echo clear > .control` truncates before it writes; that is the only
+ * attribute change allowed, and it changes nothing. */
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+		       int to_set, struct fuse_file_info *fi)
+{
+	struct apbfs *fs = ctx(req);
+	struct stat st;
+	(void)fi;
+
+	if (special_of(fs, ino) == APBFS_CONTROL && to_set == FUSE_SET_ATTR_SIZE &&
+	    attr->st_size == 0 && fuse_req_ctx(req)->uid == fs->owner) {
+		fill_attr(fs, ino, &st);
+		fuse_reply_attr(req, &st, 0.0);
+		return;
+	}
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
+{
+	struct apbfs *fs = ctx(req);
+	int sp = special_of(fs, ino);
+
+	if (sp < 0 && !apb_tree_node(fs->tree, ino)) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if ((mask & W_OK) && sp != APBFS_CONTROL) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	fuse_reply_err(req, 0);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct apbfs *fs = ctx(req);
+	struct statvfs sv;
+	(void)ino;
+
+	memset(&sv, 0, sizeof(sv));
+	sv.f_bsize = fs->opt.chunk_size;
+	sv.f_frsize = 4096;
+	sv.f_blocks = (fsblkcnt_t)((apb_bundle_stat(fs->bundle)->st_size + 4095) / 4096);
+	sv.f_files = apb_tree_count(fs->tree) + APBFS_NSPECIAL;
+	sv.f_namemax = 255;
+	sv.f_flag = ST_RDONLY | ST_NOSUID | ST_NODEV;
+	fuse_reply_statfs(req, &sv);
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
+		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+	conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE;
+}
+
+/* Every operation that would change the tree. */
+static void erofs(fuse_req_t req)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m,
+		     dev_t d)
+{
+	(void)p, (void)n, (void)m, (void)d;
+	erofs(req);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m)
+{
+	(void)p, (void)n, (void)m;
+	erofs(req);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t p, const char *n)
+{
+	(void)p, (void)n;
+	erofs(req);
+}
+
+static void op_symlink(fuse_req_t req, const char *l, fuse_ino_t p,
+		       const char *n)
+{
+	(void)l, (void)p, (void)n;
+	erofs(req);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t p, const char *n,
+		      fuse_ino_t np, const char *nn, unsigned int f)
+{
+	(void)p, (void)n, (void)np, (void)nn, (void)f;
+	erofs(req);
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t i, fuse_ino_t np,
+		    const char *nn)
+{
+	(void)i, (void)np, (void)nn;
+	erofs(req);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m,
+		      struct fuse_file_info *fi)
+{
+	(void)p, (void)n, (void)m, (void)fi;
+	erofs(req);
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t i, const char *n,
+			const char *v, size_t s, int f)
+{
+	(void)i, (void)n, (void)v, (void)s, (void)f;
+	erofs(req);
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t i, const char *n)
+{
+	(void)i, (void)n;
+	erofs(req);
+}
+
+static void op_fallocate(fuse_req_t req, fuse_ino_t i, int m, off_t o,
+			 off_t l, struct fuse_file_info *fi)
+{
+	(void)i, (void)m, (void)o, (void)l, (void)fi;
+	erofs(req);
+}
+
+const struct fuse_lowlevel_ops apbfs_ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.getattr = op_getattr,
+	.setattr = op_setattr,
+	.readdir = op_readdir,
+	.open = op_open,
+	.release = op_release,
+	.read = op_read,
+	.write = op_write,
+	.access = op_access,
+	.statfs = op_statfs,
+	.mknod = op_mknod,
+	.mkdir = op_mkdir,
+	.unlink = op_unlink,
+	.rmdir = op_unlink,
+	.symlink = op_symlink,
+	.rename = op_rename,
+	.link = op_link,
+	.create = op_create,
+	.setxattr = op_setxattr,
+	.removexattr = op_removexattr,
+	.fallocate = op_fallocate,
+};

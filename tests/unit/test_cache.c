@@ -1,2 +1,1023 @@
+/*
+ * test_cache.c - the chunk cache's contract (include/apbundle/cache.h).
+ *
+ * A test "source" plays the loader: chunk (model, index) holds a pattern
+ * derived from the pair, every model is model_bytes long (so its last chunk
+ * is short when model_bytes is not a multiple of the chunk size), and it can
+ * fail loads or hold them until the cache has counted a given number of
+ * misses - the way tests line threads up without sleeping: a get counts its
+ * miss under the cache lock before it waits, so once the count is reached
+ * every getter is inside the cache.
+ *
+ * Shared test state is guarded by pthread mutexes, not C11 atomics, so that
+ * Helgrind (which does not model atomics) can check the runs too.
+ */
+#include <apbundle/cache.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+#include <unistd.h>
+
 #include "test.h"
-int main(void) { return 0; }
+
+#define KIB 1024u
+#define MIB (1024u * 1024u)
+#define CS 4096u /* the chunk size most tests use */
+
+/* ---- the source: a deterministic loader ------------------------------ */
+
+struct source {
+	pthread_mutex_t mu;
+	uint64_t model_bytes;     /* immutable while a cache uses it */
+	struct apb_cache *cache;  /* set before any get, for gated loads */
+	/* mu: */
+	unsigned calls;           /* loader calls */
+	uint64_t bytes;           /* bytes returned by successful loads */
+	int fail_rc;              /* != 0: loads return this */
+	uint64_t gate_misses;     /* != 0: loads wait for this many misses */
+	long result_override;     /* != 0: loads return this after filling */
+};
+
+static uint64_t mix64(uint64_t h)
+{
+	h ^= h >> 31;
+	h *= 0x7fb5d329728ea185ull;
+	h ^= h >> 27;
+	h *= 0x81dadef4bc2dd44dull;
+	h ^= h >> 33;
+	return h;
+}
+
+static void pattern_fill(uint32_t model, uint64_t index, uint8_t *buf,
+			 size_t len)
+{
+	uint64_t seed = mix64(((uint64_t)model << 40) ^ index ^ 0x5eed);
+
+	for (size_t j = 0; j < len; j++)
+		buf[j] = (uint8_t)((seed >> (8 * (j % 8))) + j / 8);
+}
+
+static size_t chunk_bytes(const struct source *s, uint32_t cs, uint64_t index)
+{
+	uint64_t off = index * cs;
+
+	if (off >= s->model_bytes)
+		return 0;
+	return s->model_bytes - off < cs ? (size_t)(s->model_bytes - off) : cs;
+}
+
+/* The chunk holds exactly the bytes the source would load for it. */
+static bool chunk_matches(const struct source *s, struct apb_chunk *ch,
+			  uint32_t cs, uint32_t model, uint64_t index)
+{
+	static _Thread_local uint8_t want[64 * KIB];
+	size_t len = chunk_bytes(s, cs, index);
+
+	if (apb_chunk_len(ch) != len || len > sizeof(want))
+		return false;
+	pattern_fill(model, index, want, len);
+	return memcmp(apb_chunk_data(ch), want, len) == 0;
+}
+
+static void sleep_ms(long ms)
+{
+	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+
+	nanosleep(&ts, NULL);
+}
+
+static uint64_t cache_misses(struct apb_cache *c)
+{
+	struct apb_cache_stats st;
+
+	apb_cache_stats(c, &st);
+	return st.misses;
+}
+
+/* Poll until the cache counted n misses; fail after 30 s. */
+static void wait_for_misses(struct apb_cache *c, uint64_t n)
+{
+	for (int waited_ms = 0; cache_misses(c) < n; waited_ms++) {
+		CHECK(waited_ms < 30000);
+		sleep_ms(1);
+	}
+}
+
+static long source_load(void *ctx, uint32_t model, uint64_t index, void *buf,
+			size_t cap)
+{
+	struct source *s = ctx;
+	size_t len = chunk_bytes(s, (uint32_t)cap, index);
+	uint64_t gate;
+	long override;
+	int fail;
+
+	pthread_mutex_lock(&s->mu);
+	s->calls++;
+	fail = s->fail_rc;
+	gate = s->gate_misses;
+	override = s->result_override;
+	pthread_mutex_unlock(&s->mu);
+
+	if (gate)
+		wait_for_misses(s->cache, gate);
+	if (fail)
+		return fail;
+	pattern_fill(model, index, buf, len);
+	if (override)
+		return override;
+	pthread_mutex_lock(&s->mu);
+	s->bytes += len;
+	pthread_mutex_unlock(&s->mu);
+	return (long)len;
+}
+
+static void source_init(struct source *s, uint64_t model_bytes)
+{
+	memset(s, 0, sizeof(*s));
+	CHECK_EQ(pthread_mutex_init(&s->mu, NULL), 0);
+	s->model_bytes = model_bytes;
+}
+
+static void source_set(struct source *s, int fail_rc, uint64_t gate_misses)
+{
+	pthread_mutex_lock(&s->mu);
+	s->fail_rc = fail_rc;
+	s->gate_misses = gate_misses;
+	pthread_mutex_unlock(&s->mu);
+}
+
+static unsigned source_calls(struct source *s)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&s->mu);
+	n = s->calls;
+	pthread_mutex_unlock(&s->mu);
+	return n;
+}
+
+static struct apb_cache *cache_make(struct source *s, enum apb_eviction policy,
+				    uint64_t budget_bytes, uint32_t chunk_size,
+				    uint32_t model_count)
+{
+	struct apb_cache_config cfg = {
+		.budget_bytes = budget_bytes,
+		.chunk_size = chunk_size,
+		.policy = policy,
+		.model_count = model_count,
+		.load = source_load,
+		.load_ctx = s,
+	};
+	struct apb_cache *c = NULL;
+
+	CHECK_EQ(apb_cache_new(&cfg, &c), 0);
+	CHECK(c != NULL);
+	s->cache = c;
+	return c;
+}
+
+static void cache_done(struct source *s, struct apb_cache *c)
+{
+	apb_cache_free(c);
+	pthread_mutex_destroy(&s->mu);
+}
+
+/* Get and put one chunk, checking its bytes; true if it was a hit. */
+static bool access_chunk(struct source *s, struct apb_cache *c, uint32_t cs,
+			 uint32_t model, uint64_t index)
+{
+	struct apb_cache_stats before, after;
+	struct apb_chunk *ch = NULL;
+
+	apb_cache_stats(c, &before);
+	CHECK_EQ(apb_cache_get(c, model, index, &ch), 0);
+	CHECK(chunk_matches(s, ch, cs, model, index));
+	apb_cache_put(c, ch);
+	apb_cache_stats(c, &after);
+	CHECK_EQ(after.hits + after.misses, before.hits + before.misses + 1);
+	return after.hits == before.hits + 1;
+}
+
+static uint64_t model_resident(struct apb_cache *c, uint32_t model)
+{
+	struct apb_cache_model_stats ms;
+
+	apb_cache_model_stats(c, model, &ms);
+	return ms.resident_bytes;
+}
+
+/* ---- single-threaded behaviour --------------------------------------- */
+
+static void test_config_rejects_invalid_values(void)
+{
+	struct source s;
+	struct apb_cache_config ok = {
+		.budget_bytes = 4 * CS, .chunk_size = CS, .model_count = 1,
+		.policy = APB_EVICT_LRU, .load = source_load, .load_ctx = &s,
+	};
+	struct apb_cache_config bad;
+	struct apb_cache *c = (struct apb_cache *)&bad;
+
+	source_init(&s, CS);
+	bad = ok, bad.budget_bytes = CS - 1;
+	CHECK_EQ(apb_cache_new(&bad, &c), -EINVAL);
+	CHECK(c == NULL);
+	bad = ok, bad.chunk_size = 0;
+	CHECK_EQ(apb_cache_new(&bad, &c), -EINVAL);
+	bad = ok, bad.chunk_size = 1000;
+	CHECK_EQ(apb_cache_new(&bad, &c), -EINVAL);
+	bad = ok, bad.chunk_size = CS + 512, bad.budget_bytes = 8 * CS;
+	CHECK_EQ(apb_cache_new(&bad, &c), -EINVAL);
+	bad = ok, bad.policy = (enum apb_eviction)7;
+	CHECK_EQ(apb_cache_new(&bad, &c), -EINVAL);
+	bad = ok, bad.load = NULL;
+	CHECK_EQ(apb_cache_new(&bad, &c), -EINVAL);
+	CHECK(c == NULL);
+
+	/* A budget that is not a multiple of the chunk rounds down. */
+	bad = ok, bad.budget_bytes = 3 * CS + CS / 2;
+	CHECK_EQ(apb_cache_new(&bad, &c), 0);
+	struct apb_cache_stats st;
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.budget_bytes, 3 * CS);
+	CHECK_EQ(st.used_bytes, 0);
+	apb_cache_free(c);
+	pthread_mutex_destroy(&s.mu);
+}
+
+static void test_get_rejects_unknown_model(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_chunk *ch = (struct apb_chunk *)&s;
+	struct apb_cache_stats st;
+
+	source_init(&s, CS);
+	c = cache_make(&s, APB_EVICT_LRU, 2 * CS, CS, 2);
+	CHECK_EQ(apb_cache_get(c, 2, 0, &ch), -EINVAL);
+	CHECK(ch == NULL);
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.hits + st.misses, 0);
+	CHECK_EQ(source_calls(&s), 0);
+	cache_done(&s, c);
+}
+
+static void test_counts_hits_and_misses_exactly(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+	struct apb_cache_model_stats m0, m1;
+	struct apb_chunk *a, *b;
+
+	source_init(&s, 8 * CS);
+	c = cache_make(&s, APB_EVICT_LRU, 4 * CS, CS, 2);
+	CHECK(!access_chunk(&s, c, CS, 0, 0));
+	CHECK(access_chunk(&s, c, CS, 0, 0));
+	CHECK(!access_chunk(&s, c, CS, 0, 1));
+	CHECK(!access_chunk(&s, c, CS, 1, 0));
+	CHECK(access_chunk(&s, c, CS, 0, 1));
+	/* Two references to one chunk: one miss, then a hit, same bytes. */
+	CHECK_EQ(apb_cache_get(c, 1, 5, &a), 0);
+	CHECK_EQ(apb_cache_get(c, 1, 5, &b), 0);
+	CHECK(a == b);
+	apb_cache_put(c, a);
+	apb_cache_put(c, b);
+
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.hits, 3);
+	CHECK_EQ(st.misses, 4);
+	CHECK_EQ(st.evictions, 0);
+	CHECK_EQ(st.resident_chunks, 4);
+	CHECK_EQ(st.used_bytes, 4 * CS);
+	CHECK_EQ(st.budget_bytes, 4 * CS);
+	CHECK_EQ(st.loaded_bytes, 4 * CS);
+	CHECK_EQ(st.load_errors, 0);
+	CHECK_EQ(source_calls(&s), 4);
+	apb_cache_model_stats(c, 0, &m0);
+	apb_cache_model_stats(c, 1, &m1);
+	CHECK_EQ(m0.hits, 2);
+	CHECK_EQ(m0.misses, 2);
+	CHECK_EQ(m0.resident_bytes, 2 * CS);
+	CHECK_EQ(m1.hits, 1);
+	CHECK_EQ(m1.misses, 2);
+	CHECK_EQ(m1.resident_bytes, 2 * CS);
+
+	/* A fifth chunk evicts one: counted globally and for its model. */
+	CHECK(!access_chunk(&s, c, CS, 1, 7));
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.evictions, 1);
+	CHECK_EQ(st.resident_chunks, 4);
+	apb_cache_model_stats(c, 0, &m0);
+	CHECK_EQ(m0.evictions, 1); /* (0,0) was released first */
+	CHECK_EQ(m0.resident_bytes, CS);
+
+	/* An unknown model reads as all zero. */
+	apb_cache_model_stats(c, 9, &m1);
+	CHECK_EQ(m1.hits + m1.misses + m1.evictions + m1.resident_bytes, 0);
+	cache_done(&s, c);
+}
+
+static void test_returns_loader_bytes_for_every_chunk(void)
+{
+	const uint32_t cs = 64 * KIB;
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+
+	source_init(&s, 16 * (uint64_t)cs);
+	c = cache_make(&s, APB_EVICT_LFU, 4 * (uint64_t)cs, cs, 3);
+	for (int round = 0; round < 2; round++)
+		for (uint32_t m = 0; m < 3; m++)
+			for (uint64_t i = 0; i < 16; i++)
+				access_chunk(&s, c, cs, m, i);
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.loaded_bytes, s.bytes);
+	CHECK_EQ(st.misses, source_calls(&s));
+	CHECK_EQ(st.hits + st.misses, 2 * 3 * 16);
+	cache_done(&s, c);
+}
+
+static void test_last_chunk_is_short(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_chunk *ch;
+	struct apb_cache_stats st;
+
+	source_init(&s, 2 * CS + 1808);
+	c = cache_make(&s, APB_EVICT_LRU, 4 * CS, CS, 1);
+	CHECK_EQ(apb_cache_get(c, 0, 2, &ch), 0);
+	CHECK_EQ(apb_chunk_len(ch), 1808);
+	CHECK(chunk_matches(&s, ch, CS, 0, 2));
+	apb_cache_put(c, ch);
+	CHECK_EQ(apb_cache_get(c, 0, 1, &ch), 0);
+	CHECK_EQ(apb_chunk_len(ch), CS);
+	apb_cache_put(c, ch);
+
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.loaded_bytes, CS + 1808);
+	CHECK_EQ(st.used_bytes, 2 * CS); /* a short chunk still owns a slot */
+	CHECK_EQ(model_resident(c, 0), CS + 1808);
+	cache_done(&s, c);
+}
+
+static void test_loader_returning_too_much_fails_with_eio(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_chunk *ch;
+	struct apb_cache_stats st;
+
+	source_init(&s, 4 * CS);
+	s.result_override = CS + 1;
+	c = cache_make(&s, APB_EVICT_LRU, 2 * CS, CS, 1);
+	CHECK_EQ(apb_cache_get(c, 0, 0, &ch), -EIO);
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.load_errors, 1);
+	CHECK_EQ(st.used_bytes, 0);
+	cache_done(&s, c);
+}
+
+/* 3 slots; A, A, A, B, C each got and put at once; then D. */
+static void touch_aaabc_then_d(struct source *s, struct apb_cache *c)
+{
+	const uint64_t a = 0, b = 1, cc = 2, d = 3;
+
+	access_chunk(s, c, CS, 0, a);
+	access_chunk(s, c, CS, 0, a);
+	access_chunk(s, c, CS, 0, a);
+	access_chunk(s, c, CS, 0, b);
+	access_chunk(s, c, CS, 0, cc);
+	CHECK(!access_chunk(s, c, CS, 0, d));
+}
+
+static void test_lru_evicts_least_recently_released(void)
+{
+	struct source s;
+	struct apb_cache *c;
+
+	source_init(&s, 16 * CS);
+	c = cache_make(&s, APB_EVICT_LRU, 3 * CS, CS, 1);
+	touch_aaabc_then_d(&s, c);
+	/* Hits do not evict, so probe the survivors first. */
+	CHECK(access_chunk(&s, c, CS, 0, 1));
+	CHECK(access_chunk(&s, c, CS, 0, 2));
+	CHECK(access_chunk(&s, c, CS, 0, 3));
+	CHECK(!access_chunk(&s, c, CS, 0, 0));
+	cache_done(&s, c);
+}
+
+static void test_lfu_evicts_least_frequent_then_least_recent(void)
+{
+	struct source s;
+	struct apb_cache *c;
+
+	source_init(&s, 16 * CS);
+	c = cache_make(&s, APB_EVICT_LFU, 3 * CS, CS, 1);
+	touch_aaabc_then_d(&s, c);
+	CHECK(access_chunk(&s, c, CS, 0, 0));
+	CHECK(access_chunk(&s, c, CS, 0, 2));
+	CHECK(access_chunk(&s, c, CS, 0, 3));
+	CHECK(!access_chunk(&s, c, CS, 0, 1));
+	cache_done(&s, c);
+}
+
+/*
+ * LFU-DA ages: a chunk read 50 times (K = 50) stays while one-shot chunks
+ * cycle through the other two slots, but every eviction raises the
+ * inflation L to the victim's K, so the one-shots enter with K = 1 + L and L
+ * climbs by one every two evictions. The hot chunk leaves once L reaches
+ * 50: after exactly 101 distinct one-shot loads. Plain LFU would keep it
+ * forever.
+ */
+static void test_lfu_ages_out_formerly_hot_chunk(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	uint64_t loads = 0;
+
+	source_init(&s, 1000 * (uint64_t)CS);
+	c = cache_make(&s, APB_EVICT_LFU, 3 * CS, CS, 2);
+	for (int i = 0; i < 50; i++)
+		access_chunk(&s, c, CS, 0, 0);
+	while (model_resident(c, 0) != 0) {
+		CHECK(!access_chunk(&s, c, CS, 1, loads));
+		loads++;
+		CHECK(loads <= 1000);
+	}
+	CHECK_EQ(loads, 101);
+	cache_done(&s, c);
+}
+
+static void test_evict_model_drops_only_unreferenced_chunks_of_model(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_chunk *held;
+	struct apb_cache_stats st;
+	struct apb_cache_model_stats m0, m1;
+
+	source_init(&s, 8 * CS);
+	c = cache_make(&s, APB_EVICT_LRU, 8 * CS, CS, 2);
+	for (uint64_t i = 0; i < 3; i++) {
+		access_chunk(&s, c, CS, 0, i);
+		access_chunk(&s, c, CS, 1, i);
+	}
+	CHECK_EQ(apb_cache_get(c, 0, 1, &held), 0);
+
+	apb_cache_evict_model(c, 0);
+	apb_cache_model_stats(c, 0, &m0);
+	apb_cache_model_stats(c, 1, &m1);
+	CHECK_EQ(m0.evictions, 2);
+	CHECK_EQ(m0.resident_bytes, CS);
+	CHECK_EQ(m1.evictions, 0);
+	CHECK_EQ(m1.resident_bytes, 3 * CS);
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.evictions, 2);
+	CHECK_EQ(st.resident_chunks, 4);
+	CHECK_EQ(st.used_bytes, 4 * CS);
+	CHECK(chunk_matches(&s, held, CS, 0, 1));
+
+	apb_cache_evict_model(c, 7); /* unknown model: nothing happens */
+	apb_cache_put(c, held);
+	CHECK(access_chunk(&s, c, CS, 0, 1)); /* still resident */
+	apb_cache_evict_model(c, 0);
+	CHECK_EQ(model_resident(c, 0), 0);
+	CHECK(!access_chunk(&s, c, CS, 0, 0)); /* freed slots load again */
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.evictions, 3);
+	CHECK_EQ(st.resident_chunks, 4);
+	cache_done(&s, c);
+}
+
+/* Resident set of this process in bytes, from /proc/self/statm. */
+static uint64_t rss_bytes(void)
+{
+	unsigned long size = 0, resident = 0;
+	FILE *f = fopen("/proc/self/statm", "r");
+
+	CHECK(f != NULL);
+	CHECK_EQ(fscanf(f, "%lu %lu", &size, &resident), 2);
+	fclose(f);
+	return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+static void test_clear_returns_memory_to_os(void)
+{
+	const uint32_t cs = 64 * KIB;
+	const uint64_t budget = 64 * MIB;
+	const uint64_t nchunks = budget / cs;
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+	uint64_t rss_empty, rss_full, rss_cleared;
+	struct apb_chunk *held;
+
+	source_init(&s, budget);
+	c = cache_make(&s, APB_EVICT_LRU, budget, cs, 1);
+	rss_empty = rss_bytes();
+	for (uint64_t i = 0; i < nchunks; i++)
+		access_chunk(&s, c, cs, 0, i);
+	rss_full = rss_bytes();
+	CHECK(rss_full >= rss_empty + budget * 7 / 8);
+
+	CHECK_EQ(apb_cache_get(c, 0, 5, &held), 0);
+	apb_cache_clear(c);
+	rss_cleared = rss_bytes();
+	CHECK(rss_cleared + budget * 7 / 8 <= rss_full);
+
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.evictions, nchunks - 1);
+	CHECK_EQ(st.resident_chunks, 1); /* the referenced chunk stays */
+	CHECK_EQ(st.used_bytes, cs);
+	CHECK_EQ(model_resident(c, 0), cs);
+	CHECK(chunk_matches(&s, held, cs, 0, 5));
+	apb_cache_put(c, held);
+	apb_cache_clear(c);
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.resident_chunks, 0);
+	CHECK_EQ(st.used_bytes, 0);
+	CHECK(!access_chunk(&s, c, cs, 0, 5)); /* a cleared slot loads again */
+	cache_done(&s, c);
+}
+
+static void test_reset_stats_keeps_residency(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+	struct apb_cache_model_stats ms;
+	struct apb_chunk *ch;
+
+	source_init(&s, 4 * CS);
+	c = cache_make(&s, APB_EVICT_LFU, 2 * CS, CS, 1);
+	source_set(&s, -EIO, 0);
+	CHECK_EQ(apb_cache_get(c, 0, 0, &ch), -EIO);
+	source_set(&s, 0, 0);
+	for (uint64_t i = 0; i < 4; i++)
+		access_chunk(&s, c, CS, 0, i);
+	access_chunk(&s, c, CS, 0, 3);
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.load_errors, 1);
+	CHECK_EQ(st.evictions, 2);
+
+	apb_cache_reset_stats(c);
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.hits + st.misses + st.evictions, 0);
+	CHECK_EQ(st.loaded_bytes + st.load_errors, 0);
+	CHECK_EQ(st.resident_chunks, 2);
+	CHECK_EQ(st.used_bytes, 2 * CS);
+	CHECK_EQ(st.budget_bytes, 2 * CS);
+	apb_cache_model_stats(c, 0, &ms);
+	CHECK_EQ(ms.hits + ms.misses + ms.evictions, 0);
+	CHECK_EQ(ms.resident_bytes, 2 * CS);
+	CHECK(access_chunk(&s, c, CS, 0, 3));
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.hits, 1);
+	cache_done(&s, c);
+}
+
+/* ---- threads --------------------------------------------------------- */
+
+#define NTHREADS 8
+
+struct crowd {
+	struct source *src;
+	struct apb_cache *cache;
+	pthread_barrier_t start;
+	uint32_t model;
+	uint64_t index;
+	int rc[NTHREADS];
+	struct apb_chunk *got[NTHREADS];
+	bool bytes_ok[NTHREADS];
+};
+
+struct crowd_arg {
+	struct crowd *crowd;
+	int id;
+};
+
+/* Every thread gets the same chunk at once, checks it and puts it. */
+static void *crowd_get(void *p)
+{
+	struct crowd_arg *a = p;
+	struct crowd *w = a->crowd;
+	struct apb_chunk *ch = NULL;
+
+	pthread_barrier_wait(&w->start);
+	w->rc[a->id] = apb_cache_get(w->cache, w->model, w->index, &ch);
+	w->got[a->id] = ch;
+	if (ch) {
+		w->bytes_ok[a->id] = chunk_matches(w->src, ch, CS, w->model,
+						   w->index);
+		apb_cache_put(w->cache, ch);
+	}
+	return NULL;
+}
+
+static void crowd_run(struct crowd *w)
+{
+	pthread_t t[NTHREADS];
+	struct crowd_arg args[NTHREADS];
+
+	CHECK_EQ(pthread_barrier_init(&w->start, NULL, NTHREADS), 0);
+	for (int i = 0; i < NTHREADS; i++) {
+		args[i] = (struct crowd_arg){w, i};
+		CHECK_EQ(pthread_create(&t[i], NULL, crowd_get, &args[i]), 0);
+	}
+	for (int i = 0; i < NTHREADS; i++)
+		CHECK_EQ(pthread_join(t[i], NULL), 0);
+	pthread_barrier_destroy(&w->start);
+}
+
+static void test_concurrent_misses_load_once(void)
+{
+	struct source s;
+	struct crowd w = {0};
+	struct apb_cache_stats st;
+
+	source_init(&s, 16 * CS);
+	/* The load holds until all eight getters counted their miss. */
+	source_set(&s, 0, NTHREADS);
+	w.src = &s;
+	w.cache = cache_make(&s, APB_EVICT_LFU, 4 * CS, CS, 2);
+	w.model = 1;
+	w.index = 5;
+	crowd_run(&w);
+
+	CHECK_EQ(source_calls(&s), 1);
+	for (int i = 0; i < NTHREADS; i++) {
+		CHECK_EQ(w.rc[i], 0);
+		CHECK(w.got[i] == w.got[0]);
+		CHECK(w.bytes_ok[i]);
+	}
+	apb_cache_stats(w.cache, &st);
+	CHECK_EQ(st.misses, NTHREADS);
+	CHECK_EQ(st.hits, 0);
+	CHECK_EQ(st.resident_chunks, 1);
+	CHECK_EQ(st.loaded_bytes, CS);
+	cache_done(&s, w.cache);
+}
+
+static void test_load_error_reaches_every_waiter_and_is_not_cached(void)
+{
+	struct source s;
+	struct crowd w = {0};
+	struct apb_cache_stats st;
+	struct apb_chunk *ch;
+
+	source_init(&s, 16 * CS);
+	source_set(&s, -EIO, NTHREADS);
+	w.src = &s;
+	w.cache = cache_make(&s, APB_EVICT_LRU, 1 * CS, CS, 1);
+	w.index = 3;
+	crowd_run(&w);
+
+	CHECK_EQ(source_calls(&s), 1);
+	for (int i = 0; i < NTHREADS; i++) {
+		CHECK_EQ(w.rc[i], -EIO);
+		CHECK(w.got[i] == NULL);
+	}
+	apb_cache_stats(w.cache, &st);
+	CHECK_EQ(st.misses, NTHREADS);
+	CHECK_EQ(st.load_errors, 1);
+	CHECK_EQ(st.loaded_bytes, 0);
+	CHECK_EQ(st.resident_chunks, 0);
+	CHECK_EQ(st.used_bytes, 0); /* the failed load's slot is free again */
+
+	source_set(&s, 0, 0);
+	CHECK_EQ(apb_cache_get(w.cache, 0, 3, &ch), 0);
+	CHECK(chunk_matches(&s, ch, CS, 0, 3));
+	apb_cache_put(w.cache, ch);
+	CHECK_EQ(source_calls(&s), 2);
+	cache_done(&s, w.cache);
+}
+
+struct blocked_get {
+	struct apb_cache *cache;
+	pthread_mutex_t mu;
+	bool done;               /* mu */
+	int rc;
+};
+
+static void *get_other_chunk(void *p)
+{
+	struct blocked_get *b = p;
+	struct apb_chunk *ch = NULL;
+
+	b->rc = apb_cache_get(b->cache, 0, 1, &ch);
+	pthread_mutex_lock(&b->mu);
+	b->done = true;
+	pthread_mutex_unlock(&b->mu);
+	if (ch)
+		apb_cache_put(b->cache, ch);
+	return NULL;
+}
+
+static void test_get_waits_for_slot_when_all_referenced(void)
+{
+	struct source s;
+	struct blocked_get b = {0};
+	struct apb_chunk *held;
+	struct apb_cache_stats st;
+	pthread_t t;
+	bool done;
+
+	source_init(&s, 4 * CS);
+	b.cache = cache_make(&s, APB_EVICT_LRU, 1 * CS, CS, 1);
+	CHECK_EQ(pthread_mutex_init(&b.mu, NULL), 0);
+	CHECK_EQ(apb_cache_get(b.cache, 0, 0, &held), 0);
+
+	CHECK_EQ(pthread_create(&t, NULL, get_other_chunk, &b), 0);
+	/* Its miss is counted in the same locked section that starts the
+	 * wait, so once we see it the other thread is waiting for a slot. */
+	wait_for_misses(b.cache, 2);
+	pthread_mutex_lock(&b.mu);
+	done = b.done;
+	pthread_mutex_unlock(&b.mu);
+	CHECK(!done);
+	CHECK(chunk_matches(&s, held, CS, 0, 0));
+	CHECK_EQ(source_calls(&s), 1);
+
+	apb_cache_put(b.cache, held);
+	CHECK_EQ(pthread_join(t, NULL), 0);
+	CHECK(b.done);
+	CHECK_EQ(b.rc, 0);
+	apb_cache_stats(b.cache, &st);
+	CHECK_EQ(st.evictions, 1);
+	CHECK_EQ(st.used_bytes, CS);
+	pthread_mutex_destroy(&b.mu);
+	cache_done(&s, b.cache);
+}
+
+/*
+ * Churn: worker threads get random chunks, check their bytes and put them,
+ * while the main thread watches the cache. Thread 0 also calls evict_model
+ * and clear now and then. Each worker holds at most one reference.
+ */
+struct churn {
+	struct source *src;
+	struct apb_cache *cache;
+	uint32_t models;
+	uint64_t chunks_per_model;
+	uint64_t first_index;    /* workers use indices from here on */
+	int gets_per_thread;
+	bool evict_too;
+	pthread_mutex_t mu;
+	int running;             /* mu: workers not yet finished */
+	int bad_bytes;           /* mu */
+	int failed_gets;         /* mu */
+};
+
+struct churn_arg {
+	struct churn *churn;
+	uint64_t rng;
+	int id;
+};
+
+static uint64_t xorshift(uint64_t *state)
+{
+	uint64_t x = *state;
+
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return *state = x;
+}
+
+static void *churn_worker(void *p)
+{
+	struct churn_arg *a = p;
+	struct churn *w = a->churn;
+	int bad = 0, failed = 0;
+
+	for (int n = 0; n < w->gets_per_thread; n++) {
+		uint64_t r = xorshift(&a->rng);
+		uint32_t model = (uint32_t)(r % w->models);
+		uint64_t index = w->first_index + (r >> 8) % w->chunks_per_model;
+		struct apb_chunk *ch;
+
+		if (w->evict_too && a->id == 0 && n % 97 == 96) {
+			if (n % 2)
+				apb_cache_clear(w->cache);
+			else
+				apb_cache_evict_model(w->cache, model);
+		}
+		if (apb_cache_get(w->cache, model, index, &ch) != 0) {
+			failed++;
+			continue;
+		}
+		bad += !chunk_matches(w->src, ch, CS, model, index);
+		apb_cache_put(w->cache, ch);
+	}
+	pthread_mutex_lock(&w->mu);
+	w->bad_bytes += bad;
+	w->failed_gets += failed;
+	w->running--;
+	pthread_mutex_unlock(&w->mu);
+	return NULL;
+}
+
+static bool churn_running(struct churn *w)
+{
+	int running;
+
+	pthread_mutex_lock(&w->mu);
+	running = w->running;
+	pthread_mutex_unlock(&w->mu);
+	return running > 0;
+}
+
+static void churn_check_snapshot(struct churn *w)
+{
+	struct apb_cache_stats st;
+
+	apb_cache_stats(w->cache, &st);
+	CHECK(st.used_bytes <= st.budget_bytes);
+	CHECK(st.resident_chunks * CS <= st.used_bytes);
+	/* Each model is read in its own snapshot, so while threads run only
+	 * each one, not their sum, is bounded. */
+	for (uint32_t m = 0; m < w->models; m++)
+		CHECK(model_resident(w->cache, m) <= st.budget_bytes);
+}
+
+/* Run nthreads workers; call watch(w, ctx) repeatedly until they finish. */
+static void churn_run(struct churn *w, int nthreads,
+		      void (*watch)(struct churn *w, void *ctx), void *ctx)
+{
+	pthread_t t[NTHREADS];
+	struct churn_arg args[NTHREADS];
+
+	CHECK(nthreads <= NTHREADS);
+	CHECK_EQ(pthread_mutex_init(&w->mu, NULL), 0);
+	w->running = nthreads;
+	for (int i = 0; i < nthreads; i++) {
+		args[i] = (struct churn_arg){w, 0x9e3779b97f4a7c15ull * (i + 1), i};
+		CHECK_EQ(pthread_create(&t[i], NULL, churn_worker, &args[i]), 0);
+	}
+	while (churn_running(w)) {
+		churn_check_snapshot(w);
+		if (watch)
+			watch(w, ctx);
+		sleep_ms(1);
+	}
+	for (int i = 0; i < nthreads; i++)
+		CHECK_EQ(pthread_join(t[i], NULL), 0);
+	CHECK_EQ(w->bad_bytes, 0);
+	CHECK_EQ(w->failed_gets, 0);
+	pthread_mutex_destroy(&w->mu);
+}
+
+static void test_budget_never_exceeded_under_threads(void)
+{
+	struct source s;
+	struct churn w = {0};
+	struct apb_cache_stats st;
+
+	source_init(&s, 64 * CS);
+	w.src = &s;
+	w.cache = cache_make(&s, APB_EVICT_LRU, 4 * CS, CS, 2);
+	w.models = 2;
+	w.chunks_per_model = 16;
+	w.gets_per_thread = 1500;
+	churn_run(&w, 6, NULL, NULL);
+
+	apb_cache_stats(w.cache, &st);
+	CHECK_EQ(st.used_bytes, 4 * CS);
+	CHECK_EQ(st.resident_chunks, 4);
+	CHECK_EQ(st.hits + st.misses, 6 * 1500);
+	CHECK(st.evictions > 0);
+	cache_done(&s, w.cache);
+}
+
+struct held_chunk {
+	struct apb_chunk *chunk;
+	uint8_t copy[CS];
+};
+
+static void check_held_unchanged(struct churn *w, void *ctx)
+{
+	struct held_chunk *h = ctx;
+
+	(void)w;
+	CHECK_EQ(apb_chunk_len(h->chunk), CS);
+	CHECK(memcmp(apb_chunk_data(h->chunk), h->copy, CS) == 0);
+}
+
+static void test_referenced_chunk_survives_churn(void)
+{
+	static struct held_chunk h;
+	struct source s;
+	struct churn w = {0};
+	struct apb_cache_stats st;
+	struct apb_chunk *again;
+
+	source_init(&s, 64 * CS);
+	w.src = &s;
+	w.cache = cache_make(&s, APB_EVICT_LFU, 4 * CS, CS, 1);
+	CHECK_EQ(apb_cache_get(w.cache, 0, 0, &h.chunk), 0);
+	memcpy(h.copy, apb_chunk_data(h.chunk), CS);
+	w.models = 1;
+	w.first_index = 1; /* workers never touch the held chunk */
+	w.chunks_per_model = 20;
+	w.gets_per_thread = 1500;
+	w.evict_too = true;
+	churn_run(&w, 3, check_held_unchanged, &h);
+
+	check_held_unchanged(&w, &h);
+	CHECK(chunk_matches(&s, h.chunk, CS, 0, 0));
+	apb_cache_stats(w.cache, &st);
+	CHECK(st.evictions > 0);
+	CHECK_EQ(apb_cache_get(w.cache, 0, 0, &again), 0);
+	CHECK(again == h.chunk);
+	apb_cache_put(w.cache, again);
+	apb_cache_put(w.cache, h.chunk);
+	CHECK(access_chunk(&s, w.cache, CS, 0, 0)); /* still resident */
+	cache_done(&s, w.cache);
+}
+
+static void stress(enum apb_eviction policy)
+{
+	const uint32_t models = 4, chunks = 64;
+	struct source s;
+	struct churn w = {0};
+	struct apb_cache_stats st;
+	uint64_t hits = 0, misses = 0, evictions = 0, resident = 0;
+
+	/* A short last chunk in every model. */
+	source_init(&s, (chunks - 1) * (uint64_t)CS + 1000);
+	w.src = &s;
+	w.cache = cache_make(&s, policy, 8 * CS, CS, models);
+	w.models = models;
+	w.chunks_per_model = chunks;
+	w.gets_per_thread = 2000;
+	w.evict_too = true;
+	churn_run(&w, NTHREADS, NULL, NULL);
+
+	apb_cache_stats(w.cache, &st);
+	CHECK_EQ(st.hits + st.misses, NTHREADS * 2000);
+	CHECK_EQ(st.load_errors, 0);
+	CHECK_EQ(st.loaded_bytes, s.bytes);
+	CHECK(st.misses >= source_calls(&s)); /* waiters miss without loading */
+	CHECK(st.used_bytes <= st.budget_bytes);
+	CHECK_EQ(st.used_bytes, st.resident_chunks * CS);
+	for (uint32_t m = 0; m < models; m++) {
+		struct apb_cache_model_stats ms;
+
+		apb_cache_model_stats(w.cache, m, &ms);
+		hits += ms.hits;
+		misses += ms.misses;
+		evictions += ms.evictions;
+		resident += ms.resident_bytes;
+	}
+	CHECK_EQ(hits, st.hits);
+	CHECK_EQ(misses, st.misses);
+	CHECK_EQ(evictions, st.evictions);
+	/* Every resident chunk is full but possibly one model's last. */
+	CHECK(resident <= st.resident_chunks * CS);
+	CHECK(resident + models * (CS - 1000) >= st.resident_chunks * CS);
+	apb_cache_clear(w.cache);
+	apb_cache_stats(w.cache, &st);
+	CHECK_EQ(st.used_bytes, 0);
+	CHECK_EQ(st.resident_chunks, 0);
+	cache_done(&s, w.cache);
+}
+
+static void test_stress_random_gets_lru_keep_bytes_and_invariants(void)
+{
+	stress(APB_EVICT_LRU);
+}
+
+static void test_stress_random_gets_lfu_keep_bytes_and_invariants(void)
+{
+	stress(APB_EVICT_LFU);
+}
+
+int main(void)
+{
+	RUN(test_config_rejects_invalid_values);
+	RUN(test_get_rejects_unknown_model);
+	RUN(test_counts_hits_and_misses_exactly);
+	RUN(test_returns_loader_bytes_for_every_chunk);
+	RUN(test_last_chunk_is_short);
+	RUN(test_loader_returning_too_much_fails_with_eio);
+	RUN(test_lru_evicts_least_recently_released);
+	RUN(test_lfu_evicts_least_frequent_then_least_recent);
+	RUN(test_lfu_ages_out_formerly_hot_chunk);
+	RUN(test_evict_model_drops_only_unreferenced_chunks_of_model);
+	RUN(test_clear_returns_memory_to_os);
+	RUN(test_reset_stats_keeps_residency);
+	RUN(test_concurrent_misses_load_once);
+	RUN(test_load_error_reaches_every_waiter_and_is_not_cached);
+	RUN(test_get_waits_for_slot_when_all_referenced);
+	RUN(test_budget_never_exceeded_under_threads);
+	RUN(test_referenced_chunk_survives_churn);
+	RUN(test_stress_random_gets_lru_keep_bytes_and_invariants);
+	RUN(test_stress_random_gets_lfu_keep_bytes_and_invariants);
+	return 0;
+}

@@ -1,2 +1,178 @@
+/* test_tree.c - the directory tree built from model names. */
 #include "test.h"
-int main(void) { return 0; }
+
+#include <apbundle/bundle.h>
+#include <apbundle/tree.h>
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdint.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+/* Write a v1 bundle of empty models with these names; returns its path. */
+static char *write_empty_models(const char *const *names, size_t n)
+{
+	static char path[] = "/tmp/apb-tree-XXXXXX";
+	char sum[32];
+	cJSON *root = cJSON_CreateObject(), *models;
+	unsigned char head[16] = "APBUNDLE";
+	int fd;
+
+	/* All models are empty; they sit at the first aligned offset past a
+	 * manifest of at most 64 KiB. */
+	snprintf(sum, sizeof(sum), "xxh3-64:%016llx",
+		 (unsigned long long)XXH3_64bits("", 0));
+	cJSON_AddNumberToObject(root, "model_count", (double)n);
+	models = cJSON_AddArrayToObject(root, "models");
+	for (size_t i = 0; i < n; i++) {
+		cJSON *m = cJSON_CreateObject();
+		cJSON_AddStringToObject(m, "name", names[i]);
+		cJSON_AddNumberToObject(m, "offset", 65536);
+		cJSON_AddNumberToObject(m, "size", 0);
+		cJSON_AddStringToObject(m, "checksum", sum);
+		cJSON_AddItemToArray(models, m);
+	}
+	char *json = cJSON_PrintUnformatted(root);
+	uint32_t len = (uint32_t)strlen(json);
+	CHECK(16 + len <= 65536);
+	head[8] = 1;
+	memcpy(head + 12, &len, 4); /* the test machine is little-endian */
+	strcpy(path, "/tmp/apb-tree-XXXXXX");
+	fd = mkstemp(path);
+	CHECK(fd >= 0);
+	CHECK(write(fd, head, 16) == 16);
+	CHECK(write(fd, json, len) == (ssize_t)len);
+	CHECK(ftruncate(fd, 65536) == 0);
+	close(fd);
+	free(json);
+	cJSON_Delete(root);
+	return path;
+}
+
+static struct apb_bundle *open_names(const char *const *names, size_t n)
+{
+	struct apb_bundle *b;
+	char err[256];
+	char *path = write_empty_models(names, n);
+	int rc = apb_bundle_open(path, &b, err, sizeof(err));
+	if (rc)
+		fprintf(stderr, "open: %s\n", err);
+	CHECK_EQ(rc, 0);
+	unlink(path);
+	return b;
+}
+
+static const char *child_name(const struct apb_tree *t, uint64_t dir, size_t i)
+{
+	return apb_tree_node(t, apb_tree_child(t, dir, i))->name;
+}
+
+static void directories_come_from_slashes_and_sort_by_component(void)
+{
+	const char *names[] = {"b", "a/y/z", "c/d", "a-b", "a/x"};
+	struct apb_bundle *b = open_names(names, 5);
+	struct apb_tree *t;
+	uint64_t a, y, z, ab;
+
+	CHECK_EQ(apb_tree_build(b, &t), 0);
+	/* root, a, a/y, c + five files */
+	CHECK_EQ(apb_tree_count(t), 9);
+	const struct apb_tree_node *root = apb_tree_node(t, APB_TREE_ROOT);
+	CHECK(root->is_dir);
+	CHECK_EQ(root->parent, APB_TREE_ROOT);
+	CHECK_EQ(root->nchildren, 4);
+	/* component order: "a" < "a-b", although "a-b" < "a/x" as paths */
+	CHECK(strcmp(child_name(t, APB_TREE_ROOT, 0), "a") == 0);
+	CHECK(strcmp(child_name(t, APB_TREE_ROOT, 1), "a-b") == 0);
+	CHECK(strcmp(child_name(t, APB_TREE_ROOT, 2), "b") == 0);
+	CHECK(strcmp(child_name(t, APB_TREE_ROOT, 3), "c") == 0);
+	CHECK_EQ(apb_tree_child(t, APB_TREE_ROOT, 4), 0);
+
+	CHECK_EQ(apb_tree_lookup(t, APB_TREE_ROOT, "a", &a), 0);
+	CHECK(apb_tree_node(t, a)->is_dir);
+	CHECK_EQ(apb_tree_node(t, a)->nchildren, 2);
+	CHECK_EQ(apb_tree_lookup(t, a, "y", &y), 0);
+	CHECK_EQ(apb_tree_node(t, y)->parent, a);
+	CHECK_EQ(apb_tree_lookup(t, y, "z", &z), 0);
+	CHECK(!apb_tree_node(t, z)->is_dir);
+	size_t idx;
+	CHECK_EQ(apb_bundle_find(b, "a/y/z", &idx), 0);
+	CHECK_EQ(apb_tree_node(t, z)->model, idx);
+	CHECK_EQ(apb_tree_lookup(t, APB_TREE_ROOT, "a-b", &ab), 0);
+	CHECK(!apb_tree_node(t, ab)->is_dir);
+
+	apb_tree_free(t);
+	apb_bundle_close(b);
+}
+
+static void lookups_fail_with_the_right_errno(void)
+{
+	const char *names[] = {"x/file"};
+	struct apb_bundle *b = open_names(names, 1);
+	struct apb_tree *t;
+	uint64_t x, f, ino;
+
+	CHECK_EQ(apb_tree_build(b, &t), 0);
+	CHECK_EQ(apb_tree_lookup(t, APB_TREE_ROOT, "y", &ino), -ENOENT);
+	CHECK_EQ(apb_tree_lookup(t, APB_TREE_ROOT, "x", &x), 0);
+	CHECK_EQ(apb_tree_lookup(t, x, "file", &f), 0);
+	CHECK_EQ(apb_tree_lookup(t, f, "z", &ino), -ENOTDIR);
+	CHECK_EQ(apb_tree_lookup(t, 999, "z", &ino), -ENOENT);
+	CHECK(apb_tree_node(t, 0) == NULL);
+	CHECK(apb_tree_node(t, apb_tree_count(t) + 1) == NULL);
+	CHECK_EQ(apb_tree_child(t, f, 0), 0);
+	apb_tree_free(t);
+	apb_bundle_close(b);
+}
+
+static void an_empty_bundle_is_a_lone_root(void)
+{
+	struct apb_bundle *b = open_names(NULL, 0);
+	struct apb_tree *t;
+
+	CHECK_EQ(apb_tree_build(b, &t), 0);
+	CHECK_EQ(apb_tree_count(t), 1);
+	CHECK_EQ(apb_tree_node(t, APB_TREE_ROOT)->nchildren, 0);
+	apb_tree_free(t);
+	apb_bundle_close(b);
+}
+
+static void deep_and_wide_trees_keep_every_name(void)
+{
+	enum { N = 500 };
+	static char bufs[N][32];
+	const char *names[N];
+	struct apb_bundle *b;
+	struct apb_tree *t;
+
+	for (int i = 0; i < N; i++) {
+		snprintf(bufs[i], sizeof(bufs[i]), "d%d/e%d/f%04d", i % 7,
+			 i % 3, i);
+		names[i] = bufs[i];
+	}
+	b = open_names(names, N);
+	CHECK_EQ(apb_tree_build(b, &t), 0);
+	CHECK_EQ(apb_tree_count(t), 1 + 7 + 21 + N);
+	for (int i = 0; i < N; i++) {
+		uint64_t d, e, f;
+		char dn[8], en[8];
+		snprintf(dn, sizeof(dn), "d%d", i % 7);
+		snprintf(en, sizeof(en), "e%d", i % 3);
+		CHECK_EQ(apb_tree_lookup(t, APB_TREE_ROOT, dn, &d), 0);
+		CHECK_EQ(apb_tree_lookup(t, d, en, &e), 0);
+		CHECK_EQ(apb_tree_lookup(t, e, bufs[i] + strlen(dn) + strlen(en) + 2, &f), 0);
+		CHECK(strcmp(apb_bundle_model(b, apb_tree_node(t, f)->model)->name, bufs[i]) == 0);
+	}
+	apb_tree_free(t);
+	apb_bundle_close(b);
+}
+
+int main(void)
+{
+	RUN(directories_come_from_slashes_and_sort_by_component);
+	RUN(lookups_fail_with_the_right_errno);
+	RUN(an_empty_bundle_is_a_lone_root);
+	RUN(deep_and_wide_trees_keep_every_name);
+	return 0;
+}

@@ -1,0 +1,50 @@
+/*
+ * apbfs.h - the daemon's context, shared by main.c (setup) and ops.c (the
+ * FUSE low-level operations). Everything the daemon knows lives in one
+ * struct apbfs reached through fuse_req_userdata(); there is no other
+ * mutable global state.
+ *
+ * Inode numbers: 1 .. tree count are the tree's nodes (1 is the root);
+ * the three control files follow them.
+ */
+#ifndef APBFS_H
+#define APBFS_H
+
+#include <apbundle/bundle.h>
+#include <apbundle/cache.h>
+#include <apbundle/report.h>
+#include <apbundle/tree.h>
+
+#define FUSE_USE_VERSION 314
+#include <fuse_lowlevel.h>
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+enum apbfs_special { APBFS_STATS, APBFS_METRICS, APBFS_CONTROL, APBFS_NSPECIAL };
+
+struct apbfs_options {
+	uint64_t max_memory;
+	uint32_t chunk_size;
+	enum apb_eviction eviction;
+	bool kernel_cache;
+};
+
+/* Immutable after setup, except the atomics and what the cache guards. */
+struct apbfs {
+	struct apb_bundle *bundle;
+	struct apb_tree *tree;
+	struct apb_cache *cache;
+	struct apbfs_options opt;
+	uid_t owner;                   /* the mounting user: may write .control */
+	uint64_t special_ino[APBFS_NSPECIAL];
+	struct apb_io_counters io;
+	atomic_uint_fast64_t *opens;   /* per model */
+};
+
+extern const struct fuse_lowlevel_ops apbfs_ops;
+
+/* Run one .control command line (no newline). 0 or -EINVAL. */
+int apbfs_control(struct apbfs *fs, const char *line, size_t len);
+
+#endif

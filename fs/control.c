@@ -1,0 +1,75 @@
+/*
+ * control.c - the commands written to /.control, one per line:
+ *   evict NAME    drop the model's unreferenced chunks from memory
+ *   clear         drop every unreferenced chunk, memory back to the OS
+ *   reset-stats   zero the counters (not the memory state)
+ * NAME is everything after the first space, so names with spaces work.
+ * The prefetch and pin commands of SPEC §5 arrive with the prefetcher;
+ * until then they are refused like any unknown command, with EINVAL.
+ */
+#include "apbfs.h"
+
+#include <apbundle/name.h>
+
+#include <errno.h>
+#include <string.h>
+
+static int find_model(struct apbfs *fs, const char *arg, size_t len,
+		      size_t *index)
+{
+	char name[APB_NAME_MAX + 1];
+
+	if (len == 0 || len > APB_NAME_MAX)
+		return -EINVAL;
+	memcpy(name, arg, len);
+	name[len] = '\0';
+	return apb_bundle_find(fs->bundle, name, index) ? -EINVAL : 0;
+}
+
+static bool is_word(const char *line, size_t len, const char *word)
+{
+	size_t n = strlen(word);
+	return len == n && memcmp(line, word, n) == 0;
+}
+
+static void reset_stats(struct apbfs *fs)
+{
+	apb_cache_reset_stats(fs->cache);
+	atomic_store(&fs->io.bytes_served, 0);
+	atomic_store(&fs->io.errors, 0);
+	atomic_store(&fs->io.checksum_errors, 0);
+	for (size_t i = 0; i < apb_bundle_count(fs->bundle); i++)
+		atomic_store(&fs->opens[i], 0);
+}
+
+int apbfs_control(struct apbfs *fs, const char *line, size_t len)
+{
+	const char *sp;
+	size_t cmd_len, index;
+
+	if (len > 0 && line[len - 1] == '\r')
+		len--;
+	if (len == 0)
+		return 0; /* blank lines are harmless */
+	sp = memchr(line, ' ', len);
+	cmd_len = sp ? (size_t)(sp - line) : len;
+	if (!sp) {
+		if (is_word(line, len, "clear")) {
+			apb_cache_clear(fs->cache);
+			return 0;
+		}
+		if (is_word(line, len, "reset-stats")) {
+			reset_stats(fs);
+			return 0;
+		}
+		return -EINVAL;
+	}
+	if (is_word(line, cmd_len, "evict")) {
+		int rc = find_model(fs, sp + 1, len - cmd_len - 1, &index);
+		if (rc)
+			return rc;
+		apb_cache_evict_model(fs->cache, (uint32_t)index);
+		return 0;
+	}
+	return -EINVAL;
+}
