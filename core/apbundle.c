@@ -3,7 +3,9 @@
  *
  * This file is only the command line: it parses arguments, calls the
  * library (writer.h to write, bundle.h to read, checksum.h to verify) and
- * prints. It holds no format knowledge of its own.
+ * prints. It holds no format knowledge of its own. It owns the command
+ * table and the argument helpers of apbundle_cmd.h; `stats`, which reads a
+ * mount rather than a bundle, is in apbundle_stats.c.
  *
  * Conventions every subcommand keeps:
  *  - Exit status 0 on success, 1 on failure (for verify: some model does
@@ -29,16 +31,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cjson/cJSON.h>
-
 #include "apbundle/bundle.h"
 #include "apbundle/checksum.h"
 #include "apbundle/size.h"
 #include "apbundle/writer.h"
 
+#include "apbundle_cmd.h"
+
 #define EXIT_USAGE 2
 #define PROGRESS_MIN_BYTES (UINT64_C(64) << 20)
-#define STATS_MAX_BYTES (256u << 20)
 #define ERR_LEN 1024
 #define ZSTD_LEVEL_MAX 22
 
@@ -46,14 +47,12 @@
 /* Usage                                                               */
 /* ================================================================== */
 
-struct command {
+struct apb_cmd {
 	const char *name;
 	const char *synopsis; /* one or more "apbundle ..." lines */
 	const char *help;     /* what follows the synopsis in `help CMD` */
 	int (*run)(int argc, char **argv);
 };
-
-static const struct command *find_command(const char *name);
 
 static void print_main_usage(FILE *f)
 {
@@ -79,7 +78,7 @@ static void print_main_usage(FILE *f)
 
 /* A usage error: the reason, the synopsis, exit status 2. */
 __attribute__((format(printf, 2, 3)))
-static int usage_error(const struct command *c, const char *fmt, ...)
+static int usage_error(const struct apb_cmd *c, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -96,7 +95,7 @@ static int usage_error(const struct command *c, const char *fmt, ...)
 	return EXIT_USAGE;
 }
 
-static void print_command_help(const struct command *c)
+static void print_command_help(const struct apb_cmd *c)
 {
 	printf("Usage: %s%s", c->synopsis, c->help);
 }
@@ -104,7 +103,7 @@ static void print_command_help(const struct command *c)
 /* getopt_long over a subcommand's arguments; argv[0] is its name. The
  * options every subcommand has: -h/--help. Returns -1 at the end, 'h'
  * for help, '?' after printing a usage error, or the option's value. */
-static int next_option(const struct command *c, int argc, char **argv,
+static int next_option(const struct apb_cmd *c, int argc, char **argv,
 		       const struct option *longs, const char *shorts,
 		       int *status)
 {
@@ -225,7 +224,7 @@ static int parse_compress(const char *s, struct apb_writer_options *o)
 }
 
 /* Parse create's options into o; returns -1 to go on or an exit status. */
-static int create_options(const struct command *c, int argc, char **argv,
+static int create_options(const struct apb_cmd *c, int argc, char **argv,
 			  struct apb_writer_options *o)
 {
 	static const struct option longs[] = {
@@ -277,7 +276,7 @@ static int create_options(const struct command *c, int argc, char **argv,
 
 static int run_create(int argc, char **argv)
 {
-	const struct command *c = find_command("create");
+	const struct apb_cmd *c = apb_cmd_find("create");
 	struct apb_writer_options o;
 	struct apb_input_list *inputs = NULL;
 	struct progress p;
@@ -329,10 +328,9 @@ static int run_create(int argc, char **argv)
 /* list, verify, extract: commands on a bundle file                    */
 /* ================================================================== */
 
-/* Parse "CMD [-h] ARGS..." expecting exactly nargs operands (extract adds
- * -o). Returns -1 to go on, or an exit status. */
-static int operands(const struct command *c, int argc, char **argv,
-		    int nargs, const char **out_path)
+/* See apbundle_cmd.h. */
+int apb_cmd_operands(const struct apb_cmd *c, int argc, char **argv, int nargs,
+		     const char **out_path)
 {
 	static const struct option plain[] = {
 		{"help", no_argument, NULL, 'h'},
@@ -390,8 +388,8 @@ static int digits(uint64_t v)
 
 static int run_list(int argc, char **argv)
 {
-	const struct command *c = find_command("list");
-	int status = operands(c, argc, argv, 1, NULL);
+	const struct apb_cmd *c = apb_cmd_find("list");
+	int status = apb_cmd_operands(c, argc, argv, 1, NULL);
 	int wname = 4, wsize = 4, wstored = 6;
 	struct apb_bundle *b;
 	size_t n;
@@ -496,8 +494,8 @@ static int open_same_file(const struct apb_bundle *b, const char *path)
 
 static int run_verify(int argc, char **argv)
 {
-	const struct command *c = find_command("verify");
-	int status = operands(c, argc, argv, 1, NULL);
+	const struct apb_cmd *c = apb_cmd_find("verify");
+	int status = apb_cmd_operands(c, argc, argv, 1, NULL);
 	struct verify_ctx v;
 	struct apb_bundle *b;
 	const char *path;
@@ -558,9 +556,9 @@ static char *extract_target(const char *name, const char *out)
 
 static int run_extract(int argc, char **argv)
 {
-	const struct command *c = find_command("extract");
+	const struct apb_cmd *c = apb_cmd_find("extract");
 	const char *out = NULL, *path, *name;
-	int status = operands(c, argc, argv, 2, &out);
+	int status = apb_cmd_operands(c, argc, argv, 2, &out);
 	struct apb_writer_options o;
 	struct apb_bundle *b;
 	struct progress p;
@@ -609,209 +607,12 @@ out:
 }
 
 /* ================================================================== */
-/* stats                                                               */
-/* ================================================================== */
-
-/* The whole of a (FUSE) file; its st_size is not trusted, EOF is. */
-static int read_whole(const char *path, char **out, size_t *len_out)
-{
-	size_t len = 0, cap = 1 << 16;
-	char *buf = malloc(cap);
-	int fd = open(path, O_RDONLY | O_CLOEXEC), rc = 0;
-
-	if (fd < 0 || !buf) {
-		rc = fd < 0 ? -errno : -ENOMEM;
-		goto out;
-	}
-	for (;;) {
-		ssize_t n;
-
-		if (len == cap) {
-			char *more = cap < STATS_MAX_BYTES
-					     ? realloc(buf, cap * 2) : NULL;
-			if (!more) {
-				rc = cap < STATS_MAX_BYTES ? -ENOMEM : -EFBIG;
-				goto out;
-			}
-			buf = more;
-			cap *= 2;
-		}
-		n = read(fd, buf + len, cap - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			rc = -errno;
-			goto out;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-	}
-	*out = buf;
-	*len_out = len;
-	buf = NULL;
-out:
-	if (fd >= 0)
-		close(fd);
-	free(buf);
-	return rc;
-}
-
-/* A counter of the document; absent or not a number reads as 0, so a
- * newer or older daemon with other keys still prints. */
-static uint64_t num(const cJSON *obj, const char *key)
-{
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-
-	return cJSON_IsNumber(v) && v->valuedouble > 0
-		       ? (uint64_t)v->valuedouble : 0;
-}
-
-static char *human(uint64_t bytes, char *buf)
-{
-	return apb_size_format(bytes, buf, 32);
-}
-
-static void print_rate(const char *label, uint64_t part, uint64_t whole)
-{
-	if (whole)
-		printf("%s%.1f%%", label, 100.0 * (double)part / (double)whole);
-	else
-		printf("%s-", label);
-}
-
-static void print_summary(const cJSON *root)
-{
-	const cJSON *cache = cJSON_GetObjectItemCaseSensitive(root, "cache");
-	const cJSON *pf = cJSON_GetObjectItemCaseSensitive(root, "prefetch");
-	const cJSON *io = cJSON_GetObjectItemCaseSensitive(root, "io");
-	const cJSON *pol = cJSON_GetObjectItemCaseSensitive(cache, "policy");
-	uint64_t hits = num(cache, "hits"), misses = num(cache, "misses");
-	char a[32], b[32];
-
-	printf("cache     %s, %s chunks, %llu resident\n",
-	       cJSON_IsString(pol) ? pol->valuestring : "?",
-	       human(num(cache, "chunk_size"), a),
-	       (unsigned long long)num(cache, "resident_chunks"));
-	printf("memory    %s used of %s", human(num(cache, "memory_used"), a),
-	       human(num(cache, "memory_limit"), b));
-	print_rate(" (", num(cache, "memory_used"), num(cache, "memory_limit"));
-	printf(")\n");
-	print_rate("hit rate  ", hits, hits + misses);
-	printf(" (%llu hits, %llu misses, %llu evictions)\n",
-	       (unsigned long long)hits, (unsigned long long)misses,
-	       (unsigned long long)num(cache, "evictions"));
-	printf("prefetch  %llu issued, %llu hits, %llu wasted\n",
-	       (unsigned long long)num(pf, "issued"),
-	       (unsigned long long)num(pf, "hits"),
-	       (unsigned long long)num(pf, "wasted"));
-	printf("io        %s read from the bundle, %s served, %llu errors, "
-	       "%llu checksum errors\n",
-	       human(num(io, "backing_bytes_read"), a),
-	       human(num(io, "bytes_served"), b),
-	       (unsigned long long)num(io, "errors"),
-	       (unsigned long long)num(io, "checksum_errors"));
-}
-
-/* Most resident first; ties by name so the output is stable. */
-static int cmp_resident(const void *pa, const void *pb)
-{
-	const cJSON *a = *(const cJSON *const *)pa;
-	const cJSON *b = *(const cJSON *const *)pb;
-	uint64_t ra = num(a, "resident_bytes"), rb = num(b, "resident_bytes");
-
-	if (ra != rb)
-		return ra > rb ? -1 : 1;
-	return strcmp(a->string, b->string);
-}
-
-static void print_model_row(const cJSON *m, int wname, int wsize)
-{
-	const cJSON *pinned = cJSON_GetObjectItemCaseSensitive(m, "pinned");
-	char a[32], b[32];
-
-	printf("%-*s  %*s  %*s  %8llu  %8llu  %9llu  %6llu  %s\n", wname,
-	       m->string, wsize, human(num(m, "size"), a), wsize,
-	       human(num(m, "resident_bytes"), b),
-	       (unsigned long long)num(m, "hits"),
-	       (unsigned long long)num(m, "misses"),
-	       (unsigned long long)num(m, "evictions"),
-	       (unsigned long long)num(m, "opens"),
-	       cJSON_IsTrue(pinned) ? "yes" : "no");
-}
-
-static int print_models(const cJSON *root)
-{
-	const cJSON *models = cJSON_GetObjectItemCaseSensitive(root, "models");
-	int n = cJSON_GetArraySize(models), wname = 5, wsize = 9, i = 0;
-	const cJSON **v, *m;
-
-	if (!cJSON_IsObject(models) || n == 0)
-		return 0;
-	v = malloc((size_t)n * sizeof(*v));
-	if (!v)
-		return -ENOMEM;
-	cJSON_ArrayForEach(m, models) {
-		int w = (int)strlen(m->string);
-
-		wname = w > wname ? w : wname;
-		v[i++] = m;
-	}
-	qsort(v, (size_t)n, sizeof(*v), cmp_resident);
-	printf("\n%-*s  %*s  %*s  %8s  %8s  %9s  %6s  %s\n", wname, "MODEL",
-	       wsize, "SIZE", wsize, "RESIDENT", "HITS", "MISSES", "EVICTIONS",
-	       "OPENS", "PINNED");
-	for (i = 0; i < n; i++)
-		print_model_row(v[i], wname, wsize);
-	free(v);
-	return 0;
-}
-
-static int run_stats(int argc, char **argv)
-{
-	const struct command *c = find_command("stats");
-	int status = operands(c, argc, argv, 1, NULL);
-	char *path = NULL, *text = NULL;
-	cJSON *root = NULL;
-	size_t len = 0, n;
-	int rc;
-
-	if (status >= 0)
-		return status;
-	status = EXIT_FAILURE;
-	n = strlen(argv[optind]) + sizeof("/.stats");
-	path = malloc(n);
-	if (!path)
-		goto out;
-	snprintf(path, n, "%s/.stats", argv[optind]);
-	rc = read_whole(path, &text, &len);
-	if (rc) {
-		fprintf(stderr, "apbundle: %s: %s%s\n", path, strerror(-rc),
-			rc == -ENOENT ? " (is it an apbundlefs mount?)" : "");
-		goto out;
-	}
-	root = cJSON_ParseWithLength(text, len);
-	if (!cJSON_IsObject(root)) {
-		fprintf(stderr, "apbundle: %s: not a JSON stats document\n", path);
-		goto out;
-	}
-	print_summary(root);
-	if (print_models(root) == 0)
-		status = EXIT_SUCCESS;
-out:
-	cJSON_Delete(root);
-	free(text);
-	free(path);
-	return status;
-}
-
-/* ================================================================== */
 /* Dispatch                                                            */
 /* ================================================================== */
 
 static int run_help(int argc, char **argv);
 
-static const struct command commands[] = {
+static const struct apb_cmd commands[] = {
 	{"create",
 	 "apbundle create [--compress zstd[:LEVEL]] [--chunk-size BYTES] "
 	 "[--format 1|2]\n                OUT.apbundle INPUT...\n",
@@ -857,13 +658,14 @@ static const struct command commands[] = {
 	{"stats", "apbundle stats MOUNTPOINT\n",
 	 "\nShow the cache statistics of a mounted bundle (MOUNTPOINT/.stats),\n"
 	 "models sorted by resident bytes.\n",
-	 run_stats},
+	 apb_cmd_stats},
 	{"help", "apbundle help [COMMAND]\n",
 	 "\nShow the help of COMMAND, or the list of commands.\n",
 	 run_help},
 };
 
-static const struct command *find_command(const char *name)
+/* See apbundle_cmd.h. */
+const struct apb_cmd *apb_cmd_find(const char *name)
 {
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
 		if (strcmp(commands[i].name, name) == 0)
@@ -873,15 +675,15 @@ static const struct command *find_command(const char *name)
 
 static int run_help(int argc, char **argv)
 {
-	const struct command *c;
+	const struct apb_cmd *c;
 
 	if (argc < 2) {
 		print_main_usage(stdout);
 		return EXIT_SUCCESS;
 	}
 	if (argc > 2)
-		return usage_error(find_command("help"), "too many operands");
-	c = find_command(argv[1]);
+		return usage_error(apb_cmd_find("help"), "too many operands");
+	c = apb_cmd_find(argv[1]);
 	if (!c)
 		return usage_error(NULL, "unknown command '%s'", argv[1]);
 	print_command_help(c);
@@ -890,7 +692,7 @@ static int run_help(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-	const struct command *c;
+	const struct apb_cmd *c;
 
 	if (argc < 2) {
 		print_main_usage(stderr);
@@ -904,7 +706,7 @@ int main(int argc, char **argv)
 		printf("apbundle %s\n", APB_VERSION);
 		return EXIT_SUCCESS;
 	}
-	c = find_command(argv[1]);
+	c = apb_cmd_find(argv[1]);
 	if (!c)
 		return usage_error(NULL, "unknown command '%s'", argv[1]);
 	opterr = 0; /* next_option() words the errors */

@@ -27,6 +27,7 @@
 #include <stdio.h>
 
 #include "apbundle/bundle.h"
+#include "error.h"
 
 #define APB_V1_HEADER_LEN 16u       /* magic, u32 version, u32 manifest length */
 #define APB_APRENDER_HEADER_LEN 20u /* magic, u32 version, u64 manifest length */
@@ -87,20 +88,6 @@ static inline uint32_t apb_le32(const uint8_t *p)
 static inline uint64_t apb_le64(const uint8_t *p)
 {
 	return (uint64_t)apb_le32(p) | (uint64_t)apb_le32(p + 4) << 32;
-}
-
-/* Fill the caller's message buffer, if it has one, and return rc, so a
- * parser can write `return apb_fail(-ENOMEM, err, err_len, ...)`. */
-__attribute__((format(printf, 4, 5))) static inline int
-apb_fail(int rc, char *err, size_t err_len, const char *fmt, ...)
-{
-	if (err && err_len) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, err_len, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
 }
 
 /* The common case: a malformed bundle. */

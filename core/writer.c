@@ -30,21 +30,21 @@
  *    An input that is shorter or longer than it was when listed fails the
  *    write (a bundle never disagrees with its manifest), as does an input
  *    that is the very file being replaced.
- *  - Output goes to "OUT.tmp.XXXXXX" in OUT's directory (O_EXCL, mode 0666
- *    less the umask, like any created file), is fsynced, renamed over OUT,
- *    and the directory is fsynced. Every failure before the rename unlinks
- *    the temporary file. Cancellation is polled once per buffer. Only a
- *    process that is killed outright (SIGKILL, power loss) can leave an
- *    "OUT.tmp.XXXXXX" behind; OUT itself is never partial.
+ *  - Output goes through an atomic file (atomic.c): "OUT.tmp.XXXXXX" in
+ *    OUT's directory, fsynced, renamed over OUT, the directory fsynced.
+ *    Every failure before the rename unlinks the temporary file.
+ *    Cancellation is polled once per buffer. Only a process that is killed
+ *    outright (SIGKILL, power loss) can leave an "OUT.tmp.XXXXXX" behind;
+ *    OUT itself is never partial.
  *  - Offsets and sizes stay below 2^53 so the JSON numbers (doubles in
  *    cJSON and most JSON tools) are exact.
  *
- * The file has three parts: input lists (the INPUT forms of `apbundle
- * create`, directory walks), atomic output files, and the two writers.
+ * The file holds the two writers: bundle creation and model extraction.
+ * Input lists and directory walks live in inputs.c, the temporary-file
+ * machinery in atomic.c.
  */
 #include "apbundle/writer.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -52,9 +52,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -64,24 +62,15 @@
 #include "apbundle/checksum.h"
 #include "apbundle/name.h"
 
+#include "atomic.h"
+#include "error.h"
+
 #define COPY_BUF_BYTES (1u << 20)
 #define HEADER_BYTES 16u
 #define JSON_EXACT_MAX (UINT64_C(1) << 53)
 #define LAYOUT_ROUNDS_MAX 64
 
 static const unsigned char zeros[APB_ALIGN];
-
-__attribute__((format(printf, 3, 4)))
-static void set_err(char *err, size_t err_len, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || err_len == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, err_len, fmt, ap);
-	va_end(ap);
-}
 
 static bool cancelled(const struct apb_writer_options *o)
 {
@@ -94,384 +83,8 @@ static uint64_t align_up(uint64_t v)
 }
 
 /* ================================================================== */
-/* Input lists                                                         */
+/* Output helpers                                                      */
 /* ================================================================== */
-
-struct input {
-	char *name;
-	char *path;
-};
-
-struct apb_input_list {
-	struct input *v;
-	size_t n, cap;
-};
-
-int apb_input_list_new(struct apb_input_list **out)
-{
-	*out = calloc(1, sizeof(**out));
-	return *out ? 0 : -ENOMEM;
-}
-
-void apb_input_list_free(struct apb_input_list *l)
-{
-	if (!l)
-		return;
-	for (size_t i = 0; i < l->n; i++) {
-		free(l->v[i].name);
-		free(l->v[i].path);
-	}
-	free(l->v);
-	free(l);
-}
-
-size_t apb_input_list_count(const struct apb_input_list *l)
-{
-	return l->n;
-}
-
-const char *apb_input_list_name(const struct apb_input_list *l, size_t i)
-{
-	return i < l->n ? l->v[i].name : NULL;
-}
-
-const char *apb_input_list_path(const struct apb_input_list *l, size_t i)
-{
-	return i < l->n ? l->v[i].path : NULL;
-}
-
-int apb_input_list_add(struct apb_input_list *l, const char *name,
-		       const char *path)
-{
-	struct input in = {strdup(name), strdup(path)};
-
-	if (!in.name || !in.path)
-		goto nomem;
-	if (l->n == l->cap) {
-		size_t cap = l->cap ? l->cap * 2 : 16;
-		struct input *v = realloc(l->v, cap * sizeof(*v));
-
-		if (!v)
-			goto nomem;
-		l->v = v;
-		l->cap = cap;
-	}
-	l->v[l->n++] = in;
-	return 0;
-nomem:
-	free(in.name);
-	free(in.path);
-	return -ENOMEM;
-}
-
-/* "a/b" + "c" -> "a/b/c"; a trailing '/' on dir is not doubled. Empty dir
- * means no prefix at all. Returns a malloc'd string or NULL. */
-static char *join(const char *dir, const char *leaf)
-{
-	size_t dl = strlen(dir);
-	bool slash = dl > 0 && dir[dl - 1] != '/';
-	size_t n = dl + slash + strlen(leaf) + 1;
-	char *s = malloc(n);
-
-	if (s)
-		snprintf(s, n, "%s%s%s", dir, slash ? "/" : "", leaf);
-	return s;
-}
-
-/* Last component of a path, ignoring trailing slashes, copied. */
-static char *last_component(const char *path)
-{
-	size_t end = strlen(path), start;
-
-	while (end > 1 && path[end - 1] == '/')
-		end--;
-	start = end;
-	while (start > 0 && path[start - 1] != '/')
-		start--;
-	return strndup(path + start, end - start);
-}
-
-static int cmp_cstr(const void *a, const void *b)
-{
-	return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Sorted names of dir's entries, without "." and "..". */
-static int read_dir_sorted(const char *dir, char ***names_out, size_t *n_out,
-			   char *err, size_t err_len)
-{
-	DIR *d = opendir(dir);
-	char **names = NULL;
-	size_t n = 0, cap = 0;
-	struct dirent *de;
-	int rc = 0;
-
-	if (!d) {
-		rc = -errno;
-		set_err(err, err_len, "%s: %s", dir, strerror(-rc));
-		return rc;
-	}
-	for (errno = 0; (de = readdir(d)); errno = 0) {
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-			continue;
-		if (n == cap) {
-			char **v = realloc(names, (cap = cap ? cap * 2 : 32) *
-							 sizeof(*v));
-			if (!v)
-				goto nomem;
-			names = v;
-		}
-		if (!(names[n] = strdup(de->d_name)))
-			goto nomem;
-		n++;
-	}
-	if (errno) {
-		rc = -errno;
-		set_err(err, err_len, "%s: %s", dir, strerror(-rc));
-		goto out;
-	}
-	if (n)
-		qsort(names, n, sizeof(*names), cmp_cstr);
-	goto out;
-nomem:
-	rc = -ENOMEM;
-	set_err(err, err_len, "%s: %s", dir, strerror(ENOMEM));
-out:
-	closedir(d);
-	if (rc) {
-		for (size_t i = 0; i < n; i++)
-			free(names[i]);
-		free(names);
-		names = NULL;
-		n = 0;
-	}
-	*names_out = names;
-	*n_out = n;
-	return rc;
-}
-
-static int walk_dir(struct apb_input_list *l, const char *dir,
-		    const char *prefix, char *err, size_t err_len);
-
-/* One entry of a directory walk: a file to add, a directory to descend,
- * or something to skip (see apb_input_list_add_arg). */
-static int walk_entry(struct apb_input_list *l, const char *path,
-		      const char *name, char *err, size_t err_len)
-{
-	struct stat st;
-	int rc;
-
-	if (lstat(path, &st) != 0)
-		goto fail;
-	if (S_ISDIR(st.st_mode))
-		return walk_dir(l, path, name, err, err_len);
-	if (S_ISLNK(st.st_mode)) {
-		if (stat(path, &st) != 0)
-			goto fail;
-		if (!S_ISREG(st.st_mode))
-			return 0; /* never descend a linked directory */
-	}
-	if (!S_ISREG(st.st_mode))
-		return 0;
-	rc = apb_input_list_add(l, name, path);
-	if (rc)
-		set_err(err, err_len, "%s: %s", path, strerror(-rc));
-	return rc;
-fail:
-	rc = -errno;
-	set_err(err, err_len, "%s: %s", path, strerror(-rc));
-	return rc;
-}
-
-static int walk_dir(struct apb_input_list *l, const char *dir,
-		    const char *prefix, char *err, size_t err_len)
-{
-	char **names = NULL;
-	size_t n = 0, i;
-	int rc = read_dir_sorted(dir, &names, &n, err, err_len);
-
-	for (i = 0; rc == 0 && i < n; i++) {
-		char *path = join(dir, names[i]);
-		char *name = join(prefix, names[i]);
-
-		if (!path || !name) {
-			rc = -ENOMEM;
-			set_err(err, err_len, "%s: %s", dir, strerror(ENOMEM));
-		} else {
-			rc = walk_entry(l, path, name, err, err_len);
-		}
-		free(path);
-		free(name);
-	}
-	for (i = 0; i < n; i++)
-		free(names[i]);
-	free(names);
-	return rc;
-}
-
-int apb_input_list_add_arg(struct apb_input_list *l, const char *arg,
-			   char *err, size_t err_len)
-{
-	const char *eq = strchr(arg, '=');
-	const char *path = eq ? eq + 1 : arg;
-	char *name = eq ? strndup(arg, (size_t)(eq - arg)) : last_component(arg);
-	struct stat st;
-	int rc = 0;
-
-	if (!name) {
-		rc = -ENOMEM;
-		set_err(err, err_len, "%s: %s", arg, strerror(ENOMEM));
-		goto out;
-	}
-	if (eq && (name[0] == '\0' || path[0] == '\0')) {
-		rc = -EINVAL;
-		set_err(err, err_len, "%s: expected NAME=FILE", arg);
-		goto out;
-	}
-	if (stat(path, &st) != 0) {
-		rc = -errno;
-		set_err(err, err_len, "%s: %s", path, strerror(-rc));
-		goto out;
-	}
-	if (S_ISDIR(st.st_mode)) {
-		rc = walk_dir(l, path, eq ? name : "", err, err_len);
-	} else if (S_ISREG(st.st_mode)) {
-		rc = apb_input_list_add(l, name, path);
-		if (rc)
-			set_err(err, err_len, "%s: %s", path, strerror(-rc));
-	} else {
-		rc = -EINVAL;
-		set_err(err, err_len, "%s: not a regular file or directory",
-			path);
-	}
-out:
-	free(name);
-	return rc;
-}
-
-/* ================================================================== */
-/* Atomic output files                                                 */
-/* ================================================================== */
-
-struct atomic_file {
-	const char *target; /* the caller's path, used in messages */
-	char *tmp;          /* "target.tmp.XXXXXX", NULL once renamed */
-	int fd;
-};
-
-/* Six characters in [0-9A-Za-z] for a temporary name, like mkstemp. */
-static void random_suffix(char out[7])
-{
-	static const char set[] =
-		"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-	unsigned char r[6];
-
-	if (getrandom(r, sizeof(r), GRND_NONBLOCK) != (ssize_t)sizeof(r)) {
-		/* O_EXCL keeps this safe; randomness only avoids retries. */
-		uint64_t x = (uint64_t)getpid() * 0x9E3779B97F4A7C15u ^
-			     (uint64_t)time(NULL) ^ (uint64_t)clock();
-		for (int i = 0; i < 6; i++, x >>= 8)
-			r[i] = (unsigned char)x;
-	}
-	for (int i = 0; i < 6; i++)
-		out[i] = set[r[i] % (sizeof(set) - 1)];
-	out[6] = '\0';
-}
-
-/* Create the temporary file. Mode 0666 goes through the umask, so the
- * result has the permissions any newly created file would have. */
-static int af_open(struct atomic_file *af, const char *target, char *err,
-		   size_t err_len)
-{
-	size_t n = strlen(target) + sizeof(".tmp.XXXXXX");
-	int rc = -EEXIST;
-
-	af->target = target;
-	af->fd = -1;
-	af->tmp = malloc(n);
-	if (!af->tmp) {
-		set_err(err, err_len, "%s: %s", target, strerror(ENOMEM));
-		return -ENOMEM;
-	}
-	for (int tries = 0; tries < 100 && rc == -EEXIST; tries++) {
-		char sfx[7];
-
-		random_suffix(sfx);
-		snprintf(af->tmp, n, "%s.tmp.%s", target, sfx);
-		af->fd = open(af->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-			      0666);
-		rc = af->fd >= 0 ? 0 : -errno;
-	}
-	if (rc) {
-		set_err(err, err_len, "%s: %s", target, strerror(-rc));
-		free(af->tmp);
-		af->tmp = NULL;
-	}
-	return rc;
-}
-
-/* Remove the temporary file; safe to call after a commit (no-op). */
-static void af_abort(struct atomic_file *af)
-{
-	if (af->fd >= 0)
-		close(af->fd);
-	af->fd = -1;
-	if (af->tmp)
-		unlink(af->tmp);
-	free(af->tmp);
-	af->tmp = NULL;
-}
-
-static int fsync_parent_dir(const char *path)
-{
-	char *copy = strdup(path), *slash;
-	int fd, rc = 0;
-
-	if (!copy)
-		return -ENOMEM;
-	slash = strrchr(copy, '/');
-	if (!slash)
-		strcpy(copy, ".");
-	else if (slash == copy)
-		slash[1] = '\0';
-	else
-		*slash = '\0';
-	fd = open(copy, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0 || (fsync(fd) != 0 && errno != EINVAL))
-		rc = -errno;
-	if (fd >= 0)
-		close(fd);
-	free(copy);
-	return rc;
-}
-
-/* fsync, close, rename over the target, fsync the directory. */
-static int af_commit(struct atomic_file *af, char *err, size_t err_len)
-{
-	int rc = 0, fd = af->fd;
-
-	af->fd = -1;
-	if (fsync(fd) != 0)
-		rc = -errno;
-	if (close(fd) != 0 && rc == 0)
-		rc = -errno;
-	if (rc == 0 && rename(af->tmp, af->target) != 0)
-		rc = -errno;
-	if (rc) {
-		set_err(err, err_len, "%s: %s", af->target, strerror(-rc));
-		af_abort(af);
-		return rc;
-	}
-	free(af->tmp);
-	af->tmp = NULL;
-	/* The file is complete and in place; a failure here only means its
-	 * directory entry may not yet be durable, but it is still reported. */
-	rc = fsync_parent_dir(af->target);
-	if (rc)
-		set_err(err, err_len, "%s: syncing directory: %s", af->target,
-			strerror(-rc));
-	return rc;
-}
 
 /* Write all of buf at the current offset, through EINTR and short writes. */
 static int write_all(int fd, const void *buf, size_t len)
@@ -520,29 +133,29 @@ int apb_writer_options_check(const struct apb_writer_options *o, char *err,
 			     size_t err_len)
 {
 	if (o->format != 1 && o->format != 2) {
-		set_err(err, err_len, "unknown format %u (expected 1 or 2)",
+		apb_fail(0, err, err_len, "unknown format %u (expected 1 or 2)",
 			o->format);
 		return -EINVAL;
 	}
 	if (o->compression != APB_WRITER_STORE &&
 	    o->compression != APB_WRITER_ZSTD) {
-		set_err(err, err_len, "unknown compression");
+		apb_fail(0, err, err_len, "unknown compression");
 		return -EINVAL;
 	}
 	if (o->chunk_size % APB_ALIGN != 0 || o->chunk_size > UINT32_MAX) {
-		set_err(err, err_len,
+		apb_fail(0, err, err_len,
 			"chunk size %llu is not a multiple of 4096 up to 4 GiB",
 			(unsigned long long)o->chunk_size);
 		return -EINVAL;
 	}
 	if (o->format == 1 &&
 	    (o->compression != APB_WRITER_STORE || o->chunk_size != 0)) {
-		set_err(err, err_len,
+		apb_fail(0, err, err_len,
 			"compression and chunk size need format 2");
 		return -EINVAL;
 	}
 	if (o->format == 2) {
-		set_err(err, err_len, "format 2 is not supported yet");
+		apb_fail(0, err, err_len, "format 2 is not supported yet");
 		return -ENOTSUP;
 	}
 	return 0;
@@ -569,7 +182,7 @@ struct job {
 	size_t manifest_len;    /* L, fixed by layout() */
 	dev_t out_dev;          /* the bundle being replaced, if any, */
 	ino_t out_ino;          /* so it is not packed into itself */
-	struct atomic_file af;
+	struct apb_atomic_file af;
 	unsigned char *buf;
 	XXH3_state_t *xxh;
 	char *err;
@@ -594,7 +207,7 @@ static int check_names(struct job *j)
 		if (apb_name_check(j->e[i].name, strlen(j->e[i].name), msg,
 				   sizeof(msg)) != 0) {
 			/* msg starts "name ..." and quotes the name */
-			set_err(j->err, j->err_len, "%s: model %s",
+			apb_fail(0, j->err, j->err_len, "%s: model %s",
 				j->e[i].path, msg);
 			return -EINVAL;
 		}
@@ -602,7 +215,7 @@ static int check_names(struct job *j)
 	qsort(j->e, j->n, sizeof(*j->e), cmp_entry);
 	for (size_t i = 1; i < j->n; i++) {
 		if (strcmp(j->e[i - 1].name, j->e[i].name) == 0) {
-			set_err(j->err, j->err_len,
+			apb_fail(0, j->err, j->err_len,
 				"%s: model name '%s' is also given by %s",
 				j->e[i].path, j->e[i].name, j->e[i - 1].path);
 			return -EINVAL;
@@ -614,7 +227,7 @@ static int check_names(struct job *j)
 	for (size_t i = 0; i < j->n; i++)
 		names[i] = j->e[i].name;
 	if (apb_names_check_set(names, j->n, msg, sizeof(msg)) != 0) {
-		set_err(j->err, j->err_len, "%s: %s", j->out_path, msg);
+		apb_fail(0, j->err, j->err_len, "%s: %s", j->out_path, msg);
 		rc = -EINVAL;
 	}
 	free(names);
@@ -639,7 +252,7 @@ static int stat_inputs(struct job *j)
 		if (fd >= 0)
 			close(fd);
 		if (rc) {
-			set_err(j->err, j->err_len, "%s: %s", e->path,
+			apb_fail(0, j->err, j->err_len, "%s: %s", e->path,
 				rc == -EINVAL ? "not a regular file"
 				: rc == -ELOOP ? "is the bundle being written"
 					       : strerror(-rc));
@@ -647,7 +260,7 @@ static int stat_inputs(struct job *j)
 		}
 		e->size = (uint64_t)st.st_size;
 		if (e->size >= JSON_EXACT_MAX - j->total) {
-			set_err(j->err, j->err_len,
+			apb_fail(0, j->err, j->err_len,
 				"%s: inputs too large for a bundle (2^53 bytes)",
 				e->path);
 			return -EFBIG;
@@ -708,7 +321,7 @@ static int layout(struct job *j)
 		}
 		if (j->n && j->e[j->n - 1].offset + j->e[j->n - 1].size >=
 				    JSON_EXACT_MAX) {
-			set_err(j->err, j->err_len,
+			apb_fail(0, j->err, j->err_len,
 				"%s: bundle too large (2^53 bytes)", j->out_path);
 			return -EFBIG;
 		}
@@ -718,7 +331,7 @@ static int layout(struct job *j)
 		printed = strlen(json);
 		free(json);
 		if (printed > APB_MANIFEST_MAX) {
-			set_err(j->err, j->err_len,
+			apb_fail(0, j->err, j->err_len,
 				"%s: manifest of %zu bytes exceeds the limit",
 				j->out_path, printed);
 			return -EFBIG;
@@ -753,13 +366,13 @@ static int write_head(struct job *j, const char *json)
 /* Failure of the output file: name the target the user asked for. */
 static int out_err(struct job *j, int rc)
 {
-	set_err(j->err, j->err_len, "%s: %s", j->out_path, strerror(-rc));
+	apb_fail(0, j->err, j->err_len, "%s: %s", j->out_path, strerror(-rc));
 	return rc;
 }
 
 static int cancel_err(char *err, size_t err_len, const char *path)
 {
-	set_err(err, err_len, "%s: interrupted", path);
+	apb_fail(0, err, err_len, "%s: interrupted", path);
 	return -EINTR;
 }
 
@@ -773,7 +386,7 @@ static void report(const struct apb_writer_options *o, uint64_t done,
 /* Name the input and the reason; returns rc. */
 static int in_err(struct job *j, const struct entry *e, int rc)
 {
-	set_err(j->err, j->err_len, "%s: %s", e->path,
+	apb_fail(0, j->err, j->err_len, "%s: %s", e->path,
 		rc == -ERANGE ? "file changed size while being read"
 			      : strerror(-rc));
 	return rc == -ERANGE ? -EIO : rc;
@@ -890,18 +503,18 @@ static int prepare(struct job *j, const struct apb_input_list *inputs)
 	rc = apb_writer_options_check(j->o, j->err, j->err_len);
 	if (rc)
 		return rc;
-	if (inputs->n > APB_MODELS_MAX) {
-		set_err(j->err, j->err_len, "%s: %zu models (at most %u)",
-			j->out_path, inputs->n, APB_MODELS_MAX);
+	j->n = apb_input_list_count(inputs);
+	if (j->n > APB_MODELS_MAX) {
+		apb_fail(0, j->err, j->err_len, "%s: %zu models (at most %u)",
+			j->out_path, j->n, APB_MODELS_MAX);
 		return -EFBIG;
 	}
-	j->n = inputs->n;
 	j->e = calloc(j->n ? j->n : 1, sizeof(*j->e));
 	if (!j->e)
 		return out_err(j, -ENOMEM);
 	for (size_t i = 0; i < j->n; i++) {
-		j->e[i].name = inputs->v[i].name;
-		j->e[i].path = inputs->v[i].path;
+		j->e[i].name = apb_input_list_name(inputs, i);
+		j->e[i].path = apb_input_list_path(inputs, i);
 	}
 	if (stat(j->out_path, &st) == 0) {
 		if (S_ISDIR(st.st_mode))
@@ -931,7 +544,7 @@ int apb_writer_create_bundle(const char *out_path,
 		apb_writer_options_init(&defaults);
 		j.o = &defaults;
 	}
-	set_err(err, err_len, "%s: failed", out_path);
+	apb_fail(0, err, err_len, "%s: failed", out_path);
 	rc = prepare(&j, inputs);
 	if (rc)
 		goto out;
@@ -945,15 +558,15 @@ int apb_writer_create_bundle(const char *out_path,
 		rc = out_err(&j, -ENOMEM);
 		goto out;
 	}
-	rc = af_open(&j.af, out_path, err, err_len);
+	rc = apb_atomic_open(&j.af, out_path, err, err_len);
 	if (rc)
 		goto out;
 	report(j.o, 0, j.total);
 	rc = write_bundle(&j);
 	if (rc == 0)
-		rc = af_commit(&j.af, err, err_len);
+		rc = apb_atomic_commit(&j.af, err, err_len);
 out:
-	af_abort(&j.af);
+	apb_atomic_abort(&j.af);
 	XXH3_freeState(j.xxh);
 	free(j.buf);
 	free(j.e);
@@ -967,7 +580,7 @@ out:
 /* Copy and hash the model into af; *xxh3 is the digest of what was read. */
 static int extract_copy(const struct apb_bundle *b, const char *label,
 			size_t index, const struct apb_model *m,
-			struct atomic_file *af,
+			struct apb_atomic_file *af,
 			const struct apb_writer_options *o, uint64_t *xxh3,
 			char *err, size_t err_len)
 {
@@ -978,7 +591,7 @@ static int extract_copy(const struct apb_bundle *b, const char *label,
 
 	if (!buf || !st) {
 		rc = -ENOMEM;
-		set_err(err, err_len, "%s: %s", af->target, strerror(-rc));
+		apb_fail(0, err, err_len, "%s: %s", af->target, strerror(-rc));
 		goto out;
 	}
 	XXH3_64bits_reset(st);
@@ -995,14 +608,14 @@ static int extract_copy(const struct apb_bundle *b, const char *label,
 		n = apb_bundle_read(b, index, done, buf, want);
 		if (n <= 0) {
 			rc = n < 0 ? (int)n : -EIO;
-			set_err(err, err_len, "%s: model '%s': %s", label,
+			apb_fail(0, err, err_len, "%s: model '%s': %s", label,
 				m->name, strerror(-rc));
 			goto out;
 		}
 		XXH3_64bits_update(st, buf, (size_t)n);
 		rc = write_all(af->fd, buf, (size_t)n);
 		if (rc) {
-			set_err(err, err_len, "%s: %s", af->target,
+			apb_fail(0, err, err_len, "%s: %s", af->target,
 				strerror(-rc));
 			goto out;
 		}
@@ -1022,16 +635,16 @@ int apb_writer_extract_model(const struct apb_bundle *b, const char *label,
 			     size_t err_len)
 {
 	const struct apb_model *m = apb_bundle_model(b, index);
-	struct atomic_file af = {.fd = -1};
+	struct apb_atomic_file af = {.fd = -1};
 	uint64_t got = 0;
 	int rc;
 
 	if (!m) {
-		set_err(err, err_len, "%s: model %zu: no such model", label,
+		apb_fail(0, err, err_len, "%s: model %zu: no such model", label,
 			index);
 		return -ENOENT;
 	}
-	rc = af_open(&af, out_path, err, err_len);
+	rc = apb_atomic_open(&af, out_path, err, err_len);
 	if (rc)
 		return rc;
 	rc = extract_copy(b, label, index, m, &af, o, &got, err, err_len);
@@ -1042,12 +655,12 @@ int apb_writer_extract_model(const struct apb_bundle *b, const char *label,
 
 		apb_checksum_format(got, have);
 		apb_checksum_format(m->xxh3, want);
-		set_err(err, err_len, "%s: model '%s': checksum %s expected %s",
+		apb_fail(0, err, err_len, "%s: model '%s': checksum %s expected %s",
 			label, m->name, have, want);
 		rc = -EBADMSG;
 	}
 	if (rc == 0)
-		rc = af_commit(&af, err, err_len);
-	af_abort(&af);
+		rc = apb_atomic_commit(&af, err, err_len);
+	apb_atomic_abort(&af);
 	return rc;
 }

@@ -1,13 +1,9 @@
 /*
  * writer.h - write .apbundle files and extract models from them, atomically.
  *
- * Two pieces:
- *
- *  - An input list: (model name, source path) pairs, either added one by one
- *    or expanded from the command-line forms of `apbundle create` (FILE,
- *    NAME=FILE, DIR, NAME=DIR).
- *  - apb_writer_create_bundle(), which turns an input list into a bundle,
- *    and apb_writer_extract_model(), which copies one model out of a bundle.
+ * Two writers: apb_writer_create_bundle(), which turns an input list
+ * (inputs.h: model names and source paths) into a bundle, and
+ * apb_writer_extract_model(), which copies one model out of a bundle.
  *
  * Both writers are atomic: they write a temporary file next to the target
  * ("OUT.tmp.XXXXXX"), fsync it, rename it over the target and fsync the
@@ -24,8 +20,8 @@
  * that starts with the file concerned: "models/x.bin: No such file or
  * directory". A command prints it behind its own name.
  *
- * Thread safety: no global state. An input list may be used by one thread
- * at a time; different lists and different writes are independent.
+ * Thread safety: no global state. Different writes are independent; an
+ * input list must not change while a bundle is written from it.
  */
 #ifndef APBUNDLE_WRITER_H
 #define APBUNDLE_WRITER_H
@@ -34,52 +30,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "apbundle/inputs.h"
+
 struct apb_bundle;
-
-/* ------------------------------------------------------------------ */
-/* Input lists                                                         */
-/* ------------------------------------------------------------------ */
-
-struct apb_input_list;
-
-/* Returns 0 or -ENOMEM. */
-int apb_input_list_new(struct apb_input_list **out);
-void apb_input_list_free(struct apb_input_list *l);
-
-size_t apb_input_list_count(const struct apb_input_list *l);
-
-/* Name and path of entry i, in the order added. Owned by the list. */
-const char *apb_input_list_name(const struct apb_input_list *l, size_t i);
-const char *apb_input_list_path(const struct apb_input_list *l, size_t i);
-
-/* Add one (name, path) pair; both are copied. Nothing is checked here:
- * names and files are checked when the bundle is written. Returns 0 or
- * -ENOMEM. */
-int apb_input_list_add(struct apb_input_list *l, const char *name,
-		       const char *path);
-
-/*
- * Add what one INPUT argument of `apbundle create` stands for:
- *
- *   FILE       one model named after the last component of FILE
- *   NAME=FILE  one model named NAME
- *   DIR        every regular file below DIR, named by its path relative
- *              to DIR ("config.json", "onnx/model.onnx")
- *   NAME=DIR   the same, named "NAME/<relative path>"
- *
- * An argument containing '=' is always split at its first '='; to pass a
- * path that contains '=', give a name: "model.bin=./a=b.bin".
- * Symbolic links: a link given as the argument is followed. Below DIR, a
- * link to a regular file is followed (the model holds the target's bytes),
- * a link to a directory is not descended (no loops, no escaping DIR), and
- * a dangling link is an error. Other non-regular files (FIFOs, sockets,
- * devices) below DIR are skipped; given directly, they are an error.
- * Entries of one directory are added in strcmp() order of their names.
- * Returns 0, -ENOENT/-EACCES/... (the failing call's errno) or -EINVAL
- * (empty name, not a regular file or directory).
- */
-int apb_input_list_add_arg(struct apb_input_list *l, const char *arg,
-			   char *err, size_t err_len);
 
 /* ------------------------------------------------------------------ */
 /* Writing                                                             */
