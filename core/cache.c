@@ -13,8 +13,14 @@
  * chunk (no munmap, no madvise: the pages are about to be overwritten).
  * apb_cache_clear() and apb_cache_evict_model() instead return the freed
  * slots' pages to the OS with madvise(MADV_DONTNEED), so the resident set
- * really falls (SPEC §6); the next loader into such a slot faults in zero
- * pages.
+ * really falls (SPEC §6); the next loader into such a slot faults in fresh
+ * zero pages.
+ *
+ * Outside the budget, the cache's own memory is fixed at creation: per slot
+ * one struct apb_chunk (80 bytes on LP64), 2 to 4 bucket pointers, a 4-byte
+ * free-stack entry and, for LFU, an 8-byte heap entry (at most 124 bytes,
+ * 0.2% of a 64 KiB chunk); per model one struct apb_cache_model_stats
+ * (32 bytes).
  *
  * STRUCTURES
  *
@@ -63,17 +69,24 @@
  * remove and pop are O(log n). A newly loaded chunk has F = 1, K = 1 + L.
  *
  * Why LFU-DA rather than plain LFU or Redis' counters: plain LFU never
- * forgets; a chunk read a thousand times during model warm-up would squat in
- * its slot forever. Redis (evict.c) forgets by decaying an 8-bit logarithmic
- * counter by idle time, which needs a clock per key and is approximate by
- * design (it samples). Here the set is exact and small, and LFU-DA ages
- * without touching idle chunks at all: every eviction raises L, so chunks
- * loaded or used later enter with a higher base, and a formerly hot chunk
- * whose K was fixed long ago is overtaken and evicted once L passes it -
- * no periodic O(n) decay pass, no timers. L never decreases: every chunk in
- * the heap has K >= L (it entered with K = F + L, F >= 1, and L only rises
- * to the minimum K), which assert()s check on every pop. Only evictions for
- * room raise L; clear and evict_model are requests, not pressure.
+ * forgets; a chunk read a thousand times while a model warmed up would squat
+ * in its slot forever. Redis (evict.c) forgets by decaying each key's 8-bit
+ * logarithmic counter by the minutes it sat idle, lazily, when the key is
+ * touched or sampled. That works for Redis because it evicts by sampling a
+ * few random keys and keeps no order among them. An exact victim needs an
+ * ordered structure, and time decay changes every idle key's priority
+ * without anyone touching it: the heap would go stale, and keeping it right
+ * takes a periodic O(n) pass that re-decays and re-heaps every chunk. LFU-DA
+ * ages the other way round: it never lowers old priorities, it raises the
+ * base that new ones start from. Every eviction for room sets L to the
+ * victim's K, so chunks loaded or released later enter above it, and a
+ * formerly hot chunk whose K was fixed long ago is overtaken and evicted
+ * once L reaches it. Relative order of the chunks in the heap never
+ * changes, so the heap stays valid, with no clock, timer or decay pass.
+ * L never decreases: every chunk in the heap has K >= L (it entered with
+ * K = F + L, F >= 1, and L only rises to the minimum K), which an assert()
+ * checks on every pop. Only evictions for room raise L; clear and
+ * evict_model are requests, not memory pressure.
  *
  * WAITING
  *
@@ -97,18 +110,22 @@
  *
  * COUNTERS (the exact meaning of struct apb_cache_stats)
  *
- * Each successful or failed apb_cache_get() with a valid model counts
- * exactly one hit or one miss, decided at its first lookup: a hit if the
- * chunk was READY, a miss otherwise (not present, or LOADING - the waiter
- * of an in-flight load is a miss too). loaded_bytes adds the length each
- * successful load returned, load_errors counts failed loads once (not once
- * per waiter). evictions counts every READY chunk dropped: for room, by
- * apb_cache_evict_model(), by apb_cache_clear(). resident_chunks and the
- * per-model resident_bytes cover READY chunks only; used_bytes covers every
- * slot that is not free (LOADING, READY, FAILED still referenced), since
- * that is the memory in use. Global and per-model counters are plain fields
- * changed under the mutex (which every path holds anyway); readers of stats
- * take the mutex too, so a snapshot is consistent.
+ * A get of a model >= model_count fails with -EINVAL and counts nothing.
+ * Every other get counts exactly one hit or one miss, decided at its first
+ * lookup: a hit if the chunk was READY, a miss otherwise - not present, or
+ * LOADING (the waiter of an in-flight load is a miss too), and it stays a
+ * miss if the get then waits for a slot and finds the chunk loaded by
+ * someone else meanwhile. loaded_bytes adds the length each successful load
+ * returned. load_errors counts each failed load once, not once per waiter;
+ * a loader returning more than chunk_size bytes, or a negative value that
+ * is no errno, fails its load with -EIO. evictions counts every READY chunk
+ * dropped: for room, by apb_cache_evict_model(), by apb_cache_clear().
+ * resident_chunks and the per-model resident_bytes cover READY chunks only.
+ * used_bytes covers every slot that is neither free nor being reclaimed
+ * (LOADING, READY, FAILED but still referenced): the memory in use.
+ * Global and per-model counters are plain fields changed under the mutex,
+ * which every path holds anyway; stats readers take it too, so one
+ * apb_cache_stats() call is a consistent snapshot.
  *
  * LOCKING
  *

@@ -83,7 +83,9 @@ void apb_cache_free(struct apb_cache *c);
  * Get chunk index of model, loading it on a miss. Counts one hit or one
  * miss. On success returns 0 and a referenced chunk in *out; on a failed
  * load returns the loader's negative errno (for every waiter of that load)
- * and caches nothing, so a later get tries again.
+ * and caches nothing, so a later get tries again. A loader that returns
+ * more than cap bytes fails the load with -EIO. model >= model_count gives
+ * -EINVAL and counts nothing.
  */
 int apb_cache_get(struct apb_cache *c, uint32_t model, uint64_t index,
 		  struct apb_chunk **out);
@@ -103,6 +105,7 @@ void apb_cache_clear(struct apb_cache *c);
 void apb_cache_reset_stats(struct apb_cache *c);
 
 void apb_cache_stats(struct apb_cache *c, struct apb_cache_stats *out);
+/* All zero for a model >= model_count. */
 void apb_cache_model_stats(struct apb_cache *c, uint32_t model,
 			   struct apb_cache_model_stats *out);
 
