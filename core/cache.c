@@ -1,6 +1,7 @@
 /*
  * cache.c - the chunk cache: a fixed pool of chunk-sized slots, a hash table
- * from (model, index) to the chunk a slot holds, and an eviction policy.
+ * from (model, index) to the chunk a slot holds, the chunk states, waiting
+ * and counters. The eviction policies are in evict.c.
  *
  * MEMORY
  *
@@ -38,55 +39,28 @@
  *   FAILED   the load failed: out of the table (so the next get loads
  *            again), load_error holds the errno for the waiters. The last
  *            waiter to leave returns the slot to the free stack.
- *   RECLAIM  taken by one apb_cache_clear()/apb_cache_evict_model() call,
- *            which owns it exclusively (it is on no shared structure) while
- *            it madvises the slot with the lock dropped; then FREE.
+ *   RECLAIM  taken by one apb_cache_clear()/apb_cache_evict_model() call
+ *            or by the last put of a DETACHED chunk, which owns it
+ *            exclusively (it is on no shared structure) while it madvises
+ *            the slot with the lock dropped; then FREE.
+ *   DETACHED a READY chunk that clear/evict_model dropped while readers
+ *            held it: out of the table and the residency counters (its
+ *            eviction already counted), bytes still valid for the holders.
+ *            The last put reclaims the slot. refs >= 1.
  *
  * The hash table chains through hash_next; its bucket array is a power of
  * two >= 2 * nslots fixed at creation. At most nslots chunks are ever in it,
  * so the load factor stays <= 1/2 and it never resizes.
  *
- * EVICTION POLICY
+ * EVICTION
  *
- * A policy is an "evictable set" holding exactly the READY chunks with
- * refs == 0, behind four operations (struct evict_ops): insert (a put took
- * refs 1 -> 0, or a chunk got evictable otherwise), remove (a get took refs
- * 0 -> 1, or clear/evict_model drops it), pop_victim (take the chunk to
- * evict for room, NULL if the set is empty) and touch (a get referenced the
- * chunk; bookkeeping for frequency).
- *
- * LRU is an intrusive doubly linked list: insert appends at the MRU tail, the
- * victim is the head. Every operation is O(1). "Recent" means "released
- * recently": a chunk held by a long read counts as used until its put.
- *
- * LFU is LFU with dynamic aging (LFU-DA; Arlitt, Cherkasova, Dilley et al.,
- * "Evaluating content management techniques for web proxy caches", 2000).
- * Each chunk counts its gets in freq (F). The cache keeps an inflation value
- * L, the priority of the last chunk evicted for room. A chunk entering the
- * set gets priority K = F + L; the victim is the least K, ties going to the
- * chunk that entered the set first (tick). The set is a binary min-heap of
- * chunk pointers, each chunk remembering its heap position, so insert,
- * remove and pop are O(log n). A newly loaded chunk has F = 1, K = 1 + L.
- *
- * Why LFU-DA rather than plain LFU or Redis' counters: plain LFU never
- * forgets; a chunk read a thousand times while a model warmed up would squat
- * in its slot forever. Redis (evict.c) forgets by decaying each key's 8-bit
- * logarithmic counter by the minutes it sat idle, lazily, when the key is
- * touched or sampled. That works for Redis because it evicts by sampling a
- * few random keys and keeps no order among them. An exact victim needs an
- * ordered structure, and time decay changes every idle key's priority
- * without anyone touching it: the heap would go stale, and keeping it right
- * takes a periodic O(n) pass that re-decays and re-heaps every chunk. LFU-DA
- * ages the other way round: it never lowers old priorities, it raises the
- * base that new ones start from. Every eviction for room sets L to the
- * victim's K, so chunks loaded or released later enter above it, and a
- * formerly hot chunk whose K was fixed long ago is overtaken and evicted
- * once L reaches it. Relative order of the chunks in the heap never
- * changes, so the heap stays valid, with no clock, timer or decay pass.
- * L never decreases: every chunk in the heap has K >= L (it entered with
- * K = F + L, F >= 1, and L only rises to the minimum K), which an assert()
- * checks on every pop. Only evictions for room raise L; clear and
- * evict_model are requests, not memory pressure.
+ * The READY chunks with refs == 0, and only they, are in the evictable set
+ * (c->evictable), the one structure evict.c keeps; its top comment explains
+ * the policies (LRU, LFU-DA), why LFU-DA, and the invariant on L. The set
+ * reaches a chunk through the struct apb_evict_node embedded in it, and a
+ * victim's node leads back to its chunk by offsetof (chunk_of()). Here,
+ * evict_insert(), evict_remove() and evict_pop_victim() wrap the set to
+ * assert the chunk states and to wake slot waiters.
  *
  * WAITING
  *
@@ -122,7 +96,8 @@
  * dropped: for room, by apb_cache_evict_model(), by apb_cache_clear().
  * resident_chunks and the per-model resident_bytes cover READY chunks only.
  * used_bytes covers every slot that is neither free nor being reclaimed
- * (LOADING, READY, FAILED but still referenced): the memory in use.
+ * (LOADING, READY, DETACHED, FAILED but still referenced): the memory in
+ * use.
  * Global and per-model counters are plain fields changed under the mutex,
  * which every path holds anyway; stats readers take it too, so one
  * apb_cache_stats() call is a consistent snapshot.
@@ -145,9 +120,12 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+
+#include "evict.h"
 
 #define SLOT_ALIGN 4096u
 #define MAX_SLOTS (1u << 30) /* keeps 2 * nslots buckets in a uint32_t */
@@ -158,6 +136,7 @@ enum chunk_state {
 	CHUNK_READY,
 	CHUNK_FAILED,
 	CHUNK_RECLAIM,
+	CHUNK_DETACHED,
 };
 
 struct apb_chunk {
@@ -170,24 +149,7 @@ struct apb_chunk {
 	int load_error;               /* FAILED: the loader's negative errno */
 	size_t len;                   /* READY: valid bytes */
 	struct apb_chunk *hash_next;  /* table chain; RECLAIM: private list */
-	union {
-		struct {              /* LRU: list links while evictable */
-			struct apb_chunk *prev, *next;
-		} lru;
-		struct {              /* LFU-DA */
-			uint64_t freq;        /* gets since loaded (F) */
-			uint64_t key;         /* K = F + L, set on insert */
-			uint64_t tick;        /* insert order, breaks K ties */
-			uint32_t heap_pos;    /* index in c->heap while evictable */
-		} lfu;
-	};
-};
-
-struct evict_ops {
-	void (*insert)(struct apb_cache *c, struct apb_chunk *ch);
-	void (*remove)(struct apb_cache *c, struct apb_chunk *ch);
-	struct apb_chunk *(*pop_victim)(struct apb_cache *c);
-	void (*touch)(struct apb_cache *c, struct apb_chunk *ch);
+	struct apb_evict_node evict;  /* evict.c's: set links, LFU counts */
 };
 
 struct apb_cache {
@@ -196,7 +158,6 @@ struct apb_cache {
 	uint32_t nslots;
 	uint32_t model_count;
 	uint32_t bucket_mask;
-	const struct evict_ops *ops;
 	apb_cache_load_fn load;
 	void *load_ctx;
 	unsigned char *region;        /* nslots * chunk_size bytes */
@@ -213,15 +174,7 @@ struct apb_cache {
 	uint32_t nfree;
 	uint32_t used_slots;          /* LOADING, READY or FAILED */
 	uint32_t slot_waiters;        /* gets waiting on slot_cv */
-
-	/* The evictable set: READY chunks with refs == 0. */
-	uint32_t evictable;
-	struct apb_chunk *lru_head;   /* LRU: least recently released */
-	struct apb_chunk *lru_tail;   /* LRU: most recently released */
-	struct apb_chunk **heap;      /* LFU: [nslots] min-heap on (key, tick) */
-	uint32_t heap_len;            /* LFU: == evictable */
-	uint64_t inflation;           /* LFU: L, key of the last victim */
-	uint64_t tick;                /* LFU: insert counter */
+	struct apb_evict *evictable;  /* READY chunks with refs == 0 */
 
 	struct apb_cache_stats st;    /* budget/used filled in on read */
 	struct apb_cache_model_stats *models; /* [model_count] */
@@ -274,176 +227,35 @@ static void table_remove(struct apb_cache *c, struct apb_chunk *ch)
 	ch->hash_next = NULL;
 }
 
-/* ---- LRU: an intrusive list, head = victim --------------------------- */
+/* ---- the evictable set (evict.c) ------------------------------------ */
 
-static void lru_insert(struct apb_cache *c, struct apb_chunk *ch)
+/* The chunk a node of the evictable set is embedded in. */
+static struct apb_chunk *chunk_of(struct apb_evict_node *n)
 {
-	ch->lru.prev = c->lru_tail;
-	ch->lru.next = NULL;
-	if (c->lru_tail)
-		c->lru_tail->lru.next = ch;
-	else
-		c->lru_head = ch;
-	c->lru_tail = ch;
+	return (struct apb_chunk *)((char *)n -
+				    offsetof(struct apb_chunk, evict));
 }
-
-static void lru_remove(struct apb_cache *c, struct apb_chunk *ch)
-{
-	if (ch->lru.prev)
-		ch->lru.prev->lru.next = ch->lru.next;
-	else
-		c->lru_head = ch->lru.next;
-	if (ch->lru.next)
-		ch->lru.next->lru.prev = ch->lru.prev;
-	else
-		c->lru_tail = ch->lru.prev;
-	ch->lru.prev = ch->lru.next = NULL;
-}
-
-static struct apb_chunk *lru_pop_victim(struct apb_cache *c)
-{
-	struct apb_chunk *victim = c->lru_head;
-
-	if (victim)
-		lru_remove(c, victim);
-	return victim;
-}
-
-static void lru_touch(struct apb_cache *c, struct apb_chunk *ch)
-{
-	(void)c;
-	(void)ch;
-}
-
-/* ---- LFU-DA: a min-heap on (key, tick) ------------------------------- */
-
-static bool lfu_before(const struct apb_chunk *a, const struct apb_chunk *b)
-{
-	if (a->lfu.key != b->lfu.key)
-		return a->lfu.key < b->lfu.key;
-	return a->lfu.tick < b->lfu.tick;
-}
-
-static void heap_place(struct apb_cache *c, uint32_t pos, struct apb_chunk *ch)
-{
-	c->heap[pos] = ch;
-	ch->lfu.heap_pos = pos;
-}
-
-static void heap_sift_up(struct apb_cache *c, uint32_t pos)
-{
-	struct apb_chunk *ch = c->heap[pos];
-
-	while (pos > 0) {
-		uint32_t parent = (pos - 1) / 2;
-
-		if (!lfu_before(ch, c->heap[parent]))
-			break;
-		heap_place(c, pos, c->heap[parent]);
-		pos = parent;
-	}
-	heap_place(c, pos, ch);
-}
-
-static void heap_sift_down(struct apb_cache *c, uint32_t pos)
-{
-	struct apb_chunk *ch = c->heap[pos];
-	uint32_t n = c->heap_len;
-
-	for (;;) {
-		uint32_t child = 2 * pos + 1;
-
-		if (child >= n)
-			break;
-		if (child + 1 < n && lfu_before(c->heap[child + 1], c->heap[child]))
-			child++;
-		if (!lfu_before(c->heap[child], ch))
-			break;
-		heap_place(c, pos, c->heap[child]);
-		pos = child;
-	}
-	heap_place(c, pos, ch);
-}
-
-static void lfu_insert(struct apb_cache *c, struct apb_chunk *ch)
-{
-	assert(c->heap_len < c->nslots);
-	ch->lfu.key = ch->lfu.freq + c->inflation;
-	ch->lfu.tick = ++c->tick;
-	heap_place(c, c->heap_len++, ch);
-	heap_sift_up(c, ch->lfu.heap_pos);
-}
-
-static void lfu_remove(struct apb_cache *c, struct apb_chunk *ch)
-{
-	uint32_t pos = ch->lfu.heap_pos;
-	struct apb_chunk *last;
-
-	assert(pos < c->heap_len && c->heap[pos] == ch);
-	last = c->heap[--c->heap_len];
-	c->heap[c->heap_len] = NULL;
-	if (last == ch)
-		return;
-	/* The last leaf fills the hole and moves up or down, never both. */
-	heap_place(c, pos, last);
-	heap_sift_up(c, pos);
-	heap_sift_down(c, last->lfu.heap_pos);
-}
-
-static struct apb_chunk *lfu_pop_victim(struct apb_cache *c)
-{
-	struct apb_chunk *victim;
-
-	if (c->heap_len == 0)
-		return NULL;
-	victim = c->heap[0];
-	assert(victim->lfu.key >= c->inflation);
-	lfu_remove(c, victim);
-	c->inflation = victim->lfu.key;
-	return victim;
-}
-
-static void lfu_touch(struct apb_cache *c, struct apb_chunk *ch)
-{
-	(void)c;
-	if (ch->lfu.freq < UINT64_MAX)
-		ch->lfu.freq++;
-}
-
-static const struct evict_ops lru_ops = {
-	lru_insert, lru_remove, lru_pop_victim, lru_touch,
-};
-
-static const struct evict_ops lfu_ops = {
-	lfu_insert, lfu_remove, lfu_pop_victim, lfu_touch,
-};
-
-/* ---- the evictable set, whatever the policy -------------------------- */
 
 static void evict_insert(struct apb_cache *c, struct apb_chunk *ch)
 {
 	assert(ch->state == CHUNK_READY && ch->refs == 0);
-	c->ops->insert(c, ch);
-	c->evictable++;
+	apb_evict_insert(c->evictable, &ch->evict);
 	if (c->slot_waiters)
 		pthread_cond_broadcast(&c->slot_cv);
 }
 
 static void evict_remove(struct apb_cache *c, struct apb_chunk *ch)
 {
-	assert(ch->state == CHUNK_READY && ch->refs == 0 && c->evictable > 0);
-	c->ops->remove(c, ch);
-	c->evictable--;
+	assert(ch->state == CHUNK_READY && ch->refs == 0);
+	apb_evict_remove(c->evictable, &ch->evict);
 }
 
 static struct apb_chunk *evict_pop_victim(struct apb_cache *c)
 {
-	struct apb_chunk *victim = c->ops->pop_victim(c);
+	struct apb_evict_node *n = apb_evict_pop_victim(c->evictable);
+	struct apb_chunk *victim = n ? chunk_of(n) : NULL;
 
-	if (victim) {
-		assert(victim->state == CHUNK_READY && victim->refs == 0);
-		c->evictable--;
-	}
+	assert(!victim || (victim->state == CHUNK_READY && victim->refs == 0));
 	return victim;
 }
 
@@ -461,17 +273,24 @@ static void resident_add(struct apb_cache *c, struct apb_chunk *ch)
 	c->models[ch->model].resident_bytes += ch->len;
 }
 
-/* Drop a READY, unreferenced chunk already out of the evictable set: out of
- * the table, out of the counters. The caller decides what its slot becomes. */
-static void chunk_drop(struct apb_cache *c, struct apb_chunk *ch)
+/* Take a READY chunk out of the table and the residency counters, and
+ * count its eviction. The caller decides what its slot becomes. */
+static void chunk_forget(struct apb_cache *c, struct apb_chunk *ch)
 {
-	assert(ch->state == CHUNK_READY && ch->refs == 0);
+	assert(ch->state == CHUNK_READY);
 	table_remove(c, ch);
 	assert(c->st.resident_chunks > 0);
 	c->st.resident_chunks--;
 	c->models[ch->model].resident_bytes -= ch->len;
 	c->st.evictions++;
 	c->models[ch->model].evictions++;
+}
+
+/* Forget a READY, unreferenced chunk already out of the evictable set. */
+static void chunk_drop(struct apb_cache *c, struct apb_chunk *ch)
+{
+	assert(ch->refs == 0);
+	chunk_forget(c, ch);
 }
 
 /* Put a slot no longer counted in used_slots on the free stack. */
@@ -538,7 +357,7 @@ static void chunk_ref(struct apb_cache *c, struct apb_chunk *ch)
 	if (ch->refs == 0)
 		evict_remove(c, ch);
 	ch->refs++;
-	c->ops->touch(c, ch);
+	apb_evict_touch(c->evictable, &ch->evict);
 }
 
 static void chunk_unref(struct apb_cache *c, struct apb_chunk *ch)
@@ -578,8 +397,7 @@ static int chunk_load(struct apb_cache *c, struct apb_chunk *ch,
 	ch->refs = 1;
 	ch->len = 0;
 	ch->load_error = 0;
-	if (c->ops == &lfu_ops)
-		ch->lfu.freq = 1;
+	apb_evict_node_init(c->evictable, &ch->evict);
 	table_insert(c, ch);
 
 	unlock(c);
@@ -614,7 +432,9 @@ static int chunk_wait_loaded(struct apb_cache *c, struct apb_chunk *ch)
 	chunk_ref(c, ch);
 	while (ch->state == CHUNK_LOADING)
 		pthread_cond_wait(&c->load_cv, &c->mu);
-	if (ch->state == CHUNK_READY)
+	/* A clear may have detached it between the load and our wake-up;
+	 * its bytes are still the chunk's and ours to read. */
+	if (ch->state == CHUNK_READY || ch->state == CHUNK_DETACHED)
 		return 0;
 	assert(ch->state == CHUNK_FAILED);
 	rc = ch->load_error;
@@ -663,13 +483,30 @@ int apb_cache_get(struct apb_cache *c, uint32_t model, uint64_t index,
 	return rc;
 }
 
+static void reclaim_pages(struct apb_cache *c, struct apb_chunk *list);
+
 void apb_cache_put(struct apb_cache *c, struct apb_chunk *chunk)
 {
 	if (!chunk)
 		return;
 	lock(c);
-	assert(chunk->state == CHUNK_READY && chunk->refs > 0);
-	chunk_unref(c, chunk);
+	assert((chunk->state == CHUNK_READY || chunk->state == CHUNK_DETACHED) &&
+	       chunk->refs > 0);
+	if (chunk->state == CHUNK_READY || chunk->refs > 1) {
+		chunk_unref(c, chunk);
+		unlock(c);
+		return;
+	}
+	/* The last holder of a chunk that clear/evict_model dropped: its
+	 * memory goes back to the OS now, as it would have then. */
+	chunk->refs = 0;
+	chunk->state = CHUNK_RECLAIM;
+	c->used_slots--;
+	unlock(c);
+	chunk->hash_next = NULL;
+	reclaim_pages(c, chunk);
+	lock(c);
+	slot_push_free(c, chunk);
 	unlock(c);
 }
 
@@ -702,13 +539,13 @@ static bool cache_consistent(struct apb_cache *c)
 		evictable += ch->state == CHUNK_READY && ch->refs == 0;
 		if (in_table && table_find(c, ch->model, ch->index) != ch)
 			return false;
-		if (ch->state == CHUNK_FAILED && ch->refs == 0)
+		if ((ch->state == CHUNK_FAILED || ch->state == CHUNK_DETACHED) &&
+		    ch->refs == 0)
 			return false;
 	}
-	if (c->ops == &lfu_ops && c->heap_len != c->evictable)
-		return false;
 	return nfree == c->nfree && used == c->used_slots &&
-	       evictable == c->evictable && resident == c->st.resident_chunks;
+	       evictable == apb_evict_count(c->evictable) &&
+	       resident == c->st.resident_chunks;
 }
 #endif
 
@@ -729,8 +566,10 @@ static void reclaim_pages(struct apb_cache *c, struct apb_chunk *list)
 	}
 }
 
-/* Drop every unreferenced READY chunk of model (all models if all), and
- * return their memory to the OS. */
+/* Drop every READY chunk of model (all models if all) and return the
+ * memory of the unreferenced ones to the OS. A referenced chunk is
+ * detached instead: out of the table and the counters at once (so a new get
+ * loads a fresh copy), its slot reclaimed by the last put. */
 static void drop_unreferenced(struct apb_cache *c, bool all, uint32_t model)
 {
 	struct apb_chunk *list = NULL, **tail = &list;
@@ -740,9 +579,13 @@ static void drop_unreferenced(struct apb_cache *c, bool all, uint32_t model)
 	for (uint32_t i = 0; i < c->nslots; i++) {
 		struct apb_chunk *ch = &c->chunks[i];
 
-		if (ch->state != CHUNK_READY || ch->refs != 0 ||
-		    (!all && ch->model != model))
+		if (ch->state != CHUNK_READY || (!all && ch->model != model))
 			continue;
+		if (ch->refs > 0) {
+			chunk_forget(c, ch);
+			ch->state = CHUNK_DETACHED;
+			continue;
+		}
 		evict_remove(c, ch);
 		chunk_drop(c, ch);
 		ch->state = CHUNK_RECLAIM;
@@ -838,9 +681,10 @@ static uint32_t pow2_at_least(uint32_t n)
 }
 
 /* Allocate the tables; the caller frees on failure. */
-static int cache_alloc(struct apb_cache *c)
+static int cache_alloc(struct apb_cache *c, enum apb_eviction policy)
 {
 	void *region;
+	int rc;
 
 	region = mmap(NULL, c->region_bytes, PROT_READ | PROT_WRITE,
 		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -852,11 +696,11 @@ static int cache_alloc(struct apb_cache *c)
 	c->free_slots = calloc(c->nslots, sizeof(*c->free_slots));
 	c->models = calloc(c->model_count ? c->model_count : 1,
 			   sizeof(*c->models));
-	if (c->ops == &lfu_ops)
-		c->heap = calloc(c->nslots, sizeof(*c->heap));
-	if (!c->chunks || !c->buckets || !c->free_slots || !c->models ||
-	    (c->ops == &lfu_ops && !c->heap))
+	if (!c->chunks || !c->buckets || !c->free_slots || !c->models)
 		return -ENOMEM;
+	rc = apb_evict_new(policy, c->nslots, &c->evictable);
+	if (rc)
+		return rc;
 
 	for (uint32_t i = 0; i < c->nslots; i++) {
 		c->chunks[i].data = c->region + (size_t)i * c->chunk_size;
@@ -896,7 +740,7 @@ static void cache_release(struct apb_cache *c)
 	free(c->buckets);
 	free(c->free_slots);
 	free(c->models);
-	free(c->heap);
+	apb_evict_free(c->evictable);
 	free(c);
 }
 
@@ -916,12 +760,11 @@ int apb_cache_new(const struct apb_cache_config *cfg, struct apb_cache **out)
 	c->nslots = (uint32_t)(cfg->budget_bytes / cfg->chunk_size);
 	c->model_count = cfg->model_count;
 	c->bucket_mask = pow2_at_least(2 * c->nslots) - 1;
-	c->ops = cfg->policy == APB_EVICT_LFU ? &lfu_ops : &lru_ops;
 	c->load = cfg->load;
 	c->load_ctx = cfg->load_ctx;
 	c->region_bytes = (size_t)c->nslots * c->chunk_size;
 
-	rc = cache_alloc(c);
+	rc = cache_alloc(c, cfg->policy);
 	if (rc)
 		goto err;
 	rc = cache_sync_init(c);

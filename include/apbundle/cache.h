@@ -33,7 +33,7 @@
 
 enum apb_eviction {
 	APB_EVICT_LRU = 0,
-	APB_EVICT_LFU = 1, /* LFU with dynamic aging (see cache.c) */
+	APB_EVICT_LFU = 1, /* LFU with dynamic aging (see evict.c) */
 };
 
 /*
@@ -95,8 +95,10 @@ void apb_cache_put(struct apb_cache *c, struct apb_chunk *chunk);
 const void *apb_chunk_data(const struct apb_chunk *chunk);
 size_t apb_chunk_len(const struct apb_chunk *chunk);
 
-/* Drop every unreferenced chunk of model (or of all models) and give the
- * memory back to the OS. Referenced or loading chunks stay. */
+/* Drop every loaded chunk of model (or of all models) and give the memory
+ * back to the OS. A chunk that a reader still holds leaves the cache at once
+ * (counted as evicted; the next get loads it afresh) and its memory goes
+ * back when the last reference is put. Chunks still loading stay. */
 void apb_cache_evict_model(struct apb_cache *c, uint32_t model);
 void apb_cache_clear(struct apb_cache *c);
 
