@@ -13,6 +13,9 @@
 
 #include <errno.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 static int find_model(struct apbfs *fs, const char *arg, size_t len,
 		      size_t *index)
@@ -30,6 +33,17 @@ static bool is_word(const char *line, size_t len, const char *word)
 {
 	size_t n = strlen(word);
 	return len == n && memcmp(line, word, n) == 0;
+}
+
+/* The cache returns its own slots to the OS; the reply buffers of reads
+ * that spanned chunks were malloc()ed by worker threads, and glibc keeps
+ * freed memory in per-thread arenas. `clear` promises the RSS falls back
+ * near its size at mount, so hand those pages back too. */
+static void release_heap(void)
+{
+#ifdef __GLIBC__
+	malloc_trim(0);
+#endif
 }
 
 static void reset_stats(struct apbfs *fs)
@@ -56,6 +70,7 @@ int apbfs_control(struct apbfs *fs, const char *line, size_t len)
 	if (!sp) {
 		if (is_word(line, len, "clear")) {
 			apb_cache_clear(fs->cache);
+			release_heap();
 			return 0;
 		}
 		if (is_word(line, len, "reset-stats")) {

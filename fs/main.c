@@ -16,6 +16,9 @@
 #include <string.h>
 #include <syslog.h>
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #define DEFAULT_MAX_MEMORY (256ull << 20)
 #define DEFAULT_CHUNK_SIZE (256u << 10)
@@ -239,8 +242,9 @@ static int serve(struct apbfs *fs, struct fuse_args *args,
 			fuse_loop_cfg_destroy(lc);
 		}
 	}
-	/* A signal ends the loop with its number; that is a clean stop. */
-	if (rc > 0 && fuse_session_exited(se))
+	/* A signal (SIGINT, SIGTERM, SIGHUP) ends the loop with its number,
+	 * positive; that is the normal way to stop. Errors are negative. */
+	if (rc > 0)
 		rc = 0;
 	fuse_session_unmount(se);
 out_signals:
@@ -248,6 +252,22 @@ out_signals:
 out_destroy:
 	fuse_session_destroy(se);
 	return rc ? 1 : 0;
+}
+
+/*
+ * glibc raises its mmap threshold each time a large mmap()ed block is
+ * freed; after a few reads that span chunks, the reply buffers and
+ * libfuse's 1 MiB request buffers all come from per-thread arenas, whose
+ * touched pages stay resident (about 1 MiB per worker thread, measured) and
+ * survive `clear`. A fixed threshold keeps every large buffer in its own
+ * mapping, returned to the OS when freed. Small ones stay in the arenas,
+ * which `clear` trims.
+ */
+static void bound_heap(void)
+{
+#ifdef __GLIBC__
+	mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+#endif
 }
 
 int main(int argc, char *argv[])
@@ -258,6 +278,7 @@ int main(int argc, char *argv[])
 	struct apbfs fs = {0};
 	int ret = 1;
 
+	bound_heap();
 	if (fuse_opt_parse(&args, &cl, option_spec, take_arg) != 0 ||
 	    fuse_parse_cmdline(&args, &o) != 0) {
 		ret = 2;

@@ -334,9 +334,11 @@ static void read_model(fuse_req_t req, struct apbfs *fs, uint32_t model,
 			.iov_base = (char *)apb_chunk_data(c) + in,
 			.iov_len = size,
 		};
+		/* Count before replying: the reader may look at .stats the
+		 * moment its read returns. */
+		atomic_fetch_add(&fs->io.bytes_served, size);
 		fuse_reply_iov(req, &iov, 1);
 		apb_cache_put(fs->cache, c);
-		atomic_fetch_add(&fs->io.bytes_served, size);
 		return;
 	}
 	buf = malloc(size);
@@ -356,9 +358,9 @@ static void read_model(fuse_req_t req, struct apbfs *fs, uint32_t model,
 		}
 		done += end - start;
 	}
+	atomic_fetch_add(&fs->io.bytes_served, size);
 	fuse_reply_buf(req, buf, size);
 	free(buf);
-	atomic_fetch_add(&fs->io.bytes_served, size);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
