@@ -1,0 +1,408 @@
+"""Shared fixtures for the end-to-end tests of apbundlefs and apbundle.
+
+One way to mount: `mount(bundle, ...)` (a context manager, also handed out by
+the `mount` fixture). It starts `apbundlefs -f`, waits (with a timeout, never a
+fixed sleep) until the mount appears in /proc/self/mountinfo, fails with the
+daemon's stderr if the daemon exits first, yields a `Daemon`, and in `finally`
+always stops it: SIGTERM (which the contract says unmounts and exits 0), then
+SIGKILL if it hangs, then `fusermount3 -u` / `-uz` if a mount is still there.
+
+Guards against leaks and hangs:
+- every test checks on teardown that it left no daemon and no mount behind;
+- the session checks at the end that no apbundlefs process started under the
+  session's temp dir and no fuse mount below it remain (and cleans them up);
+- a per-test watchdog (default TEST_TIMEOUT_S, marker `timeout_s(N)`) kills the
+  test's daemons with SIGKILL when a test hangs, which makes every blocked
+  FUSE syscall fail (ENOTCONN) so the test errors out instead of hanging CI.
+
+Binaries come from $APB_BUILD_DIR (default: <repo>/build).
+"""
+
+import contextlib
+import json
+import mmap
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import apbformat  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("APB_BUILD_DIR", REPO / "build")).resolve()
+APBUNDLEFS = BUILD / "fs" / "apbundlefs"
+APBUNDLE = BUILD / "core" / "apbundle"
+
+MOUNT_TIMEOUT_S = 15.0      # daemon start until the mount shows up
+STOP_TIMEOUT_S = 10.0       # SIGTERM until the daemon has exited
+TEST_TIMEOUT_S = 180.0      # per-test watchdog, see marker timeout_s
+
+KiB = 1024
+MiB = 1024 * 1024
+
+_BASE = None                # session temp root, set by _session_guard
+_LIVE = set()               # Daemon objects not yet stopped
+_LIVE_LOCK = threading.Lock()
+
+
+# --------------------------------------------------------------------------
+# small helpers
+
+def wait_until(cond, timeout, interval=0.01, what="condition"):
+    """Poll cond() until it returns a truthy value; return it or raise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise TimeoutError("timed out after %.1fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def _unescape_mountinfo(s):
+    out, i = [], 0
+    while i < len(s):
+        if s[i] == "\\" and i + 3 < len(s) and s[i + 1:i + 4].isdigit():
+            out.append(chr(int(s[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)
+
+
+def fuse_mounts():
+    """Mount points of every fuse filesystem visible to us (no syscalls that
+    touch the filesystems themselves, so this never hangs on a dead daemon)."""
+    res = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fstype = right.split(" ", 1)[0]
+            if fstype.startswith("fuse"):
+                res.append(_unescape_mountinfo(left.split(" ")[4]))
+    return res
+
+
+def is_mounted(mnt):
+    return os.path.realpath(str(mnt)) in fuse_mounts()
+
+
+def _under(path, root):
+    path, root = os.path.realpath(str(path)), os.path.realpath(str(root))
+    return path == root or path.startswith(root + os.sep)
+
+
+def fusermount_u(mnt, lazy=False):
+    cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [str(mnt)]
+    try:
+        return subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              timeout=10).returncode
+    except subprocess.TimeoutExpired:
+        return -1
+
+
+def vm_status(pid, key):
+    """A kB value from /proc/PID/status (VmRSS, VmHWM, ...) in bytes."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def odirect_pread(fd, length, offset):
+    """pread through an fd opened with O_DIRECT, using a page-aligned buffer."""
+    buf = mmap.mmap(-1, max(apbformat.align_up(length), 4096))
+    try:
+        n = os.preadv(fd, [memoryview(buf)[:length]], offset)
+        return bytes(buf[:n])
+    finally:
+        buf.close()
+
+
+def open_direct(path):
+    return os.open(str(path), os.O_RDONLY | os.O_DIRECT)
+
+
+def run_apbundle(*args, check=False, timeout=120, **kw):
+    """Run the packer; returns CompletedProcess with text stdout/stderr."""
+    p = subprocess.run([str(APBUNDLE)] + [str(a) for a in args], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        pytest.fail("apbundle %s failed (%d):\n%s%s" % (
+            " ".join(map(str, args)), p.returncode, p.stdout, p.stderr))
+    return p
+
+
+def pack(out, *inputs, fmt=None):
+    """`apbundle create [--format FMT] OUT INPUT...`; fails the test on error."""
+    args = ["create"] + (["--format", str(fmt)] if fmt is not None else []) + [out] + list(inputs)
+    run_apbundle(*args, check=True)
+    return Path(out)
+
+
+def write_sources(directory, models):
+    """Write {name: bytes} below directory (creating subdirs); return paths."""
+    paths = {}
+    for name, data in models.items():
+        p = Path(directory) / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        paths[name] = p
+    return paths
+
+
+# --------------------------------------------------------------------------
+# the daemon
+
+class Daemon:
+    def __init__(self, bundle, mnt, proc, log_path):
+        self.bundle, self.mnt, self.proc, self.log_path = Path(bundle), Path(mnt), proc, log_path
+        self.killed = False          # needed SIGKILL to go away
+        self.stop_note = ""
+        self.persistent = False      # owned by a module-scoped fixture
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def log(self):
+        try:
+            return Path(self.log_path).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def path(self, name=""):
+        return self.mnt / name if name else self.mnt
+
+    def stats(self):
+        with open(self.mnt / ".stats") as f:
+            return json.load(f)
+
+    def metrics(self):
+        with open(self.mnt / ".metrics") as f:
+            return f.read()
+
+    def control(self, line):
+        """Write one command line to .control; OSError carries the errno."""
+        fd = os.open(str(self.mnt / ".control"), os.O_WRONLY)
+        try:
+            data = (line + "\n").encode()
+            n = os.write(fd, data)
+            assert n == len(data), "short write to .control: %d of %d" % (n, len(data))
+        finally:
+            os.close(fd)
+
+    def stop(self):
+        """Stop for good: SIGTERM, SIGKILL, lazy unmount. Never raises."""
+        p = self.proc
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.killed = True
+                self.stop_note = "daemon ignored SIGTERM for %.0fs; killed" % STOP_TIMEOUT_S
+                with contextlib.suppress(ProcessLookupError):
+                    p.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(10)
+        if is_mounted(self.mnt):
+            if not self.stop_note:
+                self.stop_note = "daemon exited but left its mount behind"
+            if fusermount_u(self.mnt) != 0:
+                fusermount_u(self.mnt, lazy=True)
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
+
+
+def _opts_string(options):
+    parts = []
+    for k, v in (options or {}).items():
+        if v is None or v is False:
+            continue
+        parts.append(k if v is True else "%s=%s" % (k, v))
+    return ",".join(parts)
+
+
+def start_daemon(bundle, mnt, options=None, extra_args=(), foreground=True):
+    log_path = Path(tempfile.mkstemp(prefix="apbundlefs-", suffix=".log",
+                                     dir=str(_BASE or tempfile.gettempdir()))[1])
+    cmd = [str(APBUNDLEFS)] + (["-f"] if foreground else [])
+    o = _opts_string(options)
+    if o:
+        cmd += ["-o", o]
+    cmd += list(extra_args) + [str(bundle), str(mnt)]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
+    d = Daemon(bundle, mnt, proc, log_path)
+    with _LIVE_LOCK:
+        _LIVE.add(d)
+    return d
+
+
+@contextlib.contextmanager
+def mount(bundle, options=None, mnt=None, extra_args=(), expect_clean_exit=True,
+          persistent=False):
+    """Mount bundle with `apbundlefs -f -o OPTIONS`; yield the Daemon.
+
+    options: dict, e.g. {"max_memory": "8M", "chunk_size": "64K",
+    "eviction": "lru", "kernel_cache": True}.
+    On a normal exit of the with-block the daemon must stop cleanly on SIGTERM
+    (exit status 0, mount gone) unless expect_clean_exit is False.
+    """
+    if mnt is None:
+        mnt = tempfile.mkdtemp(prefix="mnt-", dir=str(_BASE or tempfile.gettempdir()))
+    mnt = Path(mnt)
+    mnt.mkdir(parents=True, exist_ok=True)
+    d = start_daemon(bundle, mnt, options, extra_args)
+    d.persistent = persistent
+    body_failed = False
+    try:
+        try:
+            wait_until(lambda: is_mounted(mnt) or d.proc.poll() is not None,
+                       MOUNT_TIMEOUT_S, what="mount of %s" % mnt)
+        except TimeoutError:
+            pytest.fail("apbundlefs did not mount within %.0fs\ndaemon log:\n%s"
+                        % (MOUNT_TIMEOUT_S, d.log()))
+        if not is_mounted(mnt):
+            pytest.fail("apbundlefs exited with status %s before mounting\ndaemon log:\n%s"
+                        % (d.proc.returncode, d.log()))
+        try:
+            yield d
+        except BaseException:
+            body_failed = True
+            raise
+    finally:
+        d.stop()
+    if expect_clean_exit and not body_failed:
+        assert not d.killed, d.stop_note + "\ndaemon log:\n" + d.log()
+        assert not is_mounted(mnt), "mount still present after the daemon stopped"
+        assert d.proc.returncode == 0, (
+            "apbundlefs exited with status %s on SIGTERM (expected 0)\ndaemon log:\n%s"
+            % (d.proc.returncode, d.log()))
+        assert d.stop_note == "", d.stop_note
+
+
+def run_daemon_expect_failure(bundle, mnt, options=None, timeout=15, foreground=True):
+    """Start the daemon on a bundle that must be refused. Returns
+    (returncode, stderr text, mounted_at_some_point). Always cleans up."""
+    d = start_daemon(bundle, mnt, options, foreground=foreground)
+    mounted = False
+    try:
+        try:
+            d.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        mounted = is_mounted(mnt)
+        rc = d.proc.poll()
+        return rc, d.log(), mounted
+    finally:
+        d.stop()
+
+
+# --------------------------------------------------------------------------
+# fixtures
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "timeout_s(seconds): per-test watchdog limit")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_guard(tmp_path_factory):
+    """Session-wide: remember the temp root; at the end make sure no daemon or
+    mount started by this session survives (clean up and fail if one does)."""
+    global _BASE
+    _BASE = tmp_path_factory.getbasetemp()
+    yield _BASE
+    problems = []
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for d in live:
+        problems.append("daemon pid %d for %s still registered" % (d.pid, d.mnt))
+        d.stop()
+    try:
+        import psutil
+        for p in psutil.process_iter(["name", "cmdline"]):
+            cmd = p.info.get("cmdline") or []
+            if p.info.get("name") == "apbundlefs" and any(str(_BASE) in c for c in cmd):
+                problems.append("apbundlefs pid %d still running: %s" % (p.pid, " ".join(cmd)))
+                with contextlib.suppress(Exception):
+                    p.kill()
+    except ImportError:
+        problems.append("python3-psutil is not installed")
+    for m in fuse_mounts():
+        if _under(m, _BASE):
+            problems.append("fuse mount left behind: %s" % m)
+            if fusermount_u(m) != 0:
+                fusermount_u(m, lazy=True)
+    assert not problems, "leaked resources at end of session:\n" + "\n".join(problems)
+
+
+@pytest.fixture(autouse=True)
+def _per_test_guard(request):
+    """Watchdog and leak check around every test."""
+    marker = request.node.get_closest_marker("timeout_s")
+    limit = marker.args[0] if marker else TEST_TIMEOUT_S
+    fired = threading.Event()
+
+    def fire():
+        fired.set()
+        with _LIVE_LOCK:
+            live = list(_LIVE)
+        for d in live:
+            with contextlib.suppress(Exception):
+                d.proc.kill()
+
+    timer = threading.Timer(limit, fire)
+    timer.daemon = True
+    before = {m for m in fuse_mounts() if _under(m, _BASE)}
+    timer.start()
+    yield
+    timer.cancel()
+    with _LIVE_LOCK:
+        live = [d for d in _LIVE if not d.persistent]
+    for d in live:
+        d.stop()
+    leaked = [m for m in fuse_mounts() if _under(m, _BASE) and m not in before]
+    for m in leaked:
+        if fusermount_u(m) != 0:
+            fusermount_u(m, lazy=True)
+    assert not fired.is_set(), "test exceeded its %.0fs watchdog; daemons were killed" % limit
+    assert not live, "test left %d daemon(s) running: %s" % (
+        len(live), ", ".join(str(d.mnt) for d in live))
+    assert not leaked, "test left fuse mounts behind: %s" % leaked
+
+
+@pytest.fixture(scope="session")
+def binaries():
+    """The two programs under test; a missing one is a failure, not a skip."""
+    for b in (APBUNDLEFS, APBUNDLE):
+        if not (b.is_file() and os.access(b, os.X_OK)):
+            pytest.fail("%s is not built (run: meson setup build && ninja -C build)" % b)
+    return APBUNDLEFS, APBUNDLE
+
+
+@pytest.fixture
+def mount_bundle(binaries):
+    """The mount context manager as a fixture: `with mount_bundle(b, opts) as d:`."""
+    return mount
+
+
+@pytest.fixture
+def bundle_dir(tmp_path):
+    d = tmp_path / "bundles"
+    d.mkdir()
+    return d

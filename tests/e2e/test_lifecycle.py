@@ -1,0 +1,183 @@
+"""Starting, stopping and command line of the daemon."""
+
+import errno
+import os
+import signal
+import subprocess
+import threading
+
+import pytest
+
+import apbformat
+from conftest import (APBUNDLEFS, KiB, MiB, fusermount_u, is_mounted, mount,
+                      run_daemon_expect_failure, wait_until, vm_status)
+
+DATA = apbformat.random_bytes(8 * MiB + 1, 77)
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    return apbformat.write_v1(tmp_path / "l.apbundle", [("big.bin", DATA), ("d/s.bin", DATA[:100])])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_with_open_file_and_reads_in_flight(bundle, binaries, sig):
+    stop = threading.Event()
+    outcome = {"reads": 0, "bad": 0, "errors": set()}
+
+    def reader(path):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        except OSError as e:
+            outcome["errors"].add(e.errno)
+            return
+        try:
+            off = 0
+            while not stop.is_set():
+                try:
+                    got = os.pread(fd, 256 * KiB, off)
+                except OSError as e:            # the mount went away under us
+                    outcome["errors"].add(e.errno)
+                    return
+                if got != DATA[off:off + 256 * KiB]:
+                    outcome["bad"] += 1
+                outcome["reads"] += 1
+                off = (off + 256 * KiB) % len(DATA)
+        finally:
+            try:
+                os.close(fd)
+            except OSError:         # flush on a dead mount may fail
+                pass
+
+    with mount(bundle, {"max_memory": "1M", "chunk_size": "64K"}, expect_clean_exit=False) as d:
+        held = open(d.path("big.bin"), "rb")           # an open file, idle
+        held.read(10)
+        t = threading.Thread(target=reader, args=(str(d.path("big.bin")),))
+        t.start()
+        wait_until(lambda: outcome["reads"] >= 5 or not t.is_alive(), 10, what="reads to start")
+        assert outcome["reads"] >= 5, outcome
+        os.kill(d.pid, sig)
+        try:
+            rc = d.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            pytest.fail("daemon still running 15s after %s:\n%s" % (sig.name, d.log()))
+        finally:
+            stop.set()
+            t.join(30)
+            try:
+                held.close()
+            except OSError:         # the flush of a file on a dead mount may fail
+                pass
+        assert rc == 0, "exit status %d after %s:\n%s" % (rc, sig.name, d.log())
+        wait_until(lambda: not is_mounted(d.mnt), 5, what="mount to disappear")
+        assert not t.is_alive(), "reader thread stuck after the daemon exited"
+        assert outcome["bad"] == 0, "corrupt bytes returned"
+        # ECONNABORTED: the kernel fails requests of a connection being torn down
+        assert outcome["errors"] <= {errno.ENOTCONN, errno.ECONNABORTED, errno.EIO,
+                                     errno.ENODEV, errno.EINTR}, outcome
+
+
+def test_signal_when_idle_exits_zero(bundle, binaries):
+    with mount(bundle, {"max_memory": "1M"}) as d:
+        assert os.listdir(d.mnt)
+    # mount() itself asserts: exit status 0 after SIGTERM, mount gone
+
+
+def test_fusermount_u_stops_daemon(bundle, binaries):
+    with mount(bundle, {"max_memory": "1M"}, expect_clean_exit=False) as d:
+        assert fusermount_u(d.mnt) == 0
+        try:
+            rc = d.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pytest.fail("daemon did not exit after fusermount3 -u")
+        assert rc == 0, d.log()
+        assert not is_mounted(d.mnt)
+
+
+def test_background_mode_daemonizes_after_mount(bundle, tmp_path, binaries):
+    mnt = tmp_path / "bg"
+    mnt.mkdir()
+    p = subprocess.run([str(APBUNDLEFS), "-o", "max_memory=2M", str(bundle), str(mnt)],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True, timeout=20)
+    pid = None
+    try:
+        assert p.returncode == 0, p.stderr
+        assert is_mounted(mnt), "foreground parent returned before the mount was up"
+        with open(mnt / "d" / "s.bin", "rb") as f:
+            assert f.read() == DATA[:100]
+        import psutil
+        procs = [q for q in psutil.process_iter(["name", "cmdline"])
+                 if q.info["name"] == "apbundlefs" and str(mnt) in (q.info["cmdline"] or [])]
+        assert len(procs) == 1
+        pid = procs[0].pid
+    finally:
+        if is_mounted(mnt):
+            if fusermount_u(mnt) != 0:
+                fusermount_u(mnt, lazy=True)
+        if pid:
+            import psutil
+            try:
+                psutil.Process(pid).wait(10)
+            except psutil.TimeoutExpired:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail("background daemon did not exit after fusermount3 -u")
+
+
+def test_help_and_version(binaries):
+    h = subprocess.run([str(APBUNDLEFS), "--help"], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=10)
+    assert h.returncode == 0
+    assert "usage: apbundlefs" in h.stdout
+    for opt in ("max_memory", "chunk_size", "eviction"):
+        assert opt in h.stdout, opt
+    v = subprocess.run([str(APBUNDLEFS), "--version"], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=10)
+    assert v.returncode == 0
+    assert "apbundlefs" in v.stdout and "0.1.0" in v.stdout
+
+
+@pytest.mark.parametrize("opts,expected", [
+    ({"chunk_size": "5000"}, "bad option chunk_size=5000"),
+    ({"chunk_size": "0"}, "bad option chunk_size=0"),
+    ({"max_memory": "lots"}, "bad option max_memory=lots"),
+    ({"eviction": "fifo"}, "bad option eviction=fifo"),
+    ({"max_memory": "64K", "chunk_size": "256K"}, "smaller than one chunk"),
+])
+def test_bad_options_refused(bundle, tmp_path, binaries, opts, expected):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    rc, log, mounted = run_daemon_expect_failure(bundle, mnt, opts)
+    assert not mounted
+    assert rc is not None and rc > 0, "exit status %r:\n%s" % (rc, log)
+    assert log.startswith("apbundlefs: ") and expected in log, log
+
+
+def test_default_options(bundle, binaries):
+    with mount(bundle) as d:
+        c = d.stats()["cache"]
+        assert c["policy"] == "lru"
+        assert c["chunk_size"] == 256 * KiB
+        assert c["memory_limit"] == 256 * MiB
+
+
+@pytest.mark.parametrize("size,expected", [("4M", 4 * MiB), ("1G", 1024 * MiB), ("512K", 512 * KiB),
+                                           ("8388608", 8 * MiB)])
+def test_size_suffixes(bundle, binaries, size, expected):
+    with mount(bundle, {"max_memory": size, "chunk_size": "4K"}) as d:
+        c = d.stats()["cache"]
+        assert c["memory_limit"] == expected
+        assert c["chunk_size"] == 4096
+
+
+def test_kernel_cache_option_reads_correctly(bundle, binaries):
+    with mount(bundle, {"max_memory": "1M", "chunk_size": "64K", "kernel_cache": True}) as d:
+        for _ in range(2):
+            with open(d.path("big.bin"), "rb") as f:
+                assert f.read() == DATA
+
+
+def test_rss_near_mount_size_after_mount(bundle, binaries):
+    """Sanity for the budget test: an idle daemon is small."""
+    with mount(bundle, {"max_memory": "1M"}) as d:
+        assert vm_status(d.pid, "VmRSS") < 32 * MiB

@@ -1,0 +1,343 @@
+"""Exact .stats / .metrics counters and the .control commands.
+
+Reads use O_DIRECT at chosen offsets so each pread reaches the daemon as one
+request of exactly that size (no kernel page cache, no readahead); then the
+counters are fully determined: per read, per chunk touched, one hit if
+resident else one miss.
+"""
+
+import errno
+import json
+import os
+import re
+import stat
+import subprocess
+
+import pytest
+
+import apbformat
+from conftest import KiB, MiB, mount, odirect_pread, open_direct
+
+CH = 64 * KiB
+ALPHA = apbformat.random_bytes(5 * CH + 100, 11)     # chunks 0-4 full, chunk 5 = 100 bytes
+BETA = apbformat.random_bytes(3 * CH, 12)
+GAMMA = apbformat.random_bytes(10, 13)
+MODELS = [("alpha.bin", ALPHA), ("beta.bin", BETA), ("sub/gamma.bin", GAMMA)]
+OPTS = {"max_memory": "8M", "chunk_size": "64K", "eviction": "lru"}
+
+COUNTERS = ("hits", "misses", "evictions")
+IO = ("backing_bytes_read", "bytes_served", "errors", "checksum_errors")
+
+
+@pytest.fixture
+def fs(tmp_path, binaries):
+    bundle = apbformat.write_v1(tmp_path / "s.apbundle", MODELS)
+    with mount(bundle, OPTS) as d:
+        yield d
+
+
+def dread(d, name, off, n):
+    """One O_DIRECT open + pread + close; returns the bytes (checked by caller)."""
+    fd = open_direct(d.path(name))
+    try:
+        return odirect_pread(fd, n, off)
+    finally:
+        os.close(fd)
+
+
+def check_read(d, name, off, n):
+    data = dict(MODELS)[name]
+    got = dread(d, name, off, n)
+    assert got == data[off:off + n], "%s: bad bytes for pread(%d, %d)" % (name, n, off)
+    return len(got)
+
+
+def test_initial_document(fs):
+    s = fs.stats()
+    assert set(s) >= {"cache", "prefetch", "io", "models"}
+    c = s["cache"]
+    assert c["policy"] == "lru"
+    assert c["chunk_size"] == CH
+    assert c["memory_limit"] == 8 * MiB
+    for k in ("memory_used", "resident_chunks", "hits", "misses", "evictions"):
+        assert c[k] == 0, k
+    assert c["hit_rate"] == 0
+    for k in ("issued", "hits", "wasted"):
+        assert s["prefetch"][k] == 0, k
+    for k in IO:
+        assert s["io"][k] == 0, k
+    assert set(s["models"]) == {"alpha.bin", "beta.bin", "sub/gamma.bin"}
+    for name, data in MODELS:
+        m = s["models"][name]
+        assert m["size"] == len(data)
+        for k in ("resident_bytes", "hits", "misses", "evictions", "opens"):
+            assert m[k] == 0, (name, k)
+        assert m["pinned"] is False
+
+
+def test_exact_counters_for_scripted_sequence(fs):
+    d = fs
+    fd = open_direct(d.path("alpha.bin"))
+    served = 0
+    steps = [
+        # (offset, length, expected hits, expected misses) cumulative
+        (0, CH, 0, 1),             # chunk 0: miss
+        (0, CH, 1, 1),             # chunk 0 again: hit
+        (CH, CH, 1, 2),            # chunk 1: miss
+        (2 * CH, 2 * CH, 1, 4),    # spans chunks 2-3: two misses
+        (4 * CH - 4096, 8192, 2, 5),   # chunk 3 (hit) + chunk 4 (miss)
+        (5 * CH, CH, 2, 6),        # last chunk, 100 bytes: miss
+        (3 * CH + 5, 10, 3, 6),    # inside chunk 3: hit
+    ]
+    try:
+        for off, n, hits, misses in steps:
+            got = odirect_pread(fd, n, off)
+            assert got == ALPHA[off:off + n], "bad bytes at %d+%d" % (off, n)
+            served += len(got)
+            s = d.stats()
+            c, m = s["cache"], s["models"]["alpha.bin"]
+            where = "after pread(%d, %d)" % (n, off)
+            assert (c["hits"], c["misses"]) == (hits, misses), where
+            assert (m["hits"], m["misses"]) == (hits, misses), where
+            assert s["io"]["bytes_served"] == served, where
+    finally:
+        os.close(fd)
+
+    s = d.stats()
+    c, io = s["cache"], s["io"]
+    assert c["resident_chunks"] == 6
+    assert c["memory_used"] == 6 * CH == c["resident_chunks"] * c["chunk_size"]
+    assert c["evictions"] == 0
+    assert c["hit_rate"] == pytest.approx(3 / 9, abs=1e-3)
+    assert io["backing_bytes_read"] == len(ALPHA)      # every byte loaded once
+    assert io["errors"] == 0 and io["checksum_errors"] == 0
+    a = s["models"]["alpha.bin"]
+    assert a["resident_bytes"] == len(ALPHA)
+    assert a["opens"] == 1
+    assert a["evictions"] == 0
+    for other in ("beta.bin", "sub/gamma.bin"):
+        o = s["models"][other]
+        assert (o["hits"], o["misses"], o["opens"], o["resident_bytes"]) == (0, 0, 0, 0), other
+
+
+def test_opens_count_each_open_not_stat(fs):
+    d = fs
+    for _ in range(3):
+        os.stat(d.path("beta.bin"))
+    for i in range(4):
+        with open(d.path("beta.bin"), "rb"):
+            pass
+    fd = open_direct(d.path("sub/gamma.bin"))
+    os.close(fd)
+    s = d.stats()
+    assert s["models"]["beta.bin"]["opens"] == 4
+    assert s["models"]["sub/gamma.bin"]["opens"] == 1
+    assert s["models"]["alpha.bin"]["opens"] == 0
+    # opening/reading without reading model bytes moves no cache counter
+    assert s["cache"]["hits"] == 0 and s["cache"]["misses"] == 0
+
+
+def test_stats_is_a_snapshot_taken_at_open(fs):
+    d = fs
+    f1 = open(d.path(".stats"))
+    try:
+        check_read(d, "beta.bin", 0, CH)
+        s_new = d.stats()
+        s_old = json.load(f1)
+    finally:
+        f1.close()
+    assert s_old["cache"]["misses"] == 0
+    assert s_new["cache"]["misses"] == 1
+
+
+def test_stats_readable_by_cat(fs):
+    out = subprocess.run(["cat", str(fs.path(".stats"))], stdout=subprocess.PIPE,
+                         check=True, timeout=10).stdout
+    doc = json.loads(out)
+    assert doc["cache"]["policy"] == "lru"
+
+
+def test_special_files_modes(fs):
+    d = fs
+    for name in (".stats", ".metrics"):
+        st = os.stat(d.path(name))
+        assert stat.S_ISREG(st.st_mode), name
+        assert stat.S_IMODE(st.st_mode) == 0o444, name
+    st = os.stat(d.path(".control"))
+    assert stat.S_ISREG(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o200
+    assert st.st_uid == os.getuid()
+
+
+def test_evict_model(fs):
+    d = fs
+    check_read(d, "alpha.bin", 0, 6 * CH)      # all 6 chunks: 6 misses
+    check_read(d, "beta.bin", 0, 2 * CH)       # 2 of 3 chunks
+    s = d.stats()
+    assert s["cache"]["resident_chunks"] == 8
+    d.control("evict alpha.bin")
+    s = d.stats()
+    c = s["cache"]
+    assert c["evictions"] == 6
+    assert c["resident_chunks"] == 2
+    assert c["memory_used"] == 2 * CH
+    assert s["models"]["alpha.bin"]["resident_bytes"] == 0
+    assert s["models"]["alpha.bin"]["evictions"] == 6
+    assert s["models"]["beta.bin"]["resident_bytes"] == 2 * CH
+    assert s["models"]["beta.bin"]["evictions"] == 0
+    # evicted chunks miss again; beta's chunks still hit
+    check_read(d, "alpha.bin", 0, CH)
+    check_read(d, "beta.bin", CH, CH)
+    s2 = d.stats()
+    assert s2["cache"]["misses"] == c["misses"] + 1
+    assert s2["cache"]["hits"] == c["hits"] + 1
+    assert s2["models"]["alpha.bin"]["misses"] == 7
+
+
+def test_evict_nested_name(fs):
+    d = fs
+    check_read(d, "sub/gamma.bin", 0, CH)
+    assert d.stats()["models"]["sub/gamma.bin"]["resident_bytes"] == len(GAMMA)
+    d.control("evict sub/gamma.bin")
+    s = d.stats()
+    assert s["models"]["sub/gamma.bin"]["resident_bytes"] == 0
+    assert s["cache"]["evictions"] == 1
+    assert s["cache"]["memory_used"] == 0
+
+
+def test_clear(fs):
+    d = fs
+    check_read(d, "alpha.bin", 0, 3 * CH)
+    check_read(d, "beta.bin", 0, CH)
+    check_read(d, "sub/gamma.bin", 0, 100)
+    d.control("clear")
+    s = d.stats()
+    c = s["cache"]
+    assert c["evictions"] == 5
+    assert c["resident_chunks"] == 0 and c["memory_used"] == 0
+    for name, _ in MODELS:
+        assert s["models"][name]["resident_bytes"] == 0
+    assert s["models"]["alpha.bin"]["evictions"] == 3
+    check_read(d, "alpha.bin", 0, CH)
+    assert d.stats()["cache"]["misses"] == c["misses"] + 1
+
+
+def test_reset_stats_keeps_residency(fs):
+    d = fs
+    check_read(d, "alpha.bin", 0, 2 * CH)
+    check_read(d, "alpha.bin", 0, CH)
+    check_read(d, "beta.bin", 0, CH)
+    d.control("evict beta.bin")
+    d.control("reset-stats")
+    s = d.stats()
+    c, io = s["cache"], s["io"]
+    for k in COUNTERS:
+        assert c[k] == 0, k
+    for k in IO:
+        assert io[k] == 0, k
+    assert c["resident_chunks"] == 2 and c["memory_used"] == 2 * CH
+    a = s["models"]["alpha.bin"]
+    assert (a["hits"], a["misses"], a["evictions"], a["opens"]) == (0, 0, 0, 0)
+    assert a["resident_bytes"] == 2 * CH
+    assert s["models"]["beta.bin"]["opens"] == 0
+    check_read(d, "alpha.bin", CH, CH)         # still resident: a hit
+    s = d.stats()
+    assert (s["cache"]["hits"], s["cache"]["misses"]) == (1, 0)
+    assert s["io"]["backing_bytes_read"] == 0
+    assert s["io"]["bytes_served"] == CH
+    assert s["models"]["alpha.bin"]["opens"] == 1
+
+
+BAD_COMMANDS = ["bogus", "evict", "evict nosuch.bin", "evict sub", "evict alpha",
+                "evict /alpha.bin", "evict .stats", "frobnicate alpha.bin"]
+NOT_YET = ["prefetch alpha.bin", "pin alpha.bin", "unpin alpha.bin"]
+
+
+@pytest.mark.parametrize("line", BAD_COMMANDS + NOT_YET)
+def test_control_rejects_with_einval(fs, line):
+    d = fs
+    check_read(d, "alpha.bin", 0, CH)
+    before = d.stats()
+    with pytest.raises(OSError) as ei:
+        d.control(line)
+    assert ei.value.errno == errno.EINVAL, "%r: got %s" % (
+        line, errno.errorcode.get(ei.value.errno, ei.value.errno))
+    after = d.stats()
+    assert after["cache"] == before["cache"], "a rejected command changed the cache"
+
+
+def test_control_is_not_readable_as_data(fs):
+    # mode 0200: reading is refused for the owner without CAP_DAC_OVERRIDE; as
+    # root the kernel may allow the open, but no data comes back.
+    try:
+        with open(fs.path(".control"), "rb") as f:
+            assert f.read() == b""
+    except OSError as e:
+        assert e.errno in (errno.EACCES, errno.EPERM, errno.EINVAL, errno.EBADF)
+
+
+# -- .metrics ------------------------------------------------------------------
+
+LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+(\S+)$')
+
+
+def parse_metrics(text):
+    """{(name, frozenset(labels.items())): float}; checks the exposition syntax."""
+    out, typed = {}, {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(None, 3)
+            typed[name] = kind
+            continue
+        if line.startswith("#"):
+            continue
+        mo = LINE.match(line)
+        assert mo, "not Prometheus text: %r" % line
+        labels = {}
+        if mo.group(3):
+            for part in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', mo.group(3)):
+                labels[part[0]] = part[1]
+        key = (mo.group(1), frozenset(labels.items()))
+        assert key not in out, "duplicate series %r" % (key,)
+        out[key] = float(mo.group(4))
+    return out, typed
+
+
+def test_metrics_match_stats(fs):
+    d = fs
+    check_read(d, "alpha.bin", 0, 3 * CH)
+    check_read(d, "alpha.bin", 0, CH)
+    check_read(d, "beta.bin", 0, CH)
+    d.control("evict beta.bin")
+    s = d.stats()
+    m, typed = parse_metrics(d.metrics())
+
+    def g(name, **labels):
+        key = (name, frozenset(labels.items()))
+        assert key in m, "missing metric %s%s" % (name, labels or "")
+        return m[key]
+
+    c, io = s["cache"], s["io"]
+    assert g("apbundlefs_cache_hits_total") == c["hits"] == 1
+    assert g("apbundlefs_cache_misses_total") == c["misses"] == 4
+    assert g("apbundlefs_cache_evictions_total") == c["evictions"] == 1
+    assert g("apbundlefs_cache_memory_used_bytes") == c["memory_used"] == 3 * CH
+    assert g("apbundlefs_cache_memory_limit_bytes") == c["memory_limit"] == 8 * MiB
+    assert g("apbundlefs_cache_resident_chunks") == c["resident_chunks"] == 3
+    assert g("apbundlefs_io_backing_bytes_read_total") == io["backing_bytes_read"] == 4 * CH
+    assert g("apbundlefs_io_bytes_served_total") == io["bytes_served"] == 5 * CH
+    assert g("apbundlefs_io_errors_total") == 0
+    assert g("apbundlefs_io_checksum_errors_total") == 0
+    for name, _ in MODELS:
+        ms = s["models"][name]
+        assert g("apbundlefs_model_hits_total", model=name) == ms["hits"]
+        assert g("apbundlefs_model_misses_total", model=name) == ms["misses"]
+        assert g("apbundlefs_model_evictions_total", model=name) == ms["evictions"]
+        assert g("apbundlefs_model_resident_bytes", model=name) == ms["resident_bytes"]
+        assert g("apbundlefs_model_opens_total", model=name) == ms["opens"]
+    for name, kind in typed.items():
+        assert kind in ("counter", "gauge"), (name, kind)
+        if name.endswith("_total"):
+            assert kind == "counter", name
