@@ -442,8 +442,19 @@ static int chunk_wait_loaded(struct apb_cache *c, struct apb_chunk *ch)
 	return rc;
 }
 
-int apb_cache_get(struct apb_cache *c, uint32_t model, uint64_t index,
-		  struct apb_chunk **out)
+/* Count the access of a get once, at the first point it is decided. */
+static void count_once(struct apb_cache *c, uint32_t model, bool hit,
+		       bool *counted)
+{
+	if (!*counted)
+		count_access(c, model, hit);
+	*counted = true;
+}
+
+/* apb_cache_get() and, with may_wait false, apb_cache_tryget(): the only
+ * difference is what happens when no slot can be had. */
+static int get_chunk(struct apb_cache *c, uint32_t model, uint64_t index,
+		     bool may_wait, struct apb_chunk **out)
 {
 	struct apb_chunk *ch;
 	bool counted = false;
@@ -455,11 +466,8 @@ int apb_cache_get(struct apb_cache *c, uint32_t model, uint64_t index,
 	lock(c);
 	for (;;) {
 		ch = table_find(c, model, index);
-		if (!counted) {
-			count_access(c, model, ch && ch->state == CHUNK_READY);
-			counted = true;
-		}
 		if (ch) {
+			count_once(c, model, ch->state == CHUNK_READY, &counted);
 			if (ch->state == CHUNK_READY) {
 				chunk_ref(c, ch);
 				rc = 0;
@@ -469,6 +477,11 @@ int apb_cache_get(struct apb_cache *c, uint32_t model, uint64_t index,
 			break;
 		}
 		ch = slot_take(c);
+		if (!ch && !may_wait) {
+			rc = -EAGAIN; /* nothing counted: the caller will retry */
+			break;
+		}
+		count_once(c, model, false, &counted);
 		if (ch) {
 			rc = chunk_load(c, ch, model, index);
 			break;
@@ -481,6 +494,18 @@ int apb_cache_get(struct apb_cache *c, uint32_t model, uint64_t index,
 	if (rc == 0)
 		*out = ch;
 	return rc;
+}
+
+int apb_cache_get(struct apb_cache *c, uint32_t model, uint64_t index,
+		  struct apb_chunk **out)
+{
+	return get_chunk(c, model, index, true, out);
+}
+
+int apb_cache_tryget(struct apb_cache *c, uint32_t model, uint64_t index,
+		     struct apb_chunk **out)
+{
+	return get_chunk(c, model, index, false, out);
 }
 
 static void reclaim_pages(struct apb_cache *c, struct apb_chunk *list);

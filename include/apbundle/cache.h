@@ -18,7 +18,8 @@
  *    evicted.
  *  - When every slot is referenced or loading, apb_cache_get() waits for a
  *    slot. A caller must therefore hold no other reference while it calls
- *    apb_cache_get(), or it may wait forever.
+ *    apb_cache_get(), or it may wait forever; apb_cache_tryget() is for
+ *    callers that do.
  *  - Cost per access: O(1) for LRU, O(log n) for LFU (a heap).
  *
  * Thread safety: every function may be called from any thread, except
@@ -89,6 +90,14 @@ void apb_cache_free(struct apb_cache *c);
  */
 int apb_cache_get(struct apb_cache *c, uint32_t model, uint64_t index,
 		  struct apb_chunk **out);
+/*
+ * As apb_cache_get(), for a caller that already holds references: where
+ * apb_cache_get() would wait for a slot (every slot referenced or loading),
+ * returns -EAGAIN and counts nothing. It does wait for another thread's
+ * load of the same chunk, which needs no slot and always finishes.
+ */
+int apb_cache_tryget(struct apb_cache *c, uint32_t model, uint64_t index,
+		     struct apb_chunk **out);
 void apb_cache_put(struct apb_cache *c, struct apb_chunk *chunk);
 
 /* Valid bytes of a referenced chunk. */

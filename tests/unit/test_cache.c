@@ -724,6 +724,39 @@ static void *get_other_chunk(void *p)
 	return NULL;
 }
 
+static void test_tryget_refuses_instead_of_waiting_for_a_slot(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_chunk *a, *b, *a2;
+	struct apb_cache_stats st;
+
+	source_init(&s, 4 * CS);
+	c = cache_make(&s, APB_EVICT_LRU, 2 * CS, CS, 1);
+	CHECK_EQ(apb_cache_get(c, 0, 0, &a), 0);
+	CHECK_EQ(apb_cache_tryget(c, 0, 1, &b), 0); /* a free slot: loads */
+	CHECK(chunk_matches(&s, b, CS, 0, 1));
+	/* both slots referenced: no room, and nothing counted */
+	CHECK_EQ(apb_cache_tryget(c, 0, 2, &a2), -EAGAIN);
+	CHECK(a2 == NULL);
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.hits, 0);
+	CHECK_EQ(st.misses, 2);
+	/* a resident chunk needs no slot */
+	CHECK_EQ(apb_cache_tryget(c, 0, 0, &a2), 0);
+	CHECK(a2 == a);
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.hits, 1);
+	apb_cache_put(c, a2);
+	apb_cache_put(c, b);
+	/* an unreferenced chunk is a victim, so there is room again */
+	CHECK_EQ(apb_cache_tryget(c, 0, 2, &a2), 0);
+	CHECK(chunk_matches(&s, a2, CS, 0, 2));
+	apb_cache_put(c, a2);
+	apb_cache_put(c, a);
+	cache_done(&s, c);
+}
+
 static void test_get_waits_for_slot_when_all_referenced(void)
 {
 	struct source s;
@@ -1024,6 +1057,7 @@ int main(void)
 	RUN(test_reset_stats_keeps_residency);
 	RUN(test_concurrent_misses_load_once);
 	RUN(test_load_error_reaches_every_waiter_and_is_not_cached);
+	RUN(test_tryget_refuses_instead_of_waiting_for_a_slot);
 	RUN(test_get_waits_for_slot_when_all_referenced);
 	RUN(test_budget_never_exceeded_under_threads);
 	RUN(test_referenced_chunk_survives_churn);
