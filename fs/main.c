@@ -21,7 +21,7 @@
 #endif
 
 #define DEFAULT_MAX_MEMORY (256ull << 20)
-#define DEFAULT_CHUNK_SIZE (256u << 10)
+#define DEFAULT_CHUNK_SIZE (64u << 10) /* why: docs/DESIGN.md, "Choosing the default chunk size" */
 #define MAX_CHUNK_SIZE (64u << 20)
 
 struct cmdline {
@@ -52,7 +52,7 @@ static void usage(FILE *f)
 "\n"
 "apbundlefs options:\n"
 "    -o max_memory=SIZE     budget for cached chunks (default 256M)\n"
-"    -o chunk_size=SIZE     cache chunk, a multiple of 4K (default 256K)\n"
+"    -o chunk_size=SIZE     cache chunk, a multiple of 4K (default 64K)\n"
 "    -o eviction=lru|lfu    eviction policy (default lru)\n"
 "    -o kernel_cache        let the kernel page cache keep file pages\n"
 "                           across opens\n"

@@ -3,11 +3,8 @@
  * of the tree, the cache and the report modules, and reply. No format or
  * caching logic lives here.
  *
- * Reads of model files: a request inside one chunk is answered straight
- * from the chunk's memory with fuse_reply_iov() while a reference pins the
- * chunk (no copy in the daemon); a request that spans chunks is assembled
- * in a buffer, taking one chunk reference at a time, because the cache
- * forbids holding a reference while waiting for another (cache.h).
+ * Reads of model files are answered straight from the cached chunks with
+ * fuse_reply_iov() while references pin them (see struct read_req).
  *
  * The control files: .stats and .metrics render a fresh document at open
  * and serve reads from it (direct_io, so their st_size of 0 does not stop
@@ -283,33 +280,94 @@ static void read_failed(fuse_req_t req, struct apbfs *fs, uint32_t model,
 	fuse_reply_err(req, -rc);
 }
 
-/* Copy [off, off + len) of the model out of chunk number idx. A chunk
- * shorter than the model says it must be means the bundle lost bytes. */
-static int copy_from_chunk(struct apbfs *fs, uint32_t model, uint64_t idx,
-			   uint64_t off, size_t len, char *dst)
-{
-	struct apb_chunk *c;
-	uint64_t in = off - idx * fs->opt.chunk_size;
-	int rc = apb_cache_get(fs->cache, model, idx, &c);
+/*
+ * A read in progress. Chunks are held while the reply is assembled as an
+ * iovec pointing into them: the kernel's copy out of the daemon is then the
+ * only copy. Taking a second reference must not wait for a slot (cache.h),
+ * so later chunks are taken with apb_cache_tryget(); when that finds no
+ * room, or the read spans more than HELD_MAX chunks, the read "spills":
+ * what is held is copied into a buffer and released, and the rest is copied
+ * in one blocking get at a time. Either way every chunk is got once, so the
+ * hit and miss counts do not depend on the path taken.
+ */
+#define HELD_MAX 32
 
+struct read_req {
+	struct apbfs *fs;
+	uint32_t model;
+	struct apb_chunk *held[HELD_MAX];
+	struct iovec iov[HELD_MAX];
+	int nheld;
+	char *buf;    /* once spilled: the reply, filled to done */
+	size_t done;
+};
+
+static void release_held(struct read_req *r)
+{
+	for (int i = 0; i < r->nheld; i++)
+		apb_cache_put(r->fs->cache, r->held[i]);
+	r->nheld = 0;
+}
+
+static int spill(struct read_req *r, size_t size)
+{
+	r->buf = malloc(size);
+	if (!r->buf)
+		return -ENOMEM;
+	for (int i = 0; i < r->nheld; i++) {
+		memcpy(r->buf + r->done, r->iov[i].iov_base, r->iov[i].iov_len);
+		r->done += r->iov[i].iov_len;
+	}
+	release_held(r);
+	return 0;
+}
+
+/* Add bytes [in, in + len) of chunk idx to the reply. */
+static int add_chunk(struct read_req *r, uint64_t idx, size_t in, size_t len,
+		     size_t size)
+{
+	struct apb_cache *cache = r->fs->cache;
+	struct apb_chunk *c;
+	int rc;
+
+	if (!r->buf && r->nheld == HELD_MAX && (rc = spill(r, size)))
+		return rc;
+	if (r->buf || r->nheld == 0) {
+		rc = apb_cache_get(cache, r->model, idx, &c);
+	} else {
+		rc = apb_cache_tryget(cache, r->model, idx, &c);
+		if (rc == -EAGAIN) {
+			if ((rc = spill(r, size)))
+				return rc;
+			rc = apb_cache_get(cache, r->model, idx, &c);
+		}
+	}
 	if (rc)
 		return rc;
-	if (apb_chunk_len(c) < in + len)
-		rc = -EIO;
-	else
-		memcpy(dst, (const char *)apb_chunk_data(c) + in, len);
-	apb_cache_put(fs->cache, c);
-	return rc;
+	if (apb_chunk_len(c) < in + len) { /* the bundle lost bytes */
+		apb_cache_put(cache, c);
+		return -EIO;
+	}
+	if (r->buf) {
+		memcpy(r->buf + r->done, (const char *)apb_chunk_data(c) + in, len);
+		r->done += len;
+		apb_cache_put(cache, c);
+		return 0;
+	}
+	r->held[r->nheld] = c;
+	r->iov[r->nheld].iov_base = (char *)apb_chunk_data(c) + in;
+	r->iov[r->nheld].iov_len = len;
+	r->nheld++;
+	return 0;
 }
 
 static void read_model(fuse_req_t req, struct apbfs *fs, uint32_t model,
 		       size_t size, uint64_t off)
 {
 	uint64_t msize = apb_bundle_model(fs->bundle, model)->size;
-	uint64_t cs = fs->opt.chunk_size, first, last;
-	struct apb_chunk *c;
-	char *buf;
-	int rc;
+	uint64_t cs = fs->opt.chunk_size, first, last, idx;
+	struct read_req r = {.fs = fs, .model = model};
+	int rc = 0;
 
 	if (off >= msize || size == 0) {
 		fuse_reply_buf(req, NULL, 0);
@@ -319,48 +377,27 @@ static void read_model(fuse_req_t req, struct apbfs *fs, uint32_t model,
 		size = (size_t)(msize - off);
 	first = off / cs;
 	last = (off + size - 1) / cs;
-	if (first == last) {
-		uint64_t in = off - first * cs;
-		rc = apb_cache_get(fs->cache, model, first, &c);
-		if (rc == 0 && apb_chunk_len(c) < in + size) {
-			apb_cache_put(fs->cache, c);
-			rc = -EIO;
-		}
-		if (rc) {
-			read_failed(req, fs, model, first, rc);
-			return;
-		}
-		struct iovec iov = {
-			.iov_base = (char *)apb_chunk_data(c) + in,
-			.iov_len = size,
-		};
-		/* Count before replying: the reader may look at .stats the
-		 * moment its read returns. */
-		atomic_fetch_add(&fs->io.bytes_served, size);
-		fuse_reply_iov(req, &iov, 1);
-		apb_cache_put(fs->cache, c);
-		return;
-	}
-	buf = malloc(size);
-	if (!buf) {
-		read_failed(req, fs, model, first, -ENOMEM);
-		return;
-	}
-	for (uint64_t idx = first, done = 0; idx <= last; idx++) {
+	for (idx = first; idx <= last && rc == 0; idx++) {
 		uint64_t start = idx == first ? off : idx * cs;
 		uint64_t end = idx == last ? off + size : (idx + 1) * cs;
-		rc = copy_from_chunk(fs, model, idx, start, end - start,
-				     buf + done);
-		if (rc) {
-			free(buf);
-			read_failed(req, fs, model, idx, rc);
-			return;
-		}
-		done += end - start;
+		rc = add_chunk(&r, idx, (size_t)(start - idx * cs),
+			       (size_t)(end - start), size);
 	}
+	if (rc) {
+		release_held(&r);
+		free(r.buf);
+		read_failed(req, fs, model, idx - 1, rc);
+		return;
+	}
+	/* Count before replying: the reader may look at .stats the moment
+	 * its read returns. */
 	atomic_fetch_add(&fs->io.bytes_served, size);
-	fuse_reply_buf(req, buf, size);
-	free(buf);
+	if (r.buf)
+		fuse_reply_buf(req, r.buf, size);
+	else
+		fuse_reply_iov(req, r.iov, r.nheld);
+	release_held(&r);
+	free(r.buf);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,

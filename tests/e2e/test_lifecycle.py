@@ -157,7 +157,7 @@ def test_default_options(bundle, binaries):
     with mount(bundle) as d:
         c = d.stats()["cache"]
         assert c["policy"] == "lru"
-        assert c["chunk_size"] == 256 * KiB
+        assert c["chunk_size"] == 64 * KiB
         assert c["memory_limit"] == 256 * MiB
 
 

@@ -341,3 +341,24 @@ def test_metrics_match_stats(fs):
         assert kind in ("counter", "gauge"), (name, kind)
         if name.endswith("_total"):
             assert kind == "counter", name
+
+
+@pytest.mark.parametrize("budget_chunks", [1, 2, 3])
+def test_reads_larger_than_the_budget_are_exact(tmp_path, binaries, budget_chunks):
+    """A 1 MiB + 123 model read in one O_DIRECT pread with a budget of one to
+    three chunks: every request spans two chunks, so with one slot the
+    daemon cannot hold both and must copy chunk by chunk; with more it
+    replies from the chunks it holds. Bytes and counters are the same."""
+    data = apbformat.random_bytes(MiB + 123, 21)
+    nchunks = (len(data) + CH - 1) // CH
+    bundle = apbformat.write_v1(tmp_path / "big.apbundle", [("big.bin", data)])
+    opts = {"max_memory": str(budget_chunks * 64) + "K", "chunk_size": "64K"}
+    with mount(bundle, opts) as d:
+        assert dread(d, "big.bin", 0, len(data)) == data
+        s = d.stats()
+        assert (s["cache"]["hits"], s["cache"]["misses"]) == (0, nchunks)
+        assert s["cache"]["evictions"] == nchunks - budget_chunks
+        assert s["cache"]["resident_chunks"] == budget_chunks
+        assert s["io"]["bytes_served"] == len(data)
+        assert s["io"]["backing_bytes_read"] == len(data)
+        assert s["io"]["errors"] == 0
