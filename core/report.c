@@ -44,6 +44,8 @@ static cJSON *io_json(const struct apb_report_source *src,
 		return NULL;
 	cJSON_AddNumberToObject(o, "backing_bytes_read",
 				(double)cs->loaded_bytes);
+	cJSON_AddNumberToObject(o, "read_requests",
+				(double)atomic_load(&src->io->read_requests));
 	cJSON_AddNumberToObject(o, "bytes_served",
 				(double)atomic_load(&src->io->bytes_served));
 	cJSON_AddNumberToObject(o, "errors",
@@ -181,6 +183,9 @@ char *apb_report_metrics(const struct apb_report_source *src, size_t *len)
 		   "Chunks held in memory.", cs.resident_chunks);
 	put_metric(f, "apbundlefs_io_backing_bytes_read_total", "counter",
 		   "Bytes read from the bundle file.", cs.loaded_bytes);
+	put_metric(f, "apbundlefs_io_read_requests_total", "counter",
+		   "Read requests for model files that reached the daemon.",
+		   atomic_load(&src->io->read_requests));
 	put_metric(f, "apbundlefs_io_bytes_served_total", "counter",
 		   "Bytes returned to readers.",
 		   atomic_load(&src->io->bytes_served));

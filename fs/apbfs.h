@@ -28,6 +28,7 @@ struct apbfs_options {
 	uint32_t chunk_size;
 	enum apb_eviction eviction;
 	bool kernel_cache;
+	uint64_t readahead;            /* largest readahead window, bytes */
 };
 
 /* Immutable after setup, except the atomics and what the cache guards. */
@@ -40,9 +41,16 @@ struct apbfs {
 	uint64_t special_ino[APBFS_NSPECIAL];
 	struct apb_io_counters io;
 	atomic_uint_fast64_t *opens;   /* per model */
+	char bdi[32];                  /* set before the loop starts; "" if unknown */
+	atomic_bool bdi_tuned;         /* the first open raised its readahead */
 };
 
 extern const struct fuse_lowlevel_ops apbfs_ops;
+
+/* kernel.c: the mount's bdi ("MAJ:MIN") from /proc/self/mountinfo, and
+ * its readahead window. Each returns 0 or a negative errno. */
+int apbfs_find_bdi(const char *mountpoint, char *bdi, size_t bdi_len);
+int apbfs_set_readahead(const char *bdi, uint64_t bytes);
 
 /* Run one .control command line (no newline). 0 or -EINVAL. */
 int apbfs_control(struct apbfs *fs, const char *line, size_t len);

@@ -49,6 +49,7 @@ static void release_heap(void)
 static void reset_stats(struct apbfs *fs)
 {
 	apb_cache_reset_stats(fs->cache);
+	atomic_store(&fs->io.read_requests, 0);
 	atomic_store(&fs->io.bytes_served, 0);
 	atomic_store(&fs->io.errors, 0);
 	atomic_store(&fs->io.checksum_errors, 0);

@@ -23,6 +23,7 @@
 #define DEFAULT_MAX_MEMORY (256ull << 20)
 #define DEFAULT_CHUNK_SIZE (64u << 10) /* why: docs/DESIGN.md, "Choosing the default chunk size" */
 #define MAX_CHUNK_SIZE (64u << 20)
+#define DEFAULT_READAHEAD (4ull << 20)
 
 struct cmdline {
 	char *bundle;
@@ -30,6 +31,7 @@ struct cmdline {
 	char *max_memory;
 	char *chunk_size;
 	char *eviction;
+	char *readahead;
 	int kernel_cache;
 };
 
@@ -38,6 +40,7 @@ static const struct fuse_opt option_spec[] = {
 	OPT("max_memory=%s", max_memory),
 	OPT("chunk_size=%s", chunk_size),
 	OPT("eviction=%s", eviction),
+	OPT("readahead=%s", readahead),
 	OPT("kernel_cache", kernel_cache),
 	FUSE_OPT_END
 };
@@ -54,6 +57,7 @@ static void usage(FILE *f)
 "    -o max_memory=SIZE     budget for cached chunks (default 256M)\n"
 "    -o chunk_size=SIZE     cache chunk, a multiple of 4K (default 64K)\n"
 "    -o eviction=lru|lfu    eviction policy (default lru)\n"
+"    -o readahead=SIZE      largest readahead window (default 4M)\n"
 "    -o kernel_cache        let the kernel page cache keep file pages\n"
 "                           across opens\n"
 "Sizes take K, M and G suffixes (powers of 1024).\n"
@@ -97,9 +101,16 @@ static int resolve_options(const struct cmdline *cl, struct apbfs_options *o)
 	o->max_memory = DEFAULT_MAX_MEMORY;
 	o->eviction = APB_EVICT_LRU;
 	o->kernel_cache = cl->kernel_cache;
+	o->readahead = DEFAULT_READAHEAD;
 	if (parse_size_opt("max_memory", cl->max_memory, &o->max_memory) ||
-	    parse_size_opt("chunk_size", cl->chunk_size, &chunk))
+	    parse_size_opt("chunk_size", cl->chunk_size, &chunk) ||
+	    parse_size_opt("readahead", cl->readahead, &o->readahead))
 		return -1;
+	if (o->readahead < 4096 || o->readahead > (1ull << 30)) {
+		fprintf(stderr, "apbundlefs: bad option readahead=%s: must be "
+			"from 4K to 1G\n", cl->readahead);
+		return -1;
+	}
 	if (chunk < 4096 || chunk % 4096 || chunk > MAX_CHUNK_SIZE) {
 		fprintf(stderr, "apbundlefs: bad option chunk_size=%s: must be "
 			"a multiple of 4K from 4K to 64M\n", cl->chunk_size);
@@ -225,6 +236,10 @@ static int serve(struct apbfs *fs, struct fuse_args *args,
 		goto out_destroy;
 	if (fuse_session_mount(se, o->mountpoint) != 0)
 		goto out_signals;
+	if (apbfs_find_bdi(o->mountpoint, fs->bdi, sizeof(fs->bdi)) != 0)
+		fprintf(stderr, "apbundlefs: %s: mount not found in "
+			"/proc/self/mountinfo; kernel readahead stays at its "
+			"default\n", o->mountpoint);
 	if (!o->foreground) {
 		openlog("apbundlefs", LOG_PID, LOG_DAEMON);
 		fuse_set_log_func(log_to_syslog);
@@ -316,6 +331,7 @@ out:
 	free(cl.max_memory);
 	free(cl.chunk_size);
 	free(cl.eviction);
+	free(cl.readahead);
 	fuse_opt_free_args(&args);
 	return ret;
 }

@@ -222,6 +222,17 @@ static void open_special(fuse_req_t req, struct apbfs *fs, int sp,
 	fuse_reply_open(req, fi);
 }
 
+/* See kernel.c: only now, after INIT, can the window be raised. */
+static void tune_kernel_readahead(struct apbfs *fs)
+{
+	int rc = apbfs_set_readahead(fs->bdi, fs->opt.readahead);
+
+	if (rc)
+		fuse_log(FUSE_LOG_WARNING, "apbundlefs: cannot raise the kernel "
+			 "readahead of bdi %s: %s; large reads arrive in "
+			 "smaller pieces\n", fs->bdi, strerror(-rc));
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct apbfs *fs = ctx(req);
@@ -240,6 +251,8 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, EROFS);
 		return;
 	}
+	if (fs->bdi[0] && !atomic_exchange(&fs->bdi_tuned, true))
+		tune_kernel_readahead(fs);
 	atomic_fetch_add(&fs->opens[n->model], 1);
 	fi->keep_cache = fs->opt.kernel_cache;
 	fuse_reply_open(req, fi);
@@ -416,6 +429,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, n && n->is_dir ? EISDIR : EINVAL);
 		return;
 	}
+	atomic_fetch_add(&fs->io.read_requests, 1);
 	read_model(req, fs, n->model, size, (uint64_t)off);
 }
 
@@ -499,6 +513,10 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	(void)userdata;
 	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
 		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+	/* Readahead requests are "background" requests; the kernel's default
+	 * of 12 in flight throttles a multi-MiB window of 1 MiB requests. */
+	conn->max_background = 64;
+	conn->congestion_threshold = 48;
 	conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE;
 }
 

@@ -17,6 +17,7 @@
 
 /* Counters kept by the daemon rather than the cache. */
 struct apb_io_counters {
+	atomic_uint_fast64_t read_requests;   /* reads of models that reached us */
 	atomic_uint_fast64_t bytes_served;    /* bytes replied to readers */
 	atomic_uint_fast64_t errors;          /* reads answered with an error */
 	atomic_uint_fast64_t checksum_errors; /* chunks failing verification */
