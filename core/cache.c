@@ -17,11 +17,15 @@
  * really falls (SPEC §6); the next loader into such a slot faults in fresh
  * zero pages.
  *
+ * Prefetched chunks are ordinary chunks in ordinary slots, so they are
+ * inside the budget too; the prefetch share (PREFETCH below) only limits how
+ * many of the slots they may hold.
+ *
  * Outside the budget, the cache's own memory is fixed at creation: per slot
- * one struct apb_chunk (80 bytes on LP64), 2 to 4 bucket pointers, a 4-byte
- * free-stack entry and, for LFU, an 8-byte heap entry (at most 124 bytes,
- * 0.2% of a 64 KiB chunk); per model one struct apb_cache_model_stats
- * (32 bytes).
+ * one struct apb_chunk (104 bytes on LP64), 2 to 4 bucket pointers, a 4-byte
+ * free-stack entry and, for LFU, an 8-byte heap entry (at most 148 bytes,
+ * 0.23% of a 64 KiB chunk); per model one struct apb_cache_model_stats
+ * (56 bytes).
  *
  * STRUCTURES
  *
@@ -31,9 +35,9 @@
  * metadata is in exactly one of these states:
  *
  *   FREE     its slot is on the free stack (free_slots[0 .. nfree)).
- *   LOADING  in the hash table; one thread runs the loader into the slot
- *            with the lock dropped. refs >= 1 (the loader's own reference
- *            plus one per waiter).
+ *   LOADING  in the hash table; one thread (a get or a prefetch) runs the
+ *            loader into the slot with the lock dropped. refs >= 1 (the
+ *            loader's own reference plus one per waiting get).
  *   READY    in the hash table; data[0 .. len) are the chunk's bytes.
  *            With refs == 0 it is also in the evictable set, and only then.
  *   FAILED   the load failed: out of the table (so the next get loads
@@ -48,6 +52,16 @@
  *            eviction already counted), bytes still valid for the holders.
  *            The last put reclaims the slot. refs >= 1.
  *
+ * Across the states runs one flag, prefetched: "loaded ahead of demand, not
+ * yet read". A prefetch sets it when it takes the slot; whenever mu is free
+ * it is set only on a LOADING chunk (being loaded by that prefetch) or on a
+ * READY chunk with refs == 0 (a get that references a READY chunk clears it
+ * at once, and so does a prefetch whose load gets waited for). It is
+ * cleared by the first get that returns the chunk (a prefetch hit), by the
+ * chunk leaving the table while READY (a wasted prefetch: chunk_forget(),
+ * whatever the reason) or by the load failing (neither). The number of
+ * chunks with the flag is st.prefetch_unused_chunks.
+ *
  * The hash table chains through hash_next; its bucket array is a power of
  * two >= 2 * nslots fixed at creation. At most nslots chunks are ever in it,
  * so the load factor stays <= 1/2 and it never resizes.
@@ -61,6 +75,14 @@
  * victim's node leads back to its chunk by offsetof (chunk_of()). Here,
  * evict_insert(), evict_remove() and evict_pop_victim() wrap the set to
  * assert the chunk states and to wake slot waiters.
+ *
+ * A chunk enters the set cold exactly when it has the prefetched flag (a
+ * prefetch's load finished and no get waited for it): evict_insert() sees
+ * the flag. Cold chunks are the first victims of a get that needs room, so
+ * an unread prefetch never outlives a used chunk; a prefetch that needs
+ * room takes only a warm (read) victim, so prefetches never evict each
+ * other. evict.c explains both under COLD CHUNKS. Once a get reads the
+ * chunk it leaves the set and its put inserts it warm like any other.
  *
  * WAITING
  *
@@ -82,22 +104,61 @@
  * always finish; a caller holding another reference while it gets can wait
  * forever (cache.h says so).
  *
+ * PREFETCH
+ *
+ * apb_cache_prefetch() is a get that never waits and keeps no reference.
+ * Under mu: a chunk already in the table (any state) means nothing to do.
+ * Otherwise it needs a slot, and refuses (-EAGAIN) rather than wait for
+ * one: when prefetch_unused_chunks has reached the share (prefetch_share,
+ * prefetch_share_pct of nslots, at least 1), when a get is waiting for a
+ * slot (demand comes first: the slot that woke it is the get's), or when
+ * slot_take() finds neither a free slot nor a warm victim. Then it marks the
+ * chunk prefetched and loads it through chunk_load() exactly as a get does,
+ * so single flight holds: a get that finds the chunk LOADING waits on it
+ * (and counts a hit, SPEC section 5: the chunk is "being loaded by
+ * prefetch"). When the load succeeds the prefetch drops the loader's
+ * reference; with no waiter the chunk is READY, refs 0, and enters the set
+ * cold. With waiters, their gets will return the chunk whatever happens
+ * next (READY or, after a clear, DETACHED), so the prefetch counts the
+ * first of them as the prefetch hit right there and clears the flag; the
+ * waiters' puts insert it warm. Checking the share before slot_take() is
+ * exact: a prefetch's slot_take() never evicts a prefetched chunk, so the
+ * count cannot change in between. The share is therefore never exceeded:
+ * prefetch_unused_chunks <= prefetch_share at every unlock.
+ *
  * COUNTERS (the exact meaning of struct apb_cache_stats)
  *
  * A get of a model >= model_count fails with -EINVAL and counts nothing.
  * Every other get counts exactly one hit or one miss, decided at its first
- * lookup: a hit if the chunk was READY, a miss otherwise - not present, or
- * LOADING (the waiter of an in-flight load is a miss too), and it stays a
- * miss if the get then waits for a slot and finds the chunk loaded by
- * someone else meanwhile. loaded_bytes adds the length each successful load
- * returned. load_errors counts each failed load once, not once per waiter;
- * a loader returning more than chunk_size bytes, or a negative value that
- * is no errno, fails its load with -EIO. evictions counts every READY chunk
- * dropped: for room, by apb_cache_evict_model(), by apb_cache_clear().
+ * lookup: a hit if the chunk was READY or being loaded by a prefetch (SPEC
+ * section 5: the reader did not cause that load, it only waits for it; if
+ * the load fails the get fails, still a hit), a miss otherwise - not
+ * present, or LOADING for another get (the waiter of an in-flight demand
+ * load is a miss too), and it stays a miss if the get then waits for a slot
+ * and finds the chunk loaded by someone else meanwhile. loaded_bytes adds
+ * the length each successful load returned. load_errors counts each failed
+ * load once, not once per waiter; a loader returning more than chunk_size
+ * bytes, or a negative value that is no errno, fails its load with -EIO.
+ * evictions counts every READY chunk dropped: for room, by
+ * apb_cache_evict_model(), by apb_cache_clear().
  * resident_chunks and the per-model resident_bytes cover READY chunks only.
  * used_bytes covers every slot that is neither free nor being reclaimed
  * (LOADING, READY, DETACHED, FAILED but still referenced): the memory in
  * use.
+ *
+ * Prefetch. A prefetch counts no hit or miss. loaded_bytes and load_errors
+ * count its loads like a get's; prefetch_issued (+_bytes, the length
+ * loaded) counts its successful loads only: a failed one caches nothing
+ * and counts nothing else. The flag then decides the rest, each issued
+ * chunk exactly once: its first get counts prefetch_hits (+_bytes), besides
+ * that get's own hit; its leaving the cache unread - evicted for room, by
+ * evict_model or clear - counts prefetch_wasted (+_bytes) besides the
+ * eviction. So with no reset in between, issued = hits + wasted +
+ * unused_chunks once no prefetch is loading. prefetch_unused_chunks is
+ * state (chunks with the flag, LOADING ones included), not a counter.
+ * apb_cache_reset_stats() zeroes every counter, global and per model, and
+ * keeps the state: resident_chunks, prefetch_unused_chunks, resident_bytes.
+ *
  * Global and per-model counters are plain fields changed under the mutex,
  * which every path holds anyway; stats readers take it too, so one
  * apb_cache_stats() call is a consistent snapshot.
@@ -108,8 +169,10 @@
  * of struct apb_chunk except data, which is immutable, and the slot bytes
  * themselves, which belong to the loader while LOADING and are read-only
  * while READY. There is no lock order because there is one lock. It is never
- * held across the loader call. clear/evict_model hold it to unlink victims,
- * drop it for madvise, and retake it to free the slots. A referenced
+ * held across the loader call, a prefetch's included; the prefetched flag
+ * and the prefetch counters are fields like the others, under mu.
+ * clear/evict_model hold it to unlink victims, drop it for madvise, and
+ * retake it to free the slots. A referenced
  * chunk's len is read without the lock: it was written before the chunk
  * became READY, and the reader's reference was taken under the lock after
  * that, and it cannot change until the last put.
@@ -129,6 +192,7 @@
 
 #define SLOT_ALIGN 4096u
 #define MAX_SLOTS (1u << 30) /* keeps 2 * nslots buckets in a uint32_t */
+#define DEFAULT_PREFETCH_SHARE_PCT 50u
 
 enum chunk_state {
 	CHUNK_FREE,
@@ -148,6 +212,7 @@ struct apb_chunk {
 	enum chunk_state state;
 	int load_error;               /* FAILED: the loader's negative errno */
 	size_t len;                   /* READY: valid bytes */
+	bool prefetched;              /* loaded by a prefetch, not yet read */
 	struct apb_chunk *hash_next;  /* table chain; RECLAIM: private list */
 	struct apb_evict_node evict;  /* evict.c's: set links, LFU counts */
 };
@@ -158,6 +223,7 @@ struct apb_cache {
 	uint32_t nslots;
 	uint32_t model_count;
 	uint32_t bucket_mask;
+	uint32_t prefetch_share;      /* most prefetched chunks not yet read */
 	apb_cache_load_fn load;
 	void *load_ctx;
 	unsigned char *region;        /* nslots * chunk_size bytes */
@@ -176,7 +242,9 @@ struct apb_cache {
 	uint32_t slot_waiters;        /* gets waiting on slot_cv */
 	struct apb_evict *evictable;  /* READY chunks with refs == 0 */
 
-	struct apb_cache_stats st;    /* budget/used filled in on read */
+	/* budget/used filled in on read; resident_chunks and
+	 * prefetch_unused_chunks are state, the rest counters. */
+	struct apb_cache_stats st;
 	struct apb_cache_model_stats *models; /* [model_count] */
 };
 
@@ -236,10 +304,14 @@ static struct apb_chunk *chunk_of(struct apb_evict_node *n)
 				    offsetof(struct apb_chunk, evict));
 }
 
+/* A chunk that nobody has read yet enters cold: first in line to go. */
 static void evict_insert(struct apb_cache *c, struct apb_chunk *ch)
 {
 	assert(ch->state == CHUNK_READY && ch->refs == 0);
-	apb_evict_insert(c->evictable, &ch->evict);
+	if (ch->prefetched)
+		apb_evict_insert_cold(c->evictable, &ch->evict);
+	else
+		apb_evict_insert(c->evictable, &ch->evict);
 	if (c->slot_waiters)
 		pthread_cond_broadcast(&c->slot_cv);
 }
@@ -250,9 +322,13 @@ static void evict_remove(struct apb_cache *c, struct apb_chunk *ch)
 	apb_evict_remove(c->evictable, &ch->evict);
 }
 
-static struct apb_chunk *evict_pop_victim(struct apb_cache *c)
+/* The chunk to evict for room; with spare_cold, never an unread
+ * prefetched one (a prefetch must not evict another). */
+static struct apb_chunk *evict_pop_victim(struct apb_cache *c, bool spare_cold)
 {
-	struct apb_evict_node *n = apb_evict_pop_victim(c->evictable);
+	struct apb_evict_node *n = spare_cold ?
+		apb_evict_pop_warm_victim(c->evictable) :
+		apb_evict_pop_victim(c->evictable);
 	struct apb_chunk *victim = n ? chunk_of(n) : NULL;
 
 	assert(!victim || (victim->state == CHUNK_READY && victim->refs == 0));
@@ -273,11 +349,49 @@ static void resident_add(struct apb_cache *c, struct apb_chunk *ch)
 	c->models[ch->model].resident_bytes += ch->len;
 }
 
+/* ---- the prefetched flag ---------------------------------------------- */
+
+static void prefetch_mark(struct apb_cache *c, struct apb_chunk *ch)
+{
+	assert(!ch->prefetched &&
+	       c->st.prefetch_unused_chunks < c->prefetch_share);
+	ch->prefetched = true;
+	c->st.prefetch_unused_chunks++;
+}
+
+static void prefetch_unmark(struct apb_cache *c, struct apb_chunk *ch)
+{
+	assert(ch->prefetched && c->st.prefetch_unused_chunks > 0);
+	ch->prefetched = false;
+	c->st.prefetch_unused_chunks--;
+}
+
+/* A get reads a prefetched chunk for the first time. */
+static void prefetch_read(struct apb_cache *c, struct apb_chunk *ch)
+{
+	prefetch_unmark(c, ch);
+	c->st.prefetch_hits++;
+	c->st.prefetch_hits_bytes += ch->len;
+	c->models[ch->model].prefetch_hits++;
+}
+
+/* A prefetched chunk leaves the cache unread. */
+static void prefetch_waste(struct apb_cache *c, struct apb_chunk *ch)
+{
+	prefetch_unmark(c, ch);
+	c->st.prefetch_wasted++;
+	c->st.prefetch_wasted_bytes += ch->len;
+	c->models[ch->model].prefetch_wasted++;
+}
+
 /* Take a READY chunk out of the table and the residency counters, and
- * count its eviction. The caller decides what its slot becomes. */
+ * count its eviction (and, if nobody read it, a wasted prefetch). The
+ * caller decides what its slot becomes. */
 static void chunk_forget(struct apb_cache *c, struct apb_chunk *ch)
 {
 	assert(ch->state == CHUNK_READY);
+	if (ch->prefetched)
+		prefetch_waste(c, ch);
 	table_remove(c, ch);
 	assert(c->st.resident_chunks > 0);
 	c->st.resident_chunks--;
@@ -311,9 +425,10 @@ static void slot_release(struct apb_cache *c, struct apb_chunk *ch)
 	slot_push_free(c, ch);
 }
 
-/* A slot for a new chunk: a free one, else the policy's victim's. NULL if
- * every slot is referenced or loading. */
-static struct apb_chunk *slot_take(struct apb_cache *c)
+/* A slot for a new chunk: a free one, else the policy's victim's (with
+ * spare_cold, not an unread prefetched chunk's). NULL if every slot is
+ * referenced or loading (or, with spare_cold, holds such a chunk). */
+static struct apb_chunk *slot_take(struct apb_cache *c, bool spare_cold)
 {
 	struct apb_chunk *ch;
 
@@ -323,7 +438,7 @@ static struct apb_chunk *slot_take(struct apb_cache *c)
 		c->used_slots++;
 		return ch;
 	}
-	ch = evict_pop_victim(c);
+	ch = evict_pop_victim(c, spare_cold);
 	if (ch)
 		chunk_drop(c, ch);
 	return ch;
@@ -385,7 +500,8 @@ static long load_result(const struct apb_cache *c, long n)
 
 /* Load (model, index) into the slot of ch, a fresh slot from slot_take().
  * Called and returns with mu held; drops it around the loader. On success
- * ch is READY and referenced once for the caller. */
+ * ch is READY and referenced once for the caller. A prefetch marks ch
+ * before; a get touches it after. */
 static int chunk_load(struct apb_cache *c, struct apb_chunk *ch,
 		      uint32_t model, uint64_t index)
 {
@@ -409,6 +525,8 @@ static int chunk_load(struct apb_cache *c, struct apb_chunk *ch,
 	if (ch->refs > 1) /* every waiter holds a reference */
 		pthread_cond_broadcast(&c->load_cv);
 	if (n < 0) {
+		if (ch->prefetched)
+			prefetch_unmark(c, ch); /* nothing issued, nothing wasted */
 		table_remove(c, ch);
 		ch->state = CHUNK_FAILED;
 		ch->load_error = (int)n;
@@ -467,16 +585,21 @@ static int get_chunk(struct apb_cache *c, uint32_t model, uint64_t index,
 	for (;;) {
 		ch = table_find(c, model, index);
 		if (ch) {
-			count_once(c, model, ch->state == CHUNK_READY, &counted);
+			/* Prefetched: READY, or being loaded by a prefetch. */
+			count_once(c, model,
+				   ch->state == CHUNK_READY || ch->prefetched,
+				   &counted);
 			if (ch->state == CHUNK_READY) {
 				chunk_ref(c, ch);
+				if (ch->prefetched)
+					prefetch_read(c, ch);
 				rc = 0;
 			} else {
 				rc = chunk_wait_loaded(c, ch);
 			}
 			break;
 		}
-		ch = slot_take(c);
+		ch = slot_take(c, false);
 		if (!ch && !may_wait) {
 			rc = -EAGAIN; /* nothing counted: the caller will retry */
 			break;
@@ -484,6 +607,8 @@ static int get_chunk(struct apb_cache *c, uint32_t model, uint64_t index,
 		count_once(c, model, false, &counted);
 		if (ch) {
 			rc = chunk_load(c, ch, model, index);
+			if (rc == 0) /* the loading get is a use, like any */
+				apb_evict_touch(c->evictable, &ch->evict);
 			break;
 		}
 		c->slot_waiters++;
@@ -545,6 +670,58 @@ size_t apb_chunk_len(const struct apb_chunk *chunk)
 	return chunk->len;
 }
 
+/* ---- prefetch -------------------------------------------------------- */
+
+/* A slot for a prefetch, or NULL: never waits, never exceeds the share,
+ * never evicts an unread prefetched chunk, and never takes a slot that a
+ * waiting get could have. */
+static struct apb_chunk *prefetch_slot(struct apb_cache *c)
+{
+	if (c->st.prefetch_unused_chunks >= c->prefetch_share)
+		return NULL;
+	if (c->slot_waiters > 0)
+		return NULL;
+	return slot_take(c, true);
+}
+
+/* A prefetch load succeeded: ch is READY, referenced by the loader. */
+static void prefetch_loaded(struct apb_cache *c, struct apb_chunk *ch)
+{
+	c->st.prefetch_issued++;
+	c->st.prefetch_issued_bytes += ch->len;
+	c->models[ch->model].prefetch_issued++;
+	/* Gets that waited for the load hold references and will return
+	 * this chunk whatever happens next: the first of them reads it. */
+	if (ch->refs > 1)
+		prefetch_read(c, ch);
+	chunk_unref(c, ch); /* the loader's; unread, it enters cold */
+}
+
+int apb_cache_prefetch(struct apb_cache *c, uint32_t model, uint64_t index)
+{
+	struct apb_chunk *ch;
+	int rc;
+
+	if (model >= c->model_count)
+		return -EINVAL;
+	lock(c);
+	if (table_find(c, model, index)) {
+		unlock(c);
+		return 0;
+	}
+	ch = prefetch_slot(c);
+	if (!ch) {
+		unlock(c);
+		return -EAGAIN;
+	}
+	prefetch_mark(c, ch);
+	rc = chunk_load(c, ch, model, index);
+	if (rc == 0)
+		prefetch_loaded(c, ch);
+	unlock(c);
+	return rc;
+}
+
 /* ---- clear and evict_model ------------------------------------------- */
 
 #ifndef NDEBUG
@@ -552,6 +729,7 @@ size_t apb_chunk_len(const struct apb_chunk *chunk)
 static bool cache_consistent(struct apb_cache *c)
 {
 	uint32_t nfree = 0, used = 0, evictable = 0, resident = 0;
+	uint32_t prefetched = 0, cold = 0;
 
 	for (uint32_t i = 0; i < c->nslots; i++) {
 		struct apb_chunk *ch = &c->chunks[i];
@@ -567,10 +745,19 @@ static bool cache_consistent(struct apb_cache *c)
 		if ((ch->state == CHUNK_FAILED || ch->state == CHUNK_DETACHED) &&
 		    ch->refs == 0)
 			return false;
+		/* Only in the table, and only unreferenced once loaded. */
+		if (ch->prefetched && !(ch->state == CHUNK_LOADING ||
+					(ch->state == CHUNK_READY && ch->refs == 0)))
+			return false;
+		prefetched += ch->prefetched;
+		cold += ch->prefetched && ch->state == CHUNK_READY;
 	}
 	return nfree == c->nfree && used == c->used_slots &&
 	       evictable == apb_evict_count(c->evictable) &&
-	       resident == c->st.resident_chunks;
+	       resident == c->st.resident_chunks &&
+	       prefetched == c->st.prefetch_unused_chunks &&
+	       prefetched <= c->prefetch_share &&
+	       cold == apb_evict_cold_count(c->evictable);
 }
 #endif
 
@@ -647,14 +834,21 @@ void apb_cache_clear(struct apb_cache *c)
 
 /* ---- statistics ------------------------------------------------------ */
 
+/* Zero every counter; keep the state (residency, unread prefetches). */
 void apb_cache_reset_stats(struct apb_cache *c)
 {
+	struct apb_cache_stats state = {0};
+
 	lock(c);
-	c->st.hits = c->st.misses = c->st.evictions = 0;
-	c->st.loaded_bytes = c->st.load_errors = 0;
+	state.resident_chunks = c->st.resident_chunks;
+	state.prefetch_unused_chunks = c->st.prefetch_unused_chunks;
+	c->st = state;
 	for (uint32_t m = 0; m < c->model_count; m++) {
-		c->models[m].hits = c->models[m].misses = 0;
-		c->models[m].evictions = 0;
+		struct apb_cache_model_stats model_state = {
+			.resident_bytes = c->models[m].resident_bytes,
+		};
+
+		c->models[m] = model_state;
 	}
 	unlock(c);
 }
@@ -693,7 +887,20 @@ static int config_check(const struct apb_cache_config *cfg)
 		return -EINVAL;
 	if (cfg->policy != APB_EVICT_LRU && cfg->policy != APB_EVICT_LFU)
 		return -EINVAL;
+	if (cfg->prefetch_share_pct > 100)
+		return -EINVAL;
 	return 0;
+}
+
+/* The share of slots unread prefetched chunks may hold: at least one. */
+static uint32_t prefetch_share_of(uint32_t nslots, uint32_t pct)
+{
+	uint64_t share;
+
+	if (pct == 0)
+		pct = DEFAULT_PREFETCH_SHARE_PCT;
+	share = (uint64_t)nslots * pct / 100;
+	return share > 0 ? (uint32_t)share : 1;
 }
 
 static uint32_t pow2_at_least(uint32_t n)
@@ -785,6 +992,8 @@ int apb_cache_new(const struct apb_cache_config *cfg, struct apb_cache **out)
 	c->nslots = (uint32_t)(cfg->budget_bytes / cfg->chunk_size);
 	c->model_count = cfg->model_count;
 	c->bucket_mask = pow2_at_least(2 * c->nslots) - 1;
+	c->prefetch_share = prefetch_share_of(c->nslots,
+					      cfg->prefetch_share_pct);
 	c->load = cfg->load;
 	c->load_ctx = cfg->load_ctx;
 	c->region_bytes = (size_t)c->nslots * c->chunk_size;

@@ -48,6 +48,10 @@ typedef long (*apb_cache_load_fn)(void *ctx, uint32_t model, uint64_t index,
 
 struct apb_cache_config {
 	uint64_t budget_bytes;    /* >= chunk_size */
+	/* Most slots that prefetched chunks not yet read may hold, in percent
+	 * of all slots (at least one slot); 0 means the default (50), over 100
+	 * is -EINVAL. */
+	uint32_t prefetch_share_pct;
 	uint32_t chunk_size;      /* multiple of 4096, >= 4096 */
 	enum apb_eviction policy;
 	uint32_t model_count;     /* models are 0 .. model_count - 1 */
@@ -59,11 +63,20 @@ struct apb_cache_stats {
 	uint64_t budget_bytes;    /* slots * chunk_size */
 	uint64_t used_bytes;      /* slots resident or loading * chunk_size */
 	uint64_t resident_chunks; /* loaded chunks (not counting in-flight) */
-	uint64_t hits;            /* gets that found the chunk resident */
-	uint64_t misses;          /* gets that had to load or wait for a load */
+	uint64_t hits;            /* gets that found the chunk resident or
+				   * being loaded by a prefetch */
+	uint64_t misses;          /* gets that loaded, or waited for another
+				   * get's load */
 	uint64_t evictions;       /* chunks dropped, for room or on request */
 	uint64_t loaded_bytes;    /* bytes returned by successful loads */
 	uint64_t load_errors;     /* loads that failed */
+	uint64_t prefetch_issued;       /* chunks loaded by apb_cache_prefetch */
+	uint64_t prefetch_issued_bytes;
+	uint64_t prefetch_hits;         /* of those, first read by a get */
+	uint64_t prefetch_hits_bytes;
+	uint64_t prefetch_wasted;       /* of those, dropped before any get */
+	uint64_t prefetch_wasted_bytes;
+	uint64_t prefetch_unused_chunks; /* state: prefetched, not yet read */
 };
 
 struct apb_cache_model_stats {
@@ -71,6 +84,9 @@ struct apb_cache_model_stats {
 	uint64_t hits;
 	uint64_t misses;
 	uint64_t evictions;
+	uint64_t prefetch_issued;
+	uint64_t prefetch_hits;
+	uint64_t prefetch_wasted;
 };
 
 struct apb_cache;
@@ -100,6 +116,24 @@ int apb_cache_tryget(struct apb_cache *c, uint32_t model, uint64_t index,
 		     struct apb_chunk **out);
 void apb_cache_put(struct apb_cache *c, struct apb_chunk *chunk);
 
+/*
+ * Load chunk index of model ahead of demand, in the calling thread, if
+ * there is room; never waits for a slot and takes no reference. Returns 0
+ * when the chunk was loaded or is already resident or loading, -EAGAIN
+ * when prefetched chunks not yet read already fill their share of the
+ * slots, when no slot is free and no chunk that has been read is evictable
+ * (a prefetch never evicts another unread prefetch), or when a get is
+ * waiting for a slot (demand first); -EINVAL for a bad model, or the
+ * loader's errno (nothing cached). Counts no hit or miss; counts
+ * prefetch_issued. The chunk enters the eviction order cold: it is the
+ * first candidate for eviction until a get reads it, so a prefetch that
+ * is never used cannot push out data that is. A get that finds a chunk
+ * being loaded by a prefetch counts a hit (SPEC §5); the first get of a
+ * prefetched chunk counts prefetch_hits; a prefetched chunk evicted before
+ * any get counts prefetch_wasted.
+ */
+int apb_cache_prefetch(struct apb_cache *c, uint32_t model, uint64_t index);
+
 /* Valid bytes of a referenced chunk. */
 const void *apb_chunk_data(const struct apb_chunk *chunk);
 size_t apb_chunk_len(const struct apb_chunk *chunk);
@@ -111,8 +145,8 @@ size_t apb_chunk_len(const struct apb_chunk *chunk);
 void apb_cache_evict_model(struct apb_cache *c, uint32_t model);
 void apb_cache_clear(struct apb_cache *c);
 
-/* Zero hits, misses, evictions, loaded_bytes, load_errors (global and per
- * model); memory and residency are state, not counters, and stay. */
+/* Zero every counter, global and per model (prefetch counters included);
+ * state stays: memory, resident chunks and bytes, prefetch_unused_chunks. */
 void apb_cache_reset_stats(struct apb_cache *c);
 
 void apb_cache_stats(struct apb_cache *c, struct apb_cache_stats *out);

@@ -5,9 +5,10 @@
  * derived from the pair, every model is model_bytes long (so its last chunk
  * is short when model_bytes is not a multiple of the chunk size), and it can
  * fail loads or hold them until the cache has counted a given number of
- * misses - the way tests line threads up without sleeping: a get counts its
- * miss under the cache lock before it waits, so once the count is reached
- * every getter is inside the cache.
+ * misses (or hits) - the way tests line threads up without sleeping: a get
+ * counts its miss (or, waiting for a prefetch's load, its hit) under the
+ * cache lock before it waits, so once the count is reached every getter is
+ * inside the cache.
  *
  * Shared test state is guarded by pthread mutexes, not C11 atomics, so that
  * Helgrind (which does not model atomics) can check the runs too.
@@ -16,6 +17,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
@@ -38,6 +40,7 @@ struct source {
 	uint64_t bytes;           /* bytes returned by successful loads */
 	int fail_rc;              /* != 0: loads return this */
 	uint64_t gate_misses;     /* != 0: loads wait for this many misses */
+	uint64_t gate_hits;       /* != 0: loads wait for this many hits */
 	long result_override;     /* != 0: loads return this after filling */
 };
 
@@ -97,13 +100,27 @@ static uint64_t cache_misses(struct apb_cache *c)
 	return st.misses;
 }
 
-/* Poll until the cache counted n misses; fail after 30 s. */
-static void wait_for_misses(struct apb_cache *c, uint64_t n)
+static uint64_t cache_hits(struct apb_cache *c)
 {
-	for (int waited_ms = 0; cache_misses(c) < n; waited_ms++) {
+	struct apb_cache_stats st;
+
+	apb_cache_stats(c, &st);
+	return st.hits;
+}
+
+/* Poll until count(c) reaches n; fail after 30 s. */
+static void wait_for_count(struct apb_cache *c,
+			   uint64_t (*count)(struct apb_cache *c), uint64_t n)
+{
+	for (int waited_ms = 0; count(c) < n; waited_ms++) {
 		CHECK(waited_ms < 30000);
 		sleep_ms(1);
 	}
+}
+
+static void wait_for_misses(struct apb_cache *c, uint64_t n)
+{
+	wait_for_count(c, cache_misses, n);
 }
 
 static long source_load(void *ctx, uint32_t model, uint64_t index, void *buf,
@@ -111,7 +128,7 @@ static long source_load(void *ctx, uint32_t model, uint64_t index, void *buf,
 {
 	struct source *s = ctx;
 	size_t len = chunk_bytes(s, (uint32_t)cap, index);
-	uint64_t gate;
+	uint64_t gate, gate_hits;
 	long override;
 	int fail;
 
@@ -119,11 +136,14 @@ static long source_load(void *ctx, uint32_t model, uint64_t index, void *buf,
 	s->calls++;
 	fail = s->fail_rc;
 	gate = s->gate_misses;
+	gate_hits = s->gate_hits;
 	override = s->result_override;
 	pthread_mutex_unlock(&s->mu);
 
 	if (gate)
 		wait_for_misses(s->cache, gate);
+	if (gate_hits)
+		wait_for_count(s->cache, cache_hits, gate_hits);
 	if (fail)
 		return fail;
 	pattern_fill(model, index, buf, len);
@@ -150,6 +170,14 @@ static void source_set(struct source *s, int fail_rc, uint64_t gate_misses)
 	pthread_mutex_unlock(&s->mu);
 }
 
+/* Loads wait until the cache counted n hits (0: no wait). */
+static void source_gate_hits(struct source *s, uint64_t n)
+{
+	pthread_mutex_lock(&s->mu);
+	s->gate_hits = n;
+	pthread_mutex_unlock(&s->mu);
+}
+
 static unsigned source_calls(struct source *s)
 {
 	unsigned n;
@@ -160,12 +188,18 @@ static unsigned source_calls(struct source *s)
 	return n;
 }
 
-static struct apb_cache *cache_make(struct source *s, enum apb_eviction policy,
-				    uint64_t budget_bytes, uint32_t chunk_size,
-				    uint32_t model_count)
+/* A cache whose unread prefetched chunks may fill share_pct of the slots
+ * (0: the default). */
+static struct apb_cache *cache_make_share(struct source *s,
+					  enum apb_eviction policy,
+					  uint64_t budget_bytes,
+					  uint32_t chunk_size,
+					  uint32_t model_count,
+					  uint32_t share_pct)
 {
 	struct apb_cache_config cfg = {
 		.budget_bytes = budget_bytes,
+		.prefetch_share_pct = share_pct,
 		.chunk_size = chunk_size,
 		.policy = policy,
 		.model_count = model_count,
@@ -178,6 +212,14 @@ static struct apb_cache *cache_make(struct source *s, enum apb_eviction policy,
 	CHECK(c != NULL);
 	s->cache = c;
 	return c;
+}
+
+static struct apb_cache *cache_make(struct source *s, enum apb_eviction policy,
+				    uint64_t budget_bytes, uint32_t chunk_size,
+				    uint32_t model_count)
+{
+	return cache_make_share(s, policy, budget_bytes, chunk_size,
+				model_count, 0);
 }
 
 static void cache_done(struct source *s, struct apb_cache *c)
@@ -235,6 +277,8 @@ static void test_config_rejects_invalid_values(void)
 	bad = ok, bad.policy = (enum apb_eviction)7;
 	CHECK_EQ(apb_cache_new(&bad, &c), -EINVAL);
 	bad = ok, bad.load = NULL;
+	CHECK_EQ(apb_cache_new(&bad, &c), -EINVAL);
+	bad = ok, bad.prefetch_share_pct = 101;
 	CHECK_EQ(apb_cache_new(&bad, &c), -EINVAL);
 	CHECK(c == NULL);
 
@@ -587,6 +631,374 @@ static void test_reset_stats_keeps_residency(void)
 	cache_done(&s, c);
 }
 
+/* ---- prefetch -------------------------------------------------------- */
+
+static struct apb_cache_stats stats_of(struct apb_cache *c)
+{
+	struct apb_cache_stats st;
+
+	apb_cache_stats(c, &st);
+	return st;
+}
+
+static struct apb_cache_model_stats model_stats_of(struct apb_cache *c,
+						   uint32_t model)
+{
+	struct apb_cache_model_stats ms;
+
+	apb_cache_model_stats(c, model, &ms);
+	return ms;
+}
+
+static void test_prefetch_loads_bytes_and_counts_issued_not_access(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+	struct apb_cache_model_stats ms;
+
+	source_init(&s, 2 * CS + 1808);
+	c = cache_make(&s, APB_EVICT_LRU, 4 * CS, CS, 2);
+	CHECK_EQ(apb_cache_prefetch(c, 2, 0), -EINVAL);
+	CHECK_EQ(apb_cache_prefetch(c, 1, 2), 0);
+	CHECK_EQ(source_calls(&s), 1);
+	st = stats_of(c);
+	CHECK_EQ(st.hits + st.misses, 0);
+	CHECK_EQ(st.prefetch_issued, 1);
+	CHECK_EQ(st.prefetch_issued_bytes, 1808);
+	CHECK_EQ(st.prefetch_hits + st.prefetch_wasted, 0);
+	CHECK_EQ(st.prefetch_unused_chunks, 1);
+	CHECK_EQ(st.resident_chunks, 1);
+	CHECK_EQ(st.used_bytes, CS);
+	CHECK_EQ(st.loaded_bytes, 1808);
+	ms = model_stats_of(c, 1);
+	CHECK_EQ(ms.prefetch_issued, 1);
+	CHECK_EQ(ms.resident_bytes, 1808);
+	CHECK_EQ(ms.hits + ms.misses, 0);
+	CHECK_EQ(model_stats_of(c, 0).prefetch_issued, 0);
+
+	/* The first get reads the loaded bytes: a hit and a prefetch hit. */
+	CHECK(access_chunk(&s, c, CS, 1, 2));
+	st = stats_of(c);
+	CHECK_EQ(st.hits, 1);
+	CHECK_EQ(st.misses, 0);
+	CHECK_EQ(st.prefetch_hits, 1);
+	CHECK_EQ(st.prefetch_hits_bytes, 1808);
+	CHECK_EQ(st.prefetch_unused_chunks, 0);
+	CHECK_EQ(model_stats_of(c, 1).prefetch_hits, 1);
+	CHECK_EQ(source_calls(&s), 1);
+
+	/* A second get is an ordinary hit. */
+	CHECK(access_chunk(&s, c, CS, 1, 2));
+	st = stats_of(c);
+	CHECK_EQ(st.hits, 2);
+	CHECK_EQ(st.prefetch_hits, 1);
+	CHECK_EQ(st.prefetch_issued, 1);
+	CHECK_EQ(st.prefetch_wasted, 0);
+	cache_done(&s, c);
+}
+
+static void test_prefetch_of_resident_chunk_is_a_no_op(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_chunk *held;
+	struct apb_cache_stats st;
+
+	source_init(&s, 4 * CS);
+	c = cache_make(&s, APB_EVICT_LRU, 4 * CS, CS, 1);
+	access_chunk(&s, c, CS, 0, 0);
+	CHECK_EQ(apb_cache_prefetch(c, 0, 0), 0); /* released */
+	CHECK_EQ(apb_cache_get(c, 0, 1, &held), 0);
+	CHECK_EQ(apb_cache_prefetch(c, 0, 1), 0); /* referenced */
+	CHECK_EQ(apb_cache_prefetch(c, 0, 2), 0);
+	CHECK_EQ(apb_cache_prefetch(c, 0, 2), 0); /* prefetched already */
+	apb_cache_put(c, held);
+	st = stats_of(c);
+	CHECK_EQ(source_calls(&s), 3);
+	CHECK_EQ(st.prefetch_issued, 1);
+	CHECK_EQ(st.prefetch_unused_chunks, 1);
+	CHECK_EQ(st.hits, 0);
+	CHECK_EQ(st.misses, 2);
+	CHECK(access_chunk(&s, c, CS, 0, 0)); /* still an ordinary chunk */
+	CHECK_EQ(stats_of(c).prefetch_hits, 0);
+	cache_done(&s, c);
+}
+
+static void test_prefetch_share_limits_unread_chunks(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+
+	source_init(&s, 16 * CS);
+	/* 8 slots, the default share (50%): four unread chunks at most. */
+	c = cache_make(&s, APB_EVICT_LRU, 8 * CS, CS, 1);
+	for (uint64_t i = 0; i < 4; i++)
+		CHECK_EQ(apb_cache_prefetch(c, 0, i), 0);
+	CHECK_EQ(apb_cache_prefetch(c, 0, 4), -EAGAIN);
+	st = stats_of(c);
+	CHECK_EQ(st.prefetch_unused_chunks, 4);
+	CHECK_EQ(st.prefetch_issued, 4);
+	CHECK_EQ(st.resident_chunks, 4); /* four slots free, but not for it */
+	CHECK_EQ(source_calls(&s), 4);
+	/* Reading one makes room for one more. */
+	CHECK(access_chunk(&s, c, CS, 0, 1));
+	CHECK_EQ(stats_of(c).prefetch_unused_chunks, 3);
+	CHECK_EQ(apb_cache_prefetch(c, 0, 4), 0);
+	CHECK_EQ(apb_cache_prefetch(c, 0, 5), -EAGAIN);
+	st = stats_of(c);
+	CHECK_EQ(st.prefetch_unused_chunks, 4);
+	CHECK_EQ(st.prefetch_issued, 5);
+	cache_done(&s, c);
+
+	/* 8 slots at 25%: two. */
+	source_init(&s, 16 * CS);
+	c = cache_make_share(&s, APB_EVICT_LFU, 8 * CS, CS, 1, 25);
+	CHECK_EQ(apb_cache_prefetch(c, 0, 0), 0);
+	CHECK_EQ(apb_cache_prefetch(c, 0, 1), 0);
+	CHECK_EQ(apb_cache_prefetch(c, 0, 2), -EAGAIN);
+	cache_done(&s, c);
+
+	/* One slot: half of it rounds up to the whole slot. */
+	source_init(&s, 16 * CS);
+	c = cache_make(&s, APB_EVICT_LRU, 1 * CS, CS, 1);
+	CHECK_EQ(apb_cache_prefetch(c, 0, 0), 0);
+	CHECK_EQ(apb_cache_prefetch(c, 0, 1), -EAGAIN);
+	CHECK_EQ(stats_of(c).prefetch_unused_chunks, 1);
+	cache_done(&s, c);
+}
+
+static void test_prefetch_refuses_without_waiting_when_all_referenced(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_chunk *a, *b;
+	struct apb_cache_stats st;
+
+	source_init(&s, 4 * CS);
+	c = cache_make(&s, APB_EVICT_LRU, 2 * CS, CS, 1);
+	CHECK_EQ(apb_cache_get(c, 0, 0, &a), 0);
+	CHECK_EQ(apb_cache_get(c, 0, 1, &b), 0);
+	CHECK_EQ(apb_cache_prefetch(c, 0, 2), -EAGAIN); /* would hang if it waited */
+	st = stats_of(c);
+	CHECK_EQ(source_calls(&s), 2);
+	CHECK_EQ(st.prefetch_issued + st.prefetch_unused_chunks, 0);
+	CHECK_EQ(st.hits, 0);
+	CHECK_EQ(st.misses, 2);
+	CHECK_EQ(st.evictions, 0);
+	apb_cache_put(c, b);
+	CHECK_EQ(apb_cache_prefetch(c, 0, 2), 0); /* b is a victim now */
+	st = stats_of(c);
+	CHECK_EQ(st.evictions, 1);
+	CHECK_EQ(st.prefetch_wasted, 0);
+	apb_cache_put(c, a);
+	cache_done(&s, c);
+}
+
+/* A prefetch takes a used chunk's slot, never an unread prefetch's: that
+ * would let a readahead window evict itself. */
+static void test_prefetch_never_evicts_an_unread_prefetch(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_chunk *held;
+	struct apb_cache_stats st;
+
+	source_init(&s, 16 * CS);
+	c = cache_make_share(&s, APB_EVICT_LRU, 4 * CS, CS, 1, 100);
+	CHECK_EQ(apb_cache_get(c, 0, 0, &held), 0);
+	for (uint64_t i = 1; i <= 3; i++)
+		CHECK_EQ(apb_cache_prefetch(c, 0, i), 0);
+	/* Full: the only used chunk is held, the rest are unread. */
+	CHECK_EQ(apb_cache_prefetch(c, 0, 4), -EAGAIN);
+	st = stats_of(c);
+	CHECK_EQ(st.prefetch_unused_chunks, 3);
+	CHECK_EQ(st.evictions, 0);
+	apb_cache_put(c, held);
+	CHECK_EQ(apb_cache_prefetch(c, 0, 4), 0); /* takes chunk 0's slot */
+	st = stats_of(c);
+	CHECK_EQ(st.evictions, 1);
+	CHECK_EQ(st.prefetch_wasted, 0);
+	CHECK_EQ(st.prefetch_unused_chunks, 4);
+	CHECK(!access_chunk(&s, c, CS, 0, 0));
+	cache_done(&s, c);
+}
+
+/*
+ * 3 slots: A and B got and released, then P prefetched fills the cache.
+ * Inserted warm, P would be the most recently released (LRU) or tie A and
+ * B at K = 1 and lose on age (LFU): the miss on C would evict A. Cold, it
+ * is the victim.
+ */
+static struct apb_cache *miss_after_prefetch_evicts_it(struct source *s,
+						       enum apb_eviction policy)
+{
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+
+	source_init(s, 16 * CS);
+	c = cache_make(s, policy, 3 * CS, CS, 1);
+	access_chunk(s, c, CS, 0, 0); /* A */
+	access_chunk(s, c, CS, 0, 1); /* B */
+	CHECK_EQ(apb_cache_prefetch(c, 0, 9), 0); /* P */
+	CHECK(!access_chunk(s, c, CS, 0, 2)); /* C evicts P, not A */
+	st = stats_of(c);
+	CHECK_EQ(st.evictions, 1);
+	CHECK_EQ(st.prefetch_wasted, 1);
+	CHECK_EQ(st.prefetch_wasted_bytes, CS);
+	CHECK_EQ(st.prefetch_unused_chunks, 0);
+	CHECK_EQ(model_stats_of(c, 0).prefetch_wasted, 1);
+	CHECK(access_chunk(s, c, CS, 0, 0));
+	CHECK(access_chunk(s, c, CS, 0, 1));
+	return c;
+}
+
+static void test_lru_evicts_unread_prefetch_before_used_chunks(void)
+{
+	struct source s;
+	struct apb_cache *c = miss_after_prefetch_evicts_it(&s, APB_EVICT_LRU);
+	struct apb_cache_stats st;
+
+	/* Once read, a prefetched chunk is warm like any other: released
+	 * after A, it outlives A. */
+	CHECK_EQ(apb_cache_prefetch(c, 0, 9), 0); /* evicts C, the LRU */
+	CHECK(access_chunk(&s, c, CS, 0, 9));
+	CHECK(!access_chunk(&s, c, CS, 0, 3)); /* evicts A */
+	CHECK(access_chunk(&s, c, CS, 0, 9));
+	st = stats_of(c);
+	CHECK_EQ(st.prefetch_wasted, 1);
+	CHECK_EQ(st.prefetch_hits, 1);
+	CHECK_EQ(st.evictions, 3);
+	CHECK(!access_chunk(&s, c, CS, 0, 0));
+	cache_done(&s, c);
+}
+
+static void test_lfu_evicts_unread_prefetch_before_used_chunks(void)
+{
+	struct source s;
+	struct apb_cache *c = miss_after_prefetch_evicts_it(&s, APB_EVICT_LFU);
+	struct apb_cache_stats st;
+
+	cache_done(&s, c);
+
+	/* An unread chunk goes first even when used chunks' K ties L. */
+	source_init(&s, 16 * CS);
+	c = cache_make(&s, APB_EVICT_LFU, 4 * CS, CS, 1);
+	for (uint64_t i = 0; i < 4; i++)
+		access_chunk(&s, c, CS, 0, i); /* K = 1 each, L = 0 */
+	CHECK_EQ(apb_cache_prefetch(c, 0, 9), 0); /* evicts 0: L = 1 */
+	st = stats_of(c);
+	CHECK_EQ(st.evictions, 1);
+	CHECK_EQ(st.prefetch_wasted, 0);
+	CHECK(!access_chunk(&s, c, CS, 0, 4)); /* evicts P, not 1 (K = L) */
+	st = stats_of(c);
+	CHECK_EQ(st.evictions, 2);
+	CHECK_EQ(st.prefetch_wasted, 1);
+	CHECK(access_chunk(&s, c, CS, 0, 1));
+	CHECK(access_chunk(&s, c, CS, 0, 2));
+	CHECK(access_chunk(&s, c, CS, 0, 3));
+	CHECK(!access_chunk(&s, c, CS, 0, 0));
+	cache_done(&s, c);
+}
+
+static void test_clear_and_evict_model_count_unread_prefetches_wasted(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+
+	source_init(&s, 2 * CS + 1808);
+	c = cache_make(&s, APB_EVICT_LFU, 8 * CS, CS, 2);
+	CHECK_EQ(apb_cache_prefetch(c, 0, 0), 0);
+	CHECK_EQ(apb_cache_prefetch(c, 0, 2), 0);
+	CHECK_EQ(apb_cache_prefetch(c, 1, 0), 0);
+	CHECK_EQ(apb_cache_prefetch(c, 1, 1), 0);
+	CHECK(access_chunk(&s, c, CS, 0, 0));
+
+	apb_cache_evict_model(c, 1);
+	st = stats_of(c);
+	CHECK_EQ(st.prefetch_wasted, 2);
+	CHECK_EQ(st.prefetch_wasted_bytes, 2 * CS);
+	CHECK_EQ(st.evictions, 2);
+	CHECK_EQ(st.prefetch_unused_chunks, 1);
+	CHECK_EQ(model_stats_of(c, 1).prefetch_wasted, 2);
+	CHECK_EQ(model_stats_of(c, 0).prefetch_wasted, 0);
+
+	apb_cache_clear(c);
+	st = stats_of(c);
+	CHECK_EQ(st.prefetch_wasted, 3);
+	CHECK_EQ(st.prefetch_wasted_bytes, 2 * CS + 1808);
+	CHECK_EQ(st.prefetch_hits, 1);
+	CHECK_EQ(st.prefetch_issued, 4);
+	CHECK_EQ(st.prefetch_unused_chunks, 0);
+	CHECK_EQ(st.evictions, 4);
+	CHECK_EQ(st.used_bytes, 0);
+	CHECK_EQ(model_stats_of(c, 0).prefetch_wasted, 1);
+	cache_done(&s, c);
+}
+
+static void test_reset_stats_zeroes_prefetch_counters_not_unread_chunks(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+	struct apb_cache_model_stats ms;
+
+	source_init(&s, 16 * CS);
+	c = cache_make_share(&s, APB_EVICT_LRU, 3 * CS, CS, 1, 100);
+	for (uint64_t i = 0; i < 3; i++)
+		CHECK_EQ(apb_cache_prefetch(c, 0, i), 0);
+	CHECK(access_chunk(&s, c, CS, 0, 0));
+	CHECK(!access_chunk(&s, c, CS, 0, 5)); /* evicts 2, the newest cold */
+	st = stats_of(c);
+	CHECK_EQ(st.prefetch_issued, 3);
+	CHECK_EQ(st.prefetch_hits, 1);
+	CHECK_EQ(st.prefetch_wasted, 1);
+	CHECK_EQ(st.prefetch_unused_chunks, 1);
+
+	apb_cache_reset_stats(c);
+	st = stats_of(c);
+	CHECK_EQ(st.prefetch_issued + st.prefetch_issued_bytes, 0);
+	CHECK_EQ(st.prefetch_hits + st.prefetch_hits_bytes, 0);
+	CHECK_EQ(st.prefetch_wasted + st.prefetch_wasted_bytes, 0);
+	CHECK_EQ(st.prefetch_unused_chunks, 1);
+	CHECK_EQ(st.resident_chunks, 3);
+	ms = model_stats_of(c, 0);
+	CHECK_EQ(ms.prefetch_issued + ms.prefetch_hits + ms.prefetch_wasted, 0);
+	CHECK_EQ(ms.resident_bytes, 3 * CS);
+	/* The unread chunk is still one: its first get is a prefetch hit. */
+	CHECK(access_chunk(&s, c, CS, 0, 1));
+	st = stats_of(c);
+	CHECK_EQ(st.prefetch_hits, 1);
+	CHECK_EQ(st.prefetch_unused_chunks, 0);
+	cache_done(&s, c);
+}
+
+static void test_failed_prefetch_returns_errno_and_caches_nothing(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+
+	source_init(&s, 4 * CS);
+	c = cache_make(&s, APB_EVICT_LRU, 2 * CS, CS, 1);
+	source_set(&s, -ENODATA, 0);
+	CHECK_EQ(apb_cache_prefetch(c, 0, 1), -ENODATA);
+	st = stats_of(c);
+	CHECK_EQ(st.load_errors, 1);
+	CHECK_EQ(st.prefetch_issued + st.prefetch_unused_chunks, 0);
+	CHECK_EQ(st.prefetch_wasted, 0);
+	CHECK_EQ(st.hits + st.misses, 0);
+	CHECK_EQ(st.resident_chunks, 0);
+	CHECK_EQ(st.used_bytes, 0);
+	source_set(&s, 0, 0);
+	CHECK(!access_chunk(&s, c, CS, 0, 1)); /* not cached: a miss loads */
+	CHECK_EQ(source_calls(&s), 2);
+	CHECK_EQ(stats_of(c).prefetch_hits, 0);
+	cache_done(&s, c);
+}
+
 /* ---- threads --------------------------------------------------------- */
 
 #define NTHREADS 8
@@ -793,10 +1205,92 @@ static void test_get_waits_for_slot_when_all_referenced(void)
 	cache_done(&s, b.cache);
 }
 
+struct prefetch_call {
+	struct apb_cache *cache;
+	uint64_t index;
+	int rc;
+};
+
+static void *prefetch_in_thread(void *p)
+{
+	struct prefetch_call *pc = p;
+
+	pc->rc = apb_cache_prefetch(pc->cache, 0, pc->index);
+	return NULL;
+}
+
+/* Poll until the loader has been called n times; fail after 30 s. */
+static void wait_for_calls(struct source *s, unsigned n)
+{
+	for (int waited_ms = 0; source_calls(s) < n; waited_ms++) {
+		CHECK(waited_ms < 30000);
+		sleep_ms(1);
+	}
+}
+
+/*
+ * A get that finds a prefetch loading its chunk waits for that load (single
+ * flight) and counts a hit. The loader holds until the cache counted the
+ * get's hit, so the get surely arrives while the prefetch loads.
+ */
+static void test_get_during_prefetch_load_is_a_hit_and_loads_once(void)
+{
+	struct source s;
+	struct prefetch_call pc = {0};
+	struct apb_cache_stats st;
+	struct apb_chunk *ch = NULL;
+	pthread_t t;
+
+	source_init(&s, 8 * CS);
+	pc.cache = cache_make(&s, APB_EVICT_LRU, 4 * CS, CS, 1);
+	pc.index = 3;
+	source_gate_hits(&s, 1);
+	CHECK_EQ(pthread_create(&t, NULL, prefetch_in_thread, &pc), 0);
+	wait_for_calls(&s, 1);
+	CHECK_EQ(apb_cache_prefetch(pc.cache, 0, 3), 0); /* loading: no-op */
+	CHECK_EQ(apb_cache_get(pc.cache, 0, 3, &ch), 0);
+	CHECK(chunk_matches(&s, ch, CS, 0, 3));
+	CHECK_EQ(pthread_join(t, NULL), 0);
+	CHECK_EQ(pc.rc, 0);
+	CHECK_EQ(source_calls(&s), 1);
+	st = stats_of(pc.cache);
+	CHECK_EQ(st.hits, 1);
+	CHECK_EQ(st.misses, 0);
+	CHECK_EQ(st.prefetch_issued, 1);
+	CHECK_EQ(st.prefetch_hits, 1);
+	CHECK_EQ(st.prefetch_hits_bytes, CS);
+	CHECK_EQ(st.prefetch_unused_chunks, 0);
+	apb_cache_put(pc.cache, ch);
+	CHECK(access_chunk(&s, pc.cache, CS, 0, 3));
+	CHECK_EQ(stats_of(pc.cache).prefetch_hits, 1);
+
+	/* The same when the load fails: the waiter gets the error, still a
+	 * hit, and nothing stays behind. */
+	source_set(&s, -EIO, 0);
+	source_gate_hits(&s, 3);
+	pc.index = 4;
+	CHECK_EQ(pthread_create(&t, NULL, prefetch_in_thread, &pc), 0);
+	wait_for_calls(&s, 2);
+	CHECK_EQ(apb_cache_get(pc.cache, 0, 4, &ch), -EIO);
+	CHECK(ch == NULL);
+	CHECK_EQ(pthread_join(t, NULL), 0);
+	CHECK_EQ(pc.rc, -EIO);
+	st = stats_of(pc.cache);
+	CHECK_EQ(st.hits, 3);
+	CHECK_EQ(st.misses, 0);
+	CHECK_EQ(st.load_errors, 1);
+	CHECK_EQ(st.prefetch_issued, 1);
+	CHECK_EQ(st.prefetch_unused_chunks, 0);
+	CHECK_EQ(st.resident_chunks, 1);
+	CHECK_EQ(st.used_bytes, CS);
+	cache_done(&s, pc.cache);
+}
+
 /*
  * Churn: worker threads get random chunks, check their bytes and put them,
  * while the main thread watches the cache. Thread 0 also calls evict_model
- * and clear now and then. Each worker holds at most one reference.
+ * and clear now and then. Each worker holds at most one reference. The last
+ * prefetch_threads workers prefetch instead of getting.
  */
 struct churn {
 	struct source *src;
@@ -806,8 +1300,12 @@ struct churn {
 	uint64_t first_index;    /* workers use indices from here on */
 	int gets_per_thread;
 	bool evict_too;
+	int threads;             /* workers in all */
+	int prefetch_threads;    /* of those, prefetchers */
+	uint64_t prefetch_share; /* the cache's */
 	pthread_mutex_t mu;
 	int running;             /* mu: workers not yet finished */
+	int getters_running;     /* mu: of those, not prefetchers */
 	int bad_bytes;           /* mu */
 	int failed_gets;         /* mu */
 };
@@ -828,12 +1326,62 @@ static uint64_t xorshift(uint64_t *state)
 	return *state = x;
 }
 
+static void churn_done(struct churn *w, bool getter, int bad, int failed)
+{
+	pthread_mutex_lock(&w->mu);
+	w->bad_bytes += bad;
+	w->failed_gets += failed;
+	w->running--;
+	w->getters_running -= getter;
+	pthread_mutex_unlock(&w->mu);
+}
+
+static bool churn_getting(struct churn *w)
+{
+	bool getting;
+
+	pthread_mutex_lock(&w->mu);
+	getting = w->getters_running > 0;
+	pthread_mutex_unlock(&w->mu);
+	return getting;
+}
+
+/* Prefetch windows of 4 chunks for as long as the getters run; anything
+ * but 0 or -EAGAIN fails, and so does a share exceeded. */
+static void churn_prefetch(struct churn_arg *a)
+{
+	struct churn *w = a->churn;
+	int failed = 0;
+
+	while (churn_getting(w)) {
+		uint64_t r = xorshift(&a->rng);
+		uint32_t model = (uint32_t)(r % w->models);
+		uint64_t first = (r >> 8) % w->chunks_per_model;
+
+		for (uint64_t i = first; i < first + 4 &&
+					 i < w->chunks_per_model; i++) {
+			int rc = apb_cache_prefetch(w->cache, model,
+						    w->first_index + i);
+
+			failed += rc != 0 && rc != -EAGAIN;
+			failed += stats_of(w->cache).prefetch_unused_chunks >
+				  w->prefetch_share;
+		}
+		sched_yield(); /* let the getters run (valgrind serializes) */
+	}
+	churn_done(w, false, 0, failed);
+}
+
 static void *churn_worker(void *p)
 {
 	struct churn_arg *a = p;
 	struct churn *w = a->churn;
 	int bad = 0, failed = 0;
 
+	if (a->id >= w->threads - w->prefetch_threads) {
+		churn_prefetch(a);
+		return NULL;
+	}
 	for (int n = 0; n < w->gets_per_thread; n++) {
 		uint64_t r = xorshift(&a->rng);
 		uint32_t model = (uint32_t)(r % w->models);
@@ -853,11 +1401,7 @@ static void *churn_worker(void *p)
 		bad += !chunk_matches(w->src, ch, CS, model, index);
 		apb_cache_put(w->cache, ch);
 	}
-	pthread_mutex_lock(&w->mu);
-	w->bad_bytes += bad;
-	w->failed_gets += failed;
-	w->running--;
-	pthread_mutex_unlock(&w->mu);
+	churn_done(w, true, bad, failed);
 	return NULL;
 }
 
@@ -894,6 +1438,8 @@ static void churn_run(struct churn *w, int nthreads,
 	CHECK(nthreads <= NTHREADS);
 	CHECK_EQ(pthread_mutex_init(&w->mu, NULL), 0);
 	w->running = nthreads;
+	w->threads = nthreads;
+	w->getters_running = nthreads - w->prefetch_threads;
 	for (int i = 0; i < nthreads; i++) {
 		args[i] = (struct churn_arg){w, 0x9e3779b97f4a7c15ull * (i + 1), i};
 		CHECK_EQ(pthread_create(&t[i], NULL, churn_worker, &args[i]), 0);
@@ -1041,6 +1587,75 @@ static void test_stress_random_gets_lfu_keep_bytes_and_invariants(void)
 	stress(APB_EVICT_LFU);
 }
 
+/*
+ * Prefetch stress: 4 threads get random chunks (thread 0 also evicts and
+ * clears now and then) while 2 threads prefetch windows of 4 chunks from
+ * random places, over a cache of 8 slots whose share is 4.
+ */
+static void check_prefetch_share(struct churn *w, void *ctx)
+{
+	(void)ctx;
+	CHECK(stats_of(w->cache).prefetch_unused_chunks <= w->prefetch_share);
+}
+
+static void prefetch_stress(enum apb_eviction policy)
+{
+	const uint32_t models = 2;
+	struct source s;
+	struct churn w = {0};
+	struct apb_cache_stats st;
+	uint64_t issued = 0, hits = 0, wasted = 0;
+
+	source_init(&s, 15 * (uint64_t)CS + 1000);
+	w.src = &s;
+	w.cache = cache_make(&s, policy, 8 * CS, CS, models);
+	w.models = models;
+	w.chunks_per_model = 16;
+	w.gets_per_thread = 1500;
+	w.evict_too = true;
+	w.prefetch_threads = 2;
+	w.prefetch_share = 4;
+	churn_run(&w, 6, check_prefetch_share, NULL);
+
+	st = stats_of(w.cache);
+	CHECK_EQ(st.hits + st.misses, 4 * 1500);
+	CHECK_EQ(st.load_errors, 0);
+	CHECK_EQ(st.loaded_bytes, s.bytes);
+	/* Every load is a prefetch's or a missing get's. */
+	CHECK(source_calls(&s) - st.prefetch_issued <= st.misses);
+	CHECK(st.prefetch_issued > 0);
+	CHECK(st.prefetch_hits > 0);
+	CHECK(st.prefetch_unused_chunks <= 4);
+	CHECK_EQ(st.prefetch_issued, st.prefetch_hits + st.prefetch_wasted +
+				     st.prefetch_unused_chunks);
+	for (uint32_t m = 0; m < models; m++) {
+		struct apb_cache_model_stats ms = model_stats_of(w.cache, m);
+
+		issued += ms.prefetch_issued;
+		hits += ms.prefetch_hits;
+		wasted += ms.prefetch_wasted;
+	}
+	CHECK_EQ(issued, st.prefetch_issued);
+	CHECK_EQ(hits, st.prefetch_hits);
+	CHECK_EQ(wasted, st.prefetch_wasted);
+	apb_cache_clear(w.cache);
+	st = stats_of(w.cache);
+	CHECK_EQ(st.prefetch_unused_chunks, 0);
+	CHECK_EQ(st.prefetch_issued, st.prefetch_hits + st.prefetch_wasted);
+	CHECK_EQ(st.used_bytes, 0);
+	cache_done(&s, w.cache);
+}
+
+static void test_stress_prefetch_and_gets_lru_keep_bytes_and_share(void)
+{
+	prefetch_stress(APB_EVICT_LRU);
+}
+
+static void test_stress_prefetch_and_gets_lfu_keep_bytes_and_share(void)
+{
+	prefetch_stress(APB_EVICT_LFU);
+}
+
 int main(void)
 {
 	RUN(test_config_rejects_invalid_values);
@@ -1055,6 +1670,16 @@ int main(void)
 	RUN(test_evict_model_drops_every_chunk_of_model_only);
 	RUN(test_clear_returns_memory_to_os);
 	RUN(test_reset_stats_keeps_residency);
+	RUN(test_prefetch_loads_bytes_and_counts_issued_not_access);
+	RUN(test_prefetch_of_resident_chunk_is_a_no_op);
+	RUN(test_prefetch_share_limits_unread_chunks);
+	RUN(test_prefetch_refuses_without_waiting_when_all_referenced);
+	RUN(test_prefetch_never_evicts_an_unread_prefetch);
+	RUN(test_lru_evicts_unread_prefetch_before_used_chunks);
+	RUN(test_lfu_evicts_unread_prefetch_before_used_chunks);
+	RUN(test_clear_and_evict_model_count_unread_prefetches_wasted);
+	RUN(test_reset_stats_zeroes_prefetch_counters_not_unread_chunks);
+	RUN(test_failed_prefetch_returns_errno_and_caches_nothing);
 	RUN(test_concurrent_misses_load_once);
 	RUN(test_load_error_reaches_every_waiter_and_is_not_cached);
 	RUN(test_tryget_refuses_instead_of_waiting_for_a_slot);
@@ -1063,5 +1688,8 @@ int main(void)
 	RUN(test_referenced_chunk_survives_churn);
 	RUN(test_stress_random_gets_lru_keep_bytes_and_invariants);
 	RUN(test_stress_random_gets_lfu_keep_bytes_and_invariants);
+	RUN(test_get_during_prefetch_load_is_a_hit_and_loads_once);
+	RUN(test_stress_prefetch_and_gets_lru_keep_bytes_and_share);
+	RUN(test_stress_prefetch_and_gets_lfu_keep_bytes_and_share);
 	return 0;
 }
