@@ -1,0 +1,411 @@
+/*
+ * prefetch.c - the prefetcher: a few low-priority worker threads that load
+ * chunk ranges ahead of demand (struct apb_prefetcher, prefetch.h), and the
+ * backoff that shrinks readahead windows while prefetches are wasted.
+ * Deciding what to prefetch is readahead.c's job.
+ *
+ * QUEUE AND WORKERS
+ *
+ * Jobs {model, first, count} wait in a ring of QUEUE_JOBS entries. Submit
+ * never blocks and never allocates: a full ring refuses the job with
+ * -EAGAIN (prefetch is advice, and a reader that outruns the workers by
+ * QUEUE_JOBS ranges gains nothing from one more). Each worker takes the
+ * oldest job and calls apb_cache_prefetch() for its chunks in order, with
+ * no lock of ours held. It abandons the rest of the job
+ *   - on -EAGAIN: the cache has no slot to spare, or unread prefetched
+ *     chunks already fill their share; loading on would only evict what
+ *     was just prefetched. The reader, when it gets there, triggers the
+ *     next range itself;
+ *   - on any other error (a bad model, the loader's I/O or checksum
+ *     error): the demand read of that chunk will report it to the reader,
+ *     which is the only one who can act on it;
+ *   - when the prefetcher is being freed (checked before every chunk, so
+ *     apb_prefetcher_free() waits for at most one load per worker).
+ *
+ * Workers lower their own CPU priority (nice 10) and take the lowest level
+ * of the best-effort I/O class: a demand read, whose caller is waiting,
+ * should win a contest for the disk and the CPU against a load that nobody
+ * waits for yet. Not the idle class: under a scheduler that honours it, a
+ * steady demand stream - the very sequential reader being prefetched for -
+ * would starve the prefetch entirely. Both calls
+ * may fail (a seccomp filter, a kernel without ioprio, an I/O scheduler
+ * that ignores classes); the prefetcher then merely competes as an equal,
+ * so failures are ignored. Workers also block every signal, so that the
+ * signals meant for the daemon (SIGINT/SIGTERM unmount) go to threads that
+ * act on them.
+ *
+ * BACKOFF
+ *
+ * A prefetched chunk that is evicted before any get read it was a waste of
+ * I/O and of a slot that could have held data someone reads. The cache
+ * counts both (prefetch_issued, prefetch_wasted). After a job, a worker
+ * takes a sample of those counters when SAMPLE_JOBS jobs or SAMPLE_MS have
+ * passed since the last one, whichever comes first, and compares the
+ * increments since then:
+ *
+ *   wasted > issued / 4   shift + 1 (halve the window), at most MAX_SHIFT
+ *   wasted < issued / 16  shift - 1 (double it back), at least 0
+ *   otherwise             keep it
+ *
+ * and apb_prefetcher_window(max) is max >> shift (at least 1 byte;
+ * readahead rounds up to one chunk). A quarter wasted means the windows
+ * are clearly larger than the cache can hold until the reader gets there
+ * (the budget is small for the number of streams, or readers stop early);
+ * halving at once frees room quickly. Recovery waits for waste under 1/16,
+ * a clear gap below the shrink threshold, so the window does not flap
+ * between two sizes on a workload that wastes about 1/4. MAX_SHIFT 6
+ * divides by 64: with the default 8 MiB readahead and 64 KiB chunks that is
+ * 2 chunks, still enough to overlap one load with one read. A sample whose
+ * increments total fewer than SAMPLE_MIN_CHUNKS is too small to judge (two
+ * evictions out of three would halve the window); it is not taken, and the
+ * increments accumulate into the next. A counter that went backwards
+ * (a stats reset) restarts the baseline without a decision.
+ *
+ * The counters are the cache's, so waste caused by any reader, whoever
+ * submitted the chunk, shrinks every window: the budget is shared, and so
+ * is the pressure.
+ *
+ * Sampling happens before a worker marks its job finished, so when
+ * apb_prefetcher_drain() returns the backoff has seen every finished job.
+ *
+ * LOCKING
+ *
+ *   mu         the ring (head, len, jobs), busy, stop; work_cv and idle_cv
+ *              wait on it. Never held while calling into the cache.
+ *   sample_mu  the sampling state (last_*, jobs_since_sample, last_sample).
+ *              Held across apb_cache_stats(), which takes the cache's lock:
+ *              order sample_mu -> cache mu; the cache never calls us.
+ *   (atomic)   shift: written under sample_mu, read by window() lock-free.
+ *              stop is also mirrored in an atomic so a worker can check it
+ *              between chunks without taking mu.
+ * mu and sample_mu are never held together.
+ */
+#include "apbundle/prefetch.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define QUEUE_JOBS 256u
+#define SAMPLE_JOBS 8u
+#define SAMPLE_MS 100u
+#define SAMPLE_MIN_CHUNKS 8u
+#define MAX_SHIFT 6u
+
+#define WORKER_NICE 10
+/* linux/ioprio.h, which not every libc's headers carry. */
+#define IOPRIO_WHO_PROCESS 1
+#define IOPRIO_CLASS_BE 2
+#define IOPRIO_BE_LOWEST 7
+#define IOPRIO_CLASS_SHIFT 13
+
+struct job {
+	uint32_t model;
+	uint32_t count;
+	uint64_t first;
+};
+
+struct apb_prefetcher {
+	/* Immutable after apb_prefetcher_new(). */
+	struct apb_cache *cache;
+	pthread_t *threads;
+	unsigned nthreads;
+
+	pthread_mutex_t mu;
+	pthread_cond_t work_cv;  /* a job was queued, or stop */
+	pthread_cond_t idle_cv;  /* the ring emptied and no worker is busy */
+	/* Everything below up to sample_mu: mu. */
+	struct job ring[QUEUE_JOBS];
+	uint32_t head;           /* oldest job */
+	uint32_t len;            /* jobs queued */
+	unsigned busy;           /* workers between taking and finishing */
+	bool stop;
+	atomic_bool stopping;    /* mirror of stop for the chunk loop */
+
+	pthread_mutex_t sample_mu;
+	/* Everything below up to shift: sample_mu. */
+	uint64_t last_issued;    /* prefetch_issued at the last sample */
+	uint64_t last_wasted;    /* prefetch_wasted at the last sample */
+	unsigned jobs_since_sample;
+	struct timespec last_sample;
+
+	atomic_uint shift;       /* window divisor, log2, 0 .. MAX_SHIFT */
+};
+
+/* ---- workers --------------------------------------------------------- */
+
+static void lower_own_priority(void)
+{
+	pid_t tid = (pid_t)syscall(SYS_gettid);
+
+	/* Failures are harmless: see "QUEUE AND WORKERS" above. */
+	(void)setpriority(PRIO_PROCESS, (id_t)tid, WORKER_NICE);
+	(void)syscall(SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid,
+		      IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT | IOPRIO_BE_LOWEST);
+}
+
+static uint64_t ms_between(const struct timespec *a, const struct timespec *b)
+{
+	int64_t ms = (int64_t)(b->tv_sec - a->tv_sec) * 1000 +
+		     (b->tv_nsec - a->tv_nsec) / 1000000;
+
+	return ms < 0 ? 0 : (uint64_t)ms;
+}
+
+/* Apply one sample's increments to the shift (sample_mu held). */
+static void judge_waste(struct apb_prefetcher *p, uint64_t issued,
+			uint64_t wasted)
+{
+	unsigned shift = atomic_load(&p->shift);
+
+	if (wasted * 4 > issued && shift < MAX_SHIFT)
+		atomic_store(&p->shift, shift + 1);
+	else if (wasted * 16 < issued && shift > 0)
+		atomic_store(&p->shift, shift - 1);
+}
+
+/* After a job: take a sample if one is due (see "BACKOFF"). */
+static void maybe_sample(struct apb_prefetcher *p)
+{
+	struct apb_cache_stats st;
+	struct timespec now;
+	uint64_t issued, wasted;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	pthread_mutex_lock(&p->sample_mu);
+	if (++p->jobs_since_sample < SAMPLE_JOBS &&
+	    ms_between(&p->last_sample, &now) < SAMPLE_MS)
+		goto out;
+	p->jobs_since_sample = 0;
+	p->last_sample = now;
+	apb_cache_stats(p->cache, &st);
+	if (st.prefetch_issued < p->last_issued ||
+	    st.prefetch_wasted < p->last_wasted)
+		goto rebase;
+	issued = st.prefetch_issued - p->last_issued;
+	wasted = st.prefetch_wasted - p->last_wasted;
+	if (issued + wasted < SAMPLE_MIN_CHUNKS)
+		goto out;
+	judge_waste(p, issued, wasted);
+rebase:
+	p->last_issued = st.prefetch_issued;
+	p->last_wasted = st.prefetch_wasted;
+out:
+	pthread_mutex_unlock(&p->sample_mu);
+}
+
+/* Wait for a job; false when the prefetcher stops. */
+static bool take_job(struct apb_prefetcher *p, struct job *job)
+{
+	bool ok = false;
+
+	pthread_mutex_lock(&p->mu);
+	while (!p->stop && p->len == 0)
+		pthread_cond_wait(&p->work_cv, &p->mu);
+	if (!p->stop) {
+		*job = p->ring[p->head];
+		p->head = (p->head + 1) % QUEUE_JOBS;
+		p->len--;
+		p->busy++;
+		ok = true;
+	}
+	pthread_mutex_unlock(&p->mu);
+	return ok;
+}
+
+static void finish_job(struct apb_prefetcher *p)
+{
+	pthread_mutex_lock(&p->mu);
+	p->busy--;
+	if (p->busy == 0 && p->len == 0)
+		pthread_cond_broadcast(&p->idle_cv);
+	pthread_mutex_unlock(&p->mu);
+}
+
+static void run_job(struct apb_prefetcher *p, const struct job *job)
+{
+	for (uint32_t i = 0; i < job->count; i++) {
+		if (atomic_load_explicit(&p->stopping, memory_order_relaxed))
+			return;
+		/* -EAGAIN or an error: abandon the rest (see the top). */
+		if (apb_cache_prefetch(p->cache, job->model, job->first + i))
+			return;
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	struct apb_prefetcher *p = arg;
+	struct job job;
+
+	lower_own_priority();
+	while (take_job(p, &job)) {
+		run_job(p, &job);
+		maybe_sample(p);
+		finish_job(p);
+	}
+	return NULL;
+}
+
+/* ---- lifetime -------------------------------------------------------- */
+
+/* Tell the first n workers to stop and join them. */
+static void stop_workers(struct apb_prefetcher *p, unsigned n)
+{
+	pthread_mutex_lock(&p->mu);
+	p->stop = true;
+	atomic_store(&p->stopping, true);
+	pthread_cond_broadcast(&p->work_cv);
+	pthread_mutex_unlock(&p->mu);
+	for (unsigned i = 0; i < n; i++)
+		pthread_join(p->threads[i], NULL);
+}
+
+/* Start the workers with every signal blocked (they inherit the mask). */
+static int start_workers(struct apb_prefetcher *p)
+{
+	sigset_t all, old;
+	int rc = 0;
+	unsigned i;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	for (i = 0; i < p->nthreads; i++) {
+		rc = pthread_create(&p->threads[i], NULL, worker_main, p);
+		if (rc != 0)
+			break;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc != 0) {
+		stop_workers(p, i);
+		return -rc;
+	}
+	return 0;
+}
+
+static void destroy(struct apb_prefetcher *p)
+{
+	pthread_cond_destroy(&p->idle_cv);
+	pthread_cond_destroy(&p->work_cv);
+	pthread_mutex_destroy(&p->sample_mu);
+	pthread_mutex_destroy(&p->mu);
+	free(p->threads);
+	free(p);
+}
+
+static int init_sync(struct apb_prefetcher *p)
+{
+	if (pthread_mutex_init(&p->mu, NULL) != 0)
+		return -ENOMEM;
+	if (pthread_mutex_init(&p->sample_mu, NULL) != 0)
+		goto no_sample_mu;
+	if (pthread_cond_init(&p->work_cv, NULL) != 0)
+		goto no_work_cv;
+	if (pthread_cond_init(&p->idle_cv, NULL) != 0)
+		goto no_idle_cv;
+	return 0;
+
+no_idle_cv:
+	pthread_cond_destroy(&p->work_cv);
+no_work_cv:
+	pthread_mutex_destroy(&p->sample_mu);
+no_sample_mu:
+	pthread_mutex_destroy(&p->mu);
+	return -ENOMEM;
+}
+
+int apb_prefetcher_new(struct apb_cache *cache, unsigned threads,
+		       struct apb_prefetcher **out)
+{
+	struct apb_cache_stats st;
+	struct apb_prefetcher *p;
+	int rc;
+
+	*out = NULL;
+	if (!cache || threads == 0)
+		return -EINVAL;
+	p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->threads = calloc(threads, sizeof(*p->threads));
+	if (!p->threads) {
+		free(p);
+		return -ENOMEM;
+	}
+	rc = init_sync(p);
+	if (rc) {
+		free(p->threads);
+		free(p);
+		return rc;
+	}
+	p->cache = cache;
+	p->nthreads = threads;
+	atomic_init(&p->stopping, false);
+	atomic_init(&p->shift, 0);
+	apb_cache_stats(cache, &st);
+	p->last_issued = st.prefetch_issued;
+	p->last_wasted = st.prefetch_wasted;
+	clock_gettime(CLOCK_MONOTONIC, &p->last_sample);
+
+	rc = start_workers(p);
+	if (rc) {
+		destroy(p);
+		return rc;
+	}
+	*out = p;
+	return 0;
+}
+
+void apb_prefetcher_free(struct apb_prefetcher *p)
+{
+	if (!p)
+		return;
+	stop_workers(p, p->nthreads);
+	destroy(p);
+}
+
+/* ---- requests -------------------------------------------------------- */
+
+int apb_prefetcher_submit(struct apb_prefetcher *p, uint32_t model,
+			  uint64_t first, uint32_t count)
+{
+	int rc = 0;
+
+	if (count == 0)
+		return 0;
+	pthread_mutex_lock(&p->mu);
+	if (p->len == QUEUE_JOBS) {
+		rc = -EAGAIN;
+		goto out;
+	}
+	p->ring[(p->head + p->len) % QUEUE_JOBS] =
+		(struct job){.model = model, .count = count, .first = first};
+	p->len++;
+	pthread_cond_signal(&p->work_cv);
+out:
+	pthread_mutex_unlock(&p->mu);
+	return rc;
+}
+
+uint64_t apb_prefetcher_window(struct apb_prefetcher *p, uint64_t max_bytes)
+{
+	uint64_t w = max_bytes >> atomic_load(&p->shift);
+
+	return w ? w : 1;
+}
+
+void apb_prefetcher_drain(struct apb_prefetcher *p)
+{
+	pthread_mutex_lock(&p->mu);
+	while (p->len != 0 || p->busy != 0)
+		pthread_cond_wait(&p->idle_cv, &p->mu);
+	pthread_mutex_unlock(&p->mu);
+}

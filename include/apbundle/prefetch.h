@@ -1,0 +1,85 @@
+/*
+ * prefetch.h - sequential-read detection and the background loader that
+ * reads ahead of it.
+ *
+ * struct apb_readahead follows the reads of one open file in a few streams
+ * (mmap users and multi-threaded loaders interleave several sequential
+ * readers on one file). A read that starts within a small gap of where a
+ * stream ended continues that stream: its window, starting at the size of
+ * the read that began the stream, doubles up to the limit; any other read
+ * starts a new stream in place of the least recently used one, with no
+ * readahead - except a read at offset 0, which begins a sequential stream
+ * at once (a program reading a model from its start is loading it; a
+ * probe of the first few KiB costs one extra chunk). For each read it says
+ * which chunks to prefetch next; it never names a chunk twice for a stream
+ * whose reads keep pace. apb_readahead_new() returns -EINVAL for a
+ * chunk_size of 0.
+ *
+ * struct apb_prefetcher is a small pool of worker threads, at low CPU and
+ * I/O priority, that take chunk ranges from a bounded queue and load them
+ * with apb_cache_prefetch(). A full queue drops the request (prefetch is
+ * advice). It backs off when prefetched chunks are being evicted unread:
+ * the window limit it reports shrinks while waste is high and grows back
+ * when it is not.
+ *
+ * Thread safety: an apb_readahead may be used by several threads at once
+ * (one open file read by many); the prefetcher's functions may be called
+ * from any thread.
+ */
+#ifndef APBUNDLE_PREFETCH_H
+#define APBUNDLE_PREFETCH_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cache.h"
+
+#define APB_READAHEAD_STREAMS 4
+
+struct apb_readahead;
+struct apb_prefetcher;
+
+struct apb_ra_stats {
+	uint64_t sequential; /* reads that continued a stream */
+	uint64_t random;     /* reads that continued no stream (not at 0) */
+};
+
+/* chunk_size as the cache's. Returns 0 or -ENOMEM. */
+int apb_readahead_new(uint32_t chunk_size, struct apb_readahead **out);
+void apb_readahead_free(struct apb_readahead *ra);
+
+/*
+ * Note a read of [off, off + len) of a model of model_size bytes. Sets
+ * *first and *count to the chunks to prefetch now (*count 0 for none),
+ * keeping at most window_limit_bytes (rounded down to chunks, at least
+ * one) ahead of the read. Counts the read as sequential or random and
+ * returns true if it was sequential. A read at offset 0 starts a
+ * sequential stream; readahead.c explains the rules.
+ */
+bool apb_readahead_note(struct apb_readahead *ra, uint64_t off, uint64_t len,
+			uint64_t model_size, uint64_t window_limit_bytes,
+			uint64_t *first, uint32_t *count);
+void apb_readahead_stats(struct apb_readahead *ra, struct apb_ra_stats *out);
+
+/* threads >= 1. Returns 0, -EINVAL, -ENOMEM, or a pthread_create errno. */
+int apb_prefetcher_new(struct apb_cache *cache, unsigned threads,
+		       struct apb_prefetcher **out);
+/* Stops the workers (abandoning queued work) and joins them; a worker in
+ * the middle of a load finishes that load first. */
+void apb_prefetcher_free(struct apb_prefetcher *p);
+
+/* Queue chunks [first, first + count) of model. 0, or -EAGAIN when the
+ * queue is full (nothing queued). */
+int apb_prefetcher_submit(struct apb_prefetcher *p, uint32_t model,
+			  uint64_t first, uint32_t count);
+
+/* The readahead window to allow now: max_bytes, reduced while recent
+ * prefetches are being wasted; never below 1 byte (readahead rounds it up
+ * to one chunk). */
+uint64_t apb_prefetcher_window(struct apb_prefetcher *p, uint64_t max_bytes);
+
+/* Wait until the queue is empty and no worker is loading (for tests and
+ * orderly shutdown). */
+void apb_prefetcher_drain(struct apb_prefetcher *p);
+
+#endif
