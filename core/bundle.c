@@ -639,7 +639,9 @@ static int open_file(const char *path, int *fd, struct stat *st, char *err,
 {
 	int rc;
 
-	*fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: opening a FIFO must not wait for a writer; the type
+	 * check below refuses it, and reads of a regular file ignore it. */
+	*fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	if (*fd < 0) {
 		rc = -errno;
 		return apb_fail(rc, err, err_len, "cannot open: %s",

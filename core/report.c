@@ -36,6 +36,30 @@ static cJSON *cache_json(const struct apb_report_source *src,
 	return o;
 }
 
+static cJSON *prefetch_json(const struct apb_report_source *src,
+			    const struct apb_cache_stats *cs)
+{
+	cJSON *o = cJSON_CreateObject();
+	if (!o)
+		return NULL;
+	cJSON_AddNumberToObject(o, "issued", (double)cs->prefetch_issued);
+	cJSON_AddNumberToObject(o, "hits", (double)cs->prefetch_hits);
+	cJSON_AddNumberToObject(o, "wasted", (double)cs->prefetch_wasted);
+	cJSON_AddNumberToObject(o, "issued_bytes",
+				(double)cs->prefetch_issued_bytes);
+	cJSON_AddNumberToObject(o, "hits_bytes",
+				(double)cs->prefetch_hits_bytes);
+	cJSON_AddNumberToObject(o, "wasted_bytes",
+				(double)cs->prefetch_wasted_bytes);
+	cJSON_AddNumberToObject(o, "unused_chunks",
+				(double)cs->prefetch_unused_chunks);
+	cJSON_AddNumberToObject(o, "reads_sequential",
+				(double)atomic_load(&src->io->reads_sequential));
+	cJSON_AddNumberToObject(o, "reads_random",
+				(double)atomic_load(&src->io->reads_random));
+	return o;
+}
+
 static cJSON *io_json(const struct apb_report_source *src,
 		      const struct apb_cache_stats *cs)
 {
@@ -70,6 +94,9 @@ static cJSON *model_json(const struct apb_report_source *src, size_t i)
 	cJSON_AddNumberToObject(o, "evictions", (double)ms.evictions);
 	cJSON_AddNumberToObject(o, "opens",
 				(double)atomic_load(&src->opens[i]));
+	cJSON_AddNumberToObject(o, "prefetch_issued", (double)ms.prefetch_issued);
+	cJSON_AddNumberToObject(o, "prefetch_hits", (double)ms.prefetch_hits);
+	cJSON_AddNumberToObject(o, "prefetch_wasted", (double)ms.prefetch_wasted);
 	cJSON_AddBoolToObject(o, "pinned", 0);
 	return o;
 }
@@ -90,17 +117,14 @@ static int attach(cJSON *parent, const char *key, cJSON *child)
 char *apb_report_json(const struct apb_report_source *src, size_t *len)
 {
 	struct apb_cache_stats cs;
-	cJSON *root = cJSON_CreateObject(), *prefetch, *models;
+	cJSON *root = cJSON_CreateObject(), *models;
 	char *text = NULL;
 
 	if (!root)
 		return NULL;
 	apb_cache_stats(src->cache, &cs);
 	if (attach(root, "cache", cache_json(src, &cs)) ||
-	    !(prefetch = cJSON_AddObjectToObject(root, "prefetch")) ||
-	    !cJSON_AddNumberToObject(prefetch, "issued", 0) ||
-	    !cJSON_AddNumberToObject(prefetch, "hits", 0) ||
-	    !cJSON_AddNumberToObject(prefetch, "wasted", 0) ||
+	    attach(root, "prefetch", prefetch_json(src, &cs)) ||
 	    attach(root, "io", io_json(src, &cs)) ||
 	    !(models = cJSON_AddObjectToObject(root, "models")))
 		goto out;
@@ -129,11 +153,15 @@ static void put_label(FILE *f, const char *s)
 	}
 }
 
-static void put_metric(FILE *f, const char *name, const char *type,
-		       const char *help, uint64_t value)
+struct metric {
+	const char *name, *type, *help;
+	uint64_t value;
+};
+
+static void put_metric(FILE *f, const struct metric *m)
 {
-	fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name,
-		type, name, (unsigned long long)value);
+	fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", m->name, m->help,
+		m->name, m->type, m->name, (unsigned long long)m->value);
 }
 
 static void put_model_family(FILE *f, const struct apb_report_source *src,
@@ -168,33 +196,52 @@ char *apb_report_metrics(const struct apb_report_source *src, size_t *len)
 	if (!f)
 		return NULL;
 	apb_cache_stats(src->cache, &cs);
-	put_metric(f, "apbundlefs_cache_hits_total", "counter",
-		   "Chunk lookups served from memory.", cs.hits);
-	put_metric(f, "apbundlefs_cache_misses_total", "counter",
-		   "Chunk lookups that had to load from the bundle.", cs.misses);
-	put_metric(f, "apbundlefs_cache_evictions_total", "counter",
-		   "Chunks dropped from memory.", cs.evictions);
-	put_metric(f, "apbundlefs_cache_memory_used_bytes", "gauge",
-		   "Chunk memory in use, loading chunks included.",
-		   cs.used_bytes);
-	put_metric(f, "apbundlefs_cache_memory_limit_bytes", "gauge",
-		   "The chunk memory budget (max_memory).", cs.budget_bytes);
-	put_metric(f, "apbundlefs_cache_resident_chunks", "gauge",
-		   "Chunks held in memory.", cs.resident_chunks);
-	put_metric(f, "apbundlefs_io_backing_bytes_read_total", "counter",
-		   "Bytes read from the bundle file.", cs.loaded_bytes);
-	put_metric(f, "apbundlefs_io_read_requests_total", "counter",
-		   "Read requests for model files that reached the daemon.",
-		   atomic_load(&src->io->read_requests));
-	put_metric(f, "apbundlefs_io_bytes_served_total", "counter",
-		   "Bytes returned to readers.",
-		   atomic_load(&src->io->bytes_served));
-	put_metric(f, "apbundlefs_io_errors_total", "counter",
-		   "Reads answered with an error.",
-		   atomic_load(&src->io->errors));
-	put_metric(f, "apbundlefs_io_checksum_errors_total", "counter",
-		   "Chunks that failed checksum verification.",
-		   atomic_load(&src->io->checksum_errors));
+	const struct apb_io_counters *io = src->io;
+	const struct metric global[] = {
+		{"apbundlefs_cache_hits_total", "counter",
+		 "Chunk lookups served from memory.", cs.hits},
+		{"apbundlefs_cache_misses_total", "counter",
+		 "Chunk lookups that had to load from the bundle.", cs.misses},
+		{"apbundlefs_cache_evictions_total", "counter",
+		 "Chunks dropped from memory.", cs.evictions},
+		{"apbundlefs_cache_memory_used_bytes", "gauge",
+		 "Chunk memory in use, loading chunks included.", cs.used_bytes},
+		{"apbundlefs_cache_memory_limit_bytes", "gauge",
+		 "The chunk memory budget (max_memory).", cs.budget_bytes},
+		{"apbundlefs_cache_resident_chunks", "gauge",
+		 "Chunks held in memory.", cs.resident_chunks},
+		{"apbundlefs_prefetch_issued_total", "counter",
+		 "Chunks loaded ahead of demand.", cs.prefetch_issued},
+		{"apbundlefs_prefetch_hits_total", "counter",
+		 "Prefetched chunks that a read then used.", cs.prefetch_hits},
+		{"apbundlefs_prefetch_wasted_total", "counter",
+		 "Prefetched chunks evicted before any read.", cs.prefetch_wasted},
+		{"apbundlefs_prefetch_issued_bytes_total", "counter",
+		 "Bytes loaded ahead of demand.", cs.prefetch_issued_bytes},
+		{"apbundlefs_prefetch_wasted_bytes_total", "counter",
+		 "Prefetched bytes evicted before any read.",
+		 cs.prefetch_wasted_bytes},
+		{"apbundlefs_reads_sequential_total", "counter",
+		 "Reads that continued a sequential stream.",
+		 atomic_load(&io->reads_sequential)},
+		{"apbundlefs_reads_random_total", "counter",
+		 "Reads that did not continue a stream.",
+		 atomic_load(&io->reads_random)},
+		{"apbundlefs_io_backing_bytes_read_total", "counter",
+		 "Bytes read from the bundle file.", cs.loaded_bytes},
+		{"apbundlefs_io_read_requests_total", "counter",
+		 "Read requests for model files that reached the daemon.",
+		 atomic_load(&io->read_requests)},
+		{"apbundlefs_io_bytes_served_total", "counter",
+		 "Bytes returned to readers.", atomic_load(&io->bytes_served)},
+		{"apbundlefs_io_errors_total", "counter",
+		 "Reads answered with an error.", atomic_load(&io->errors)},
+		{"apbundlefs_io_checksum_errors_total", "counter",
+		 "Chunks that failed checksum verification.",
+		 atomic_load(&io->checksum_errors)},
+	};
+	for (size_t i = 0; i < sizeof(global) / sizeof(global[0]); i++)
+		put_metric(f, &global[i]);
 	put_model_family(f, src, "apbundlefs_model_hits_total", "counter",
 			 "Chunk hits per model.", 0);
 	put_model_family(f, src, "apbundlefs_model_misses_total", "counter",

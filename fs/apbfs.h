@@ -12,6 +12,7 @@
 
 #include <apbundle/bundle.h>
 #include <apbundle/cache.h>
+#include <apbundle/prefetch.h>
 #include <apbundle/report.h>
 #include <apbundle/tree.h>
 
@@ -29,6 +30,7 @@ struct apbfs_options {
 	enum apb_eviction eviction;
 	bool kernel_cache;
 	uint64_t readahead;            /* largest readahead window, bytes */
+	bool prefetch;                 /* sequential-read prefetch on */
 };
 
 /* Immutable after setup, except the atomics and what the cache guards. */
@@ -36,6 +38,7 @@ struct apbfs {
 	struct apb_bundle *bundle;
 	struct apb_tree *tree;
 	struct apb_cache *cache;
+	struct apb_prefetcher *prefetcher; /* NULL with prefetch=off */
 	struct apbfs_options opt;
 	uid_t owner;                   /* the mounting user: may write .control */
 	uint64_t special_ino[APBFS_NSPECIAL];

@@ -22,8 +22,8 @@ static int find_model(struct apbfs *fs, const char *arg, size_t len,
 {
 	char name[APB_NAME_MAX + 1];
 
-	if (len == 0 || len > APB_NAME_MAX)
-		return -EINVAL;
+	if (len == 0 || len > APB_NAME_MAX || memchr(arg, '\0', len))
+		return -EINVAL; /* "evict a\0junk" is not "evict a" */
 	memcpy(name, arg, len);
 	name[len] = '\0';
 	return apb_bundle_find(fs->bundle, name, index) ? -EINVAL : 0;
@@ -50,6 +50,8 @@ static void reset_stats(struct apbfs *fs)
 {
 	apb_cache_reset_stats(fs->cache);
 	atomic_store(&fs->io.read_requests, 0);
+	atomic_store(&fs->io.reads_sequential, 0);
+	atomic_store(&fs->io.reads_random, 0);
 	atomic_store(&fs->io.bytes_served, 0);
 	atomic_store(&fs->io.errors, 0);
 	atomic_store(&fs->io.checksum_errors, 0);

@@ -10,6 +10,7 @@
 #include <apbundle/size.h>
 
 #include <errno.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +24,9 @@
 #define DEFAULT_MAX_MEMORY (256ull << 20)
 #define DEFAULT_CHUNK_SIZE (64u << 10) /* why: docs/DESIGN.md, "Choosing the default chunk size" */
 #define MAX_CHUNK_SIZE (64u << 20)
+#define MAX_SLOTS (1ull << 30) /* the cache's limit (core/cache.c) */
 #define DEFAULT_READAHEAD (4ull << 20)
+#define PREFETCH_THREADS 4 /* loads mostly wait on I/O; 2 fell behind (docs/DESIGN.md) */
 
 struct cmdline {
 	char *bundle;
@@ -32,6 +35,7 @@ struct cmdline {
 	char *chunk_size;
 	char *eviction;
 	char *readahead;
+	char *prefetch;
 	int kernel_cache;
 };
 
@@ -41,6 +45,7 @@ static const struct fuse_opt option_spec[] = {
 	OPT("chunk_size=%s", chunk_size),
 	OPT("eviction=%s", eviction),
 	OPT("readahead=%s", readahead),
+	OPT("prefetch=%s", prefetch),
 	OPT("kernel_cache", kernel_cache),
 	FUSE_OPT_END
 };
@@ -57,6 +62,7 @@ static void usage(FILE *f)
 "    -o max_memory=SIZE     budget for cached chunks (default 256M)\n"
 "    -o chunk_size=SIZE     cache chunk, a multiple of 4K (default 64K)\n"
 "    -o eviction=lru|lfu    eviction policy (default lru)\n"
+"    -o prefetch=on|off     read ahead of sequential readers (default on)\n"
 "    -o readahead=SIZE      largest readahead window (default 4M)\n"
 "    -o kernel_cache        let the kernel page cache keep file pages\n"
 "                           across opens\n"
@@ -117,12 +123,29 @@ static int resolve_options(const struct cmdline *cl, struct apbfs_options *o)
 		return -1;
 	}
 	o->chunk_size = (uint32_t)chunk;
+	if (o->max_memory / chunk > MAX_SLOTS) {
+		fprintf(stderr, "apbundlefs: max_memory (%s) holds more than "
+			"2^30 chunks of %s; use a larger chunk_size\n",
+			apb_size_format(o->max_memory, a, sizeof(a)),
+			apb_size_format(chunk, b, sizeof(b)));
+		return -1;
+	}
 	if (o->max_memory < chunk) {
 		fprintf(stderr, "apbundlefs: max_memory (%s) is smaller than "
 			"one chunk (%s)\n",
 			apb_size_format(o->max_memory, a, sizeof(a)),
 			apb_size_format(chunk, b, sizeof(b)));
 		return -1;
+	}
+	o->prefetch = true;
+	if (cl->prefetch) {
+		if (strcmp(cl->prefetch, "off") == 0) {
+			o->prefetch = false;
+		} else if (strcmp(cl->prefetch, "on") != 0) {
+			fprintf(stderr, "apbundlefs: bad option prefetch=%s: "
+				"expected on or off\n", cl->prefetch);
+			return -1;
+		}
 	}
 	if (cl->eviction) {
 		if (strcmp(cl->eviction, "lfu") == 0) {
@@ -174,6 +197,7 @@ static int setup(struct apbfs *fs, const char *path)
 		};
 		rc = apb_cache_new(&cfg, &fs->cache);
 	}
+
 	if (rc) {
 		fprintf(stderr, "apbundlefs: %s: %s\n", path, strerror(-rc));
 		return rc;
@@ -186,6 +210,8 @@ static int setup(struct apbfs *fs, const char *path)
 
 static void teardown(struct apbfs *fs)
 {
+	if (fs->prefetcher) /* its workers use the cache */
+		apb_prefetcher_free(fs->prefetcher);
 	if (fs->cache)
 		apb_cache_free(fs->cache);
 	apb_tree_free(fs->tree);
@@ -230,8 +256,8 @@ static int serve(struct apbfs *fs, struct fuse_args *args,
 	int rc = 1;
 
 	se = fuse_session_new(args, &apbfs_ops, sizeof(apbfs_ops), fs);
-	if (!se)
-		return 1;
+	if (!se) /* libfuse has said which option it did not know */
+		return 2;
 	if (fuse_set_signal_handlers(se) != 0)
 		goto out_destroy;
 	if (fuse_session_mount(se, o->mountpoint) != 0)
@@ -245,14 +271,27 @@ static int serve(struct apbfs *fs, struct fuse_args *args,
 		fuse_set_log_func(log_to_syslog);
 	}
 	fuse_daemonize(o->foreground);
+	/* Threads do not survive the fork in fuse_daemonize(): start the
+	 * workers after it. Without them the mount works, without readahead. */
+	if (fs->opt.prefetch) {
+		int err = apb_prefetcher_new(fs->cache, PREFETCH_THREADS,
+					     &fs->prefetcher);
+		if (err)
+			fuse_log(FUSE_LOG_ERR, "apbundlefs: no prefetch: %s\n",
+				 strerror(-err));
+	}
 	if (o->singlethread) {
 		rc = fuse_session_loop(se);
 	} else {
 		lc = fuse_loop_cfg_create();
 		if (lc) {
 			fuse_loop_cfg_set_clone_fd(lc, (unsigned)o->clone_fd);
-			fuse_loop_cfg_set_idle_threads(lc, o->max_idle_threads);
-			fuse_loop_cfg_set_max_threads(lc, o->max_threads);
+			if (o->max_idle_threads != UINT_MAX) /* unset */
+				fuse_loop_cfg_set_idle_threads(
+					lc, o->max_idle_threads);
+			if (o->max_threads != UINT_MAX) /* UINT_MAX: unset */
+				fuse_loop_cfg_set_max_threads(lc,
+							      o->max_threads);
 			rc = fuse_session_loop_mt(se, lc);
 			fuse_loop_cfg_destroy(lc);
 		}
@@ -332,6 +371,7 @@ out:
 	free(cl.chunk_size);
 	free(cl.eviction);
 	free(cl.readahead);
+	free(cl.prefetch);
 	fuse_opt_free_args(&args);
 	return ret;
 }

@@ -219,13 +219,24 @@ static void open_special(fuse_req_t req, struct apbfs *fs, int sp,
 		return;
 	}
 	fi->fh = (uint64_t)(uintptr_t)d;
-	fuse_reply_open(req, fi);
+	if (fuse_reply_open(req, fi) != 0) { /* interrupted: no RELEASE comes */
+		free(d->text);
+		free(d);
+	}
 }
 
-/* See kernel.c: only now, after INIT, can the window be raised. */
+/*
+ * See kernel.c: only now, after INIT, can the window be raised. The kernel
+ * keeps one largest request (1 MiB) ahead of a sequential reader, which
+ * makes requests large; the daemon's prefetcher goes further, up to
+ * readahead=. A kernel window as deep as the daemon's would send the whole
+ * window as simultaneous demand requests, racing the prefetcher for the
+ * same chunks (docs/DESIGN.md has the measurements).
+ */
+#define KERNEL_READAHEAD (1ull << 20)
 static void tune_kernel_readahead(struct apbfs *fs)
 {
-	int rc = apbfs_set_readahead(fs->bdi, fs->opt.readahead);
+	int rc = apbfs_set_readahead(fs->bdi, KERNEL_READAHEAD);
 
 	if (rc)
 		fuse_log(FUSE_LOG_WARNING, "apbundlefs: cannot raise the kernel "
@@ -236,6 +247,7 @@ static void tune_kernel_readahead(struct apbfs *fs)
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct apbfs *fs = ctx(req);
+	struct apb_readahead *ra;
 	const struct apb_tree_node *n = apb_tree_node(fs->tree, ino);
 	int sp = special_of(fs, ino);
 
@@ -255,7 +267,17 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		tune_kernel_readahead(fs);
 	atomic_fetch_add(&fs->opens[n->model], 1);
 	fi->keep_cache = fs->opt.kernel_cache;
-	fuse_reply_open(req, fi);
+	/* Without memory for the streams this open reads without
+	 * readahead; that is slower, not wrong. */
+	if (fs->prefetcher &&
+	    apb_readahead_new(fs->opt.chunk_size, &ra) == 0)
+		fi->fh = (uint64_t)(uintptr_t)ra;
+	/* An open interrupted before our reply gets no RELEASE: undo it
+	 * here, as libfuse's high-level layer does. */
+	if (fuse_reply_open(req, fi) != 0) {
+		apb_readahead_free((struct apb_readahead *)(uintptr_t)fi->fh);
+		atomic_fetch_sub(&fs->opens[n->model], 1);
+	}
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino,
@@ -268,6 +290,8 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 		struct doc *d = (struct doc *)(uintptr_t)fi->fh;
 		free(d->text);
 		free(d);
+	} else if (sp < 0 && fi->fh) {
+		apb_readahead_free((struct apb_readahead *)(uintptr_t)fi->fh);
 	}
 	fuse_reply_err(req, 0);
 }
@@ -280,7 +304,19 @@ static void read_doc(fuse_req_t req, const struct doc *d, size_t size, off_t off
 	}
 	if (size > d->len - (size_t)off)
 		size = d->len - (size_t)off;
-	fuse_reply_buf(req, d->text + off, size);
+	/* Reply from a copy this thread frees, not from the document, which
+	 * the RELEASE of this file frees on another thread. The kernel does
+	 * order that RELEASE after this reply, but no tool can check an
+	 * order kept inside the kernel, and a monitoring read can afford a
+	 * copy. */
+	char *copy = malloc(size);
+	if (!copy) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	memcpy(copy, d->text + off, size);
+	fuse_reply_buf(req, copy, size);
+	free(copy);
 }
 
 static void read_failed(fuse_req_t req, struct apbfs *fs, uint32_t model,
@@ -413,6 +449,35 @@ static void read_model(fuse_req_t req, struct apbfs *fs, uint32_t model,
 	free(r.buf);
 }
 
+#define PREFETCH_JOB_CHUNKS 4
+
+/* Queue the readahead this read calls for before serving it, so that the
+ * workers' loads overlap with the demand read's own. */
+static void read_ahead(struct apbfs *fs, struct apb_readahead *ra,
+		       uint32_t model, uint64_t off, size_t size)
+{
+	uint64_t first, msize = apb_bundle_model(fs->bundle, model)->size;
+	uint64_t window = apb_prefetcher_window(fs->prefetcher,
+						fs->opt.readahead);
+	uint32_t count;
+
+	if (apb_readahead_note(ra, off, size, msize, window, &first, &count))
+		atomic_fetch_add(&fs->io.reads_sequential, 1);
+	else
+		atomic_fetch_add(&fs->io.reads_random, 1);
+	/* Small jobs, so that every worker loads part of the window at once;
+	 * one worker reading a whole window chunk after chunk falls behind
+	 * the demand requests it should be ahead of. A full queue drops the
+	 * rest: prefetch is advice. */
+	for (uint32_t done = 0; done < count; done += PREFETCH_JOB_CHUNKS) {
+		uint32_t n = count - done < PREFETCH_JOB_CHUNKS
+				     ? count - done : PREFETCH_JOB_CHUNKS;
+		if (apb_prefetcher_submit(fs->prefetcher, model, first + done,
+					  n) != 0)
+			break;
+	}
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
@@ -430,6 +495,9 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		return;
 	}
 	atomic_fetch_add(&fs->io.read_requests, 1);
+	if (fi->fh)
+		read_ahead(fs, (struct apb_readahead *)(uintptr_t)fi->fh,
+			   n->model, (uint64_t)off, size);
 	read_model(req, fs, n->model, size, (uint64_t)off);
 }
 
@@ -487,6 +555,10 @@ static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
 	}
 	if ((mask & W_OK) && sp != APBFS_CONTROL) {
 		fuse_reply_err(req, EROFS);
+		return;
+	}
+	if (sp == APBFS_CONTROL && fuse_req_ctx(req)->uid != fs->owner) {
+		fuse_reply_err(req, EACCES); /* as open() would answer */
 		return;
 	}
 	fuse_reply_err(req, 0);

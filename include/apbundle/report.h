@@ -21,6 +21,8 @@ struct apb_io_counters {
 	atomic_uint_fast64_t bytes_served;    /* bytes replied to readers */
 	atomic_uint_fast64_t errors;          /* reads answered with an error */
 	atomic_uint_fast64_t checksum_errors; /* chunks failing verification */
+	atomic_uint_fast64_t reads_sequential; /* reads continuing a stream */
+	atomic_uint_fast64_t reads_random;     /* reads starting a stream */
 };
 
 struct apb_report_source {

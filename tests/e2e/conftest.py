@@ -129,6 +129,17 @@ def odirect_pread(fd, length, offset):
         buf.close()
 
 
+def read_all(path, bufsize=MiB):
+    """Read a file start to end in bufsize reads, as a loader would."""
+    out = bytearray()
+    with open(str(path), "rb", buffering=0) as f:
+        while True:
+            b = f.read(bufsize)
+            if not b:
+                return bytes(out)
+            out += b
+
+
 def open_direct(path):
     return os.open(str(path), os.O_RDONLY | os.O_DIRECT)
 

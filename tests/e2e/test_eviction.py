@@ -37,7 +37,8 @@ def hits_misses(d):
 @pytest.mark.parametrize("policy,victim,survivor", [("lru", "A", "B"), ("lfu", "B", "A")])
 def test_policy_chooses_victim(tmp_path, binaries, policy, victim, survivor):
     bundle = apbformat.write_v1(tmp_path / "p.apbundle", [(n, DATA[n]) for n in NAMES])
-    opts = {"max_memory": "192K", "chunk_size": "64K", "eviction": policy}
+    opts = {"max_memory": "192K", "chunk_size": "64K", "eviction": policy,
+            "prefetch": "off"}  # the victim must be chosen by the sequence alone
     with mount(bundle, opts) as d:
         assert d.stats()["cache"]["policy"] == policy
         for n in ["A", "A", "A", "B", "C"]:

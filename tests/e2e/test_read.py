@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import apbformat
-from conftest import KiB, MiB, mount, open_direct, odirect_pread, pack, write_sources
+from conftest import KiB, MiB, mount, open_direct, odirect_pread, pack, read_all, write_sources
 
 SIZES = {
     "size0.bin": 0,
@@ -65,16 +65,6 @@ def assert_same(got, expected, what):
                 "first difference at byte %d" % (
                     what, len(got), hashlib.sha256(got).hexdigest()[:16], len(expected),
                     hashlib.sha256(expected).hexdigest()[:16], first))
-
-
-def read_all(path, bufsize=1 << 20):
-    out = bytearray()
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            b = f.read(bufsize)
-            if not b:
-                return bytes(out)
-            out += b
 
 
 # -- namespace ---------------------------------------------------------------

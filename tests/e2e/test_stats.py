@@ -23,7 +23,9 @@ ALPHA = apbformat.random_bytes(5 * CH + 100, 11)     # chunks 0-4 full, chunk 5 
 BETA = apbformat.random_bytes(3 * CH, 12)
 GAMMA = apbformat.random_bytes(10, 13)
 MODELS = [("alpha.bin", ALPHA), ("beta.bin", BETA), ("sub/gamma.bin", GAMMA)]
-OPTS = {"max_memory": "8M", "chunk_size": "64K", "eviction": "lru"}
+# prefetch=off: these tests pin the counting rules; with prefetch on, a
+# read's neighbours would turn later misses into hits (test_prefetch.py).
+OPTS = {"max_memory": "8M", "chunk_size": "64K", "eviction": "lru", "prefetch": "off"}
 
 COUNTERS = ("hits", "misses", "evictions")
 IO = ("backing_bytes_read", "bytes_served", "errors", "checksum_errors")
@@ -352,7 +354,8 @@ def test_reads_larger_than_the_budget_are_exact(tmp_path, binaries, budget_chunk
     data = apbformat.random_bytes(MiB + 123, 21)
     nchunks = (len(data) + CH - 1) // CH
     bundle = apbformat.write_v1(tmp_path / "big.apbundle", [("big.bin", data)])
-    opts = {"max_memory": str(budget_chunks * 64) + "K", "chunk_size": "64K"}
+    opts = {"max_memory": str(budget_chunks * 64) + "K", "chunk_size": "64K",
+            "prefetch": "off"}
     with mount(bundle, opts) as d:
         assert dread(d, "big.bin", 0, len(data)) == data
         s = d.stats()
