@@ -25,7 +25,7 @@
  * one struct apb_chunk (104 bytes on LP64), 2 to 4 bucket pointers, a 4-byte
  * free-stack entry and, for LFU, an 8-byte heap entry (at most 148 bytes,
  * 0.23% of a 64 KiB chunk); per model one struct apb_cache_model_stats
- * (56 bytes).
+ * (56 bytes) and one struct model_pin (24 bytes).
  *
  * STRUCTURES
  *
@@ -39,7 +39,8 @@
  *            loader into the slot with the lock dropped. refs >= 1 (the
  *            loader's own reference plus one per waiting get).
  *   READY    in the hash table; data[0 .. len) are the chunk's bytes.
- *            With refs == 0 it is also in the evictable set, and only then.
+ *            With refs == 0 and not pinned (PINNING) it is also in the
+ *            evictable set, and only then.
  *   FAILED   the load failed: out of the table (so the next get loads
  *            again), load_error holds the errno for the waiters. The last
  *            waiter to leave returns the slot to the free stack.
@@ -68,7 +69,8 @@
  *
  * EVICTION
  *
- * The READY chunks with refs == 0, and only they, are in the evictable set
+ * The READY chunks with refs == 0 that are not pinned (PINNING), and only
+ * they, are in the evictable set
  * (c->evictable), the one structure evict.c keeps; its top comment explains
  * the policies (LRU, LFU-DA), why LFU-DA, and the invariant on L. The set
  * reaches a chunk through the struct apb_evict_node embedded in it, and a
@@ -103,6 +105,46 @@
  * A loader never needs a slot and waiters never hold the lock, so loads
  * always finish; a caller holding another reference while it gets can wait
  * forever (cache.h says so).
+ *
+ * PINNING
+ *
+ * apb_cache_pin_model() keeps a model's chunks out of eviction. Per model a
+ * struct model_pin says whether it is pinned and over how many chunks
+ * (nchunks = ceil(model_size / chunk_size), fixed by the pin); a chunk is
+ * pinned iff its model is pinned and index < nchunks (chunk_pinned()). A
+ * pinned READY chunk with refs == 0 is on no eviction list: chunk_unref()
+ * leaves it out of the set, chunk_ref() has nothing to remove, so it is
+ * never a victim of a get or a prefetch, and clear/evict_model skip it
+ * (apb_cache_evict_model() of a pinned model drops only chunks past its
+ * pinned range, which a well-behaved reader never loads).
+ *
+ * Reservation. c->pinned_slots is the sum of nchunks over pinned models:
+ * the slots reserved, not those held (a pin still loading holds fewer), so
+ * the bound holds while pins load too. A pin is refused with -ENOSPC unless
+ * pinned_slots + nchunks + APB_CACHE_UNPINNED_MIN <= nslots, and pinned
+ * chunks never exceed pinned_slots, so at least APB_CACHE_UNPINNED_MIN
+ * slots never hold a pinned chunk at any time: a get that waits for a slot
+ * waits only for unpinned chunks to be put, as before. An empty model
+ * reserves nothing and is always pinned.
+ *
+ * Pin, under mu: check the room, mark the model pinned, reserve, and take
+ * its already resident READY chunks off the evictable set (pin_begin()).
+ * Then, without mu, apb_cache_get() and apb_cache_put() each chunk in turn
+ * (a hit or a miss each, as a reader's); the puts leave them off the set.
+ * If a load fails, the pin is undone under mu (pin_end(), as an unpin) and
+ * the loader's errno returned. Unpin (pin_end()): clear the flag, insert
+ * every READY refs-0 chunk of the range into the set warm (each was read by
+ * the pin, so LFU has F >= 1), give the reservation back. A pin of a model
+ * already pinned returns 0 at once, even while another call is still
+ * loading it; a pin that fails undoes only its own pin (model_pin.epoch),
+ * not a later one that an unpin and a new pin put in its place.
+ *
+ * Prefetched chunks of a pinned model. An unread prefetched chunk that a
+ * pin takes off the set, or a prefetch of a pinned chunk that finishes with
+ * no waiter, is read by the pin: pin_adopt() counts it a prefetch hit and
+ * clears the flag (a pin's later get of it is then an ordinary hit). So a
+ * pinned READY chunk with refs == 0 never has the flag, and the cold list
+ * holds no pinned chunk.
  *
  * PREFETCH
  *
@@ -140,7 +182,9 @@
  * load once, not once per waiter; a loader returning more than chunk_size
  * bytes, or a negative value that is no errno, fails its load with -EIO.
  * evictions counts every READY chunk dropped: for room, by
- * apb_cache_evict_model(), by apb_cache_clear().
+ * apb_cache_evict_model(), by apb_cache_clear() (pinned chunks are never
+ * dropped). pinned_bytes is state: the valid bytes of READY pinned chunks,
+ * kept by resident_add() and pin_begin()/pin_end().
  * resident_chunks and the per-model resident_bytes cover READY chunks only.
  * used_bytes covers every slot that is neither free nor being reclaimed
  * (LOADING, READY, DETACHED, FAILED but still referenced): the memory in
@@ -157,7 +201,8 @@
  * unused_chunks once no prefetch is loading. prefetch_unused_chunks is
  * state (chunks with the flag, LOADING ones included), not a counter.
  * apb_cache_reset_stats() zeroes every counter, global and per model, and
- * keeps the state: resident_chunks, prefetch_unused_chunks, resident_bytes.
+ * keeps the state: resident_chunks, prefetch_unused_chunks, pinned_bytes,
+ * resident_bytes.
  *
  * Global and per-model counters are plain fields changed under the mutex,
  * which every path holds anyway; stats readers take it too, so one
@@ -217,6 +262,13 @@ struct apb_chunk {
 	struct apb_evict_node evict;  /* evict.c's: set links, LFU counts */
 };
 
+/* A model's pin (PINNING above). All fields: cache mu. */
+struct model_pin {
+	bool pinned;
+	uint64_t nchunks;             /* while pinned: chunks 0 .. nchunks-1 */
+	uint64_t epoch;               /* pins so far; tells a pin its own */
+};
+
 struct apb_cache {
 	/* Immutable after apb_cache_new(). */
 	uint32_t chunk_size;
@@ -242,10 +294,13 @@ struct apb_cache {
 	uint32_t slot_waiters;        /* gets waiting on slot_cv */
 	struct apb_evict *evictable;  /* READY chunks with refs == 0 */
 
-	/* budget/used filled in on read; resident_chunks and
-	 * prefetch_unused_chunks are state, the rest counters. */
+	/* budget/used filled in on read; resident_chunks,
+	 * prefetch_unused_chunks and pinned_bytes are state, the rest
+	 * counters. */
 	struct apb_cache_stats st;
 	struct apb_cache_model_stats *models; /* [model_count] */
+	struct model_pin *pins;       /* [model_count] */
+	uint64_t pinned_slots;        /* sum of nchunks over pinned models */
 };
 
 /* ---- hash table ------------------------------------------------------ */
@@ -295,6 +350,16 @@ static void table_remove(struct apb_cache *c, struct apb_chunk *ch)
 	ch->hash_next = NULL;
 }
 
+/* ---- pins (PINNING above) ------------------------------------------- */
+
+/* A chunk of a pinned model within the pinned range: never evictable. */
+static bool chunk_pinned(const struct apb_cache *c, const struct apb_chunk *ch)
+{
+	const struct model_pin *p = &c->pins[ch->model];
+
+	return p->pinned && ch->index < p->nchunks;
+}
+
 /* ---- the evictable set (evict.c) ------------------------------------ */
 
 /* The chunk a node of the evictable set is embedded in. */
@@ -307,7 +372,8 @@ static struct apb_chunk *chunk_of(struct apb_evict_node *n)
 /* A chunk that nobody has read yet enters cold: first in line to go. */
 static void evict_insert(struct apb_cache *c, struct apb_chunk *ch)
 {
-	assert(ch->state == CHUNK_READY && ch->refs == 0);
+	assert(ch->state == CHUNK_READY && ch->refs == 0 &&
+	       !chunk_pinned(c, ch));
 	if (ch->prefetched)
 		apb_evict_insert_cold(c->evictable, &ch->evict);
 	else
@@ -347,6 +413,8 @@ static void resident_add(struct apb_cache *c, struct apb_chunk *ch)
 {
 	c->st.resident_chunks++;
 	c->models[ch->model].resident_bytes += ch->len;
+	if (chunk_pinned(c, ch))
+		c->st.pinned_bytes += ch->len;
 }
 
 /* ---- the prefetched flag ---------------------------------------------- */
@@ -389,7 +457,7 @@ static void prefetch_waste(struct apb_cache *c, struct apb_chunk *ch)
  * caller decides what its slot becomes. */
 static void chunk_forget(struct apb_cache *c, struct apb_chunk *ch)
 {
-	assert(ch->state == CHUNK_READY);
+	assert(ch->state == CHUNK_READY && !chunk_pinned(c, ch));
 	if (ch->prefetched)
 		prefetch_waste(c, ch);
 	table_remove(c, ch);
@@ -467,9 +535,20 @@ static void count_access(struct apb_cache *c, uint32_t model, bool hit)
 	}
 }
 
+/* An unread prefetched chunk of a pinned model is used by the pin: it
+ * counts as a prefetch hit and as read once (LFU: F >= 1 for its insert
+ * on unpin). Leaves ch off the evictable set. */
+static void pin_adopt(struct apb_cache *c, struct apb_chunk *ch)
+{
+	if (!ch->prefetched)
+		return;
+	prefetch_read(c, ch);
+	apb_evict_touch(c->evictable, &ch->evict);
+}
+
 static void chunk_ref(struct apb_cache *c, struct apb_chunk *ch)
 {
-	if (ch->refs == 0)
+	if (ch->refs == 0 && !chunk_pinned(c, ch))
 		evict_remove(c, ch);
 	ch->refs++;
 	apb_evict_touch(c->evictable, &ch->evict);
@@ -481,7 +560,10 @@ static void chunk_unref(struct apb_cache *c, struct apb_chunk *ch)
 	if (--ch->refs > 0)
 		return;
 	if (ch->state == CHUNK_READY) {
-		evict_insert(c, ch);
+		if (chunk_pinned(c, ch))
+			pin_adopt(c, ch); /* stays off the evictable set */
+		else
+			evict_insert(c, ch);
 	} else {
 		assert(ch->state == CHUNK_FAILED);
 		slot_release(c, ch);
@@ -730,6 +812,13 @@ static bool cache_consistent(struct apb_cache *c)
 {
 	uint32_t nfree = 0, used = 0, evictable = 0, resident = 0;
 	uint32_t prefetched = 0, cold = 0;
+	uint64_t pinned = 0, pinned_bytes = 0, reserved = 0;
+
+	for (uint32_t m = 0; m < c->model_count; m++)
+		reserved += c->pins[m].pinned ? c->pins[m].nchunks : 0;
+	if (reserved != c->pinned_slots || (reserved > 0 &&
+	    reserved + APB_CACHE_UNPINNED_MIN(c->nslots) > c->nslots))
+		return false;
 
 	for (uint32_t i = 0; i < c->nslots; i++) {
 		struct apb_chunk *ch = &c->chunks[i];
@@ -739,7 +828,15 @@ static bool cache_consistent(struct apb_cache *c)
 		nfree += ch->state == CHUNK_FREE;
 		used += ch->state != CHUNK_FREE && ch->state != CHUNK_RECLAIM;
 		resident += ch->state == CHUNK_READY;
-		evictable += ch->state == CHUNK_READY && ch->refs == 0;
+		evictable += ch->state == CHUNK_READY && ch->refs == 0 &&
+			     !chunk_pinned(c, ch);
+		if (ch->state == CHUNK_READY && chunk_pinned(c, ch)) {
+			pinned++;
+			pinned_bytes += ch->len;
+			/* The pin read it: no unread prefetch. */
+			if (ch->refs == 0 && ch->prefetched)
+				return false;
+		}
 		if (in_table && table_find(c, ch->model, ch->index) != ch)
 			return false;
 		if ((ch->state == CHUNK_FAILED || ch->state == CHUNK_DETACHED) &&
@@ -757,7 +854,9 @@ static bool cache_consistent(struct apb_cache *c)
 	       resident == c->st.resident_chunks &&
 	       prefetched == c->st.prefetch_unused_chunks &&
 	       prefetched <= c->prefetch_share &&
-	       cold == apb_evict_cold_count(c->evictable);
+	       cold == apb_evict_cold_count(c->evictable) &&
+	       pinned <= c->pinned_slots &&
+	       pinned_bytes == c->st.pinned_bytes;
 }
 #endif
 
@@ -778,10 +877,10 @@ static void reclaim_pages(struct apb_cache *c, struct apb_chunk *list)
 	}
 }
 
-/* Drop every READY chunk of model (all models if all) and return the
- * memory of the unreferenced ones to the OS. A referenced chunk is
- * detached instead: out of the table and the counters at once (so a new get
- * loads a fresh copy), its slot reclaimed by the last put. */
+/* Drop every READY chunk of model (all models if all) that is not pinned,
+ * and return the memory of the unreferenced ones to the OS. A referenced
+ * chunk is detached instead: out of the table and the counters at once (so
+ * a new get loads a fresh copy), its slot reclaimed by the last put. */
 static void drop_unreferenced(struct apb_cache *c, bool all, uint32_t model)
 {
 	struct apb_chunk *list = NULL, **tail = &list;
@@ -791,7 +890,8 @@ static void drop_unreferenced(struct apb_cache *c, bool all, uint32_t model)
 	for (uint32_t i = 0; i < c->nslots; i++) {
 		struct apb_chunk *ch = &c->chunks[i];
 
-		if (ch->state != CHUNK_READY || (!all && ch->model != model))
+		if (ch->state != CHUNK_READY || (!all && ch->model != model) ||
+		    chunk_pinned(c, ch))
 			continue;
 		if (ch->refs > 0) {
 			chunk_forget(c, ch);
@@ -832,6 +932,125 @@ void apb_cache_clear(struct apb_cache *c)
 	drop_unreferenced(c, true, 0);
 }
 
+/* ---- pinning --------------------------------------------------------- */
+
+/* Mark model pinned over nchunks chunks and reserve them; take the chunks
+ * already resident off the evictable set. mu held. */
+static void pin_begin(struct apb_cache *c, uint32_t model, uint64_t nchunks)
+{
+	struct model_pin *p = &c->pins[model];
+
+	p->pinned = true;
+	p->nchunks = nchunks;
+	p->epoch++;
+	c->pinned_slots += nchunks;
+	for (uint64_t i = 0; i < nchunks; i++) {
+		struct apb_chunk *ch = table_find(c, model, i);
+
+		if (!ch || ch->state != CHUNK_READY)
+			continue; /* LOADING: counted when it becomes READY */
+		c->st.pinned_bytes += ch->len;
+		if (ch->refs == 0) {
+			evict_remove(c, ch);
+			pin_adopt(c, ch);
+		}
+	}
+}
+
+/* Unpin model: its unreferenced READY chunks enter the evictable set warm,
+ * the reservation goes back. mu held. */
+static void pin_end(struct apb_cache *c, uint32_t model)
+{
+	struct model_pin *p = &c->pins[model];
+	uint64_t nchunks = p->nchunks;
+
+	assert(p->pinned && c->pinned_slots >= nchunks);
+	p->pinned = false;
+	p->nchunks = 0;
+	c->pinned_slots -= nchunks;
+	for (uint64_t i = 0; i < nchunks; i++) {
+		struct apb_chunk *ch = table_find(c, model, i);
+
+		if (!ch || ch->state != CHUNK_READY)
+			continue;
+		assert(c->st.pinned_bytes >= ch->len);
+		c->st.pinned_bytes -= ch->len;
+		if (ch->refs == 0)
+			evict_insert(c, ch);
+	}
+}
+
+int apb_cache_pin_model(struct apb_cache *c, uint32_t model,
+			uint64_t model_size)
+{
+	struct apb_chunk *ch;
+	uint64_t nchunks, epoch, i;
+	int rc = 0;
+
+	if (model >= c->model_count)
+		return -EINVAL;
+	nchunks = model_size / c->chunk_size + (model_size % c->chunk_size != 0);
+	lock(c);
+	if (c->pins[model].pinned) {
+		unlock(c);
+		return 0;
+	}
+	if (nchunks > 0 && (uint64_t)c->nslots <
+	    APB_CACHE_UNPINNED_MIN(c->nslots) + c->pinned_slots + nchunks) {
+		unlock(c);
+		return -ENOSPC;
+	}
+	pin_begin(c, model, nchunks);
+	epoch = c->pins[model].epoch;
+	assert(cache_consistent(c));
+	unlock(c);
+
+	/* One get at a time, holding no other reference: never stuck, as at
+	 * least APB_CACHE_UNPINNED_MIN slots hold no pinned chunk. */
+	for (i = 0; i < nchunks && rc == 0; i++) {
+		rc = apb_cache_get(c, model, i, &ch);
+		if (rc == 0)
+			apb_cache_put(c, ch);
+	}
+	if (rc == 0)
+		return 0;
+	lock(c);
+	/* Undo our own pin only, not one an unpin and a new pin replaced. */
+	if (c->pins[model].pinned && c->pins[model].epoch == epoch)
+		pin_end(c, model);
+	assert(cache_consistent(c));
+	unlock(c);
+	return rc;
+}
+
+int apb_cache_unpin_model(struct apb_cache *c, uint32_t model)
+{
+	int rc = -EINVAL;
+
+	if (model >= c->model_count)
+		return -EINVAL;
+	lock(c);
+	if (c->pins[model].pinned) {
+		pin_end(c, model);
+		rc = 0;
+	}
+	assert(cache_consistent(c));
+	unlock(c);
+	return rc;
+}
+
+bool apb_cache_model_pinned(struct apb_cache *c, uint32_t model)
+{
+	bool pinned;
+
+	if (model >= c->model_count)
+		return false;
+	lock(c);
+	pinned = c->pins[model].pinned;
+	unlock(c);
+	return pinned;
+}
+
 /* ---- statistics ------------------------------------------------------ */
 
 /* Zero every counter; keep the state (residency, unread prefetches). */
@@ -842,6 +1061,7 @@ void apb_cache_reset_stats(struct apb_cache *c)
 	lock(c);
 	state.resident_chunks = c->st.resident_chunks;
 	state.prefetch_unused_chunks = c->st.prefetch_unused_chunks;
+	state.pinned_bytes = c->st.pinned_bytes;
 	c->st = state;
 	for (uint32_t m = 0; m < c->model_count; m++) {
 		struct apb_cache_model_stats model_state = {
@@ -928,7 +1148,9 @@ static int cache_alloc(struct apb_cache *c, enum apb_eviction policy)
 	c->free_slots = calloc(c->nslots, sizeof(*c->free_slots));
 	c->models = calloc(c->model_count ? c->model_count : 1,
 			   sizeof(*c->models));
-	if (!c->chunks || !c->buckets || !c->free_slots || !c->models)
+	c->pins = calloc(c->model_count ? c->model_count : 1, sizeof(*c->pins));
+	if (!c->chunks || !c->buckets || !c->free_slots || !c->models ||
+	    !c->pins)
 		return -ENOMEM;
 	rc = apb_evict_new(policy, c->nslots, &c->evictable);
 	if (rc)
@@ -972,6 +1194,7 @@ static void cache_release(struct apb_cache *c)
 	free(c->buckets);
 	free(c->free_slots);
 	free(c->models);
+	free(c->pins);
 	apb_evict_free(c->evictable);
 	free(c);
 }

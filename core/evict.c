@@ -5,15 +5,18 @@
  * EVICTION POLICY
  *
  * A policy is an "evictable set" holding exactly the READY chunks with
- * refs == 0 (cache.c keeps that true), behind four operations (struct
+ * refs == 0 that are not pinned (cache.c keeps that true; its PINNING
+ * section says why pinned chunks stay out), behind four operations (struct
  * evict_ops): insert (a put took refs 1 -> 0, or a chunk got evictable
- * otherwise), remove (a get took refs 0 -> 1, or clear/evict_model drops
- * it), pop_victim (take the chunk to evict for room, NULL if the set is
- * empty) and touch (a get referenced the chunk; bookkeeping for frequency),
- * plus init for a chunk about to be loaded. The set sees each chunk only as
- * the struct apb_evict_node embedded in it (evict.h says why). In front of
- * the policy sits the cold list (COLD CHUNKS below), the same for every
- * policy; the wrappers at the bottom route each call to one or the other.
+ * otherwise: an unpin), remove (a get took refs 0 -> 1, a pin took the
+ * chunk, or clear/evict_model drops it), pop_victim (take the chunk to
+ * evict for room, NULL if the set is empty) and touch (a get referenced
+ * the chunk; bookkeeping for frequency), plus init for a chunk about to be
+ * loaded. A chunk an unpin inserts was read (by the pin at least), so LFU
+ * gives it F >= 1 like any put. The set sees each chunk only as the struct
+ * apb_evict_node embedded in it (evict.h says why). In front of the policy
+ * sits the cold list (COLD CHUNKS below), the same for every policy; the
+ * wrappers at the bottom route each call to one or the other.
  *
  * LRU is an intrusive doubly linked list: insert appends at the MRU tail, the
  * victim is the head. Every operation is O(1). "Recent" means "released

@@ -29,6 +29,7 @@
 #ifndef APBUNDLE_CACHE_H
 #define APBUNDLE_CACHE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -77,6 +78,7 @@ struct apb_cache_stats {
 	uint64_t prefetch_wasted;       /* of those, dropped before any get */
 	uint64_t prefetch_wasted_bytes;
 	uint64_t prefetch_unused_chunks; /* state: prefetched, not yet read */
+	uint64_t pinned_bytes;    /* state: valid bytes of pinned chunks */
 };
 
 struct apb_cache_model_stats {
@@ -138,15 +140,41 @@ int apb_cache_prefetch(struct apb_cache *c, uint32_t model, uint64_t index);
 const void *apb_chunk_data(const struct apb_chunk *chunk);
 size_t apb_chunk_len(const struct apb_chunk *chunk);
 
+/*
+ * Pin model: load every chunk of it (in the calling thread, one get at a
+ * time, counting hits and misses as reads would) and keep them out of
+ * eviction until apb_cache_unpin_model(). Pinned chunks count against the
+ * budget; a prefetched chunk the pin takes over counts a prefetch hit.
+ * Returns 0 (also when already pinned or being pinned by another call, and
+ * always for an empty model), -ENOSPC when the model's
+ * chunks plus those already pinned would leave fewer than
+ * APB_CACHE_UNPINNED_MIN(nslots) slots for everything else (nothing is
+ * pinned then), -EINVAL for a bad model, or a loader errno (the pin is
+ * undone). model_size is the model's size in bytes.
+ */
+int apb_cache_pin_model(struct apb_cache *c, uint32_t model,
+			uint64_t model_size);
+/* Make the model's chunks evictable again; 0, or -EINVAL if not pinned. */
+int apb_cache_unpin_model(struct apb_cache *c, uint32_t model);
+bool apb_cache_model_pinned(struct apb_cache *c, uint32_t model);
+
+/* Slots that pins must leave free for reads of everything else: an eighth
+ * of the budget and at least 16 slots, so that readers never wait on a
+ * cache filled with pinned chunks. */
+#define APB_CACHE_UNPINNED_MIN(nslots) \
+	((nslots) / 8 > 16 ? (nslots) / 8 : 16)
+
 /* Drop every loaded chunk of model (or of all models) and give the memory
  * back to the OS. A chunk that a reader still holds leaves the cache at once
  * (counted as evicted; the next get loads it afresh) and its memory goes
- * back when the last reference is put. Chunks still loading stay. */
+ * back when the last reference is put. Chunks still loading stay, and so
+ * do the chunks of a pinned model. */
 void apb_cache_evict_model(struct apb_cache *c, uint32_t model);
 void apb_cache_clear(struct apb_cache *c);
 
 /* Zero every counter, global and per model (prefetch counters included);
- * state stays: memory, resident chunks and bytes, prefetch_unused_chunks. */
+ * state stays: memory, resident chunks and bytes, prefetch_unused_chunks,
+ * pinned_bytes. */
 void apb_cache_reset_stats(struct apb_cache *c);
 
 void apb_cache_stats(struct apb_cache *c, struct apb_cache_stats *out);

@@ -1656,6 +1656,317 @@ static void test_stress_prefetch_and_gets_lfu_keep_bytes_and_share(void)
 	prefetch_stress(APB_EVICT_LFU);
 }
 
+/* ---- pinning ---------------------------------------------------------- */
+
+/* 32 slots: APB_CACHE_UNPINNED_MIN(32) = 16, so pins may hold 16. */
+#define PIN_SLOTS 32u
+
+/* Gets of chunks first .. first + n - 1 of model, none resident before:
+ * each loads, evicting for room. */
+static void storm(struct source *s, struct apb_cache *c, uint32_t model,
+		  uint64_t first, uint64_t n)
+{
+	for (uint64_t i = first; i < first + n; i++)
+		CHECK(!access_chunk(s, c, CS, model, i));
+}
+
+static void test_pin_loads_every_chunk(void)
+{
+	const uint64_t size = 10 * CS + 100; /* 11 chunks, the last short */
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+
+	source_init(&s, size);
+	c = cache_make(&s, APB_EVICT_LRU, PIN_SLOTS * CS, CS, 2);
+	CHECK(!apb_cache_model_pinned(c, 0));
+	CHECK_EQ(apb_cache_pin_model(c, 0, size), 0);
+	CHECK(apb_cache_model_pinned(c, 0));
+	CHECK(!apb_cache_model_pinned(c, 1));
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.misses, 11);
+	CHECK_EQ(st.hits, 0);
+	CHECK_EQ(st.resident_chunks, 11);
+	CHECK_EQ(st.pinned_bytes, size);
+	CHECK_EQ(model_resident(c, 0), size);
+	CHECK_EQ(source_calls(&s), 11);
+	for (uint64_t i = 0; i < 11; i++)
+		CHECK(access_chunk(&s, c, CS, 0, i));
+	/* pinned_bytes is state: a reset keeps it */
+	apb_cache_reset_stats(c);
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.pinned_bytes, size);
+	cache_done(&s, c);
+}
+
+static void pinned_chunks_survive_storm(enum apb_eviction policy)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+
+	source_init(&s, 1000 * (uint64_t)CS);
+	c = cache_make(&s, policy, PIN_SLOTS * CS, CS, 2);
+	CHECK_EQ(apb_cache_pin_model(c, 0, 16 * CS), 0);
+	storm(&s, c, 1, 0, 200);
+	for (int round = 0; round < 3; round++) /* hot for LFU, recent for LRU */
+		for (uint64_t i = 0; i < 8; i++)
+			access_chunk(&s, c, CS, 1, i);
+	storm(&s, c, 1, 200, 100);
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.pinned_bytes, 16 * CS);
+	CHECK_EQ(st.resident_chunks, PIN_SLOTS);
+	for (uint64_t i = 0; i < 16; i++)
+		CHECK(access_chunk(&s, c, CS, 0, i));
+	/* prefetches never take a pinned chunk's slot either */
+	for (uint64_t i = 500; i < 520; i++)
+		(void)apb_cache_prefetch(c, 1, i);
+	CHECK_EQ(model_resident(c, 0), 16 * CS);
+	cache_done(&s, c);
+}
+
+static void test_lru_pinned_chunks_survive_storm_of_other_model(void)
+{
+	pinned_chunks_survive_storm(APB_EVICT_LRU);
+}
+
+static void test_lfu_pinned_chunks_survive_storm_of_other_model(void)
+{
+	pinned_chunks_survive_storm(APB_EVICT_LFU);
+}
+
+static void test_pin_over_budget_is_enospc_and_pins_nothing(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+
+	source_init(&s, 100 * (uint64_t)CS);
+	c = cache_make(&s, APB_EVICT_LRU, PIN_SLOTS * CS, CS, 4);
+	CHECK_EQ(apb_cache_pin_model(c, 0, 16 * CS + 1), -ENOSPC);
+	CHECK(!apb_cache_model_pinned(c, 0));
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.misses, 0);
+	CHECK_EQ(st.pinned_bytes, 0);
+	CHECK_EQ(source_calls(&s), 0);
+
+	CHECK_EQ(apb_cache_pin_model(c, 0, 10 * CS), 0);
+	CHECK_EQ(apb_cache_pin_model(c, 1, 7 * CS), -ENOSPC); /* 10 + 7 > 16 */
+	CHECK(!apb_cache_model_pinned(c, 1));
+	CHECK_EQ(apb_cache_pin_model(c, 1, 6 * CS), 0);
+	CHECK_EQ(apb_cache_pin_model(c, 2, 1), -ENOSPC);
+	CHECK_EQ(apb_cache_pin_model(c, 3, 0), 0); /* takes no slot */
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.misses, 16);
+	CHECK_EQ(st.pinned_bytes, 16 * CS);
+	/* an unpin gives its reservation back */
+	CHECK_EQ(apb_cache_unpin_model(c, 1), 0);
+	CHECK_EQ(apb_cache_pin_model(c, 2, 6 * CS), 0);
+	/* a cache under 17 slots pins no chunk at all */
+	cache_done(&s, c);
+	source_init(&s, 100 * (uint64_t)CS);
+	c = cache_make(&s, APB_EVICT_LRU, 16 * CS, CS, 1);
+	CHECK_EQ(apb_cache_pin_model(c, 0, 1), -ENOSPC);
+	cache_done(&s, c);
+}
+
+static void test_unpinned_chunks_become_evictable(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+
+	source_init(&s, 1000 * (uint64_t)CS);
+	c = cache_make(&s, APB_EVICT_LFU, PIN_SLOTS * CS, CS, 2);
+	CHECK_EQ(apb_cache_pin_model(c, 0, 16 * CS), 0);
+	CHECK_EQ(apb_cache_unpin_model(c, 0), 0);
+	CHECK(!apb_cache_model_pinned(c, 0));
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.pinned_bytes, 0);
+	CHECK_EQ(model_resident(c, 0), 16 * CS); /* unpin drops nothing */
+	storm(&s, c, 1, 0, 200);
+	CHECK_EQ(model_resident(c, 0), 0);
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.evictions, 200 + 16 - PIN_SLOTS);
+	CHECK_EQ(apb_cache_unpin_model(c, 0), -EINVAL);
+	CHECK_EQ(apb_cache_unpin_model(c, 1), -EINVAL);
+	CHECK_EQ(apb_cache_unpin_model(c, 2), -EINVAL);
+	cache_done(&s, c);
+}
+
+static void test_clear_and_evict_model_keep_pinned_chunks(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+
+	source_init(&s, 4 * CS);
+	c = cache_make(&s, APB_EVICT_LRU, PIN_SLOTS * CS, CS, 2);
+	CHECK_EQ(apb_cache_pin_model(c, 0, 4 * CS), 0);
+	for (uint64_t i = 0; i < 3; i++)
+		access_chunk(&s, c, CS, 1, i);
+	apb_cache_evict_model(c, 0); /* a pinned model: drops nothing */
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.evictions, 0);
+	CHECK_EQ(model_resident(c, 0), 4 * CS);
+	apb_cache_clear(c);
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.evictions, 3);
+	CHECK_EQ(st.resident_chunks, 4);
+	CHECK_EQ(st.used_bytes, 4 * CS);
+	CHECK_EQ(st.pinned_bytes, 4 * CS);
+	CHECK_EQ(model_resident(c, 1), 0);
+	for (uint64_t i = 0; i < 4; i++)
+		CHECK(access_chunk(&s, c, CS, 0, i));
+	/* once unpinned, they go like any other */
+	CHECK_EQ(apb_cache_unpin_model(c, 0), 0);
+	apb_cache_evict_model(c, 0);
+	CHECK_EQ(model_resident(c, 0), 0);
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.evictions, 7);
+	CHECK_EQ(st.used_bytes, 0);
+	cache_done(&s, c);
+}
+
+static void test_failed_pin_returns_errno_and_unpins(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+
+	source_init(&s, 1000 * (uint64_t)CS);
+	c = cache_make(&s, APB_EVICT_LRU, PIN_SLOTS * CS, CS, 2);
+	for (uint64_t i = 0; i < 3; i++)
+		access_chunk(&s, c, CS, 0, i);
+	source_set(&s, -EIO, 0);
+	CHECK_EQ(apb_cache_pin_model(c, 0, 6 * CS), -EIO);
+	CHECK(!apb_cache_model_pinned(c, 0));
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.load_errors, 1);
+	CHECK_EQ(st.pinned_bytes, 0);
+	CHECK_EQ(st.hits, 3); /* the pin read chunks 0..2, failed on 3 */
+	CHECK_EQ(st.misses, 4);
+	source_set(&s, 0, 0);
+	/* the reservation is back: the whole budget can be pinned again */
+	CHECK_EQ(apb_cache_pin_model(c, 1, 16 * CS), 0);
+	CHECK_EQ(apb_cache_unpin_model(c, 1), 0);
+	/* the chunks read before the failure are evictable again */
+	storm(&s, c, 1, 100, 100);
+	CHECK_EQ(model_resident(c, 0), 0);
+	cache_done(&s, c);
+}
+
+static void test_pin_of_empty_model_loads_nothing(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+
+	source_init(&s, 0);
+	c = cache_make(&s, APB_EVICT_LRU, PIN_SLOTS * CS, CS, 1);
+	CHECK_EQ(apb_cache_pin_model(c, 0, 0), 0);
+	CHECK(apb_cache_model_pinned(c, 0));
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.misses + st.hits, 0);
+	CHECK_EQ(st.pinned_bytes, 0);
+	CHECK_EQ(st.used_bytes, 0);
+	CHECK_EQ(source_calls(&s), 0);
+	CHECK_EQ(apb_cache_unpin_model(c, 0), 0);
+	CHECK(!apb_cache_model_pinned(c, 0));
+	cache_done(&s, c);
+}
+
+static void test_pinning_twice_is_a_no_op(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+
+	source_init(&s, 5 * CS);
+	c = cache_make(&s, APB_EVICT_LFU, PIN_SLOTS * CS, CS, 1);
+	CHECK_EQ(apb_cache_pin_model(c, 0, 5 * CS), 0);
+	CHECK_EQ(apb_cache_pin_model(c, 0, 5 * CS), 0);
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.misses, 5);
+	CHECK_EQ(st.hits, 0);
+	CHECK_EQ(st.pinned_bytes, 5 * CS);
+	CHECK_EQ(apb_cache_unpin_model(c, 0), 0); /* one unpin undoes both */
+	CHECK(!apb_cache_model_pinned(c, 0));
+	CHECK_EQ(apb_cache_pin_model(c, 1, CS), -EINVAL);
+	CHECK(!apb_cache_model_pinned(c, 1));
+	cache_done(&s, c);
+}
+
+static void test_pin_reads_prefetched_chunks_as_prefetch_hits(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+
+	source_init(&s, 4 * CS);
+	c = cache_make(&s, APB_EVICT_LFU, PIN_SLOTS * CS, CS, 1);
+	CHECK_EQ(apb_cache_prefetch(c, 0, 0), 0);
+	CHECK_EQ(apb_cache_prefetch(c, 0, 1), 0);
+	CHECK_EQ(apb_cache_pin_model(c, 0, 4 * CS), 0);
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.hits, 2);
+	CHECK_EQ(st.misses, 2);
+	CHECK_EQ(st.prefetch_hits, 2);
+	CHECK_EQ(st.prefetch_unused_chunks, 0);
+	CHECK_EQ(st.pinned_bytes, 4 * CS);
+	CHECK_EQ(apb_cache_unpin_model(c, 0), 0);
+	apb_cache_clear(c);
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.prefetch_wasted, 0);
+	CHECK_EQ(st.evictions, 4);
+	cache_done(&s, c);
+}
+
+/* The churn's watcher: pin and unpin the models the workers read, in turn;
+ * each pin holds exactly its 8 chunks while the workers evict around it. */
+static void pin_unpin_during_churn(struct churn *w, void *ctx)
+{
+	unsigned *round = ctx;
+	uint32_t model = *round % w->models;
+	struct apb_cache_stats st;
+
+	(*round)++;
+	CHECK_EQ(apb_cache_pin_model(w->cache, model, 8 * CS), 0);
+	CHECK(apb_cache_model_pinned(w->cache, model));
+	apb_cache_stats(w->cache, &st);
+	CHECK_EQ(st.pinned_bytes, 8 * CS);
+	CHECK_EQ(model_resident(w->cache, model) >= 8 * CS, 1);
+	CHECK_EQ(apb_cache_unpin_model(w->cache, model), 0);
+	apb_cache_stats(w->cache, &st);
+	CHECK_EQ(st.pinned_bytes, 0);
+}
+
+static void test_pin_and_unpin_while_threads_get(void)
+{
+	struct source s;
+	struct churn w = {0};
+	struct apb_cache_stats st;
+	unsigned rounds = 0;
+
+	source_init(&s, 40 * (uint64_t)CS);
+	w.src = &s;
+	w.cache = cache_make(&s, APB_EVICT_LFU, 24 * CS, CS, 2);
+	w.models = 2;
+	w.chunks_per_model = 40;
+	w.gets_per_thread = 1500;
+	w.evict_too = true;
+	churn_run(&w, 4, pin_unpin_during_churn, &rounds);
+	CHECK(rounds > 0);
+	apb_cache_stats(w.cache, &st);
+	CHECK_EQ(st.hits + st.misses >= 4 * 1500, 1);
+	CHECK_EQ(st.pinned_bytes, 0);
+	CHECK(st.used_bytes <= st.budget_bytes);
+	apb_cache_clear(w.cache);
+	apb_cache_stats(w.cache, &st);
+	CHECK_EQ(st.used_bytes, 0);
+	cache_done(&s, w.cache);
+}
+
 int main(void)
 {
 	RUN(test_config_rejects_invalid_values);
@@ -1691,5 +2002,16 @@ int main(void)
 	RUN(test_get_during_prefetch_load_is_a_hit_and_loads_once);
 	RUN(test_stress_prefetch_and_gets_lru_keep_bytes_and_share);
 	RUN(test_stress_prefetch_and_gets_lfu_keep_bytes_and_share);
+	RUN(test_pin_loads_every_chunk);
+	RUN(test_lru_pinned_chunks_survive_storm_of_other_model);
+	RUN(test_lfu_pinned_chunks_survive_storm_of_other_model);
+	RUN(test_pin_over_budget_is_enospc_and_pins_nothing);
+	RUN(test_unpinned_chunks_become_evictable);
+	RUN(test_clear_and_evict_model_keep_pinned_chunks);
+	RUN(test_failed_pin_returns_errno_and_unpins);
+	RUN(test_pin_of_empty_model_loads_nothing);
+	RUN(test_pinning_twice_is_a_no_op);
+	RUN(test_pin_reads_prefetched_chunks_as_prefetch_hits);
+	RUN(test_pin_and_unpin_while_threads_get);
 	return 0;
 }
