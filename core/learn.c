@@ -1,0 +1,653 @@
+/*
+ * learn.c - counts of model opens and of which model follows which
+ * (learn.h), and the state file that keeps them across mounts.
+ *
+ * Tables. For each of the bundle's models, indexed like the bundle:
+ *  - opens[m]: how many times m was opened (uint64_t, saturating);
+ *  - next[m * APB_LEARN_SUCCESSORS ...]: up to APB_LEARN_SUCCESSORS
+ *    {model, count} slots for the models opened right after m. A slot with
+ *    count 0 is empty (its model field means nothing); a used slot never
+ *    names m itself, and no model appears twice in one table.
+ * Both are allocated once by apb_learn_new(): 8 + 8 * 8 = 72 bytes per
+ * model, 7.2 MB for 100,000 models. They come from calloc, so the pages of
+ * models never opened stay untouched zero pages and cost no memory.
+ *
+ * Transitions. `last` is the model opened most recently by anyone
+ * (UINT32_MAX before the first open). An open of m after a different model
+ * counts one transition last -> m; an open of the model that is already
+ * `last` counts none. With several readers the transitions interleave;
+ * that is the point: what is opened next is what is worth prefetching.
+ *
+ * Replacement. When a transition's target is not in a full table, it takes
+ * the slot of the least counted entry (ties: the highest model index, the
+ * one apb_learn_successors() would rank last) and starts at that entry's
+ * count + 1, not at 1. This is the Space-Saving algorithm (Metwally,
+ * Agrawal, El Abbadi, 2005): every successor that follows a model in more
+ * than 1/8 of its transitions is guaranteed a slot, and a count overstates
+ * the truth by at most the count it inherited. Starting at 1 would be
+ * exact for what it keeps, but once eight successors have counts of 2 or
+ * more, a successor that only became common later (a new workload) enters
+ * at 1 and is evicted by the next newcomer before it can climb, so the
+ * table freezes on the past. For a prefetch hint an overcount is cheap;
+ * missing the real successor is not.
+ *
+ * Saturation. Counts stop at UINT32_MAX (successors) and UINT64_MAX
+ * (opens) instead of wrapping, so a long-lived count never turns small.
+ *
+ * State file. One JSON object, built and parsed with cJSON:
+ *
+ *   {"version": 1,
+ *    "models": {"NAME": {"opens": N, "next": {"NAME2": COUNT, ...}}, ...}}
+ *
+ * Models are keyed by name (indexes change when the bundle does) in name
+ * order; only models with opens > 0 or a successor are written, and each
+ * "next" lists the successors most frequent first. All numbers are
+ * integers 0 <= n <= 2^53 (exact in a double). Loading checks the whole
+ * document before it touches a count: version must be 1, "models" an
+ * object, each model an object with "opens" a number and "next" an object
+ * of numbers; any other key is ignored. Then, under the lock, counts are
+ * added to the tables: opens add, successors go in as a transition of
+ * weight COUNT would (clamped to UINT32_MAX, same replacement rule). Names
+ * not in the bundle, "next" entries naming the model itself and zero
+ * counts are skipped. A name given twice in one object adds twice.
+ * Files over 64 MiB are refused (-EFBIG) before reading: a real file is
+ * at most a few hundred bytes per model.
+ *
+ * Saving snapshots the tables under the lock, then builds the document and
+ * writes it through atomic.h (temporary file in the same directory, fsync,
+ * rename, fsync of the directory) with no lock held.
+ *
+ * Locking. One mutex, `mu`, protects opens, next and last. It is held only
+ * for table work (no I/O, no allocation); it is the only lock here and no
+ * other lock is taken under it.
+ */
+#include <apbundle/learn.h>
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "atomic.h"
+#include "error.h"
+
+#define NONE UINT32_MAX
+#define STATE_VERSION 1
+#define STATE_MAX_BYTES ((off_t)64 << 20)
+#define JSON_INT_MAX 9007199254740992.0 /* 2^53 */
+
+struct succ {
+	uint32_t model;
+	uint32_t count; /* 0: empty slot */
+};
+
+struct apb_learn {
+	const struct apb_bundle *bundle; /* immutable */
+	uint32_t count;                  /* immutable: models in bundle */
+	pthread_mutex_t mu;
+	uint64_t *opens;   /* mu: [count] */
+	struct succ *next; /* mu: [count * APB_LEARN_SUCCESSORS] */
+	uint32_t last;     /* mu: last opened model, NONE before any */
+};
+
+int apb_learn_new(const struct apb_bundle *bundle, struct apb_learn **out)
+{
+	size_t n = apb_bundle_count(bundle);
+	struct apb_learn *l;
+
+	*out = NULL;
+	if (n >= NONE)
+		return -EOVERFLOW;
+	l = calloc(1, sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	l->bundle = bundle;
+	l->count = (uint32_t)n;
+	l->last = NONE;
+	/* calloc(0) may return NULL; one extra element keeps NULL an error. */
+	l->opens = calloc(n + 1, sizeof(*l->opens));
+	l->next = calloc(n * APB_LEARN_SUCCESSORS + 1, sizeof(*l->next));
+	if (!l->opens || !l->next || pthread_mutex_init(&l->mu, NULL) != 0) {
+		free(l->opens);
+		free(l->next);
+		free(l);
+		return -ENOMEM;
+	}
+	*out = l;
+	return 0;
+}
+
+void apb_learn_free(struct apb_learn *l)
+{
+	if (!l)
+		return;
+	pthread_mutex_destroy(&l->mu);
+	free(l->opens);
+	free(l->next);
+	free(l);
+}
+
+static uint32_t add32(uint32_t a, uint32_t b)
+{
+	return a > UINT32_MAX - b ? UINT32_MAX : a + b;
+}
+
+static uint64_t add64(uint64_t a, uint64_t b)
+{
+	return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
+/* Does slot a rank after slot b in apb_learn_successors()' order? */
+static bool ranks_after(const struct succ *a, const struct succ *b)
+{
+	return a->count < b->count ||
+	       (a->count == b->count && a->model > b->model);
+}
+
+/* Count weight more transitions from model `from` to `to` (mu held). */
+static void bump(struct apb_learn *l, uint32_t from, uint32_t to,
+		 uint32_t weight)
+{
+	struct succ *t = &l->next[(size_t)from * APB_LEARN_SUCCESSORS];
+	struct succ *empty = NULL, *least = NULL;
+
+	if (from == to || weight == 0)
+		return;
+	for (int i = 0; i < APB_LEARN_SUCCESSORS; i++) {
+		if (t[i].count == 0) {
+			if (!empty)
+				empty = &t[i];
+		} else if (t[i].model == to) {
+			t[i].count = add32(t[i].count, weight);
+			return;
+		} else if (!least || ranks_after(&t[i], least)) {
+			least = &t[i];
+		}
+	}
+	if (empty) {
+		empty->model = to;
+		empty->count = weight;
+		return;
+	}
+	/* Space-Saving: inherit the evicted count (see the file comment). */
+	least->model = to;
+	least->count = add32(least->count, weight);
+}
+
+/* The used slots of table t, most frequent first (ties: lower index). */
+static size_t sorted_successors(const struct succ *t,
+				struct succ out[APB_LEARN_SUCCESSORS])
+{
+	size_t n = 0;
+
+	for (int i = 0; i < APB_LEARN_SUCCESSORS; i++)
+		if (t[i].count)
+			out[n++] = t[i];
+	/* Insertion sort: at most eight entries. */
+	for (size_t i = 1; i < n; i++) {
+		struct succ s = out[i];
+		size_t j = i;
+		for (; j > 0 && ranks_after(&out[j - 1], &s); j--)
+			out[j] = out[j - 1];
+		out[j] = s;
+	}
+	return n;
+}
+
+void apb_learn_opened(struct apb_learn *l, uint32_t model)
+{
+	if (model >= l->count)
+		return;
+	pthread_mutex_lock(&l->mu);
+	l->opens[model] = add64(l->opens[model], 1);
+	if (l->last != NONE)
+		bump(l, l->last, model, 1);
+	l->last = model;
+	pthread_mutex_unlock(&l->mu);
+}
+
+size_t apb_learn_successors(struct apb_learn *l, uint32_t model,
+			    uint32_t *out, size_t max)
+{
+	struct succ t[APB_LEARN_SUCCESSORS];
+	size_t n;
+
+	if (model >= l->count)
+		return 0;
+	pthread_mutex_lock(&l->mu);
+	n = sorted_successors(&l->next[(size_t)model * APB_LEARN_SUCCESSORS], t);
+	pthread_mutex_unlock(&l->mu);
+	if (n > max)
+		n = max;
+	for (size_t i = 0; i < n; i++)
+		out[i] = t[i].model;
+	return n;
+}
+
+/* Is model a less popular than b (fewer opens; ties: higher index)? */
+static bool less_popular(const struct apb_learn *l, uint32_t a, uint32_t b)
+{
+	return l->opens[a] < l->opens[b] ||
+	       (l->opens[a] == l->opens[b] && a > b);
+}
+
+/* Restore the min-heap (least popular at the root) below position i. */
+static void sift_down(const struct apb_learn *l, uint32_t *h, size_t n,
+		      size_t i)
+{
+	for (;;) {
+		size_t c = 2 * i + 1, m = i;
+		if (c < n && less_popular(l, h[c], h[m]))
+			m = c;
+		if (c + 1 < n && less_popular(l, h[c + 1], h[m]))
+			m = c + 1;
+		if (m == i)
+			return;
+		uint32_t x = h[i];
+		h[i] = h[m];
+		h[m] = x;
+		i = m;
+	}
+}
+
+/*
+ * Top max by a min-heap kept in out itself: O(models * log max), no
+ * allocation, so it cannot fail. Then a heap sort puts the least popular
+ * at the end, leaving out most popular first.
+ */
+size_t apb_learn_popular(struct apb_learn *l, uint32_t *out, size_t max)
+{
+	size_t n = 0;
+
+	if (max == 0)
+		return 0;
+	pthread_mutex_lock(&l->mu);
+	for (uint32_t m = 0; m < l->count; m++) {
+		if (l->opens[m] == 0)
+			continue;
+		if (n < max) {
+			/* Sift up. */
+			size_t i = n++;
+			out[i] = m;
+			while (i > 0 && less_popular(l, out[i], out[(i - 1) / 2])) {
+				uint32_t x = out[i];
+				out[i] = out[(i - 1) / 2];
+				out[(i - 1) / 2] = x;
+				i = (i - 1) / 2;
+			}
+		} else if (less_popular(l, out[0], m)) {
+			out[0] = m;
+			sift_down(l, out, n, 0);
+		}
+	}
+	for (size_t end = n; end > 1; end--) {
+		uint32_t x = out[0];
+		out[0] = out[end - 1];
+		out[end - 1] = x;
+		sift_down(l, out, end - 1, 0);
+	}
+	pthread_mutex_unlock(&l->mu);
+	return n;
+}
+
+uint64_t apb_learn_opens(struct apb_learn *l, uint32_t model)
+{
+	uint64_t n;
+
+	if (model >= l->count)
+		return 0;
+	pthread_mutex_lock(&l->mu);
+	n = l->opens[model];
+	pthread_mutex_unlock(&l->mu);
+	return n;
+}
+
+/* ---- loading ---------------------------------------------------------- */
+
+/* Read all of path into a NUL-terminated *buf (caller frees). */
+static int read_state(const char *path, char **buf, size_t *len, char *err,
+		      size_t err_len)
+{
+	struct stat st;
+	char *b = NULL;
+	size_t n = 0, cap;
+	int rc = 0, fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return apb_fail(-errno, err, err_len, "%s: %s", path,
+				strerror(errno));
+	if (fstat(fd, &st) != 0) {
+		rc = apb_fail(-errno, err, err_len, "%s: %s", path,
+			      strerror(errno));
+		goto out;
+	}
+	if (st.st_size > STATE_MAX_BYTES)
+		goto too_big;
+	/* Read to EOF, not to st_size: the file may grow meanwhile, and a
+	 * pipe or FIFO has no size; growing past the limit is refused. */
+	cap = (size_t)st.st_size + 4096;
+	for (;;) {
+		ssize_t r;
+		if (n + 1 >= cap) {
+			char *bigger;
+			if (n > (size_t)STATE_MAX_BYTES)
+				goto too_big;
+			cap *= 2;
+			bigger = realloc(b, cap);
+			if (!bigger) {
+				rc = apb_fail(-ENOMEM, err, err_len, "%s: %s",
+					      path, strerror(ENOMEM));
+				goto out;
+			}
+			b = bigger;
+		} else if (!b && !(b = malloc(cap))) {
+			rc = apb_fail(-ENOMEM, err, err_len, "%s: %s", path,
+				      strerror(ENOMEM));
+			goto out;
+		}
+		r = read(fd, b + n, cap - n - 1);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			rc = apb_fail(-errno, err, err_len, "%s: %s", path,
+				      strerror(errno));
+			goto out;
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+	}
+	if (n > (size_t)STATE_MAX_BYTES)
+		goto too_big;
+	b[n] = '\0';
+	*buf = b;
+	*len = n;
+	b = NULL;
+	goto out;
+too_big:
+	rc = apb_fail(-EFBIG, err, err_len,
+		      "%s: state file is larger than the limit of %lld bytes",
+		      path, (long long)STATE_MAX_BYTES);
+out:
+	free(b);
+	close(fd);
+	return rc;
+}
+
+/* Is item a JSON number that is an integer in [0, 2^53]? */
+static bool is_count(const cJSON *item)
+{
+	double v;
+
+	if (!cJSON_IsNumber(item))
+		return false;
+	v = item->valuedouble;
+	return v >= 0 && v <= JSON_INT_MAX && (double)(uint64_t)v == v;
+}
+
+/* Check one entry of "models" without touching any count. */
+static int check_model(const cJSON *m, char *err, size_t err_len)
+{
+	const cJSON *opens, *next, *s;
+
+	if (!cJSON_IsObject(m))
+		return apb_fail(-EINVAL, err, err_len,
+				"state file: 'models.%s' is not an object",
+				m->string);
+	opens = cJSON_GetObjectItemCaseSensitive(m, "opens");
+	if (!opens)
+		return apb_fail(-EINVAL, err, err_len,
+				"state file: 'models.%s.opens' is missing",
+				m->string);
+	if (!is_count(opens))
+		return apb_fail(-EINVAL, err, err_len,
+				"state file: 'models.%s.opens' is not a "
+				"non-negative integer", m->string);
+	next = cJSON_GetObjectItemCaseSensitive(m, "next");
+	if (!next)
+		return apb_fail(-EINVAL, err, err_len,
+				"state file: 'models.%s.next' is missing",
+				m->string);
+	if (!cJSON_IsObject(next))
+		return apb_fail(-EINVAL, err, err_len,
+				"state file: 'models.%s.next' is not an object",
+				m->string);
+	cJSON_ArrayForEach(s, next) {
+		if (!is_count(s))
+			return apb_fail(-EINVAL, err, err_len,
+					"state file: 'models.%s.next.%s' is "
+					"not a non-negative integer",
+					m->string, s->string);
+	}
+	return 0;
+}
+
+/* Check the whole document; returns its "models" object through *models. */
+static int check_state(const cJSON *doc, const cJSON **models, char *err,
+		       size_t err_len)
+{
+	const cJSON *v, *m;
+	int rc;
+
+	if (!cJSON_IsObject(doc))
+		return apb_fail(-EINVAL, err, err_len,
+				"state file: top level is not an object");
+	v = cJSON_GetObjectItemCaseSensitive(doc, "version");
+	if (!v)
+		return apb_fail(-EINVAL, err, err_len,
+				"state file: 'version' is missing");
+	if (!cJSON_IsNumber(v) || v->valuedouble != STATE_VERSION)
+		return apb_fail(-EINVAL, err, err_len,
+				"state file: 'version' is not %d",
+				STATE_VERSION);
+	*models = cJSON_GetObjectItemCaseSensitive(doc, "models");
+	if (!*models)
+		return apb_fail(-EINVAL, err, err_len,
+				"state file: 'models' is missing");
+	if (!cJSON_IsObject(*models))
+		return apb_fail(-EINVAL, err, err_len,
+				"state file: 'models' is not an object");
+	cJSON_ArrayForEach(m, *models) {
+		rc = check_model(m, err, err_len);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+static uint32_t clamp32(double v)
+{
+	return v >= (double)UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+}
+
+/* Add a checked document's counts to the tables (mu held). Cannot fail. */
+static void merge_state(struct apb_learn *l, const cJSON *models)
+{
+	const cJSON *m, *s;
+	size_t from, to;
+
+	cJSON_ArrayForEach(m, models) {
+		if (apb_bundle_find(l->bundle, m->string, &from) != 0)
+			continue;
+		l->opens[from] = add64(
+			l->opens[from],
+			(uint64_t)cJSON_GetObjectItemCaseSensitive(m, "opens")
+				->valuedouble);
+		cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(m, "next")) {
+			if (apb_bundle_find(l->bundle, s->string, &to) != 0)
+				continue;
+			bump(l, (uint32_t)from, (uint32_t)to,
+			     clamp32(s->valuedouble));
+		}
+	}
+}
+
+int apb_learn_load(struct apb_learn *l, const char *path, char *err,
+		   size_t err_len)
+{
+	char *buf = NULL;
+	const char *end = NULL;
+	const cJSON *models = NULL;
+	cJSON *doc = NULL;
+	size_t len = 0;
+	int rc;
+
+	rc = read_state(path, &buf, &len, err, err_len);
+	if (rc)
+		goto out;
+	if (memchr(buf, '\0', len)) {
+		rc = apb_fail(-EINVAL, err, err_len,
+			      "state file: not JSON (NUL byte at offset %zu)",
+			      (size_t)((char *)memchr(buf, '\0', len) - buf));
+		goto out;
+	}
+	/* len + 1 includes the NUL, so trailing garbage is an error. */
+	doc = cJSON_ParseWithLengthOpts(buf, len + 1, &end, true);
+	if (!doc) {
+		rc = apb_fail(-EINVAL, err, err_len,
+			      "state file: not JSON (error at offset %zu of "
+			      "%zu)", end ? (size_t)(end - buf) : (size_t)0,
+			      len);
+		goto out;
+	}
+	rc = check_state(doc, &models, err, err_len);
+	if (rc)
+		goto out;
+	pthread_mutex_lock(&l->mu);
+	merge_state(l, models);
+	pthread_mutex_unlock(&l->mu);
+out:
+	cJSON_Delete(doc);
+	free(buf);
+	return rc;
+}
+
+/* ---- saving ----------------------------------------------------------- */
+
+/* The "models" entry of model m from snapshot tables, or NULL (no memory). */
+static cJSON *model_json(const struct apb_learn *l, const uint64_t *opens,
+			 const struct succ *next, uint32_t m)
+{
+	struct succ t[APB_LEARN_SUCCESSORS];
+	cJSON *o = cJSON_CreateObject(), *nx;
+	size_t n;
+	/* Loading refuses numbers above 2^53 (not exact in a double), so a
+	 * larger count (10^15 opens: never, in practice) is written as 2^53. */
+	double o_n = opens[m] > (uint64_t)JSON_INT_MAX ? JSON_INT_MAX
+						      : (double)opens[m];
+
+	if (!o || !cJSON_AddNumberToObject(o, "opens", o_n))
+		goto fail;
+	nx = cJSON_AddObjectToObject(o, "next");
+	if (!nx)
+		goto fail;
+	n = sorted_successors(&next[(size_t)m * APB_LEARN_SUCCESSORS], t);
+	for (size_t i = 0; i < n; i++) {
+		const char *name = apb_bundle_model(l->bundle, t[i].model)->name;
+		if (!cJSON_AddNumberToObject(nx, name, (double)t[i].count))
+			goto fail;
+	}
+	return o;
+fail:
+	cJSON_Delete(o);
+	return NULL;
+}
+
+static bool has_successor(const struct succ *next, uint32_t m)
+{
+	for (int i = 0; i < APB_LEARN_SUCCESSORS; i++)
+		if (next[(size_t)m * APB_LEARN_SUCCESSORS + i].count)
+			return true;
+	return false;
+}
+
+/* The whole document from snapshot tables, unformatted; NULL if no memory. */
+static char *state_json(const struct apb_learn *l, const uint64_t *opens,
+			const struct succ *next)
+{
+	cJSON *doc = cJSON_CreateObject(), *models;
+	char *text = NULL;
+
+	if (!doc || !cJSON_AddNumberToObject(doc, "version", STATE_VERSION))
+		goto out;
+	models = cJSON_AddObjectToObject(doc, "models");
+	if (!models)
+		goto out;
+	for (uint32_t m = 0; m < l->count; m++) {
+		cJSON *o;
+
+		if (opens[m] == 0 && !has_successor(next, m))
+			continue;
+		o = model_json(l, opens, next, m);
+		if (!o)
+			goto out;
+		cJSON_AddItemToObject(models,
+				      apb_bundle_model(l->bundle, m)->name, o);
+	}
+	text = cJSON_PrintUnformatted(doc);
+out:
+	cJSON_Delete(doc);
+	return text;
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return -errno;
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+int apb_learn_save(struct apb_learn *l, const char *path, char *err,
+		   size_t err_len)
+{
+	struct apb_atomic_file af = {.fd = -1};
+	size_t nsucc = (size_t)l->count * APB_LEARN_SUCCESSORS;
+	uint64_t *opens = malloc(((size_t)l->count + 1) * sizeof(*opens));
+	struct succ *next = malloc((nsucc + 1) * sizeof(*next));
+	char *text = NULL;
+	int rc;
+
+	if (!opens || !next) {
+		rc = apb_fail(-ENOMEM, err, err_len, "%s: %s", path,
+			      strerror(ENOMEM));
+		goto out;
+	}
+	/* Snapshot, so the lock is not held while building or writing. */
+	pthread_mutex_lock(&l->mu);
+	memcpy(opens, l->opens, (size_t)l->count * sizeof(*opens));
+	memcpy(next, l->next, nsucc * sizeof(*next));
+	pthread_mutex_unlock(&l->mu);
+	text = state_json(l, opens, next);
+	if (!text) {
+		rc = apb_fail(-ENOMEM, err, err_len, "%s: %s", path,
+			      strerror(ENOMEM));
+		goto out;
+	}
+	rc = apb_atomic_open(&af, path, err, err_len);
+	if (rc)
+		goto out;
+	rc = write_all(af.fd, text, strlen(text));
+	if (rc) {
+		apb_fail(rc, err, err_len, "%s: %s", path, strerror(-rc));
+		goto out;
+	}
+	rc = apb_atomic_commit(&af, err, err_len);
+out:
+	apb_atomic_abort(&af);
+	cJSON_free(text);
+	free(opens);
+	free(next);
+	return rc;
+}

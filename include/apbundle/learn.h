@@ -1,0 +1,65 @@
+/*
+ * learn.h - which models are opened, and which after which.
+ *
+ * The daemon tells this module every open of a model. It counts opens per
+ * model and transitions (the model opened before this one, across all
+ * readers, to this one), and answers: which models most often follow this
+ * one (to prefetch them), and which models are opened most (to preload them
+ * at the next mount). Counts survive restarts in a state file, a JSON
+ * document written atomically; a state file that is missing, unreadable or
+ * corrupt is reported and ignored, never fatal.
+ *
+ * Memory is bounded: each model keeps at most APB_LEARN_SUCCESSORS
+ * successors; a new successor replaces the least counted one.
+ *
+ * A model index past the end of the bundle is ignored (no effect, 0).
+ *
+ * Thread safety: every function may be called from any thread.
+ */
+#ifndef APBUNDLE_LEARN_H
+#define APBUNDLE_LEARN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bundle.h"
+
+#define APB_LEARN_SUCCESSORS 8
+
+struct apb_learn;
+
+/* For the models of bundle (names are matched in state files). */
+int apb_learn_new(const struct apb_bundle *bundle, struct apb_learn **out);
+void apb_learn_free(struct apb_learn *l);
+
+/* Record an open of model: opens[model]++, and the transition from the
+ * previously opened model (if any, and if different) to this one. */
+void apb_learn_opened(struct apb_learn *l, uint32_t model);
+
+/* Up to max models that most often followed model, most frequent first
+ * (ties: lower model index first); returns how many. */
+size_t apb_learn_successors(struct apb_learn *l, uint32_t model,
+			    uint32_t *out, size_t max);
+
+/* Up to max models by open count, most opened first, models never opened
+ * left out (ties: lower index first); returns how many. */
+size_t apb_learn_popular(struct apb_learn *l, uint32_t *out, size_t max);
+
+uint64_t apb_learn_opens(struct apb_learn *l, uint32_t model);
+
+/*
+ * Merge counts from the state file at path (names not in this bundle are
+ * skipped). Returns 0, -ENOENT if there is no file, -EFBIG for a file over
+ * 64 MiB, or -EINVAL / a read errno with the reason in err; on error
+ * nothing is merged.
+ */
+int apb_learn_load(struct apb_learn *l, const char *path, char *err,
+		   size_t err_len);
+
+/* Write the state file atomically (temporary file, fsync, rename); counts
+ * above 2^53 are written as 2^53 so that JSON keeps them exact.
+ * Returns 0 or a negative errno with the reason in err. */
+int apb_learn_save(struct apb_learn *l, const char *path, char *err,
+		   size_t err_len);
+
+#endif
