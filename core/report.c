@@ -33,6 +33,7 @@ static cJSON *cache_json(const struct apb_report_source *src,
 	cJSON_AddNumberToObject(o, "misses", (double)cs->misses);
 	cJSON_AddNumberToObject(o, "evictions", (double)cs->evictions);
 	cJSON_AddNumberToObject(o, "hit_rate", hit_rate(cs->hits, cs->misses));
+	cJSON_AddNumberToObject(o, "pinned_bytes", (double)cs->pinned_bytes);
 	return o;
 }
 
@@ -97,7 +98,8 @@ static cJSON *model_json(const struct apb_report_source *src, size_t i)
 	cJSON_AddNumberToObject(o, "prefetch_issued", (double)ms.prefetch_issued);
 	cJSON_AddNumberToObject(o, "prefetch_hits", (double)ms.prefetch_hits);
 	cJSON_AddNumberToObject(o, "prefetch_wasted", (double)ms.prefetch_wasted);
-	cJSON_AddBoolToObject(o, "pinned", 0);
+	cJSON_AddBoolToObject(o, "pinned",
+			      apb_cache_model_pinned(src->cache, (uint32_t)i));
 	return o;
 }
 
@@ -210,6 +212,8 @@ char *apb_report_metrics(const struct apb_report_source *src, size_t *len)
 		 "The chunk memory budget (max_memory).", cs.budget_bytes},
 		{"apbundlefs_cache_resident_chunks", "gauge",
 		 "Chunks held in memory.", cs.resident_chunks},
+		{"apbundlefs_cache_pinned_bytes", "gauge",
+		 "Bytes of pinned models held in memory.", cs.pinned_bytes},
 		{"apbundlefs_prefetch_issued_total", "counter",
 		 "Chunks loaded ahead of demand.", cs.prefetch_issued},
 		{"apbundlefs_prefetch_hits_total", "counter",

@@ -12,6 +12,7 @@
 
 #include <apbundle/bundle.h>
 #include <apbundle/cache.h>
+#include <apbundle/learn.h>
 #include <apbundle/prefetch.h>
 #include <apbundle/report.h>
 #include <apbundle/tree.h>
@@ -19,6 +20,7 @@
 #define FUSE_USE_VERSION 314
 #include <fuse_lowlevel.h>
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <sys/types.h>
 
@@ -31,6 +33,11 @@ struct apbfs_options {
 	bool kernel_cache;
 	uint64_t readahead;            /* largest readahead window, bytes */
 	bool prefetch;                 /* sequential-read prefetch on */
+	uint32_t prefetch_count;       /* successors prefetched on open */
+	uint32_t auto_preload;         /* most opened models preloaded */
+	const char *pin_list;          /* "a:b" as given, or NULL */
+	const char *preload_list;
+	const char *state_path;        /* access counts kept here, or NULL */
 };
 
 /* Immutable after setup, except the atomics and what the cache guards. */
@@ -45,6 +52,12 @@ struct apbfs {
 	struct apb_io_counters io;
 	atomic_uint_fast64_t *opens;   /* per model */
 	char bdi[32];                  /* set before the loop starts; "" if unknown */
+	/* models.c; set up before the loop starts, then only read. */
+	struct apb_learn *learn;       /* thread-safe itself */
+	uint32_t *pins, *preloads;     /* model indices from pin=, preload= */
+	size_t npins, npreloads;
+	pthread_t startup;             /* pins and preloads after mounting */
+	bool startup_running;
 	atomic_bool bdi_tuned;         /* the first open raised its readahead */
 };
 
@@ -54,6 +67,17 @@ extern const struct fuse_lowlevel_ops apbfs_ops;
  * its readahead window. Each returns 0 or a negative errno. */
 int apbfs_find_bdi(const char *mountpoint, char *bdi, size_t bdi_len);
 int apbfs_set_readahead(const char *bdi, uint64_t bytes);
+
+/* models.c: check pin=/preload= names and that the pins fit (before
+ * mounting; 0 or a negative errno with the reason in err), start the
+ * mount-time work (after daemonizing), stop it and save the state. */
+int apbfs_models_check(struct apbfs *fs, char *err, size_t err_len);
+int apbfs_models_start(struct apbfs *fs);
+void apbfs_models_stop(struct apbfs *fs);
+/* An open of model: learn from it, prefetch what usually follows. */
+void apbfs_model_opened(struct apbfs *fs, uint32_t model);
+/* "prefetch", "pin" or "unpin" of model: 0 or a negative errno. */
+int apbfs_models_control(struct apbfs *fs, const char *cmd, uint32_t model);
 
 /* Run one .control command line (no newline). 0 or -EINVAL. */
 int apbfs_control(struct apbfs *fs, const char *line, size_t len);

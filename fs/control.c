@@ -1,11 +1,14 @@
 /*
  * control.c - the commands written to /.control, one per line:
- *   evict NAME    drop the model's unreferenced chunks from memory
- *   clear         drop every unreferenced chunk, memory back to the OS
- *   reset-stats   zero the counters (not the memory state)
- * NAME is everything after the first space, so names with spaces work.
- * The prefetch and pin commands of SPEC §5 arrive with the prefetcher;
- * until then they are refused like any unknown command, with EINVAL.
+ *   evict NAME     drop the model's chunks from memory (not a pinned one's)
+ *   clear          drop every chunk but pinned ones, memory back to the OS
+ *   reset-stats    zero the counters (not the memory state)
+ *   prefetch NAME  load the model in the background (prefetch rules)
+ *   pin NAME       load the model whole and keep it; the write returns when
+ *                  it is loaded, ENOSPC if it does not fit the budget
+ *   unpin NAME     let the model's chunks be evicted again
+ * NAME is everything after the first space, so names with spaces work. An
+ * unknown command or name fails the write with EINVAL.
  */
 #include "apbfs.h"
 
@@ -82,12 +85,20 @@ int apbfs_control(struct apbfs *fs, const char *line, size_t len)
 		}
 		return -EINVAL;
 	}
-	if (is_word(line, cmd_len, "evict")) {
+	if (is_word(line, cmd_len, "evict") || is_word(line, cmd_len, "pin") ||
+	    is_word(line, cmd_len, "unpin") ||
+	    is_word(line, cmd_len, "prefetch")) {
+		char cmd[16];
 		int rc = find_model(fs, sp + 1, len - cmd_len - 1, &index);
 		if (rc)
 			return rc;
-		apb_cache_evict_model(fs->cache, (uint32_t)index);
-		return 0;
+		if (is_word(line, cmd_len, "evict")) {
+			apb_cache_evict_model(fs->cache, (uint32_t)index);
+			return 0;
+		}
+		memcpy(cmd, line, cmd_len);
+		cmd[cmd_len] = '\0';
+		return apbfs_models_control(fs, cmd, (uint32_t)index);
 	}
 	return -EINVAL;
 }

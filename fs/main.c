@@ -36,6 +36,11 @@ struct cmdline {
 	char *eviction;
 	char *readahead;
 	char *prefetch;
+	char *prefetch_count;
+	char *pin;
+	char *preload;
+	char *state;
+	char *auto_preload;
 	int kernel_cache;
 };
 
@@ -46,6 +51,11 @@ static const struct fuse_opt option_spec[] = {
 	OPT("eviction=%s", eviction),
 	OPT("readahead=%s", readahead),
 	OPT("prefetch=%s", prefetch),
+	OPT("prefetch_count=%s", prefetch_count),
+	OPT("pin=%s", pin),
+	OPT("preload=%s", preload),
+	OPT("state=%s", state),
+	OPT("auto_preload=%s", auto_preload),
 	OPT("kernel_cache", kernel_cache),
 	FUSE_OPT_END
 };
@@ -64,6 +74,12 @@ static void usage(FILE *f)
 "    -o eviction=lru|lfu    eviction policy (default lru)\n"
 "    -o prefetch=on|off     read ahead of sequential readers (default on)\n"
 "    -o readahead=SIZE      largest readahead window (default 4M)\n"
+"    -o prefetch_count=N    on open, prefetch the N models that most often\n"
+"                           followed it (default 1, 0 for none)\n"
+"    -o pin=NAME[:NAME...]  load these models and never evict them\n"
+"    -o preload=NAME[:...]  load these models in the background at mount\n"
+"    -o state=PATH          keep access counts in PATH across mounts\n"
+"    -o auto_preload=N      preload the N most opened models (needs state=)\n"
 "    -o kernel_cache        let the kernel page cache keep file pages\n"
 "                           across opens\n"
 "Sizes take K, M and G suffixes (powers of 1024).\n"
@@ -96,6 +112,25 @@ static int parse_size_opt(const char *name, const char *value, uint64_t *out)
 			"such as 64K, 512M or 2G\n", name, value);
 		return -1;
 	}
+	return 0;
+}
+
+static int parse_count_opt(const char *name, const char *value,
+			   uint32_t max, uint32_t *out)
+{
+	char *end;
+	unsigned long v;
+
+	if (!value)
+		return 0;
+	errno = 0;
+	v = strtoul(value, &end, 10);
+	if (errno || end == value || *end || v > max || value[0] == '-') {
+		fprintf(stderr, "apbundlefs: bad option %s=%s: expected a "
+			"whole number from 0 to %u\n", name, value, max);
+		return -1;
+	}
+	*out = (uint32_t)v;
 	return 0;
 }
 
@@ -138,6 +173,20 @@ static int resolve_options(const struct cmdline *cl, struct apbfs_options *o)
 		return -1;
 	}
 	o->prefetch = true;
+	o->prefetch_count = 1;
+	o->pin_list = cl->pin;
+	o->preload_list = cl->preload;
+	o->state_path = cl->state;
+	if (parse_count_opt("prefetch_count", cl->prefetch_count,
+			    APB_LEARN_SUCCESSORS, &o->prefetch_count) ||
+	    parse_count_opt("auto_preload", cl->auto_preload, 1u << 20,
+			    &o->auto_preload))
+		return -1;
+	if (o->auto_preload && !o->state_path) {
+		fprintf(stderr, "apbundlefs: auto_preload needs state=PATH "
+			"(the access counts it ranks models by)\n");
+		return -1;
+	}
 	if (cl->prefetch) {
 		if (strcmp(cl->prefetch, "off") == 0) {
 			o->prefetch = false;
@@ -202,6 +251,11 @@ static int setup(struct apbfs *fs, const char *path)
 		fprintf(stderr, "apbundlefs: %s: %s\n", path, strerror(-rc));
 		return rc;
 	}
+	rc = apbfs_models_check(fs, err, sizeof(err));
+	if (rc) {
+		fprintf(stderr, "apbundlefs: %s: %s\n", path, err);
+		return rc;
+	}
 	for (int i = 0; i < APBFS_NSPECIAL; i++)
 		fs->special_ino[i] = apb_tree_count(fs->tree) + 1 + (uint64_t)i;
 	fs->owner = getuid();
@@ -210,6 +264,7 @@ static int setup(struct apbfs *fs, const char *path)
 
 static void teardown(struct apbfs *fs)
 {
+	apbfs_models_stop(fs); /* uses the prefetcher and the cache */
 	if (fs->prefetcher) /* its workers use the cache */
 		apb_prefetcher_free(fs->prefetcher);
 	if (fs->cache)
@@ -272,14 +327,16 @@ static int serve(struct apbfs *fs, struct fuse_args *args,
 	}
 	fuse_daemonize(o->foreground);
 	/* Threads do not survive the fork in fuse_daemonize(): start the
-	 * workers after it. Without them the mount works, without readahead. */
-	if (fs->opt.prefetch) {
-		int err = apb_prefetcher_new(fs->cache, PREFETCH_THREADS,
-					     &fs->prefetcher);
-		if (err)
-			fuse_log(FUSE_LOG_ERR, "apbundlefs: no prefetch: %s\n",
-				 strerror(-err));
-	}
+	 * workers after it. Without them the mount works, without prefetch,
+	 * pins or preloads. The workers serve readahead, preloads and
+	 * model-level prefetch alike; prefetch=off only stops readahead. */
+	int err = apb_prefetcher_new(fs->cache, PREFETCH_THREADS,
+				     &fs->prefetcher);
+	if (err == 0)
+		err = apbfs_models_start(fs);
+	if (err)
+		fuse_log(FUSE_LOG_ERR, "apbundlefs: no prefetch, pins or "
+			 "preloads: %s\n", strerror(-err));
 	if (o->singlethread) {
 		rc = fuse_session_loop(se);
 	} else {
@@ -372,6 +429,11 @@ out:
 	free(cl.eviction);
 	free(cl.readahead);
 	free(cl.prefetch);
+	free(cl.prefetch_count);
+	free(cl.pin);
+	free(cl.preload);
+	free(cl.state);
+	free(cl.auto_preload);
 	fuse_opt_free_args(&args);
 	return ret;
 }

@@ -269,7 +269,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fi->keep_cache = fs->opt.kernel_cache;
 	/* Without memory for the streams this open reads without
 	 * readahead; that is slower, not wrong. */
-	if (fs->prefetcher &&
+	if (fs->opt.prefetch && fs->prefetcher &&
 	    apb_readahead_new(fs->opt.chunk_size, &ra) == 0)
 		fi->fh = (uint64_t)(uintptr_t)ra;
 	/* An open interrupted before our reply gets no RELEASE: undo it
@@ -277,7 +277,9 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (fuse_reply_open(req, fi) != 0) {
 		apb_readahead_free((struct apb_readahead *)(uintptr_t)fi->fh);
 		atomic_fetch_sub(&fs->opens[n->model], 1);
+		return;
 	}
+	apbfs_model_opened(fs, n->model);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino,

@@ -38,7 +38,7 @@ def hits_misses(d):
 def test_policy_chooses_victim(tmp_path, binaries, policy, victim, survivor):
     bundle = apbformat.write_v1(tmp_path / "p.apbundle", [(n, DATA[n]) for n in NAMES])
     opts = {"max_memory": "192K", "chunk_size": "64K", "eviction": policy,
-            "prefetch": "off"}  # the victim must be chosen by the sequence alone
+            "prefetch": "off", "prefetch_count": "0"}  # the sequence alone decides
     with mount(bundle, opts) as d:
         assert d.stats()["cache"]["policy"] == policy
         for n in ["A", "A", "A", "B", "C"]:
@@ -70,7 +70,9 @@ def test_policy_chooses_victim(tmp_path, binaries, policy, victim, survivor):
 def test_memory_never_exceeds_budget_under_churn(tmp_path, binaries, policy):
     """Cycling through more chunks than fit: every read after the first 3 evicts."""
     bundle = apbformat.write_v1(tmp_path / "c.apbundle", [(n, DATA[n]) for n in NAMES])
-    with mount(bundle, {"max_memory": "192K", "chunk_size": "64K", "eviction": policy}) as d:
+    opts = {"max_memory": "192K", "chunk_size": "64K", "eviction": policy,
+            "prefetch": "off", "prefetch_count": "0"}  # only reads load chunks
+    with mount(bundle, opts) as d:
         for i in range(20):
             read_chunk(d, NAMES[i % 4])
             c = d.stats()["cache"]

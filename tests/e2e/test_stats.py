@@ -23,9 +23,11 @@ ALPHA = apbformat.random_bytes(5 * CH + 100, 11)     # chunks 0-4 full, chunk 5 
 BETA = apbformat.random_bytes(3 * CH, 12)
 GAMMA = apbformat.random_bytes(10, 13)
 MODELS = [("alpha.bin", ALPHA), ("beta.bin", BETA), ("sub/gamma.bin", GAMMA)]
-# prefetch=off: these tests pin the counting rules; with prefetch on, a
-# read's neighbours would turn later misses into hits (test_prefetch.py).
-OPTS = {"max_memory": "8M", "chunk_size": "64K", "eviction": "lru", "prefetch": "off"}
+# prefetch=off, prefetch_count=0: these tests pin the counting rules; with
+# readahead or model-to-model prefetch, later misses would turn into hits
+# (test_prefetch.py, test_models.py).
+OPTS = {"max_memory": "8M", "chunk_size": "64K", "eviction": "lru", "prefetch": "off",
+        "prefetch_count": "0"}
 
 COUNTERS = ("hits", "misses", "evictions")
 IO = ("backing_bytes_read", "bytes_served", "errors", "checksum_errors")
@@ -252,10 +254,12 @@ def test_reset_stats_keeps_residency(fs):
 
 BAD_COMMANDS = ["bogus", "evict", "evict nosuch.bin", "evict sub", "evict alpha",
                 "evict /alpha.bin", "evict .stats", "frobnicate alpha.bin"]
-NOT_YET = ["prefetch alpha.bin", "pin alpha.bin", "unpin alpha.bin"]
+# the model commands refuse unknown models; unpin refuses a model not pinned
+MODEL_COMMANDS = ["prefetch nosuch.bin", "pin nosuch.bin", "unpin nosuch.bin",
+                  "unpin alpha.bin"]
 
 
-@pytest.mark.parametrize("line", BAD_COMMANDS + NOT_YET)
+@pytest.mark.parametrize("line", BAD_COMMANDS + MODEL_COMMANDS)
 def test_control_rejects_with_einval(fs, line):
     d = fs
     check_read(d, "alpha.bin", 0, CH)
@@ -355,7 +359,7 @@ def test_reads_larger_than_the_budget_are_exact(tmp_path, binaries, budget_chunk
     nchunks = (len(data) + CH - 1) // CH
     bundle = apbformat.write_v1(tmp_path / "big.apbundle", [("big.bin", data)])
     opts = {"max_memory": str(budget_chunks * 64) + "K", "chunk_size": "64K",
-            "prefetch": "off"}
+            "prefetch": "off", "prefetch_count": "0"}
     with mount(bundle, opts) as d:
         assert dread(d, "big.bin", 0, len(data)) == data
         s = d.stats()

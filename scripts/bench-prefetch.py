@@ -1,0 +1,99 @@
+#!/usr/bin/python3
+"""Cold sequential read of one model with prefetch on and off, side by side,
+on the local disk and on a store with latency.
+
+The store with latency is scripts/bench/slowfs.c (built here): a FUSE
+passthrough of the bundle file that delays every read by DELAY_US and
+bypasses the page cache. For each store: the store's own sequential speed
+(`cat` of the bundle file from it), then apbundlefs reading the model with
+prefetch=on and prefetch=off, the page cache dropped and the daemon's cache
+cleared before each run. Medians of RUNS. Run as root: scripts/bench-prefetch.py
+"""
+import os
+import subprocess
+import tempfile
+import time
+
+from benchlib import Mount, PACKER, ROOT, drop_caches, median, write_random
+
+MIB = int(os.environ.get("MODEL_MIB", "128"))
+RUNS = int(os.environ.get("RUNS", "3"))
+DELAY_US = int(os.environ.get("DELAY_US", "1000"))
+OPTS = "max_memory=256M,readahead=4M"
+
+
+def cat_seconds(path):
+    t0 = time.perf_counter()
+    subprocess.run(["cat", path], stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - t0
+
+
+def wait_for_mount(path, proc, timeout=10.0):
+    end = time.monotonic() + timeout
+    while not os.path.ismount(path):
+        if proc.poll() is not None or time.monotonic() > end:
+            raise SystemExit("slowfs did not mount")
+        time.sleep(0.01)
+
+
+def measure(store, bundle, mnt, size):
+    rows = []
+    own = []
+    for _ in range(RUNS):
+        drop_caches()
+        own.append(cat_seconds(bundle))
+    rows.append((store, "the store itself (cat of the bundle)", size / median(own) / 1e6,
+                 None, None))
+    for pf in ("on", "off"):
+        secs, rates, wasted = [], [], []
+        with Mount(bundle, mnt, OPTS + ",prefetch=" + pf) as m:
+            for _ in range(RUNS):
+                m.control("clear\nreset-stats\n")
+                drop_caches()
+                secs.append(cat_seconds(os.path.join(mnt, "model")))
+                s = m.stats()
+                rates.append(s["cache"]["hit_rate"])
+                wasted.append(s["prefetch"]["wasted_bytes"])
+        rows.append((store, "apbundlefs prefetch=" + pf, size / median(secs) / 1e6,
+                     median(rates), median(wasted)))
+    return rows
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="apb-pfbench-", dir="/var/tmp")
+    model, bundle = f"{work}/model.bin", f"{work}/b.apbundle"
+    mnt, slow = f"{work}/mnt", f"{work}/slow"
+    slowfs = f"{work}/slowfs"
+    os.mkdir(mnt)
+    os.mkdir(slow)
+    proc = None
+    try:
+        cflags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"],
+                                capture_output=True, text=True, check=True).stdout.split()
+        subprocess.run(["cc", "-O2", "-o", slowfs,
+                        os.path.join(ROOT, "scripts", "bench", "slowfs.c")] + cflags,
+                       check=True)
+        write_random(model, MIB)
+        subprocess.run([PACKER, "create", bundle, f"model={model}"], check=True)
+        size = MIB << 20
+        rows = measure("local disk", bundle, mnt, size)
+        proc = subprocess.Popen([slowfs, bundle, slow, str(DELAY_US)])
+        wait_for_mount(slow, proc)
+        rows += measure(f"{DELAY_US} us per read", f"{slow}/data", mnt, size)
+        print(f"{MIB} MiB model, {OPTS}, medians of {RUNS} cold runs; "
+              f"kernel {os.uname().release}, {os.cpu_count()} cores")
+        print("| store | reader | MB/s | hit rate | wasted bytes |")
+        print("|---|---|---|---|---|")
+        for store, what, mbps, rate, waste in rows:
+            r = "" if rate is None else f"{rate:.3f}"
+            w = "" if waste is None else f"{waste:.0f}"
+            print(f"| {store} | {what} | {mbps:.0f} | {r} | {w} |")
+    finally:
+        if proc:
+            subprocess.run(["fusermount3", "-u", slow], check=False)
+            proc.wait(timeout=10)
+        subprocess.run(["rm", "-rf", work])
+
+
+if __name__ == "__main__":
+    main()
