@@ -22,12 +22,16 @@
  *   - when the prefetcher is being freed (checked before every chunk, so
  *     apb_prefetcher_free() waits for at most one load per worker).
  *
- * Workers lower their own CPU priority (nice 10) and take the lowest level
- * of the best-effort I/O class: a demand read, whose caller is waiting,
- * should win a contest for the disk and the CPU against a load that nobody
- * waits for yet. Not the idle class: under a scheduler that honours it, a
- * steady demand stream - the very sequential reader being prefetched for -
- * would starve the prefetch entirely. Both calls
+ * Workers take the lowest level of the best-effort I/O class: a demand
+ * read, whose caller is waiting, should win a contest for the disk against
+ * a load that nobody waits for yet (the cache also refuses a prefetch while
+ * a get waits for a slot). Not the idle class: under a scheduler that
+ * honours it, a steady demand stream - the very sequential reader being
+ * prefetched for - would starve the prefetch entirely. And not a lower CPU
+ * priority: a demand read that finds its chunk being loaded by a worker
+ * waits for that worker, so a worker descheduled for nice costs the reader
+ * directly (measured with nice 10: a cold sequential read 0.71x as fast as
+ * without prefetch; at the same priority, 1.20x; docs/DESIGN.md). The call
  * may fail (a seccomp filter, a kernel without ioprio, an I/O scheduler
  * that ignores classes); the prefetcher then merely competes as an equal,
  * so failures are ignored. Workers also block every signal, so that the
@@ -89,7 +93,6 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -100,7 +103,6 @@
 #define SAMPLE_MIN_CHUNKS 8u
 #define MAX_SHIFT 6u
 
-#define WORKER_NICE 10
 /* linux/ioprio.h, which not every libc's headers carry. */
 #define IOPRIO_WHO_PROCESS 1
 #define IOPRIO_CLASS_BE 2
@@ -142,12 +144,11 @@ struct apb_prefetcher {
 
 /* ---- workers --------------------------------------------------------- */
 
-static void lower_own_priority(void)
+static void lower_own_io_priority(void)
 {
 	pid_t tid = (pid_t)syscall(SYS_gettid);
 
 	/* Failures are harmless: see "QUEUE AND WORKERS" above. */
-	(void)setpriority(PRIO_PROCESS, (id_t)tid, WORKER_NICE);
 	(void)syscall(SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid,
 		      IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT | IOPRIO_BE_LOWEST);
 }
@@ -246,7 +247,7 @@ static void *worker_main(void *arg)
 	struct apb_prefetcher *p = arg;
 	struct job job;
 
-	lower_own_priority();
+	lower_own_io_priority();
 	while (take_job(p, &job)) {
 		run_job(p, &job);
 		maybe_sample(p);

@@ -15,7 +15,7 @@
  * whose reads keep pace. apb_readahead_new() returns -EINVAL for a
  * chunk_size of 0.
  *
- * struct apb_prefetcher is a small pool of worker threads, at low CPU and
+ * struct apb_prefetcher is a small pool of worker threads, at the lowest best-effort
  * I/O priority, that take chunk ranges from a bounded queue and load them
  * with apb_cache_prefetch(). A full queue drops the request (prefetch is
  * advice). It backs off when prefetched chunks are being evicted unread:
