@@ -49,6 +49,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -59,6 +60,7 @@
 #include "format.h"
 
 #define EXACT_INT_MAX 9007199254740991.0 /* 2^53 - 1 */
+#define READV_BATCH 64 /* iovecs per preadv(), on the stack */
 
 struct apb_bundle {
 	int fd;                   /* O_RDONLY | O_CLOEXEC, closed by close() */
@@ -781,6 +783,87 @@ long apb_bundle_read(const struct apb_bundle *b, size_t index, uint64_t off,
 	case APB_LAYOUT_V1:
 	case APB_LAYOUT_APRENDER:
 		return read_stored(b, m, off, buf, len);
+	}
+	return -EINVAL;
+}
+
+/* Fill iov[*i] from byte *skip on, and the entries after it, with at most
+ * want bytes, into v (at most READV_BATCH entries, none empty). Returns the
+ * number of entries. */
+static int readv_batch(const struct iovec *iov, int iovcnt, int i, size_t skip,
+		       size_t want, struct iovec *v)
+{
+	int n = 0;
+
+	for (; i < iovcnt && n < READV_BATCH && want > 0; i++, skip = 0) {
+		size_t len = iov[i].iov_len - skip;
+
+		if (len == 0)
+			continue;
+		if (len > want)
+			len = want;
+		v[n].iov_base = (char *)iov[i].iov_base + skip;
+		v[n].iov_len = len;
+		want -= len;
+		n++;
+	}
+	return n;
+}
+
+/* Read exactly want bytes at pos into iov (which holds at least that),
+ * resuming after short reads and EINTR. Returns want or a negative errno. */
+static long preadv_full(int fd, uint64_t pos, const struct iovec *iov,
+			int iovcnt, size_t want)
+{
+	struct iovec v[READV_BATCH];
+	size_t done = 0, skip = 0; /* skip: bytes of iov[i] already read */
+	int i = 0;
+
+	while (done < want) {
+		int n = readv_batch(iov, iovcnt, i, skip, want - done, v);
+		ssize_t r = preadv(fd, v, n, (off_t)(pos + done));
+
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (r == 0)
+			return -EIO;
+		done += (size_t)r;
+		skip += (size_t)r;
+		while (i < iovcnt && skip >= iov[i].iov_len && skip > 0) {
+			skip -= iov[i].iov_len;
+			i++;
+		}
+	}
+	return (long)done;
+}
+
+long apb_bundle_readv(const struct apb_bundle *b, size_t index, uint64_t off,
+		      const struct iovec *iov, int iovcnt)
+{
+	const struct apb_model *m;
+	uint64_t want = 0;
+
+	if (index >= b->count || iovcnt < 0)
+		return -EINVAL;
+	m = &b->models[index];
+	if (off >= m->size)
+		return 0;
+	for (int i = 0; i < iovcnt && want < m->size - off; i++) {
+		if (iov[i].iov_len >= m->size - off - want)
+			want = m->size - off; /* clipped; no overflow */
+		else
+			want += iov[i].iov_len;
+	}
+	if (want > LONG_MAX)
+		want = LONG_MAX;
+	switch (b->layout) {
+	case APB_LAYOUT_V1:
+	case APB_LAYOUT_APRENDER:
+		return preadv_full(b->fd, m->offset + off, iov, iovcnt,
+				   (size_t)want);
 	}
 	return -EINVAL;
 }

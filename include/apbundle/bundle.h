@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 
 #define APB_MAGIC "APBUNDLE"
 #define APB_MAGIC_LEN 8
@@ -74,6 +75,17 @@ int apb_bundle_find(const struct apb_bundle *b, const char *name,
  */
 long apb_bundle_read(const struct apb_bundle *b, size_t index, uint64_t off,
 		     void *buf, size_t len);
+
+/*
+ * As apb_bundle_read(), scattering the bytes into iov[0 .. iovcnt) in order
+ * (preadv(), so a run of adjacent chunks is one read of the file where the
+ * kernel allows). The length read is the sum of the iov_len, clipped at the
+ * end of the model; the buffers past that are left untouched. Returns the
+ * bytes read, -EINVAL for a bad index or a negative iovcnt, -EIO if the file
+ * ends before the manifest said, or the preadv() errno.
+ */
+long apb_bundle_readv(const struct apb_bundle *b, size_t index, uint64_t off,
+		      const struct iovec *iov, int iovcnt);
 
 /* stat() of the bundle file taken at open time (times, owner, size). */
 const struct stat *apb_bundle_stat(const struct apb_bundle *b);

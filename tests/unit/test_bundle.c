@@ -306,6 +306,71 @@ static void read_of_truncated_backing_file_is_eio(void)
 	free(f.file.p);
 }
 
+static void readv_scatters_model_bytes_in_order(void)
+{
+	struct v1_fixture f;
+	struct apb_bundle *b;
+	static uint8_t a[2000], c[2000], d[2000];
+	struct iovec iov[4] = {
+		{ a, sizeof a }, { NULL, 0 }, { c, sizeof c }, { d, sizeof d },
+	};
+
+	make_v1_fixture(&f);
+	CHECK_EQ(open_buf(&f.file, &b), 0);
+	memset(d, 0xee, sizeof d);
+	/* 6000 bytes asked from 100: clipped at the model's 5000. */
+	CHECK_EQ(apb_bundle_readv(b, 2, 100, iov, 4), 4900);
+	CHECK(memcmp(a, f.enc + 100, 2000) == 0);
+	CHECK(memcmp(c, f.enc + 2100, 2000) == 0);
+	CHECK(memcmp(d, f.enc + 4100, 900) == 0);
+	CHECK_EQ(d[900], 0xee); /* past the model's end: untouched */
+	CHECK_EQ(apb_bundle_readv(b, 2, 5000, iov, 4), 0);
+	CHECK_EQ(apb_bundle_readv(b, 2, 0, iov, 0), 0);
+	CHECK_EQ(apb_bundle_readv(b, 3, 0, iov, 4), -EINVAL);
+	CHECK_EQ(apb_bundle_readv(b, 2, 0, iov, -1), -EINVAL);
+	apb_bundle_close(b);
+	free(f.file.p);
+}
+
+static void readv_takes_more_iovecs_than_one_batch(void)
+{
+	struct v1_fixture f;
+	struct apb_bundle *b;
+	static uint8_t out[5000];
+	struct iovec iov[100];
+
+	make_v1_fixture(&f);
+	CHECK_EQ(open_buf(&f.file, &b), 0);
+	for (int i = 0; i < 100; i++) {
+		iov[i].iov_base = out + i * 50;
+		iov[i].iov_len = 50;
+	}
+	CHECK_EQ(apb_bundle_readv(b, 2, 0, iov, 100), 5000);
+	CHECK(memcmp(out, f.enc, 5000) == 0);
+	apb_bundle_close(b);
+	free(f.file.p);
+}
+
+static void readv_of_truncated_backing_file_is_eio(void)
+{
+	struct v1_fixture f;
+	struct apb_bundle *b;
+	uint8_t x[16], y[16];
+	struct iovec iov[2] = { { x, sizeof x }, { y, sizeof y } };
+	int fd;
+
+	make_v1_fixture(&f);
+	fd = write_temp(&f.file);
+	CHECK_EQ(apb_bundle_open(path, &b, err, sizeof err), 0);
+	CHECK_EQ(ftruncate(fd, 8192), 0);
+	CHECK_EQ(apb_bundle_readv(b, 2, 0, iov, 2), 32);
+	CHECK_EQ(apb_bundle_readv(b, 1, 0, iov, 2), -EIO);
+	apb_bundle_close(b);
+	unlink(path);
+	close(fd);
+	free(f.file.p);
+}
+
 static void empty_models_may_share_an_offset(void)
 {
 	struct buf b = v1_file(
@@ -419,6 +484,13 @@ static void aprender_layout_round_trip(void)
 	CHECK(memcmp(out, "hello", 5) == 0);
 	CHECK_EQ(apb_bundle_read(bundle, 1, 1, out, sizeof out), 2);
 	CHECK(memcmp(out, "bc", 2) == 0);
+	{
+		char x[2] = "", y[8] = "";
+		struct iovec iov[2] = { { x, 2 }, { y, 8 } };
+
+		CHECK_EQ(apb_bundle_readv(bundle, 0, 1, iov, 2), 4);
+		CHECK(memcmp(x, "el", 2) == 0 && memcmp(y, "lo", 2) == 0);
+	}
 	apb_bundle_close(bundle);
 	free(m.p);
 	free(b.p);
@@ -974,6 +1046,9 @@ int main(void)
 	RUN(read_returns_model_bytes_at_any_offset);
 	RUN(read_is_short_at_end_and_zero_at_or_past_it);
 	RUN(read_of_truncated_backing_file_is_eio);
+	RUN(readv_scatters_model_bytes_in_order);
+	RUN(readv_takes_more_iovecs_than_one_batch);
+	RUN(readv_of_truncated_backing_file_is_eio);
 	RUN(empty_models_may_share_an_offset);
 	RUN(bundle_with_no_models_opens);
 	RUN(missing_file_reports_open_errno);
