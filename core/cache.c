@@ -155,10 +155,10 @@
  * prefetch_share_pct of nslots, at least 1), when a get is waiting for a
  * slot (demand comes first: the slot that woke it is the get's), or when
  * slot_take() finds neither a free slot nor a warm victim. Then it marks the
- * chunk prefetched and loads it through chunk_load() exactly as a get does,
- * so single flight holds: a get that finds the chunk LOADING waits on it
- * (and counts a hit, SPEC section 5: the chunk is "being loaded by
- * prefetch"). When the load succeeds the prefetch drops the loader's
+ * chunk prefetched and enters it LOADING (chunk_load_begin()) exactly as a
+ * get does, so single flight holds: a get that finds the chunk LOADING
+ * waits on it (and counts a hit, SPEC section 5: the chunk is "being
+ * loaded by prefetch"). When the load succeeds the prefetch drops the loader's
  * reference; with no waiter the chunk is READY, refs 0, and enters the set
  * cold. With waiters, their gets will return the chunk whatever happens
  * next (READY or, after a clear, DETACHED), so the prefetch counts the
@@ -167,6 +167,23 @@
  * exact: a prefetch's slot_take() never evicts a prefetched chunk, so the
  * count cannot change in between. The share is therefore never exceeded:
  * prefetch_unused_chunks <= prefetch_share at every unlock.
+ *
+ * Runs. apb_cache_prefetch_run() is the same for up to APB_CACHE_RUN_MAX
+ * adjacent chunks, so that a store with high latency per read moves a run
+ * per round trip, not a chunk: under mu it applies the rules above chunk
+ * by chunk (prefetch_take()), stopping at the first chunk present or
+ * refused, and enters each chunk it took LOADING and prefetched; it drops
+ * mu once and loads them all with one call of load_run (the slots are
+ * scattered, so the loader reads into one buffer per slot, e.g. preadv);
+ * it retakes mu and finishes each chunk as a single prefetch does
+ * (chunk_load_end(), prefetch_loaded()), waking its waiters. A failed run
+ * fails every chunk of it and counts one load error. A get that finds a chunk of a run LOADING waits
+ * for the whole run's load: the price of one read for all. Without
+ * load_run, the run's chunks are loaded one load call after another, still
+ * with mu dropped once, and the first failure fails the rest unloaded (as
+ * the single prefetches did: a worker gave up its job at an error). apb_cache_prefetch() is a run of one. The share
+ * argument holds per chunk: each prefetch_mark() checked the share, and no
+ * slot_take() in between evicted a prefetched chunk.
  *
  * COUNTERS (the exact meaning of struct apb_cache_stats)
  *
@@ -191,7 +208,8 @@
  * use.
  *
  * Prefetch. A prefetch counts no hit or miss. loaded_bytes and load_errors
- * count its loads like a get's; prefetch_issued (+_bytes, the length
+ * count its loads like a get's (loaded_bytes per chunk; a failed run,
+ * one load call, counts one load error); prefetch_issued (+_bytes, the length
  * loaded) counts its successful loads only: a failed one caches nothing
  * and counts nothing else. The flag then decides the rest, each issued
  * chunk exactly once: its first get counts prefetch_hits (+_bytes), besides
@@ -277,6 +295,7 @@ struct apb_cache {
 	uint32_t bucket_mask;
 	uint32_t prefetch_share;      /* most prefetched chunks not yet read */
 	apb_cache_load_fn load;
+	apb_cache_load_run_fn load_run; /* NULL: runs load chunk by chunk */
 	void *load_ctx;
 	unsigned char *region;        /* nslots * chunk_size bytes */
 	size_t region_bytes;
@@ -580,15 +599,11 @@ static long load_result(const struct apb_cache *c, long n)
 	return n;
 }
 
-/* Load (model, index) into the slot of ch, a fresh slot from slot_take().
- * Called and returns with mu held; drops it around the loader. On success
- * ch is READY and referenced once for the caller. A prefetch marks ch
- * before; a get touches it after. */
-static int chunk_load(struct apb_cache *c, struct apb_chunk *ch,
-		      uint32_t model, uint64_t index)
+/* Enter (model, index) LOADING in the slot of ch, a fresh slot from
+ * slot_take(), referenced once by its loader. mu held. */
+static void chunk_load_begin(struct apb_cache *c, struct apb_chunk *ch,
+			     uint32_t model, uint64_t index)
 {
-	long n;
-
 	ch->model = model;
 	ch->index = index;
 	ch->state = CHUNK_LOADING;
@@ -597,12 +612,15 @@ static int chunk_load(struct apb_cache *c, struct apb_chunk *ch,
 	ch->load_error = 0;
 	apb_evict_node_init(c->evictable, &ch->evict);
 	table_insert(c, ch);
+}
 
-	unlock(c);
-	n = load_result(c, c->load(c->load_ctx, model, index, ch->data,
-				   c->chunk_size));
-	lock(c);
-
+/* The loader of ch returned n (a length or a negative errno, through
+ * load_result()): ch becomes READY, still referenced by its loader, or
+ * FAILED and dropped by it (counting a load error if count_error: a run
+ * counts one per failed load call, not per chunk); waiters wake. mu held. */
+static int chunk_load_end(struct apb_cache *c, struct apb_chunk *ch, long n,
+			  bool count_error)
+{
 	assert(ch->state == CHUNK_LOADING && ch->refs >= 1);
 	if (ch->refs > 1) /* every waiter holds a reference */
 		pthread_cond_broadcast(&c->load_cv);
@@ -612,7 +630,7 @@ static int chunk_load(struct apb_cache *c, struct apb_chunk *ch,
 		table_remove(c, ch);
 		ch->state = CHUNK_FAILED;
 		ch->load_error = (int)n;
-		c->st.load_errors++;
+		c->st.load_errors += count_error;
 		chunk_unref(c, ch);
 		return (int)n;
 	}
@@ -621,6 +639,23 @@ static int chunk_load(struct apb_cache *c, struct apb_chunk *ch,
 	resident_add(c, ch);
 	c->st.loaded_bytes += (uint64_t)n;
 	return 0;
+}
+
+/* Load (model, index) into the slot of ch, a fresh slot from slot_take().
+ * Called and returns with mu held; drops it around the loader. On success
+ * ch is READY and referenced once for the caller. A get touches it after;
+ * prefetches load through prefetch_run() instead. */
+static int chunk_load(struct apb_cache *c, struct apb_chunk *ch,
+		      uint32_t model, uint64_t index)
+{
+	long n;
+
+	chunk_load_begin(c, ch, model, index);
+	unlock(c);
+	n = load_result(c, c->load(c->load_ctx, model, index, ch->data,
+				   c->chunk_size));
+	lock(c);
+	return chunk_load_end(c, ch, n, true);
 }
 
 /* Wait, referenced, for another thread's load of ch. Keeps the reference
@@ -779,29 +814,113 @@ static void prefetch_loaded(struct apb_cache *c, struct apb_chunk *ch)
 	chunk_unref(c, ch); /* the loader's; unread, it enters cold */
 }
 
-int apb_cache_prefetch(struct apb_cache *c, uint32_t model, uint64_t index)
+/* Take slots for the longest prefix of [first, first + count) that is
+ * absent and gets prefetch slots, and enter each chunk LOADING and
+ * prefetched, as run[0 ..). Returns how many. mu held. */
+static uint32_t prefetch_take(struct apb_cache *c, uint32_t model,
+			      uint64_t first, uint32_t count,
+			      struct apb_chunk **run)
 {
-	struct apb_chunk *ch;
-	int rc;
+	uint32_t n;
 
+	for (n = 0; n < count; n++) {
+		struct apb_chunk *ch;
+
+		if (table_find(c, model, first + n))
+			break;
+		ch = prefetch_slot(c);
+		if (!ch)
+			break;
+		prefetch_mark(c, ch);
+		chunk_load_begin(c, ch, model, first + n);
+		run[n] = ch;
+	}
+	return n;
+}
+
+/* Run the loader for the n chunks of run, whose slots this thread owns
+ * while they are LOADING; result[i] is chunk i's length or errno, as
+ * load_result() gives it. Without load_run, loading stops at the first
+ * chunk that fails, and the rest fail with its errno unloaded. Called
+ * without mu. */
+static void prefetch_load(struct apb_cache *c, uint32_t model, uint64_t first,
+			  struct apb_chunk *const *run, uint32_t n, long *result)
+{
+	void *bufs[APB_CACHE_RUN_MAX];
+	size_t lens[APB_CACHE_RUN_MAX];
+	long rc;
+
+	if (!c->load_run) {
+		rc = 0;
+		for (uint32_t i = 0; i < n; i++) {
+			if (rc >= 0)
+				rc = load_result(c, c->load(c->load_ctx, model,
+							    first + i,
+							    run[i]->data,
+							    c->chunk_size));
+			result[i] = rc;
+		}
+		return;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		bufs[i] = run[i]->data;
+		lens[i] = 0;
+	}
+	rc = c->load_run(c->load_ctx, model, first, bufs, n, c->chunk_size,
+			 lens);
+	for (uint32_t i = 0; i < n; i++) {
+		if (rc < 0)
+			result[i] = load_result(c, rc);
+		else if (lens[i] > c->chunk_size)
+			result[i] = -EIO; /* broke its contract */
+		else
+			result[i] = (long)lens[i];
+	}
+}
+
+int apb_cache_prefetch_run(struct apb_cache *c, uint32_t model, uint64_t first,
+			   uint32_t count, uint32_t *loaded)
+{
+	struct apb_chunk *run[APB_CACHE_RUN_MAX];
+	long result[APB_CACHE_RUN_MAX];
+	uint32_t n;
+	int rc = 0;
+
+	*loaded = 0;
 	if (model >= c->model_count)
 		return -EINVAL;
+	if (count > APB_CACHE_RUN_MAX)
+		count = APB_CACHE_RUN_MAX;
 	lock(c);
-	if (table_find(c, model, index)) {
+	n = prefetch_take(c, model, first, count, run);
+	if (n == 0) {
+		/* Present (nothing to do) or no room for even one. */
+		rc = count == 0 || table_find(c, model, first) ? 0 : -EAGAIN;
 		unlock(c);
-		return 0;
+		return rc;
 	}
-	ch = prefetch_slot(c);
-	if (!ch) {
-		unlock(c);
-		return -EAGAIN;
-	}
-	prefetch_mark(c, ch);
-	rc = chunk_load(c, ch, model, index);
-	if (rc == 0)
-		prefetch_loaded(c, ch);
 	unlock(c);
+	prefetch_load(c, model, first, run, n, result);
+	lock(c);
+	for (uint32_t i = 0; i < n; i++) {
+		/* One failed load call: the first chunk it failed counts it. */
+		int r = chunk_load_end(c, run[i], result[i], rc == 0);
+
+		if (r == 0)
+			prefetch_loaded(c, run[i]);
+		else if (rc == 0)
+			rc = r;
+	}
+	unlock(c);
+	*loaded = n;
 	return rc;
+}
+
+int apb_cache_prefetch(struct apb_cache *c, uint32_t model, uint64_t index)
+{
+	uint32_t loaded;
+
+	return apb_cache_prefetch_run(c, model, index, 1, &loaded);
 }
 
 /* ---- clear and evict_model ------------------------------------------- */
@@ -1218,6 +1337,7 @@ int apb_cache_new(const struct apb_cache_config *cfg, struct apb_cache **out)
 	c->prefetch_share = prefetch_share_of(c->nslots,
 					      cfg->prefetch_share_pct);
 	c->load = cfg->load;
+	c->load_run = cfg->load_run;
 	c->load_ctx = cfg->load_ctx;
 	c->region_bytes = (size_t)c->nslots * c->chunk_size;
 

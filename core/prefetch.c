@@ -10,8 +10,12 @@
  * never blocks and never allocates: a full ring refuses the job with
  * -EAGAIN (prefetch is advice, and a reader that outruns the workers by
  * QUEUE_JOBS ranges gains nothing from one more). Each worker takes the
- * oldest job and calls apb_cache_prefetch() for its chunks in order, with
- * no lock of ours held. It abandons the rest of the job
+ * oldest job and calls apb_cache_prefetch_run() on what is left of it, with
+ * no lock of ours held: each call loads the absent chunks at the front of
+ * the range with one read (a store with high latency per read then moves
+ * a job per round trip, not a chunk) and the worker moves past them, or
+ * past the one chunk that call found present. It abandons the rest of the
+ * job
  *   - on -EAGAIN: the cache has no slot to spare, or unread prefetched
  *     chunks already fill their share; loading on would only evict what
  *     was just prefetched. The reader, when it gets there, triggers the
@@ -19,8 +23,8 @@
  *   - on any other error (a bad model, the loader's I/O or checksum
  *     error): the demand read of that chunk will report it to the reader,
  *     which is the only one who can act on it;
- *   - when the prefetcher is being freed (checked before every chunk, so
- *     apb_prefetcher_free() waits for at most one load per worker).
+ *   - when the prefetcher is being freed (checked before every call, so
+ *     apb_prefetcher_free() waits for at most one run per worker).
  *
  * Workers take the lowest level of the best-effort I/O class: a demand
  * read, whose caller is waiting, should win a contest for the disk against
@@ -233,12 +237,19 @@ static void finish_job(struct apb_prefetcher *p)
 
 static void run_job(struct apb_prefetcher *p, const struct job *job)
 {
-	for (uint32_t i = 0; i < job->count; i++) {
+	uint32_t done = 0;
+
+	while (done < job->count) {
+		uint32_t loaded;
+
 		if (atomic_load_explicit(&p->stopping, memory_order_relaxed))
 			return;
 		/* -EAGAIN or an error: abandon the rest (see the top). */
-		if (apb_cache_prefetch(p->cache, job->model, job->first + i))
+		if (apb_cache_prefetch_run(p->cache, job->model,
+					   job->first + done,
+					   job->count - done, &loaded))
 			return;
+		done += loaded > 0 ? loaded : 1; /* 0: that chunk is present */
 	}
 }
 

@@ -216,6 +216,35 @@ static long load_chunk(void *arg, uint32_t model, uint64_t index, void *buf,
 			       buf, cap);
 }
 
+/* A prefetch run: one read of the bundle into the chunks' slots. */
+static long load_chunk_run(void *arg, uint32_t model, uint64_t first,
+			   void *const *bufs, size_t n, size_t cap,
+			   size_t *lens)
+{
+	struct apbfs *fs = arg;
+	struct iovec iov[APB_CACHE_RUN_MAX] = {{NULL, 0}};
+	long got;
+
+	if (n > APB_CACHE_RUN_MAX)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		iov[i].iov_base = bufs[i];
+		iov[i].iov_len = cap;
+	}
+	got = apb_bundle_readv(fs->bundle, model, first * fs->opt.chunk_size,
+			       iov, (int)n);
+	if (got < 0)
+		return got;
+	/* Full chunks, then the model's last (short) one, then nothing. */
+	for (size_t i = 0; i < n; i++) {
+		size_t at = i * cap;
+
+		lens[i] = (size_t)got <= at ? 0 :
+			  (size_t)got - at < cap ? (size_t)got - at : cap;
+	}
+	return 0;
+}
+
 /* Open the bundle and build everything the operations need. */
 static int setup(struct apbfs *fs, const char *path)
 {
@@ -242,6 +271,7 @@ static int setup(struct apbfs *fs, const char *path)
 			.policy = fs->opt.eviction,
 			.model_count = (uint32_t)n,
 			.load = load_chunk,
+			.load_run = load_chunk_run,
 			.load_ctx = fs,
 		};
 		rc = apb_cache_new(&cfg, &fs->cache);

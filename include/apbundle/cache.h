@@ -47,6 +47,21 @@ enum apb_eviction {
 typedef long (*apb_cache_load_fn)(void *ctx, uint32_t model, uint64_t index,
 				  void *buf, size_t cap);
 
+/*
+ * Fill n consecutive chunks first, first + 1, ... of model, chunk first + i
+ * into bufs[i] (cap bytes each, cap == chunk_size), ideally with one read,
+ * and set lens[i] to its valid bytes (as apb_cache_load_fn returns them;
+ * 0 for a chunk past the model's end). Returns 0, or a negative errno that
+ * fails every chunk of the run. n <= APB_CACHE_RUN_MAX. Called like
+ * apb_cache_load_fn: no cache lock held, from several threads at once.
+ */
+typedef long (*apb_cache_load_run_fn)(void *ctx, uint32_t model,
+				      uint64_t first, void *const *bufs,
+				      size_t n, size_t cap, size_t *lens);
+
+/* Most chunks one apb_cache_prefetch_run() call loads. */
+#define APB_CACHE_RUN_MAX 16u
+
 struct apb_cache_config {
 	uint64_t budget_bytes;    /* >= chunk_size */
 	/* Most slots that prefetched chunks not yet read may hold, in percent
@@ -57,6 +72,9 @@ struct apb_cache_config {
 	enum apb_eviction policy;
 	uint32_t model_count;     /* models are 0 .. model_count - 1 */
 	apb_cache_load_fn load;
+	/* Optional: loads a prefetch run with one call; NULL loads its
+	 * chunks one by one with load. Both get load_ctx. */
+	apb_cache_load_run_fn load_run;
 	void *load_ctx;
 };
 
@@ -71,7 +89,7 @@ struct apb_cache_stats {
 	uint64_t evictions;       /* chunks dropped, for room or on request */
 	uint64_t loaded_bytes;    /* bytes returned by successful loads */
 	uint64_t load_errors;     /* loads that failed */
-	uint64_t prefetch_issued;       /* chunks loaded by apb_cache_prefetch */
+	uint64_t prefetch_issued;       /* chunks loaded by prefetch (runs) */
 	uint64_t prefetch_issued_bytes;
 	uint64_t prefetch_hits;         /* of those, first read by a get */
 	uint64_t prefetch_hits_bytes;
@@ -135,6 +153,25 @@ void apb_cache_put(struct apb_cache *c, struct apb_chunk *chunk);
  * any get counts prefetch_wasted.
  */
 int apb_cache_prefetch(struct apb_cache *c, uint32_t model, uint64_t index);
+
+/*
+ * Prefetch a run of adjacent chunks with one load: as apb_cache_prefetch()
+ * for each of first, first + 1, ... in order, but for the longest prefix
+ * of [first, first + min(count, APB_CACHE_RUN_MAX)) whose chunks are all
+ * absent and all get a slot under the prefetch rules; the run stops before
+ * the first chunk that is present (any state) or gets no slot. The run is
+ * loaded with one call of the load_run function (or, without one, of load
+ * per chunk) and each chunk then counts, and is seen by waiting gets,
+ * exactly as a single prefetch. Returns 0 with *loaded = the chunks taken
+ * (0 when chunk first is present: the caller moves on past it), -EAGAIN
+ * (*loaded = 0) when chunk first is absent and gets no slot, -EINVAL for a
+ * bad model, or the load's errno (*loaded = the chunks taken; none of
+ * them is cached; without load_run, the chunks are loaded in order and
+ * those before the first failure are cached as usual). A failed load call
+ * counts one load error, however many chunks it fails.
+ */
+int apb_cache_prefetch_run(struct apb_cache *c, uint32_t model, uint64_t first,
+			   uint32_t count, uint32_t *loaded);
 
 /* Valid bytes of a referenced chunk. */
 const void *apb_chunk_data(const struct apb_chunk *chunk);

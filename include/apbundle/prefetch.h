@@ -17,7 +17,7 @@
  *
  * struct apb_prefetcher is a small pool of worker threads, at the lowest best-effort
  * I/O priority, that take chunk ranges from a bounded queue and load them
- * with apb_cache_prefetch(). A full queue drops the request (prefetch is
+ * with apb_cache_prefetch_run(). A full queue drops the request (prefetch is
  * advice). It backs off when prefetched chunks are being evicted unread:
  * the window limit it reports shrinks while waste is high and grows back
  * when it is not.

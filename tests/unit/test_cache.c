@@ -36,7 +36,8 @@ struct source {
 	uint64_t model_bytes;     /* immutable while a cache uses it */
 	struct apb_cache *cache;  /* set before any get, for gated loads */
 	/* mu: */
-	unsigned calls;           /* loader calls */
+	unsigned calls;           /* chunks loaded: load calls + run chunks */
+	unsigned runs;            /* load_run calls */
 	uint64_t bytes;           /* bytes returned by successful loads */
 	int fail_rc;              /* != 0: loads return this */
 	uint64_t gate_misses;     /* != 0: loads wait for this many misses */
@@ -155,6 +156,36 @@ static long source_load(void *ctx, uint32_t model, uint64_t index, void *buf,
 	return (long)len;
 }
 
+/* The load_run of a source: as n source_load() calls, in one call. */
+static long source_load_run(void *ctx, uint32_t model, uint64_t first,
+			    void *const *bufs, size_t n, size_t cap,
+			    size_t *lens)
+{
+	struct source *s = ctx;
+	uint64_t gate_hits;
+	int fail;
+
+	pthread_mutex_lock(&s->mu);
+	s->runs++;
+	s->calls += (unsigned)n;
+	fail = s->fail_rc;
+	gate_hits = s->gate_hits;
+	pthread_mutex_unlock(&s->mu);
+
+	if (gate_hits)
+		wait_for_count(s->cache, cache_hits, gate_hits);
+	if (fail)
+		return fail;
+	for (size_t i = 0; i < n; i++) {
+		lens[i] = chunk_bytes(s, (uint32_t)cap, first + i);
+		pattern_fill(model, first + i, bufs[i], lens[i]);
+		pthread_mutex_lock(&s->mu);
+		s->bytes += lens[i];
+		pthread_mutex_unlock(&s->mu);
+	}
+	return 0;
+}
+
 static void source_init(struct source *s, uint64_t model_bytes)
 {
 	memset(s, 0, sizeof(*s));
@@ -188,14 +219,24 @@ static unsigned source_calls(struct source *s)
 	return n;
 }
 
+static unsigned source_runs(struct source *s)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&s->mu);
+	n = s->runs;
+	pthread_mutex_unlock(&s->mu);
+	return n;
+}
+
 /* A cache whose unread prefetched chunks may fill share_pct of the slots
- * (0: the default). */
-static struct apb_cache *cache_make_share(struct source *s,
-					  enum apb_eviction policy,
-					  uint64_t budget_bytes,
-					  uint32_t chunk_size,
-					  uint32_t model_count,
-					  uint32_t share_pct)
+ * (0: the default), loading prefetch runs with one call if runs. */
+static struct apb_cache *cache_make_runs(struct source *s,
+					 enum apb_eviction policy,
+					 uint64_t budget_bytes,
+					 uint32_t chunk_size,
+					 uint32_t model_count,
+					 uint32_t share_pct, bool runs)
 {
 	struct apb_cache_config cfg = {
 		.budget_bytes = budget_bytes,
@@ -204,6 +245,7 @@ static struct apb_cache *cache_make_share(struct source *s,
 		.policy = policy,
 		.model_count = model_count,
 		.load = source_load,
+		.load_run = runs ? source_load_run : NULL,
 		.load_ctx = s,
 	};
 	struct apb_cache *c = NULL;
@@ -212,6 +254,17 @@ static struct apb_cache *cache_make_share(struct source *s,
 	CHECK(c != NULL);
 	s->cache = c;
 	return c;
+}
+
+static struct apb_cache *cache_make_share(struct source *s,
+					  enum apb_eviction policy,
+					  uint64_t budget_bytes,
+					  uint32_t chunk_size,
+					  uint32_t model_count,
+					  uint32_t share_pct)
+{
+	return cache_make_runs(s, policy, budget_bytes, chunk_size,
+			       model_count, share_pct, false);
 }
 
 static struct apb_cache *cache_make(struct source *s, enum apb_eviction policy,
@@ -999,6 +1052,161 @@ static void test_failed_prefetch_returns_errno_and_caches_nothing(void)
 	cache_done(&s, c);
 }
 
+static void test_prefetch_run_loads_chunks_with_one_load_run(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+	uint32_t loaded = 99;
+
+	source_init(&s, 10 * CS + 100);
+	c = cache_make_runs(&s, APB_EVICT_LRU, 16 * CS, CS, 2, 0, true);
+	CHECK_EQ(apb_cache_prefetch_run(c, 2, 0, 4, &loaded), -EINVAL);
+	CHECK_EQ(loaded, 0);
+	CHECK_EQ(apb_cache_prefetch_run(c, 0, 2, 4, &loaded), 0);
+	CHECK_EQ(loaded, 4);
+	CHECK_EQ(source_runs(&s), 1);
+	CHECK_EQ(source_calls(&s), 4);
+	st = stats_of(c);
+	CHECK_EQ(st.hits + st.misses, 0);
+	CHECK_EQ(st.prefetch_issued, 4);
+	CHECK_EQ(st.prefetch_issued_bytes, 4 * CS);
+	CHECK_EQ(st.prefetch_unused_chunks, 4);
+	CHECK_EQ(st.resident_chunks, 4);
+	CHECK_EQ(st.used_bytes, 4 * CS);
+	CHECK_EQ(st.loaded_bytes, 4 * CS);
+	CHECK_EQ(model_stats_of(c, 0).prefetch_issued, 4);
+	/* The model's last chunk is short. */
+	CHECK_EQ(apb_cache_prefetch_run(c, 0, 8, 3, &loaded), 0);
+	CHECK_EQ(loaded, 3);
+	CHECK_EQ(source_runs(&s), 2);
+	st = stats_of(c);
+	CHECK_EQ(st.prefetch_issued, 7);
+	CHECK_EQ(st.prefetch_issued_bytes, 6 * CS + 100);
+	/* Each chunk holds its own bytes; reading is a hit, no load. */
+	for (uint64_t i = 2; i < 6; i++)
+		CHECK(access_chunk(&s, c, CS, 0, i));
+	for (uint64_t i = 8; i < 11; i++)
+		CHECK(access_chunk(&s, c, CS, 0, i));
+	st = stats_of(c);
+	CHECK_EQ(st.hits, 7);
+	CHECK_EQ(st.misses, 0);
+	CHECK_EQ(st.prefetch_hits, 7);
+	CHECK_EQ(st.prefetch_hits_bytes, 6 * CS + 100);
+	CHECK_EQ(st.prefetch_unused_chunks, 0);
+	CHECK_EQ(source_calls(&s), 7);
+	cache_done(&s, c);
+
+	/* At most APB_CACHE_RUN_MAX chunks per call. */
+	source_init(&s, 64 * CS);
+	c = cache_make_runs(&s, APB_EVICT_LRU, 64 * CS, CS, 1, 100, true);
+	CHECK_EQ(apb_cache_prefetch_run(c, 0, 0, 40, &loaded), 0);
+	CHECK_EQ(loaded, APB_CACHE_RUN_MAX);
+	CHECK_EQ(source_runs(&s), 1);
+	CHECK_EQ(apb_cache_prefetch_run(c, 0, 40, 0, &loaded), 0);
+	CHECK_EQ(loaded, 0);
+	CHECK_EQ(source_runs(&s), 1);
+	cache_done(&s, c);
+}
+
+static void test_prefetch_run_without_load_run_loads_each_chunk(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	uint32_t loaded = 0;
+
+	source_init(&s, 8 * CS);
+	c = cache_make(&s, APB_EVICT_LFU, 8 * CS, CS, 1);
+	CHECK_EQ(apb_cache_prefetch_run(c, 0, 1, 3, &loaded), 0);
+	CHECK_EQ(loaded, 3);
+	CHECK_EQ(source_calls(&s), 3);
+	CHECK_EQ(source_runs(&s), 0);
+	CHECK_EQ(stats_of(c).prefetch_issued, 3);
+	for (uint64_t i = 1; i < 4; i++)
+		CHECK(access_chunk(&s, c, CS, 0, i));
+	CHECK_EQ(stats_of(c).prefetch_hits, 3);
+	cache_done(&s, c);
+}
+
+static void test_prefetch_run_stops_at_a_present_chunk(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	uint32_t loaded = 99;
+
+	source_init(&s, 8 * CS);
+	c = cache_make_runs(&s, APB_EVICT_LRU, 8 * CS, CS, 1, 0, true);
+	CHECK(!access_chunk(&s, c, CS, 0, 2));
+	CHECK_EQ(apb_cache_prefetch_run(c, 0, 0, 4, &loaded), 0);
+	CHECK_EQ(loaded, 2); /* 0 and 1, not 2 nor what follows it */
+	CHECK_EQ(source_runs(&s), 1);
+	CHECK_EQ(apb_cache_prefetch_run(c, 0, 2, 2, &loaded), 0);
+	CHECK_EQ(loaded, 0); /* present: nothing to do */
+	CHECK_EQ(source_runs(&s), 1);
+	CHECK_EQ(apb_cache_prefetch_run(c, 0, 3, 1, &loaded), 0);
+	CHECK_EQ(loaded, 1);
+	CHECK_EQ(source_runs(&s), 2);
+	CHECK_EQ(stats_of(c).prefetch_issued, 3);
+	CHECK_EQ(source_calls(&s), 4);
+	cache_done(&s, c);
+}
+
+static void test_prefetch_run_respects_the_share(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+	uint32_t loaded = 99;
+
+	source_init(&s, 16 * CS);
+	/* 8 slots, the default share: four unread chunks at most. */
+	c = cache_make_runs(&s, APB_EVICT_LRU, 8 * CS, CS, 1, 0, true);
+	CHECK_EQ(apb_cache_prefetch_run(c, 0, 0, 6, &loaded), 0);
+	CHECK_EQ(loaded, 4);
+	CHECK_EQ(apb_cache_prefetch_run(c, 0, 4, 2, &loaded), -EAGAIN);
+	CHECK_EQ(loaded, 0);
+	st = stats_of(c);
+	CHECK_EQ(st.prefetch_unused_chunks, 4);
+	CHECK_EQ(st.prefetch_issued, 4);
+	CHECK_EQ(st.resident_chunks, 4);
+	CHECK_EQ(source_runs(&s), 1);
+	/* Reading one makes room for one more, not two. */
+	CHECK(access_chunk(&s, c, CS, 0, 0));
+	CHECK_EQ(apb_cache_prefetch_run(c, 0, 4, 2, &loaded), 0);
+	CHECK_EQ(loaded, 1);
+	CHECK_EQ(stats_of(c).prefetch_unused_chunks, 4);
+	cache_done(&s, c);
+}
+
+static void test_failed_prefetch_run_fails_every_chunk_and_caches_none(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+	uint32_t loaded = 0;
+
+	source_init(&s, 8 * CS);
+	c = cache_make_runs(&s, APB_EVICT_LRU, 8 * CS, CS, 1, 0, true);
+	source_set(&s, -ENODATA, 0);
+	CHECK_EQ(apb_cache_prefetch_run(c, 0, 1, 3, &loaded), -ENODATA);
+	CHECK_EQ(loaded, 3);
+	CHECK_EQ(source_runs(&s), 1);
+	st = stats_of(c);
+	CHECK_EQ(st.load_errors, 1); /* one load call failed */
+	CHECK_EQ(st.prefetch_issued + st.prefetch_unused_chunks, 0);
+	CHECK_EQ(st.prefetch_wasted, 0);
+	CHECK_EQ(st.hits + st.misses, 0);
+	CHECK_EQ(st.resident_chunks, 0);
+	CHECK_EQ(st.used_bytes, 0);
+	CHECK_EQ(st.loaded_bytes, 0);
+	source_set(&s, 0, 0);
+	CHECK_EQ(apb_cache_prefetch_run(c, 0, 1, 3, &loaded), 0);
+	CHECK_EQ(loaded, 3); /* nothing was cached: all three again */
+	CHECK_EQ(source_runs(&s), 2);
+	CHECK_EQ(stats_of(c).prefetch_issued, 3);
+	cache_done(&s, c);
+}
+
 /* ---- threads --------------------------------------------------------- */
 
 #define NTHREADS 8
@@ -1286,6 +1494,60 @@ static void test_get_during_prefetch_load_is_a_hit_and_loads_once(void)
 	cache_done(&s, pc.cache);
 }
 
+struct run_call {
+	struct apb_cache *cache;
+	uint64_t first;
+	uint32_t count, loaded;
+	int rc;
+};
+
+static void *prefetch_run_in_thread(void *p)
+{
+	struct run_call *rc = p;
+
+	rc->rc = apb_cache_prefetch_run(rc->cache, 0, rc->first, rc->count,
+					&rc->loaded);
+	return NULL;
+}
+
+/* A get of a chunk of a run being loaded waits for the run (one load for
+ * all), counts a hit and a prefetch hit; the run's other chunks stay
+ * unread. The run's load holds until the cache counted the get's hit. */
+static void test_get_during_prefetch_run_waits_for_it_and_is_a_hit(void)
+{
+	struct source s;
+	struct run_call rc = {0};
+	struct apb_cache_stats st;
+	struct apb_chunk *ch = NULL;
+	pthread_t t;
+
+	source_init(&s, 8 * CS);
+	rc.cache = cache_make_runs(&s, APB_EVICT_LRU, 8 * CS, CS, 1, 0, true);
+	rc.first = 2;
+	rc.count = 4;
+	source_gate_hits(&s, 1);
+	CHECK_EQ(pthread_create(&t, NULL, prefetch_run_in_thread, &rc), 0);
+	for (int waited_ms = 0; source_runs(&s) < 1; waited_ms++) {
+		CHECK(waited_ms < 30000);
+		sleep_ms(1);
+	}
+	CHECK_EQ(apb_cache_get(rc.cache, 0, 4, &ch), 0);
+	CHECK(chunk_matches(&s, ch, CS, 0, 4));
+	CHECK_EQ(pthread_join(t, NULL), 0);
+	CHECK_EQ(rc.rc, 0);
+	CHECK_EQ(rc.loaded, 4);
+	CHECK_EQ(source_runs(&s), 1);
+	CHECK_EQ(source_calls(&s), 4);
+	st = stats_of(rc.cache);
+	CHECK_EQ(st.hits, 1);
+	CHECK_EQ(st.misses, 0);
+	CHECK_EQ(st.prefetch_issued, 4);
+	CHECK_EQ(st.prefetch_hits, 1);
+	CHECK_EQ(st.prefetch_unused_chunks, 3);
+	apb_cache_put(rc.cache, ch);
+	cache_done(&s, rc.cache);
+}
+
 /*
  * Churn: worker threads get random chunks, check their bytes and put them,
  * while the main thread watches the cache. Thread 0 also calls evict_model
@@ -1303,6 +1565,7 @@ struct churn {
 	int threads;             /* workers in all */
 	int prefetch_threads;    /* of those, prefetchers */
 	uint64_t prefetch_share; /* the cache's */
+	bool runs;               /* prefetchers use apb_cache_prefetch_run() */
 	pthread_mutex_t mu;
 	int running;             /* mu: workers not yet finished */
 	int getters_running;     /* mu: of those, not prefetchers */
@@ -1359,13 +1622,20 @@ static void churn_prefetch(struct churn_arg *a)
 		uint64_t first = (r >> 8) % w->chunks_per_model;
 
 		for (uint64_t i = first; i < first + 4 &&
-					 i < w->chunks_per_model; i++) {
-			int rc = apb_cache_prefetch(w->cache, model,
-						    w->first_index + i);
+					 i < w->chunks_per_model;) {
+			uint32_t loaded = 1;
+			int rc = w->runs ?
+				apb_cache_prefetch_run(w->cache, model,
+						       w->first_index + i,
+						       (uint32_t)(first + 4 - i),
+						       &loaded) :
+				apb_cache_prefetch(w->cache, model,
+						   w->first_index + i);
 
 			failed += rc != 0 && rc != -EAGAIN;
 			failed += stats_of(w->cache).prefetch_unused_chunks >
 				  w->prefetch_share;
+			i += loaded > 0 ? loaded : 1;
 		}
 		sched_yield(); /* let the getters run (valgrind serializes) */
 	}
@@ -1598,7 +1868,7 @@ static void check_prefetch_share(struct churn *w, void *ctx)
 	CHECK(stats_of(w->cache).prefetch_unused_chunks <= w->prefetch_share);
 }
 
-static void prefetch_stress(enum apb_eviction policy)
+static void prefetch_stress(enum apb_eviction policy, bool runs)
 {
 	const uint32_t models = 2;
 	struct source s;
@@ -1608,7 +1878,8 @@ static void prefetch_stress(enum apb_eviction policy)
 
 	source_init(&s, 15 * (uint64_t)CS + 1000);
 	w.src = &s;
-	w.cache = cache_make(&s, policy, 8 * CS, CS, models);
+	w.cache = cache_make_runs(&s, policy, 8 * CS, CS, models, 0, runs);
+	w.runs = runs;
 	w.models = models;
 	w.chunks_per_model = 16;
 	w.gets_per_thread = 1500;
@@ -1648,12 +1919,17 @@ static void prefetch_stress(enum apb_eviction policy)
 
 static void test_stress_prefetch_and_gets_lru_keep_bytes_and_share(void)
 {
-	prefetch_stress(APB_EVICT_LRU);
+	prefetch_stress(APB_EVICT_LRU, false);
 }
 
 static void test_stress_prefetch_and_gets_lfu_keep_bytes_and_share(void)
 {
-	prefetch_stress(APB_EVICT_LFU);
+	prefetch_stress(APB_EVICT_LFU, false);
+}
+
+static void test_stress_prefetch_runs_and_gets_lru_keep_bytes_and_share(void)
+{
+	prefetch_stress(APB_EVICT_LRU, true);
 }
 
 /* ---- pinning ---------------------------------------------------------- */
@@ -1991,6 +2267,11 @@ int main(void)
 	RUN(test_clear_and_evict_model_count_unread_prefetches_wasted);
 	RUN(test_reset_stats_zeroes_prefetch_counters_not_unread_chunks);
 	RUN(test_failed_prefetch_returns_errno_and_caches_nothing);
+	RUN(test_prefetch_run_loads_chunks_with_one_load_run);
+	RUN(test_prefetch_run_without_load_run_loads_each_chunk);
+	RUN(test_prefetch_run_stops_at_a_present_chunk);
+	RUN(test_prefetch_run_respects_the_share);
+	RUN(test_failed_prefetch_run_fails_every_chunk_and_caches_none);
 	RUN(test_concurrent_misses_load_once);
 	RUN(test_load_error_reaches_every_waiter_and_is_not_cached);
 	RUN(test_tryget_refuses_instead_of_waiting_for_a_slot);
@@ -2000,8 +2281,10 @@ int main(void)
 	RUN(test_stress_random_gets_lru_keep_bytes_and_invariants);
 	RUN(test_stress_random_gets_lfu_keep_bytes_and_invariants);
 	RUN(test_get_during_prefetch_load_is_a_hit_and_loads_once);
+	RUN(test_get_during_prefetch_run_waits_for_it_and_is_a_hit);
 	RUN(test_stress_prefetch_and_gets_lru_keep_bytes_and_share);
 	RUN(test_stress_prefetch_and_gets_lfu_keep_bytes_and_share);
+	RUN(test_stress_prefetch_runs_and_gets_lru_keep_bytes_and_share);
 	RUN(test_pin_loads_every_chunk);
 	RUN(test_lru_pinned_chunks_survive_storm_of_other_model);
 	RUN(test_lfu_pinned_chunks_survive_storm_of_other_model);
