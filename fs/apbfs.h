@@ -40,6 +40,14 @@ struct apbfs_options {
 	const char *state_path;        /* access counts kept here, or NULL */
 };
 
+/* What one open file carries (fi->fh): the rendered document of .stats or
+ * .metrics, or the readahead streams of a model; or nothing (fh 0). */
+struct apbfs_handle {
+	struct apbfs_handle *prev, *next; /* apbfs.handles; handles_mu */
+	struct apbfs_doc *doc;
+	struct apb_readahead *ra;
+};
+
 /* Immutable after setup, except the atomics and what the cache guards. */
 struct apbfs {
 	struct apb_bundle *bundle;
@@ -58,6 +66,10 @@ struct apbfs {
 	size_t npins, npreloads;
 	pthread_t startup;             /* pins and preloads after mounting */
 	bool startup_running;
+	/* Every live handle, so that those still open at unmount (RELEASE
+	 * may never come) are freed at exit. */
+	pthread_mutex_t handles_mu;
+	struct apbfs_handle handles;    /* list head; handles_mu */
 	atomic_bool bdi_tuned;         /* the first open raised its readahead */
 };
 
@@ -78,6 +90,10 @@ void apbfs_models_stop(struct apbfs *fs);
 void apbfs_model_opened(struct apbfs *fs, uint32_t model);
 /* "prefetch", "pin" or "unpin" of model: 0 or a negative errno. */
 int apbfs_models_control(struct apbfs *fs, const char *cmd, uint32_t model);
+
+/* ops.c: the list of open handles; init before the loop, free_all after. */
+void apbfs_handles_init(struct apbfs *fs);
+void apbfs_handles_free_all(struct apbfs *fs);
 
 /* Run one .control command line (no newline). 0 or -EINVAL. */
 int apbfs_control(struct apbfs *fs, const char *line, size_t len);

@@ -289,12 +289,14 @@ static int setup(struct apbfs *fs, const char *path)
 	for (int i = 0; i < APBFS_NSPECIAL; i++)
 		fs->special_ino[i] = apb_tree_count(fs->tree) + 1 + (uint64_t)i;
 	fs->owner = getuid();
+	apbfs_handles_init(fs);
 	return 0;
 }
 
 static void teardown(struct apbfs *fs)
 {
 	apbfs_models_stop(fs); /* uses the prefetcher and the cache */
+	apbfs_handles_free_all(fs); /* files still open at unmount */
 	if (fs->prefetcher) /* its workers use the cache */
 		apb_prefetcher_free(fs->prefetcher);
 	if (fs->cache)

@@ -29,10 +29,64 @@ static const char *const special_names[APBFS_NSPECIAL] = {
 	[APBFS_CONTROL] = ".control",
 };
 
-struct doc {
+struct apbfs_doc {
 	char *text;
 	size_t len;
 };
+
+void apbfs_handles_init(struct apbfs *fs)
+{
+	pthread_mutex_init(&fs->handles_mu, NULL);
+	fs->handles.prev = fs->handles.next = &fs->handles;
+}
+
+/* A handle for fi->fh owning doc or ra; NULL (and nothing owned) if memory
+ * runs out. */
+static struct apbfs_handle *handle_new(struct apbfs *fs,
+				       struct apbfs_doc *doc,
+				       struct apb_readahead *ra)
+{
+	struct apbfs_handle *h = calloc(1, sizeof(*h));
+
+	if (!h)
+		return NULL;
+	h->doc = doc;
+	h->ra = ra;
+	pthread_mutex_lock(&fs->handles_mu);
+	h->next = fs->handles.next;
+	h->prev = &fs->handles;
+	h->next->prev = h;
+	fs->handles.next = h;
+	pthread_mutex_unlock(&fs->handles_mu);
+	return h;
+}
+
+static void handle_free(struct apbfs *fs, struct apbfs_handle *h)
+{
+	pthread_mutex_lock(&fs->handles_mu);
+	h->prev->next = h->next;
+	h->next->prev = h->prev;
+	pthread_mutex_unlock(&fs->handles_mu);
+	if (h->doc)
+		free(h->doc->text);
+	free(h->doc);
+	apb_readahead_free(h->ra);
+	free(h);
+}
+
+void apbfs_handles_free_all(struct apbfs *fs)
+{
+	if (!fs->handles.next) /* never initialized */
+		return;
+	while (fs->handles.next != &fs->handles)
+		handle_free(fs, fs->handles.next);
+	pthread_mutex_destroy(&fs->handles_mu);
+}
+
+static struct apbfs_handle *handle_of(const struct fuse_file_info *fi)
+{
+	return (struct apbfs_handle *)(uintptr_t)fi->fh;
+}
 
 static struct apbfs *ctx(fuse_req_t req)
 {
@@ -194,7 +248,8 @@ static void open_special(fuse_req_t req, struct apbfs *fs, int sp,
 		.chunk_size = fs->opt.chunk_size, .io = &fs->io,
 		.opens = fs->opens,
 	};
-	struct doc *d;
+	struct apbfs_doc *d;
+	struct apbfs_handle *h;
 
 	fi->direct_io = 1;
 	if (sp == APBFS_CONTROL) {
@@ -213,16 +268,17 @@ static void open_special(fuse_req_t req, struct apbfs *fs, int sp,
 	if (d)
 		d->text = sp == APBFS_STATS ? apb_report_json(&src, &d->len)
 					    : apb_report_metrics(&src, &d->len);
-	if (!d || !d->text) {
+	h = d && d->text ? handle_new(fs, d, NULL) : NULL;
+	if (!h) {
+		if (d)
+			free(d->text);
 		free(d);
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	fi->fh = (uint64_t)(uintptr_t)d;
-	if (fuse_reply_open(req, fi) != 0) { /* interrupted: no RELEASE comes */
-		free(d->text);
-		free(d);
-	}
+	fi->fh = (uint64_t)(uintptr_t)h;
+	if (fuse_reply_open(req, fi) != 0) /* interrupted: no RELEASE comes */
+		handle_free(fs, h);
 }
 
 /*
@@ -270,12 +326,18 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	/* Without memory for the streams this open reads without
 	 * readahead; that is slower, not wrong. */
 	if (fs->opt.prefetch && fs->prefetcher &&
-	    apb_readahead_new(fs->opt.chunk_size, &ra) == 0)
-		fi->fh = (uint64_t)(uintptr_t)ra;
+	    apb_readahead_new(fs->opt.chunk_size, &ra) == 0) {
+		struct apbfs_handle *h = handle_new(fs, NULL, ra);
+		if (h)
+			fi->fh = (uint64_t)(uintptr_t)h;
+		else
+			apb_readahead_free(ra);
+	}
 	/* An open interrupted before our reply gets no RELEASE: undo it
 	 * here, as libfuse's high-level layer does. */
 	if (fuse_reply_open(req, fi) != 0) {
-		apb_readahead_free((struct apb_readahead *)(uintptr_t)fi->fh);
+		if (fi->fh)
+			handle_free(fs, handle_of(fi));
 		atomic_fetch_sub(&fs->opens[n->model], 1);
 		return;
 	}
@@ -286,19 +348,15 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
 	struct apbfs *fs = ctx(req);
-	int sp = special_of(fs, ino);
 
-	if (sp == APBFS_STATS || sp == APBFS_METRICS) {
-		struct doc *d = (struct doc *)(uintptr_t)fi->fh;
-		free(d->text);
-		free(d);
-	} else if (sp < 0 && fi->fh) {
-		apb_readahead_free((struct apb_readahead *)(uintptr_t)fi->fh);
-	}
+	(void)ino;
+	if (fi->fh)
+		handle_free(fs, handle_of(fi));
 	fuse_reply_err(req, 0);
 }
 
-static void read_doc(fuse_req_t req, const struct doc *d, size_t size, off_t off)
+static void read_doc(fuse_req_t req, const struct apbfs_doc *d, size_t size,
+		     off_t off)
 {
 	if ((uint64_t)off >= d->len) {
 		fuse_reply_buf(req, NULL, 0);
@@ -488,7 +546,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	int sp = special_of(fs, ino);
 
 	if (sp == APBFS_STATS || sp == APBFS_METRICS) {
-		read_doc(req, (const struct doc *)(uintptr_t)fi->fh, size, off);
+		read_doc(req, handle_of(fi)->doc, size, off);
 		return;
 	}
 	n = apb_tree_node(fs->tree, ino);
@@ -498,7 +556,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 	atomic_fetch_add(&fs->io.read_requests, 1);
 	if (fi->fh)
-		read_ahead(fs, (struct apb_readahead *)(uintptr_t)fi->fh,
+		read_ahead(fs, handle_of(fi)->ra,
 			   n->model, (uint64_t)off, size);
 	read_model(req, fs, n->model, size, (uint64_t)off);
 }
