@@ -73,12 +73,41 @@ struct apb_bundle {
 
 /* ---- small shared helpers (format.h) ---------------------------------- */
 
-int apb_pread_full(int fd, void *buf, size_t len, uint64_t off)
+/* Fill iov[*i] from byte *skip on, and the entries after it, with at most
+ * want bytes, into v (at most READV_BATCH entries, none empty). Returns the
+ * number of entries. */
+static int readv_batch(const struct iovec *iov, int iovcnt, int i, size_t skip,
+		       size_t want, struct iovec *v)
 {
-	char *p = buf;
+	int n = 0;
 
-	while (len) {
-		ssize_t r = pread(fd, p, len, (off_t)off);
+	for (; i < iovcnt && n < READV_BATCH && want > 0; i++, skip = 0) {
+		size_t len = iov[i].iov_len - skip;
+
+		if (len == 0)
+			continue;
+		if (len > want)
+			len = want;
+		v[n].iov_base = (char *)iov[i].iov_base + skip;
+		v[n].iov_len = len;
+		want -= len;
+		n++;
+	}
+	return n;
+}
+
+/* Read exactly want bytes at pos into iov (which holds at least that),
+ * resuming after short reads and EINTR. Returns want or a negative errno. */
+static long preadv_full(int fd, uint64_t pos, const struct iovec *iov,
+			int iovcnt, size_t want)
+{
+	struct iovec v[READV_BATCH];
+	size_t done = 0, skip = 0; /* skip: bytes of iov[i] already read */
+	int i = 0;
+
+	while (done < want) {
+		int n = readv_batch(iov, iovcnt, i, skip, want - done, v);
+		ssize_t r = preadv(fd, v, n, (off_t)(pos + done));
 
 		if (r < 0) {
 			if (errno == EINTR)
@@ -87,11 +116,22 @@ int apb_pread_full(int fd, void *buf, size_t len, uint64_t off)
 		}
 		if (r == 0)
 			return -EIO;
-		p += r;
-		len -= (size_t)r;
-		off += (uint64_t)r;
+		done += (size_t)r;
+		skip += (size_t)r;
+		while (i < iovcnt && skip >= iov[i].iov_len && skip > 0) {
+			skip -= iov[i].iov_len;
+			i++;
+		}
 	}
-	return 0;
+	return (long)done;
+}
+
+int apb_pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	struct iovec v = {.iov_base = buf, .iov_len = len};
+	long r = preadv_full(fd, off, &v, 1, len);
+
+	return r < 0 ? (int)r : 0;
 }
 
 int apb_manifest_read(const struct apb_source *src, uint64_t off, uint64_t len,
@@ -787,58 +827,6 @@ long apb_bundle_read(const struct apb_bundle *b, size_t index, uint64_t off,
 	return -EINVAL;
 }
 
-/* Fill iov[*i] from byte *skip on, and the entries after it, with at most
- * want bytes, into v (at most READV_BATCH entries, none empty). Returns the
- * number of entries. */
-static int readv_batch(const struct iovec *iov, int iovcnt, int i, size_t skip,
-		       size_t want, struct iovec *v)
-{
-	int n = 0;
-
-	for (; i < iovcnt && n < READV_BATCH && want > 0; i++, skip = 0) {
-		size_t len = iov[i].iov_len - skip;
-
-		if (len == 0)
-			continue;
-		if (len > want)
-			len = want;
-		v[n].iov_base = (char *)iov[i].iov_base + skip;
-		v[n].iov_len = len;
-		want -= len;
-		n++;
-	}
-	return n;
-}
-
-/* Read exactly want bytes at pos into iov (which holds at least that),
- * resuming after short reads and EINTR. Returns want or a negative errno. */
-static long preadv_full(int fd, uint64_t pos, const struct iovec *iov,
-			int iovcnt, size_t want)
-{
-	struct iovec v[READV_BATCH];
-	size_t done = 0, skip = 0; /* skip: bytes of iov[i] already read */
-	int i = 0;
-
-	while (done < want) {
-		int n = readv_batch(iov, iovcnt, i, skip, want - done, v);
-		ssize_t r = preadv(fd, v, n, (off_t)(pos + done));
-
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (r == 0)
-			return -EIO;
-		done += (size_t)r;
-		skip += (size_t)r;
-		while (i < iovcnt && skip >= iov[i].iov_len && skip > 0) {
-			skip -= iov[i].iov_len;
-			i++;
-		}
-	}
-	return (long)done;
-}
 
 long apb_bundle_readv(const struct apb_bundle *b, size_t index, uint64_t off,
 		      const struct iovec *iov, int iovcnt)

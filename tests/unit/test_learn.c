@@ -1,5 +1,5 @@
 /* test_learn.c - open counts, successors, popularity and the state file. */
-#include "test.h"
+#include "fixture.h"
 
 #include <apbundle/bundle.h>
 #include <apbundle/learn.h>
@@ -16,50 +16,15 @@
 
 static char dir[] = "/tmp/apb-learn-XXXXXX";
 
-/* Write a v1 bundle of empty models with these names; returns its path
- * (as test_tree.c does). */
-static char *write_empty_models(const char *const *names, size_t n)
-{
-	static char path[64];
-	char sum[32];
-	cJSON *root = cJSON_CreateObject(), *models;
-	unsigned char head[16] = "APBUNDLE";
-	int fd;
-
-	snprintf(sum, sizeof(sum), "xxh3-64:%016llx",
-		 (unsigned long long)XXH3_64bits("", 0));
-	cJSON_AddNumberToObject(root, "model_count", (double)n);
-	models = cJSON_AddArrayToObject(root, "models");
-	for (size_t i = 0; i < n; i++) {
-		cJSON *m = cJSON_CreateObject();
-		cJSON_AddStringToObject(m, "name", names[i]);
-		cJSON_AddNumberToObject(m, "offset", 65536);
-		cJSON_AddNumberToObject(m, "size", 0);
-		cJSON_AddStringToObject(m, "checksum", sum);
-		cJSON_AddItemToArray(models, m);
-	}
-	char *json = cJSON_PrintUnformatted(root);
-	uint32_t len = (uint32_t)strlen(json);
-	CHECK(16 + len <= 65536);
-	head[8] = 1;
-	memcpy(head + 12, &len, 4); /* the test machine is little-endian */
-	snprintf(path, sizeof(path), "%s/bundle-XXXXXX", dir);
-	fd = mkstemp(path);
-	CHECK(fd >= 0);
-	CHECK(write(fd, head, 16) == 16);
-	CHECK(write(fd, json, len) == (ssize_t)len);
-	CHECK(ftruncate(fd, 65536) == 0);
-	close(fd);
-	free(json);
-	cJSON_Delete(root);
-	return path;
-}
-
 static struct apb_bundle *open_names(const char *const *names, size_t n)
 {
 	struct apb_bundle *b;
 	char err[256];
-	char *path = write_empty_models(names, n);
+	char tmpl[sizeof(dir) + 16];
+	char *path;
+
+	snprintf(tmpl, sizeof(tmpl), "%s/bundle-XXXXXX", dir);
+	path = write_empty_models(tmpl, names, n);
 	int rc = apb_bundle_open(path, &b, err, sizeof(err));
 	if (rc)
 		fprintf(stderr, "open: %s\n", err);

@@ -1,5 +1,5 @@
 /* test_tree.c - the directory tree built from model names. */
-#include "test.h"
+#include "fixture.h"
 
 #include <apbundle/bundle.h>
 #include <apbundle/tree.h>
@@ -10,51 +10,13 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-/* Write a v1 bundle of empty models with these names; returns its path. */
-static char *write_empty_models(const char *const *names, size_t n)
-{
-	static char path[] = "/tmp/apb-tree-XXXXXX";
-	char sum[32];
-	cJSON *root = cJSON_CreateObject(), *models;
-	unsigned char head[16] = "APBUNDLE";
-	int fd;
-
-	/* All models are empty; they sit at the first aligned offset past a
-	 * manifest of at most 64 KiB. */
-	snprintf(sum, sizeof(sum), "xxh3-64:%016llx",
-		 (unsigned long long)XXH3_64bits("", 0));
-	cJSON_AddNumberToObject(root, "model_count", (double)n);
-	models = cJSON_AddArrayToObject(root, "models");
-	for (size_t i = 0; i < n; i++) {
-		cJSON *m = cJSON_CreateObject();
-		cJSON_AddStringToObject(m, "name", names[i]);
-		cJSON_AddNumberToObject(m, "offset", 65536);
-		cJSON_AddNumberToObject(m, "size", 0);
-		cJSON_AddStringToObject(m, "checksum", sum);
-		cJSON_AddItemToArray(models, m);
-	}
-	char *json = cJSON_PrintUnformatted(root);
-	uint32_t len = (uint32_t)strlen(json);
-	CHECK(16 + len <= 65536);
-	head[8] = 1;
-	memcpy(head + 12, &len, 4); /* the test machine is little-endian */
-	strcpy(path, "/tmp/apb-tree-XXXXXX");
-	fd = mkstemp(path);
-	CHECK(fd >= 0);
-	CHECK(write(fd, head, 16) == 16);
-	CHECK(write(fd, json, len) == (ssize_t)len);
-	CHECK(ftruncate(fd, 65536) == 0);
-	close(fd);
-	free(json);
-	cJSON_Delete(root);
-	return path;
-}
 
 static struct apb_bundle *open_names(const char *const *names, size_t n)
 {
 	struct apb_bundle *b;
 	char err[256];
-	char *path = write_empty_models(names, n);
+	char tmpl[] = "/tmp/apb-tree-XXXXXX";
+	char *path = write_empty_models(tmpl, names, n);
 	int rc = apb_bundle_open(path, &b, err, sizeof(err));
 	if (rc)
 		fprintf(stderr, "open: %s\n", err);

@@ -1,0 +1,52 @@
+/* fixture.h - bundles for the unit tests that need a real one but not its
+ * bytes: every model empty, placed at the first aligned offset after a
+ * manifest of at most 64 KiB. */
+#ifndef APB_TEST_FIXTURE_H
+#define APB_TEST_FIXTURE_H
+
+#include "test.h"
+
+#include <cjson/cJSON.h>
+#include <stdint.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+/* Write a v1 bundle of empty models with these names to a new file made
+ * from path_template (mkstemp: ends in XXXXXX, filled in); returns it. */
+static char *write_empty_models(char *path_template, const char *const *names,
+				size_t n)
+{
+	char sum[32];
+	cJSON *root = cJSON_CreateObject(), *models;
+	unsigned char head[16] = "APBUNDLE";
+	int fd;
+
+	snprintf(sum, sizeof(sum), "xxh3-64:%016llx",
+		 (unsigned long long)XXH3_64bits("", 0));
+	cJSON_AddNumberToObject(root, "model_count", (double)n);
+	models = cJSON_AddArrayToObject(root, "models");
+	for (size_t i = 0; i < n; i++) {
+		cJSON *m = cJSON_CreateObject();
+		cJSON_AddStringToObject(m, "name", names[i]);
+		cJSON_AddNumberToObject(m, "offset", 65536);
+		cJSON_AddNumberToObject(m, "size", 0);
+		cJSON_AddStringToObject(m, "checksum", sum);
+		cJSON_AddItemToArray(models, m);
+	}
+	char *json = cJSON_PrintUnformatted(root);
+	uint32_t len = (uint32_t)strlen(json);
+	CHECK(16 + len <= 65536);
+	head[8] = 1;
+	memcpy(head + 12, &len, 4); /* the test machines are little-endian */
+	fd = mkstemp(path_template);
+	CHECK(fd >= 0);
+	CHECK(write(fd, head, 16) == 16);
+	CHECK(write(fd, json, len) == (ssize_t)len);
+	CHECK(ftruncate(fd, 65536) == 0);
+	close(fd);
+	free(json);
+	cJSON_Delete(root);
+	return path_template;
+}
+
+#endif
