@@ -1099,6 +1099,16 @@ static void pin_end(struct apb_cache *c, uint32_t model)
 	}
 }
 
+/* Slots a new pin may still reserve: the rest of the budget after the
+ * pins so far and the APB_CACHE_UNPINNED_MIN kept for other reads. */
+static uint64_t pin_room(const struct apb_cache *c)
+{
+	uint64_t keep = APB_CACHE_UNPINNED_MIN((uint64_t)c->nslots);
+
+	return c->nslots > keep + c->pinned_slots
+		       ? c->nslots - keep - c->pinned_slots : 0;
+}
+
 int apb_cache_pin_model(struct apb_cache *c, uint32_t model,
 			uint64_t model_size)
 {
@@ -1114,8 +1124,7 @@ int apb_cache_pin_model(struct apb_cache *c, uint32_t model,
 		unlock(c);
 		return 0;
 	}
-	if (nchunks > 0 && (uint64_t)c->nslots <
-	    APB_CACHE_UNPINNED_MIN(c->nslots) + c->pinned_slots + nchunks) {
+	if (nchunks > pin_room(c)) {
 		unlock(c);
 		return -ENOSPC;
 	}
@@ -1198,6 +1207,8 @@ void apb_cache_stats(struct apb_cache *c, struct apb_cache_stats *out)
 	*out = c->st;
 	out->budget_bytes = (uint64_t)c->nslots * c->chunk_size;
 	out->used_bytes = (uint64_t)c->used_slots * c->chunk_size;
+	out->pinnable_bytes = pin_room(c) * c->chunk_size;
+	out->prefetch_share_bytes = (uint64_t)c->prefetch_share * c->chunk_size;
 	unlock(c);
 }
 

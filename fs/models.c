@@ -79,7 +79,8 @@ out:
 int apbfs_models_check(struct apbfs *fs, char *err, size_t err_len)
 {
 	struct apbfs_options *o = &fs->opt;
-	uint64_t nslots = o->max_memory / o->chunk_size, need = 0, room;
+	struct apb_cache_stats cs;
+	uint64_t need = 0;
 	int n;
 
 	if (o->pin_list) {
@@ -98,14 +99,14 @@ int apbfs_models_check(struct apbfs *fs, char *err, size_t err_len)
 	for (size_t i = 0; i < fs->npins; i++)
 		need += chunks_of(fs, apb_bundle_model(fs->bundle,
 						       fs->pins[i])->size);
-	room = nslots - APB_CACHE_UNPINNED_MIN(nslots);
-	if (nslots < APB_CACHE_UNPINNED_MIN(nslots))
-		room = 0;
-	if (need > room) {
+	apb_cache_stats(fs->cache, &cs);
+	if (need * o->chunk_size > cs.pinnable_bytes) {
 		snprintf(err, err_len, "pin: the pinned models need %llu "
 			 "chunks, but max_memory leaves room to pin %llu (the "
 			 "rest is kept for other reads)",
-			 (unsigned long long)need, (unsigned long long)room);
+			 (unsigned long long)need,
+			 (unsigned long long)(cs.pinnable_bytes /
+					      o->chunk_size));
 		return -ENOSPC;
 	}
 	return 0;
@@ -114,12 +115,14 @@ int apbfs_models_check(struct apbfs *fs, char *err, size_t err_len)
 static void preload_popular(struct apbfs *fs)
 {
 	uint32_t *top = calloc(fs->opt.auto_preload, sizeof(*top));
-	/* what prefetch may hold at once (cache.h: half the slots) */
-	uint64_t budget = fs->opt.max_memory / 2, used = 0;
+	struct apb_cache_stats cs;
+	uint64_t budget, used = 0;
 	size_t n;
 
 	if (!top)
 		return;
+	apb_cache_stats(fs->cache, &cs);
+	budget = cs.prefetch_share_bytes; /* what preloads may hold at once */
 	n = apb_learn_popular(fs->learn, top, fs->opt.auto_preload);
 	for (size_t i = 0; i < n; i++) {
 		uint64_t size = apb_bundle_model(fs->bundle, top[i])->size;

@@ -97,6 +97,10 @@ struct apb_cache_stats {
 	uint64_t prefetch_wasted_bytes;
 	uint64_t prefetch_unused_chunks; /* state: prefetched, not yet read */
 	uint64_t pinned_bytes;    /* state: valid bytes of pinned chunks */
+	uint64_t pinnable_bytes;  /* limit: chunk bytes a new pin may still
+				   * take (see apb_cache_pin_model) */
+	uint64_t prefetch_share_bytes; /* limit: chunk bytes prefetched chunks
+					* not yet read may hold */
 };
 
 struct apb_cache_model_stats {

@@ -2025,6 +2025,8 @@ static void test_pin_over_budget_is_enospc_and_pins_nothing(void)
 	CHECK_EQ(st.misses, 0);
 	CHECK_EQ(st.pinned_bytes, 0);
 	CHECK_EQ(source_calls(&s), 0);
+	CHECK_EQ(st.pinnable_bytes, 16 * CS); /* PIN_SLOTS - 16 kept */
+	CHECK_EQ(st.prefetch_share_bytes, PIN_SLOTS / 2 * CS); /* default 50% */
 
 	CHECK_EQ(apb_cache_pin_model(c, 0, 10 * CS), 0);
 	CHECK_EQ(apb_cache_pin_model(c, 1, 7 * CS), -ENOSPC); /* 10 + 7 > 16 */
@@ -2035,6 +2037,7 @@ static void test_pin_over_budget_is_enospc_and_pins_nothing(void)
 	apb_cache_stats(c, &st);
 	CHECK_EQ(st.misses, 16);
 	CHECK_EQ(st.pinned_bytes, 16 * CS);
+	CHECK_EQ(st.pinnable_bytes, 0);
 	/* an unpin gives its reservation back */
 	CHECK_EQ(apb_cache_unpin_model(c, 1), 0);
 	CHECK_EQ(apb_cache_pin_model(c, 2, 6 * CS), 0);
