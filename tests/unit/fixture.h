@@ -11,6 +11,8 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <apbundle/bundle.h>
+
 /* Write a v1 bundle of empty models with these names to a new file made
  * from path_template (mkstemp: ends in XXXXXX, filled in); returns it. */
 static char *write_empty_models(char *path_template, const char *const *names,
@@ -47,6 +49,23 @@ static char *write_empty_models(char *path_template, const char *const *names,
 	free(json);
 	cJSON_Delete(root);
 	return path_template;
+}
+
+/* Open such a bundle (written from path_template) and unlink its file:
+ * the open descriptor keeps it readable. */
+static struct apb_bundle *open_empty_models(char *path_template,
+					    const char *const *names, size_t n)
+{
+	struct apb_bundle *b;
+	char err[256];
+	char *path = write_empty_models(path_template, names, n);
+	int rc = apb_bundle_open(path, &b, err, sizeof(err));
+
+	if (rc)
+		fprintf(stderr, "open: %s\n", err);
+	CHECK_EQ(rc, 0);
+	unlink(path);
+	return b;
 }
 
 #endif

@@ -13,16 +13,9 @@
 
 static struct apb_bundle *open_names(const char *const *names, size_t n)
 {
-	struct apb_bundle *b;
-	char err[256];
 	char tmpl[] = "/tmp/apb-tree-XXXXXX";
-	char *path = write_empty_models(tmpl, names, n);
-	int rc = apb_bundle_open(path, &b, err, sizeof(err));
-	if (rc)
-		fprintf(stderr, "open: %s\n", err);
-	CHECK_EQ(rc, 0);
-	unlink(path);
-	return b;
+
+	return open_empty_models(tmpl, names, n);
 }
 
 static const char *child_name(const struct apb_tree *t, uint64_t dir, size_t i)
