@@ -1,0 +1,188 @@
+/*
+ * fuzz_bundle.c - libFuzzer target for the bundle reader: header, manifest
+ * (v1 JSON, aprender binary, v2 JSON + chunk table) and the reads that
+ * follow from them.
+ *
+ * Each input is written to one memfd and opened through the public API by
+ * its /proc/self/fd path, exactly as the daemon opens a file; nothing in the
+ * library knows it is being fuzzed. A bundle that opens is then read: the
+ * start and the end of every model, plus a scattered read at an offset taken
+ * from the input, and every byte that the layout stores raw is compared
+ * with the input itself (a reader must fail, never return wrong bytes).
+ *
+ * Invariants checked (abort() = a finding):
+ *   - a refused bundle gives a negative errno and exactly one non-empty
+ *     line of message;
+ *   - an accepted bundle's models lie inside the file and after the header,
+ *     names are found again by apb_bundle_find();
+ *   - v1 and aprender reads return exactly the requested length (clipped at
+ *     the model's end) and the file's bytes; chunked reads return that
+ *     length or -EBADMSG (a chunk that fails its checksum), nothing else.
+ *
+ * Build: meson setup build-fuzz -Dfuzz=true (clang only); run:
+ * scripts/fuzz.sh SECONDS.
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "apbundle/bundle.h"
+
+#define READ_HEAD (256u << 10) /* bytes read from each model's start */
+#define READ_TAIL (64u << 10)  /* and from its end */
+#define CHUNK (48u << 10)      /* one apb_bundle_read(); not a power of 2 */
+
+static int fd = -1;
+static char path[64];
+static uint8_t buf[CHUNK];
+
+#define require(cond)                                                     \
+	do {                                                              \
+		if (!(cond)) {                                            \
+			fprintf(stderr, "fuzz_bundle: %s:%d: %s\n",       \
+				__FILE__, __LINE__, #cond);               \
+			abort();                                          \
+		}                                                         \
+	} while (0)
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	(void)argc;
+	(void)argv;
+	fd = memfd_create("apbundle-fuzz", MFD_CLOEXEC);
+	if (fd < 0) {
+		perror("memfd_create");
+		abort();
+	}
+	snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+	return 0;
+}
+
+static void put_input(const uint8_t *data, size_t size)
+{
+	size_t done = 0;
+
+	require(ftruncate(fd, 0) == 0);
+	while (done < size) {
+		ssize_t w = pwrite(fd, data + done, size - done, (off_t)done);
+
+		require(w > 0);
+		done += (size_t)w;
+	}
+}
+
+/* Raw layouts: the model's bytes are the file's bytes at offset. */
+static bool raw_layout(const struct apb_bundle *b)
+{
+	enum apb_layout l = apb_bundle_layout(b);
+
+	return l == APB_LAYOUT_V1 || l == APB_LAYOUT_APRENDER;
+}
+
+/* Check a read of want bytes at off that returned r into out. */
+static void check_read(const struct apb_bundle *b, const struct apb_model *m,
+		       const uint8_t *data, uint64_t off, size_t want, long r,
+		       const uint8_t *out)
+{
+	uint64_t expect = off >= m->size ? 0 : m->size - off;
+
+	if (expect > want)
+		expect = want;
+	if (!raw_layout(b) && r == -EBADMSG)
+		return;
+	require(r >= 0 && (uint64_t)r == expect);
+	if (raw_layout(b) && r > 0)
+		require(memcmp(out, data + m->offset + off, (size_t)r) == 0);
+}
+
+static void read_range(const struct apb_bundle *b, size_t i,
+		       const uint8_t *data, uint64_t off, uint64_t len)
+{
+	const struct apb_model *m = apb_bundle_model(b, i);
+
+	while (len > 0) {
+		size_t n = len < CHUNK ? (size_t)len : CHUNK;
+		long r = apb_bundle_read(b, i, off, buf, n);
+
+		check_read(b, m, data, off, n, r, buf);
+		if (r <= 0)
+			return;
+		off += (uint64_t)r;
+		len -= (uint64_t)r;
+	}
+}
+
+/* Three buffers, the middle one empty, at an offset picked by the input. */
+static void read_scattered(const struct apb_bundle *b, size_t i,
+			   const uint8_t *data, uint64_t pick)
+{
+	const struct apb_model *m = apb_bundle_model(b, i);
+	uint64_t off = m->size ? pick % m->size : 0;
+	struct iovec iov[3] = {
+		{.iov_base = buf, .iov_len = 4095},
+		{.iov_base = buf + 4095, .iov_len = 0},
+		{.iov_base = buf + 4095, .iov_len = 8193},
+	};
+	long r = apb_bundle_readv(b, i, off, iov, 3);
+
+	check_read(b, m, data, off, 4095 + 8193, r, buf);
+}
+
+static void check_model(const struct apb_bundle *b, size_t i,
+			const uint8_t *data, size_t size)
+{
+	const struct apb_model *m = apb_bundle_model(b, i);
+	uint64_t pick = 0;
+	size_t found = SIZE_MAX;
+
+	require(m && m->name && m->name[0]);
+	require(m->offset >= 16 && m->offset <= size &&
+		m->stored_size <= size - m->offset);
+	if (raw_layout(b))
+		require(m->stored_size == m->size);
+	require(apb_bundle_find(b, m->name, &found) == 0 && found == i);
+
+	read_range(b, i, data, 0, READ_HEAD);
+	if (m->size > READ_HEAD) {
+		uint64_t from = m->size - READ_TAIL;
+
+		read_range(b, i, data, from > READ_HEAD ? from : READ_HEAD,
+			   READ_TAIL);
+	}
+	read_range(b, i, data, m->size, 1); /* at the end: 0 bytes */
+	for (size_t k = 0; k < 8 && k < size; k++)
+		pick = pick << 8 | data[size - 1 - k];
+	read_scattered(b, i, data, pick + i);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct apb_bundle *b = NULL;
+	char err[512];
+	int rc;
+
+	put_input(data, size);
+	err[0] = '\0';
+	rc = apb_bundle_open(path, &b, err, sizeof err);
+	if (rc) {
+		require(rc < 0 && !b);
+		require(err[0] != '\0' && !strchr(err, '\n'));
+		return 0;
+	}
+	require(b && apb_bundle_stat(b)->st_size == (off_t)size);
+	for (size_t i = 0; i < apb_bundle_count(b); i++)
+		check_model(b, i, data, size);
+	require(apb_bundle_model(b, apb_bundle_count(b)) == NULL);
+	require(apb_bundle_read(b, apb_bundle_count(b), 0, buf, 1) == -EINVAL);
+	apb_bundle_close(b);
+	return 0;
+}
