@@ -37,7 +37,8 @@
  *
  * Cost: O(n log n) in the number of models (one sort by name, one by
  * offset, binary searches for the name set); allocations are bounded by
- * APB_MANIFEST_MAX and APB_MODELS_MAX before they are made.
+ * APB_MANIFEST_MAX, APB_MODELS_MAX and JSON_VALUES_MAX (the size of the
+ * cJSON tree) before they are made.
  *
  * Thread safety: a bundle never changes after open; reads use pread() on
  * the one O_RDONLY descriptor, so any number of threads may share it.
@@ -61,6 +62,10 @@
 
 #define EXACT_INT_MAX 9007199254740991.0 /* 2^53 - 1 */
 #define READV_BATCH 64 /* iovecs per preadv(), on the stack */
+/* Cap on the values of a JSON manifest: 16 per model at APB_MODELS_MAX.
+ * cJSON spends about 80 bytes of heap per value, so without it the 2-byte
+ * "0," would turn a 256 MiB manifest into some 10 GiB of tree. */
+#define JSON_VALUES_MAX (16u << 20)
 
 struct apb_bundle {
 	int fd;                   /* O_RDONLY | O_CLOEXEC, closed by close() */
@@ -308,13 +313,45 @@ static size_t find_escaped_nul(const char *text, size_t len)
 	return len;
 }
 
+/*
+ * At least as many as the values cJSON would build from text: one per ','
+ * and per '[' or '{' outside strings, plus the top-level value. Counted
+ * before parsing, as the parse itself is the allocation to bound.
+ */
+static size_t json_values_bound(const char *text, size_t len)
+{
+	size_t n = 1;
+	bool in_string = false;
+
+	for (size_t i = 0; i < len; i++) {
+		char c = text[i];
+
+		if (in_string) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_string = false;
+		} else if (c == '"') {
+			in_string = true;
+		} else if (c == ',' || c == '[' || c == '{') {
+			n++;
+		}
+	}
+	return n;
+}
+
 static int parse_json(const char *text, size_t len, cJSON **out, char *err,
 		      size_t err_len)
 {
 	const char *end = NULL;
-	cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+	cJSON *root;
 	size_t nul;
 
+	if (json_values_bound(text, len) > JSON_VALUES_MAX)
+		return apb_errf(err, err_len,
+				"manifest has more than %u JSON values (the limit)",
+				JSON_VALUES_MAX);
+	root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
 	if (!root)
 		return json_syntax_error(text, len, end, err, err_len);
 	nul = find_escaped_nul(text, len);

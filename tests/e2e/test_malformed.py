@@ -175,6 +175,13 @@ def apr_trailing_manifest_bytes():
     return data[:12] + struct.pack("<Q", man_len + 4) + data[20:]
 
 
+def too_many_json_values():
+    # valid JSON whose cJSON tree would be ~80 bytes per 2 manifest bytes
+    n = 16 * 2**20
+    man = b'{"model_count": 0, "models": [], "x": [' + b"0," * n + b"0]}"
+    return MAGIC + struct.pack("<II", 1, len(man)) + man
+
+
 CASES = [
     # id, bytes (or a callable), expected substring
     ("empty file", b"", "file is 0 bytes, shorter than the 16-byte header"),
@@ -225,6 +232,7 @@ CASES = [
     ("overlapping models (partial)", overlapping_partial, "overlap"),
     ("duplicate names", lambda: V1Bundle([("a.bin", A), ("a.bin", B)]).to_bytes(), "duplicate name 'a.bin'"),
     ("duplicate key", duplicate_key, "key 'offset' appears twice"),
+    ("too many JSON values", too_many_json_values, "manifest has more than 16777216 JSON values"),
     ("name with ..", lambda: named("x/../a.bin"), "component '..' is not allowed"),
     ("name ..", lambda: named(".."), "component '..' is not allowed"),
     ("name with . component", lambda: named("x/./a.bin"), "component '.' is not allowed"),
