@@ -40,14 +40,17 @@
  * APB_MANIFEST_MAX, APB_MODELS_MAX and JSON_VALUES_MAX (the size of the
  * cJSON tree) before they are made.
  *
- * Thread safety: a bundle never changes after open; reads use pread() on
- * the one O_RDONLY descriptor, so any number of threads may share it.
+ * Thread safety: a bundle never changes after open (apb_bundle_direct_io()
+ * included, which is called before sharing); reads use pread() on its
+ * descriptors, so any number of threads may share it.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -69,6 +72,7 @@
 
 struct apb_bundle {
 	int fd;                   /* O_RDONLY | O_CLOEXEC, closed by close() */
+	int dfd;                  /* the same file with O_DIRECT, or -1 */
 	enum apb_layout layout;
 	struct stat st;           /* taken once at open */
 	struct apb_model *models; /* count entries, sorted by name */
@@ -772,7 +776,7 @@ int apb_bundle_open(const char *path, struct apb_bundle **out, char *err,
 		rc = apb_fail(-ENOMEM, err, err_len, "out of memory");
 		goto out;
 	}
-	*b = (struct apb_bundle){.fd = fd, .layout = layout, .st = st,
+	*b = (struct apb_bundle){.fd = fd, .dfd = -1, .layout = layout, .st = st,
 				 .models = m.models, .count = m.count,
 				 .names = m.names};
 	*out = b;
@@ -789,6 +793,8 @@ void apb_bundle_close(struct apb_bundle *b)
 	if (!b)
 		return;
 	close(b->fd);
+	if (b->dfd >= 0)
+		close(b->dfd);
 	free(b->models);
 	free(b->names);
 	free(b);
@@ -833,13 +839,48 @@ int apb_bundle_find(const struct apb_bundle *b, const char *name,
 	return -ENOENT;
 }
 
+/*
+ * Every read of stored bytes: the leading iovecs that O_DIRECT can take
+ * (file position, buffer and length multiples of APB_ALIGN, as the cache's
+ * chunks are) go through dfd, the rest (a model's unaligned tail, or all of
+ * it without dfd) through the page cache. Reads exactly want bytes.
+ */
+static long bundle_preadv(const struct apb_bundle *b, uint64_t pos,
+			  const struct iovec *iov, int iovcnt, size_t want)
+{
+	size_t direct = 0;
+	long r;
+	int n = 0;
+
+	if (b->dfd >= 0 && pos % APB_ALIGN == 0) {
+		for (; n < iovcnt && direct < want; n++) {
+			if ((uintptr_t)iov[n].iov_base % APB_ALIGN ||
+			    iov[n].iov_len % APB_ALIGN ||
+			    iov[n].iov_len > want - direct)
+				break;
+			direct += iov[n].iov_len;
+		}
+	}
+	if (direct > 0) {
+		r = preadv_full(b->dfd, pos, iov, n, direct);
+		if (r == -EINVAL) /* stricter alignment than we know of */
+			direct = 0, n = 0;
+		else if (r < 0)
+			return r;
+	}
+	if (direct == want)
+		return (long)want;
+	r = preadv_full(b->fd, pos + direct, iov + n, iovcnt - n, want - direct);
+	return r < 0 ? r : (long)want;
+}
+
 /* Layouts whose stored bytes are the model bytes: one pread() at offset. */
 static long read_stored(const struct apb_bundle *b, const struct apb_model *m,
 			uint64_t off, void *buf, size_t len)
 {
-	int rc = apb_pread_full(b->fd, buf, len, m->offset + off);
+	struct iovec v = {.iov_base = buf, .iov_len = len};
 
-	return rc ? rc : (long)len;
+	return bundle_preadv(b, m->offset + off, &v, 1, len);
 }
 
 long apb_bundle_read(const struct apb_bundle *b, size_t index, uint64_t off,
@@ -887,10 +928,32 @@ long apb_bundle_readv(const struct apb_bundle *b, size_t index, uint64_t off,
 	switch (b->layout) {
 	case APB_LAYOUT_V1:
 	case APB_LAYOUT_APRENDER:
-		return preadv_full(b->fd, m->offset + off, iov, iovcnt,
-				   (size_t)want);
+		return bundle_preadv(b, m->offset + off, iov, iovcnt,
+				     (size_t)want);
 	}
 	return -EINVAL;
+}
+
+int apb_bundle_direct_io(struct apb_bundle *b)
+{
+	char path[64];
+	struct stat st;
+	int fd;
+
+	if (b->dfd >= 0)
+		return 0;
+	/* Reopen the open file, not its path, which may name another by now. */
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", b->fd);
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) != 0 || st.st_dev != b->st.st_dev ||
+	    st.st_ino != b->st.st_ino) {
+		close(fd);
+		return -ESTALE;
+	}
+	b->dfd = fd;
+	return 0;
 }
 
 const struct stat *apb_bundle_stat(const struct apb_bundle *b)

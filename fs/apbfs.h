@@ -31,6 +31,7 @@ struct apbfs_options {
 	uint32_t chunk_size;
 	enum apb_eviction eviction;
 	bool kernel_cache;
+	bool backing_direct;           /* bundle read with O_DIRECT */
 	uint64_t readahead;            /* largest readahead window, bytes */
 	bool prefetch;                 /* sequential-read prefetch on */
 	uint32_t prefetch_count;       /* successors prefetched on open */

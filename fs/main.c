@@ -41,6 +41,7 @@ struct cmdline {
 	char *preload;
 	char *state;
 	char *auto_preload;
+	char *backing_io;
 	int kernel_cache;
 };
 
@@ -56,6 +57,7 @@ static const struct fuse_opt option_spec[] = {
 	OPT("preload=%s", preload),
 	OPT("state=%s", state),
 	OPT("auto_preload=%s", auto_preload),
+	OPT("backing_io=%s", backing_io),
 	OPT("kernel_cache", kernel_cache),
 	FUSE_OPT_END
 };
@@ -82,6 +84,9 @@ static void usage(FILE *f)
 "    -o auto_preload=N      preload the N most opened models (needs state=)\n"
 "    -o kernel_cache        let the kernel page cache keep file pages\n"
 "                           across opens\n"
+"    -o backing_io=direct|buffered\n"
+"                           read the bundle with O_DIRECT, so its pages\n"
+"                           are not cached twice (default direct)\n"
 "Sizes take K, M and G suffixes (powers of 1024).\n"
 "\n");
 }
@@ -196,6 +201,16 @@ static int resolve_options(const struct cmdline *cl, struct apbfs_options *o)
 			return -1;
 		}
 	}
+	o->backing_direct = true;
+	if (cl->backing_io) {
+		if (strcmp(cl->backing_io, "buffered") == 0) {
+			o->backing_direct = false;
+		} else if (strcmp(cl->backing_io, "direct") != 0) {
+			fprintf(stderr, "apbundlefs: bad option backing_io=%s: "
+				"expected direct or buffered\n", cl->backing_io);
+			return -1;
+		}
+	}
 	if (cl->eviction) {
 		if (strcmp(cl->eviction, "lfu") == 0) {
 			o->eviction = APB_EVICT_LFU;
@@ -257,6 +272,10 @@ static int setup(struct apbfs *fs, const char *path)
 			err[0] ? err : strerror(-rc));
 		return rc;
 	}
+	/* Where the filesystem cannot do O_DIRECT (tmpfs), reads stay
+	 * buffered: correct, only slower and cached twice. */
+	if (fs->opt.backing_direct && apb_bundle_direct_io(fs->bundle) != 0)
+		fs->opt.backing_direct = false;
 	n = apb_bundle_count(fs->bundle);
 	rc = apb_tree_build(fs->bundle, &fs->tree);
 	if (rc == 0) {
@@ -466,6 +485,7 @@ out:
 	free(cl.preload);
 	free(cl.state);
 	free(cl.auto_preload);
+	free(cl.backing_io);
 	fuse_opt_free_args(&args);
 	return ret;
 }

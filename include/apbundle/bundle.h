@@ -87,6 +87,18 @@ long apb_bundle_read(const struct apb_bundle *b, size_t index, uint64_t off,
 long apb_bundle_readv(const struct apb_bundle *b, size_t index, uint64_t off,
 		      const struct iovec *iov, int iovcnt);
 
+/*
+ * Read stored bytes with O_DIRECT wherever a request allows it: file
+ * offset, every buffer and every length multiples of APB_ALIGN (the cache's
+ * chunk slots are); anything else stays buffered. A caller that keeps its
+ * own cache of the bytes gains nothing from a second copy in the kernel's
+ * page cache and pays CPU time for copying out of it (docs/DESIGN.md).
+ * Call before the bundle is shared between threads. Returns 0, or the
+ * errno of reopening the file with O_DIRECT (-EINVAL where the filesystem
+ * does not support it, such as tmpfs); reads then stay buffered.
+ */
+int apb_bundle_direct_io(struct apb_bundle *b);
+
 /* stat() of the bundle file taken at open time (times, owner, size). */
 const struct stat *apb_bundle_stat(const struct apb_bundle *b);
 
