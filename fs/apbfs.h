@@ -39,6 +39,7 @@ struct apbfs_options {
 	const char *pin_list;          /* "a:b" as given, or NULL */
 	const char *preload_list;
 	const char *state_path;        /* access counts kept here, or NULL */
+	uint32_t fault_alloc_every;    /* test hook: APBFS_FAULT_ALLOC_EVERY */
 };
 
 /* What one open file carries (fi->fh): the rendered document of .stats or
@@ -55,6 +56,7 @@ struct apbfs {
 	struct apb_tree *tree;
 	struct apb_cache *cache;
 	struct apb_prefetcher *prefetcher; /* NULL with prefetch=off */
+	struct apbfs_backing *backing; /* backing.c: is the bundle unchanged */
 	struct apbfs_options opt;
 	uid_t owner;                   /* the mounting user: may write .control */
 	uint64_t special_ino[APBFS_NSPECIAL];
@@ -91,6 +93,19 @@ void apbfs_models_stop(struct apbfs *fs);
 void apbfs_model_opened(struct apbfs *fs, uint32_t model);
 /* "prefetch", "pin" or "unpin" of model: 0 or a negative errno. */
 int apbfs_models_control(struct apbfs *fs, const char *cmd, uint32_t model);
+
+/* backing.c: the bundle file as page-ins see it. open (at setup; 0 or a
+ * negative errno, the reason in err) and close. Around every load of
+ * chunk memory: prepare each chunk's buffer first (0 or -ENOMEM), pass the
+ * load's result through after_load, which returns -EIO once the bundle
+ * changed since mount (see backing.c for what counts). changed: model
+ * reads, hits included, must fail with EIO. Thread-safe. */
+int apbfs_backing_open(struct apbfs *fs, const char *path, char *err,
+		       size_t err_len);
+void apbfs_backing_close(struct apbfs *fs);
+int apbfs_backing_prepare(struct apbfs *fs, void *buf, size_t len);
+long apbfs_backing_after_load(struct apbfs *fs, long rc);
+bool apbfs_backing_changed(const struct apbfs *fs);
 
 /* ops.c: the list of open handles; init before the loop, free_all after. */
 void apbfs_handles_init(struct apbfs *fs);

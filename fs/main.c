@@ -10,6 +10,7 @@
 #include <apbundle/size.h>
 
 #include <errno.h>
+#include <libgen.h>
 #include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -43,7 +44,10 @@ struct cmdline {
 	char *auto_preload;
 	char *backing_io;
 	int kernel_cache;
+	int allow_other;
 };
+
+enum { KEY_ALLOW_OTHER = 1 };
 
 #define OPT(t, field) {t, offsetof(struct cmdline, field), 1}
 static const struct fuse_opt option_spec[] = {
@@ -59,6 +63,7 @@ static const struct fuse_opt option_spec[] = {
 	OPT("auto_preload=%s", auto_preload),
 	OPT("backing_io=%s", backing_io),
 	OPT("kernel_cache", kernel_cache),
+	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	FUSE_OPT_END
 };
 
@@ -92,13 +97,18 @@ static void usage(FILE *f)
 }
 
 /* The first non-option argument is the bundle; the second, the mountpoint,
- * stays for fuse_parse_cmdline(). */
+ * stays for fuse_parse_cmdline(). allow_other is noted and kept for
+ * libfuse. */
 static int take_arg(void *data, const char *arg, int key,
 		    struct fuse_args *outargs)
 {
 	struct cmdline *cl = data;
 	(void)outargs;
 
+	if (key == KEY_ALLOW_OTHER) {
+		cl->allow_other = 1;
+		return 1;
+	}
 	if (key != FUSE_OPT_KEY_NONOPT)
 		return 1;
 	if (cl->nonopts++ == 0) {
@@ -260,6 +270,82 @@ static long load_chunk_run(void *arg, uint32_t model, uint64_t first,
 	return 0;
 }
 
+/* Test hook (docs/USAGE.md), read once: fail every Nth chunk's memory. */
+static int read_fault_env(struct apbfs_options *o)
+{
+	return parse_count_opt("APBFS_FAULT_ALLOC_EVERY",
+			       getenv("APBFS_FAULT_ALLOC_EVERY"), UINT32_MAX,
+			       &o->fault_alloc_every);
+}
+
+/* path resolved as far as it exists: the file, else its directory. */
+static char *resolve(const char *path)
+{
+	char *r = realpath(path, NULL), *copy;
+
+	if (r || errno != ENOENT || !(copy = strdup(path)))
+		return r;
+	r = realpath(dirname(copy), NULL);
+	free(copy);
+	return r;
+}
+
+static bool is_under(const char *path, const char *root)
+{
+	size_t n = strlen(root);
+
+	if (strcmp(root, "/") == 0)
+		return true;
+	return strncmp(path, root, n) == 0 &&
+	       (path[n] == '/' || path[n] == '\0');
+}
+
+/* A file the daemon reads or writes that lies under its own mountpoint
+ * would be a request to itself, answered by no one: refuse to mount. The
+ * mountpoint is already canonical (fuse_parse_cmdline). */
+static int outside_mount(const char *what, const char *path,
+			 const char *mountpoint)
+{
+	char *r;
+	bool inside;
+
+	if (!path)
+		return 0;
+	r = resolve(path);
+	if (!r) /* what does not exist is reported where it is opened */
+		return 0;
+	inside = is_under(r, mountpoint);
+	free(r);
+	if (inside)
+		fprintf(stderr, "apbundlefs: %s%s: lies inside the mountpoint "
+			"%s; the daemon cannot read or write its own mount\n",
+			what, path, mountpoint);
+	return inside ? -EINVAL : 0;
+}
+
+/* Every page-in goes through these: the chunk memory first, then the
+ * verdict on the bundle file (backing.c). */
+static long load_checked(void *arg, uint32_t model, uint64_t index,
+			 void *buf, size_t cap)
+{
+	int rc = apbfs_backing_prepare(arg, buf, cap);
+
+	return apbfs_backing_after_load(arg, rc ? rc : load_chunk(arg, model,
+							   index, buf, cap));
+}
+
+static long load_run_checked(void *arg, uint32_t model, uint64_t first,
+			     void *const *bufs, size_t n, size_t cap,
+			     size_t *lens)
+{
+	int rc = 0;
+
+	for (size_t i = 0; i < n && rc == 0; i++)
+		rc = apbfs_backing_prepare(arg, bufs[i], cap);
+	return apbfs_backing_after_load(arg, rc ? rc : load_chunk_run(arg,
+				model, first, bufs, n, cap, lens));
+}
+
 /* Open the bundle and build everything the operations need. */
 static int setup(struct apbfs *fs, const char *path)
 {
@@ -270,6 +356,11 @@ static int setup(struct apbfs *fs, const char *path)
 	if (rc) {
 		fprintf(stderr, "apbundlefs: %s: %s\n", path,
 			err[0] ? err : strerror(-rc));
+		return rc;
+	}
+	rc = apbfs_backing_open(fs, path, err, sizeof(err));
+	if (rc) {
+		fprintf(stderr, "apbundlefs: %s: %s\n", path, err);
 		return rc;
 	}
 	/* Where the filesystem cannot do O_DIRECT (tmpfs), reads stay
@@ -289,8 +380,8 @@ static int setup(struct apbfs *fs, const char *path)
 			.chunk_size = fs->opt.chunk_size,
 			.policy = fs->opt.eviction,
 			.model_count = (uint32_t)n,
-			.load = load_chunk,
-			.load_run = load_chunk_run,
+			.load = load_checked,
+			.load_run = load_run_checked,
 			.load_ctx = fs,
 		};
 		rc = apb_cache_new(&cfg, &fs->cache);
@@ -322,6 +413,7 @@ static void teardown(struct apbfs *fs)
 		apb_cache_free(fs->cache);
 	apb_tree_free(fs->tree);
 	free(fs->opens);
+	apbfs_backing_close(fs);
 	if (fs->bundle)
 		apb_bundle_close(fs->bundle);
 }
@@ -464,10 +556,19 @@ int main(int argc, char *argv[])
 		ret = 2;
 		goto out;
 	}
-	if (resolve_options(&cl, &fs.opt) != 0) {
+	if (resolve_options(&cl, &fs.opt) != 0 || read_fault_env(&fs.opt)) {
 		ret = 2;
 		goto out;
 	}
+	if (outside_mount("", cl.bundle, o.mountpoint) ||
+	    outside_mount("state=", cl.state, o.mountpoint))
+		goto out;
+	/* Others may then reach the files: let the kernel apply their modes
+	 * (.control is 0200, the mounting user's), as a local file system
+	 * does, before a request reaches the daemon. */
+	if (cl.allow_other &&
+	    fuse_opt_add_arg(&args, "-odefault_permissions") != 0)
+		goto out;
 	if (setup(&fs, cl.bundle) != 0 || add_fsname(&args, cl.bundle) != 0)
 		goto out;
 	ret = serve(&fs, &args, &o);

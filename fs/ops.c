@@ -19,8 +19,9 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-/* The bundle never changes under a mount (issue: detection of changes is
- * its own check), so names and attributes may be cached for long. */
+/* The tree is the one read at mount and never changes: a bundle that
+ * changes under the mount fails its reads (backing.c) rather than showing
+ * new names. So names and attributes may be cached for long. */
 #define ATTR_TIMEOUT_S 86400.0
 
 static const char *const special_names[APBFS_NSPECIAL] = {
@@ -560,6 +561,11 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		return;
 	}
 	atomic_fetch_add(&fs->io.read_requests, 1);
+	if (apbfs_backing_changed(fs)) { /* the log said why, once */
+		atomic_fetch_add(&fs->io.errors, 1);
+		fuse_reply_err(req, EIO);
+		return;
+	}
 	if (fi->fh)
 		read_ahead(fs, handle_of(fi)->ra,
 			   n->model, (uint64_t)off, size);

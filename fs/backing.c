@@ -1,0 +1,292 @@
+/*
+ * backing.c - the bundle file under a running mount, as every page-in
+ * sees it: is it still the file that was mounted, and did the chunk memory
+ * the load fills exist.
+ *
+ * A bundle rewritten in place (cp over it), replaced (a new file renamed
+ * over the path, as `apbundle create` does) or removed would otherwise be
+ * served as a mix: chunks cached before the change are old bytes, chunks
+ * loaded after it are new bytes at old offsets. So each page-in is judged
+ * after its read, against what was true at mount:
+ *
+ *  - fstat() of an fd on the bundle's inode, on every page-in (about 0.6 us
+ *    against 4 us for a 64 KiB pread from the page cache, measured, and
+ *    nothing against a disk read). It is taken after the read: a write
+ *    updates mtime before it copies its bytes, so a read that raced a
+ *    write sees the new mtime or the new size here.
+ *  - stat() of the bundle's path (2 us), at most every PATH_CHECK_NS: a
+ *    file renamed over the path or removed leaves our fd on the old inode,
+ *    whose bytes stay consistent, so noticing it a little late serves no
+ *    wrong byte.
+ *
+ * Any difference of size, mtime, device or inode marks the bundle
+ * CHANGED, for good: every model read fails with EIO from then on (hits
+ * too: cached bytes of a file that is no more are the "old" half of a
+ * mix), the log says why once, and the cache is cleared to give the memory
+ * back. A remount serves the new file.
+ *
+ * One exception, so that a truncated file fails only the chunks it lost
+ * (SPEC §5): a file that got shorter, on the same inode, whose bytes before
+ * the first model (header and manifest) are still those read at mount, is
+ * the mounted bundle minus its tail. That shorter state becomes the new
+ * reference; reads past the new end fail with EIO through the short read,
+ * everything else is served. A rewrite to a different bundle changes the
+ * manifest, so it cannot pass for a truncation.
+ *
+ * Chunk memory: the cache's slots are pages of one MAP_NORESERVE region,
+ * allocated by the kernel when the load first writes them. When that
+ * allocation fails inside pread(), the read fails with EFAULT (the kernel
+ * does not kill for a fault taken on behalf of a system call); a load that
+ * fails so answers ENOMEM, the read fails and the daemon serves the next
+ * one. MADV_POPULATE_WRITE before each load would catch it one step
+ * earlier but costs 4 us per 64 KiB slot even when its pages are already
+ * there (measured), as much as the read itself, so it is not done.
+ * APBFS_FAULT_ALLOC_EVERY=N (test hook, read once at startup) makes every
+ * Nth chunk's memory fail that way, so the path can be tested.
+ *
+ * Locking: the reference size and mtime are atomics read without a lock on
+ * the fast path; any difference is judged again under mu, which alone
+ * updates the reference and the state. mu is held across the one hash of
+ * the header when a truncation is judged; nothing else takes it.
+ */
+#include "apbfs.h"
+
+#include <apbundle/checksum.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PATH_CHECK_NS 100000000ull /* 100 ms */
+
+enum backing_state { BACKING_OK, BACKING_CHANGED };
+
+struct apbfs_backing {
+	char *path;                 /* absolute: the daemon moves to / */
+	int fd;                     /* on the mounted inode */
+	dev_t dev;
+	ino_t ino;
+	uint64_t mount_size;
+	uint64_t head_len;          /* bytes before the first model's data */
+	uint64_t head_xxh3;
+	uint32_t fault_every;       /* APBFS_FAULT_ALLOC_EVERY, 0: off */
+	atomic_uint_fast64_t chunks_prepared; /* for fault_every */
+	atomic_uint_fast64_t next_path_check_ns;
+	atomic_uint_fast64_t size;  /* reference; mu to change */
+	atomic_uint_fast64_t mtime_ns;
+	atomic_int state;           /* enum backing_state; mu to change */
+	pthread_mutex_t mu;
+};
+
+static uint64_t mtime_ns(const struct stat *st)
+{
+	return (uint64_t)st->st_mtim.tv_sec * 1000000000ull +
+	       (uint64_t)st->st_mtim.tv_nsec;
+}
+
+static uint64_t coarse_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t head_len_of(const struct apb_bundle *b, uint64_t size)
+{
+	uint64_t head = size;
+
+	for (size_t i = 0; i < apb_bundle_count(b); i++)
+		if (apb_bundle_model(b, i)->offset < head)
+			head = apb_bundle_model(b, i)->offset;
+	return head;
+}
+
+int apbfs_backing_open(struct apbfs *fs, const char *path, char *err,
+		       size_t err_len)
+{
+	const struct stat *bst = apb_bundle_stat(fs->bundle);
+	struct apbfs_backing *bk = calloc(1, sizeof(*bk));
+	struct stat st;
+	int rc;
+
+	if (!bk)
+		return -ENOMEM;
+	bk->fd = -1;
+	fs->backing = bk;
+	pthread_mutex_init(&bk->mu, NULL);
+	bk->fault_every = fs->opt.fault_alloc_every;
+	bk->path = realpath(path, NULL);
+	if (!bk->path) {
+		rc = -errno;
+		snprintf(err, err_len, "%s", strerror(-rc));
+		return rc;
+	}
+	bk->fd = open(bk->path, O_RDONLY | O_CLOEXEC);
+	if (bk->fd < 0 || fstat(bk->fd, &st) != 0) {
+		rc = -errno;
+		snprintf(err, err_len, "%s", strerror(-rc));
+		return rc;
+	}
+	if (st.st_dev != bst->st_dev || st.st_ino != bst->st_ino ||
+	    st.st_size != bst->st_size || mtime_ns(&st) != mtime_ns(bst)) {
+		snprintf(err, err_len, "changed while it was being opened");
+		return -EAGAIN;
+	}
+	bk->dev = st.st_dev;
+	bk->ino = st.st_ino;
+	bk->mount_size = (uint64_t)st.st_size;
+	atomic_store(&bk->size, bk->mount_size);
+	atomic_store(&bk->mtime_ns, mtime_ns(&st));
+	bk->head_len = head_len_of(fs->bundle, bk->mount_size);
+	rc = apb_checksum_fd(bk->fd, 0, bk->head_len, &bk->head_xxh3, NULL,
+			     NULL);
+	if (rc)
+		snprintf(err, err_len, "%s", strerror(-rc));
+	return rc;
+}
+
+void apbfs_backing_close(struct apbfs *fs)
+{
+	struct apbfs_backing *bk = fs->backing;
+
+	if (!bk)
+		return;
+	if (bk->fd >= 0)
+		close(bk->fd);
+	pthread_mutex_destroy(&bk->mu);
+	free(bk->path);
+	free(bk);
+	fs->backing = NULL;
+}
+
+bool apbfs_backing_changed(const struct apbfs *fs)
+{
+	return fs->backing &&
+	       atomic_load(&fs->backing->state) == BACKING_CHANGED;
+}
+
+int apbfs_backing_prepare(struct apbfs *fs, void *buf, size_t len)
+{
+	struct apbfs_backing *bk = fs->backing;
+	(void)buf;
+	(void)len;
+
+	if (bk && bk->fault_every &&
+	    (atomic_fetch_add(&bk->chunks_prepared, 1) + 1) %
+			    bk->fault_every == 0)
+		return -ENOMEM;
+	return 0;
+}
+
+/* Mark the bundle changed (mu held), say why once, free the cache. */
+static void mark_changed(struct apbfs *fs, const char *why)
+{
+	struct apbfs_backing *bk = fs->backing;
+
+	if (atomic_load(&bk->state) == BACKING_CHANGED)
+		return;
+	atomic_store(&bk->state, BACKING_CHANGED);
+	fuse_log(FUSE_LOG_ERR, "apbundlefs: %s changed since mount (%s); "
+		 "every model read fails with EIO until it is remounted\n",
+		 bk->path, why);
+	/* Cached chunks are never served again: give their memory back.
+	 * Pinned ones stay until unpinned; reads of them fail all the same. */
+	apb_cache_clear(fs->cache);
+}
+
+/* A shorter file on the same inode with the same header and manifest:
+ * the mounted bundle minus its tail. mu held. */
+static bool is_truncation(struct apbfs_backing *bk, const struct stat *st)
+{
+	uint64_t h;
+
+	if ((uint64_t)st->st_size >= atomic_load(&bk->size) ||
+	    (uint64_t)st->st_size < bk->head_len)
+		return false;
+	return apb_checksum_fd(bk->fd, 0, bk->head_len, &h, NULL, NULL) == 0 &&
+	       h == bk->head_xxh3;
+}
+
+/* Judge a size or mtime different from the reference. mu held. */
+static void judge_fd(struct apbfs *fs, const struct stat *st)
+{
+	struct apbfs_backing *bk = fs->backing;
+	uint64_t size = atomic_load(&bk->size);
+	char why[96];
+
+	if ((uint64_t)st->st_size == size &&
+	    mtime_ns(st) == atomic_load(&bk->mtime_ns))
+		return; /* another thread judged it already */
+	if (is_truncation(bk, st)) {
+		fuse_log(FUSE_LOG_ERR, "apbundlefs: %s truncated since mount "
+			 "(size %llu -> %llu); reads of the bytes it lost fail "
+			 "with EIO\n", bk->path, (unsigned long long)size,
+			 (unsigned long long)st->st_size);
+		atomic_store(&bk->size, (uint64_t)st->st_size);
+		atomic_store(&bk->mtime_ns, mtime_ns(st));
+		return;
+	}
+	if ((uint64_t)st->st_size != size)
+		snprintf(why, sizeof(why), "size %llu -> %llu",
+			 (unsigned long long)size,
+			 (unsigned long long)st->st_size);
+	else
+		snprintf(why, sizeof(why), "modified, size %llu unchanged",
+			 (unsigned long long)size);
+	mark_changed(fs, why);
+}
+
+static void check_path(struct apbfs *fs)
+{
+	struct apbfs_backing *bk = fs->backing;
+	uint64_t now = coarse_now_ns();
+	uint64_t due = atomic_load(&bk->next_path_check_ns);
+	struct stat st;
+	char why[96];
+
+	if (now < due || !atomic_compare_exchange_strong(
+				 &bk->next_path_check_ns, &due,
+				 now + PATH_CHECK_NS))
+		return; /* not yet, or another thread checks it */
+	if (stat(bk->path, &st) != 0) {
+		if (errno != ENOENT && errno != ENOTDIR)
+			return; /* cannot tell; the fd still reads our inode */
+		snprintf(why, sizeof(why), "removed");
+	} else if (st.st_dev != bk->dev || st.st_ino != bk->ino) {
+		snprintf(why, sizeof(why), "replaced: inode %llu -> %llu",
+			 (unsigned long long)bk->ino,
+			 (unsigned long long)st.st_ino);
+	} else {
+		return;
+	}
+	pthread_mutex_lock(&bk->mu);
+	mark_changed(fs, why);
+	pthread_mutex_unlock(&bk->mu);
+}
+
+long apbfs_backing_after_load(struct apbfs *fs, long rc)
+{
+	struct apbfs_backing *bk = fs->backing;
+	struct stat st;
+
+	if (rc == -EFAULT) /* our slot, valid: its page could not be had */
+		rc = -ENOMEM;
+	if (!bk)
+		return rc;
+	if (atomic_load(&bk->state) == BACKING_OK && fstat(bk->fd, &st) == 0 &&
+	    ((uint64_t)st.st_size != atomic_load(&bk->size) ||
+	     mtime_ns(&st) != atomic_load(&bk->mtime_ns))) {
+		pthread_mutex_lock(&bk->mu);
+		judge_fd(fs, &st);
+		pthread_mutex_unlock(&bk->mu);
+	}
+	if (atomic_load(&bk->state) == BACKING_OK)
+		check_path(fs);
+	return atomic_load(&bk->state) == BACKING_CHANGED ? -EIO : rc;
+}
