@@ -35,12 +35,16 @@
  *
  * Chunk memory: the cache's slots are pages of one MAP_NORESERVE region,
  * allocated by the kernel when the load first writes them. When that
- * allocation fails inside pread(), the read fails with EFAULT (the kernel
- * does not kill for a fault taken on behalf of a system call); a load that
- * fails so answers ENOMEM, the read fails and the daemon serves the next
- * one. MADV_POPULATE_WRITE before each load would catch it one step
- * earlier but costs 4 us per 64 KiB slot even when its pages are already
- * there (measured), as much as the read itself, so it is not done.
+ * allocation fails inside pread() (a fault taken by the kernel on behalf of
+ * a system call, or the pinning of an O_DIRECT read), the call fails with
+ * EFAULT or ENOMEM instead of a signal; a load that fails so answers
+ * ENOMEM, the read fails and the daemon serves the next one. Whether the
+ * allocator's OOM killer picks some process first is the kernel's policy.
+ * MADV_POPULATE_WRITE before each load allocates through the same path, so
+ * it would change neither; it costs 4 us per 64 KiB slot even when its
+ * pages are already there (measured), as much as the read itself, and is
+ * not done. A loader that writes a slot from user space (decompression)
+ * takes the fault itself; there populating first would be the clean way.
  * APBFS_FAULT_ALLOC_EVERY=N (test hook, read once at startup) makes every
  * Nth chunk's memory fail that way, so the path can be tested.
  *

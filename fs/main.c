@@ -93,6 +93,8 @@ static void usage(FILE *f)
 "                           read the bundle with O_DIRECT, so its pages\n"
 "                           are not cached twice (default direct)\n"
 "Sizes take K, M and G suffixes (powers of 1024).\n"
+"-o allow_other adds -o default_permissions: others may read the models\n"
+"and .stats, only the mounting user may write .control.\n"
 "\n");
 }
 
