@@ -101,6 +101,7 @@ static uint64_t coarse_now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* Every model starts after the header and manifest (bundle.c checks). */
 static uint64_t head_len_of(const struct apb_bundle *b, uint64_t size)
 {
 	uint64_t head = size;
@@ -119,8 +120,10 @@ int apbfs_backing_open(struct apbfs *fs, const char *path, char *err,
 	struct stat st;
 	int rc;
 
-	if (!bk)
+	if (!bk) {
+		snprintf(err, err_len, "%s", strerror(ENOMEM));
 		return -ENOMEM;
+	}
 	bk->fd = -1;
 	fs->backing = bk;
 	pthread_mutex_init(&bk->mu, NULL);
