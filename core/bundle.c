@@ -4,7 +4,9 @@
  * Opening is a pipeline that trusts nothing until the end:
  *
  *   1. fixed header: at least 16 bytes, magic "APBUNDLE", u32 LE version.
- *      Only version 1 is read; anything else is refused by number.
+ *      Versions 1 and 2 are read; anything else is refused by number.
+ *      Version 2 has one layout: byte 16 must be '{' (JSON manifest, u32
+ *      length), then its chunk table is read and checksummed (v2.c).
  *   2. layout: byte 16 is '{' for the JSON manifest of SPEC §2 (and a file
  *      of exactly 16 bytes is judged as that layout, so its error speaks
  *      of the JSON manifest); otherwise bytes 16..19 must be zero (the high
@@ -12,12 +14,13 @@
  *      binary layout (aprender.c); with non-zero bytes there it is neither,
  *      and the error says the manifest must begin with '{'. Each layout's
  *      parser turns its manifest into a common table (struct apb_manifest,
- *      format.h). A chunked version 2 slots in here as one more parser plus
- *      one more case in apb_bundle_read().
+ *      format.h).
  *   3. checks every layout shares (finish_models): each model's data starts
  *      after the manifest and, with overflow-safe arithmetic, ends inside
  *      the file; the name set has no duplicate and no file that is also a
- *      directory; no two non-empty models share a byte.
+ *      directory; no two non-empty models share a byte. Version 2 then
+ *      checks every chunk table entry against its model (v2.c lists the
+ *      rules: flags, alignment, lengths, order, containment, coverage).
  *   4. models are sorted by name (strcmp order); index = identity.
  *
  * Version 1 JSON manifest rules, beyond the shape in SPEC §2:
@@ -34,6 +37,17 @@
  *     disagree on which copy wins); unknown keys are ignored;
  *   - no string may contain an escaped NUL ("\u0000"): cJSON's C strings
  *     would end there and "a\u0000b" would be read as the name "a".
+ *
+ * Version 2 manifest rules, in addition (docs/FORMAT.md):
+ *   - the top level has "chunk_table": {"offset", "count", "checksum"},
+ *     exact integers and an "xxh3-64:" checksum as above;
+ *   - every model also has "stored_size", "compression" ("none" or "zstd";
+ *     anything else is refused by name), "chunk_size" (a multiple of 4096
+ *     in 4096 .. 16 MiB) and "first_chunk"; an empty model stores 0 bytes;
+ *   - model offsets need not be aligned: raw chunks are (v2.c), frames of
+ *     a "zstd" model may start anywhere;
+ *   - keys of version 2 inside a version 1 manifest are unknown keys:
+ *     ignored, as before.
  *
  * Cost: O(n log n) in the number of models (one sort by name, one by
  * offset, binary searches for the name set); allocations are bounded by
@@ -78,6 +92,9 @@ struct apb_bundle {
 	struct apb_model *models; /* count entries, sorted by name */
 	size_t count;
 	char *names;              /* pool the model names point into */
+	struct apb_chunk_entry *chunks; /* version 2: the chunk table */
+	uint64_t chunk_count;
+	struct apb_v2_reader *reader;   /* version 2: scratch, zstd contexts */
 };
 
 /* ---- small shared helpers (format.h) ---------------------------------- */
@@ -105,15 +122,19 @@ static int readv_batch(const struct iovec *iov, int iovcnt, int i, size_t skip,
 	return n;
 }
 
-/* Read exactly want bytes at pos into iov (which holds at least that),
+/* Read exactly want bytes at pos into iov from byte skip of iov[0] on,
  * resuming after short reads and EINTR. Returns want or a negative errno. */
 static long preadv_full(int fd, uint64_t pos, const struct iovec *iov,
-			int iovcnt, size_t want)
+			int iovcnt, size_t skip, size_t want)
 {
 	struct iovec v[READV_BATCH];
-	size_t done = 0, skip = 0; /* skip: bytes of iov[i] already read */
+	size_t done = 0; /* skip: bytes of iov[i] already read or passed */
 	int i = 0;
 
+	while (i < iovcnt && skip > 0 && skip >= iov[i].iov_len) {
+		skip -= iov[i].iov_len;
+		i++;
+	}
 	while (done < want) {
 		int n = readv_batch(iov, iovcnt, i, skip, want - done, v);
 		ssize_t r = preadv(fd, v, n, (off_t)(pos + done));
@@ -138,7 +159,7 @@ static long preadv_full(int fd, uint64_t pos, const struct iovec *iov,
 int apb_pread_full(int fd, void *buf, size_t len, uint64_t off)
 {
 	struct iovec v = {.iov_base = buf, .iov_len = len};
-	long r = preadv_full(fd, off, &v, 1, len);
+	long r = preadv_full(fd, off, &v, 1, 0, len);
 
 	return r < 0 ? (int)r : 0;
 }
@@ -180,10 +201,11 @@ void apb_manifest_free(struct apb_manifest *m)
 {
 	free(m->models);
 	free(m->names);
+	free(m->chunks);
 	memset(m, 0, sizeof *m);
 }
 
-/* ---- version 1: the JSON manifest ------------------------------------- */
+/* ---- versions 1 and 2: the JSON manifest ------------------------------ */
 
 /* What a message is about; rendered only when there is a message. */
 struct where {
@@ -192,9 +214,12 @@ struct where {
 };
 
 #define TOP_LEVEL SIZE_MAX
+#define IN_TABLE (SIZE_MAX - 1)
+#define TABLE ((struct where){NULL, IN_TABLE})
 #define WHERE_MAX (APB_QUOTE_MAX + 16)
 
-/* "manifest", "models[i]" (before the name is known) or "model 'x'". */
+/* "manifest", "chunk_table", "models[i]" (before the name is known) or
+ * "model 'x'". */
 static const char *where_str(struct where w, char *buf)
 {
 	char q[APB_QUOTE_MAX];
@@ -204,6 +229,8 @@ static const char *where_str(struct where w, char *buf)
 			 apb_name_quote(w.name, strlen(w.name), q, sizeof q));
 	else if (w.i == TOP_LEVEL)
 		snprintf(buf, WHERE_MAX, "manifest");
+	else if (w.i == IN_TABLE)
+		snprintf(buf, WHERE_MAX, "chunk_table");
 	else
 		snprintf(buf, WHERE_MAX, "models[%zu]", w.i);
 	return buf;
@@ -382,17 +409,60 @@ static int parse_json(const char *text, size_t len, cJSON **out, char *err,
 	return 0;
 }
 
-/* model_count and models; returns the array and its checked length. */
-static int v1_top_level(const cJSON *root, const cJSON **models, size_t *count,
-			char *err, size_t err_len)
+/* The version 2 "chunk_table" object: where the table is, how many
+ * entries, and the XXH3 of its bytes. */
+struct table_ref {
+	uint64_t offset, count, xxh3;
+};
+
+static int v2_chunk_table(const cJSON *obj, struct table_ref *t, char *err,
+			  size_t err_len)
 {
-	static const char *const keys[] = {"model_count", "models"};
+	static const char *const keys[] = {"offset", "count", "checksum"};
+	const cJSON *v[3];
+	char q[APB_QUOTE_MAX];
+	int rc;
+
+	if (!obj)
+		return apb_errf(err, err_len,
+				"manifest: 'chunk_table' is missing");
+	if (!cJSON_IsObject(obj))
+		return apb_errf(err, err_len,
+				"manifest: 'chunk_table' is not a JSON object");
+	rc = pick_keys(obj, keys, v, 3, TABLE, err, err_len);
+	if (!rc)
+		rc = json_u64(v[0], "offset", TABLE, &t->offset, err, err_len);
+	if (!rc)
+		rc = json_u64(v[1], "count", TABLE, &t->count, err, err_len);
+	if (rc)
+		return rc;
+	if (!v[2])
+		return apb_errf(err, err_len, "chunk_table: 'checksum' is missing");
+	if (!cJSON_IsString(v[2]))
+		return apb_errf(err, err_len,
+				"chunk_table: 'checksum' is not a string");
+	if (apb_checksum_parse(v[2]->valuestring, &t->xxh3) != 0)
+		return apb_errf(err, err_len,
+				"chunk_table: checksum '%s' is not \"xxh3-64:\" followed by 16 lower-case hex digits",
+				apb_name_quote(v[2]->valuestring,
+					       strlen(v[2]->valuestring), q, 64));
+	return 0;
+}
+
+/* model_count, models and (version 2) chunk_table; returns the array and
+ * its checked length. */
+static int top_level(const cJSON *root, unsigned version, const cJSON **models,
+		     size_t *count, struct table_ref *table, char *err,
+		     size_t err_len)
+{
+	static const char *const keys[] = {"model_count", "models",
+					   "chunk_table"};
 	const struct where top = {NULL, TOP_LEVEL};
-	const cJSON *v[2];
+	const cJSON *v[3];
 	uint64_t n;
 	int rc, len;
 
-	rc = pick_keys(root, keys, v, 2, top, err, err_len);
+	rc = pick_keys(root, keys, v, version == 2 ? 3 : 2, top, err, err_len);
 	if (rc)
 		return rc;
 	rc = json_u64(v[0], "model_count", top, &n, err, err_len);
@@ -412,25 +482,89 @@ static int v1_top_level(const cJSON *root, const cJSON **models, size_t *count,
 		return apb_errf(err, err_len,
 				"manifest: 'model_count' is %llu but 'models' has %d entries",
 				(unsigned long long)n, len);
+	if (version == 2) {
+		rc = v2_chunk_table(v[2], table, err, err_len);
+		if (rc)
+			return rc;
+	}
 	*models = v[1];
 	*count = (size_t)n;
 	return 0;
 }
 
-/* One entry of "models"; m->name points into the cJSON tree for now. */
-static int v1_model(const cJSON *obj, size_t i, struct apb_model *m,
-		    char *err, size_t err_len)
+/* A version 2 model's "compression", "chunk_size", "stored_size" and
+ * "first_chunk" (v[0 .. 4)). */
+static int v2_model_fields(const cJSON *const *v, struct where w,
+			   struct apb_model *m, char *err, size_t err_len)
 {
-	static const char *const keys[] = {"name", "offset", "size", "checksum"};
+	char ws[WHERE_MAX], q[APB_QUOTE_MAX];
+	int rc;
+
+	if (!v[0])
+		return apb_errf(err, err_len, "%s: 'compression' is missing",
+				where_str(w, ws));
+	if (!cJSON_IsString(v[0]))
+		return apb_errf(err, err_len,
+				"%s: 'compression' is not a string",
+				where_str(w, ws));
+	if (strcmp(v[0]->valuestring, "none") == 0)
+		m->compression = APB_COMPRESSION_NONE;
+	else if (strcmp(v[0]->valuestring, "zstd") == 0)
+		m->compression = APB_COMPRESSION_ZSTD;
+	else
+		return apb_errf(err, err_len,
+				"%s: unknown compression '%s' (this apbundlefs reads none and zstd)",
+				where_str(w, ws),
+				apb_name_quote(v[0]->valuestring,
+					       strlen(v[0]->valuestring), q, 64));
+	rc = json_u64(v[1], "chunk_size", w, &m->chunk_size, err, err_len);
+	if (!rc)
+		rc = json_u64(v[2], "stored_size", w, &m->stored_size, err,
+			      err_len);
+	if (!rc)
+		rc = json_u64(v[3], "first_chunk", w, &m->first_chunk, err,
+			      err_len);
+	if (rc)
+		return rc;
+	if (m->chunk_size < APB_CHUNK_SIZE_MIN ||
+	    m->chunk_size > APB_CHUNK_SIZE_MAX)
+		return apb_errf(err, err_len,
+				"%s: chunk_size %llu is outside %u .. %u",
+				where_str(w, ws),
+				(unsigned long long)m->chunk_size,
+				APB_CHUNK_SIZE_MIN, APB_CHUNK_SIZE_MAX);
+	if (m->chunk_size % APB_ALIGN)
+		return apb_errf(err, err_len,
+				"%s: chunk_size %llu is not a multiple of %u",
+				where_str(w, ws),
+				(unsigned long long)m->chunk_size, APB_ALIGN);
+	m->chunk_count = m->size / m->chunk_size +
+			 (m->size % m->chunk_size != 0);
+	if (m->size == 0 && m->stored_size != 0)
+		return apb_errf(err, err_len,
+				"%s: size is 0 but stored_size is %llu (an empty model stores nothing)",
+				where_str(w, ws),
+				(unsigned long long)m->stored_size);
+	return 0;
+}
+
+/* One entry of "models"; m->name points into the cJSON tree for now. */
+static int parse_model(const cJSON *obj, size_t i, unsigned version,
+		       struct apb_model *m, char *err, size_t err_len)
+{
+	static const char *const keys[] = {"name", "offset", "size",
+					   "checksum", "compression",
+					   "chunk_size", "stored_size",
+					   "first_chunk"};
 	struct where w = {NULL, i};
-	const cJSON *v[4];
+	const cJSON *v[8];
 	char ws[WHERE_MAX], q[APB_QUOTE_MAX];
 	int rc;
 
 	if (!cJSON_IsObject(obj))
 		return apb_errf(err, err_len, "%s is not a JSON object",
 				where_str(w, ws));
-	rc = pick_keys(obj, keys, v, 4, w, err, err_len);
+	rc = pick_keys(obj, keys, v, version == 2 ? 8 : 4, w, err, err_len);
 	if (rc)
 		return rc;
 	if (!v[0])
@@ -463,6 +597,10 @@ static int v1_model(const cJSON *obj, size_t i, struct apb_model *m,
 				apb_name_quote(v[3]->valuestring,
 					       strlen(v[3]->valuestring), q, 64));
 	m->has_checksum = true;
+	/* Version 2 places chunks, not models: a zstd model may start
+	 * anywhere, and raw chunks carry the alignment rule. */
+	if (version == 2)
+		return v2_model_fields(v + 4, w, m, err, err_len);
 	if (m->offset % APB_ALIGN)
 		return apb_errf(err, err_len,
 				"%s: offset %llu is not a multiple of %u",
@@ -492,14 +630,15 @@ static int intern_names(struct apb_manifest *m, char *err, size_t err_len)
 	return 0;
 }
 
-static int v1_models(const cJSON *root, struct apb_manifest *m, char *err,
-		     size_t err_len)
+static int json_models(const cJSON *root, unsigned version,
+		       struct apb_manifest *m, struct table_ref *table,
+		       char *err, size_t err_len)
 {
 	const cJSON *arr = NULL, *it;
 	size_t n = 0, i = 0;
 	int rc;
 
-	rc = v1_top_level(root, &arr, &n, err, err_len);
+	rc = top_level(root, version, &arr, &n, table, err, err_len);
 	if (rc)
 		return rc;
 	m->models = calloc(n ? n : 1, sizeof *m->models);
@@ -508,7 +647,7 @@ static int v1_models(const cJSON *root, struct apb_manifest *m, char *err,
 				"out of memory for %zu models", n);
 	m->count = n;
 	cJSON_ArrayForEach(it, arr) {
-		rc = v1_model(it, i, &m->models[i], err, err_len);
+		rc = parse_model(it, i, version, &m->models[i], err, err_len);
 		if (rc)
 			return rc;
 		i++;
@@ -516,10 +655,13 @@ static int v1_models(const cJSON *root, struct apb_manifest *m, char *err,
 	return intern_names(m, err, err_len);
 }
 
-static int parse_v1(const struct apb_source *src, struct apb_manifest *m,
-		    char *err, size_t err_len)
+/* Versions 1 and 2: u32 manifest length, JSON manifest; version 2 then
+ * reads its chunk table. */
+static int parse_json_layout(const struct apb_source *src, unsigned version,
+			     struct apb_manifest *m, char *err, size_t err_len)
 {
 	uint64_t len = apb_le32(src->head + APB_MAGIC_LEN + 4);
+	struct table_ref table = {0};
 	uint8_t *text = NULL;
 	cJSON *root = NULL;
 	int rc;
@@ -532,7 +674,10 @@ static int parse_v1(const struct apb_source *src, struct apb_manifest *m,
 	rc = parse_json((const char *)text, (size_t)len, &root, err, err_len);
 	if (rc)
 		goto out;
-	rc = v1_models(root, m, err, err_len);
+	rc = json_models(root, version, m, &table, err, err_len);
+	if (rc == 0 && version == 2)
+		rc = apb_v2_table_read(src, table.offset, table.count,
+				       table.xxh3, m, err, err_len);
 out:
 	cJSON_Delete(root);
 	free(text);
@@ -694,10 +839,21 @@ static int parse_any(const struct apb_source *src, enum apb_layout *layout,
 		return apb_errf(err, err_len,
 				"not an apbundle file (bad magic)");
 	version = apb_le32(src->head + APB_MAGIC_LEN);
-	if (version != 1)
+	if (version != 1 && version != 2)
 		return apb_errf(err, err_len,
-				"unsupported format version %u (this apbundlefs reads 1)",
+				"unsupported format version %u (this apbundlefs reads 1 and 2)",
 				version);
+	if (version == 2) {
+		/* Version 2 has one layout: the JSON manifest, u32 length. */
+		if (src->head_len > APB_V1_HEADER_LEN &&
+		    src->head[APB_V1_HEADER_LEN] != '{')
+			return apb_errf(err, err_len,
+					"manifest must begin with '{' (found byte 0x%02x at offset %u)",
+					src->head[APB_V1_HEADER_LEN],
+					APB_V1_HEADER_LEN);
+		*layout = APB_LAYOUT_V2;
+		return parse_json_layout(src, 2, m, err, err_len);
+	}
 	if (src->head_len > APB_V1_HEADER_LEN &&
 	    src->head[APB_V1_HEADER_LEN] != '{') {
 		/* Bytes 16..19 are the high half of aprender's u64 manifest
@@ -714,7 +870,7 @@ static int parse_any(const struct apb_source *src, enum apb_layout *layout,
 		return apb_aprender_parse(src, m, err, err_len);
 	}
 	*layout = APB_LAYOUT_V1;
-	return parse_v1(src, m, err, err_len);
+	return parse_json_layout(src, 1, m, err, err_len);
 }
 
 static int open_file(const char *path, int *fd, struct stat *st, char *err,
@@ -744,6 +900,7 @@ int apb_bundle_open(const char *path, struct apb_bundle **out, char *err,
 		    size_t err_len)
 {
 	struct apb_manifest m = {0};
+	struct apb_v2_reader *reader = NULL;
 	struct apb_bundle *b = NULL;
 	uint8_t head[APB_HEAD_LEN];
 	struct apb_source src = {.head = head};
@@ -769,8 +926,14 @@ int apb_bundle_open(const char *path, struct apb_bundle **out, char *err,
 	if (rc)
 		goto out;
 	rc = finish_models(&m, src.file_size, err, err_len);
+	if (rc == 0 && layout == APB_LAYOUT_V2)
+		rc = apb_v2_check_chunks(&m, err, err_len);
 	if (rc)
 		goto out;
+	if (layout == APB_LAYOUT_V2 && apb_v2_reader_new(&reader) != 0) {
+		rc = apb_fail(-ENOMEM, err, err_len, "out of memory");
+		goto out;
+	}
 	b = malloc(sizeof *b);
 	if (!b) {
 		rc = apb_fail(-ENOMEM, err, err_len, "out of memory");
@@ -778,10 +941,13 @@ int apb_bundle_open(const char *path, struct apb_bundle **out, char *err,
 	}
 	*b = (struct apb_bundle){.fd = fd, .dfd = -1, .layout = layout, .st = st,
 				 .models = m.models, .count = m.count,
-				 .names = m.names};
+				 .names = m.names, .chunks = m.chunks,
+				 .chunk_count = m.chunk_count,
+				 .reader = reader};
 	*out = b;
 	return 0;
 out:
+	apb_v2_reader_free(reader);
 	apb_manifest_free(&m);
 	if (fd >= 0)
 		close(fd);
@@ -795,8 +961,10 @@ void apb_bundle_close(struct apb_bundle *b)
 	close(b->fd);
 	if (b->dfd >= 0)
 		close(b->dfd);
+	apb_v2_reader_free(b->reader);
 	free(b->models);
 	free(b->names);
+	free(b->chunks);
 	free(b);
 }
 
@@ -843,26 +1011,35 @@ int apb_bundle_find(const struct apb_bundle *b, const char *name,
  * Every read of stored bytes: the leading iovecs that O_DIRECT can take
  * (file position, buffer and length multiples of APB_ALIGN, as the cache's
  * chunks are) go through dfd, the rest (a model's unaligned tail, or all of
- * it without dfd) through the page cache. Reads exactly want bytes.
+ * it without dfd) through the page cache. Reads exactly want bytes into
+ * iov from byte skip of iov[0] on.
  */
-static long bundle_preadv(const struct apb_bundle *b, uint64_t pos,
-			  const struct iovec *iov, int iovcnt, size_t want)
+long apb_bundle_pread_stored(const struct apb_bundle *b, uint64_t pos,
+			     const struct iovec *iov, int iovcnt, size_t skip,
+			     size_t want)
 {
 	size_t direct = 0;
 	long r;
 	int n = 0;
 
+	while (iovcnt > 0 && skip > 0 && skip >= iov[0].iov_len) {
+		skip -= iov[0].iov_len;
+		iov++;
+		iovcnt--;
+	}
 	if (b->dfd >= 0 && pos % APB_ALIGN == 0) {
 		for (; n < iovcnt && direct < want; n++) {
-			if ((uintptr_t)iov[n].iov_base % APB_ALIGN ||
-			    iov[n].iov_len % APB_ALIGN ||
-			    iov[n].iov_len > want - direct)
+			size_t s = n == 0 ? skip : 0;
+			size_t len = iov[n].iov_len - s;
+
+			if (((uintptr_t)iov[n].iov_base + s) % APB_ALIGN ||
+			    len % APB_ALIGN || len > want - direct)
 				break;
-			direct += iov[n].iov_len;
+			direct += len;
 		}
 	}
 	if (direct > 0) {
-		r = preadv_full(b->dfd, pos, iov, n, direct);
+		r = preadv_full(b->dfd, pos, iov, n, skip, direct);
 		if (r == -EINVAL) /* stricter alignment than we know of */
 			direct = 0, n = 0;
 		else if (r < 0)
@@ -870,44 +1047,28 @@ static long bundle_preadv(const struct apb_bundle *b, uint64_t pos,
 	}
 	if (direct == want)
 		return (long)want;
-	r = preadv_full(b->fd, pos + direct, iov + n, iovcnt - n, want - direct);
+	r = preadv_full(b->fd, pos + direct, iov + n, iovcnt - n, n ? 0 : skip,
+			want - direct);
 	return r < 0 ? r : (long)want;
-}
-
-/* Layouts whose stored bytes are the model bytes: one pread() at offset. */
-static long read_stored(const struct apb_bundle *b, const struct apb_model *m,
-			uint64_t off, void *buf, size_t len)
-{
-	struct iovec v = {.iov_base = buf, .iov_len = len};
-
-	return bundle_preadv(b, m->offset + off, &v, 1, len);
 }
 
 long apb_bundle_read(const struct apb_bundle *b, size_t index, uint64_t off,
 		     void *buf, size_t len)
 {
-	const struct apb_model *m;
+	struct iovec v = {.iov_base = buf, .iov_len = len};
 
-	if (index >= b->count)
-		return -EINVAL;
-	m = &b->models[index];
-	if (off >= m->size)
-		return 0;
-	if (len > m->size - off)
-		len = (size_t)(m->size - off);
-	if (len > LONG_MAX)
-		len = LONG_MAX;
-	switch (b->layout) {
-	case APB_LAYOUT_V1:
-	case APB_LAYOUT_APRENDER:
-		return read_stored(b, m, off, buf, len);
-	}
-	return -EINVAL;
+	return apb_bundle_preadv(b, index, off, &v, 1, NULL);
 }
-
 
 long apb_bundle_readv(const struct apb_bundle *b, size_t index, uint64_t off,
 		      const struct iovec *iov, int iovcnt)
+{
+	return apb_bundle_preadv(b, index, off, iov, iovcnt, NULL);
+}
+
+long apb_bundle_preadv(const struct apb_bundle *b, size_t index, uint64_t off,
+		       const struct iovec *iov, int iovcnt,
+		       uint64_t *bad_chunk)
 {
 	const struct apb_model *m;
 	uint64_t want = 0;
@@ -928,8 +1089,11 @@ long apb_bundle_readv(const struct apb_bundle *b, size_t index, uint64_t off,
 	switch (b->layout) {
 	case APB_LAYOUT_V1:
 	case APB_LAYOUT_APRENDER:
-		return bundle_preadv(b, m->offset + off, iov, iovcnt,
-				     (size_t)want);
+		return apb_bundle_pread_stored(b, m->offset + off, iov, iovcnt,
+					       0, (size_t)want);
+	case APB_LAYOUT_V2:
+		return apb_v2_preadv(b, b->reader, m, b->chunks, off, iov,
+				     iovcnt, (size_t)want, bad_chunk);
 	}
 	return -EINVAL;
 }

@@ -1,7 +1,8 @@
 /*
  * format.h - internal contract between the bundle reader (bundle.c) and the
- * per-layout manifest parsers (the JSON manifest of SPEC §2 version 1 in
- * bundle.c, aprender's binary manifest in aprender.c, and later version 2).
+ * per-layout manifest parsers (the JSON manifests of versions 1 and 2 in
+ * bundle.c, aprender's binary manifest in aprender.c) and version 2's chunk
+ * table and chunked reads (v2.c).
  *
  * Division of labour:
  *   bundle.c   opens the file, reads the fixed header (magic, version),
@@ -25,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/uio.h>
 
 #include "apbundle/bundle.h"
 #include "error.h"
@@ -41,6 +43,18 @@ struct apb_source {
 	size_t head_len;     /* min(file_size, APB_HEAD_LEN) */
 };
 
+/* One entry of the version 2 chunk table, decoded (24 bytes on disk). */
+struct apb_chunk_entry {
+	uint64_t offset; /* absolute file offset of the stored bytes */
+	uint32_t length; /* stored bytes */
+	uint32_t flags;  /* APB_CHUNK_ZSTD or 0 */
+	uint64_t xxh3;   /* of the chunk's uncompressed bytes */
+};
+
+#define APB_V2_ENTRY_LEN 24u
+#define APB_CHUNK_ZSTD 1u
+#define APB_V2_TABLE_ALIGN 8u
+
 /* What a parser hands back. On success the caller owns both arrays and
  * frees them with apb_manifest_free(); on failure the parser has freed
  * everything and left the struct zeroed. */
@@ -49,6 +63,11 @@ struct apb_manifest {
 	size_t count;
 	char *names;              /* pool every models[i].name points into */
 	uint64_t data_start;      /* first file byte after header + manifest */
+	/* Version 2: the chunk table, read and checksummed by the parser,
+	 * checked against the models by apb_v2_check_chunks(). */
+	struct apb_chunk_entry *chunks;
+	uint64_t chunk_count;
+	uint64_t table_offset;
 };
 
 void apb_manifest_free(struct apb_manifest *m);
@@ -64,6 +83,44 @@ int apb_aprender_parse(const struct apb_source *src, struct apb_manifest *out,
  */
 int apb_manifest_read(const struct apb_source *src, uint64_t off, uint64_t len,
 		      uint8_t **out, char *err, size_t err_len);
+
+/*
+ * Version 2 (v2.c). apb_v2_table_read() checks the table's place against
+ * the file and data_start, reads it with one pread(), verifies its XXH3
+ * and decodes it into m->chunks. apb_v2_check_chunks() runs after the
+ * shared checks (extents are then known not to overflow) and enforces every
+ * per-entry rule of the format. Both return 0 or a negative errno with one
+ * line in err.
+ */
+int apb_v2_table_read(const struct apb_source *src, uint64_t off,
+		      uint64_t count, uint64_t xxh3, struct apb_manifest *m,
+		      char *err, size_t err_len);
+int apb_v2_check_chunks(const struct apb_manifest *m, char *err,
+			size_t err_len);
+
+/* Reusable decompression contexts and scratch buffers for chunked reads:
+ * thread-safe, with a bounded number kept while idle. */
+struct apb_v2_reader;
+int apb_v2_reader_new(struct apb_v2_reader **out);
+void apb_v2_reader_free(struct apb_v2_reader *r);
+
+/* Bytes [off, off + want) of model m of bundle b (want already clipped
+ * to its size) into iov, verified chunk by chunk: want or a negative
+ * errno, -EBADMSG with *bad_chunk set (when not NULL) for a chunk that
+ * failed twice. */
+long apb_v2_preadv(const struct apb_bundle *b, struct apb_v2_reader *r,
+		   const struct apb_model *m,
+		   const struct apb_chunk_entry *table, uint64_t off,
+		   const struct iovec *iov, int iovcnt, size_t want,
+		   uint64_t *bad_chunk);
+
+/* Exactly want bytes of b's file at pos into iov, from byte skip of
+ * iov[0] on: want, -EIO if the file ends first, or the read errno. Every
+ * read of stored bytes goes through here (O_DIRECT where it can, see
+ * apb_bundle_direct_io()). (bundle.c) */
+long apb_bundle_pread_stored(const struct apb_bundle *b, uint64_t pos,
+			     const struct iovec *iov, int iovcnt, size_t skip,
+			     size_t want);
 
 /* pread() exactly len bytes at off: 0, -EIO if the file ends first, or the
  * read errno. Retries on EINTR and short reads. (bundle.c) */

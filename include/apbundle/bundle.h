@@ -26,11 +26,22 @@
 #define APB_ALIGN 4096u                    /* v1 model offsets are multiples */
 #define APB_MANIFEST_MAX (256u << 20)      /* cap on manifest bytes */
 #define APB_MODELS_MAX (1u << 20)          /* cap on model_count */
+#define APB_CHUNK_SIZE_MIN 4096u           /* v2 chunk_size bounds */
+#define APB_CHUNK_SIZE_MAX (16u << 20)
+#define APB_CHUNKS_MAX (1u << 24)          /* cap on v2 chunk table entries */
 
 /* The on-disk layouts this library understands. */
 enum apb_layout {
 	APB_LAYOUT_V1 = 1,       /* SPEC §2 version 1: JSON manifest */
+	APB_LAYOUT_V2 = 2,       /* version 2: chunked, checksummed, zstd */
 	APB_LAYOUT_APRENDER = 1001, /* aprender's binary manifest, u64 length */
+};
+
+/* How a version 2 model's chunks may be stored. */
+enum apb_compression {
+	APB_COMPRESSION_NONE = 0, /* every chunk raw, back to back */
+	APB_COMPRESSION_ZSTD = 1, /* each chunk a zstd frame, or raw if it
+				   * did not shrink */
 };
 
 /* One model, as validated. All pointers are owned by the bundle and live
@@ -42,6 +53,11 @@ struct apb_model {
 	uint64_t stored_size; /* bytes occupied in the file */
 	uint64_t xxh3;        /* XXH3-64 of the model bytes, if has_checksum */
 	bool has_checksum;    /* false for the aprender layout */
+	/* Version 2 only; zero (NONE, 0, 0, 0) for the other layouts. */
+	enum apb_compression compression;
+	uint64_t chunk_size;  /* uncompressed bytes per chunk but the last */
+	uint64_t chunk_count; /* ceil(size / chunk_size) */
+	uint64_t first_chunk; /* its first entry in the bundle's chunk table */
 };
 
 struct apb_bundle;
@@ -71,7 +87,8 @@ int apb_bundle_find(const struct apb_bundle *b, const char *name,
  * Read up to len bytes of model index starting at byte off of the model's
  * uncompressed data. Returns the number of bytes read (short only at the end
  * of the model, 0 at or past it) or a negative errno; a backing file that is
- * shorter than the manifest promised gives -EIO.
+ * shorter than the manifest promised gives -EIO; a version 2 chunk that
+ * fails its checksum twice gives -EBADMSG (see apb_bundle_preadv()).
  */
 long apb_bundle_read(const struct apb_bundle *b, size_t index, uint64_t off,
 		     void *buf, size_t len);
@@ -86,6 +103,21 @@ long apb_bundle_read(const struct apb_bundle *b, size_t index, uint64_t off,
  */
 long apb_bundle_readv(const struct apb_bundle *b, size_t index, uint64_t off,
 		      const struct iovec *iov, int iovcnt);
+
+/*
+ * As apb_bundle_readv(), and for version 2 every chunk the read touches is
+ * read whole, decompressed when it is a zstd frame, and checked against its
+ * XXH3 before any of its bytes count as read; whole raw chunks go straight
+ * into iov, the rest through a scratch buffer. A chunk that fails (a wrong
+ * checksum, or a frame that does not decode to exactly the chunk's length)
+ * is read once more; failing again, the call returns -EBADMSG and, when
+ * bad_chunk is not NULL, stores the chunk's index within the model there.
+ * Bytes of iov up to that chunk may have been written. Other layouts have
+ * no per-chunk checksums and read as apb_bundle_readv().
+ */
+long apb_bundle_preadv(const struct apb_bundle *b, size_t index, uint64_t off,
+		       const struct iovec *iov, int iovcnt,
+		       uint64_t *bad_chunk);
 
 /*
  * Read stored bytes with O_DIRECT wherever a request allows it: file

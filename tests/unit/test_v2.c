@@ -1,0 +1,950 @@
+/*
+ * test_v2.c - format version 2 (docs/FORMAT.md): the chunk table, its
+ * rules, and verified reads through apb_bundle_preadv().
+ *
+ * struct v2 describes a bundle as fields a test may change before
+ * v2_bytes() lays it out: models (data, compression, chunk size), the
+ * table entries the layout computed, the manifest numbers, and JSON text
+ * overrides. Round trips compare every byte read with the source; every
+ * rule has a test asserting -EINVAL and the distinctive part of its
+ * message; corrupt chunks must give -EBADMSG and their index.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <xxhash.h>
+#include <zstd.h>
+
+#include "apbundle/bundle.h"
+#include "buf.h"
+#include "test.h"
+
+#define MAXM 4
+#define MAXE 256
+
+struct v2_entry {
+	uint64_t off;
+	uint32_t len, flags;
+	uint64_t xxh3;
+};
+
+struct v2 {
+	size_t n;
+	const char *name[MAXM];
+	uint8_t *data[MAXM];
+	size_t size[MAXM];
+	const char *comp[MAXM]; /* "none", "zstd", or anything to test */
+	uint64_t cs[MAXM];
+	/* Filled by v2_layout(), then free to change: */
+	uint64_t off[MAXM], stored[MAXM], first[MAXM];
+	struct v2_entry e[MAXE];
+	uint8_t *blob[MAXE]; /* stored bytes of each entry, at e[i].off */
+	size_t ne;
+	uint64_t table_off, table_count;
+	const char *model_json[MAXM]; /* replaces a model's object */
+	const char *table_json;       /* replaces the chunk_table object;
+				       * "" leaves it out */
+	const char *table_sum;        /* replaces its checksum */
+	uint64_t file_size;           /* 0: just past the table */
+};
+
+static uint64_t align_up(uint64_t n, uint64_t a)
+{
+	return (n + a - 1) / a * a;
+}
+
+/* Entry i's bytes are not written (its length is being lied about). */
+static void drop_blob(struct v2 *v, size_t i)
+{
+	free(v->blob[i]);
+	v->blob[i] = NULL;
+}
+
+/* Add a model; data is copied. */
+static void v2_add(struct v2 *v, const char *name, const uint8_t *data,
+		   size_t size, const char *comp, uint64_t cs)
+{
+	size_t i = v->n++;
+
+	CHECK(i < MAXM);
+	v->name[i] = name;
+	v->data[i] = malloc(size ? size : 1);
+	CHECK(v->data[i] != NULL);
+	if (size)
+		memcpy(v->data[i], data, size);
+	v->size[i] = size;
+	v->comp[i] = comp;
+	v->cs[i] = cs;
+}
+
+/* Place models from 4096 on, in the order added: raw chunks aligned, zstd
+ * frames wherever they fall; the table after the data. */
+static void v2_layout(struct v2 *v)
+{
+	uint64_t pos = 4096;
+
+	for (size_t i = 0; i < v->n; i++) {
+		uint64_t cs = v->cs[i], start = 0;
+		bool have = false;
+
+		v->first[i] = v->ne;
+		for (uint64_t at = 0; at < v->size[i]; at += cs) {
+			size_t ulen = v->size[i] - at < cs ? v->size[i] - at : cs;
+			struct v2_entry *e = &v->e[v->ne];
+			size_t cap = ZSTD_compressBound(ulen), zl = 0;
+			uint8_t *z = NULL;
+
+			CHECK(v->ne < MAXE);
+			if (strcmp(v->comp[i], "zstd") == 0) {
+				z = malloc(cap);
+				zl = ZSTD_compress(z, cap, v->data[i] + at, ulen, 3);
+				CHECK(!ZSTD_isError(zl));
+			}
+			if (z && zl < ulen) {
+				e->flags = 1;
+				e->len = (uint32_t)zl;
+				v->blob[v->ne] = z;
+			} else {
+				free(z);
+				pos = align_up(pos, 4096);
+				e->flags = 0;
+				e->len = (uint32_t)ulen;
+				v->blob[v->ne] = malloc(ulen);
+				memcpy(v->blob[v->ne], v->data[i] + at, ulen);
+			}
+			e->off = pos;
+			e->xxh3 = XXH3_64bits(v->data[i] + at, ulen);
+			if (!have)
+				start = pos;
+			have = true;
+			pos += e->len;
+			v->ne++;
+		}
+		if (!have)
+			start = pos = align_up(pos, 4096);
+		v->off[i] = start;
+		v->stored[i] = pos - start;
+		pos = align_up(pos, 4096);
+	}
+	v->table_off = align_up(pos, 8);
+	v->table_count = v->ne;
+}
+
+static struct buf v2_table(const struct v2 *v)
+{
+	struct buf t = {0};
+
+	for (size_t i = 0; i < v->ne; i++) {
+		put_u64(&t, v->e[i].off);
+		put_u32(&t, v->e[i].len);
+		put_u32(&t, v->e[i].flags);
+		put_u64(&t, v->e[i].xxh3);
+	}
+	return t;
+}
+
+static struct buf v2_bytes(const struct v2 *v)
+{
+	struct buf b = {0}, t = v2_table(v);
+	char man[8192], sum[40];
+	size_t o = 0;
+	char *m;
+
+	snprintf(sum, sizeof sum, "xxh3-64:%016llx",
+		 (unsigned long long)XXH3_64bits(t.p, t.len));
+	o += snprintf(man + o, sizeof man - o, "{'model_count':%zu,", v->n);
+	if (v->table_json && *v->table_json)
+		o += snprintf(man + o, sizeof man - o, "'chunk_table':%s,",
+			      v->table_json);
+	else if (v->table_json) /* "": none */
+		;
+	else
+		o += snprintf(man + o, sizeof man - o,
+			      "'chunk_table':{'offset':%llu,'count':%llu,'checksum':'%s'},",
+			      (unsigned long long)v->table_off,
+			      (unsigned long long)v->table_count,
+			      v->table_sum ? v->table_sum : sum);
+	o += snprintf(man + o, sizeof man - o, "'models':[");
+	for (size_t i = 0; i < v->n; i++) {
+		if (v->model_json[i])
+			o += snprintf(man + o, sizeof man - o, "%s%s",
+				      i ? "," : "", v->model_json[i]);
+		else
+			o += snprintf(man + o, sizeof man - o,
+				      "%s{'name':'%s','size':%zu,'checksum':'xxh3-64:%016llx',"
+				      "'offset':%llu,'stored_size':%llu,'compression':'%s',"
+				      "'chunk_size':%llu,'first_chunk':%llu}",
+				      i ? "," : "", v->name[i], v->size[i],
+				      (unsigned long long)XXH3_64bits(v->data[i], v->size[i]),
+				      (unsigned long long)v->off[i],
+				      (unsigned long long)v->stored[i], v->comp[i],
+				      (unsigned long long)v->cs[i],
+				      (unsigned long long)v->first[i]);
+	}
+	o += snprintf(man + o, sizeof man - o, "]}   ");
+	CHECK(o < sizeof man);
+	m = json(man);
+	CHECK(16 + strlen(m) <= 4096);
+	put_str(&b, "APBUNDLE");
+	put_u32(&b, 2);
+	put_u32(&b, (uint32_t)strlen(m));
+	put_str(&b, m);
+	for (size_t i = 0; i < v->ne; i++)
+		if (v->blob[i])
+			put_at(&b, v->e[i].off, v->blob[i], v->e[i].len);
+	put_at(&b, v->table_off, t.p, t.len);
+	if (v->file_size)
+		b.len = v->file_size < b.len ? v->file_size : b.len;
+	pad_to(&b, v->file_size);
+	free(m);
+	free(t.p);
+	return b;
+}
+
+static void v2_free(struct v2 *v)
+{
+	for (size_t i = 0; i < v->n; i++)
+		free(v->data[i]);
+	for (size_t i = 0; i < v->ne; i++)
+		free(v->blob[i]);
+}
+
+static void pattern(uint8_t *d, size_t n, unsigned seed)
+{
+	uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
+
+	for (size_t i = 0; i < n; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		d[i] = (uint8_t)x;
+	}
+}
+
+/* Compressible: runs of a few byte values. */
+static void text(uint8_t *d, size_t n, unsigned seed)
+{
+	for (size_t i = 0; i < n; i++)
+		d[i] = (uint8_t)("abcdefgh"[(i / 7 + seed) % 8]);
+}
+
+/* A valid two-model bundle most rule tests start from: "a" zstd (chunks
+ * compressed), "b" none, both 3 chunks of 4096 + 100 bytes. */
+static void base(struct v2 *v)
+{
+	static uint8_t a[3 * 4096 + 100], b[3 * 4096 + 100];
+
+	memset(v, 0, sizeof *v);
+	text(a, sizeof a, 1);
+	pattern(b, sizeof b, 2);
+	v2_add(v, "a", a, sizeof a, "zstd", 4096);
+	v2_add(v, "b", b, sizeof b, "none", 4096);
+	v2_layout(v);
+}
+
+static void expect_v2_error(struct v2 *v, const char *needle)
+{
+	struct buf b = v2_bytes(v);
+
+	expect_error(&b, needle);
+	v2_free(v);
+}
+
+/* ---- round trips ------------------------------------------------------- */
+
+/* Every byte of every model, read at odd offsets and lengths, and
+ * scattered over odd iovecs, is the source's. */
+static void check_all_reads(struct apb_bundle *b, const struct v2 *v)
+{
+	static uint8_t out[1 << 20], sc[1 << 20];
+
+	for (size_t i = 0; i < v->n; i++) {
+		size_t idx;
+		const size_t steps[] = {1, 777, 4096, 5000, 65536, 200000};
+
+		CHECK_EQ(apb_bundle_find(b, v->name[i], &idx), 0);
+		CHECK(v->size[i] <= sizeof out);
+		for (size_t s = 0; s < sizeof steps / sizeof *steps; s++) {
+			size_t step = steps[s];
+
+			if (step == 1 && v->size[i] > 20000)
+				continue;
+			memset(out, 0xa5, v->size[i] + 1);
+			for (size_t at = 0; at < v->size[i]; at += step)
+				CHECK_EQ(apb_bundle_read(b, idx, at, out + at, step),
+					 v->size[i] - at < step ? v->size[i] - at
+								: step);
+			CHECK(memcmp(out, v->data[i], v->size[i]) == 0);
+			CHECK_EQ(apb_bundle_read(b, idx, v->size[i], out, step), 0);
+		}
+		/* Scattered: iovecs of 1000 bytes from offset 3. */
+		if (v->size[i] > 3) {
+			struct iovec iov[1100];
+			int n = 0;
+
+			for (size_t at = 0; at < v->size[i] && n < 1100; at += 1000)
+				iov[n++] = (struct iovec){sc + at, 1000};
+			CHECK_EQ(apb_bundle_preadv(b, idx, 3, iov, n, NULL),
+				 v->size[i] - 3);
+			CHECK(memcmp(sc, v->data[i] + 3, v->size[i] - 3) == 0);
+		}
+	}
+}
+
+static void round_trip(struct v2 *v)
+{
+	struct buf file = v2_bytes(v);
+	struct apb_bundle *b;
+
+	CHECK_EQ(open_buf(&file, &b), 0);
+	CHECK_EQ(apb_bundle_layout(b), APB_LAYOUT_V2);
+	check_all_reads(b, v);
+	apb_bundle_close(b);
+	free(file.p);
+	v2_free(v);
+}
+
+static void v2_exposes_compression_chunk_size_and_count(void)
+{
+	struct v2 v;
+	struct buf file;
+	struct apb_bundle *b;
+	const struct apb_model *m;
+
+	base(&v);
+	file = v2_bytes(&v);
+	CHECK_EQ(open_buf(&file, &b), 0);
+	CHECK_EQ(apb_bundle_count(b), 2);
+	m = apb_bundle_model(b, 0);
+	CHECK(strcmp(m->name, "a") == 0);
+	CHECK_EQ(m->compression, APB_COMPRESSION_ZSTD);
+	CHECK_EQ(m->chunk_size, 4096);
+	CHECK_EQ(m->chunk_count, 4);
+	CHECK_EQ(m->first_chunk, 0);
+	CHECK_EQ(m->size, 3 * 4096 + 100);
+	CHECK(m->stored_size < m->size); /* it did compress */
+	CHECK(m->has_checksum);
+	CHECK(m->xxh3 == XXH3_64bits(v.data[0], v.size[0]));
+	m = apb_bundle_model(b, 1);
+	CHECK_EQ(m->compression, APB_COMPRESSION_NONE);
+	CHECK_EQ(m->chunk_count, 4);
+	CHECK_EQ(m->first_chunk, 4);
+	CHECK_EQ(m->stored_size, m->size);
+	CHECK_EQ(m->offset % 4096, 0);
+	apb_bundle_close(b);
+	free(file.p);
+	v2_free(&v);
+}
+
+/* Sizes around chunk boundaries, each compression, several chunk sizes. */
+static void v2_round_trip_at_chunk_boundaries(void)
+{
+	const uint64_t css[] = {4096, 65536, 3 * 4096};
+	static uint8_t src[3 * 65536 + 5];
+
+	for (size_t c = 0; c < sizeof css / sizeof *css; c++) {
+		uint64_t cs = css[c];
+		const size_t sizes[] = {0, 1, 4095, 4096, 4097, cs - 1, cs,
+					cs + 1, 3 * cs + 5};
+
+		for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++) {
+			struct v2 v = {0};
+
+			text(src, sizes[s], (unsigned)s);
+			v2_add(&v, "z/text", src, sizes[s], "zstd", cs);
+			pattern(src, sizes[s], (unsigned)s);
+			v2_add(&v, "z/random", src, sizes[s], "zstd", cs);
+			v2_add(&v, "none", src, sizes[s], "none", cs);
+			v2_layout(&v);
+			round_trip(&v);
+		}
+	}
+}
+
+static void v2_bundle_with_no_models_opens(void)
+{
+	struct v2 v = {0};
+	struct buf file;
+	struct apb_bundle *b;
+
+	v2_layout(&v);
+	file = v2_bytes(&v);
+	CHECK_EQ(open_buf(&file, &b), 0);
+	CHECK_EQ(apb_bundle_count(b), 0);
+	apb_bundle_close(b);
+	free(file.p);
+}
+
+/* A run of whole raw chunks read straight into many small iovecs (the
+ * daemon's 4 KiB cache slots over a 64 KiB-chunk model). */
+static void v2_run_of_raw_chunks_into_small_iovecs(void)
+{
+	static uint8_t src[5 * 65536 + 7], out[5 * 65536 + 7];
+	struct iovec iov[100];
+	struct v2 v = {0};
+	struct buf file;
+	struct apb_bundle *b;
+	int n = 0;
+
+	pattern(src, sizeof src, 9);
+	v2_add(&v, "m", src, sizeof src, "none", 65536);
+	v2_layout(&v);
+	file = v2_bytes(&v);
+	CHECK_EQ(open_buf(&file, &b), 0);
+	for (size_t at = 0; at < sizeof out; at += 4096)
+		iov[n++] = (struct iovec){out + at, 4096};
+	CHECK_EQ(apb_bundle_preadv(b, 0, 0, iov, n, NULL), sizeof src);
+	CHECK(memcmp(out, src, sizeof src) == 0);
+	apb_bundle_close(b);
+	free(file.p);
+	v2_free(&v);
+}
+
+/* ---- corrupt chunks ---------------------------------------------------- */
+
+/* Flip one byte of entry k's stored bytes; reads of that chunk fail with
+ * -EBADMSG and its index, others succeed with the right bytes. */
+static void check_bad_chunk(struct v2 *v, size_t model, uint64_t k,
+			    size_t flip_at)
+{
+	uint64_t cs = v->cs[model], bad = 99;
+	struct v2_entry *e = &v->e[v->first[model] + k];
+	struct buf file;
+	struct apb_bundle *b;
+	static uint8_t out[1 << 16];
+	size_t idx;
+
+	v->blob[v->first[model] + k][flip_at % e->len] ^= 0x40;
+	file = v2_bytes(v);
+	CHECK_EQ(open_buf(&file, &b), 0);
+	CHECK_EQ(apb_bundle_find(b, v->name[model], &idx), 0);
+	/* The chunk alone, one byte of it, and a read spanning it. */
+	CHECK_EQ(apb_bundle_preadv(b, idx, k * cs,
+				   &(struct iovec){out, cs}, 1, &bad), -EBADMSG);
+	CHECK_EQ(bad, k);
+	bad = 99;
+	CHECK_EQ(apb_bundle_preadv(b, idx, k * cs + 5,
+				   &(struct iovec){out, 1}, 1, &bad), -EBADMSG);
+	CHECK_EQ(bad, k);
+	bad = 99;
+	CHECK_EQ(apb_bundle_preadv(b, idx, (k - 1) * cs,
+				   &(struct iovec){out, 3 * cs}, 1, &bad), -EBADMSG);
+	CHECK_EQ(bad, k);
+	CHECK_EQ(apb_bundle_read(b, idx, k * cs, out, 10), -EBADMSG);
+	/* Neighbours are fine. */
+	CHECK_EQ(apb_bundle_read(b, idx, (k - 1) * cs, out, cs), cs);
+	CHECK(memcmp(out, v->data[model] + (k - 1) * cs, cs) == 0);
+	CHECK_EQ(apb_bundle_read(b, idx, (k + 1) * cs, out, 50), 50);
+	CHECK(memcmp(out, v->data[model] + (k + 1) * cs, 50) == 0);
+	apb_bundle_close(b);
+	free(file.p);
+	v2_free(v);
+}
+
+static void v2_flipped_byte_in_raw_chunk_is_ebadmsg(void)
+{
+	struct v2 v;
+
+	base(&v);
+	check_bad_chunk(&v, 1, 2, 17);
+}
+
+static void v2_flipped_byte_in_zstd_frame_is_ebadmsg(void)
+{
+	struct v2 v;
+
+	base(&v);
+	CHECK_EQ(v.e[v.first[0] + 1].flags, 1);
+	check_bad_chunk(&v, 0, 1, 30); /* inside the compressed data */
+	base(&v);
+	check_bad_chunk(&v, 0, 1, 4); /* frame header */
+}
+
+/* A frame of other bytes with the same length: decodes fine, hash wrong. */
+static void v2_frame_with_wrong_content_is_ebadmsg(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.e[v.first[0] + 2].xxh3 ^= 1;
+	check_bad_chunk(&v, 0, 2, 0 /* and flip the header's magic too */);
+}
+
+/* Right hash of the frame's content, but the frame holds fewer bytes than
+ * the chunk (or has trailing bytes): -EBADMSG, not short data. */
+static void v2_frame_of_wrong_length_is_ebadmsg(void)
+{
+	struct v2 v;
+	struct buf file;
+	struct apb_bundle *b;
+	uint8_t out[4096];
+	uint64_t bad = 99;
+	struct v2_entry *e;
+	size_t zl;
+
+	base(&v);
+	e = &v.e[v.first[0] + 1];
+	free(v.blob[1]);
+	v.blob[1] = malloc(ZSTD_compressBound(4000));
+	zl = ZSTD_compress(v.blob[1], ZSTD_compressBound(4000), v.data[0] + 4096,
+			   4000, 3);
+	CHECK(!ZSTD_isError(zl) && zl <= e->len);
+	e->len = (uint32_t)zl;
+	v.stored[0] = v.e[3].off + v.e[3].len - v.off[0];
+	file = v2_bytes(&v);
+	CHECK_EQ(open_buf(&file, &b), 0);
+	CHECK_EQ(apb_bundle_preadv(b, 0, 4096, &(struct iovec){out, 10}, 1, &bad),
+		 -EBADMSG);
+	CHECK_EQ(bad, 1);
+	apb_bundle_close(b);
+	free(file.p);
+	v2_free(&v);
+
+	/* Trailing bytes after a valid frame (the last; zero on disk). */
+	base(&v);
+	e = &v.e[v.first[0] + 3];
+	e->len += 1;
+	v.stored[0] += 1;
+	v.blob[3] = realloc(v.blob[3], e->len);
+	v.blob[3][e->len - 1] = 0;
+	file = v2_bytes(&v);
+	CHECK_EQ(open_buf(&file, &b), 0);
+	CHECK_EQ(apb_bundle_preadv(b, 0, 3 * 4096, &(struct iovec){out, 10}, 1,
+				   &bad), -EBADMSG);
+	CHECK_EQ(bad, 3);
+	apb_bundle_close(b);
+	free(file.p);
+	v2_free(&v);
+}
+
+static void v2_truncated_file_is_eio(void)
+{
+	struct v2 v;
+	struct buf file;
+	struct apb_bundle *b;
+	uint8_t out[4096];
+	int fd;
+
+	base(&v);
+	file = v2_bytes(&v);
+	fd = write_temp(&file);
+	CHECK_EQ(apb_bundle_open(path, &b, err, sizeof err), 0);
+	CHECK_EQ(ftruncate(fd, (off_t)v.e[v.first[1] + 1].off), 0);
+	CHECK_EQ(apb_bundle_read(b, 1, 0, out, 4096), 4096);
+	CHECK_EQ(apb_bundle_read(b, 1, 4096, out, 4096), -EIO);
+	CHECK_EQ(apb_bundle_read(b, 0, 4096 * 2, out, 4096), 4096);
+	apb_bundle_close(b);
+	unlink(path);
+	close(fd);
+	free(file.p);
+	v2_free(&v);
+}
+
+/* ---- header and table rules -------------------------------------------- */
+
+static void rejects_v2_manifest_that_does_not_begin_with_brace(void)
+{
+	struct v2 v;
+	struct buf b;
+
+	base(&v);
+	b = v2_bytes(&v);
+	b.p[16] = ' ';
+	expect_error(&b, "manifest must begin with '{' (found byte 0x20 at offset 16)");
+	v2_free(&v);
+}
+
+static void rejects_missing_chunk_table(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.table_json = "";
+	expect_v2_error(&v, "manifest: 'chunk_table' is missing");
+	base(&v);
+	v.table_json = "{}";
+	expect_v2_error(&v, "chunk_table: 'offset' is missing");
+	base(&v);
+	v.table_json = "[]";
+	expect_v2_error(&v, "manifest: 'chunk_table' is not a JSON object");
+}
+
+static void rejects_chunk_table_count_above_limit(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.table_count = APB_CHUNKS_MAX + 1ull;
+	expect_v2_error(&v, "chunk_table: 'count' 16777217 exceeds the limit of 16777216");
+}
+
+static void rejects_unaligned_chunk_table(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.table_json = "{'offset':4100,'count':8,'checksum':'xxh3-64:0000000000000000'}";
+	expect_v2_error(&v, "chunk_table: offset 4100 is not a multiple of 8");
+}
+
+static void rejects_chunk_table_inside_manifest(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.table_json = "{'offset':16,'count':8,'checksum':'xxh3-64:0000000000000000'}";
+	expect_v2_error(&v, "chunk_table: offset 16 is inside the header and manifest");
+}
+
+static void rejects_chunk_table_past_end_of_file(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.table_count += 1;
+	expect_v2_error(&v, "chunk_table: 9 entries (216 bytes at offset");
+}
+
+static void rejects_malformed_chunk_table_checksum(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.table_sum = "xxh3-64:XYZ";
+	expect_v2_error(&v, "chunk_table: checksum 'xxh3-64:XYZ' is not");
+}
+
+static void rejects_chunk_table_checksum_mismatch(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.table_sum = "xxh3-64:0123456789abcdef";
+	expect_v2_error(&v, "chunk_table: checksum mismatch: the manifest says xxh3-64:0123456789abcdef");
+}
+
+/* ---- model field rules ------------------------------------------------- */
+
+#define MODEL_A(fields) \
+	"{'name':'a','size':0,'checksum':'xxh3-64:2d06800538d394c2','offset':4096" fields "}"
+
+static void empty_model(struct v2 *v, const char *model_json)
+{
+	memset(v, 0, sizeof *v);
+	v2_add(v, "a", NULL, 0, "none", 4096);
+	v2_layout(v);
+	v->model_json[0] = model_json;
+}
+
+static void rejects_missing_compression(void)
+{
+	struct v2 v;
+
+	empty_model(&v, MODEL_A(",'stored_size':0,'chunk_size':4096,'first_chunk':0"));
+	expect_v2_error(&v, "model 'a': 'compression' is missing");
+}
+
+static void rejects_compression_that_is_not_a_string(void)
+{
+	struct v2 v;
+
+	empty_model(&v, MODEL_A(",'compression':1,'stored_size':0,'chunk_size':4096,'first_chunk':0"));
+	expect_v2_error(&v, "model 'a': 'compression' is not a string");
+}
+
+static void rejects_unknown_compression(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.comp[1] = "lz4";
+	expect_v2_error(&v, "model 'b': unknown compression 'lz4' (this apbundlefs reads none and zstd)");
+}
+
+static void rejects_missing_chunk_size(void)
+{
+	struct v2 v;
+
+	empty_model(&v, MODEL_A(",'compression':'none','stored_size':0,'first_chunk':0"));
+	expect_v2_error(&v, "model 'a': 'chunk_size' is missing");
+}
+
+static void rejects_chunk_size_out_of_range(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.cs[1] = 0;
+	expect_v2_error(&v, "model 'b': chunk_size 0 is outside 4096 .. 16777216");
+	base(&v);
+	v.cs[1] = (16u << 20) + 4096;
+	expect_v2_error(&v, "model 'b': chunk_size 16781312 is outside 4096 .. 16777216");
+}
+
+static void rejects_chunk_size_not_multiple_of_4096(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.cs[1] = 6000;
+	expect_v2_error(&v, "model 'b': chunk_size 6000 is not a multiple of 4096");
+}
+
+static void rejects_missing_stored_size(void)
+{
+	struct v2 v;
+
+	empty_model(&v, MODEL_A(",'compression':'none','chunk_size':4096,'first_chunk':0"));
+	expect_v2_error(&v, "model 'a': 'stored_size' is missing");
+}
+
+static void rejects_missing_first_chunk(void)
+{
+	struct v2 v;
+
+	empty_model(&v, MODEL_A(",'compression':'none','chunk_size':4096,'stored_size':0"));
+	expect_v2_error(&v, "model 'a': 'first_chunk' is missing");
+}
+
+static void rejects_empty_model_with_stored_bytes(void)
+{
+	struct v2 v;
+
+	empty_model(&v, MODEL_A(",'compression':'none','chunk_size':4096,'stored_size':5,'first_chunk':0"));
+	expect_v2_error(&v, "model 'a': size is 0 but stored_size is 5");
+}
+
+static void rejects_duplicate_v2_key(void)
+{
+	struct v2 v;
+
+	empty_model(&v, MODEL_A(",'compression':'none','chunk_size':4096,'chunk_size':4096,'stored_size':0,'first_chunk':0"));
+	expect_v2_error(&v, "models[0]: key 'chunk_size' appears twice");
+}
+
+/* ---- entry rules ------------------------------------------------------- */
+
+static void rejects_chunks_past_the_table(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.first[1] = 5;
+	expect_v2_error(&v, "model 'b': its 4 chunks from table entry 5 run past the chunk table (8 entries)");
+	empty_model(&v, MODEL_A(",'compression':'none','chunk_size':4096,'stored_size':0,'first_chunk':1"));
+	expect_v2_error(&v, "model 'a': its 0 chunks from table entry 1 run past the chunk table (0 entries)");
+}
+
+static void rejects_unknown_flags(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.e[5].flags |= 4;
+	expect_v2_error(&v, "model 'b' chunk 1 (table entry 5): unknown flags 0x00000004");
+}
+
+static void rejects_zstd_chunk_in_none_model(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.e[6].flags = 1;
+	expect_v2_error(&v, "model 'b' chunk 2 (table entry 6): a zstd frame in a model whose compression is 'none'");
+}
+
+static void rejects_unaligned_raw_chunk(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.e[3].flags = 0; /* a's last chunk, raw at the frame's offset */
+	v.e[3].len = 100;
+	drop_blob(&v, 3);
+	expect_v2_error(&v, "model 'a' chunk 3 (table entry 3): raw chunk offset");
+}
+
+static void rejects_raw_chunk_of_wrong_length(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.e[7].len = 99;
+	expect_v2_error(&v, "model 'b' chunk 3 (table entry 7): raw chunk stores 99 bytes, not the chunk's 100");
+}
+
+static void rejects_zstd_frame_of_bad_length(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.e[1].len = 0;
+	expect_v2_error(&v, "model 'a' chunk 1 (table entry 1): zstd frame of 0 bytes is outside 1 .. ");
+	base(&v);
+	v.e[1].len = (uint32_t)ZSTD_compressBound(4096) + 1;
+	drop_blob(&v, 1);
+	expect_v2_error(&v, "(the bound for 4096 bytes)");
+}
+
+static void rejects_chunk_before_model_offset(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.off[0] += 1;
+	v.stored[0] -= 1;
+	expect_v2_error(&v, "model 'a' chunk 0 (table entry 0): offset 4096 is before the model's stored bytes (offset 4097)");
+}
+
+static void rejects_chunks_out_of_order(void)
+{
+	struct v2 v;
+	struct v2_entry t;
+	uint8_t *p;
+
+	base(&v);
+	t = v.e[1], v.e[1] = v.e[2], v.e[2] = t;
+	p = v.blob[1], v.blob[1] = v.blob[2], v.blob[2] = p;
+	expect_v2_error(&v, "model 'a' chunk 2 (table entry 2): offset");
+	base(&v);
+	v.e[2].off = v.e[1].off + 1; /* overlaps chunk 1 */
+	expect_v2_error(&v, "is before the end of chunk 1");
+}
+
+static void rejects_chunk_past_model_stored_bytes(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.stored[0] -= 1;
+	expect_v2_error(&v, "model 'a' chunk 3 (table entry 3): ");
+	base(&v);
+	v.stored[0] -= 1;
+	expect_v2_error(&v, "run past the model's stored bytes");
+}
+
+static void rejects_none_model_with_gap(void)
+{
+	struct v2 v;
+
+	base(&v);
+	/* Move b's last chunk one page on: aligned, in order, inside. */
+	v.e[7].off += 4096;
+	v.stored[1] += 4096;
+	expect_v2_error(&v, "model 'b' chunk 3 (table entry 7): offset");
+	base(&v);
+	v.e[7].off += 4096;
+	v.stored[1] += 4096;
+	expect_v2_error(&v, "a 'none' model's chunks lie back to back from its offset");
+}
+
+/* b names a's last entry as its first: caught by b's own rules (here the
+ * frame in a "none" model). Two models can never both use one entry
+ * (entries are not empty and models do not overlap), so what is left to
+ * catch is entries no model uses. */
+static void rejects_model_naming_another_models_entries(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.first[1] = 3;
+	expect_v2_error(&v, "model 'b' chunk 0 (table entry 3)");
+}
+
+static void rejects_unused_entries(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.e[v.ne] = v.e[v.ne - 1]; /* a spare copy of b's last entry */
+	v.blob[v.ne++] = NULL;
+	v.table_count++;
+	expect_v2_error(&v, "chunk table entries 8 .. 8 are used by no model");
+	memset(&v, 0, sizeof v);
+	v2_layout(&v);
+	v.e[0] = (struct v2_entry){.off = 4096, .len = 4096};
+	v.ne = v.table_count = 1;
+	expect_v2_error(&v, "chunk table entries 0 .. 0 are used by no model");
+}
+
+/* An empty model's first_chunk may be any index up to the count. */
+static void empty_model_may_name_any_entry(void)
+{
+	static uint8_t d[4096];
+	struct v2 v = {0};
+	struct apb_bundle *bundle;
+	struct buf b;
+
+	pattern(d, sizeof d, 4);
+	v2_add(&v, "x", d, sizeof d, "none", 4096);
+	v2_add(&v, "y", NULL, 0, "none", 4096);
+	v2_layout(&v);
+	for (uint64_t f = 0; f <= 1; f++) {
+		v.first[1] = f;
+		b = v2_bytes(&v);
+		CHECK_EQ(open_buf(&b, &bundle), 0);
+		apb_bundle_close(bundle);
+		free(b.p);
+	}
+	v2_free(&v);
+}
+
+static void rejects_table_overlapping_a_model(void)
+{
+	struct v2 v;
+
+	base(&v);
+	v.table_off = v.e[7].off; /* b's last chunk */
+	expect_v2_error(&v, "overlaps model 'b'");
+}
+
+int main(void)
+{
+	RUN(v2_exposes_compression_chunk_size_and_count);
+	RUN(v2_round_trip_at_chunk_boundaries);
+	RUN(v2_bundle_with_no_models_opens);
+	RUN(v2_run_of_raw_chunks_into_small_iovecs);
+	RUN(v2_flipped_byte_in_raw_chunk_is_ebadmsg);
+	RUN(v2_flipped_byte_in_zstd_frame_is_ebadmsg);
+	RUN(v2_frame_with_wrong_content_is_ebadmsg);
+	RUN(v2_frame_of_wrong_length_is_ebadmsg);
+	RUN(v2_truncated_file_is_eio);
+
+	RUN(rejects_v2_manifest_that_does_not_begin_with_brace);
+	RUN(rejects_missing_chunk_table);
+	RUN(rejects_chunk_table_count_above_limit);
+	RUN(rejects_unaligned_chunk_table);
+	RUN(rejects_chunk_table_inside_manifest);
+	RUN(rejects_chunk_table_past_end_of_file);
+	RUN(rejects_malformed_chunk_table_checksum);
+	RUN(rejects_chunk_table_checksum_mismatch);
+	RUN(rejects_missing_compression);
+	RUN(rejects_compression_that_is_not_a_string);
+	RUN(rejects_unknown_compression);
+	RUN(rejects_missing_chunk_size);
+	RUN(rejects_chunk_size_out_of_range);
+	RUN(rejects_chunk_size_not_multiple_of_4096);
+	RUN(rejects_missing_stored_size);
+	RUN(rejects_missing_first_chunk);
+	RUN(rejects_empty_model_with_stored_bytes);
+	RUN(rejects_duplicate_v2_key);
+	RUN(rejects_chunks_past_the_table);
+	RUN(rejects_unknown_flags);
+	RUN(rejects_zstd_chunk_in_none_model);
+	RUN(rejects_unaligned_raw_chunk);
+	RUN(rejects_raw_chunk_of_wrong_length);
+	RUN(rejects_zstd_frame_of_bad_length);
+	RUN(rejects_chunk_before_model_offset);
+	RUN(rejects_chunks_out_of_order);
+	RUN(rejects_chunk_past_model_stored_bytes);
+	RUN(rejects_none_model_with_gap);
+	RUN(rejects_model_naming_another_models_entries);
+	RUN(rejects_unused_entries);
+	RUN(empty_model_may_name_any_entry);
+	RUN(rejects_table_overlapping_a_model);
+	return 0;
+}
