@@ -50,6 +50,23 @@ struct apbfs_handle {
 	struct apb_readahead *ra;
 };
 
+/* Which bad chunks the log has named: each (model, chunk) once, and at
+ * most APBFS_BAD_LOGGED_MAX of them (then one line saying so), so a bundle
+ * rotting under a busy mount can neither flood the log nor grow memory. */
+#define APBFS_BAD_LOGGED_MAX 1024
+
+struct apbfs_bad_chunk {
+	uint32_t model;
+	uint64_t chunk;
+};
+
+struct apbfs_bad_log {
+	pthread_mutex_t mu;
+	struct apbfs_bad_chunk seen[APBFS_BAD_LOGGED_MAX];
+	size_t n;
+	bool full;                     /* the "not naming more" line is out */
+};
+
 /* Immutable after setup, except the atomics and what the cache guards. */
 struct apbfs {
 	struct apb_bundle *bundle;
@@ -74,6 +91,7 @@ struct apbfs {
 	pthread_mutex_t handles_mu;
 	struct apbfs_handle handles;    /* list head; handles_mu */
 	atomic_bool bdi_tuned;         /* the first open raised its readahead */
+	struct apbfs_bad_log bad_log;  /* main.c: chunks failing checksums */
 };
 
 extern const struct fuse_lowlevel_ops apbfs_ops;

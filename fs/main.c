@@ -235,12 +235,59 @@ static int resolve_options(const struct cmdline *cl, struct apbfs_options *o)
 	return 0;
 }
 
+/* Name a chunk that failed its checksum, once per (model, chunk). */
+static void log_bad_chunk(struct apbfs *fs, uint32_t model, uint64_t chunk)
+{
+	struct apbfs_bad_log *l = &fs->bad_log;
+	const struct apb_model *m = apb_bundle_model(fs->bundle, model);
+	bool say = true, full = false;
+
+	pthread_mutex_lock(&l->mu);
+	for (size_t i = 0; i < l->n && say; i++)
+		if (l->seen[i].model == model && l->seen[i].chunk == chunk)
+			say = false;
+	if (say && l->n < APBFS_BAD_LOGGED_MAX) {
+		l->seen[l->n++] = (struct apbfs_bad_chunk){model, chunk};
+	} else if (say) {
+		say = false;
+		full = !l->full;
+		l->full = true;
+	}
+	pthread_mutex_unlock(&l->mu);
+	if (say)
+		fuse_log(FUSE_LOG_ERR,
+			 "apbundlefs: model '%s' chunk %llu (bytes %llu to %llu): checksum mismatch after a second read; reads of it fail with EIO\n",
+			 m->name, (unsigned long long)chunk,
+			 (unsigned long long)(chunk * m->chunk_size),
+			 (unsigned long long)((chunk + 1) * m->chunk_size < m->size
+					      ? (chunk + 1) * m->chunk_size : m->size));
+	if (full)
+		fuse_log(FUSE_LOG_ERR,
+			 "apbundlefs: more than %d chunks failed their checksums; not naming further ones (see io.checksum_errors)\n",
+			 APBFS_BAD_LOGGED_MAX);
+}
+
+/* A load's result: a chunk that failed verification is counted, named
+ * once, and fails the read with EIO (the cache keeps nothing of it). */
+static long loaded(struct apbfs *fs, uint32_t model, uint64_t bad, long got)
+{
+	if (got != -EBADMSG)
+		return got;
+	atomic_fetch_add(&fs->io.checksum_errors, 1);
+	log_bad_chunk(fs, model, bad);
+	return -EIO;
+}
+
 static long load_chunk(void *arg, uint32_t model, uint64_t index, void *buf,
 		       size_t cap)
 {
 	struct apbfs *fs = arg;
-	return apb_bundle_read(fs->bundle, model, index * fs->opt.chunk_size,
-			       buf, cap);
+	struct iovec iov = {.iov_base = buf, .iov_len = cap};
+	uint64_t bad = 0;
+	long got = apb_bundle_preadv(fs->bundle, model,
+				     index * fs->opt.chunk_size, &iov, 1, &bad);
+
+	return loaded(fs, model, bad, got);
 }
 
 /* A prefetch run: one read of the bundle into the chunks' slots. */
@@ -250,6 +297,7 @@ static long load_chunk_run(void *arg, uint32_t model, uint64_t first,
 {
 	struct apbfs *fs = arg;
 	struct iovec iov[APB_CACHE_RUN_MAX] = {{NULL, 0}};
+	uint64_t bad = 0;
 	long got;
 
 	if (n > APB_CACHE_RUN_MAX)
@@ -258,10 +306,10 @@ static long load_chunk_run(void *arg, uint32_t model, uint64_t first,
 		iov[i].iov_base = bufs[i];
 		iov[i].iov_len = cap;
 	}
-	got = apb_bundle_readv(fs->bundle, model, first * fs->opt.chunk_size,
-			       iov, (int)n);
+	got = apb_bundle_preadv(fs->bundle, model, first * fs->opt.chunk_size,
+				iov, (int)n, &bad);
 	if (got < 0)
-		return got;
+		return loaded(fs, model, bad, got);
 	/* Full chunks, then the model's last (short) one, then nothing. */
 	for (size_t i = 0; i < n; i++) {
 		size_t at = i * cap;
@@ -352,8 +400,10 @@ static long load_run_checked(void *arg, uint32_t model, uint64_t first,
 static int setup(struct apbfs *fs, const char *path)
 {
 	char err[512] = "";
-	int rc = apb_bundle_open(path, &fs->bundle, err, sizeof(err));
+	int rc;
 	size_t n;
+
+	rc = apb_bundle_open(path, &fs->bundle, err, sizeof(err));
 
 	if (rc) {
 		fprintf(stderr, "apbundlefs: %s: %s\n", path,
@@ -418,6 +468,7 @@ static void teardown(struct apbfs *fs)
 	apbfs_backing_close(fs);
 	if (fs->bundle)
 		apb_bundle_close(fs->bundle);
+	pthread_mutex_destroy(&fs->bad_log.mu);
 }
 
 static void log_to_syslog(enum fuse_log_level level, const char *fmt,
@@ -534,6 +585,7 @@ int main(int argc, char *argv[])
 	struct apbfs fs = {0};
 	int ret = 1;
 
+	pthread_mutex_init(&fs.bad_log.mu, NULL); /* teardown destroys it */
 	bound_heap();
 	if (fuse_opt_parse(&args, &cl, option_spec, take_arg) != 0 ||
 	    fuse_parse_cmdline(&args, &o) != 0) {

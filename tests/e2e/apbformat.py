@@ -177,3 +177,201 @@ def read_v1_manifest(path):
 def model_bytes_v1(path, entry) -> bytes:
     with open(path, "rb") as f:
         return os.pread(f.fileno(), entry["size"], entry["offset"])
+
+
+# --------------------------------------------------------------------------
+# version 2: chunked, per-chunk XXH3, optional zstd per model (docs/FORMAT.md)
+
+HEADER_V2 = 16
+ENTRY_V2 = 24
+FLAG_ZSTD = 1
+
+
+def _load_zstd():
+    for name in ("libzstd.so.1", ctypes.util.find_library("zstd"), "libzstd.so"):
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        lib.ZSTD_compressBound.argtypes = [ctypes.c_size_t]
+        lib.ZSTD_compressBound.restype = ctypes.c_size_t
+        lib.ZSTD_compress.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
+                                      ctypes.c_size_t, ctypes.c_int]
+        lib.ZSTD_compress.restype = ctypes.c_size_t
+        lib.ZSTD_decompress.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
+                                        ctypes.c_size_t]
+        lib.ZSTD_decompress.restype = ctypes.c_size_t
+        lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
+        lib.ZSTD_isError.restype = ctypes.c_uint
+        return lib
+    raise RuntimeError("libzstd (Debian package libzstd1) is not installed")
+
+
+_ZSTD = _load_zstd()
+
+
+def zstd_bound(n: int) -> int:
+    return _ZSTD.ZSTD_compressBound(n)
+
+
+def zstd_compress(data: bytes, level: int = 3) -> bytes:
+    """One zstd frame (content size in the header) of data."""
+    cap = zstd_bound(len(data))
+    out = ctypes.create_string_buffer(cap)
+    n = _ZSTD.ZSTD_compress(out, cap, bytes(data), len(data), level)
+    if _ZSTD.ZSTD_isError(n):
+        raise RuntimeError("ZSTD_compress failed")
+    return out.raw[:n]
+
+
+def zstd_decompress(frame: bytes, size: int) -> bytes:
+    out = ctypes.create_string_buffer(max(size, 1))
+    n = _ZSTD.ZSTD_decompress(out, size, bytes(frame), len(frame))
+    if _ZSTD.ZSTD_isError(n):
+        raise ValueError("not a zstd frame of %d bytes" % size)
+    return out.raw[:n]
+
+
+def compressible_bytes(size: int, seed: int) -> bytes:
+    """Bytes zstd shrinks a lot but not to nothing: random words of a small
+    alphabet."""
+    words = [random_bytes(8, seed * 1000 + i) for i in range(16)]
+    picks = random_bytes((size + 7) // 8, seed)
+    return b"".join(words[p & 15] for p in picks)[:size]
+
+
+class V2Bundle:
+    """A version 2 bundle under construction.
+
+    models: list of (name, bytes) or (name, bytes, {"compression": ...,
+    "chunk_size": ...}); the keyword arguments are the defaults. Models are
+    laid out in name order from data_start (first 4096 boundary after the
+    reserved manifest plus `slack`). A "zstd" model stores each chunk as a
+    frame when that is smaller, else raw and 4096-aligned; `force_raw` /
+    `force_zstd` (sets of (name, chunk index)) override that choice.
+
+    Ready for mutation before to_bytes():
+      entries  the manifest's model dicts (doc["models"])
+      doc      the whole manifest document
+      chunks   the table entries: dicts offset, length, flags, xxh3
+      blobs    [(file offset, bytes)] of every stored chunk
+    """
+
+    def __init__(self, models, compression="none", chunk_size=65536, level=3,
+                 force_raw=(), force_zstd=(), data_start=None, slack=256):
+        ms = []
+        for m in models:
+            opt = dict(compression=compression, chunk_size=chunk_size)
+            if len(m) > 2:
+                opt.update(m[2])
+            ms.append((m[0], bytes(m[1]), opt))
+        ms.sort(key=lambda m: m[0].encode("utf-8") if isinstance(m[0], str) else m[0])
+        self.models = ms
+        wide = 2**53 - 1
+        probe = {"model_count": len(ms),
+                 "chunk_table": {"offset": wide, "count": wide, "checksum": "xxh3-64:" + "0" * 16},
+                 "models": [{"name": n, "size": wide, "checksum": "xxh3-64:" + "0" * 16,
+                             "offset": wide, "stored_size": wide, "compression": o["compression"],
+                             "chunk_size": wide, "first_chunk": wide} for n, _, o in ms]}
+        self.reserved = len(json.dumps(probe, ensure_ascii=False).encode()) + slack
+        self.data_start = (align_up(HEADER_V2 + self.reserved) if data_start is None
+                           else data_start)
+        self.entries, self.chunks, self.blobs = [], [], []
+        pos = self.data_start
+        for name, data, o in ms:
+            cs, comp = o["chunk_size"], o["compression"]
+            first, start = len(self.chunks), None
+            for i in range(0, (len(data) + cs - 1) // cs):
+                raw = data[i * cs:(i + 1) * cs]
+                frame = zstd_compress(raw, level) if comp == "zstd" else None
+                use_zstd = frame is not None and len(frame) < len(raw)
+                if (name, i) in force_raw:
+                    use_zstd = False
+                if (name, i) in force_zstd:
+                    frame, use_zstd = zstd_compress(raw, level), True
+                if not use_zstd:
+                    pos = align_up(pos)
+                stored = frame if use_zstd else raw
+                if start is None:
+                    start = pos
+                self.chunks.append({"offset": pos, "length": len(stored),
+                                    "flags": FLAG_ZSTD if use_zstd else 0,
+                                    "xxh3": xxh3_64(raw)})
+                self.blobs.append((pos, stored))
+                pos += len(stored)
+            if start is None:
+                start = align_up(pos) if comp == "none" else pos
+            self.entries.append({"name": name, "size": len(data), "checksum": checksum_str(data),
+                                 "offset": start, "stored_size": pos - start if data else 0,
+                                 "compression": comp, "chunk_size": cs, "first_chunk": first})
+            if comp == "none":
+                pos = align_up(pos)
+        self.table_offset = align_up(pos, 8)
+        self.doc = {"model_count": len(ms),
+                    "chunk_table": {"offset": self.table_offset, "count": len(self.chunks),
+                                    "checksum": None},
+                    "models": self.entries}
+
+    def entry(self, name, k):
+        """The table entry (dict) of chunk k of model name."""
+        e = next(e for e in self.entries if e["name"] == name)
+        return self.chunks[e["first_chunk"] + k]
+
+    def table_bytes(self):
+        return b"".join(struct.pack("<QIIQ", c["offset"], c["length"], c["flags"], c["xxh3"])
+                        for c in self.chunks)
+
+    def manifest_bytes(self, pad=True):
+        doc = json.loads(json.dumps(self.doc))
+        if doc["chunk_table"].get("checksum", "") is None:
+            doc["chunk_table"]["checksum"] = checksum_str(self.table_bytes())
+        man = json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        if pad and len(man) < self.reserved:
+            man += b" " * (self.reserved - len(man))
+        return man
+
+    def to_bytes(self, *, magic=MAGIC, version=2, manifest=None, manifest_len=None, pad=True,
+                 table=None, table_offset=None, truncate=None, extra_tail=b"",
+                 flip=()) -> bytes:
+        """Knobs: manifest (bytes) / manifest_len replace the header's view;
+        table (bytes) replaces the table written at table_offset (default:
+        doc's offset); flip: [(file offset, xor mask)] applied last."""
+        man = self.manifest_bytes(pad) if manifest is None else manifest
+        n = len(man) if manifest_len is None else manifest_len
+        tb = self.table_bytes() if table is None else table
+        toff = self.table_offset if table_offset is None else table_offset
+        end = max([HEADER_V2 + len(man), toff + len(tb)] +
+                  [p + len(d) for p, d in self.blobs])
+        out = bytearray(end)
+        for p, d in self.blobs:
+            out[p:p + len(d)] = d
+        out[toff:toff + len(tb)] = tb
+        head = magic + struct.pack("<II", version, n) + man
+        out[0:len(head)] = head
+        out += extra_tail
+        for at, mask in flip:
+            out[at] ^= mask
+        if truncate is not None:
+            del out[truncate:]
+        return bytes(out)
+
+    def write(self, path, **kw):
+        with open(path, "wb") as f:
+            f.write(self.to_bytes(**kw))
+        return path
+
+
+
+
+def write_v2(path, models, compression="none", chunk_size=65536, **knobs):
+    """Write a v2 bundle of models [(name, bytes)] to path. knobs: those of
+    V2Bundle() (level, force_raw, force_zstd, data_start, slack) and of
+    V2Bundle.to_bytes(); returns the V2Bundle (its layout is what tests
+    need to aim at a chunk)."""
+    init = {k: knobs.pop(k) for k in ("level", "force_raw", "force_zstd", "data_start", "slack")
+            if k in knobs}
+    b = V2Bundle(models, compression, chunk_size, **init)
+    b.write(path, **knobs)
+    return b

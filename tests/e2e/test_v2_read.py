@@ -1,0 +1,189 @@
+"""Reading format version 2 through the mount (docs/FORMAT.md, SPEC §2, §5).
+
+Bundles come from apbformat.write_v2 (independent of the C writer). Every
+byte of models sized around chunk boundaries, stored raw ("none"), as zstd
+frames, and raw inside a "zstd" model (incompressible chunks), must read
+back exactly, whatever the mount's cache chunk size is against the bundle's.
+
+A byte flipped inside chunk k of a model must fail exactly the reads whose
+cache chunk touches chunk k with EIO, count one io.checksum_errors per
+failed page-in, never be cached, and be named in the log once; every other
+byte, of that model and of others, is still served exactly.
+"""
+
+import errno
+import os
+import re
+
+import pytest
+
+import apbformat
+from conftest import KiB, MiB, mount, odirect_pread, open_direct, read_all
+
+CS = 64 * KiB
+SIZES = (0, 1, 4095, 4096, 4097, CS - 1, CS, CS + 1, 3 * CS + 5)
+KINDS = ("none", "zstd-text", "zstd-random")
+
+
+def model_data(kind, size, seed):
+    if kind == "zstd-text":
+        return apbformat.compressible_bytes(size, seed)
+    return apbformat.random_bytes(size, seed)
+
+
+def boundary_models(cs):
+    sizes = sorted(set(s for s in SIZES if s < CS) | {cs - 1, cs, cs + 1, 3 * cs + 5})
+    out = []
+    for k, kind in enumerate(KINDS):
+        for i, size in enumerate(sizes):
+            name = "%s/%07d.bin" % (kind, size)
+            comp = "none" if kind == "none" else "zstd"
+            out.append((name, model_data(kind, size, 100 * k + i), {"compression": comp}))
+    return out
+
+
+def check_every_byte(d, models):
+    for name, data, _ in models:
+        assert read_all(d.path(name)) == data, name
+        # Reads that start and end inside chunks, across boundaries.
+        with open(d.path(name), "rb", buffering=0) as f:
+            for off in (0, 1, 4095, CS - 3, CS, 2 * CS + 4097):
+                for n in (1, 4096, CS + 2):
+                    assert os.pread(f.fileno(), n, off) == data[off:off + n], (name, off, n)
+
+
+@pytest.mark.parametrize("bundle_cs,mount_cs", [
+    (64 * KiB, "64K"), (64 * KiB, "4K"), (64 * KiB, "256K"), (4 * KiB, "64K"), (12 * KiB, "8K")])
+def test_every_byte_of_models_around_chunk_boundaries(tmp_path, binaries, bundle_cs, mount_cs):
+    models = boundary_models(bundle_cs)
+    b = apbformat.write_v2(tmp_path / "b.apbundle", models, chunk_size=bundle_cs)
+    # The layouts the test means to cover are really there.
+    flags = {c["flags"] for c in b.chunks}
+    assert flags == {0, apbformat.FLAG_ZSTD}
+    raw_in_zstd = [e for e in b.entries if e["compression"] == "zstd"
+                   and e["size"] and b.chunks[e["first_chunk"]]["flags"] == 0]
+    assert raw_in_zstd, "no raw chunk inside a zstd model"
+    with mount(tmp_path / "b.apbundle", {"max_memory": "4M", "chunk_size": mount_cs}) as d:
+        check_every_byte(d, models)
+        s = d.stats()
+        assert s["io"]["errors"] == 0 and s["io"]["checksum_errors"] == 0
+        assert d.log().count("checksum") == 0, d.log()
+
+
+N_CHUNKS = 8
+A = apbformat.random_bytes(N_CHUNKS * CS + 300, 7)         # "none"
+Z = apbformat.compressible_bytes(N_CHUNKS * CS + 300, 8)   # "zstd", frames
+OTHER = apbformat.random_bytes(3 * CS, 9)
+
+
+def corrupt_bundle(path, bad):
+    """a.bin (none), z.bin (zstd), other.bin; bad: {name: chunk index} of
+    chunks with one byte flipped in their stored bytes."""
+    models = [("a.bin", A, {"compression": "none"}), ("z.bin", Z, {"compression": "zstd"}),
+              ("other.bin", OTHER)]
+    b = apbformat.V2Bundle(models)
+    flips = []
+    for name, k in bad.items():
+        e = b.entry(name, k)
+        flips.append((e["offset"] + e["length"] // 2, 0x10))
+    b.write(path, flip=flips)
+    assert b.entry("z.bin", 1)["flags"] == apbformat.FLAG_ZSTD
+    return b
+
+
+def dread(d, name, off, n):
+    fd = open_direct(d.path(name))
+    try:
+        return odirect_pread(fd, n, off)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("mount_cs", [4 * KiB, 64 * KiB, 256 * KiB])
+def test_flipped_byte_fails_only_reads_of_its_chunk(tmp_path, binaries, mount_cs):
+    bad = {"a.bin": 2, "z.bin": 5}
+    corrupt_bundle(tmp_path / "c.apbundle", bad)
+    data = {"a.bin": A, "z.bin": Z}
+    opts = {"max_memory": "8M", "chunk_size": "%dK" % (mount_cs // KiB), "prefetch": "off",
+            "prefetch_count": "0"}
+    with mount(tmp_path / "c.apbundle", opts) as d:
+        failed = 0
+        step = min(mount_cs, CS)   # one FUSE read each (the kernel splits above 128K)
+        for name, k in bad.items():
+            src = data[name]
+            for off in range(0, len(src), step):
+                n = min(step, len(src) - off)
+                j = off // mount_cs     # the cache chunk this read pages in
+                if j * mount_cs < (k + 1) * CS and (j + 1) * mount_cs > k * CS:
+                    with pytest.raises(OSError) as ei:
+                        dread(d, name, off, n)
+                    assert ei.value.errno == errno.EIO, os.strerror(ei.value.errno)
+                    failed += 1
+                else:
+                    assert dread(d, name, off, n) == src[off:off + n], (name, off)
+        # Nothing bad was cached: the same read fails (and counts) again.
+        with pytest.raises(OSError) as ei:
+            dread(d, "a.bin", 2 * CS, 4096)
+        assert ei.value.errno == errno.EIO
+        failed += 1
+        assert read_all(d.path("other.bin")) == OTHER
+        s = d.stats()
+        assert s["io"]["checksum_errors"] == failed
+        assert s["io"]["errors"] == failed
+        m = d.metrics()
+        assert re.search(r"^apbundlefs_io_checksum_errors_total %d$" % failed, m, re.M), m
+        # The cache chunks holding chunk 2 stayed out of the cache.
+        assert s["models"]["a.bin"]["resident_bytes"] == len(A) - max(CS, mount_cs)
+        log = d.log()
+        for name, k in bad.items():
+            line = "model '%s' chunk %d (bytes %d to %d): checksum mismatch" % (
+                name, k, k * CS, (k + 1) * CS)
+            assert log.count(line) == 1, log
+        assert log.count("checksum mismatch") == 2, log
+
+
+def test_other_models_of_a_corrupt_bundle_read_exactly(tmp_path, binaries):
+    corrupt_bundle(tmp_path / "c.apbundle", {"a.bin": 0, "z.bin": N_CHUNKS})
+    with mount(tmp_path / "c.apbundle", {"max_memory": "8M"}) as d:
+        assert read_all(d.path("other.bin")) == OTHER
+        # z.bin's last (short) chunk is bad: everything before it reads.
+        assert dread(d, "z.bin", 0, N_CHUNKS * CS) == Z[:N_CHUNKS * CS]
+        with pytest.raises(OSError) as ei:
+            dread(d, "z.bin", N_CHUNKS * CS, 4096)
+        assert ei.value.errno == errno.EIO
+        assert dread(d, "a.bin", CS, 2 * CS) == A[CS:3 * CS]
+        assert d.stats()["io"]["checksum_errors"] >= 1
+
+
+def test_corrupt_zstd_frame_header(tmp_path, binaries):
+    """A frame whose header is damaged does not decode at all."""
+    b = apbformat.V2Bundle([("z.bin", Z, {"compression": "zstd"})])
+    e = b.entry("z.bin", 3)
+    b.write(tmp_path / "f.apbundle", flip=[(e["offset"], 0xff)])   # the frame's magic
+    opts = {"max_memory": "8M", "prefetch": "off", "prefetch_count": "0"}
+    with mount(tmp_path / "f.apbundle", opts) as d:
+        with pytest.raises(OSError) as ei:
+            dread(d, "z.bin", 3 * CS, CS)
+        assert ei.value.errno == errno.EIO
+        assert dread(d, "z.bin", 2 * CS, CS) == Z[2 * CS:3 * CS]
+        assert dread(d, "z.bin", 4 * CS, CS) == Z[4 * CS:5 * CS]
+        assert d.stats()["io"]["checksum_errors"] == 1
+        assert d.log().count("model 'z.bin' chunk 3 (") == 1, d.log()
+
+
+def test_bad_chunk_log_is_bounded(tmp_path, binaries):
+    """Many bad chunks, read twice each: the log names each once."""
+    data = apbformat.random_bytes(40 * 4096, 3)
+    b = apbformat.V2Bundle([("m.bin", data)], chunk_size=4096)
+    b.write(tmp_path / "m.apbundle",
+            flip=[(c["offset"] + 1, 1) for c in b.chunks])
+    opts = {"max_memory": "1M", "chunk_size": "4K", "prefetch": "off", "prefetch_count": "0"}
+    with mount(tmp_path / "m.apbundle", opts) as d:
+        for _ in range(2):
+            for k in range(40):
+                with pytest.raises(OSError):
+                    dread(d, "m.bin", k * 4096, 4096)
+        assert d.stats()["io"]["checksum_errors"] == 80
+        log = d.log()
+        assert log.count("checksum mismatch") == 40, log
+        assert log.count("model 'm.bin' chunk 39 (") == 1
