@@ -1,5 +1,6 @@
 /*
- * writer.c - write .apbundle files (format 1) and extract models, atomically.
+ * writer.c - write .apbundle files (formats 1 and 2) and extract models,
+ * atomically.
  *
  * Layout of a version-1 bundle (SPEC §2):
  *
@@ -22,6 +23,26 @@
  * ("xxh3-64:" + 16 digits), so the layout prints zero placeholders and the
  * final manifest, printed after the copy, has exactly the same length; it
  * overwrites the placeholder at offset 16.
+ *
+ * Version 2 (docs/FORMAT.md) keeps the header and the JSON manifest, cuts
+ * every model into chunks of chunk_size uncompressed bytes and describes
+ * each chunk in a table of 24-byte entries after all model data. Stored
+ * sizes of compressed models are known only after compressing, so the
+ * manifest length N is fixed before any data from an upper bound: the same
+ * iteration as above, laid out with every model at its largest possible
+ * stored size (each chunk raw, plus up to 4095 bytes of padding before
+ * it). JSON numbers never get wider as values get smaller, so the final
+ * manifest is at most N bytes; it is padded with spaces to exactly N.
+ * Models still start at multiples of 4096; in a compressed model the
+ * frames follow each other and a chunk that does not shrink is stored raw
+ * at the next multiple of 4096. The table follows the data at the next
+ * multiple of 8 and ends the file.
+ *
+ * Chunks are compressed and hashed by a pool of worker threads (one per
+ * online CPU unless told otherwise) while this thread reads inputs ahead
+ * and writes results strictly in order, so the bytes do not depend on the
+ * number of threads. Work moves in batches of whole chunks (about 1 MiB)
+ * through a fixed window of slots, which bounds memory.
  *
  * Invariants:
  *  - Nothing is created until options, names and inputs have been checked.
@@ -47,6 +68,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -57,6 +79,8 @@
 
 #include <cjson/cJSON.h>
 #include <xxhash.h>
+#include <zstd.h>
+#include <zstd_errors.h>
 
 #include "apbundle/bundle.h"
 #include "apbundle/checksum.h"
@@ -69,6 +93,14 @@
 #define HEADER_BYTES 16u
 #define JSON_EXACT_MAX (UINT64_C(1) << 53)
 #define LAYOUT_ROUNDS_MAX 64
+#define V2_ENTRY_BYTES 24u
+#define V2_ENTRIES_MAX (UINT64_C(1) << 24)
+#define V2_CHUNK_MIN APB_ALIGN
+#define V2_CHUNK_MAX (16u << 20)
+#define V2_CHUNK_DEFAULT (64u << 10)
+#define V2_FLAG_ZSTD 1u
+#define BATCH_BYTES (1u << 20)   /* input bytes per unit of pool work */
+#define WINDOW_BYTES (64u << 20) /* soft cap on the slots' buffers */
 
 static const unsigned char zeros[APB_ALIGN];
 
@@ -142,10 +174,17 @@ int apb_writer_options_check(const struct apb_writer_options *o, char *err,
 		apb_fail(0, err, err_len, "unknown compression");
 		return -EINVAL;
 	}
-	if (o->chunk_size % APB_ALIGN != 0 || o->chunk_size > UINT32_MAX) {
+	if (o->chunk_size != 0 &&
+	    (o->chunk_size % APB_ALIGN != 0 || o->chunk_size > V2_CHUNK_MAX)) {
 		apb_fail(0, err, err_len,
-			"chunk size %llu is not a multiple of 4096 up to 4 GiB",
-			(unsigned long long)o->chunk_size);
+			"chunk size %llu is not a multiple of 4096 from 4096 "
+			"to 16 MiB", (unsigned long long)o->chunk_size);
+		return -EINVAL;
+	}
+	if (o->compression_level < 0 ||
+	    o->compression_level > ZSTD_maxCLevel()) {
+		apb_fail(0, err, err_len, "zstd level %d is not 1 to %d",
+			o->compression_level, ZSTD_maxCLevel());
 		return -EINVAL;
 	}
 	if (o->format == 1 &&
@@ -153,10 +192,6 @@ int apb_writer_options_check(const struct apb_writer_options *o, char *err,
 		apb_fail(0, err, err_len,
 			"compression and chunk size need format 2");
 		return -EINVAL;
-	}
-	if (o->format == 2) {
-		apb_fail(0, err, err_len, "format 2 is not supported yet");
-		return -ENOTSUP;
 	}
 	return 0;
 }
@@ -170,8 +205,14 @@ struct entry {
 	const char *path;
 	uint64_t size;
 	uint64_t offset;
-	uint64_t xxh3;    /* 0 (placeholder) until copied */
+	uint64_t stored;      /* bytes in the file; format 2: an upper bound
+			       * until the model is written */
+	uint64_t xxh3;        /* 0 (placeholder) until copied */
+	uint64_t first_chunk; /* format 2: its first chunk table entry */
+	uint64_t chunks;      /* format 2: ceil(size / chunk_size) */
 };
+
+struct pool;
 
 struct job {
 	const char *out_path;
@@ -179,7 +220,14 @@ struct job {
 	struct entry *e;
 	size_t n;
 	uint64_t total, done;   /* model bytes, for progress */
-	size_t manifest_len;    /* L, fixed by layout() */
+	size_t manifest_len;    /* L (format 1) or N (format 2), by layout() */
+	uint64_t pos;           /* output offset being written */
+	uint64_t chunk_size;    /* format 2 */
+	uint64_t entries;       /* format 2: chunk table entries */
+	uint64_t table_off;     /* format 2: T */
+	uint64_t table_xxh3;    /* format 2: 0 (placeholder) until written */
+	unsigned char *table;   /* format 2: entries * 24 bytes */
+	struct pool *pool;      /* format 2: chunk workers */
 	dev_t out_dev;          /* the bundle being replaced, if any, */
 	ino_t out_ino;          /* so it is not packed into itself */
 	struct apb_atomic_file af;
@@ -259,6 +307,7 @@ static int stat_inputs(struct job *j)
 			return rc;
 		}
 		e->size = (uint64_t)st.st_size;
+		e->stored = e->size;
 		if (e->size >= JSON_EXACT_MAX - j->total) {
 			apb_fail(0, j->err, j->err_len,
 				"%s: inputs too large for a bundle (2^53 bytes)",
@@ -270,31 +319,66 @@ static int stat_inputs(struct job *j)
 	return 0;
 }
 
+static bool add_u64(cJSON *o, const char *key, uint64_t v)
+{
+	return cJSON_AddNumberToObject(o, key, (double)v) != NULL;
+}
+
+static bool add_sum(cJSON *o, const char *key, uint64_t xxh3)
+{
+	char sum[APB_CHECKSUM_STRLEN + 1];
+
+	apb_checksum_format(xxh3, sum);
+	return cJSON_AddStringToObject(o, key, sum) != NULL;
+}
+
+/* A model's keys: format 1 in its historical order, format 2 as in
+ * docs/FORMAT.md. */
+static bool render_model(const struct job *j, const struct entry *e, cJSON *m)
+{
+	if (j->o->format == 1)
+		return cJSON_AddStringToObject(m, "name", e->name) &&
+		       add_u64(m, "offset", e->offset) &&
+		       add_u64(m, "size", e->size) &&
+		       add_sum(m, "checksum", e->xxh3);
+	return cJSON_AddStringToObject(m, "name", e->name) &&
+	       add_u64(m, "size", e->size) &&
+	       add_sum(m, "checksum", e->xxh3) &&
+	       add_u64(m, "offset", e->offset) &&
+	       add_u64(m, "stored_size", e->stored) &&
+	       cJSON_AddStringToObject(m, "compression",
+				       j->o->compression == APB_WRITER_ZSTD
+					       ? "zstd" : "none") &&
+	       add_u64(m, "chunk_size", j->chunk_size) &&
+	       add_u64(m, "first_chunk", e->first_chunk);
+}
+
 /* Print the manifest for the current offsets and checksums. */
 static int render_manifest(const struct job *j, char **out)
 {
-	cJSON *root = cJSON_CreateObject(), *models;
-	char sum[APB_CHECKSUM_STRLEN + 1];
+	cJSON *root = cJSON_CreateObject(), *models, *table;
 	int rc = -ENOMEM;
 
 	*out = NULL;
-	if (!root || !cJSON_AddNumberToObject(root, "model_count", (double)j->n))
+	if (!root || !add_u64(root, "model_count", j->n))
 		goto out;
+	if (j->o->format == 2) {
+		table = cJSON_AddObjectToObject(root, "chunk_table");
+		if (!table || !add_u64(table, "offset", j->table_off) ||
+		    !add_u64(table, "count", j->entries) ||
+		    !add_sum(table, "checksum", j->table_xxh3))
+			goto out;
+	}
 	models = cJSON_AddArrayToObject(root, "models");
 	if (!models)
 		goto out;
 	for (size_t i = 0; i < j->n; i++) {
-		const struct entry *e = &j->e[i];
 		cJSON *m = cJSON_CreateObject();
 
 		if (!m)
 			goto out;
 		cJSON_AddItemToArray(models, m);
-		apb_checksum_format(e->xxh3, sum);
-		if (!cJSON_AddStringToObject(m, "name", e->name) ||
-		    !cJSON_AddNumberToObject(m, "offset", (double)e->offset) ||
-		    !cJSON_AddNumberToObject(m, "size", (double)e->size) ||
-		    !cJSON_AddStringToObject(m, "checksum", sum))
+		if (!render_model(j, &j->e[i], m))
 			goto out;
 	}
 	*out = cJSON_PrintUnformatted(root);
@@ -304,23 +388,27 @@ out:
 	return rc;
 }
 
-/* Find the manifest length L whose layout prints exactly L bytes. */
+/* Find the manifest length whose layout prints exactly that many bytes.
+ * Format 2 lays out the stored-size bounds, so the offsets and T printed
+ * here are the largest the real ones can be. */
 static int layout(struct job *j)
 {
 	size_t len = 0;
 
 	for (int round = 0; round < LAYOUT_ROUNDS_MAX; round++) {
-		uint64_t off = align_up(HEADER_BYTES + len);
+		uint64_t off = align_up(HEADER_BYTES + len), end = off;
 		char *json;
 		size_t printed;
 		int rc;
 
 		for (size_t i = 0; i < j->n; i++) {
 			j->e[i].offset = off;
-			off = align_up(off + j->e[i].size);
+			end = off + j->e[i].stored;
+			off = align_up(end);
 		}
-		if (j->n && j->e[j->n - 1].offset + j->e[j->n - 1].size >=
-				    JSON_EXACT_MAX) {
+		j->table_off = (end + 7) / 8 * 8;
+		if (j->table_off + j->entries * V2_ENTRY_BYTES >=
+		    JSON_EXACT_MAX) {
 			apb_fail(0, j->err, j->err_len,
 				"%s: bundle too large (2^53 bytes)", j->out_path);
 			return -EFBIG;
@@ -345,21 +433,35 @@ static int layout(struct job *j)
 	return -EOVERFLOW; /* cannot happen: the sequence is monotonic */
 }
 
-/* Header and placeholder manifest; the real manifest replaces it later. */
+/* Header, then json padded with spaces to the reserved length: exact in
+ * format 1, at most that in format 2 (a longer one is a bug). */
 static int write_head(struct job *j, const char *json)
 {
 	unsigned char h[HEADER_BYTES];
-	uint32_t version = 1, len = (uint32_t)j->manifest_len;
+	uint32_t version = j->o->format, len = (uint32_t)j->manifest_len;
+	size_t n = strlen(json);
 	int rc;
 
+	if (n > j->manifest_len || (j->o->format == 1 && n != j->manifest_len))
+		return -EPROTO;
 	memcpy(h, APB_MAGIC, APB_MAGIC_LEN);
 	for (int i = 0; i < 4; i++) {
 		h[8 + i] = (unsigned char)(version >> (8 * i));
 		h[12 + i] = (unsigned char)(len >> (8 * i));
 	}
+	if (lseek(j->af.fd, 0, SEEK_SET) < 0)
+		return -errno;
 	rc = write_all(j->af.fd, h, sizeof(h));
 	if (rc == 0)
-		rc = write_all(j->af.fd, json, j->manifest_len);
+		rc = write_all(j->af.fd, json, n);
+	while (rc == 0 && n < j->manifest_len) {
+		static const char spaces[] = "                                ";
+		size_t k = j->manifest_len - n < sizeof(spaces) - 1
+				   ? j->manifest_len - n : sizeof(spaces) - 1;
+
+		rc = write_all(j->af.fd, spaces, k);
+		n += k;
+	}
 	return rc;
 }
 
@@ -392,20 +494,64 @@ static int in_err(struct job *j, const struct entry *e, int rc)
 	return rc == -ERANGE ? -EIO : rc;
 }
 
-/* Copy input e to the output at its offset, hashing as it goes. Sets the
- * error message for every failure. */
-static int copy_model(struct job *j, struct entry *e, int in)
+/* Open input e and check it still has the size it was listed with. */
+static int input_open(struct job *j, const struct entry *e, int *in)
 {
-	uint64_t left = e->size;
+	struct stat st;
+
+	*in = open(e->path, O_RDONLY | O_CLOEXEC);
+	if (*in < 0)
+		return in_err(j, e, -errno);
+	if (fstat(*in, &st) != 0)
+		return in_err(j, e, -errno);
+	if ((uint64_t)st.st_size != e->size)
+		return in_err(j, e, -ERANGE);
+	posix_fadvise(*in, 0, 0, POSIX_FADV_SEQUENTIAL);
+	return 0;
+}
+
+/* After e->size bytes: nothing more to read and still that size, so a
+ * file that grew, or shrank behind a read-ahead, fails the write. */
+static int input_end(struct job *j, const struct entry *e, int in)
+{
 	struct stat st;
 	char extra;
 	ssize_t n;
 
+	do
+		n = read(in, &extra, 1);
+	while (n < 0 && errno == EINTR);
+	if (n != 0) /* grew, or cannot tell */
+		return in_err(j, e, n < 0 ? -errno : -ERANGE);
 	if (fstat(in, &st) != 0)
 		return in_err(j, e, -errno);
 	if ((uint64_t)st.st_size != e->size)
 		return in_err(j, e, -ERANGE);
-	posix_fadvise(in, 0, 0, POSIX_FADV_SEQUENTIAL);
+	return 0;
+}
+
+/* Read exactly len bytes: 0, -ERANGE at an early end, or the errno. */
+static int read_full(int fd, unsigned char *buf, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = read(fd, buf, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -ERANGE;
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Format 1: copy input e to the output at its offset, hashing as it goes.
+ * Sets the error message for every failure. */
+static int copy_model(struct job *j, struct entry *e, int in)
+{
+	uint64_t left = e->size;
+
 	XXH3_64bits_reset(j->xxh);
 	while (left > 0) {
 		size_t want = left < COPY_BUF_BYTES ? (size_t)left
@@ -414,49 +560,371 @@ static int copy_model(struct job *j, struct entry *e, int in)
 
 		if (cancelled(j->o))
 			return cancel_err(j->err, j->err_len, j->out_path);
-		n = read(in, j->buf, want);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return in_err(j, e, n < 0 ? -errno : -ERANGE);
-		XXH3_64bits_update(j->xxh, j->buf, (size_t)n);
-		rc = write_all(j->af.fd, j->buf, (size_t)n);
+		rc = read_full(in, j->buf, want);
+		if (rc)
+			return in_err(j, e, rc);
+		XXH3_64bits_update(j->xxh, j->buf, want);
+		rc = write_all(j->af.fd, j->buf, want);
 		if (rc)
 			return out_err(j, rc);
-		left -= (uint64_t)n;
-		j->done += (uint64_t)n;
+		left -= want;
+		j->pos += want;
+		j->done += want;
 		report(j->o, j->done, j->total);
 	}
-	do
-		n = read(in, &extra, 1);
-	while (n < 0 && errno == EINTR);
-	if (n != 0) /* grew, or cannot tell */
-		return in_err(j, e, n < 0 ? -errno : -ERANGE);
 	e->xxh3 = XXH3_64bits_digest(j->xxh);
 	return 0;
 }
 
-/* Every model, with zero padding up to each aligned offset. */
-static int write_models(struct job *j)
+/* ================================================================== */
+/* Format 2: the chunk pool                                            */
+/* ================================================================== */
+
+enum slot_state { SLOT_FREE, SLOT_QUEUED, SLOT_DONE };
+
+/* One chunk of a batch as a worker leaves it: what to store. */
+struct piece {
+	const unsigned char *p; /* into the slot's in (raw) or out (zstd) */
+	size_t len;
+	uint32_t flags;
+	uint64_t xxh3;          /* of the uncompressed chunk */
+};
+
+/* A batch of consecutive chunks of one model. The main thread owns a slot
+ * while it is FREE or DONE, the workers while it is QUEUED. */
+struct slot {
+	unsigned char *in;  /* the batch's input bytes */
+	unsigned char *out; /* frames, back to back (zstd only) */
+	size_t len;         /* input bytes */
+	size_t count;       /* chunks */
+	bool compress;
+	struct piece *pc;
+	enum slot_state state;
+	int rc;             /* 0, or -ENOMEM / -EIO from the worker */
+};
+
+struct pool {
+	pthread_mutex_t mu;
+	pthread_cond_t work; /* a slot was queued, or stop */
+	pthread_cond_t done; /* a slot became DONE */
+	struct slot *slot;
+	size_t nslots;
+	size_t *ring;        /* queued slot numbers, in batch order */
+	size_t head, tail;
+	size_t chunk_size, batch_chunks;
+	int level;
+	bool stop;
+	pthread_t *tid;
+	unsigned started;
+};
+
+/* Hash and, when asked, compress each chunk of s. A chunk is stored as
+ * a frame only when the frame is shorter than the chunk: the capacity of
+ * len - 1 makes zstd refuse anything else. */
+static void batch_run(struct pool *pl, struct slot *s, ZSTD_CCtx **cctx)
 {
-	uint64_t pos = HEADER_BYTES + j->manifest_len;
+	size_t used = 0;
 
-	for (size_t i = 0; i < j->n; i++) {
-		struct entry *e = &j->e[i];
-		int in, rc;
+	s->rc = 0;
+	if (s->compress && !*cctx) {
+		*cctx = ZSTD_createCCtx();
+		if (!*cctx) {
+			s->rc = -ENOMEM;
+			return;
+		}
+	}
+	for (size_t c = 0; c < s->count; c++) {
+		const unsigned char *src = s->in + c * pl->chunk_size;
+		size_t len = s->len - c * pl->chunk_size, r;
+		struct piece *pc = &s->pc[c];
 
-		rc = write_zeros(j->af.fd, e->offset - pos);
+		if (len > pl->chunk_size)
+			len = pl->chunk_size;
+		pc->p = src;
+		pc->len = len;
+		pc->flags = 0;
+		pc->xxh3 = XXH3_64bits(src, len);
+		if (!s->compress)
+			continue;
+		r = ZSTD_compressCCtx(*cctx, s->out + used, len - 1, src, len,
+				      pl->level);
+		if (ZSTD_isError(r)) {
+			if (ZSTD_getErrorCode(r) == ZSTD_error_dstSize_tooSmall)
+				continue; /* does not shrink: raw */
+			s->rc = ZSTD_getErrorCode(r) ==
+						ZSTD_error_memory_allocation
+					? -ENOMEM : -EIO;
+			return;
+		}
+		pc->p = s->out + used;
+		pc->len = r;
+		pc->flags = V2_FLAG_ZSTD;
+		used += r;
+	}
+}
+
+static void *pool_worker(void *arg)
+{
+	struct pool *pl = arg;
+	ZSTD_CCtx *cctx = NULL;
+
+	pthread_mutex_lock(&pl->mu);
+	for (;;) {
+		struct slot *s;
+
+		while (!pl->stop && pl->head == pl->tail)
+			pthread_cond_wait(&pl->work, &pl->mu);
+		if (pl->stop)
+			break;
+		s = &pl->slot[pl->ring[pl->head++ % pl->nslots]];
+		pthread_mutex_unlock(&pl->mu);
+		batch_run(pl, s, &cctx);
+		pthread_mutex_lock(&pl->mu);
+		s->state = SLOT_DONE;
+		pthread_cond_broadcast(&pl->done);
+	}
+	pthread_mutex_unlock(&pl->mu);
+	ZSTD_freeCCtx(cctx);
+	return NULL;
+}
+
+/* Stop the workers (abandoning queued batches) and free everything. */
+static void pool_free(struct pool *pl)
+{
+	if (!pl)
+		return;
+	pthread_mutex_lock(&pl->mu);
+	pl->stop = true;
+	pthread_cond_broadcast(&pl->work);
+	pthread_mutex_unlock(&pl->mu);
+	for (unsigned i = 0; i < pl->started; i++)
+		pthread_join(pl->tid[i], NULL);
+	for (size_t i = 0; pl->slot && i < pl->nslots; i++) {
+		free(pl->slot[i].in);
+		free(pl->slot[i].out);
+		free(pl->slot[i].pc);
+	}
+	free(pl->slot);
+	free(pl->ring);
+	free(pl->tid);
+	pthread_cond_destroy(&pl->done);
+	pthread_cond_destroy(&pl->work);
+	pthread_mutex_destroy(&pl->mu);
+	free(pl);
+}
+
+/* Workers and a window of slots: batches of about BATCH_BYTES, between
+ * threads + 1 slots (each worker busy while one is written) and
+ * 2 * threads + 2, fewer than that when WINDOW_BYTES would be exceeded. */
+static int pool_new(unsigned threads, size_t chunk_size, bool compress,
+		    int level, struct pool **out)
+{
+	struct pool *pl = calloc(1, sizeof(*pl));
+	size_t batch, per_slot;
+	int rc = -ENOMEM;
+
+	*out = NULL;
+	if (!pl)
+		return -ENOMEM;
+	pthread_mutex_init(&pl->mu, NULL);
+	pthread_cond_init(&pl->work, NULL);
+	pthread_cond_init(&pl->done, NULL);
+	pl->chunk_size = chunk_size;
+	pl->batch_chunks = chunk_size < BATCH_BYTES ? BATCH_BYTES / chunk_size
+						    : 1;
+	pl->level = level;
+	batch = pl->batch_chunks * chunk_size;
+	per_slot = compress ? 2 * batch : batch;
+	pl->nslots = WINDOW_BYTES / per_slot;
+	if (pl->nslots > 2 * (size_t)threads + 2)
+		pl->nslots = 2 * (size_t)threads + 2;
+	if (pl->nslots < (size_t)threads + 1)
+		pl->nslots = (size_t)threads + 1;
+	pl->slot = calloc(pl->nslots, sizeof(*pl->slot));
+	pl->ring = calloc(pl->nslots, sizeof(*pl->ring));
+	pl->tid = calloc(threads, sizeof(*pl->tid));
+	if (!pl->slot || !pl->ring || !pl->tid)
+		goto fail;
+	for (size_t i = 0; i < pl->nslots; i++) {
+		struct slot *s = &pl->slot[i];
+
+		s->in = malloc(batch);
+		s->out = compress ? malloc(batch) : NULL;
+		s->pc = calloc(pl->batch_chunks, sizeof(*s->pc));
+		if (!s->in || (compress && !s->out) || !s->pc)
+			goto fail;
+	}
+	for (; pl->started < threads; pl->started++) {
+		rc = -pthread_create(&pl->tid[pl->started], NULL, pool_worker,
+				     pl);
 		if (rc)
-			return out_err(j, rc);
-		in = open(e->path, O_RDONLY | O_CLOEXEC);
-		if (in < 0)
-			return in_err(j, e, -errno);
-		rc = copy_model(j, e, in);
-		close(in);
+			goto fail;
+	}
+	*out = pl;
+	return 0;
+fail:
+	pool_free(pl);
+	return rc;
+}
+
+static void pool_submit(struct pool *pl, size_t slot)
+{
+	pthread_mutex_lock(&pl->mu);
+	pl->slot[slot].state = SLOT_QUEUED;
+	pl->ring[pl->tail++ % pl->nslots] = slot;
+	pthread_cond_signal(&pl->work);
+	pthread_mutex_unlock(&pl->mu);
+}
+
+static struct slot *pool_wait(struct pool *pl, size_t slot)
+{
+	struct slot *s = &pl->slot[slot];
+
+	pthread_mutex_lock(&pl->mu);
+	while (s->state != SLOT_DONE)
+		pthread_cond_wait(&pl->done, &pl->mu);
+	pthread_mutex_unlock(&pl->mu);
+	return s;
+}
+
+static unsigned worker_count(const struct apb_writer_options *o)
+{
+	long n = o->threads ? (long)o->threads : sysconf(_SC_NPROCESSORS_ONLN);
+
+	return n < 1 ? 1 : n > 256 ? 256 : (unsigned)n;
+}
+
+/* ================================================================== */
+/* Format 2: writing models and the chunk table                        */
+/* ================================================================== */
+
+static void put_le(unsigned char *p, uint64_t v, int bytes)
+{
+	for (int i = 0; i < bytes; i++)
+		p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* Store the chunks of a finished batch from j->pos on, chunk table entries
+ * from number first on. A raw chunk goes to the next multiple of 4096 (a
+ * no-op in a "none" model, whose chunks are all raw and whole). Runs of
+ * pieces adjacent in memory and in the file are one write. */
+static int write_batch(struct job *j, const struct slot *s, uint64_t first)
+{
+	const unsigned char *run = NULL;
+	size_t run_len = 0;
+	int rc = 0;
+
+	for (size_t c = 0; c < s->count && rc == 0; c++) {
+		const struct piece *pc = &s->pc[c];
+		unsigned char *t = j->table + (first + c) * V2_ENTRY_BYTES;
+		uint64_t at = pc->flags ? j->pos : align_up(j->pos);
+
+		if (run_len && (at != j->pos || pc->p != run + run_len)) {
+			rc = write_all(j->af.fd, run, run_len);
+			run_len = 0;
+		}
+		if (rc == 0 && at != j->pos)
+			rc = write_zeros(j->af.fd, at - j->pos);
+		if (!run_len)
+			run = pc->p;
+		run_len += pc->len;
+		put_le(t, at, 8);
+		put_le(t + 8, pc->len, 4);
+		put_le(t + 12, pc->flags, 4);
+		put_le(t + 16, pc->xxh3, 8);
+		j->pos = at + pc->len;
+	}
+	if (rc == 0 && run_len)
+		rc = write_all(j->af.fd, run, run_len);
+	return rc ? out_err(j, rc) : 0;
+}
+
+/* Format 2: read input e batch by batch into the pool's window, keeping
+ * every slot busy, and store finished batches in order. */
+static int pack_model(struct job *j, struct entry *e, int in)
+{
+	struct pool *pl = j->pool;
+	uint64_t batch = pl->batch_chunks * pl->chunk_size;
+	uint64_t nb = (e->size + batch - 1) / batch, r = 0, w = 0;
+	bool compress = j->o->compression == APB_WRITER_ZSTD;
+
+	XXH3_64bits_reset(j->xxh);
+	while (w < nb) {
+		struct slot *s;
+		int rc;
+
+		for (; r < nb && r - w < pl->nslots; r++) {
+			s = &pl->slot[r % pl->nslots];
+			if (cancelled(j->o))
+				return cancel_err(j->err, j->err_len,
+						  j->out_path);
+			s->len = (size_t)(e->size - r * batch < batch
+						  ? e->size - r * batch : batch);
+			rc = read_full(in, s->in, s->len);
+			if (rc)
+				return in_err(j, e, rc);
+			XXH3_64bits_update(j->xxh, s->in, s->len);
+			s->count = (s->len + pl->chunk_size - 1) / pl->chunk_size;
+			s->compress = compress;
+			pool_submit(pl, r % pl->nslots);
+		}
+		s = pool_wait(pl, w % pl->nslots);
+		s->state = SLOT_FREE;
+		if (s->rc)
+			return out_err(j, s->rc);
+		rc = write_batch(j, s, e->first_chunk + w * pl->batch_chunks);
 		if (rc)
 			return rc;
-		pos = e->offset + e->size;
+		j->done += s->len;
+		report(j->o, j->done, j->total);
+		w++;
 	}
+	e->xxh3 = XXH3_64bits_digest(j->xxh);
+	return 0;
+}
+
+/* Every model, each from the next multiple of 4096 with zeros before. */
+static int write_models(struct job *j)
+{
+	j->pos = HEADER_BYTES + j->manifest_len;
+	for (size_t i = 0; i < j->n; i++) {
+		struct entry *e = &j->e[i];
+		int in = -1, rc;
+
+		e->offset = align_up(j->pos);
+		rc = write_zeros(j->af.fd, e->offset - j->pos);
+		if (rc)
+			return out_err(j, rc);
+		j->pos = e->offset;
+		rc = input_open(j, e, &in);
+		if (rc == 0)
+			rc = j->o->format == 1 ? copy_model(j, e, in)
+					       : pack_model(j, e, in);
+		if (rc == 0)
+			rc = input_end(j, e, in);
+		if (in >= 0)
+			close(in);
+		if (rc)
+			return rc;
+		e->stored = j->pos - e->offset;
+	}
+	return 0;
+}
+
+/* Format 2: the table at the next multiple of 8, ending the file. */
+static int write_table(struct job *j)
+{
+	size_t len = (size_t)j->entries * V2_ENTRY_BYTES;
+	int rc;
+
+	j->table_off = (j->pos + 7) / 8 * 8;
+	j->table_xxh3 = XXH3_64bits(j->table, len);
+	rc = write_zeros(j->af.fd, j->table_off - j->pos);
+	if (rc == 0)
+		rc = write_all(j->af.fd, j->table, len);
+	if (rc)
+		return out_err(j, rc);
+	j->pos = j->table_off + len;
 	return 0;
 }
 
@@ -473,24 +941,44 @@ static int write_bundle(struct job *j)
 	if (rc)
 		return out_err(j, rc);
 	rc = write_models(j);
+	if (rc == 0 && j->o->format == 2)
+		rc = write_table(j);
 	if (rc)
 		return rc;
-	rc = render_manifest(j, &json); /* real checksums, same length */
-	if (rc)
-		return out_err(j, rc);
-	if (strlen(json) != j->manifest_len) {
-		free(json);
-		return out_err(j, -EPROTO);
-	}
-	if (lseek(j->af.fd, HEADER_BYTES, SEEK_SET) < 0)
-		rc = -errno;
-	else
-		rc = write_all(j->af.fd, json, j->manifest_len);
+	rc = render_manifest(j, &json); /* real values, no longer */
+	if (rc == 0)
+		rc = write_head(j, json);
 	free(json);
 	if (rc)
 		return out_err(j, rc);
 	if (cancelled(j->o))
 		return cancel_err(j->err, j->err_len, j->out_path);
+	return 0;
+}
+
+/* Format 2: chunk counts, table entries and the stored-size bounds. */
+static int count_chunks(struct job *j)
+{
+	bool zstd = j->o->compression == APB_WRITER_ZSTD;
+
+	j->chunk_size = j->o->chunk_size ? j->o->chunk_size : V2_CHUNK_DEFAULT;
+	for (size_t i = 0; i < j->n; i++) {
+		struct entry *e = &j->e[i];
+
+		e->chunks = (e->size + j->chunk_size - 1) / j->chunk_size;
+		e->first_chunk = j->entries;
+		j->entries += e->chunks;
+		if (zstd) /* each chunk raw behind up to 4095 bytes of padding */
+			e->stored += e->chunks * (APB_ALIGN - 1);
+	}
+	if (j->entries > V2_ENTRIES_MAX) {
+		apb_fail(0, j->err, j->err_len,
+			"%s: %llu chunks (at most %llu); a larger chunk size "
+			"makes fewer", j->out_path,
+			(unsigned long long)j->entries,
+			(unsigned long long)V2_ENTRIES_MAX);
+		return -EFBIG;
+	}
 	return 0;
 }
 
@@ -525,9 +1013,33 @@ static int prepare(struct job *j, const struct apb_input_list *inputs)
 	rc = check_names(j);
 	if (rc == 0)
 		rc = stat_inputs(j);
+	if (rc == 0 && j->o->format == 2)
+		rc = count_chunks(j);
 	if (rc == 0)
 		rc = layout(j);
 	return rc;
+}
+
+/* Buffers and, for format 2, the table and the workers. */
+static int start(struct job *j)
+{
+	const struct apb_writer_options *o = j->o;
+	int rc = 0;
+
+	j->xxh = XXH3_createState();
+	if (o->format == 1)
+		j->buf = malloc(COPY_BUF_BYTES);
+	else
+		j->table = malloc(j->entries ? j->entries * V2_ENTRY_BYTES : 1);
+	if (!j->xxh || (!j->buf && !j->table))
+		return out_err(j, -ENOMEM);
+	if (o->format == 2)
+		rc = pool_new(worker_count(o), j->chunk_size,
+			      o->compression == APB_WRITER_ZSTD,
+			      o->compression_level ? o->compression_level
+						   : ZSTD_CLEVEL_DEFAULT,
+			      &j->pool);
+	return rc ? out_err(j, rc) : 0;
 }
 
 int apb_writer_create_bundle(const char *out_path,
@@ -552,12 +1064,9 @@ int apb_writer_create_bundle(const char *out_path,
 		rc = cancel_err(err, err_len, out_path);
 		goto out;
 	}
-	j.buf = malloc(COPY_BUF_BYTES);
-	j.xxh = XXH3_createState();
-	if (!j.buf || !j.xxh) {
-		rc = out_err(&j, -ENOMEM);
+	rc = start(&j);
+	if (rc)
 		goto out;
-	}
 	rc = apb_atomic_open(&j.af, out_path, err, err_len);
 	if (rc)
 		goto out;
@@ -567,7 +1076,9 @@ int apb_writer_create_bundle(const char *out_path,
 		rc = apb_atomic_commit(&j.af, err, err_len);
 out:
 	apb_atomic_abort(&j.af);
+	pool_free(j.pool);
 	XXH3_freeState(j.xxh);
+	free(j.table);
 	free(j.buf);
 	free(j.e);
 	return rc;

@@ -11,9 +11,9 @@
  * removed and the target is left as it was. Nothing is created before every
  * name and every input has been checked.
  *
- * Output is deterministic: the same names and bytes give a byte-identical
- * bundle (models sorted by name with strcmp(), unformatted JSON, no
- * timestamps).
+ * Output is deterministic: the same names, bytes and options give a
+ * byte-identical bundle (models sorted by name with strcmp(), unformatted
+ * JSON, no timestamps), whatever the number of threads.
  *
  * Error reporting: every function returning int returns 0 or a negative
  * errno and, on failure, writes one line into err (no trailing newline)
@@ -21,7 +21,8 @@
  * directory". A command prints it behind its own name.
  *
  * Thread safety: no global state. Different writes are independent; an
- * input list must not change while a bundle is written from it.
+ * input list must not change while a bundle is written from it. A format 2
+ * write runs its own worker threads and joins them before returning.
  */
 #ifndef APBUNDLE_WRITER_H
 #define APBUNDLE_WRITER_H
@@ -38,7 +39,7 @@ struct apb_bundle;
 /* Writing                                                             */
 /* ------------------------------------------------------------------ */
 
-#define APB_WRITER_FORMAT_DEFAULT 1 /* becomes 2 once format 2 is written */
+#define APB_WRITER_FORMAT_DEFAULT 2
 
 enum apb_writer_compression {
 	APB_WRITER_STORE = 0, /* bytes stored as they are */
@@ -52,8 +53,10 @@ typedef void (*apb_writer_progress_fn)(void *arg, uint64_t done,
 struct apb_writer_options {
 	unsigned format;                          /* 1 or 2 */
 	enum apb_writer_compression compression;
-	int compression_level;                    /* zstd level; 0 = default */
-	uint64_t chunk_size;                      /* format 2; 0 = default */
+	int compression_level;                    /* zstd 1..22; 0 = 3 */
+	uint64_t chunk_size;                      /* format 2; 0 = 64 KiB */
+	unsigned threads;                         /* format 2 workers;
+						   * 0 = online CPUs */
 	apb_writer_progress_fn progress;          /* may be NULL */
 	void *progress_arg;
 	/* When non-NULL and *cancel becomes non-zero (e.g. set by a signal
@@ -67,29 +70,33 @@ void apb_writer_options_init(struct apb_writer_options *o);
 
 /*
  * Check options without writing anything, so a command can reject them as
- * a usage error. Returns 0, -EINVAL (a value out of range, or compression
- * or chunk size asked of format 1) or -ENOTSUP ("format 2 is not supported
- * yet").
+ * a usage error. Returns 0 or -EINVAL: a value out of range (format not 1
+ * or 2, chunk size not a multiple of 4096 up to 16 MiB, zstd level not
+ * 0..22), or compression or a chunk size asked of format 1.
  */
 int apb_writer_options_check(const struct apb_writer_options *o, char *err,
 			     size_t err_len);
 
 /*
- * Write the inputs as a bundle at out_path (format 1 today, SPEC §2).
- * Before anything is created: options are checked, every name passes
- * apb_name_check(), the sorted names pass apb_names_check_set() (a name
- * given twice is reported with both paths), and every input is opened and
- * must be a regular file. Then each input is read exactly once: its bytes
- * are copied and hashed (XXH3-64) in the same pass. An input whose size
- * changes between listing and copying fails the write. Zero inputs give a
- * valid empty bundle (model_count 0).
+ * Write the inputs as a bundle at out_path, in format o->format (SPEC §2,
+ * docs/FORMAT.md). Before anything is created: options are checked, every
+ * name passes apb_name_check(), the sorted names pass apb_names_check_set()
+ * (a name given twice is reported with both paths), and every input is
+ * opened and must be a regular file. Then each input is read exactly
+ * once: its bytes are copied (format 2: chunked, hashed per chunk and
+ * compressed by o->threads workers) and hashed (XXH3-64) in the same pass.
+ * An input whose size changes between listing and copying fails the
+ * write. Zero inputs give a valid empty bundle (model_count 0). The bytes
+ * written depend only on the names, the inputs' bytes, the format, the
+ * compression, its level and the chunk size, never on o->threads.
  *
  * Errors: those of apb_writer_options_check(), -EINVAL for names, the
  * errno of a failing open/read/write/fsync/rename (e.g. -ENOSPC), -EIO for
  * an input that changed size, -ELOOP for an input that is the existing
  * file at out_path (a bundle is never packed into its successor), -EISDIR
  * when out_path is a directory, -EFBIG for sizes a JSON manifest cannot
- * hold exactly (over 2^53 bytes) or too many models, -EINTR when cancelled.
+ * hold exactly (over 2^53 bytes), too many models or (format 2) more than
+ * 2^24 chunks, -ENOMEM, -EINTR when cancelled.
  */
 int apb_writer_create_bundle(const char *out_path,
 			     const struct apb_input_list *inputs,

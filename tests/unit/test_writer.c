@@ -1,5 +1,6 @@
-/* test_writer.c - what `apbundle create` writes (SPEC §2 version 1), that it
- * reads back through the reader byte for byte, that it is deterministic,
+/* test_writer.c - what `apbundle create` writes (SPEC §2 version 1, and
+ * version 2 checked byte by byte against docs/FORMAT.md without the
+ * reader), that it reads back through the reader byte for byte, that it is deterministic,
  * that a failed or cancelled write leaves nothing behind, how INPUT
  * arguments expand, and that extract refuses corrupt bytes. */
 #include <dirent.h>
@@ -14,6 +15,7 @@
 
 #include <cjson/cJSON.h>
 #include <xxhash.h>
+#include <zstd.h>
 
 #include "apbundle/bundle.h"
 #include "apbundle/checksum.h"
@@ -128,6 +130,15 @@ static struct apb_input_list *list_of(int n, const char *const *pairs)
 static int create(const char *out, struct apb_input_list *l)
 {
 	return apb_writer_create_bundle(at(out), l, NULL, err, sizeof(err));
+}
+
+static int create_v1(const char *out, struct apb_input_list *l)
+{
+	struct apb_writer_options o;
+
+	apb_writer_options_init(&o);
+	o.format = 1;
+	return apb_writer_create_bundle(at(out), l, &o, err, sizeof(err));
 }
 
 static uint32_t le32(const unsigned char *p)
@@ -297,7 +308,7 @@ static void layout_is_aligned_with_zero_gaps_and_exact_manifest(void)
 	put_pattern("f3", 8192, 3);
 	put_pattern("f0", 0, 4);
 	l = list_of(4, p);
-	CHECK_EQ(create("out.apbundle", l), 0);
+	CHECK_EQ(create_v1("out.apbundle", l), 0);
 	CHECK_EQ(check_raw_layout(at("out.apbundle")), 4);
 	f = slurp(at("out.apbundle"), &len);
 	/* m0 (empty) at 4096, m1 also at 4096 (an empty model owns no byte),
@@ -326,7 +337,7 @@ static void manifest_crossing_4096_bytes_still_lays_out(void)
 		snprintf(name, sizeof(name), "model-%04d/weights.bin", i);
 		CHECK_EQ(apb_input_list_add(l, name, at("one")), 0);
 	}
-	CHECK_EQ(create("many.apbundle", l), 0);
+	CHECK_EQ(create_v1("many.apbundle", l), 0);
 	CHECK_EQ(check_raw_layout(at("many.apbundle")), 300);
 	CHECK_EQ(apb_bundle_open(at("many.apbundle"), &b, err, sizeof(err)), 0);
 	CHECK_EQ(apb_bundle_count(b), 300);
@@ -343,7 +354,7 @@ static void zero_inputs_give_an_empty_bundle(void)
 
 	fresh_dir();
 	CHECK_EQ(apb_input_list_new(&l), 0);
-	CHECK_EQ(create("empty.apbundle", l), 0);
+	CHECK_EQ(create_v1("empty.apbundle", l), 0);
 	CHECK_EQ(check_raw_layout(at("empty.apbundle")), 0);
 	f = slurp(at("empty.apbundle"), &len);
 	CHECK_EQ(len, 16 + strlen("{\"model_count\":0,\"models\":[]}"));
@@ -592,35 +603,348 @@ static void progress_reaches_the_total(void)
 
 /* ---- options ---------------------------------------------------------- */
 
-static void format_2_options_are_refused_for_now(void)
+static void options_are_checked(void)
 {
 	struct apb_writer_options o;
 	struct apb_input_list *l;
 
 	apb_writer_options_init(&o);
-	CHECK_EQ(o.format, 1);
+	CHECK_EQ(o.format, 2);
 	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), 0);
-	o.format = 2;
-	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), -ENOTSUP);
-	CHECK(strcmp(err, "format 2 is not supported yet") == 0);
 	o.format = 3;
 	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), -EINVAL);
 	o.format = 1;
+	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), 0);
 	o.compression = APB_WRITER_ZSTD;
 	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), -EINVAL);
+	CHECK(strcmp(err, "compression and chunk size need format 2") == 0);
 	o.compression = APB_WRITER_STORE;
 	o.chunk_size = 65536;
 	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), -EINVAL);
 	o.format = 2;
+	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), 0);
+	o.chunk_size = 4096;
+	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), 0);
+	o.chunk_size = 16u << 20;
+	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), 0);
+	o.chunk_size = (16u << 20) + 4096;
+	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), -EINVAL);
 	o.chunk_size = 5000;
 	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), -EINVAL);
+	CHECK_STR_CONTAINS(err, "chunk size 5000 is not a multiple of 4096");
+	o.chunk_size = 0;
+	o.compression_level = 23;
+	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), -EINVAL);
+	o.compression_level = 22;
+	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), 0);
 
-	fresh_dir();
-	o.chunk_size = 65536;
+	fresh_dir(); /* refused by create too, before anything exists */
+	o.format = 1;
+	o.compression = APB_WRITER_ZSTD;
 	CHECK_EQ(apb_input_list_new(&l), 0);
 	CHECK_EQ(apb_writer_create_bundle(at("o.apbundle"), l, &o, err,
-					  sizeof(err)), -ENOTSUP);
+					  sizeof(err)), -EINVAL);
 	nothing_left("o.apbundle");
+	apb_input_list_free(l);
+}
+
+/* ---- the bytes of format 2 -------------------------------------------- */
+
+struct v2_source {
+	const char *name;
+	const unsigned char *data;
+	size_t size;
+};
+
+struct v2_counts {
+	int raw, zstd;
+};
+
+static uint64_t le64(const unsigned char *p)
+{
+	return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
+}
+
+static uint64_t num(const cJSON *o, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+
+	CHECK(cJSON_IsNumber(v));
+	return (uint64_t)v->valuedouble;
+}
+
+static uint64_t sum_of(const cJSON *o, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+	uint64_t x;
+
+	CHECK(cJSON_IsString(v));
+	CHECK_EQ(apb_checksum_parse(v->valuestring, &x), 0);
+	return x;
+}
+
+/* Check one model's chunks against its source; marks the stored bytes. */
+static void check_v2_chunks(const unsigned char *f, unsigned char *used,
+			    const unsigned char *table, const cJSON *m,
+			    const struct v2_source *src, const char *comp,
+			    uint64_t cs, struct v2_counts *n)
+{
+	uint64_t off = num(m, "offset"), stored = num(m, "stored_size");
+	uint64_t first = num(m, "first_chunk");
+	uint64_t chunks = (src->size + cs - 1) / cs, end = off;
+	bool zstd = strcmp(comp, "zstd") == 0;
+	unsigned char *buf = malloc(cs);
+
+	CHECK(buf);
+	CHECK_EQ(off % 4096, 0);
+	for (uint64_t i = 0; i < chunks; i++) {
+		const unsigned char *e = table + (first + i) * 24;
+		uint64_t at = le64(e), len = le32(e + 8), flags = le32(e + 12);
+		const unsigned char *want = src->data + i * cs;
+		uint64_t ulen = src->size - i * cs < cs ? src->size - i * cs : cs;
+
+		CHECK(at >= end); /* increasing, no overlap */
+		CHECK(at + len <= off + stored);
+		CHECK(le64(e + 16) == XXH3_64bits(want, ulen));
+		if (flags == 0) {
+			CHECK_EQ(at % 4096, 0);
+			CHECK_EQ(len, ulen);
+			CHECK(memcmp(f + at, want, ulen) == 0);
+			if (!zstd) /* back to back */
+				CHECK_EQ(at, off + i * cs);
+			n->raw++;
+		} else {
+			CHECK_EQ(flags, 1);
+			CHECK(zstd);
+			CHECK(len > 0 && len < ulen); /* stored only if smaller */
+			CHECK_EQ(ZSTD_decompress(buf, cs, f + at, len), ulen);
+			CHECK(memcmp(buf, want, ulen) == 0);
+			n->zstd++;
+		}
+		memset(used + at, 1, len);
+		end = at + len;
+	}
+	CHECK_EQ(stored, end - off); /* nothing stored past the last chunk */
+	free(buf);
+}
+
+/*
+ * Check a format 2 file against the design, independently of the reader:
+ * header, space-padded manifest with exactly the documented keys, models
+ * in name order matching src (sorted the same way), each chunk's entry,
+ * bytes and XXH3, the table's place and checksum, and zeros everywhere
+ * else. Returns how many chunks are raw and how many zstd.
+ */
+static struct v2_counts check_v2_layout(const char *path,
+					const struct v2_source *src, int count,
+					const char *comp, uint64_t cs)
+{
+	size_t len, jlen;
+	unsigned char *f = slurp(path, &len), *used = calloc(len + 1, 1);
+	struct v2_counts n = {0, 0};
+	uint64_t mlen, t, entries, next_chunk = 0;
+	cJSON *root, *table, *models;
+
+	CHECK(used);
+	CHECK(len >= 16);
+	CHECK(memcmp(f, "APBUNDLE", 8) == 0);
+	CHECK_EQ(le32(f + 8), 2);
+	mlen = le32(f + 12);
+	CHECK(16 + mlen <= len);
+	jlen = mlen;
+	while (jlen > 0 && f[16 + jlen - 1] == ' ') /* padding */
+		jlen--;
+	CHECK_EQ(f[16 + jlen - 1], '}');
+	root = cJSON_ParseWithLength((const char *)f + 16, jlen);
+	CHECK(root);
+	CHECK_EQ(cJSON_GetArraySize(root), 3);
+	CHECK_EQ(num(root, "model_count"), count);
+	table = cJSON_GetObjectItemCaseSensitive(root, "chunk_table");
+	CHECK(cJSON_IsObject(table));
+	CHECK_EQ(cJSON_GetArraySize(table), 3);
+	t = num(table, "offset");
+	entries = num(table, "count");
+	CHECK_EQ(t % 8, 0);
+	CHECK(t >= 16 + mlen);
+	CHECK_EQ(t + entries * 24, len); /* the table ends the file */
+	CHECK(sum_of(table, "checksum") == XXH3_64bits(f + t, entries * 24));
+	memset(used, 1, 16 + mlen);
+	memset(used + t, 1, entries * 24);
+	models = cJSON_GetObjectItemCaseSensitive(root, "models");
+	CHECK_EQ(cJSON_GetArraySize(models), count);
+	for (int i = 0; i < count; i++) {
+		const cJSON *m = cJSON_GetArrayItem(models, i);
+
+		CHECK_EQ(cJSON_GetArraySize(m), 8);
+		CHECK(strcmp(cJSON_GetObjectItemCaseSensitive(m, "name")
+				     ->valuestring, src[i].name) == 0);
+		CHECK_EQ(num(m, "size"), src[i].size);
+		CHECK(sum_of(m, "checksum") ==
+		      XXH3_64bits(src[i].data, src[i].size));
+		CHECK(strcmp(cJSON_GetObjectItemCaseSensitive(m, "compression")
+				     ->valuestring, comp) == 0);
+		CHECK_EQ(num(m, "chunk_size"), cs);
+		CHECK_EQ(num(m, "first_chunk"), next_chunk);
+		CHECK(num(m, "offset") >= 16 + mlen);
+		CHECK(num(m, "offset") + num(m, "stored_size") <= t);
+		check_v2_chunks(f, used, f + t, m, &src[i], comp, cs, &n);
+		next_chunk += (src[i].size + cs - 1) / cs;
+	}
+	CHECK_EQ(entries, next_chunk); /* every entry belongs to a model */
+	for (size_t k = 0; k < len; k++) /* padding is zeros */
+		CHECK(used[k] || f[k] == 0);
+	cJSON_Delete(root);
+	free(used);
+	free(f);
+	return n;
+}
+
+/* Bytes zstd shrinks: text-like, with some variety. */
+static unsigned char *compressible(size_t len, unsigned seed)
+{
+	unsigned char *p = malloc(len ? len : 1);
+
+	CHECK(p);
+	for (size_t i = 0; i < len; i++)
+		p[i] = (unsigned char)("weights of layer "[i % 17] +
+					(i / 4096 + seed) % 3);
+	return p;
+}
+
+static int create_v2(const char *out, struct apb_input_list *l,
+		     enum apb_writer_compression comp, uint64_t cs,
+		     unsigned threads)
+{
+	struct apb_writer_options o;
+
+	apb_writer_options_init(&o);
+	o.compression = comp;
+	o.chunk_size = cs;
+	o.threads = threads;
+	return apb_writer_create_bundle(at(out), l, &o, err, sizeof(err));
+}
+
+/* Sizes around chunk boundaries, in both compressions and two chunk
+ * sizes; a model whose second half is random gets raw chunks between
+ * frames, 4096-aligned. */
+static void v2_bytes_follow_the_design(void)
+{
+	static const uint64_t chunk_sizes[] = {4096, 65536};
+	static const char *const names[] = {"a0", "a1", "a4095", "a4096",
+					    "a4097", "b0_cs-1", "b1_cs", "b2_cs+1",
+					    "c_3cs+5", "d_mixed"};
+
+	for (int k = 0; k < 2; k++) {
+		uint64_t cs = chunk_sizes[k];
+		size_t sizes[] = {0, 1, 4095, 4096, 4097, cs - 1, cs, cs + 1,
+				  3 * cs + 5, 6 * cs + 100};
+		struct v2_source src[10];
+		struct apb_input_list *l;
+		unsigned char *data[10];
+
+		fresh_dir();
+		CHECK_EQ(apb_input_list_new(&l), 0);
+		for (int i = 0; i < 10; i++) {
+			char rel[32];
+
+			data[i] = compressible(sizes[i], (unsigned)i);
+			if (i == 9) { /* random second half */
+				unsigned char *r = pattern(sizes[i] / 2, 5);
+
+				memcpy(data[i] + sizes[i] / 2, r, sizes[i] / 2);
+				free(r);
+			}
+			snprintf(rel, sizeof(rel), "in%d", i);
+			put(rel, data[i], sizes[i]);
+			CHECK_EQ(apb_input_list_add(l, names[i], at(rel)), 0);
+			src[i] = (struct v2_source){names[i], data[i], sizes[i]};
+		}
+		for (int z = 0; z < 2; z++) {
+			struct v2_counts n;
+
+			CHECK_EQ(create_v2(z ? "z.apbundle" : "n.apbundle", l,
+					   z ? APB_WRITER_ZSTD : APB_WRITER_STORE,
+					   cs, 2), 0);
+			n = check_v2_layout(at(z ? "z.apbundle" : "n.apbundle"),
+					    src, 10, z ? "zstd" : "none", cs);
+			if (z) {
+				CHECK(n.zstd > 0);
+				CHECK(n.raw >= 3); /* "a1" and d's random half */
+			} else {
+				CHECK_EQ(n.zstd, 0);
+			}
+		}
+		for (int i = 0; i < 10; i++)
+			free(data[i]);
+		apb_input_list_free(l);
+	}
+}
+
+static void v2_default_chunk_size_and_empty_bundle(void)
+{
+	static const char *const p[] = {"m", "fm"};
+	struct v2_source src;
+	struct apb_input_list *l;
+	unsigned char *d = compressible(200000, 1);
+
+	fresh_dir();
+	put("fm", d, 200000);
+	l = list_of(1, p);
+	CHECK_EQ(create("out.apbundle", l), 0); /* format 2 by default */
+	src = (struct v2_source){"m", d, 200000};
+	check_v2_layout(at("out.apbundle"), &src, 1, "none", 65536);
+	apb_input_list_free(l);
+	free(d);
+
+	CHECK_EQ(apb_input_list_new(&l), 0);
+	CHECK_EQ(create("empty.apbundle", l), 0);
+	check_v2_layout(at("empty.apbundle"), NULL, 0, "none", 65536);
+	apb_input_list_free(l);
+}
+
+/* Workers finish out of order; the file must not show it. */
+static void v2_bytes_do_not_depend_on_threads(void)
+{
+	static const char *const p[] = {"a", "fa", "b", "fb"};
+	struct apb_input_list *l;
+	unsigned char *x, *y, *d = compressible(5u << 20, 3);
+	size_t nx, ny;
+
+	fresh_dir();
+	put("fa", d, 5u << 20);
+	put_pattern("fb", (1u << 20) + 3, 4);
+	l = list_of(2, p);
+	CHECK_EQ(create_v2("one.apbundle", l, APB_WRITER_ZSTD, 8192, 1), 0);
+	CHECK_EQ(create_v2("four.apbundle", l, APB_WRITER_ZSTD, 8192, 4), 0);
+	x = slurp(at("one.apbundle"), &nx);
+	y = slurp(at("four.apbundle"), &ny);
+	CHECK_EQ(nx, ny);
+	CHECK(memcmp(x, y, nx) == 0);
+	CHECK(nx < (5u << 20)); /* it did compress */
+	free(x);
+	free(y);
+	free(d);
+	apb_input_list_free(l);
+}
+
+/* The cap on table entries is checked before anything is allocated or
+ * created: a sparse 64 GiB input in 4 KiB chunks is 2^24 + 1 of them. */
+static void v2_too_many_chunks_is_refused_up_front(void)
+{
+	static const char *const p[] = {"huge", "huge"};
+	struct apb_input_list *l;
+	int fd;
+
+	fresh_dir();
+	fd = open(at("huge"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	CHECK(fd >= 0);
+	CHECK(ftruncate(fd, (off_t)((UINT64_C(1) << 24) * 4096 + 1)) == 0);
+	close(fd);
+	l = list_of(1, p);
+	CHECK_EQ(create_v2("out.apbundle", l, APB_WRITER_STORE, 4096, 1),
+		 -EFBIG);
+	CHECK_STR_CONTAINS(err, "16777217 chunks (at most 16777216)");
+	nothing_left("out.apbundle");
 	apb_input_list_free(l);
 }
 
@@ -842,7 +1166,11 @@ int main(void)
 	RUN(input_that_shrinks_while_read_fails_the_write);
 	RUN(input_that_grows_while_read_fails_the_write);
 	RUN(progress_reaches_the_total);
-	RUN(format_2_options_are_refused_for_now);
+	RUN(options_are_checked);
+	RUN(v2_bytes_follow_the_design);
+	RUN(v2_default_chunk_size_and_empty_bundle);
+	RUN(v2_bytes_do_not_depend_on_threads);
+	RUN(v2_too_many_chunks_is_refused_up_front);
 	RUN(file_and_name_equals_file_arguments);
 	RUN(directory_arguments_walk_regular_files);
 	RUN(a_walked_directory_makes_a_bundle);
