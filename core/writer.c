@@ -1088,35 +1088,56 @@ out:
 /* Extracting a model                                                  */
 /* ================================================================== */
 
-/* Copy and hash the model into af; *xxh3 is the digest of what was read. */
-static int extract_copy(const struct apb_bundle *b, const char *label,
-			size_t index, const struct apb_model *m,
-			struct apb_atomic_file *af,
-			const struct apb_writer_options *o, uint64_t *xxh3,
-			char *err, size_t err_len)
+/* The buffer for reading model m: about COPY_BUF_BYTES of whole chunks,
+ * so no chunk is verified (and decompressed) twice. */
+static size_t read_piece(const struct apb_model *m)
 {
-	unsigned char *buf = malloc(COPY_BUF_BYTES);
+	if (m->chunk_size == 0)
+		return COPY_BUF_BYTES;
+	if (m->chunk_size >= COPY_BUF_BYTES)
+		return (size_t)m->chunk_size;
+	return COPY_BUF_BYTES / (size_t)m->chunk_size * (size_t)m->chunk_size;
+}
+
+/* Read model index through apb_bundle_preadv() (each version 2 chunk
+ * against its XXH3) and hash it; copy it to af when not NULL. *xxh3 is
+ * the digest of what was read. */
+static int model_copy(const struct apb_bundle *b, const char *label,
+		      size_t index, const struct apb_model *m,
+		      struct apb_atomic_file *af,
+		      const struct apb_writer_options *o, uint64_t *xxh3,
+		      char *err, size_t err_len)
+{
+	size_t piece = read_piece(m);
+	unsigned char *buf = malloc(piece);
 	XXH3_state_t *st = XXH3_createState();
 	uint64_t done = 0;
 	int rc = 0;
 
 	if (!buf || !st) {
 		rc = -ENOMEM;
-		apb_fail(0, err, err_len, "%s: %s", af->target, strerror(-rc));
+		apb_fail(0, err, err_len, "%s: %s", af ? af->target : label,
+			strerror(-rc));
 		goto out;
 	}
 	XXH3_64bits_reset(st);
 	while (done < m->size) {
-		uint64_t left = m->size - done;
-		size_t want = left < COPY_BUF_BYTES ? (size_t)left
-						    : COPY_BUF_BYTES;
+		uint64_t left = m->size - done, bad = 0;
+		struct iovec iov = {buf, left < piece ? (size_t)left : piece};
 		long n;
 
 		if (cancelled(o)) {
-			rc = cancel_err(err, err_len, af->target);
+			rc = cancel_err(err, err_len, af ? af->target : label);
 			goto out;
 		}
-		n = apb_bundle_read(b, index, done, buf, want);
+		n = apb_bundle_preadv(b, index, done, &iov, 1, &bad);
+		if (n == -EBADMSG) {
+			rc = -EBADMSG;
+			apb_fail(0, err, err_len,
+				"%s: model '%s' chunk %llu: checksum mismatch",
+				label, m->name, (unsigned long long)bad);
+			goto out;
+		}
 		if (n <= 0) {
 			rc = n < 0 ? (int)n : -EIO;
 			apb_fail(0, err, err_len, "%s: model '%s': %s", label,
@@ -1124,7 +1145,7 @@ static int extract_copy(const struct apb_bundle *b, const char *label,
 			goto out;
 		}
 		XXH3_64bits_update(st, buf, (size_t)n);
-		rc = write_all(af->fd, buf, (size_t)n);
+		rc = af ? write_all(af->fd, buf, (size_t)n) : 0;
 		if (rc) {
 			apb_fail(0, err, err_len, "%s: %s", af->target,
 				strerror(-rc));
@@ -1140,27 +1161,19 @@ out:
 	return rc;
 }
 
-int apb_writer_extract_model(const struct apb_bundle *b, const char *label,
-			     size_t index, const char *out_path,
-			     const struct apb_writer_options *o, char *err,
-			     size_t err_len)
+/* Read and check model index, copying it into af when not NULL. */
+static int model_check(const struct apb_bundle *b, const char *label,
+		       size_t index, struct apb_atomic_file *af,
+		       const struct apb_writer_options *o, char *err,
+		       size_t err_len)
 {
 	const struct apb_model *m = apb_bundle_model(b, index);
-	struct apb_atomic_file af = {.fd = -1};
 	uint64_t got = 0;
 	int rc;
 
-	if (!m) {
-		apb_fail(0, err, err_len, "%s: model %zu: no such model", label,
-			index);
-		return -ENOENT;
-	}
-	rc = apb_atomic_open(&af, out_path, err, err_len);
-	if (rc)
-		return rc;
-	rc = extract_copy(b, label, index, m, &af, o, &got, err, err_len);
+	rc = model_copy(b, label, index, m, af, o, &got, err, err_len);
 	if (rc == 0 && cancelled(o))
-		rc = cancel_err(err, err_len, out_path);
+		rc = cancel_err(err, err_len, af ? af->target : label);
 	if (rc == 0 && m->has_checksum && got != m->xxh3) {
 		char have[APB_CHECKSUM_STRLEN + 1], want[APB_CHECKSUM_STRLEN + 1];
 
@@ -1170,8 +1183,41 @@ int apb_writer_extract_model(const struct apb_bundle *b, const char *label,
 			label, m->name, have, want);
 		rc = -EBADMSG;
 	}
+	return rc;
+}
+
+static int no_model(const char *label, size_t index, char *err,
+		    size_t err_len)
+{
+	apb_fail(0, err, err_len, "%s: model %zu: no such model", label, index);
+	return -ENOENT;
+}
+
+int apb_writer_extract_model(const struct apb_bundle *b, const char *label,
+			     size_t index, const char *out_path,
+			     const struct apb_writer_options *o, char *err,
+			     size_t err_len)
+{
+	struct apb_atomic_file af = {.fd = -1};
+	int rc;
+
+	if (!apb_bundle_model(b, index))
+		return no_model(label, index, err, err_len);
+	rc = apb_atomic_open(&af, out_path, err, err_len);
+	if (rc)
+		return rc;
+	rc = model_check(b, label, index, &af, o, err, err_len);
 	if (rc == 0)
 		rc = apb_atomic_commit(&af, err, err_len);
 	apb_atomic_abort(&af);
 	return rc;
+}
+
+int apb_writer_check_model(const struct apb_bundle *b, const char *label,
+			   size_t index, const struct apb_writer_options *o,
+			   char *err, size_t err_len)
+{
+	if (!apb_bundle_model(b, index))
+		return no_model(label, index, err, err_len);
+	return model_check(b, label, index, NULL, o, err, err_len);
 }

@@ -105,17 +105,31 @@ int apb_writer_create_bundle(const char *out_path,
 
 /*
  * Copy model index of b to out_path, atomically, hashing while copying.
+ * Reads go through apb_bundle_preadv(), so every version 2 chunk is
+ * checked against its own XXH3 (and decompressed) on the way.
  * label is how messages name the bundle (usually its path): a read error
  * reads "LABEL: model 'NAME': Input/output error", a write error names
- * out_path. When the model has a checksum and the bytes do not match it,
- * nothing is left at out_path and -EBADMSG is returned with both checksums
- * in err ("LABEL: model 'NAME': checksum xxh3-64:... expected xxh3-64:...").
- * Only o->progress, o->progress_arg and o->cancel are used (o may be NULL).
- * Returns 0, -EBADMSG, -EINTR, or the errno of a failing read or write.
+ * out_path. A chunk that fails its checksum gives -EBADMSG and
+ * "LABEL: model 'NAME' chunk K: checksum mismatch" (K counts from 0 within
+ * the model). When the model has a checksum and the bytes do not match
+ * it, -EBADMSG with both checksums in err ("LABEL: model 'NAME': checksum
+ * xxh3-64:... expected xxh3-64:..."). On any failure nothing is left at
+ * out_path. Only o->progress, o->progress_arg and o->cancel are used (o
+ * may be NULL). Returns 0, -EBADMSG, -EINTR, or the errno of a failing
+ * read or write.
  */
 int apb_writer_extract_model(const struct apb_bundle *b, const char *label,
 			     size_t index, const char *out_path,
 			     const struct apb_writer_options *o, char *err,
 			     size_t err_len);
+
+/*
+ * Check model index of b without writing anything: read it exactly as
+ * apb_writer_extract_model() does, with the same checks, results and
+ * messages. A model without a checksum (aprender's layout) is only read.
+ */
+int apb_writer_check_model(const struct apb_bundle *b, const char *label,
+			   size_t index, const struct apb_writer_options *o,
+			   char *err, size_t err_len);
 
 #endif
