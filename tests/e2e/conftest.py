@@ -155,10 +155,21 @@ def run_apbundle(*args, check=False, timeout=120, **kw):
     return p
 
 
-def pack(out, *inputs, fmt=None):
-    """`apbundle create [--format FMT] OUT INPUT...`; fails the test on error."""
-    args = ["create"] + (["--format", str(fmt)] if fmt is not None else []) + [out] + list(inputs)
-    run_apbundle(*args, check=True)
+def pack(out, *inputs, fmt=None, compress=None, chunk_size=None, threads=None):
+    """`apbundle create [--format FMT] [--compress C] [--chunk-size N] OUT INPUT...`
+    (APB_THREADS=threads when given); fails the test on error. Without fmt
+    the default format (2) is written."""
+    args = ["create"]
+    if fmt is not None:
+        args += ["--format", str(fmt)]
+    if compress is not None:
+        args += ["--compress", compress]
+    if chunk_size is not None:
+        args += ["--chunk-size", str(chunk_size)]
+    env = None
+    if threads is not None:
+        env = dict(os.environ, APB_THREADS=str(threads))
+    run_apbundle(*args, out, *inputs, check=True, env=env)
     return Path(out)
 
 

@@ -1,0 +1,223 @@
+"""`apbundle create` in format 2 (and 1): round trips of sizes around chunk
+boundaries through `extract` and a real mount, the bytes on disk checked
+against the design (docs/FORMAT.md) without the reader, determinism across
+thread counts, a corrupt chunk named by `verify` and `extract`, usage errors,
+and that a failed or interrupted create leaves nothing behind."""
+
+import json
+import signal
+import struct
+import subprocess
+
+import pytest
+
+import apbformat
+from conftest import APBUNDLE, KiB, MiB, mount, pack, run_apbundle, wait_until
+
+ENTRY = struct.Struct("<QIIQ")      # offset, length, flags, xxh3
+
+
+def sizes_for(cs):
+    return [0, 1, 4095, 4096, 4097, cs - 1, cs, cs + 1, 3 * cs + 5]
+
+
+def data_for(size, seed):
+    """Half text-like (zstd shrinks it), half random (it does not), so a
+    compressed model holds both frames and raw chunks."""
+    half = size // 2
+    text = (b"layer.%d.weight " % seed) * (half // 14 + 1)
+    return text[:half] + apbformat.random_bytes(size - half, seed)
+
+
+def read_v2(path):
+    """(manifest, table entries, file bytes) of a format 2 file."""
+    raw = path.read_bytes()
+    magic, version, n = struct.unpack_from("<8sII", raw)
+    assert (magic, version) == (b"APBUNDLE", 2)
+    doc = json.loads(raw[16:16 + n].decode())     # trailing spaces are valid JSON
+    t = doc["chunk_table"]
+    table = raw[t["offset"]:t["offset"] + 24 * t["count"]]
+    assert apbformat.checksum_str(table) == t["checksum"]
+    return doc, [ENTRY.unpack_from(table, 24 * i) for i in range(t["count"])], raw
+
+
+def check_v2_bytes(path, models, compression, cs):
+    """What the writer must have stored for models {name: bytes}: the keys,
+    each chunk's XXH3 of its uncompressed bytes, raw chunks 4096-aligned and
+    equal to the source, frames only in zstd models and only when shorter."""
+    doc, entries, raw = read_v2(path)
+    assert doc["model_count"] == len(models)
+    assert [m["name"] for m in doc["models"]] == sorted(models)
+    used = 0
+    for m in doc["models"]:
+        data = models[m["name"]]
+        assert m["size"] == len(data)
+        assert m["checksum"] == apbformat.checksum_str(data)
+        assert (m["compression"], m["chunk_size"]) == (compression, cs)
+        count = -(-len(data) // cs)
+        for i, (off, length, flags, xxh) in enumerate(entries[m["first_chunk"]:][:count]):
+            chunk = data[i * cs:(i + 1) * cs]
+            assert xxh == apbformat.xxh3_64(chunk), (m["name"], i)
+            assert m["offset"] <= off and off + length <= m["offset"] + m["stored_size"]
+            if flags == 0:
+                assert off % 4096 == 0 and raw[off:off + length] == chunk, (m["name"], i)
+            else:
+                assert flags == 1 and compression == "zstd" and length < len(chunk)
+        if compression == "none":
+            assert m["stored_size"] == m["size"]
+        used += count
+    assert used == len(entries)
+    return doc, entries
+
+
+CONFIGS = [
+    # id, create options, chunk size the sizes are built around
+    ("v1", dict(fmt=1), 64 * KiB),
+    ("none-4k", dict(chunk_size=4096), 4096),
+    ("zstd-4k", dict(compress="zstd", chunk_size="4K"), 4096),
+    ("none-default", dict(), 64 * KiB),
+    ("zstd-default", dict(compress="zstd"), 64 * KiB),
+    ("zstd9-1m", dict(compress="zstd:9", chunk_size="1M"), MiB),
+]
+
+
+@pytest.mark.parametrize("opts,cs", [c[1:] for c in CONFIGS], ids=[c[0] for c in CONFIGS])
+def test_round_trip_through_extract_and_mount(tmp_path, binaries, opts, cs):
+    models = {"m%02d_%d" % (i, n): data_for(n, i) for i, n in enumerate(sizes_for(cs))}
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, data in models.items():
+        (src / name).write_bytes(data)
+    out = pack(tmp_path / "o.apbundle", src, **opts)
+    compression = "zstd" if "compress" in opts else "none"
+    if opts.get("fmt") != 1:
+        doc, entries = check_v2_bytes(out, models, compression, cs)
+        if compression == "zstd":
+            assert any(e[2] == 1 for e in entries) and any(e[2] == 0 for e in entries)
+
+    lst = run_apbundle("list", out, check=True).stdout.splitlines()
+    assert lst[0].split() == ["NAME", "SIZE", "STORED", "COMPRESSION", "CHECKSUM"]
+    rows = {l.split()[0]: l.split() for l in lst[1:]}
+    for name, data in models.items():
+        row = rows[name]
+        assert row[1] == str(len(data)) and row[3] == compression
+        assert row[4] == apbformat.checksum_str(data)
+        if compression == "none":
+            assert row[2] == str(len(data))
+
+    v = run_apbundle("verify", out)
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert sorted(v.stdout.split()) == sorted(["OK"] * len(models) + list(models))
+
+    for name, data in models.items():
+        dst = tmp_path / "x" / name
+        dst.parent.mkdir(exist_ok=True)
+        run_apbundle("extract", out, name, "-o", dst, check=True)
+        assert dst.read_bytes() == data, name
+
+    with mount(out) as d:
+        for name, data in models.items():
+            with open(d.path(name), "rb") as f:
+                assert f.read() == data, name
+            if len(data) > 4097:                 # a read across a chunk boundary
+                with open(d.path(name), "rb") as f:
+                    f.seek(cs - 3)
+                    assert f.read(4103) == data[cs - 3:cs + 4100], name
+
+
+@pytest.mark.parametrize("opts", [dict(compress="zstd", chunk_size="4K"), dict(), dict(fmt=1)],
+                         ids=["zstd-4k", "none", "v1"])
+def test_same_inputs_same_bytes_whatever_the_threads(tmp_path, binaries, opts):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big").write_bytes(data_for(5 * MiB + 123, 1))   # several batches in flight
+    (src / "small").write_bytes(data_for(70001, 2))
+    files = [pack(tmp_path / ("o%s.apbundle" % t), src, threads=t, **opts) for t in (1, 2, 3)]
+    files.append(pack(tmp_path / "again.apbundle", src, **opts))
+    first = files[0].read_bytes()
+    for f in files[1:]:
+        assert f.read_bytes() == first, f.name
+
+
+@pytest.mark.parametrize("compress", [None, "zstd"])
+def test_flipped_byte_names_model_and_chunk(tmp_path, binaries, compress):
+    src = tmp_path / "src"
+    src.mkdir()
+    victim = data_for(6 * 4096 + 10, 5)
+    (src / "victim").write_bytes(victim)
+    (src / "intact").write_bytes(data_for(3 * 4096, 6))
+    out = pack(tmp_path / "o.apbundle", src, compress=compress, chunk_size=4096)
+    doc, entries, raw = read_v2(out)
+    m = next(m for m in doc["models"] if m["name"] == "victim")
+    off, length, flags, _ = entries[m["first_chunk"] + 3]
+    raw = bytearray(raw)
+    raw[off + length // 2] ^= 0x40
+    out.write_bytes(bytes(raw))
+
+    v = run_apbundle("verify", out)
+    assert v.returncode == 1, v.stdout + v.stderr
+    assert "BAD victim: chunk 3: checksum mismatch" in v.stdout.splitlines(), v.stdout
+    assert "OK intact" in v.stdout.splitlines(), v.stdout
+    assert "%s: model 'victim' chunk 3: checksum mismatch" % out in v.stderr, v.stderr
+    assert "1 of 2 models failed verification" in v.stderr, v.stderr
+
+    p = run_apbundle("extract", out, "victim", "-o", tmp_path / "v.out")
+    assert p.returncode == 1
+    assert "model 'victim' chunk 3: checksum mismatch" in p.stderr, p.stderr
+    assert not (tmp_path / "v.out").exists()
+    run_apbundle("extract", out, "intact", "-o", tmp_path / "i.out", check=True)
+    assert (tmp_path / "i.out").read_bytes() == data_for(3 * 4096, 6)
+
+
+@pytest.mark.parametrize("args", [
+    ["--format", "1", "--compress", "zstd"],
+    ["--format", "1", "--chunk-size", "64K"],
+    ["--chunk-size", "5000"],
+    ["--chunk-size", "0"],
+    ["--chunk-size", "2K"],
+    ["--chunk-size", "32M"],
+    ["--compress", "lz4"],
+    ["--compress", "zstd:23"],
+])
+def test_bad_options_are_usage_errors(tmp_path, binaries, args):
+    (tmp_path / "f.bin").write_bytes(b"data")
+    p = run_apbundle("create", *args, tmp_path / "o.apbundle", tmp_path / "f.bin")
+    assert p.returncode == 2, p.stderr
+    assert "Usage: apbundle create" in p.stderr, p.stderr
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_failed_create_leaves_nothing(tmp_path, binaries):
+    (tmp_path / "ok.bin").write_bytes(data_for(300000, 1))
+    p = run_apbundle("create", "--compress", "zstd", tmp_path / "o.apbundle",
+                     tmp_path / "ok.bin", tmp_path / "missing.bin")
+    assert p.returncode == 1
+    assert "missing.bin: No such file or directory" in p.stderr, p.stderr
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["ok.bin"]
+
+
+@pytest.mark.timeout_s(120)
+def test_interrupted_create_leaves_the_old_bundle(tmp_path, binaries):
+    """SIGINT in the middle of a slow compressed create: the temporary file
+    is removed, the previous bundle is untouched, and the command dies of
+    the signal."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(data_for(64 * MiB, 3))
+    out = tmp_path / "o.apbundle"
+    out.write_bytes(b"previous")
+    proc = subprocess.Popen([str(APBUNDLE), "create", "--compress", "zstd:19", str(out), str(big)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: any(tmp_path.glob("o.apbundle.tmp.*")) or proc.poll() is not None,
+                   30, what="create's temporary file")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGINT, err
+    assert "interrupted" in err, err
+    assert out.read_bytes() == b"previous"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["big.bin", "o.apbundle"]
