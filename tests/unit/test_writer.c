@@ -147,6 +147,31 @@ static uint32_t le32(const unsigned char *p)
 	       (uint32_t)p[3] << 24;
 }
 
+/* Bytes zstd shrinks: text-like, with some variety. */
+static unsigned char *compressible(size_t len, unsigned seed)
+{
+	unsigned char *p = malloc(len ? len : 1);
+
+	CHECK(p);
+	for (size_t i = 0; i < len; i++)
+		p[i] = (unsigned char)("weights of layer "[i % 17] +
+					(i / 4096 + seed) % 3);
+	return p;
+}
+
+static int create_v2(const char *out, struct apb_input_list *l,
+		     enum apb_writer_compression comp, uint64_t cs,
+		     unsigned threads)
+{
+	struct apb_writer_options o;
+
+	apb_writer_options_init(&o);
+	o.compression = comp;
+	o.chunk_size = cs;
+	o.threads = threads;
+	return apb_writer_create_bundle(at(out), l, &o, err, sizeof(err));
+}
+
 /* The failure left no bundle and no temporary file next to it. */
 static void nothing_left(const char *out)
 {
@@ -159,11 +184,19 @@ static void nothing_left(const char *out)
 
 /* ---- round trip ------------------------------------------------------- */
 
-static void written_bundle_reads_back_byte_for_byte(void)
+/* Even models compressible, odd ones not, for the zstd case. */
+static unsigned char *model_bytes(size_t len, unsigned i)
+{
+	return i % 2 ? pattern(len, i) : compressible(len, i);
+}
+
+static void reads_back(unsigned format, enum apb_writer_compression comp,
+		       uint64_t cs)
 {
 	static const size_t sizes[] = {5000, 0, 1, 4096, (1u << 20) * 2 + 7};
 	static const char *const names[] = {"encoder", "empty", "one",
 					    "bert/page", "bert/big.bin"};
+	struct apb_writer_options o;
 	struct apb_input_list *l;
 	struct apb_bundle *b;
 	size_t idx;
@@ -171,29 +204,44 @@ static void written_bundle_reads_back_byte_for_byte(void)
 	fresh_dir();
 	CHECK_EQ(apb_input_list_new(&l), 0);
 	for (int i = 0; i < 5; i++) {
+		unsigned char *d = model_bytes(sizes[i], (unsigned)i);
 		char rel[32];
 
 		snprintf(rel, sizeof(rel), "in%d", i);
-		put_pattern(rel, sizes[i], (unsigned)i);
+		put(rel, d, sizes[i]);
+		free(d);
 		CHECK_EQ(apb_input_list_add(l, names[i], at(rel)), 0);
 	}
-	CHECK_EQ(create("out.apbundle", l), 0);
+	apb_writer_options_init(&o);
+	o.format = format;
+	o.compression = comp;
+	o.chunk_size = cs;
+	CHECK_EQ(apb_writer_create_bundle(at("out.apbundle"), l, &o, err,
+					  sizeof(err)), 0);
 	apb_input_list_free(l);
 
 	CHECK_EQ(apb_bundle_open(at("out.apbundle"), &b, err, sizeof(err)), 0);
-	CHECK_EQ(apb_bundle_layout(b), APB_LAYOUT_V1);
+	CHECK_EQ(apb_bundle_layout(b), format == 1 ? APB_LAYOUT_V1
+						   : APB_LAYOUT_V2);
 	CHECK_EQ(apb_bundle_count(b), 5);
 	CHECK(strcmp(apb_bundle_model(b, 0)->name, "bert/big.bin") == 0);
 	CHECK(strcmp(apb_bundle_model(b, 4)->name, "one") == 0);
 	for (int i = 0; i < 5; i++) {
-		unsigned char *want = pattern(sizes[i], (unsigned)i);
+		unsigned char *want = model_bytes(sizes[i], (unsigned)i);
 		unsigned char *got = malloc(sizes[i] + 1);
 		const struct apb_model *m;
 
 		CHECK_EQ(apb_bundle_find(b, names[i], &idx), 0);
 		m = apb_bundle_model(b, idx);
 		CHECK_EQ(m->size, sizes[i]);
-		CHECK_EQ(m->stored_size, sizes[i]);
+		if (comp == APB_WRITER_STORE)
+			CHECK_EQ(m->stored_size, sizes[i]);
+		else if (i == 4) /* 2 MiB of text shrinks a lot */
+			CHECK(m->stored_size < sizes[i] / 10);
+		CHECK_EQ(m->compression, comp == APB_WRITER_ZSTD
+						 ? APB_COMPRESSION_ZSTD
+						 : APB_COMPRESSION_NONE);
+		CHECK_EQ(m->chunk_size, format == 1 ? 0 : cs ? cs : 65536);
 		CHECK(m->has_checksum);
 		CHECK(m->xxh3 == XXH3_64bits(want, sizes[i]));
 		CHECK_EQ(apb_bundle_read(b, idx, 0, got, sizes[i] + 1),
@@ -203,6 +251,15 @@ static void written_bundle_reads_back_byte_for_byte(void)
 		free(want);
 	}
 	apb_bundle_close(b);
+}
+
+static void written_bundle_reads_back_byte_for_byte(void)
+{
+	reads_back(1, APB_WRITER_STORE, 0);
+	reads_back(2, APB_WRITER_STORE, 0);
+	reads_back(2, APB_WRITER_STORE, 4096);
+	reads_back(2, APB_WRITER_ZSTD, 0);
+	reads_back(2, APB_WRITER_ZSTD, 1u << 20);
 }
 
 static void same_inputs_give_identical_bytes(void)
@@ -799,31 +856,6 @@ static struct v2_counts check_v2_layout(const char *path,
 	return n;
 }
 
-/* Bytes zstd shrinks: text-like, with some variety. */
-static unsigned char *compressible(size_t len, unsigned seed)
-{
-	unsigned char *p = malloc(len ? len : 1);
-
-	CHECK(p);
-	for (size_t i = 0; i < len; i++)
-		p[i] = (unsigned char)("weights of layer "[i % 17] +
-					(i / 4096 + seed) % 3);
-	return p;
-}
-
-static int create_v2(const char *out, struct apb_input_list *l,
-		     enum apb_writer_compression comp, uint64_t cs,
-		     unsigned threads)
-{
-	struct apb_writer_options o;
-
-	apb_writer_options_init(&o);
-	o.compression = comp;
-	o.chunk_size = cs;
-	o.threads = threads;
-	return apb_writer_create_bundle(at(out), l, &o, err, sizeof(err));
-}
-
 /* Sizes around chunk boundaries, in both compressions and two chunk
  * sizes; a model whose second half is random gets raw chunks between
  * frames, 4096-aligned. */
@@ -1059,9 +1091,12 @@ static void a_walked_directory_makes_a_bundle(void)
 
 /* ---- extract ---------------------------------------------------------- */
 
-static void extract_copies_and_refuses_corrupt_bytes(void)
+/* Format 1 has only the whole-model checksum; format 2 names the chunk
+ * (the flipped byte is in chunk 1 of 64 KiB). Check reports the same. */
+static void extract_and_check_refuse_corrupt_bytes(unsigned format)
 {
 	static const char *const p[] = {"w/model.bin", "f"};
+	struct apb_writer_options o;
 	struct apb_input_list *l;
 	struct apb_bundle *b;
 	unsigned char *want, *got;
@@ -1071,10 +1106,15 @@ static void extract_copies_and_refuses_corrupt_bytes(void)
 	fresh_dir();
 	put_pattern("f", 70000, 5);
 	l = list_of(1, p);
-	CHECK_EQ(create("x.apbundle", l), 0);
+	apb_writer_options_init(&o);
+	o.format = format;
+	CHECK_EQ(apb_writer_create_bundle(at("x.apbundle"), l, &o, err,
+					  sizeof(err)), 0);
 	CHECK_EQ(apb_bundle_open(at("x.apbundle"), &b, err, sizeof(err)), 0);
 	CHECK_EQ(apb_writer_extract_model(b, "x.apbundle", 0, at("out.bin"),
 					  NULL, err, sizeof(err)), 0);
+	CHECK_EQ(apb_writer_check_model(b, "x.apbundle", 0, NULL, err,
+					sizeof(err)), 0);
 	want = pattern(70000, 5);
 	got = slurp(at("out.bin"), &len);
 	CHECK_EQ(len, 70000);
@@ -1083,22 +1123,41 @@ static void extract_copies_and_refuses_corrupt_bytes(void)
 	free(want);
 	CHECK_EQ(apb_writer_extract_model(b, "x.apbundle", 1, at("o2"), NULL,
 					  err, sizeof(err)), -ENOENT);
+	CHECK_EQ(apb_writer_check_model(b, "x.apbundle", 1, NULL, err,
+					sizeof(err)), -ENOENT);
 	apb_bundle_close(b);
 
 	/* flip one byte of the model's data */
 	fd = open(at("x.apbundle"), O_WRONLY);
 	CHECK(fd >= 0);
-	CHECK_EQ(pwrite(fd, "\0", 1, 4096 + 1234), 1);
+	CHECK_EQ(pwrite(fd, "\0", 1, 4096 + 65536 + 1234), 1);
 	close(fd);
 	CHECK_EQ(apb_bundle_open(at("x.apbundle"), &b, err, sizeof(err)), 0);
-	CHECK_EQ(apb_writer_extract_model(b, "x.apbundle", 0, at("bad.bin"),
-					  NULL, err, sizeof(err)), -EBADMSG);
-	CHECK_STR_CONTAINS(err, "x.apbundle: model 'w/model.bin': checksum "
-				"xxh3-64:");
-	CHECK_STR_CONTAINS(err, " expected xxh3-64:");
-	nothing_left("bad.bin");
+	for (int check = 0; check < 2; check++) {
+		CHECK_EQ(check ? apb_writer_check_model(b, "x.apbundle", 0, NULL,
+							err, sizeof(err))
+			       : apb_writer_extract_model(b, "x.apbundle", 0,
+							  at("bad.bin"), NULL,
+							  err, sizeof(err)),
+			 -EBADMSG);
+		if (format == 1) {
+			CHECK_STR_CONTAINS(err, "x.apbundle: model "
+					   "'w/model.bin': checksum xxh3-64:");
+			CHECK_STR_CONTAINS(err, " expected xxh3-64:");
+		} else {
+			CHECK(strcmp(err, "x.apbundle: model 'w/model.bin' "
+				     "chunk 1: checksum mismatch") == 0);
+		}
+		nothing_left("bad.bin");
+	}
 	apb_bundle_close(b);
 	apb_input_list_free(l);
+}
+
+static void extract_copies_and_refuses_corrupt_bytes(void)
+{
+	extract_and_check_refuse_corrupt_bytes(1);
+	extract_and_check_refuse_corrupt_bytes(2);
 }
 
 /* ---- checksums -------------------------------------------------------- */
