@@ -95,7 +95,6 @@
 #define LAYOUT_ROUNDS_MAX 64
 #define V2_ENTRY_BYTES 24u
 #define V2_ENTRIES_MAX (UINT64_C(1) << 24)
-#define V2_CHUNK_MIN APB_ALIGN
 #define V2_CHUNK_MAX (16u << 20)
 #define V2_CHUNK_DEFAULT (64u << 10)
 #define V2_FLAG_ZSTD 1u
@@ -721,6 +720,7 @@ static int pool_new(unsigned threads, size_t chunk_size, bool compress,
 {
 	struct pool *pl = calloc(1, sizeof(*pl));
 	size_t batch, per_slot;
+	sigset_t all, old;
 	int rc = -ENOMEM;
 
 	*out = NULL;
@@ -754,12 +754,19 @@ static int pool_new(unsigned threads, size_t chunk_size, bool compress,
 		if (!s->in || (compress && !s->out) || !s->pc)
 			goto fail;
 	}
+	/* Workers block every signal, so a Ctrl-C interrupts the reading
+	 * thread's read() and cancellation is seen at once. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
 	for (; pl->started < threads; pl->started++) {
 		rc = -pthread_create(&pl->tid[pl->started], NULL, pool_worker,
 				     pl);
 		if (rc)
-			goto fail;
+			break;
 	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc)
+		goto fail;
 	*out = pl;
 	return 0;
 fail:
