@@ -42,8 +42,6 @@
 #define PROGRESS_MIN_BYTES (UINT64_C(64) << 20)
 #define ERR_LEN 1024
 #define ZSTD_LEVEL_MAX 22
-#define CHUNK_SIZE_MIN APB_ALIGN
-#define CHUNK_SIZE_MAX (UINT64_C(16) << 20)
 
 /* ================================================================== */
 /* Usage                                                               */
@@ -251,9 +249,9 @@ static int create_options(const struct apb_cmd *c, int argc, char **argv,
 			break;
 		case 's':
 			if (apb_size_parse(optarg, &o->chunk_size) != 0 ||
-			    o->chunk_size < CHUNK_SIZE_MIN ||
-			    o->chunk_size > CHUNK_SIZE_MAX ||
-			    o->chunk_size % APB_ALIGN)
+			    o->chunk_size < APB_CHUNK_SIZE_MIN ||
+			    o->chunk_size > APB_CHUNK_SIZE_MAX ||
+			    o->chunk_size % APB_CHUNK_SIZE_MIN)
 				return usage_error(c, "--chunk-size: '%s' is not "
 					"a multiple of 4096 bytes from 4K to 16M",
 					optarg);

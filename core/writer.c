@@ -88,16 +88,13 @@
 
 #include "atomic.h"
 #include "error.h"
+#include "format.h"
 
 #define COPY_BUF_BYTES (1u << 20)
 #define HEADER_BYTES 16u
 #define JSON_EXACT_MAX (UINT64_C(1) << 53)
 #define LAYOUT_ROUNDS_MAX 64
-#define V2_ENTRY_BYTES 24u
-#define V2_ENTRIES_MAX (UINT64_C(1) << 24)
-#define V2_CHUNK_MAX (16u << 20)
 #define V2_CHUNK_DEFAULT (64u << 10)
-#define V2_FLAG_ZSTD 1u
 #define BATCH_BYTES (1u << 20)   /* input bytes per unit of pool work */
 #define WINDOW_BYTES (64u << 20) /* soft cap on the slots' buffers */
 
@@ -111,6 +108,13 @@ static bool cancelled(const struct apb_writer_options *o)
 static uint64_t align_up(uint64_t v)
 {
 	return (v + APB_ALIGN - 1) / APB_ALIGN * APB_ALIGN;
+}
+
+/* Where a format 2 chunk table may start: the next multiple of 8. */
+static uint64_t table_align(uint64_t v)
+{
+	return (v + APB_V2_TABLE_ALIGN - 1) / APB_V2_TABLE_ALIGN *
+	       APB_V2_TABLE_ALIGN;
 }
 
 /* ================================================================== */
@@ -174,7 +178,8 @@ int apb_writer_options_check(const struct apb_writer_options *o, char *err,
 		return -EINVAL;
 	}
 	if (o->chunk_size != 0 &&
-	    (o->chunk_size % APB_ALIGN != 0 || o->chunk_size > V2_CHUNK_MAX)) {
+	    (o->chunk_size % APB_CHUNK_SIZE_MIN != 0 ||
+	     o->chunk_size > APB_CHUNK_SIZE_MAX)) {
 		apb_fail(0, err, err_len,
 			"chunk size %llu is not a multiple of 4096 from 4096 "
 			"to 16 MiB", (unsigned long long)o->chunk_size);
@@ -405,8 +410,8 @@ static int layout(struct job *j)
 			end = off + j->e[i].stored;
 			off = align_up(end);
 		}
-		j->table_off = (end + 7) / 8 * 8;
-		if (j->table_off + j->entries * V2_ENTRY_BYTES >=
+		j->table_off = table_align(end);
+		if (j->table_off + j->entries * APB_V2_ENTRY_LEN >=
 		    JSON_EXACT_MAX) {
 			apb_fail(0, j->err, j->err_len,
 				"%s: bundle too large (2^53 bytes)", j->out_path);
@@ -657,7 +662,7 @@ static void batch_run(struct pool *pl, struct slot *s, ZSTD_CCtx **cctx)
 		}
 		pc->p = s->out + used;
 		pc->len = r;
-		pc->flags = V2_FLAG_ZSTD;
+		pc->flags = APB_CHUNK_ZSTD;
 		used += r;
 	}
 }
@@ -823,7 +828,7 @@ static int write_batch(struct job *j, const struct slot *s, uint64_t first)
 
 	for (size_t c = 0; c < s->count && rc == 0; c++) {
 		const struct piece *pc = &s->pc[c];
-		unsigned char *t = j->table + (first + c) * V2_ENTRY_BYTES;
+		unsigned char *t = j->table + (first + c) * APB_V2_ENTRY_LEN;
 		uint64_t at = pc->flags ? j->pos : align_up(j->pos);
 
 		if (run_len && (at != j->pos || pc->p != run + run_len)) {
@@ -921,10 +926,10 @@ static int write_models(struct job *j)
 /* Format 2: the table at the next multiple of 8, ending the file. */
 static int write_table(struct job *j)
 {
-	size_t len = (size_t)j->entries * V2_ENTRY_BYTES;
+	size_t len = (size_t)j->entries * APB_V2_ENTRY_LEN;
 	int rc;
 
-	j->table_off = (j->pos + 7) / 8 * 8;
+	j->table_off = table_align(j->pos);
 	j->table_xxh3 = XXH3_64bits(j->table, len);
 	rc = write_zeros(j->af.fd, j->table_off - j->pos);
 	if (rc == 0)
@@ -978,12 +983,12 @@ static int count_chunks(struct job *j)
 		if (zstd) /* each chunk raw behind up to 4095 bytes of padding */
 			e->stored += e->chunks * (APB_ALIGN - 1);
 	}
-	if (j->entries > V2_ENTRIES_MAX) {
+	if (j->entries > (uint64_t)APB_CHUNKS_MAX) {
 		apb_fail(0, j->err, j->err_len,
 			"%s: %llu chunks (at most %llu); a larger chunk size "
 			"makes fewer", j->out_path,
 			(unsigned long long)j->entries,
-			(unsigned long long)V2_ENTRIES_MAX);
+			(unsigned long long)APB_CHUNKS_MAX);
 		return -EFBIG;
 	}
 	return 0;
@@ -1037,7 +1042,7 @@ static int start(struct job *j)
 	if (o->format == 1)
 		j->buf = malloc(COPY_BUF_BYTES);
 	else
-		j->table = malloc(j->entries ? j->entries * V2_ENTRY_BYTES : 1);
+		j->table = malloc(j->entries ? j->entries * APB_V2_ENTRY_LEN : 1);
 	if (!j->xxh || (!j->buf && !j->table))
 		return out_err(j, -ENOMEM);
 	if (o->format == 2)
