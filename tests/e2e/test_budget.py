@@ -70,6 +70,7 @@ def reader(mnt, bundle_fd, layout, seed, direct, deadline, errors, counts):
             os.close(fd)
 
 
+@pytest.mark.perf
 @pytest.mark.timeout_s(300)
 @pytest.mark.parametrize("policy", ["lru", "lfu"])
 def test_budget_holds_under_concurrent_random_reads(big_bundle, binaries, policy):

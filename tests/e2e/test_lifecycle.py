@@ -177,6 +177,7 @@ def test_kernel_cache_option_reads_correctly(bundle, binaries):
                 assert f.read() == DATA
 
 
+@pytest.mark.perf
 def test_rss_near_mount_size_after_mount(bundle, binaries):
     """Sanity for the budget test: an idle daemon is small."""
     with mount(bundle, {"max_memory": "1M"}) as d:

@@ -378,6 +378,7 @@ def test_reads_larger_than_the_budget_are_exact(tmp_path, binaries, budget_chunk
         assert s["io"]["errors"] == 0
 
 
+@pytest.mark.perf
 def test_stats_of_many_models_leaves_no_memory_behind(tmp_path, binaries):
     """SPEC §6: the daemon's memory must not grow with reads of .stats. The
     document is printed model by model; the whole cJSON tree of a 100,000
