@@ -1,20 +1,36 @@
 #!/usr/bin/env bash
-# scripts/test.sh - install what is missing, build with warnings as errors,
-# run the C unit tests and the end-to-end tests. Idempotent; runs as root,
+# scripts/test.sh - install what is missing, then run every test stage CI
+# runs (.ci/run calls exactly this). Idempotent; runs as root,
 # non-interactively, on a fresh Debian 12 (also from a fresh clone).
 #
 #   bash scripts/test.sh [PYTEST ARGS...]     e.g. -k stats, -x
 #
-# Environment: BUILD_DIR (default build), PYTEST_TIMEOUT (seconds, default 540).
+# Stages, in order (each in its own build dir, reused when present):
+#   normal  build (-Dwerror=true), meson test, the whole e2e suite
+#   asan    AddressSanitizer + UBSan build: meson test and the e2e suite
+#           again, minus the `perf` tests (RSS under shadow memory)
+#   tsan    ThreadSanitizer build: meson test and tests/e2e/test_stress.py
+#   fuzz    scripts/fuzz.sh FUZZ_SECONDS, when that script exists
+# A sanitizer report anywhere (unit test, daemon, CLI) fails its stage.
+# PYTEST ARGS go to the e2e runs of normal and asan only.
+#
+# Environment: STAGES (default "normal asan tsan fuzz"; e.g. STAGES=normal
+# for a quick loop), BUILD_DIR (build), ASAN_BUILD_DIR (build-asan),
+# TSAN_BUILD_DIR (build-tsan), PYTEST_TIMEOUT (seconds per e2e run, 540),
+# FUZZ_SECONDS (60).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
+STAGES=${STAGES:-normal asan tsan fuzz}
 BUILD_DIR=${BUILD_DIR:-build}
+ASAN_BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
+TSAN_BUILD_DIR=${TSAN_BUILD_DIR:-build-tsan}
+FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 PYTEST_TIMEOUT=${PYTEST_TIMEOUT:-540}
 PYTHON=/usr/bin/python3          # the Debian interpreter that sees python3-* packages
 
-PACKAGES=(meson ninja-build pkg-config gcc libfuse3-dev fuse3 libcjson-dev
+PACKAGES=(meson ninja-build pkg-config gcc clang libfuse3-dev fuse3 libcjson-dev
           libxxhash-dev libzstd-dev python3 python3-pytest python3-psutil
           python3-numpy python3-pil fonts-dejavu-core tesseract-ocr
           tesseract-ocr-eng)
@@ -24,6 +40,13 @@ step() { printf '\n==> %s\n' "$*"; }
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi
 }
+
+for stage in $STAGES; do
+    case "$stage" in
+    normal|asan|tsan|fuzz) ;;
+    *) echo "error: unknown stage '$stage' in STAGES (normal asan tsan fuzz)" >&2; exit 2 ;;
+    esac
+done
 
 step "dependencies"
 missing=()
@@ -45,24 +68,6 @@ if [ ! -e /dev/fuse ]; then
     exit 1
 fi
 
-step "configure ($BUILD_DIR, -Dwerror=true)"
-if [ -f "$BUILD_DIR/build.ninja" ]; then
-    werror=$(meson introspect --buildoptions "$BUILD_DIR" | "$PYTHON" -c \
-        'import json,sys; print([o["value"] for o in json.load(sys.stdin) if o["name"] == "werror"][0])')
-    [ "$werror" = "True" ] || meson configure "$BUILD_DIR" -Dwerror=true
-else
-    rm -rf "$BUILD_DIR"
-    meson setup "$BUILD_DIR" -Dwerror=true
-fi
-
-step "build"
-ninja -C "$BUILD_DIR"
-
-step "unit tests"
-unit_rc=0
-meson test -C "$BUILD_DIR" --print-errorlogs || unit_rc=$?
-
-step "end-to-end tests"
 # A private temp root: whatever a killed run leaves there (mounts, daemons)
 # is found and cleaned up below, and nothing else on the machine is touched.
 E2E_TMP=$(mktemp -d /tmp/apbundlefs-e2e.XXXXXX)
@@ -73,7 +78,7 @@ cleanup() {
     for f in /proc/[0-9]*/cmdline; do
         pid=${f#/proc/}; pid=${pid%/cmdline}
         [ "$pid" != "$$" ] || continue
-        if tr '\0' ' ' <"$f" 2>/dev/null | grep -q "^[^ ]*apbundlefs .*$E2E_TMP"; then
+        if { tr '\0' ' ' <"$f"; } 2>/dev/null | grep -q "^[^ ]*apbundlefs .*$E2E_TMP"; then
             echo "cleanup: killing leftover daemon $pid" >&2
             kill -KILL "$pid" 2>/dev/null || true
         fi
@@ -93,16 +98,140 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# configure CC DIR OPTION=VALUE...: set up DIR with compiler CC, or change
+# only the options that differ (re-running `meson configure` with equal
+# values would still make ninja regenerate). A dir set up with another
+# compiler is set up afresh; DIR/apb-cc names it (none: the default, gcc).
+configure() {
+    local cc=$1 dir=$2; shift 2
+    if [ -f "$dir/build.ninja" ] && [ "$(cat "$dir/apb-cc" 2>/dev/null || echo gcc)" != "$cc" ]; then
+        echo "$dir was set up with another compiler than $cc: setting it up again"
+        rm -f "$dir/build.ninja"
+    fi
+    if [ ! -f "$dir/build.ninja" ]; then
+        rm -rf "$dir"
+        CC=$cc meson setup "$dir" "${@/#/-D}" || return
+        echo "$cc" >"$dir/apb-cc"
+        return
+    fi
+    local differ a args=()
+    differ=$(meson introspect --buildoptions "$dir" | "$PYTHON" -c '
+import json, sys
+have = {}
+for o in json.load(sys.stdin):
+    v = o["value"]
+    if isinstance(v, bool):
+        v = str(v).lower()
+    elif isinstance(v, list):
+        v = ",".join(v)
+    have[o["name"]] = str(v)
+print(" ".join(a for a in sys.argv[1:] if have.get(a.split("=", 1)[0]) != a.split("=", 1)[1]))
+' "$@") || return
+    for a in $differ; do args+=("-D$a"); done
+    [ ${#args[@]} -eq 0 ] || meson configure "$dir" "${args[@]}" >/dev/null
+}
+
+# The stages run as `stage_X || ...`, where bash ignores `set -e`: every
+# command that must stop a stage says so with `|| return`.
+
+# e2e NAME BUILD_DIR PYTEST ARGS...: the e2e tests against one build.
+e2e() {
+    local name=$1 dir=$2 erc=0; shift 2
+    APB_BUILD_DIR="$PWD/$dir" timeout -k 30 "$PYTEST_TIMEOUT" \
+        "$PYTHON" -m pytest -q -rfEs -p no:cacheprovider --basetemp="$E2E_TMP/$name" \
+        "$@" || erc=$?
+    if [ "$erc" -eq 124 ] || [ "$erc" -eq 137 ]; then
+        echo "error: end-to-end tests ($name) did not finish within ${PYTEST_TIMEOUT}s" >&2
+    fi
+    return "$erc"
+}
+
+# Sanitizer reports go to files, one per process (log_path=DIR/KIND.PID), so
+# that a report in a daemon the tests started in the background, or in one
+# whose exit status no test checks, is still seen: a stage with any report
+# file fails, and the reports are printed.
+san_reports() {   # san_reports DIR: print the reports; status 1 if any
+    local f found=1
+    for f in "$1"/*; do
+        [ -f "$f" ] || continue
+        found=0
+        echo "---- sanitizer report $f" >&2
+        cat "$f" >&2
+    done
+    [ "$found" -eq 1 ]
+}
+
+stage_normal() {
+    step "normal: configure ($BUILD_DIR, -Dwerror=true)"
+    configure gcc "$BUILD_DIR" werror=true || return
+    step "normal: build"
+    ninja -C "$BUILD_DIR" || return
+    local src=0
+    step "normal: unit tests"
+    meson test -C "$BUILD_DIR" --print-errorlogs || src=$?
+    step "normal: end-to-end tests"
+    e2e normal "$BUILD_DIR" tests/e2e "$@" || src=$?
+    return "$src"
+}
+
+stage_asan() {
+    local dir=$ASAN_BUILD_DIR logs=$E2E_TMP/asan-logs src=0 erc=0
+    step "asan: configure ($dir, clang, address,undefined sanitizers, debug)"
+    # clang, not gcc: gcc's libubsan beside libasan ignores log_path and
+    # would print UBSan reports only to the daemon's stderr
+    configure clang "$dir" werror=true buildtype=debug b_sanitize=address,undefined \
+        b_lundef=false c_args=-fno-sanitize-recover=all || return
+    step "asan: build"
+    ninja -C "$dir" || return
+    mkdir -p "$logs"
+    local -x ASAN_OPTIONS="halt_on_error=1:abort_on_error=0:detect_leaks=1:print_stacktrace=1:log_path=$logs/asan"
+    local -x UBSAN_OPTIONS="halt_on_error=1:abort_on_error=0:print_stacktrace=1:log_path=$logs/ubsan"
+    step "asan: unit tests"
+    meson test -C "$dir" --print-errorlogs || src=$?
+    step "asan: end-to-end tests (perf tests deselected)"
+    e2e asan "$dir" -m "not perf" tests/e2e "$@" || erc=$?
+    [ "$erc" -ne 5 ] || erc=0   # PYTEST ARGS that select only perf tests
+    [ "$erc" -eq 0 ] || src=$erc
+    san_reports "$logs" || { echo "error: AddressSanitizer/UBSan reports above" >&2; src=1; }
+    return "$src"
+}
+
+stage_tsan() {
+    local dir=$TSAN_BUILD_DIR logs=$E2E_TMP/tsan-logs src=0
+    step "tsan: configure ($dir, thread sanitizer, debug)"
+    configure gcc "$dir" werror=true buildtype=debug b_sanitize=thread b_lundef=false || return
+    step "tsan: build"
+    ninja -C "$dir" || return
+    mkdir -p "$logs"
+    local -x TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:log_path=$logs/tsan"
+    step "tsan: unit tests"
+    meson test -C "$dir" --print-errorlogs || src=$?
+    step "tsan: multi-reader stress test"
+    e2e tsan "$dir" tests/e2e/test_stress.py || src=$?
+    san_reports "$logs" || { echo "error: ThreadSanitizer reports above" >&2; src=1; }
+    return "$src"
+}
+
+stage_fuzz() {
+    if [ ! -f scripts/fuzz.sh ]; then
+        step "fuzz: skipped (no scripts/fuzz.sh)"
+        return 0
+    fi
+    step "fuzz: scripts/fuzz.sh $FUZZ_SECONDS"
+    bash scripts/fuzz.sh "$FUZZ_SECONDS"
+}
+
 rc=0
-APB_BUILD_DIR="$PWD/$BUILD_DIR" timeout -k 30 "$PYTEST_TIMEOUT" \
-    "$PYTHON" -m pytest -q -rfEs -p no:cacheprovider --basetemp="$E2E_TMP/pytest" \
-    tests/e2e "$@" || rc=$?
-if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-    echo "error: end-to-end tests did not finish within ${PYTEST_TIMEOUT}s" >&2
-fi
-if [ "$unit_rc" -ne 0 ]; then
-    echo "error: unit tests failed (meson test exit $unit_rc)" >&2
-    [ "$rc" -ne 0 ] || rc=$unit_rc
-fi
+summary=()
+for stage in $STAGES; do
+    start=$SECONDS
+    src=0
+    "stage_$stage" "$@" || src=$?
+    summary+=("$(printf '%-7s %-4s %4ds' "$stage" "$([ "$src" -eq 0 ] && echo ok || echo FAIL)" \
+        $((SECONDS - start)))")
+    [ "$src" -eq 0 ] || rc=$src
+done
+step "summary"
+printf '%s\n' "${summary[@]}"
 [ "$rc" -eq 0 ] && echo "all tests passed"
 exit "$rc"
