@@ -63,6 +63,19 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
     echo "all ${#PACKAGES[@]} packages present"
 fi
+# clang's sanitizer runtimes and its symbolizer (readable stacks in reports)
+# come in packages named by clang's version, only recommended by clang
+CLANG_MAJOR=$(clang -dumpversion | cut -d. -f1)
+missing=()
+for p in "libclang-rt-$CLANG_MAJOR-dev" "llvm-$CLANG_MAJOR"; do
+    installed "$p" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" ||
+        { as_root apt-get update -qq &&
+          as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"; }
+fi
 if [ ! -e /dev/fuse ]; then
     echo "error: /dev/fuse is missing; the end-to-end tests need FUSE" >&2
     exit 1
@@ -185,6 +198,7 @@ stage_asan() {
     ninja -C "$dir" || return
     mkdir -p "$logs"
     local -x ASAN_OPTIONS="halt_on_error=1:abort_on_error=0:detect_leaks=1:print_stacktrace=1:log_path=$logs/asan"
+    local -x ASAN_SYMBOLIZER_PATH=/usr/lib/llvm-$CLANG_MAJOR/bin/llvm-symbolizer
     local -x UBSAN_OPTIONS="halt_on_error=1:abort_on_error=0:print_stacktrace=1:log_path=$logs/ubsan"
     step "asan: unit tests"
     meson test -C "$dir" --print-errorlogs || src=$?
