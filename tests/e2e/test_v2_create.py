@@ -5,6 +5,8 @@ thread counts, a corrupt chunk named by `verify` and `extract`, usage errors,
 and that a failed or interrupted create leaves nothing behind."""
 
 import json
+import os
+import pty
 import signal
 import struct
 import subprocess
@@ -221,3 +223,46 @@ def test_interrupted_create_leaves_the_old_bundle(tmp_path, binaries):
     assert "interrupted" in err, err
     assert out.read_bytes() == b"previous"
     assert sorted(x.name for x in tmp_path.iterdir()) == ["big.bin", "o.apbundle"]
+
+
+def _run_on_terminal(*args):
+    """Run apbundle with stderr on a pseudo-terminal; (returncode, stdout,
+    everything written to the terminal)."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([str(APBUNDLE)] + [str(a) for a in args],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        slave = -1
+        tty = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:                  # EIO: the command closed the terminal
+                break
+            if not chunk:
+                break
+            tty += chunk
+        out = proc.stdout.read()
+        proc.wait(timeout=60)
+        return proc.returncode, out.decode(), tty.decode(errors="replace")
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+
+
+def test_progress_on_a_terminal(tmp_path, binaries):
+    """Above 64 MiB, create and verify redraw one progress line on a
+    terminal, reach 100% and clear it; the results stay on stdout."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(data_for(65 * MiB, 4))
+    out = tmp_path / "o.apbundle"
+    rc, _, tty = _run_on_terminal("create", "--compress", "zstd:1", out, big)
+    assert rc == 0, tty
+    assert "\r 100% 65.0 MiB / 65.0 MiB" in tty, tty[-300:]
+    assert tty.endswith("\r\x1b[K"), tty[-100:]
+    rc, stdout, tty = _run_on_terminal("verify", out)
+    assert rc == 0, tty
+    assert stdout == "OK big.bin\n"
+    assert "\r 100% 65.0 MiB / 65.0 MiB" in tty, tty[-300:]
