@@ -2,7 +2,7 @@
 """Cold sequential read of one model with prefetch on and off, side by side,
 on the local disk and on a store with latency.
 
-The store with latency is scripts/bench/slowfs.c (built here): a FUSE
+The store with latency is scripts/benchsrc/slowfs.c (built here): a FUSE
 passthrough of the bundle file that delays every read by DELAY_US and
 bypasses the page cache. For each store: the store's own sequential speed
 (`cat` of the bundle file from it), then apbundlefs reading the model with
@@ -71,7 +71,7 @@ def main():
         cflags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"],
                                 capture_output=True, text=True, check=True).stdout.split()
         subprocess.run(["cc", "-O2", "-o", slowfs,
-                        os.path.join(ROOT, "scripts", "bench", "slowfs.c")] + cflags,
+                        os.path.join(ROOT, "scripts", "benchsrc", "slowfs.c")] + cflags,
                        check=True)
         write_random(model, MIB)
         subprocess.run([PACKER, "create", bundle, f"model={model}"], check=True)
