@@ -6,8 +6,9 @@ The store with latency is scripts/benchsrc/slowfs.c (built here): a FUSE
 passthrough of the bundle file that delays every read by DELAY_US and
 bypasses the page cache. For each store: the store's own sequential speed
 (`cat` of the bundle file from it), then apbundlefs reading the model with
-prefetch=on and prefetch=off, the page cache dropped and the daemon's cache
-cleared before each run. Medians of RUNS. Run as root: scripts/bench-prefetch.py
+prefetch=on and prefetch=off (and on with backing_io=buffered), runs
+interleaved, the page cache dropped and the daemon's cache cleared before
+each. Medians of RUNS. Run as root: scripts/bench-prefetch.py
 """
 import os
 import subprocess
@@ -36,35 +37,50 @@ def wait_for_mount(path, proc, timeout=10.0):
         time.sleep(0.01)
 
 
-def measure(store, bundle, mnt, size):
-    rows = []
-    own = []
-    for _ in range(RUNS):
-        drop_caches()
-        own.append(cat_seconds(bundle))
-    rows.append((store, "the store itself (cat of the bundle)", size / median(own) / 1e6,
-                 None, None))
-    for pf in ("on", "off"):
-        secs, rates, wasted = [], [], []
-        with Mount(bundle, mnt, OPTS + ",prefetch=" + pf) as m:
-            for _ in range(RUNS):
+# (label, extra mount options); the store's own speed is measured between
+# them, every run of every reader interleaved, so that the disk's drift
+# between runs hits all of them alike.
+READERS = [("apbundlefs prefetch=on", "prefetch=on"),
+           ("apbundlefs prefetch=off", "prefetch=off"),
+           ("apbundlefs prefetch=on, backing_io=buffered",
+            "prefetch=on,backing_io=buffered")]
+
+
+def measure(store, bundle, work, size):
+    own, secs, rates, wasted = [], {}, {}, {}
+    mounts = {}
+    try:
+        for i, (label, extra) in enumerate(READERS):
+            mnt = f"{work}/mnt{i}"
+            os.makedirs(mnt, exist_ok=True)
+            mounts[label] = Mount(bundle, mnt, OPTS + "," + extra)
+        for _ in range(RUNS):
+            drop_caches()
+            own.append(cat_seconds(bundle))
+            for label, m in mounts.items():
                 m.control("clear\nreset-stats\n")
                 drop_caches()
-                secs.append(cat_seconds(os.path.join(mnt, "model")))
+                secs.setdefault(label, []).append(
+                    cat_seconds(os.path.join(m.mnt, "model")))
                 s = m.stats()
-                rates.append(s["cache"]["hit_rate"])
-                wasted.append(s["prefetch"]["wasted_bytes"])
-        rows.append((store, "apbundlefs prefetch=" + pf, size / median(secs) / 1e6,
-                     median(rates), median(wasted)))
+                rates.setdefault(label, []).append(s["cache"]["hit_rate"])
+                wasted.setdefault(label, []).append(s["prefetch"]["wasted_bytes"])
+    finally:
+        for m in mounts.values():
+            m.close()
+    rows = [(store, "the store itself (cat of the bundle)",
+             size / median(own) / 1e6, None, None)]
+    for label, _ in READERS:
+        rows.append((store, label, size / median(secs[label]) / 1e6,
+                     median(rates[label]), median(wasted[label])))
     return rows
 
 
 def main():
     work = tempfile.mkdtemp(prefix="apb-pfbench-", dir="/var/tmp")
     model, bundle = f"{work}/model.bin", f"{work}/b.apbundle"
-    mnt, slow = f"{work}/mnt", f"{work}/slow"
+    slow = f"{work}/slow"
     slowfs = f"{work}/slowfs"
-    os.mkdir(mnt)
     os.mkdir(slow)
     proc = None
     try:
@@ -76,10 +92,10 @@ def main():
         write_random(model, MIB)
         subprocess.run([PACKER, "create", bundle, f"model={model}"], check=True)
         size = MIB << 20
-        rows = measure("local disk", bundle, mnt, size)
+        rows = measure("local disk", bundle, work, size)
         proc = subprocess.Popen([slowfs, bundle, slow, str(DELAY_US)])
         wait_for_mount(slow, proc)
-        rows += measure(f"{DELAY_US} us per read", f"{slow}/data", mnt, size)
+        rows += measure(f"{DELAY_US} us per read", f"{slow}/data", work, size)
         print(f"{MIB} MiB model, {OPTS}, medians of {RUNS} cold runs; "
               f"kernel {os.uname().release}, {os.cpu_count()} cores")
         print("| store | reader | MB/s | hit rate | wasted bytes |")
