@@ -14,7 +14,8 @@
  *   - a refused bundle gives a negative errno and exactly one non-empty
  *     line of message;
  *   - an accepted bundle's models lie inside the file and after the header,
- *     names are found again by apb_bundle_find();
+ *     names are found again by apb_bundle_find(), and the directory tree
+ *     built from them has one file per model;
  *   - v1 and aprender reads return exactly the requested length (clipped at
  *     the model's end) and the file's bytes; chunked reads return that
  *     length or -EBADMSG (a chunk that fails its checksum), nothing else.
@@ -33,6 +34,7 @@
 #include <unistd.h>
 
 #include "apbundle/bundle.h"
+#include "apbundle/tree.h"
 
 #define READ_HEAD (256u << 10) /* bytes read from each model's start */
 #define READ_TAIL (64u << 10)  /* and from its end */
@@ -164,6 +166,31 @@ static void check_model(const struct apb_bundle *b, size_t i,
 	read_scattered(b, i, data, pick + i);
 }
 
+/* The daemon's next step: the directory tree of the accepted names. Every
+ * model is one file node, named by its last component. */
+static void check_tree(const struct apb_bundle *b)
+{
+	struct apb_tree *t = NULL;
+	size_t files = 0;
+
+	require(apb_tree_build(b, &t) == 0);
+	for (uint64_t ino = APB_TREE_ROOT; ino <= apb_tree_count(t); ino++) {
+		const struct apb_tree_node *n = apb_tree_node(t, ino);
+		const char *name, *last;
+
+		require(n);
+		if (n->is_dir)
+			continue;
+		require(n->model < apb_bundle_count(b));
+		name = apb_bundle_model(b, n->model)->name;
+		last = strrchr(name, '/');
+		require(strcmp(n->name, last ? last + 1 : name) == 0);
+		files++;
+	}
+	require(files == apb_bundle_count(b));
+	apb_tree_free(t);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct apb_bundle *b = NULL;
@@ -181,6 +208,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	require(b && apb_bundle_stat(b)->st_size == (off_t)size);
 	for (size_t i = 0; i < apb_bundle_count(b); i++)
 		check_model(b, i, data, size);
+	check_tree(b);
 	require(apb_bundle_model(b, apb_bundle_count(b)) == NULL);
 	require(apb_bundle_read(b, apb_bundle_count(b), 0, buf, 1) == -EINVAL);
 	apb_bundle_close(b);
