@@ -3,10 +3,11 @@
 Each case crafts one bad bundle byte by byte and expects: the daemon exits
 with status 1, its stderr starts with `apbundlefs: <bundle path>: ` and
 contains a substring that identifies the rule (taken from the reader's
-messages in core/bundle.c, core/name.c, core/aprender.c), and no mount is
-left. `apbundle list` and `apbundle verify` must refuse the same files.
+messages in core/bundle.c, core/v2.c, core/name.c, core/aprender.c), and
+no mount is left. `apbundle list` and `apbundle verify` must refuse the same files.
 """
 
+import json
 import struct
 
 import pytest
@@ -282,6 +283,194 @@ CASES = [
 ]
 
 
+# ---- version 2 (docs/FORMAT.md): chunked models, the chunk table ----------
+
+R1 = apbformat.random_bytes(10000, 11)             # 3 chunks of 4096, random
+Z1 = apbformat.compressible_bytes(9000, 12)         # 3 chunks, zstd shrinks them
+
+
+def v2b():
+    """A valid v2 bundle: a.bin 'none', b.bin 'zstd' (frames), c.bin 'zstd'
+    with random bytes (every chunk stored raw), all at 4096-byte chunks."""
+    return apbformat.V2Bundle([
+        ("a.bin", R1, {"compression": "none"}),
+        ("b.bin", Z1, {"compression": "zstd"}),
+        ("c.bin", apbformat.random_bytes(5000, 13), {"compression": "zstd"}),
+    ], chunk_size=4096)
+
+
+def v2(mutate=None, **kw):
+    b = v2b()
+    if mutate:
+        mutate(b)
+    return b.to_bytes(**kw)
+
+
+def v2_doc(mutate):
+    """The valid bundle with its final manifest document edited as JSON."""
+    b = v2b()
+    doc = json.loads(b.manifest_bytes())
+    mutate(doc)
+    return b.to_bytes(manifest=json.dumps(doc).encode())
+
+
+def v2m(name, key, value):
+    def f(b):
+        e = next(e for e in b.entries if e["name"] == name)
+        if value is DELETE:
+            del e[key]
+        else:
+            e[key] = value
+    return f
+
+
+def v2t(key, value):
+    def f(b):
+        if value is DELETE:
+            del b.doc["chunk_table"][key]
+        else:
+            b.doc["chunk_table"][key] = value
+    return f
+
+
+def v2c(name, k, key, value):
+    """Set a key of chunk k of model name (the table checksum follows)."""
+    def f(b):
+        b.entry(name, k)[key] = value(b.entry(name, k)) if callable(value) else value
+    return f
+
+
+def v2_table_misaligned():
+    b = v2b()
+    b.doc["chunk_table"]["offset"] = b.table_offset + 4
+    return b.to_bytes(table_offset=b.table_offset + 4)
+
+
+def v2_table_flipped():
+    b = v2b()
+    return b.to_bytes(flip=[(b.table_offset + 5, 0x40)])
+
+
+def v2_table_over_model():
+    b = v2b()
+    at = next(e for e in b.entries if e["name"] == "b.bin")["offset"]
+    at = apbformat.align_up(at, 8)
+    b.doc["chunk_table"]["offset"] = at
+    return b.to_bytes(table_offset=at)
+
+
+def v2_unused_entry():
+    b = v2b()
+    b.chunks.append(dict(b.chunks[-1]))
+    b.doc["chunk_table"]["count"] = len(b.chunks)
+    return b.to_bytes()
+
+
+def v2_swapped_chunks():
+    b = v2b()
+    e0, e1 = b.entry("b.bin", 0), b.entry("b.bin", 1)
+    e0["offset"], e1["offset"] = e1["offset"], e0["offset"]
+    return b.to_bytes()
+
+
+def v2_none_gap():
+    # a.bin alone, its last chunk one page further on (inside a grown
+    # stored_size, the table moved past it): aligned, in order, in range
+    b = apbformat.V2Bundle([("a.bin", R1)], chunk_size=4096)
+    e = b.entries[0]
+    e["stored_size"] += 4096
+    b.chunks[2]["offset"] += 4096
+    t = apbformat.align_up(e["offset"] + e["stored_size"], 8)
+    b.doc["chunk_table"]["offset"] = t
+    return b.to_bytes(table_offset=t)
+
+
+def v2_padding_not_spaces():
+    b = v2b()
+    man = b.manifest_bytes()
+    assert man.endswith(b" ")
+    return b.to_bytes(manifest=man[:-1] + b"x")
+
+
+def v2_empty_model_stores_bytes():
+    b = apbformat.V2Bundle([("a.bin", R1), ("e", b"")], chunk_size=4096)
+    b.entries[1]["stored_size"] = 4096
+    b.entries[1]["offset"] = apbformat.align_up(b.table_offset + 24 * len(b.chunks))
+    return b.to_bytes(extra_tail=bytes(8192))
+
+
+V2_CASES = [
+    ("v2 version 3", lambda: v2(version=3), "unsupported format version 3"),
+    ("v2 chunk_table missing", lambda: v2_doc(lambda d: d.pop("chunk_table")),
+     "manifest: 'chunk_table' is missing"),
+    ("v2 chunk_table not an object", lambda: v2_doc(lambda d: d.__setitem__("chunk_table", [1, 2])),
+     "'chunk_table' is not a JSON object"),
+    ("v2 chunk count above limit", lambda: v2(v2t("count", 2**24 + 1)),
+     "chunk_table: 'count' 16777217 exceeds the limit of 16777216"),
+    ("v2 chunk count past EOF", lambda: v2(v2t("count", 2**24)),
+     "chunk_table: 16777216 entries (402653184 bytes at offset"),
+    ("v2 table offset not a multiple of 8", v2_table_misaligned,
+     "is not a multiple of 8"),
+    ("v2 table inside the manifest", lambda: v2(v2t("offset", 16)),
+     "chunk_table: offset 16 is inside the header and manifest"),
+    ("v2 table cut by truncation", lambda: v2(truncate=-1),
+     "chunk_table: 8 entries (192 bytes at offset"),
+    ("v2 table checksum mismatch", v2_table_flipped, "chunk_table: checksum mismatch"),
+    ("v2 table checksum malformed", lambda: v2(v2t("checksum", "xxh3-64:12")),
+     "chunk_table: checksum 'xxh3-64:12' is not"),
+    ("v2 table checksum missing", lambda: v2(v2t("checksum", DELETE)),
+     "chunk_table: 'checksum' is missing"),
+    ("v2 table overlaps a model", v2_table_over_model, "overlaps model 'b.bin'"),
+    ("v2 unknown compression", lambda: v2(v2m("a.bin", "compression", "lz4")),
+     "model 'a.bin': unknown compression 'lz4'"),
+    ("v2 compression missing", lambda: v2(v2m("b.bin", "compression", DELETE)),
+     "model 'b.bin': 'compression' is missing"),
+    ("v2 compression not a string", lambda: v2(v2m("a.bin", "compression", 1)),
+     "'compression' is not a string"),
+    ("v2 chunk_size not a multiple of 4096", lambda: v2(v2m("a.bin", "chunk_size", 6000)),
+     "chunk_size 6000 is not a multiple of 4096"),
+    ("v2 chunk_size 0", lambda: v2(v2m("a.bin", "chunk_size", 0)),
+     "chunk_size 0 is outside 4096 .. 16777216"),
+    ("v2 chunk_size 32 MiB", lambda: v2(v2m("b.bin", "chunk_size", 32 << 20)),
+     "chunk_size 33554432 is outside 4096 .. 16777216"),
+    ("v2 stored_size missing", lambda: v2(v2m("a.bin", "stored_size", DELETE)),
+     "model 'a.bin': 'stored_size' is missing"),
+    ("v2 first_chunk missing", lambda: v2(v2m("c.bin", "first_chunk", DELETE)),
+     "model 'c.bin': 'first_chunk' is missing"),
+    ("v2 empty model stores bytes", v2_empty_model_stores_bytes,
+     "size is 0 but stored_size is 4096"),
+    ("v2 chunks past the table", lambda: v2(v2m("c.bin", "first_chunk", 7)),
+     "run past the chunk table"),
+    ("v2 table entry used by no model", v2_unused_entry, "are used by no model"),
+    ("v2 unknown chunk flags", lambda: v2(v2c("b.bin", 1, "flags", 3)), "unknown flags 0x00000003"),
+    ("v2 zstd frame in a 'none' model", lambda: v2(v2c("a.bin", 0, "flags", 1)),
+     "a zstd frame in a model whose compression is 'none'"),
+    ("v2 raw chunk misaligned", lambda: v2(v2c("c.bin", 0, "offset", lambda e: e["offset"] + 8)),
+     "is not a multiple of 4096"),
+    ("v2 raw chunk short", lambda: v2(v2c("c.bin", 0, "length", 4095)),
+     "raw chunk stores 4095 bytes, not the chunk's 4096"),
+    ("v2 zstd frame of 0 bytes", lambda: v2(v2c("b.bin", 0, "length", 0)),
+     "zstd frame of 0 bytes is outside 1 .."),
+    ("v2 zstd frame past the bound", lambda: v2(v2c("b.bin", 2, "length", 10**6)),
+     "zstd frame of 1000000 bytes is outside 1 .."),
+    ("v2 chunk before its model", lambda: v2(v2c("b.bin", 0, "offset", lambda e: e["offset"] - 8)),
+     "is before the model's stored bytes"),
+    ("v2 chunks out of order", v2_swapped_chunks, "chunks must be in offset order"),
+    ("v2 chunk past the model's bytes", lambda: v2(v2m("b.bin", "stored_size", 10)),
+     "run past the model's stored bytes"),
+    ("v2 'none' chunks not back to back",
+     v2_none_gap,
+     "a 'none' model's chunks lie back to back"),
+    ("v2 padding not spaces", v2_padding_not_spaces, "unexpected bytes after the JSON value"),
+    ("v2 model_count mismatch", lambda: v2(lambda b: b.doc.__setitem__("model_count", 2)),
+     "'model_count' is 2 but 'models' has 3 entries"),
+    ("v2 name with ..", lambda: apbformat.V2Bundle([("x/../a", R1)]).to_bytes(),
+     "component '..' is not allowed"),
+]
+
+CASES += V2_CASES
+
+
 def _bytes(case):
     data = case[1]
     return data() if callable(data) else data
@@ -346,7 +535,8 @@ def test_unusable_path(tmp_path, binaries, what):
 
 def test_valid_builders_are_valid(tmp_path, binaries):
     """Guard for the crafted cases: the unmodified builders pass `apbundle verify`."""
-    for i, data in enumerate([v1(), V1Bundle(ONE).to_bytes(), named("ok/name.bin"), apr()]):
+    for i, data in enumerate([v1(), V1Bundle(ONE).to_bytes(), named("ok/name.bin"), apr(),
+                              v2()]):
         p = tmp_path / ("ok%d.apbundle" % i)
         p.write_bytes(data)
         r = run_apbundle("list", p)

@@ -16,9 +16,11 @@
  *   - an accepted bundle's models lie inside the file and after the header,
  *     names are found again by apb_bundle_find(), and the directory tree
  *     built from them has one file per model;
- *   - v1 and aprender reads return exactly the requested length (clipped at
- *     the model's end) and the file's bytes; chunked reads return that
- *     length or -EBADMSG (a chunk that fails its checksum), nothing else.
+ *   - reads return exactly the requested length (clipped at the model's
+ *     end), and for v1, aprender and v2 'none' models the file's bytes; a
+ *     v2 read may instead fail with -EBADMSG (a chunk that fails its
+ *     checksum or does not decompress), naming a chunk it touched; nothing
+ *     else (no -EIO: every stored byte was promised inside the file).
  *
  * Build: meson setup build-fuzz -Dfuzz=true (clang only); run:
  * scripts/fuzz.sh SECONDS.
@@ -82,27 +84,36 @@ static void put_input(const uint8_t *data, size_t size)
 	}
 }
 
-/* Raw layouts: the model's bytes are the file's bytes at offset. */
-static bool raw_layout(const struct apb_bundle *b)
+/* The model's bytes are the file's bytes at its offset: v1, aprender and
+ * v2 'none' models (whose chunks lie back to back). */
+static bool stored_raw(const struct apb_bundle *b, const struct apb_model *m)
 {
-	enum apb_layout l = apb_bundle_layout(b);
-
-	return l == APB_LAYOUT_V1 || l == APB_LAYOUT_APRENDER;
+	return apb_bundle_layout(b) != APB_LAYOUT_V2 ||
+	       m->compression == APB_COMPRESSION_NONE;
 }
 
-/* Check a read of want bytes at off that returned r into out. */
+/* Check a read of want bytes at off that returned r into out; bad is the
+ * chunk apb_bundle_preadv() blamed (UINT64_MAX if not asked). Only v2 has
+ * chunk checksums, so only v2 may answer -EBADMSG, and then for a chunk
+ * the read touched. */
 static void check_read(const struct apb_bundle *b, const struct apb_model *m,
 		       const uint8_t *data, uint64_t off, size_t want, long r,
-		       const uint8_t *out)
+		       const uint8_t *out, uint64_t bad)
 {
 	uint64_t expect = off >= m->size ? 0 : m->size - off;
 
 	if (expect > want)
 		expect = want;
-	if (!raw_layout(b) && r == -EBADMSG)
+	if (r == -EBADMSG && apb_bundle_layout(b) == APB_LAYOUT_V2) {
+		require(expect > 0);
+		if (bad != UINT64_MAX)
+			require(bad < m->chunk_count &&
+				bad * m->chunk_size < off + expect &&
+				(bad + 1) * m->chunk_size > off);
 		return;
+	}
 	require(r >= 0 && (uint64_t)r == expect);
-	if (raw_layout(b) && r > 0)
+	if (stored_raw(b, m) && r > 0)
 		require(memcmp(out, data + m->offset + off, (size_t)r) == 0);
 }
 
@@ -115,7 +126,7 @@ static void read_range(const struct apb_bundle *b, size_t i,
 		size_t n = len < CHUNK ? (size_t)len : CHUNK;
 		long r = apb_bundle_read(b, i, off, buf, n);
 
-		check_read(b, m, data, off, n, r, buf);
+		check_read(b, m, data, off, n, r, buf, UINT64_MAX);
 		if (r <= 0)
 			return;
 		off += (uint64_t)r;
@@ -123,12 +134,13 @@ static void read_range(const struct apb_bundle *b, size_t i,
 	}
 }
 
-/* Three buffers, the middle one empty, at an offset picked by the input. */
+/* Three buffers, the middle one empty, at an offset picked by the input,
+ * once through apb_bundle_readv() and once through apb_bundle_preadv(). */
 static void read_scattered(const struct apb_bundle *b, size_t i,
 			   const uint8_t *data, uint64_t pick)
 {
 	const struct apb_model *m = apb_bundle_model(b, i);
-	uint64_t off = m->size ? pick % m->size : 0;
+	uint64_t off = m->size ? pick % m->size : 0, bad = UINT64_MAX;
 	struct iovec iov[3] = {
 		{.iov_base = buf, .iov_len = 4095},
 		{.iov_base = buf + 4095, .iov_len = 0},
@@ -136,7 +148,11 @@ static void read_scattered(const struct apb_bundle *b, size_t i,
 	};
 	long r = apb_bundle_readv(b, i, off, iov, 3);
 
-	check_read(b, m, data, off, 4095 + 8193, r, buf);
+	check_read(b, m, data, off, 4095 + 8193, r, buf, UINT64_MAX);
+	r = apb_bundle_preadv(b, i, off, iov, 3, &bad);
+	if (r == -EBADMSG)
+		require(bad != UINT64_MAX);
+	check_read(b, m, data, off, 4095 + 8193, r, buf, bad);
 }
 
 static void check_model(const struct apb_bundle *b, size_t i,
@@ -149,8 +165,19 @@ static void check_model(const struct apb_bundle *b, size_t i,
 	require(m && m->name && m->name[0]);
 	require(m->offset >= 16 && m->offset <= size &&
 		m->stored_size <= size - m->offset);
-	if (raw_layout(b))
-		require(m->stored_size == m->size);
+	if (apb_bundle_layout(b) == APB_LAYOUT_V2) {
+		require(m->chunk_size >= APB_CHUNK_SIZE_MIN &&
+			m->chunk_size <= APB_CHUNK_SIZE_MAX &&
+			m->chunk_size % 4096 == 0);
+		require(m->chunk_count ==
+			m->size / m->chunk_size + !!(m->size % m->chunk_size));
+		if (m->compression == APB_COMPRESSION_NONE)
+			require(m->size == 0 ||
+				(m->offset % 4096 == 0 && m->stored_size >= m->size));
+	} else {
+		require(m->stored_size == m->size && m->chunk_size == 0 &&
+			m->chunk_count == 0);
+	}
 	require(apb_bundle_find(b, m->name, &found) == 0 && found == i);
 
 	read_range(b, i, data, 0, READ_HEAD);

@@ -18,7 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
 
 import apbformat  # noqa: E402
-from apbformat import V1Bundle, aprender_bytes  # noqa: E402
+from apbformat import V1Bundle, V2Bundle, aprender_bytes  # noqa: E402
 
 A = apbformat.random_bytes(300, 1)
 B = b"0123456789abcdef" * 40          # compressible
@@ -38,6 +38,19 @@ def seeds():
     # aprender's binary layout
     yield "apr-two", aprender_bytes([("enc.bin", A), ("dec.bin", B)])
     yield "apr-empty-desc", aprender_bytes([("m", B), ("n/o", EMPTY)], description=b"")
+    # version 2: chunked, per-chunk XXH3, zstd; 4096-byte chunks so that
+    # small models still have several
+    R = apbformat.random_bytes(10000, 3)
+    Z = apbformat.compressible_bytes(9000, 4)
+    yield "v2-none", V2Bundle([("a.bin", R), ("e", EMPTY)], chunk_size=4096,
+                              slack=0).to_bytes()
+    yield "v2-zstd", V2Bundle([("b.bin", Z), ("c.bin", A)], compression="zstd",
+                              chunk_size=4096, slack=0).to_bytes()
+    mixed = V2Bundle([("d/a.bin", R, {"compression": "none"}),
+                      ("d/z.bin", Z + R[:3000], {"compression": "zstd"}),
+                      ("e", EMPTY, {"compression": "zstd"})],
+                     chunk_size=8192, slack=0, force_raw={("d/z.bin", 1)})
+    yield "v2-mixed", mixed.to_bytes()
     # broken on purpose: the paths that refuse
     good = V1Bundle([("a.bin", A), ("b.bin", B)], slack=0)
     yield "bad-v1-overlap", _overlap(good)
@@ -48,6 +61,14 @@ def seeds():
     count_at = 20 + 4 + 8 + 4 + len(b"written by tests")   # after the description
     yield "bad-apr-count", data[:count_at] + struct.pack("<I", 0xffffffff) + data[count_at + 4:]
     yield "bad-header-only", apbformat.MAGIC + struct.pack("<II", 1, 0)
+    b = V2Bundle([("b.bin", Z)], compression="zstd", chunk_size=4096, slack=0)
+    yield "bad-v2-table-sum", b.to_bytes(flip=[(b.table_offset + 3, 1)])
+    b = V2Bundle([("b.bin", Z)], compression="zstd", chunk_size=4096, slack=0)
+    b.chunks[1]["flags"] = 2
+    yield "bad-v2-flags", b.to_bytes()
+    b = V2Bundle([("b.bin", Z)], compression="zstd", chunk_size=4096, slack=0)
+    b.chunks[0]["xxh3"] ^= 1
+    yield "bad-v2-chunk-sum", b.to_bytes()       # opens; its reads fail
 
 
 def _overlap(good):
