@@ -8,15 +8,16 @@
 # Stages, in order (each in its own build dir, reused when present):
 #   normal  build (-Dwerror=true), meson test, the whole e2e suite
 #   asan    AddressSanitizer + UBSan build: meson test and the e2e suite
-#           again, minus the `perf` tests (RSS under shadow memory)
-#   tsan    ThreadSanitizer build: meson test and tests/e2e/test_stress.py
+#           again, minus the `perf` tests (RSS, timing-dependent hit rates)
+#   tsan    ThreadSanitizer build: meson test and TSAN_TESTS (default
+#           tests/e2e/test_stress.py; tests/e2e for all, ~2 min more)
 #   fuzz    scripts/fuzz.sh FUZZ_SECONDS, when that script exists
 # A sanitizer report anywhere (unit test, daemon, CLI) fails its stage.
 # PYTEST ARGS go to the e2e runs of normal and asan only.
 #
 # Environment: STAGES (default "normal asan tsan fuzz"; e.g. STAGES=normal
 # for a quick loop), BUILD_DIR (build), ASAN_BUILD_DIR (build-asan),
-# TSAN_BUILD_DIR (build-tsan), PYTEST_TIMEOUT (seconds per e2e run, 540),
+# TSAN_BUILD_DIR (build-tsan), TSAN_TESTS, PYTEST_TIMEOUT (seconds per e2e run, 540),
 # FUZZ_SECONDS (60).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,7 @@ STAGES=${STAGES:-normal asan tsan fuzz}
 BUILD_DIR=${BUILD_DIR:-build}
 ASAN_BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
 TSAN_BUILD_DIR=${TSAN_BUILD_DIR:-build-tsan}
+TSAN_TESTS=${TSAN_TESTS:-tests/e2e/test_stress.py}
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 PYTEST_TIMEOUT=${PYTEST_TIMEOUT:-540}
 PYTHON=/usr/bin/python3          # the Debian interpreter that sees python3-* packages
@@ -220,8 +222,8 @@ stage_tsan() {
     local -x TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:log_path=$logs/tsan"
     step "tsan: unit tests"
     meson test -C "$dir" --print-errorlogs || src=$?
-    step "tsan: multi-reader stress test"
-    e2e tsan "$dir" tests/e2e/test_stress.py || src=$?
+    step "tsan: end-to-end tests: $TSAN_TESTS (perf tests deselected)"
+    e2e tsan "$dir" -m "not perf" $TSAN_TESTS || src=$?
     san_reports "$logs" || { echo "error: ThreadSanitizer reports above" >&2; src=1; }
     return "$src"
 }

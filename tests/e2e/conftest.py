@@ -341,8 +341,9 @@ def run_daemon_expect_failure(bundle, mnt, options=None, timeout=15, foreground=
 def pytest_configure(config):
     config.addinivalue_line("markers", "timeout_s(seconds): per-test watchdog limit")
     config.addinivalue_line(
-        "markers", "perf: measures the daemon's RSS, which sanitizer builds inflate with "
-        "shadow memory and quarantine; scripts/test.sh deselects it there (-m 'not perf')")
+        "markers", "perf: measures the daemon's RSS or a timing-dependent hit rate, which "
+        "sanitizer builds change (shadow memory, quarantine, 2-15x slower threads); "
+        "scripts/test.sh deselects it there (-m 'not perf')")
 
 
 @pytest.fixture(scope="session", autouse=True)
