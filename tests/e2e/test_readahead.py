@@ -35,7 +35,10 @@ def test_sequential_reads_arrive_as_large_requests(tmp_path, binaries):
     with mount(bundle, {"max_memory": "64M"}) as d:
         assert read_all(d.path("m.bin"), 128 * KiB) == DATA
         io = d.stats()["io"]
-        assert io["bytes_served"] == len(DATA)
+        # at least once each byte: this kernel's proactive reclaim (DAMON)
+        # may drop a page the readahead brought in before it is read, and
+        # the kernel then asks again
+        assert io["bytes_served"] >= len(DATA)
         mean = io["bytes_served"] / io["read_requests"]
         # 128 KiB reads by the program; the kernel's readahead asks the
         # daemon for 1 MiB at a time once its window has grown (the first

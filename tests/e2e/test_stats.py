@@ -392,4 +392,8 @@ def test_stats_of_many_models_leaves_no_memory_behind(tmp_path, binaries):
             s = d.stats()
         after = vm_status(d.pid, "VmRSS")
     assert len(s["models"]) == n and s["models"]["m01234"]["size"] == 0
-    assert after - before < 4 * MiB, "RSS grew by %.1f MiB" % ((after - before) / MiB)
+    # The regression this guards against left 51 MiB. A few MiB of growth
+    # is not per-read: under load libfuse starts more worker threads, each
+    # with its stack and its own malloc arena (4.0-4.2 MiB seen on a busy
+    # machine against 1-2 MiB on an idle one).
+    assert after - before < 12 * MiB, "RSS grew by %.1f MiB" % ((after - before) / MiB)
