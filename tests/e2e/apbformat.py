@@ -31,18 +31,27 @@ ALIGN = 4096
 HEADER_V1 = 16
 
 
-def _load_xxhash():
-    for name in ("libxxhash.so.0", ctypes.util.find_library("xxhash"), "libxxhash.so"):
+def _load_lib(short, package, signatures):
+    """The first of libSHORT's names that loads, its functions typed as
+    signatures says: {name: (restype, [argtypes])}."""
+    for name in ("lib%s.so.%s" % (short, package[-1]), ctypes.util.find_library(short),
+                 "lib%s.so" % short):
         if not name:
             continue
         try:
             lib = ctypes.CDLL(name)
         except OSError:
             continue
-        lib.XXH3_64bits.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        lib.XXH3_64bits.restype = ctypes.c_uint64
+        for fn, (res, args) in signatures.items():
+            getattr(lib, fn).restype = res
+            getattr(lib, fn).argtypes = args
         return lib
-    raise RuntimeError("libxxhash (Debian package libxxhash0) is not installed")
+    raise RuntimeError("lib%s (Debian package %s) is not installed" % (short, package))
+
+
+def _load_xxhash():
+    return _load_lib("xxhash", "libxxhash0", {
+        "XXH3_64bits": (ctypes.c_uint64, [ctypes.c_void_p, ctypes.c_size_t])})
 
 
 _XXH = _load_xxhash()
@@ -188,25 +197,12 @@ FLAG_ZSTD = 1
 
 
 def _load_zstd():
-    for name in ("libzstd.so.1", ctypes.util.find_library("zstd"), "libzstd.so"):
-        if not name:
-            continue
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        lib.ZSTD_compressBound.argtypes = [ctypes.c_size_t]
-        lib.ZSTD_compressBound.restype = ctypes.c_size_t
-        lib.ZSTD_compress.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
-                                      ctypes.c_size_t, ctypes.c_int]
-        lib.ZSTD_compress.restype = ctypes.c_size_t
-        lib.ZSTD_decompress.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
-                                        ctypes.c_size_t]
-        lib.ZSTD_decompress.restype = ctypes.c_size_t
-        lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
-        lib.ZSTD_isError.restype = ctypes.c_uint
-        return lib
-    raise RuntimeError("libzstd (Debian package libzstd1) is not installed")
+    size, ptr = ctypes.c_size_t, ctypes.c_void_p
+    return _load_lib("zstd", "libzstd1", {
+        "ZSTD_compressBound": (size, [size]),
+        "ZSTD_compress": (size, [ptr, size, ptr, size, ctypes.c_int]),
+        "ZSTD_decompress": (size, [ptr, size, ptr, size]),
+        "ZSTD_isError": (ctypes.c_uint, [size])})
 
 
 _ZSTD = _load_zstd()
