@@ -185,6 +185,18 @@
  * argument holds per chunk: each prefetch_mark() checked the share, and no
  * slot_take() in between evicted a prefetched chunk.
  *
+ * Runs after a miss. apb_cache_get_ahead() is told how many chunks after
+ * the one it gets its caller will get next (the rest of one read). When it
+ * misses, it also takes slots for those of them that are absent, as a get
+ * would (evicting, but never waiting, and not while a get waits for a
+ * slot), up to the first present or refused, and at most an eighth of the
+ * slots, enters them LOADING and
+ * "ahead", and loads them with its own chunk in one load_run call: a read
+ * of 16 missing chunks is one preadv, not 16 preads one after another.
+ * Each ahead chunk counts its miss at its first get (the read's own get,
+ * normally an instant later), not a hit: it was not resident when the read
+ * came. An ahead chunk that is evicted before any get counts nothing.
+ *
  * COUNTERS (the exact meaning of struct apb_cache_stats)
  *
  * A get of a model >= model_count fails with -EINVAL and counts nothing.
@@ -276,6 +288,9 @@ struct apb_chunk {
 	int load_error;               /* FAILED: the loader's negative errno */
 	size_t len;                   /* READY: valid bytes */
 	bool prefetched;              /* loaded by a prefetch, not yet read */
+	bool ahead;                   /* loaded with a get's miss for the
+				       * reader that gets it next: its first
+				       * get counts the miss */
 	struct apb_chunk *hash_next;  /* table chain; RECLAIM: private list */
 	struct apb_evict_node evict;  /* evict.c's: set links, LFU counts */
 };
@@ -565,11 +580,17 @@ static void pin_adopt(struct apb_cache *c, struct apb_chunk *ch)
 	apb_evict_touch(c->evictable, &ch->evict);
 }
 
-static void chunk_ref(struct apb_cache *c, struct apb_chunk *ch)
+/* Take a reference without counting a use (chunk_ref() counts one). */
+static void chunk_hold(struct apb_cache *c, struct apb_chunk *ch)
 {
 	if (ch->refs == 0 && !chunk_pinned(c, ch))
 		evict_remove(c, ch);
 	ch->refs++;
+}
+
+static void chunk_ref(struct apb_cache *c, struct apb_chunk *ch)
+{
+	chunk_hold(c, ch);
 	apb_evict_touch(c->evictable, &ch->evict);
 }
 
@@ -610,6 +631,7 @@ static void chunk_load_begin(struct apb_cache *c, struct apb_chunk *ch,
 	ch->refs = 1;
 	ch->len = 0;
 	ch->load_error = 0;
+	ch->ahead = false;
 	apb_evict_node_init(c->evictable, &ch->evict);
 	table_insert(c, ch);
 }
@@ -641,23 +663,6 @@ static int chunk_load_end(struct apb_cache *c, struct apb_chunk *ch, long n,
 	return 0;
 }
 
-/* Load (model, index) into the slot of ch, a fresh slot from slot_take().
- * Called and returns with mu held; drops it around the loader. On success
- * ch is READY and referenced once for the caller. A get touches it after;
- * prefetches load through prefetch_run() instead. */
-static int chunk_load(struct apb_cache *c, struct apb_chunk *ch,
-		      uint32_t model, uint64_t index)
-{
-	long n;
-
-	chunk_load_begin(c, ch, model, index);
-	unlock(c);
-	n = load_result(c, c->load(c->load_ctx, model, index, ch->data,
-				   c->chunk_size));
-	lock(c);
-	return chunk_load_end(c, ch, n, true);
-}
-
 /* Wait, referenced, for another thread's load of ch. Keeps the reference
  * on success; drops it on failure. Called and returns with mu held. */
 static int chunk_wait_loaded(struct apb_cache *c, struct apb_chunk *ch)
@@ -686,10 +691,81 @@ static void count_once(struct apb_cache *c, uint32_t model, bool hit,
 	*counted = true;
 }
 
-/* apb_cache_get() and, with may_wait false, apb_cache_tryget(): the only
- * difference is what happens when no slot can be had. */
+static void run_load(struct apb_cache *c, uint32_t model, uint64_t first,
+		     struct apb_chunk *const *run, uint32_t n, long *result);
+
+/* Take slots for the chunks after a get's miss, first .. first + count - 1,
+ * that are absent and get a slot without waiting (and while no get waits
+ * for one: demand before read-ahead of any kind), up to the first that
+ * does not; enter them LOADING and ahead, as run[0 ..). mu held. */
+static uint32_t ahead_take(struct apb_cache *c, uint32_t model, uint64_t first,
+			   uint32_t count, struct apb_chunk **run)
+{
+	uint32_t n;
+
+	for (n = 0; n < count && c->slot_waiters == 0; n++) {
+		struct apb_chunk *ch;
+
+		if (table_find(c, model, first + n))
+			break;
+		ch = slot_take(c, false);
+		if (!ch)
+			break;
+		chunk_load_begin(c, ch, model, first + n);
+		ch->ahead = true;
+		run[n] = ch;
+	}
+	return n;
+}
+
+/* Load the missed chunk ch (a fresh slot from slot_take()) and, with a
+ * load_run function, up to ahead chunks after it in the same call. Called
+ * and returns with mu held; drops it around the load. On success ch is
+ * READY and referenced once for the caller; the chunks after it are READY
+ * and unreferenced, or gone if their part of the load failed. */
+static int miss_load(struct apb_cache *c, struct apb_chunk *ch, uint32_t model,
+		     uint64_t index, uint32_t ahead)
+{
+	struct apb_chunk *run[APB_CACHE_RUN_MAX];
+	long result[APB_CACHE_RUN_MAX];
+	uint32_t n = 1;
+	int rc;
+
+	chunk_load_begin(c, ch, model, index);
+	run[0] = ch;
+	/* At most an eighth of the slots: with a budget of a few chunks,
+	 * concurrent reads would evict each other's runs before they are
+	 * read (and load them twice). */
+	if (ahead > c->nslots / 8)
+		ahead = c->nslots / 8;
+	if (ahead > APB_CACHE_RUN_MAX - 1)
+		ahead = APB_CACHE_RUN_MAX - 1;
+	if (c->load_run && ahead > 0)
+		n += ahead_take(c, model, index + 1, ahead, run + 1);
+	unlock(c);
+	if (n == 1) /* a miss alone: the single-chunk loader */
+		result[0] = load_result(c, c->load(c->load_ctx, model, index,
+						   ch->data, c->chunk_size));
+	else
+		run_load(c, model, index, run, n, result);
+	lock(c);
+	rc = chunk_load_end(c, ch, result[0], true);
+	/* The read gets them next: in the eviction order they are used now
+	 * (as the loading get's chunk is), and their first get, which finds
+	 * them ahead, does not count that use again. */
+	for (uint32_t i = 1; i < n; i++) {
+		if (chunk_load_end(c, run[i], result[i], false) != 0)
+			continue;
+		apb_evict_touch(c->evictable, &run[i]->evict);
+		chunk_unref(c, run[i]); /* the loader's */
+	}
+	return rc;
+}
+
+/* apb_cache_get_ahead(): get and tryget differ only in what happens when
+ * no slot can be had. */
 static int get_chunk(struct apb_cache *c, uint32_t model, uint64_t index,
-		     bool may_wait, struct apb_chunk **out)
+		     uint32_t ahead, bool may_wait, struct apb_chunk **out)
 {
 	struct apb_chunk *ch;
 	bool counted = false;
@@ -702,12 +778,20 @@ static int get_chunk(struct apb_cache *c, uint32_t model, uint64_t index,
 	for (;;) {
 		ch = table_find(c, model, index);
 		if (ch) {
-			/* Prefetched: READY, or being loaded by a prefetch. */
+			/* Prefetched: READY, or being loaded by a prefetch.
+			 * Ahead: loaded with a miss, for this read. */
+			bool ahead = ch->ahead;
+
 			count_once(c, model,
-				   ch->state == CHUNK_READY || ch->prefetched,
+				   (ch->state == CHUNK_READY && !ahead) ||
+					   ch->prefetched,
 				   &counted);
+			ch->ahead = false;
 			if (ch->state == CHUNK_READY) {
-				chunk_ref(c, ch);
+				if (ahead)
+					chunk_hold(c, ch);
+				else
+					chunk_ref(c, ch);
 				if (ch->prefetched)
 					prefetch_read(c, ch);
 				rc = 0;
@@ -723,7 +807,7 @@ static int get_chunk(struct apb_cache *c, uint32_t model, uint64_t index,
 		}
 		count_once(c, model, false, &counted);
 		if (ch) {
-			rc = chunk_load(c, ch, model, index);
+			rc = miss_load(c, ch, model, index, ahead);
 			if (rc == 0) /* the loading get is a use, like any */
 				apb_evict_touch(c->evictable, &ch->evict);
 			break;
@@ -741,13 +825,19 @@ static int get_chunk(struct apb_cache *c, uint32_t model, uint64_t index,
 int apb_cache_get(struct apb_cache *c, uint32_t model, uint64_t index,
 		  struct apb_chunk **out)
 {
-	return get_chunk(c, model, index, true, out);
+	return get_chunk(c, model, index, 0, true, out);
 }
 
 int apb_cache_tryget(struct apb_cache *c, uint32_t model, uint64_t index,
 		     struct apb_chunk **out)
 {
-	return get_chunk(c, model, index, false, out);
+	return get_chunk(c, model, index, 0, false, out);
+}
+
+int apb_cache_get_ahead(struct apb_cache *c, uint32_t model, uint64_t index,
+			uint32_t ahead, bool may_wait, struct apb_chunk **out)
+{
+	return get_chunk(c, model, index, ahead, may_wait, out);
 }
 
 static void reclaim_pages(struct apb_cache *c, struct apb_chunk *list);
@@ -842,12 +932,12 @@ static uint32_t prefetch_take(struct apb_cache *c, uint32_t model,
  * while they are LOADING; result[i] is chunk i's length or errno, as
  * load_result() gives it. Without load_run, loading stops at the first
  * chunk that fails, and the rest fail with its errno unloaded. Called
- * without mu. */
-static void prefetch_load(struct apb_cache *c, uint32_t model, uint64_t first,
-			  struct apb_chunk *const *run, uint32_t n, long *result)
+ * without mu. (Prefetch runs, and a get's miss with the chunks after it.) */
+static void run_load(struct apb_cache *c, uint32_t model, uint64_t first,
+		     struct apb_chunk *const *run, uint32_t n, long *result)
 {
-	void *bufs[APB_CACHE_RUN_MAX];
-	size_t lens[APB_CACHE_RUN_MAX];
+	void *bufs[APB_CACHE_RUN_MAX] = {NULL};
+	size_t lens[APB_CACHE_RUN_MAX] = {0};
 	long rc;
 
 	if (!c->load_run) {
@@ -900,7 +990,7 @@ int apb_cache_prefetch_run(struct apb_cache *c, uint32_t model, uint64_t first,
 		return rc;
 	}
 	unlock(c);
-	prefetch_load(c, model, first, run, n, result);
+	run_load(c, model, first, run, n, result);
 	lock(c);
 	for (uint32_t i = 0; i < n; i++) {
 		/* One failed load call: the first chunk it failed counts it. */

@@ -432,9 +432,10 @@ static int spill(struct read_req *r, size_t size)
 	return 0;
 }
 
-/* Add bytes [in, in + len) of chunk idx to the reply. */
-static int add_chunk(struct read_req *r, uint64_t idx, size_t in, size_t len,
-		     size_t size)
+/* Add bytes [in, in + len) of chunk idx to the reply; the read goes on to
+ * the ahead chunks after it, which a miss of idx loads with it. */
+static int add_chunk(struct read_req *r, uint64_t idx, uint32_t ahead,
+		     size_t in, size_t len, size_t size)
 {
 	struct apb_cache *cache = r->fs->cache;
 	struct apb_chunk *c;
@@ -443,13 +444,15 @@ static int add_chunk(struct read_req *r, uint64_t idx, size_t in, size_t len,
 	if (!r->buf && r->nheld == HELD_MAX && (rc = spill(r, size)))
 		return rc;
 	if (r->buf || r->nheld == 0) {
-		rc = apb_cache_get(cache, r->model, idx, &c);
+		rc = apb_cache_get_ahead(cache, r->model, idx, ahead, true, &c);
 	} else {
-		rc = apb_cache_tryget(cache, r->model, idx, &c);
+		rc = apb_cache_get_ahead(cache, r->model, idx, ahead, false,
+					 &c);
 		if (rc == -EAGAIN) {
 			if ((rc = spill(r, size)))
 				return rc;
-			rc = apb_cache_get(cache, r->model, idx, &c);
+			rc = apb_cache_get_ahead(cache, r->model, idx, ahead,
+						 true, &c);
 		}
 	}
 	if (rc)
@@ -490,7 +493,11 @@ static void read_model(fuse_req_t req, struct apbfs *fs, uint32_t model,
 	for (idx = first; idx <= last && rc == 0; idx++) {
 		uint64_t start = idx == first ? off : idx * cs;
 		uint64_t end = idx == last ? off + size : (idx + 1) * cs;
-		rc = add_chunk(&r, idx, (size_t)(start - idx * cs),
+		uint64_t rest = last - idx;
+
+		rc = add_chunk(&r, idx, rest < UINT32_MAX ? (uint32_t)rest
+							  : UINT32_MAX,
+			       (size_t)(start - idx * cs),
 			       (size_t)(end - start), size);
 	}
 	if (rc) {

@@ -138,6 +138,16 @@ int apb_cache_get(struct apb_cache *c, uint32_t model, uint64_t index,
  */
 int apb_cache_tryget(struct apb_cache *c, uint32_t model, uint64_t index,
 		     struct apb_chunk **out);
+/*
+ * As apb_cache_get() (may_wait) or apb_cache_tryget() (!may_wait), for a
+ * reader that will get chunks index + 1 .. index + ahead next: a miss loads
+ * those of them that are absent and get a slot without waiting, up to the
+ * first that is present or does not, with the same load_run call (one read
+ * of the backing store). Those chunks are not referenced; each counts one
+ * miss at its first get. Without load_run, ahead is ignored.
+ */
+int apb_cache_get_ahead(struct apb_cache *c, uint32_t model, uint64_t index,
+			uint32_t ahead, bool may_wait, struct apb_chunk **out);
 void apb_cache_put(struct apb_cache *c, struct apb_chunk *chunk);
 
 /*

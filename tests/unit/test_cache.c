@@ -1207,6 +1207,116 @@ static void test_failed_prefetch_run_fails_every_chunk_and_caches_none(void)
 	cache_done(&s, c);
 }
 
+/* ---- a get's miss loads the chunks its read wants next ---------------- */
+
+/* Get chunk index telling the cache ahead more follow; check the bytes and
+ * put it. */
+static void get_ahead_put(struct source *s, struct apb_cache *c,
+			  uint64_t index, uint32_t ahead)
+{
+	struct apb_chunk *ch = NULL;
+
+	CHECK_EQ(apb_cache_get_ahead(c, 0, index, ahead, true, &ch), 0);
+	CHECK(chunk_matches(s, ch, CS, 0, index));
+	apb_cache_put(c, ch);
+}
+
+static void miss_loads_the_chunks_ahead(enum apb_eviction policy)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+
+	source_init(&s, 64 * CS);
+	/* 32 slots: a run may take 4 */
+	c = cache_make_runs(&s, policy, 32 * CS, CS, 1, 0, true);
+	get_ahead_put(&s, c, 1, 3);
+	CHECK_EQ(source_runs(&s), 1); /* chunks 1..4 in one load_run */
+	CHECK_EQ(source_calls(&s), 4);
+	CHECK_EQ(stats_of(c).resident_chunks, 4);
+	CHECK_EQ(stats_of(c).misses, 1); /* the others count when got */
+	for (uint64_t i = 2; i <= 4; i++)
+		get_ahead_put(&s, c, i, 4 - (uint32_t)i);
+	st = stats_of(c);
+	CHECK_EQ(st.misses, 4); /* not resident when the read came */
+	CHECK_EQ(st.hits, 0);
+	CHECK_EQ(st.prefetch_issued + st.prefetch_hits, 0);
+	CHECK_EQ(source_calls(&s), 4); /* nothing loaded twice */
+	CHECK(access_chunk(&s, c, CS, 0, 3)); /* now a hit, like any */
+	/* 32 other chunks evict them through the policy's order */
+	for (uint64_t i = 16; i < 48; i++)
+		CHECK(!access_chunk(&s, c, CS, 0, i));
+	CHECK(!access_chunk(&s, c, CS, 0, 2));
+	CHECK(stats_of(c).used_bytes <= 32 * CS);
+	cache_done(&s, c);
+}
+
+static void test_miss_loads_the_chunks_ahead_in_one_run(void)
+{
+	miss_loads_the_chunks_ahead(APB_EVICT_LRU);
+	miss_loads_the_chunks_ahead(APB_EVICT_LFU);
+}
+
+static void test_miss_run_stops_at_a_present_chunk_and_at_the_budget(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_chunk *held[31] = {NULL};
+
+	source_init(&s, 64 * CS);
+	c = cache_make_runs(&s, APB_EVICT_LRU, 32 * CS, CS, 1, 0, true);
+	CHECK(!access_chunk(&s, c, CS, 0, 2));
+	get_ahead_put(&s, c, 0, 5);
+	CHECK_EQ(source_runs(&s), 1); /* 0 and 1; 2 is present */
+	CHECK_EQ(source_calls(&s), 3);
+	/* 31 held and one evictable slot left: no room for a run */
+	for (int i = 0; i < 31; i++)
+		CHECK_EQ(apb_cache_get(c, 0, 10 + (uint64_t)i, &held[i]), 0);
+	get_ahead_put(&s, c, 50, 5);
+	CHECK_EQ(source_runs(&s), 1);
+	CHECK_EQ(source_calls(&s), 35);
+	for (int i = 0; i < 31; i++)
+		apb_cache_put(c, held[i]);
+	CHECK(stats_of(c).used_bytes <= 32 * CS);
+	cache_done(&s, c);
+}
+
+static void test_small_budget_takes_a_short_run(void)
+{
+	struct source s;
+	struct apb_cache *c;
+
+	source_init(&s, 16 * CS);
+	c = cache_make_runs(&s, APB_EVICT_LRU, 8 * CS, CS, 1, 0, true);
+	get_ahead_put(&s, c, 0, 5); /* 8 slots: a run may take 1 */
+	CHECK_EQ(source_runs(&s), 1);
+	CHECK_EQ(source_calls(&s), 2);
+	cache_done(&s, c);
+}
+
+static void test_failed_miss_run_fails_its_chunk_and_caches_none(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_chunk *ch = NULL;
+	struct apb_cache_stats st;
+
+	source_init(&s, 64 * CS);
+	c = cache_make_runs(&s, APB_EVICT_LFU, 32 * CS, CS, 1, 0, true);
+	source_set(&s, -ENODATA, 0);
+	CHECK_EQ(apb_cache_get_ahead(c, 0, 0, 3, true, &ch), -ENODATA);
+	CHECK_EQ(source_runs(&s), 1);
+	CHECK(ch == NULL);
+	st = stats_of(c);
+	CHECK_EQ(st.load_errors, 1);
+	CHECK_EQ(st.misses, 1);
+	CHECK_EQ(st.resident_chunks + st.used_bytes, 0);
+	source_set(&s, 0, 0);
+	get_ahead_put(&s, c, 1, 0); /* nothing of the run was kept */
+	CHECK_EQ(stats_of(c).misses, 2);
+	cache_done(&s, c);
+}
+
 /* ---- threads --------------------------------------------------------- */
 
 #define NTHREADS 8
@@ -2273,6 +2383,10 @@ int main(void)
 	RUN(test_prefetch_run_loads_chunks_with_one_load_run);
 	RUN(test_prefetch_run_without_load_run_loads_each_chunk);
 	RUN(test_prefetch_run_stops_at_a_present_chunk);
+	RUN(test_miss_loads_the_chunks_ahead_in_one_run);
+	RUN(test_miss_run_stops_at_a_present_chunk_and_at_the_budget);
+	RUN(test_small_budget_takes_a_short_run);
+	RUN(test_failed_miss_run_fails_its_chunk_and_caches_none);
 	RUN(test_prefetch_run_respects_the_share);
 	RUN(test_failed_prefetch_run_fails_every_chunk_and_caches_none);
 	RUN(test_concurrent_misses_load_once);
