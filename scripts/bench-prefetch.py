@@ -8,7 +8,9 @@ bypasses the page cache. For each store: the store's own sequential speed
 (`cat` of the bundle file from it), then apbundlefs reading the model with
 prefetch=on and prefetch=off (and on with backing_io=buffered), runs
 interleaved, the page cache dropped and the daemon's cache cleared before
-each. Medians of RUNS. Run as root: scripts/bench-prefetch.py
+each. Medians of RUNS. READER=direct reads the model through the mount
+with 128 KiB O_DIRECT reads (no kernel readahead) instead of cat.
+Run as root: scripts/bench-prefetch.py
 """
 import os
 import subprocess
@@ -23,9 +25,19 @@ DELAY_US = int(os.environ.get("DELAY_US", "1000"))
 OPTS = "max_memory=256M,readahead=4M"
 
 
-def cat_seconds(path):
+# How the model is read through the mount: cat (buffered: the kernel's
+# own readahead keeps 1 MiB requests in flight) or direct (128 KiB O_DIRECT
+# reads one after another: no kernel readahead, only the daemon's).
+READER = os.environ.get("READER", "cat")
+
+
+def cat_seconds(path, through_mount=False):
     t0 = time.perf_counter()
-    subprocess.run(["cat", path], stdout=subprocess.DEVNULL, check=True)
+    if through_mount and READER == "direct":
+        subprocess.run(["dd", "if=" + path, "of=/dev/null", "bs=128K", "iflag=direct"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    else:
+        subprocess.run(["cat", path], stdout=subprocess.DEVNULL, check=True)
     return time.perf_counter() - t0
 
 
@@ -61,7 +73,7 @@ def measure(store, bundle, work, size):
                 m.control("clear\nreset-stats\n")
                 drop_caches()
                 secs.setdefault(label, []).append(
-                    cat_seconds(os.path.join(m.mnt, "model")))
+                    cat_seconds(os.path.join(m.mnt, "model"), True))
                 s = m.stats()
                 rates.setdefault(label, []).append(s["cache"]["hit_rate"])
                 wasted.setdefault(label, []).append(s["prefetch"]["wasted_bytes"])
@@ -96,7 +108,7 @@ def main():
         proc = subprocess.Popen([slowfs, bundle, slow, str(DELAY_US)])
         wait_for_mount(slow, proc)
         rows += measure(f"{DELAY_US} us per read", f"{slow}/data", work, size)
-        print(f"{MIB} MiB model, {OPTS}, medians of {RUNS} cold runs; "
+        print(f"{MIB} MiB model read by {READER}, {OPTS}, medians of {RUNS} cold runs; "
               f"kernel {os.uname().release}, {os.cpu_count()} cores")
         print("| store | reader | MB/s | hit rate | wasted bytes |")
         print("|---|---|---|---|---|")
