@@ -114,14 +114,14 @@ int apbfs_models_control(struct apbfs *fs, const char *cmd, uint32_t model);
 
 /* backing.c: the bundle file as page-ins see it. open (at setup; 0 or a
  * negative errno, the reason in err) and close. Around every load of
- * chunk memory: prepare each chunk's buffer first (0 or -ENOMEM), pass the
+ * chunk memory: prepare once per chunk first (0 or -ENOMEM), pass the
  * load's result through after_load, which returns -EIO once the bundle
  * changed since mount (see backing.c for what counts). changed: model
  * reads, hits included, must fail with EIO. Thread-safe. */
 int apbfs_backing_open(struct apbfs *fs, const char *path, char *err,
 		       size_t err_len);
 void apbfs_backing_close(struct apbfs *fs);
-int apbfs_backing_prepare(struct apbfs *fs, void *buf, size_t len);
+int apbfs_backing_prepare(struct apbfs *fs);
 long apbfs_backing_after_load(struct apbfs *fs, long rc);
 bool apbfs_backing_changed(const struct apbfs *fs);
 

@@ -178,11 +178,9 @@ bool apbfs_backing_changed(const struct apbfs *fs)
 	       atomic_load(&fs->backing->state) == BACKING_CHANGED;
 }
 
-int apbfs_backing_prepare(struct apbfs *fs, void *buf, size_t len)
+int apbfs_backing_prepare(struct apbfs *fs)
 {
 	struct apbfs_backing *bk = fs->backing;
-	(void)buf;
-	(void)len;
 
 	if (bk && bk->fault_every &&
 	    (atomic_fetch_add(&bk->chunks_prepared, 1) + 1) %

@@ -151,13 +151,29 @@ static int parse_count_opt(const char *name, const char *value,
 	return 0;
 }
 
+/* An option of two values: *first tells which was given; unset leaves
+ * *first as it is. */
+static int parse_choice(const char *name, const char *value, const char *a,
+			const char *b, bool *first)
+{
+	if (!value)
+		return 0;
+	if (strcmp(value, a) == 0 || strcmp(value, b) == 0) {
+		*first = strcmp(value, a) == 0;
+		return 0;
+	}
+	fprintf(stderr, "apbundlefs: bad option %s=%s: expected %s or %s\n",
+		name, value, a, b);
+	return -1;
+}
+
 static int resolve_options(const struct cmdline *cl, struct apbfs_options *o)
 {
 	uint64_t chunk = DEFAULT_CHUNK_SIZE;
 	char a[32], b[32];
+	bool lru = true;
 
 	o->max_memory = DEFAULT_MAX_MEMORY;
-	o->eviction = APB_EVICT_LRU;
 	o->kernel_cache = cl->kernel_cache;
 	o->readahead = DEFAULT_READAHEAD;
 	if (parse_size_opt("max_memory", cl->max_memory, &o->max_memory) ||
@@ -204,34 +220,13 @@ static int resolve_options(const struct cmdline *cl, struct apbfs_options *o)
 			"(the access counts it ranks models by)\n");
 		return -1;
 	}
-	if (cl->prefetch) {
-		if (strcmp(cl->prefetch, "off") == 0) {
-			o->prefetch = false;
-		} else if (strcmp(cl->prefetch, "on") != 0) {
-			fprintf(stderr, "apbundlefs: bad option prefetch=%s: "
-				"expected on or off\n", cl->prefetch);
-			return -1;
-		}
-	}
 	o->backing_direct = true;
-	if (cl->backing_io) {
-		if (strcmp(cl->backing_io, "buffered") == 0) {
-			o->backing_direct = false;
-		} else if (strcmp(cl->backing_io, "direct") != 0) {
-			fprintf(stderr, "apbundlefs: bad option backing_io=%s: "
-				"expected direct or buffered\n", cl->backing_io);
-			return -1;
-		}
-	}
-	if (cl->eviction) {
-		if (strcmp(cl->eviction, "lfu") == 0) {
-			o->eviction = APB_EVICT_LFU;
-		} else if (strcmp(cl->eviction, "lru") != 0) {
-			fprintf(stderr, "apbundlefs: bad option eviction=%s: "
-				"expected lru or lfu\n", cl->eviction);
-			return -1;
-		}
-	}
+	if (parse_choice("prefetch", cl->prefetch, "on", "off", &o->prefetch) ||
+	    parse_choice("backing_io", cl->backing_io, "direct", "buffered",
+			 &o->backing_direct) ||
+	    parse_choice("eviction", cl->eviction, "lru", "lfu", &lru))
+		return -1;
+	o->eviction = lru ? APB_EVICT_LRU : APB_EVICT_LFU;
 	return 0;
 }
 
@@ -276,48 +271,6 @@ static long loaded(struct apbfs *fs, uint32_t model, uint64_t bad, long got)
 	atomic_fetch_add(&fs->io.checksum_errors, 1);
 	log_bad_chunk(fs, model, bad);
 	return -EIO;
-}
-
-static long load_chunk(void *arg, uint32_t model, uint64_t index, void *buf,
-		       size_t cap)
-{
-	struct apbfs *fs = arg;
-	struct iovec iov = {.iov_base = buf, .iov_len = cap};
-	uint64_t bad = 0;
-	long got = apb_bundle_preadv(fs->bundle, model,
-				     index * fs->opt.chunk_size, &iov, 1, &bad);
-
-	return loaded(fs, model, bad, got);
-}
-
-/* A prefetch run: one read of the bundle into the chunks' slots. */
-static long load_chunk_run(void *arg, uint32_t model, uint64_t first,
-			   void *const *bufs, size_t n, size_t cap,
-			   size_t *lens)
-{
-	struct apbfs *fs = arg;
-	struct iovec iov[APB_CACHE_RUN_MAX] = {{NULL, 0}};
-	uint64_t bad = 0;
-	long got;
-
-	if (n > APB_CACHE_RUN_MAX)
-		return -EINVAL;
-	for (size_t i = 0; i < n; i++) {
-		iov[i].iov_base = bufs[i];
-		iov[i].iov_len = cap;
-	}
-	got = apb_bundle_preadv(fs->bundle, model, first * fs->opt.chunk_size,
-				iov, (int)n, &bad);
-	if (got < 0)
-		return loaded(fs, model, bad, got);
-	/* Full chunks, then the model's last (short) one, then nothing. */
-	for (size_t i = 0; i < n; i++) {
-		size_t at = i * cap;
-
-		lens[i] = (size_t)got <= at ? 0 :
-			  (size_t)got - at < cap ? (size_t)got - at : cap;
-	}
-	return 0;
 }
 
 /* Test hook (docs/USAGE.md), read once: fail every Nth chunk's memory. */
@@ -373,27 +326,49 @@ static int outside_mount(const char *what, const char *path,
 	return inside ? -EINVAL : 0;
 }
 
-/* Every page-in goes through these: the chunk memory first, then the
- * verdict on the bundle file (backing.c). */
-static long load_checked(void *arg, uint32_t model, uint64_t index,
-			 void *buf, size_t cap)
+/*
+ * Every page-in: a run of n adjacent chunks of model from first, read with
+ * one apb_bundle_preadv() into their slots (full chunks, then the model's
+ * last, short one, then nothing: lens). The chunk memory is claimed first
+ * (the fault hook) and the bundle file judged after (backing.c).
+ */
+static long load_run(void *arg, uint32_t model, uint64_t first,
+		     void *const *bufs, size_t n, size_t cap, size_t *lens)
 {
-	int rc = apbfs_backing_prepare(arg, buf, cap);
+	struct apbfs *fs = arg;
+	struct iovec iov[APB_CACHE_RUN_MAX] = {{NULL, 0}};
+	uint64_t bad = 0;
+	long got = 0;
 
-	return apbfs_backing_after_load(arg, rc ? rc : load_chunk(arg, model,
-							   index, buf, cap));
+	if (n > APB_CACHE_RUN_MAX)
+		return -EINVAL;
+	for (size_t i = 0; i < n && got == 0; i++) {
+		got = apbfs_backing_prepare(fs);
+		iov[i] = (struct iovec){.iov_base = bufs[i], .iov_len = cap};
+	}
+	if (got == 0) {
+		got = apb_bundle_preadv(fs->bundle, model,
+					first * fs->opt.chunk_size, iov, (int)n,
+					&bad);
+		got = loaded(fs, model, bad, got);
+	}
+	for (size_t i = 0; i < n && got >= 0; i++) {
+		size_t at = i * cap;
+
+		lens[i] = (size_t)got <= at ? 0 :
+			  (size_t)got - at < cap ? (size_t)got - at : cap;
+	}
+	return apbfs_backing_after_load(fs, got < 0 ? got : 0);
 }
 
-static long load_run_checked(void *arg, uint32_t model, uint64_t first,
-			     void *const *bufs, size_t n, size_t cap,
-			     size_t *lens)
+/* A miss alone: a run of one. */
+static long load_one(void *arg, uint32_t model, uint64_t index, void *buf,
+		     size_t cap)
 {
-	int rc = 0;
+	size_t len = 0;
+	long rc = load_run(arg, model, index, &buf, 1, cap, &len);
 
-	for (size_t i = 0; i < n && rc == 0; i++)
-		rc = apbfs_backing_prepare(arg, bufs[i], cap);
-	return apbfs_backing_after_load(arg, rc ? rc : load_chunk_run(arg,
-				model, first, bufs, n, cap, lens));
+	return rc < 0 ? rc : (long)len;
 }
 
 /* Open the bundle and build everything the operations need. */
@@ -432,8 +407,8 @@ static int setup(struct apbfs *fs, const char *path)
 			.chunk_size = fs->opt.chunk_size,
 			.policy = fs->opt.eviction,
 			.model_count = (uint32_t)n,
-			.load = load_checked,
-			.load_run = load_run_checked,
+			.load = load_one,
+			.load_run = load_run,
 			.load_ctx = fs,
 		};
 		rc = apb_cache_new(&cfg, &fs->cache);
