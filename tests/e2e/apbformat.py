@@ -82,7 +82,16 @@ def random_bytes(size: int, seed: int) -> bytes:
         return random.Random(seed).randbytes(size)
 
 
-class V1Bundle:
+class _Bundle:
+    """What every layout's writer shares: to_bytes(**knobs) to a file."""
+
+    def write(self, path, **kw):
+        with open(path, "wb") as f:
+            f.write(self.to_bytes(**kw))
+        return path
+
+
+class V1Bundle(_Bundle):
     """A v1 bundle under construction.
 
     models: list of (name, bytes). Offsets are assigned in order, each aligned
@@ -133,10 +142,6 @@ class V1Bundle:
             del out[truncate:]
         return bytes(out)
 
-    def write(self, path, **kw):
-        with open(path, "wb") as f:
-            f.write(self.to_bytes(**kw))
-        return path
 
 
 def write_v1(path, models, **kw):
@@ -238,7 +243,7 @@ def compressible_bytes(size: int, seed: int) -> bytes:
     return b"".join(words[p & 15] for p in picks)[:size]
 
 
-class V2Bundle:
+class V2Bundle(_Bundle):
     """A version 2 bundle under construction.
 
     models: list of (name, bytes) or (name, bytes, {"compression": ...,
@@ -353,10 +358,6 @@ class V2Bundle:
             del out[truncate:]
         return bytes(out)
 
-    def write(self, path, **kw):
-        with open(path, "wb") as f:
-            f.write(self.to_bytes(**kw))
-        return path
 
 
 

@@ -144,6 +144,16 @@ def open_direct(path):
     return os.open(str(path), os.O_RDONLY | os.O_DIRECT)
 
 
+def direct_read(path, length, offset):
+    """One O_DIRECT open, pread and close: one request that reaches the
+    daemon whatever the kernel has cached."""
+    fd = open_direct(path)
+    try:
+        return odirect_pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
 def run_apbundle(*args, check=False, timeout=120, **kw):
     """Run the packer; returns CompletedProcess with text stdout/stderr."""
     p = subprocess.run([str(APBUNDLE)] + [str(a) for a in args], stdin=subprocess.DEVNULL,

@@ -8,12 +8,10 @@ touching the cache (per-model resident_bytes), then by a read that must be
 a hit (the survivor) and one that must be a miss (the victim).
 """
 
-import os
-
 import pytest
 
 import apbformat
-from conftest import KiB, mount, odirect_pread, open_direct
+from conftest import KiB, direct_read, mount
 
 CH = 64 * KiB
 NAMES = ["A", "B", "C", "D"]
@@ -21,12 +19,7 @@ DATA = {n: apbformat.random_bytes(CH, 100 + i) for i, n in enumerate(NAMES)}
 
 
 def read_chunk(d, name):
-    fd = open_direct(d.path(name))
-    try:
-        got = odirect_pread(fd, CH, 0)
-    finally:
-        os.close(fd)
-    assert got == DATA[name], "bad bytes from " + name
+    assert direct_read(d.path(name), CH, 0) == DATA[name], "bad bytes from " + name
 
 
 def hits_misses(d):

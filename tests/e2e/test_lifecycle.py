@@ -141,7 +141,8 @@ def test_help_and_version(binaries):
     ({"chunk_size": "5000"}, "bad option chunk_size=5000"),
     ({"chunk_size": "0"}, "bad option chunk_size=0"),
     ({"max_memory": "lots"}, "bad option max_memory=lots"),
-    ({"eviction": "fifo"}, "bad option eviction=fifo"),
+    ({"eviction": "fifo"}, "bad option eviction=fifo: expected lru or lfu"),
+    ({"prefetch": "maybe"}, "bad option prefetch=maybe: expected on or off"),
     ({"max_memory": "64K", "chunk_size": "256K"}, "smaller than one chunk"),
 ])
 def test_bad_options_refused(bundle, tmp_path, binaries, opts, expected):

@@ -13,7 +13,7 @@ import random
 import pytest
 
 import apbformat
-from conftest import KiB, MiB, mount, odirect_pread, open_direct, run_daemon_expect_failure, wait_until
+from conftest import KiB, MiB, direct_read, mount, odirect_pread, open_direct, run_daemon_expect_failure, wait_until
 
 A = apbformat.random_bytes(256 * KiB, 61)
 B = apbformat.random_bytes(256 * KiB, 62)
@@ -39,12 +39,8 @@ def read_whole(d, name):
         assert f.read() == DATA[name]
 
 
-def direct_read(d, name, off, n):
-    fd = open_direct(d.path(name))
-    try:
-        assert odirect_pread(fd, n, off) == DATA[name][off:off + n]
-    finally:
-        os.close(fd)
+def check_direct_read(d, name, off, n):
+    assert direct_read(d.path(name), n, off) == DATA[name][off:off + n]
 
 
 def test_opening_a_prefetches_the_model_that_follows_it(bundle):
@@ -81,7 +77,7 @@ def test_pinned_model_survives_a_random_read_storm(bundle):
         m = model(d, "pinned.bin")
         assert m["resident_bytes"] == len(PINNED) and m["evictions"] == 0
         before = model(d, "pinned.bin")
-        direct_read(d, "pinned.bin", 0, len(PINNED))
+        check_direct_read(d, "pinned.bin", 0, len(PINNED))
         after = model(d, "pinned.bin")
         assert after["hits"] - before["hits"] == len(PINNED) // CHUNK
         assert after["misses"] == before["misses"]
@@ -117,7 +113,7 @@ def test_preload_makes_the_first_read_a_hit(bundle):
         for name in ("a.bin", "c.bin"):
             wait_until(lambda: model(d, name)["resident_bytes"] == len(DATA[name]), 10,
                        what="%s preloaded" % name)
-        direct_read(d, "a.bin", 0, 4 * KiB)
+        check_direct_read(d, "a.bin", 0, 4 * KiB)
         a = model(d, "a.bin")
         assert (a["hits"], a["misses"]) == (1, 0)
         assert model(d, "b.bin")["resident_bytes"] == 0

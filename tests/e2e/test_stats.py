@@ -16,7 +16,7 @@ import subprocess
 import pytest
 
 import apbformat
-from conftest import KiB, MiB, mount, odirect_pread, open_direct, vm_status, wait_until
+from conftest import KiB, MiB, direct_read, mount, odirect_pread, open_direct, vm_status, wait_until
 
 CH = 64 * KiB
 ALPHA = apbformat.random_bytes(5 * CH + 100, 11)     # chunks 0-4 full, chunk 5 = 100 bytes
@@ -40,18 +40,9 @@ def fs(tmp_path, binaries):
         yield d
 
 
-def dread(d, name, off, n):
-    """One O_DIRECT open + pread + close; returns the bytes (checked by caller)."""
-    fd = open_direct(d.path(name))
-    try:
-        return odirect_pread(fd, n, off)
-    finally:
-        os.close(fd)
-
-
 def check_read(d, name, off, n):
     data = dict(MODELS)[name]
-    got = dread(d, name, off, n)
+    got = direct_read(d.path(name), n, off)
     assert got == data[off:off + n], "%s: bad bytes for pread(%d, %d)" % (name, n, off)
     return len(got)
 
@@ -368,7 +359,7 @@ def test_reads_larger_than_the_budget_are_exact(tmp_path, binaries, budget_chunk
     opts = {"max_memory": str(budget_chunks * 64) + "K", "chunk_size": "64K",
             "prefetch": "off", "prefetch_count": "0"}
     with mount(bundle, opts) as d:
-        assert dread(d, "big.bin", 0, len(data)) == data
+        assert direct_read(d.path("big.bin"), len(data), 0) == data
         s = d.stats()
         assert (s["cache"]["hits"], s["cache"]["misses"]) == (0, nchunks)
         assert s["cache"]["evictions"] == nchunks - budget_chunks

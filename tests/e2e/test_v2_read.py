@@ -18,7 +18,7 @@ import re
 import pytest
 
 import apbformat
-from conftest import KiB, MiB, mount, odirect_pread, open_direct, read_all
+from conftest import KiB, direct_read, mount, read_all
 
 CS = 64 * KiB
 SIZES = (0, 1, 4095, 4096, 4097, CS - 1, CS, CS + 1, 3 * CS + 5)
@@ -91,14 +91,6 @@ def corrupt_bundle(path, bad):
     return b
 
 
-def dread(d, name, off, n):
-    fd = open_direct(d.path(name))
-    try:
-        return odirect_pread(fd, n, off)
-    finally:
-        os.close(fd)
-
-
 @pytest.mark.parametrize("mount_cs", [4 * KiB, 64 * KiB, 256 * KiB])
 def test_flipped_byte_fails_only_reads_of_its_chunk(tmp_path, binaries, mount_cs):
     bad = {"a.bin": 2, "z.bin": 5}
@@ -116,14 +108,14 @@ def test_flipped_byte_fails_only_reads_of_its_chunk(tmp_path, binaries, mount_cs
                 j = off // mount_cs     # the cache chunk this read pages in
                 if j * mount_cs < (k + 1) * CS and (j + 1) * mount_cs > k * CS:
                     with pytest.raises(OSError) as ei:
-                        dread(d, name, off, n)
+                        direct_read(d.path(name), n, off)
                     assert ei.value.errno == errno.EIO, os.strerror(ei.value.errno)
                     failed += 1
                 else:
-                    assert dread(d, name, off, n) == src[off:off + n], (name, off)
+                    assert direct_read(d.path(name), n, off) == src[off:off + n], (name, off)
         # Nothing bad was cached: the same read fails (and counts) again.
         with pytest.raises(OSError) as ei:
-            dread(d, "a.bin", 2 * CS, 4096)
+            direct_read(d.path("a.bin"), 4096, 2 * CS)
         assert ei.value.errno == errno.EIO
         failed += 1
         assert read_all(d.path("other.bin")) == OTHER
@@ -147,11 +139,11 @@ def test_other_models_of_a_corrupt_bundle_read_exactly(tmp_path, binaries):
     with mount(tmp_path / "c.apbundle", {"max_memory": "8M"}) as d:
         assert read_all(d.path("other.bin")) == OTHER
         # z.bin's last (short) chunk is bad: everything before it reads.
-        assert dread(d, "z.bin", 0, N_CHUNKS * CS) == Z[:N_CHUNKS * CS]
+        assert direct_read(d.path("z.bin"), N_CHUNKS * CS, 0) == Z[:N_CHUNKS * CS]
         with pytest.raises(OSError) as ei:
-            dread(d, "z.bin", N_CHUNKS * CS, 4096)
+            direct_read(d.path("z.bin"), 4096, N_CHUNKS * CS)
         assert ei.value.errno == errno.EIO
-        assert dread(d, "a.bin", CS, 2 * CS) == A[CS:3 * CS]
+        assert direct_read(d.path("a.bin"), 2 * CS, CS) == A[CS:3 * CS]
         assert d.stats()["io"]["checksum_errors"] >= 1
 
 
@@ -163,10 +155,10 @@ def test_corrupt_zstd_frame_header(tmp_path, binaries):
     opts = {"max_memory": "8M", "prefetch": "off", "prefetch_count": "0"}
     with mount(tmp_path / "f.apbundle", opts) as d:
         with pytest.raises(OSError) as ei:
-            dread(d, "z.bin", 3 * CS, CS)
+            direct_read(d.path("z.bin"), CS, 3 * CS)
         assert ei.value.errno == errno.EIO
-        assert dread(d, "z.bin", 2 * CS, CS) == Z[2 * CS:3 * CS]
-        assert dread(d, "z.bin", 4 * CS, CS) == Z[4 * CS:5 * CS]
+        assert direct_read(d.path("z.bin"), CS, 2 * CS) == Z[2 * CS:3 * CS]
+        assert direct_read(d.path("z.bin"), CS, 4 * CS) == Z[4 * CS:5 * CS]
         assert d.stats()["io"]["checksum_errors"] == 1
         assert d.log().count("model 'z.bin' chunk 3 (") == 1, d.log()
 
@@ -182,7 +174,7 @@ def test_bad_chunk_log_is_bounded(tmp_path, binaries):
         for _ in range(2):
             for k in range(40):
                 with pytest.raises(OSError):
-                    dread(d, "m.bin", k * 4096, 4096)
+                    direct_read(d.path("m.bin"), 4096, k * 4096)
         assert d.stats()["io"]["checksum_errors"] == 80
         log = d.log()
         assert log.count("checksum mismatch") == 40, log
