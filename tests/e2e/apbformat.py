@@ -143,7 +143,6 @@ class V1Bundle(_Bundle):
         return bytes(out)
 
 
-
 def write_v1(path, models, **kw):
     """Write a valid v1 bundle of models [(name, bytes)] to path."""
     return V1Bundle(models).write(path, **kw)
@@ -357,9 +356,6 @@ class V2Bundle(_Bundle):
         if truncate is not None:
             del out[truncate:]
         return bytes(out)
-
-
-
 
 
 def write_v2(path, models, compression="none", chunk_size=65536, **knobs):
