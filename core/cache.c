@@ -743,11 +743,7 @@ static int miss_load(struct apb_cache *c, struct apb_chunk *ch, uint32_t model,
 	if (c->load_run && ahead > 0)
 		n += ahead_take(c, model, index + 1, ahead, run + 1);
 	unlock(c);
-	if (n == 1) /* a miss alone: the single-chunk loader */
-		result[0] = load_result(c, c->load(c->load_ctx, model, index,
-						   ch->data, c->chunk_size));
-	else
-		run_load(c, model, index, run, n, result);
+	run_load(c, model, index, run, n, result);
 	lock(c);
 	rc = chunk_load_end(c, ch, result[0], true);
 	/* The read gets them next: in the eviction order they are used now
@@ -1317,7 +1313,7 @@ void apb_cache_model_stats(struct apb_cache *c, uint32_t model,
 
 static int config_check(const struct apb_cache_config *cfg)
 {
-	if (!cfg || !cfg->load)
+	if (!cfg || (!cfg->load && !cfg->load_run))
 		return -EINVAL;
 	if (cfg->chunk_size < SLOT_ALIGN || cfg->chunk_size % SLOT_ALIGN != 0)
 		return -EINVAL;

@@ -361,16 +361,6 @@ static long load_run(void *arg, uint32_t model, uint64_t first,
 	return apbfs_backing_after_load(fs, got < 0 ? got : 0);
 }
 
-/* A miss alone: a run of one. */
-static long load_one(void *arg, uint32_t model, uint64_t index, void *buf,
-		     size_t cap)
-{
-	size_t len = 0;
-	long rc = load_run(arg, model, index, &buf, 1, cap, &len);
-
-	return rc < 0 ? rc : (long)len;
-}
-
 /* Open the bundle and build everything the operations need. */
 static int setup(struct apbfs *fs, const char *path)
 {
@@ -407,7 +397,6 @@ static int setup(struct apbfs *fs, const char *path)
 			.chunk_size = fs->opt.chunk_size,
 			.policy = fs->opt.eviction,
 			.model_count = (uint32_t)n,
-			.load = load_one,
 			.load_run = load_run,
 			.load_ctx = fs,
 		};

@@ -71,9 +71,11 @@ struct apb_cache_config {
 	uint32_t chunk_size;      /* multiple of 4096, >= 4096 */
 	enum apb_eviction policy;
 	uint32_t model_count;     /* models are 0 .. model_count - 1 */
+	/* At least one of the two. With load_run, every load is a run (a
+	 * prefetch run, a get's miss and the chunks after it, a miss alone)
+	 * and load is not called; without, runs load chunk by chunk with
+	 * load. Both get load_ctx. */
 	apb_cache_load_fn load;
-	/* Optional: loads a prefetch run with one call; NULL loads its
-	 * chunks one by one with load. Both get load_ctx. */
 	apb_cache_load_run_fn load_run;
 	void *load_ctx;
 };

@@ -1136,16 +1136,17 @@ static void test_prefetch_run_stops_at_a_present_chunk(void)
 
 	source_init(&s, 8 * CS);
 	c = cache_make_runs(&s, APB_EVICT_LRU, 8 * CS, CS, 1, 0, true);
-	CHECK(!access_chunk(&s, c, CS, 0, 2));
+	CHECK(!access_chunk(&s, c, CS, 0, 2)); /* a get's run of one */
+	CHECK_EQ(source_runs(&s), 1);
 	CHECK_EQ(apb_cache_prefetch_run(c, 0, 0, 4, &loaded), 0);
 	CHECK_EQ(loaded, 2); /* 0 and 1, not 2 nor what follows it */
-	CHECK_EQ(source_runs(&s), 1);
+	CHECK_EQ(source_runs(&s), 2);
 	CHECK_EQ(apb_cache_prefetch_run(c, 0, 2, 2, &loaded), 0);
 	CHECK_EQ(loaded, 0); /* present: nothing to do */
-	CHECK_EQ(source_runs(&s), 1);
+	CHECK_EQ(source_runs(&s), 2);
 	CHECK_EQ(apb_cache_prefetch_run(c, 0, 3, 1, &loaded), 0);
 	CHECK_EQ(loaded, 1);
-	CHECK_EQ(source_runs(&s), 2);
+	CHECK_EQ(source_runs(&s), 3);
 	CHECK_EQ(stats_of(c).prefetch_issued, 3);
 	CHECK_EQ(source_calls(&s), 4);
 	cache_done(&s, c);
@@ -1221,6 +1222,17 @@ static void get_ahead_put(struct source *s, struct apb_cache *c,
 	apb_cache_put(c, ch);
 }
 
+/* Chunks loaded by one get_ahead_put() that missed: its one load call's. */
+static unsigned miss_run(struct source *s, struct apb_cache *c, uint64_t index,
+			 uint32_t ahead)
+{
+	unsigned runs = source_runs(s), calls = source_calls(s);
+
+	get_ahead_put(s, c, index, ahead);
+	CHECK_EQ(source_runs(s), runs + 1);
+	return source_calls(s) - calls;
+}
+
 static void miss_loads_the_chunks_ahead(enum apb_eviction policy)
 {
 	struct source s;
@@ -1230,9 +1242,7 @@ static void miss_loads_the_chunks_ahead(enum apb_eviction policy)
 	source_init(&s, 64 * CS);
 	/* 32 slots: a run may take 4 */
 	c = cache_make_runs(&s, policy, 32 * CS, CS, 1, 0, true);
-	get_ahead_put(&s, c, 1, 3);
-	CHECK_EQ(source_runs(&s), 1); /* chunks 1..4 in one load_run */
-	CHECK_EQ(source_calls(&s), 4);
+	CHECK_EQ(miss_run(&s, c, 1, 3), 4); /* chunks 1..4 in one load_run */
 	CHECK_EQ(stats_of(c).resident_chunks, 4);
 	CHECK_EQ(stats_of(c).misses, 1); /* the others count when got */
 	for (uint64_t i = 2; i <= 4; i++)
@@ -1266,18 +1276,37 @@ static void test_miss_run_stops_at_a_present_chunk_and_at_the_budget(void)
 	source_init(&s, 64 * CS);
 	c = cache_make_runs(&s, APB_EVICT_LRU, 32 * CS, CS, 1, 0, true);
 	CHECK(!access_chunk(&s, c, CS, 0, 2));
-	get_ahead_put(&s, c, 0, 5);
-	CHECK_EQ(source_runs(&s), 1); /* 0 and 1; 2 is present */
-	CHECK_EQ(source_calls(&s), 3);
+	CHECK_EQ(miss_run(&s, c, 0, 5), 2); /* 0 and 1; 2 is present */
 	/* 31 held and one evictable slot left: no room for a run */
 	for (int i = 0; i < 31; i++)
 		CHECK_EQ(apb_cache_get(c, 0, 10 + (uint64_t)i, &held[i]), 0);
-	get_ahead_put(&s, c, 50, 5);
-	CHECK_EQ(source_runs(&s), 1);
-	CHECK_EQ(source_calls(&s), 35);
+	CHECK_EQ(miss_run(&s, c, 50, 5), 1);
 	for (int i = 0; i < 31; i++)
 		apb_cache_put(c, held[i]);
 	CHECK(stats_of(c).used_bytes <= 32 * CS);
+	cache_done(&s, c);
+}
+
+/* The daemon's configuration: every load, a miss alone or a pin's, is a
+ * run through load_run. */
+static void test_load_run_alone_serves_every_load(void)
+{
+	struct source s;
+	struct apb_cache_config cfg = {
+		.budget_bytes = 32 * CS, .chunk_size = CS,
+		.policy = APB_EVICT_LFU, .model_count = 1,
+		.load_run = source_load_run, .load_ctx = &s,
+	};
+	struct apb_cache *c = NULL;
+
+	source_init(&s, 8 * CS);
+	CHECK_EQ(apb_cache_new(&cfg, &c), 0);
+	s.cache = c;
+	CHECK_EQ(miss_run(&s, c, 0, 0), 1);
+	CHECK_EQ(miss_run(&s, c, 1, 2), 3);
+	CHECK_EQ(apb_cache_pin_model(c, 0, 8 * CS), 0);
+	CHECK_EQ(source_calls(&s), 8); /* the pin loaded 4..7 */
+	CHECK_EQ(stats_of(c).resident_chunks, 8);
 	cache_done(&s, c);
 }
 
@@ -1288,9 +1317,7 @@ static void test_small_budget_takes_a_short_run(void)
 
 	source_init(&s, 16 * CS);
 	c = cache_make_runs(&s, APB_EVICT_LRU, 8 * CS, CS, 1, 0, true);
-	get_ahead_put(&s, c, 0, 5); /* 8 slots: a run may take 1 */
-	CHECK_EQ(source_runs(&s), 1);
-	CHECK_EQ(source_calls(&s), 2);
+	CHECK_EQ(miss_run(&s, c, 0, 5), 2); /* 8 slots: a run may take 1 */
 	cache_done(&s, c);
 }
 
@@ -2386,6 +2413,7 @@ int main(void)
 	RUN(test_miss_loads_the_chunks_ahead_in_one_run);
 	RUN(test_miss_run_stops_at_a_present_chunk_and_at_the_budget);
 	RUN(test_small_budget_takes_a_short_run);
+	RUN(test_load_run_alone_serves_every_load);
 	RUN(test_failed_miss_run_fails_its_chunk_and_caches_none);
 	RUN(test_prefetch_run_respects_the_share);
 	RUN(test_failed_prefetch_run_fails_every_chunk_and_caches_none);
