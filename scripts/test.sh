@@ -12,10 +12,13 @@
 #   tsan    ThreadSanitizer build: meson test and TSAN_TESTS (default
 #           tests/e2e/test_stress.py; tests/e2e for all, ~2 min more)
 #   fuzz    scripts/fuzz.sh FUZZ_SECONDS, when that script exists
+#   bench   QUICK=1 SMOKE=1 scripts/bench: every benchmark system and case at
+#           tiny sizes, the bytes read compared with the source (~30 s; a
+#           check that the benchmark still runs, not numbers)
 # A sanitizer report anywhere (unit test, daemon, CLI) fails its stage.
 # PYTEST ARGS go to the e2e runs of normal and asan only.
 #
-# Environment: STAGES (default "normal asan tsan fuzz"; e.g. STAGES=normal
+# Environment: STAGES (default "normal asan tsan fuzz bench"; e.g. STAGES=normal
 # for a quick loop), BUILD_DIR (build), ASAN_BUILD_DIR (build-asan),
 # TSAN_BUILD_DIR (build-tsan), TSAN_TESTS, PYTEST_TIMEOUT (seconds per e2e run, 540),
 # FUZZ_SECONDS (60).
@@ -23,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
-STAGES=${STAGES:-normal asan tsan fuzz}
+STAGES=${STAGES:-normal asan tsan fuzz bench}
 BUILD_DIR=${BUILD_DIR:-build}
 ASAN_BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
 TSAN_BUILD_DIR=${TSAN_BUILD_DIR:-build-tsan}
@@ -35,7 +38,7 @@ PYTHON=/usr/bin/python3          # the Debian interpreter that sees python3-* pa
 PACKAGES=(meson ninja-build pkg-config gcc clang libfuse3-dev fuse3 libcjson-dev
           libxxhash-dev libzstd-dev python3 python3-pytest python3-psutil
           python3-numpy python3-pil fonts-dejavu-core tesseract-ocr
-          tesseract-ocr-eng)
+          tesseract-ocr-eng squashfuse squashfs-tools fio python3-matplotlib)
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -45,8 +48,8 @@ as_root() {
 
 for stage in $STAGES; do
     case "$stage" in
-    normal|asan|tsan|fuzz) ;;
-    *) echo "error: unknown stage '$stage' in STAGES (normal asan tsan fuzz)" >&2; exit 2 ;;
+    normal|asan|tsan|fuzz|bench) ;;
+    *) echo "error: unknown stage '$stage' in STAGES (normal asan tsan fuzz bench)" >&2; exit 2 ;;
     esac
 done
 
@@ -235,6 +238,11 @@ stage_fuzz() {
     fi
     step "fuzz: scripts/fuzz.sh $FUZZ_SECONDS"
     bash scripts/fuzz.sh "$FUZZ_SECONDS"
+}
+
+stage_bench() {
+    step "bench: QUICK=1 SMOKE=1 scripts/bench ($BUILD_DIR)"
+    QUICK=1 SMOKE=1 APB_BUILD=$BUILD_DIR $PYTHON scripts/bench
 }
 
 rc=0
