@@ -1,0 +1,137 @@
+#!/usr/bin/python3
+"""A/B test of read-path changes: sequential 1 MiB reads of one model
+through several apbundlefs variants (builds and/or mount options), every
+variant mounted at once and their runs interleaved, so that this host's
+drifting disk and memory speeds (docs/PERFORMANCE.md, "Noise") hit all
+variants alike. Prints per variant the median MB/s, every run, the CPU
+seconds the whole machine spent per run (/proc/stat: user, nice, system,
+irq, softirq), and in cold mode the median ratio to a native read of the
+same bytes made right before each run. Run as root:
+
+    VARIANTS="old:max_memory=1216M:/tmp/old/build;new:max_memory=1216M" \\
+        scripts/bench-ab.py
+
+Environment:
+  VARIANTS  NAME:OPTIONS[:BUILD_DIR] separated by ';'. OPTIONS are the -o
+            options; a suffix #KB sets the mount's kernel read_ahead_kb
+            after the first open. BUILD_DIR defaults to APB_BUILD, then
+            build-bench.
+  MODE      cold (default: page cache dropped and `clear` before each run)
+            or hot (the daemon's cache filled by the previous read)
+  RUNS      runs per variant (default 11)
+  BUNDLE    default /var/tmp/apb-bench/bundles/big-v1.apbundle (made by
+            scripts/bench); MODEL, the path in it, default "model"
+  NATIVE    the file the cold runs are paired with (default
+            /var/tmp/apb-bench/data/big/model; empty: none)
+"""
+import mmap
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import benchlib
+from benchlib import Mount, drop_caches
+
+MIB = 1 << 20
+BENCH = "/var/tmp/apb-bench"
+RUNS = int(os.environ.get("RUNS", "11"))
+MODE = os.environ.get("MODE", "cold")
+BUNDLE = os.environ.get("BUNDLE", f"{BENCH}/bundles/big-v1.apbundle")
+MODEL = os.environ.get("MODEL", "model")
+NATIVE = os.environ.get("NATIVE", f"{BENCH}/data/big/model") if MODE == "cold" else ""
+DEFAULT_BUILD = os.environ.get("APB_BUILD", os.path.join(benchlib.ROOT, "build-bench"))
+
+
+def busy_seconds():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
+
+
+def read_seq(path):
+    """(MB/s, CPU seconds of the machine) of one whole read of path."""
+    buf = mmap.mmap(-1, MIB)
+    fd = os.open(path, os.O_RDONLY)
+    total = 0
+    try:
+        cpu0, t0 = busy_seconds(), time.perf_counter()
+        while True:
+            n = os.readv(fd, [buf])
+            if n <= 0:
+                break
+            total += n
+        dt, cpu = time.perf_counter() - t0, busy_seconds() - cpu0
+    finally:
+        os.close(fd)
+    return total / dt / 1e6, cpu
+
+
+def set_kernel_readahead(mnt, path, kb):
+    os.close(os.open(path, os.O_RDONLY))  # the daemon sets its own at the first open
+    st = os.stat(mnt)
+    with open(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb",
+              "w") as f:
+        f.write(f"{kb}\n")
+
+
+def main():
+    if os.geteuid() != 0:
+        sys.exit("bench-ab.py: run as root (it drops the page cache and mounts)")
+    spec = os.environ.get("VARIANTS")
+    if not spec or MODE not in ("cold", "hot"):
+        sys.exit(__doc__)
+    work = tempfile.mkdtemp(prefix="apb-ab-", dir="/var/tmp")
+    mounts = []
+    try:
+        for i, v in enumerate(spec.split(";")):
+            name, opts, *build = v.split(":", 2)
+            opts, _, kb = opts.partition("#")
+            benchlib.DAEMON = os.path.join(build[0] if build else DEFAULT_BUILD,
+                                           "fs", "apbundlefs")
+            mnt = os.path.join(work, f"m{i}")
+            os.mkdir(mnt)
+            m = Mount(BUNDLE, mnt, opts)
+            path = os.path.join(mnt, MODEL)
+            mounts.append((name, m, path))
+            if kb:
+                set_kernel_readahead(mnt, path, int(kb))
+            if MODE == "hot":
+                read_seq(path)
+        rows = {name: [] for name in ["native"] * bool(NATIVE) + [n for n, _, _ in mounts]}
+        for _ in range(RUNS):
+            native = None
+            if MODE == "cold":  # the native read, too, gets just-freed memory
+                for _, m, _ in mounts:
+                    m.control("clear\n")
+            if NATIVE:
+                drop_caches()
+                native = read_seq(NATIVE)
+                rows["native"].append(native + (None,))
+            for name, m, path in mounts:
+                if MODE == "cold":
+                    m.control("clear\n")
+                    drop_caches()
+                mbps, cpu = read_seq(path)
+                rows[name].append((mbps, cpu, mbps / native[0] if native else None))
+        print(f"{MODE}, {RUNS} runs each, interleaved; {BUNDLE}:{MODEL}")
+        for name, r in rows.items():
+            mbps, cpu, ratio = zip(*r)
+            line = (f"{name:16} {statistics.median(mbps):6.0f} MB/s  "
+                    f"cpu {statistics.median(cpu):.2f} s")
+            if ratio[0] is not None:
+                line += f"  / native {statistics.median(ratio):.2f}"
+            print(line)
+            print("    MB/s " + " ".join(f"{x:.0f}" for x in mbps))
+            print("    cpu  " + " ".join(f"{x:.2f}" for x in cpu))
+    finally:
+        for _, m, _ in mounts:
+            m.close()
+        for i in range(len(mounts)):
+            os.rmdir(os.path.join(work, f"m{i}"))
+        os.rmdir(work)
+
+
+if __name__ == "__main__":
+    main()
