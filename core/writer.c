@@ -601,7 +601,6 @@ struct slot {
 	unsigned char *out; /* frames, back to back (zstd only) */
 	size_t len;         /* input bytes */
 	size_t count;       /* chunks */
-	bool compress;
 	struct piece *pc;
 	enum slot_state state;
 	int rc;             /* 0, or -ENOMEM / -EIO from the worker */
@@ -616,6 +615,7 @@ struct pool {
 	size_t *ring;        /* queued slot numbers, in batch order */
 	size_t head, tail;
 	size_t chunk_size, batch_chunks;
+	bool compress;
 	int level;
 	bool stop;
 	pthread_t *tid;
@@ -630,7 +630,7 @@ static void batch_run(struct pool *pl, struct slot *s, ZSTD_CCtx **cctx)
 	size_t used = 0;
 
 	s->rc = 0;
-	if (s->compress && !*cctx) {
+	if (pl->compress && !*cctx) {
 		*cctx = ZSTD_createCCtx();
 		if (!*cctx) {
 			s->rc = -ENOMEM;
@@ -648,7 +648,7 @@ static void batch_run(struct pool *pl, struct slot *s, ZSTD_CCtx **cctx)
 		pc->len = len;
 		pc->flags = 0;
 		pc->xxh3 = XXH3_64bits(src, len);
-		if (!s->compress)
+		if (!pl->compress)
 			continue;
 		r = ZSTD_compressCCtx(*cctx, s->out + used, len - 1, src, len,
 				      pl->level);
@@ -737,6 +737,7 @@ static int pool_new(unsigned threads, size_t chunk_size, bool compress,
 	pl->chunk_size = chunk_size;
 	pl->batch_chunks = chunk_size < BATCH_BYTES ? BATCH_BYTES / chunk_size
 						    : 1;
+	pl->compress = compress;
 	pl->level = level;
 	batch = pl->batch_chunks * chunk_size;
 	per_slot = compress ? 2 * batch : batch;
@@ -858,7 +859,6 @@ static int pack_model(struct job *j, struct entry *e, int in)
 	struct pool *pl = j->pool;
 	uint64_t batch = pl->batch_chunks * pl->chunk_size;
 	uint64_t nb = (e->size + batch - 1) / batch, r = 0, w = 0;
-	bool compress = j->o->compression == APB_WRITER_ZSTD;
 
 	XXH3_64bits_reset(j->xxh);
 	while (w < nb) {
@@ -877,7 +877,6 @@ static int pack_model(struct job *j, struct entry *e, int in)
 				return in_err(j, e, rc);
 			XXH3_64bits_update(j->xxh, s->in, s->len);
 			s->count = (s->len + pl->chunk_size - 1) / pl->chunk_size;
-			s->compress = compress;
 			pool_submit(pl, r % pl->nslots);
 		}
 		s = pool_wait(pl, w % pl->nslots);
