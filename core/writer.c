@@ -213,7 +213,6 @@ struct entry {
 			       * until the model is written */
 	uint64_t xxh3;        /* 0 (placeholder) until copied */
 	uint64_t first_chunk; /* format 2: its first chunk table entry */
-	uint64_t chunks;      /* format 2: ceil(size / chunk_size) */
 };
 
 struct pool;
@@ -975,12 +974,12 @@ static int count_chunks(struct job *j)
 	j->chunk_size = j->o->chunk_size ? j->o->chunk_size : V2_CHUNK_DEFAULT;
 	for (size_t i = 0; i < j->n; i++) {
 		struct entry *e = &j->e[i];
+		uint64_t chunks = (e->size + j->chunk_size - 1) / j->chunk_size;
 
-		e->chunks = (e->size + j->chunk_size - 1) / j->chunk_size;
 		e->first_chunk = j->entries;
-		j->entries += e->chunks;
+		j->entries += chunks;
 		if (zstd) /* each chunk raw behind up to 4095 bytes of padding */
-			e->stored += e->chunks * (APB_ALIGN - 1);
+			e->stored += chunks * (APB_ALIGN - 1);
 	}
 	if (j->entries > (uint64_t)APB_CHUNKS_MAX) {
 		apb_fail(0, j->err, j->err_len,
