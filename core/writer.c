@@ -140,6 +140,12 @@ static int write_all(int fd, const void *buf, size_t len)
 	return 0;
 }
 
+static void put_le(unsigned char *p, uint64_t v, int bytes)
+{
+	for (int i = 0; i < bytes; i++)
+		p[i] = (unsigned char)(v >> (8 * i));
+}
+
 static int write_zeros(int fd, uint64_t len)
 {
 	while (len > 0) {
@@ -441,17 +447,14 @@ static int layout(struct job *j)
 static int write_head(struct job *j, const char *json)
 {
 	unsigned char h[HEADER_BYTES];
-	uint32_t version = j->o->format, len = (uint32_t)j->manifest_len;
 	size_t n = strlen(json);
 	int rc;
 
 	if (n > j->manifest_len || (j->o->format == 1 && n != j->manifest_len))
 		return -EPROTO;
 	memcpy(h, APB_MAGIC, APB_MAGIC_LEN);
-	for (int i = 0; i < 4; i++) {
-		h[8 + i] = (unsigned char)(version >> (8 * i));
-		h[12 + i] = (unsigned char)(len >> (8 * i));
-	}
+	put_le(h + 8, j->o->format, 4);
+	put_le(h + 12, j->manifest_len, 4);
 	if (lseek(j->af.fd, 0, SEEK_SET) < 0)
 		return -errno;
 	rc = write_all(j->af.fd, h, sizeof(h));
@@ -809,12 +812,6 @@ static unsigned worker_count(const struct apb_writer_options *o)
 /* ================================================================== */
 /* Format 2: writing models and the chunk table                        */
 /* ================================================================== */
-
-static void put_le(unsigned char *p, uint64_t v, int bytes)
-{
-	for (int i = 0; i < bytes; i++)
-		p[i] = (unsigned char)(v >> (8 * i));
-}
 
 /* Store the chunks of a finished batch from j->pos on, chunk table entries
  * from number first on. A raw chunk goes to the next multiple of 4096 (a
