@@ -132,13 +132,24 @@ static int create(const char *out, struct apb_input_list *l)
 	return apb_writer_create_bundle(at(out), l, NULL, err, sizeof(err));
 }
 
-static int create_v1(const char *out, struct apb_input_list *l)
+/* With these options and the defaults for the rest. */
+static int create_with(const char *out, struct apb_input_list *l,
+		       unsigned format, enum apb_writer_compression comp,
+		       uint64_t cs, unsigned threads)
 {
 	struct apb_writer_options o;
 
 	apb_writer_options_init(&o);
-	o.format = 1;
+	o.format = format;
+	o.compression = comp;
+	o.chunk_size = cs;
+	o.threads = threads;
 	return apb_writer_create_bundle(at(out), l, &o, err, sizeof(err));
+}
+
+static int create_v1(const char *out, struct apb_input_list *l)
+{
+	return create_with(out, l, 1, APB_WRITER_STORE, 0, 0);
 }
 
 static uint32_t le32(const unsigned char *p)
@@ -163,13 +174,7 @@ static int create_v2(const char *out, struct apb_input_list *l,
 		     enum apb_writer_compression comp, uint64_t cs,
 		     unsigned threads)
 {
-	struct apb_writer_options o;
-
-	apb_writer_options_init(&o);
-	o.compression = comp;
-	o.chunk_size = cs;
-	o.threads = threads;
-	return apb_writer_create_bundle(at(out), l, &o, err, sizeof(err));
+	return create_with(out, l, 2, comp, cs, threads);
 }
 
 /* The failure left no bundle and no temporary file next to it. */
@@ -196,7 +201,6 @@ static void reads_back(unsigned format, enum apb_writer_compression comp,
 	static const size_t sizes[] = {5000, 0, 1, 4096, (1u << 20) * 2 + 7};
 	static const char *const names[] = {"encoder", "empty", "one",
 					    "bert/page", "bert/big.bin"};
-	struct apb_writer_options o;
 	struct apb_input_list *l;
 	struct apb_bundle *b;
 	size_t idx;
@@ -212,12 +216,7 @@ static void reads_back(unsigned format, enum apb_writer_compression comp,
 		free(d);
 		CHECK_EQ(apb_input_list_add(l, names[i], at(rel)), 0);
 	}
-	apb_writer_options_init(&o);
-	o.format = format;
-	o.compression = comp;
-	o.chunk_size = cs;
-	CHECK_EQ(apb_writer_create_bundle(at("out.apbundle"), l, &o, err,
-					  sizeof(err)), 0);
+	CHECK_EQ(create_with("out.apbundle", l, format, comp, cs, 0), 0);
 	apb_input_list_free(l);
 
 	CHECK_EQ(apb_bundle_open(at("out.apbundle"), &b, err, sizeof(err)), 0);
@@ -1096,7 +1095,6 @@ static void a_walked_directory_makes_a_bundle(void)
 static void extract_and_check_refuse_corrupt_bytes(unsigned format)
 {
 	static const char *const p[] = {"w/model.bin", "f"};
-	struct apb_writer_options o;
 	struct apb_input_list *l;
 	struct apb_bundle *b;
 	unsigned char *want, *got;
@@ -1106,10 +1104,8 @@ static void extract_and_check_refuse_corrupt_bytes(unsigned format)
 	fresh_dir();
 	put_pattern("f", 70000, 5);
 	l = list_of(1, p);
-	apb_writer_options_init(&o);
-	o.format = format;
-	CHECK_EQ(apb_writer_create_bundle(at("x.apbundle"), l, &o, err,
-					  sizeof(err)), 0);
+	CHECK_EQ(create_with("x.apbundle", l, format, APB_WRITER_STORE, 0, 0),
+		 0);
 	CHECK_EQ(apb_bundle_open(at("x.apbundle"), &b, err, sizeof(err)), 0);
 	CHECK_EQ(apb_writer_extract_model(b, "x.apbundle", 0, at("out.bin"),
 					  NULL, err, sizeof(err)), 0);
