@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 import apbformat
-from conftest import APBUNDLE, KiB, MiB, mount, pack, run_apbundle, wait_until
+from conftest import APBUNDLE, KiB, MiB, mount, pack, run_apbundle, wait_until, write_sources
 
 ENTRY = struct.Struct("<QIIQ")      # offset, length, flags, xxh3
 
@@ -86,11 +86,8 @@ CONFIGS = [
 @pytest.mark.parametrize("opts,cs", [c[1:] for c in CONFIGS], ids=[c[0] for c in CONFIGS])
 def test_round_trip_through_extract_and_mount(tmp_path, binaries, opts, cs):
     models = {"m%02d_%d" % (i, n): data_for(n, i) for i, n in enumerate(sizes_for(cs))}
-    src = tmp_path / "src"
-    src.mkdir()
-    for name, data in models.items():
-        (src / name).write_bytes(data)
-    out = pack(tmp_path / "o.apbundle", src, **opts)
+    write_sources(tmp_path / "src", models)
+    out = pack(tmp_path / "o.apbundle", tmp_path / "src", **opts)
     compression = "zstd" if "compress" in opts else "none"
     if opts.get("fmt") != 1:
         doc, entries = check_v2_bytes(out, models, compression, cs)
@@ -131,9 +128,8 @@ def test_round_trip_through_extract_and_mount(tmp_path, binaries, opts, cs):
                          ids=["zstd-4k", "none", "v1"])
 def test_same_inputs_same_bytes_whatever_the_threads(tmp_path, binaries, opts):
     src = tmp_path / "src"
-    src.mkdir()
-    (src / "big").write_bytes(data_for(5 * MiB + 123, 1))   # several batches in flight
-    (src / "small").write_bytes(data_for(70001, 2))
+    write_sources(src, {"big": data_for(5 * MiB + 123, 1),     # several batches in flight
+                        "small": data_for(70001, 2)})
     files = [pack(tmp_path / ("o%s.apbundle" % t), src, threads=t, **opts) for t in (1, 2, 3)]
     files.append(pack(tmp_path / "again.apbundle", src, **opts))
     first = files[0].read_bytes()
@@ -144,10 +140,7 @@ def test_same_inputs_same_bytes_whatever_the_threads(tmp_path, binaries, opts):
 @pytest.mark.parametrize("compress", [None, "zstd"])
 def test_flipped_byte_names_model_and_chunk(tmp_path, binaries, compress):
     src = tmp_path / "src"
-    src.mkdir()
-    victim = data_for(6 * 4096 + 10, 5)
-    (src / "victim").write_bytes(victim)
-    (src / "intact").write_bytes(data_for(3 * 4096, 6))
+    write_sources(src, {"victim": data_for(6 * 4096 + 10, 5), "intact": data_for(3 * 4096, 6)})
     out = pack(tmp_path / "o.apbundle", src, compress=compress, chunk_size=4096)
     doc, entries, raw = read_v2(out)
     m = next(m for m in doc["models"] if m["name"] == "victim")
