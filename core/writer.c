@@ -1107,24 +1107,24 @@ static size_t read_piece(const struct apb_model *m)
 }
 
 /* Read model index through apb_bundle_preadv() (each version 2 chunk
- * against its XXH3) and hash it; copy it to af when not NULL. *xxh3 is
- * the digest of what was read. */
-static int model_copy(const struct apb_bundle *b, const char *label,
-		      size_t index, const struct apb_model *m,
-		      struct apb_atomic_file *af,
-		      const struct apb_writer_options *o, uint64_t *xxh3,
-		      char *err, size_t err_len)
+ * against its XXH3), copying it to af when not NULL, then check the
+ * model's checksum against what was read. */
+static int model_check(const struct apb_bundle *b, const char *label,
+		       size_t index, struct apb_atomic_file *af,
+		       const struct apb_writer_options *o, char *err,
+		       size_t err_len)
 {
+	const struct apb_model *m = apb_bundle_model(b, index);
+	const char *target = af ? af->target : label;
 	size_t piece = read_piece(m);
 	unsigned char *buf = malloc(piece);
 	XXH3_state_t *st = XXH3_createState();
-	uint64_t done = 0;
+	uint64_t done = 0, got;
 	int rc = 0;
 
 	if (!buf || !st) {
 		rc = -ENOMEM;
-		apb_fail(0, err, err_len, "%s: %s", af ? af->target : label,
-			strerror(-rc));
+		apb_fail(0, err, err_len, "%s: %s", target, strerror(-rc));
 		goto out;
 	}
 	XXH3_64bits_reset(st);
@@ -1134,7 +1134,7 @@ static int model_copy(const struct apb_bundle *b, const char *label,
 		long n;
 
 		if (cancelled(o)) {
-			rc = cancel_err(err, err_len, af ? af->target : label);
+			rc = cancel_err(err, err_len, target);
 			goto out;
 		}
 		n = apb_bundle_preadv(b, index, done, &iov, 1, &bad);
@@ -1154,34 +1154,17 @@ static int model_copy(const struct apb_bundle *b, const char *label,
 		XXH3_64bits_update(st, buf, (size_t)n);
 		rc = af ? write_all(af->fd, buf, (size_t)n) : 0;
 		if (rc) {
-			apb_fail(0, err, err_len, "%s: %s", af->target,
+			apb_fail(0, err, err_len, "%s: %s", target,
 				strerror(-rc));
 			goto out;
 		}
 		done += (uint64_t)n;
 		report(o, done, m->size);
 	}
-	*xxh3 = XXH3_64bits_digest(st);
-out:
-	XXH3_freeState(st);
-	free(buf);
-	return rc;
-}
-
-/* Read and check model index, copying it into af when not NULL. */
-static int model_check(const struct apb_bundle *b, const char *label,
-		       size_t index, struct apb_atomic_file *af,
-		       const struct apb_writer_options *o, char *err,
-		       size_t err_len)
-{
-	const struct apb_model *m = apb_bundle_model(b, index);
-	uint64_t got = 0;
-	int rc;
-
-	rc = model_copy(b, label, index, m, af, o, &got, err, err_len);
-	if (rc == 0 && cancelled(o))
-		rc = cancel_err(err, err_len, af ? af->target : label);
-	if (rc == 0 && m->has_checksum && got != m->xxh3) {
+	got = XXH3_64bits_digest(st);
+	if (cancelled(o)) {
+		rc = cancel_err(err, err_len, target);
+	} else if (m->has_checksum && got != m->xxh3) {
 		char have[APB_CHECKSUM_STRLEN + 1], want[APB_CHECKSUM_STRLEN + 1];
 
 		apb_checksum_format(got, have);
@@ -1190,6 +1173,9 @@ static int model_check(const struct apb_bundle *b, const char *label,
 			label, m->name, have, want);
 		rc = -EBADMSG;
 	}
+out:
+	XXH3_freeState(st);
+	free(buf);
 	return rc;
 }
 
