@@ -26,13 +26,14 @@ Environment:
 """
 import mmap
 import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 
 import benchlib
-from benchlib import Mount, drop_caches
+from benchlib import drop_caches, mount_apb
 
 MIB = 1 << 20
 BENCH = "/var/tmp/apb-bench"
@@ -88,11 +89,9 @@ def main():
         for i, v in enumerate(spec.split(";")):
             name, opts, *build = v.split(":", 2)
             opts, _, kb = opts.partition("#")
-            benchlib.DAEMON = os.path.join(build[0] if build else DEFAULT_BUILD,
-                                           "fs", "apbundlefs")
             mnt = os.path.join(work, f"m{i}")
-            os.mkdir(mnt)
-            m = Mount(BUNDLE, mnt, opts)
+            m = mount_apb(BUNDLE, mnt, opts, daemon=os.path.join(
+                build[0] if build else DEFAULT_BUILD, "fs", "apbundlefs"))
             path = os.path.join(mnt, MODEL)
             mounts.append((name, m, path))
             if kb:
@@ -128,9 +127,7 @@ def main():
     finally:
         for _, m, _ in mounts:
             m.close()
-        for i in range(len(mounts)):
-            os.rmdir(os.path.join(work, f"m{i}"))
-        os.rmdir(work)
+        shutil.rmtree(work)
 
 
 if __name__ == "__main__":

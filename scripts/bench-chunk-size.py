@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 
-from benchlib import Mount, PACKER, drop_caches, median, write_random
+from benchlib import PACKER, drop_caches, median, mount_apb, write_random
 
 MODEL_MIB = int(os.environ.get("MODEL_MIB", "512"))
 BUDGET = "64M"
@@ -59,7 +59,6 @@ def main():
     model = os.path.join(work, "model.bin")
     bundle = os.path.join(work, "b.apbundle")
     mnt = os.path.join(work, "mnt")
-    os.mkdir(mnt)
     write_random(model, MODEL_MIB)
     subprocess.run([PACKER, "create", bundle, f"m={model}"], check=True)
     size = MODEL_MIB << 20
@@ -72,7 +71,7 @@ def main():
         for cs in SIZES:
             seq, p50s, p99s, amp = [], [], [], []
             for run in range(RUNS):
-                m = Mount(bundle, mnt, f"max_memory={BUDGET},chunk_size={cs}")
+                m = mount_apb(bundle, mnt, f"max_memory={BUDGET},chunk_size={cs}")
                 try:
                     path = os.path.join(mnt, "m")
                     drop_caches()

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 
-from benchlib import Mount, PACKER, ROOT, drop_caches, median, write_random
+from benchlib import PACKER, ROOT, drop_caches, median, mount_apb, write_random
 
 MIB = int(os.environ.get("MODEL_MIB", "128"))
 RUNS = int(os.environ.get("RUNS", "3"))
@@ -63,9 +63,7 @@ def measure(store, bundle, work, size):
     mounts = {}
     try:
         for i, (label, extra) in enumerate(READERS):
-            mnt = f"{work}/mnt{i}"
-            os.makedirs(mnt, exist_ok=True)
-            mounts[label] = Mount(bundle, mnt, OPTS + "," + extra)
+            mounts[label] = mount_apb(bundle, f"{work}/mnt{i}", OPTS + "," + extra)
         for _ in range(RUNS):
             drop_caches()
             own.append(cat_seconds(bundle))

@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 import time
 
-from benchlib import Mount, PACKER, drop_caches, median, write_random
+from benchlib import PACKER, drop_caches, median, mount_apb, write_random
 
 MIB = int(os.environ.get("MODEL_MIB", "64"))
 RUNS = int(os.environ.get("RUNS", "7"))
@@ -24,13 +24,12 @@ def main():
     work = tempfile.mkdtemp(prefix="apb-seq-", dir="/var/tmp")
     model, bundle = f"{work}/model.bin", f"{work}/b.apbundle"
     mnt = f"{work}/mnt"
-    os.mkdir(mnt)
     try:
         write_random(model, MIB)
         subprocess.run([PACKER, "create", bundle, f"model={model}"], check=True)
         rows = {"cat original (cold)": [], "apbundlefs (cold)": [],
                 "cat original (hot)": [], "apbundlefs (hot, daemon cache)": []}
-        with Mount(bundle, mnt, "max_memory=128M") as m:
+        with mount_apb(bundle, mnt, "max_memory=128M") as m:
             path = f"{mnt}/model"
             for _ in range(RUNS):
                 drop_caches()
