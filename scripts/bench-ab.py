@@ -24,18 +24,15 @@ Environment:
   NATIVE    the file the cold runs are paired with (default
             /var/tmp/apb-bench/data/big/model; empty: none)
 """
-import mmap
 import os
 import shutil
 import statistics
 import sys
 import tempfile
-import time
 
 import benchlib
 from benchlib import drop_caches, mount_apb
 
-MIB = 1 << 20
 BENCH = "/var/tmp/apb-bench"
 RUNS = int(os.environ.get("RUNS", "11"))
 MODE = os.environ.get("MODE", "cold")
@@ -51,30 +48,12 @@ def busy_seconds():
     return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
 
 
-def read_seq(path):
+def timed_read(path):
     """(MB/s, CPU seconds of the machine) of one whole read of path."""
-    buf = mmap.mmap(-1, MIB)
-    fd = os.open(path, os.O_RDONLY)
-    total = 0
-    try:
-        cpu0, t0 = busy_seconds(), time.perf_counter()
-        while True:
-            n = os.readv(fd, [buf])
-            if n <= 0:
-                break
-            total += n
-        dt, cpu = time.perf_counter() - t0, busy_seconds() - cpu0
-    finally:
-        os.close(fd)
-    return total / dt / 1e6, cpu
-
-
-def set_kernel_readahead(mnt, path, kb):
-    os.close(os.open(path, os.O_RDONLY))  # the daemon sets its own at the first open
-    st = os.stat(mnt)
-    with open(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb",
-              "w") as f:
-        f.write(f"{kb}\n")
+    size = os.path.getsize(path)
+    cpu0 = busy_seconds()
+    dt = benchlib.read_seq(path, size)
+    return size / dt / 1e6, busy_seconds() - cpu0
 
 
 def main():
@@ -95,9 +74,10 @@ def main():
             path = os.path.join(mnt, MODEL)
             mounts.append((name, m, path))
             if kb:
-                set_kernel_readahead(mnt, path, int(kb))
+                os.close(os.open(path, os.O_RDONLY))  # the daemon sets its own at the first open
+                m.set_read_ahead_kb(int(kb))
             if MODE == "hot":
-                read_seq(path)
+                timed_read(path)
         rows = {name: [] for name in ["native"] * bool(NATIVE) + [n for n, _, _ in mounts]}
         for _ in range(RUNS):
             native = None
@@ -106,13 +86,13 @@ def main():
                     m.control("clear\n")
             if NATIVE:
                 drop_caches()
-                native = read_seq(NATIVE)
+                native = timed_read(NATIVE)
                 rows["native"].append(native + (None,))
             for name, m, path in mounts:
                 if MODE == "cold":
                     m.control("clear\n")
                     drop_caches()
-                mbps, cpu = read_seq(path)
+                mbps, cpu = timed_read(path)
                 rows[name].append((mbps, cpu, mbps / native[0] if native else None))
         print(f"{MODE}, {RUNS} runs each, interleaved; {BUNDLE}:{MODEL}")
         for name, r in rows.items():

@@ -12,28 +12,13 @@ import subprocess
 import tempfile
 import time
 
-from benchlib import PACKER, drop_caches, median, mount_apb, write_random
+from benchlib import PACKER, drop_caches, median, mount_apb, read_seq, write_random
 
 MODEL_MIB = int(os.environ.get("MODEL_MIB", "512"))
 BUDGET = "64M"
 SIZES = os.environ.get("SIZES", "64K 128K 256K 512K 1M").split()
 RUNS = int(os.environ.get("RUNS", "3"))
 RANDOM_READS = 3000
-
-
-def sequential_mbps(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        t0 = time.perf_counter()
-        total = 0
-        while True:
-            b = os.read(fd, 1 << 20)
-            if not b:
-                break
-            total += len(b)
-        return total / (time.perf_counter() - t0) / 1e6
-    finally:
-        os.close(fd)
 
 
 def random_reads(path, size, rng):
@@ -75,7 +60,7 @@ def main():
                 try:
                     path = os.path.join(mnt, "m")
                     drop_caches()
-                    seq.append(sequential_mbps(path))
+                    seq.append(size / read_seq(path, size) / 1e6)
                     m.control("clear\nreset-stats\n")
                     drop_caches()
                     p50, p99 = random_reads(path, size, random.Random(run))

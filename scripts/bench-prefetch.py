@@ -15,9 +15,9 @@ Run as root: scripts/bench-prefetch.py
 import os
 import subprocess
 import tempfile
-import time
 
-from benchlib import PACKER, ROOT, drop_caches, median, mount_apb, write_random
+from benchlib import (PACKER, Mount, build_fuse_tool, drop_caches, median, mount_apb, timed,
+                      write_random)
 
 MIB = int(os.environ.get("MODEL_MIB", "128"))
 RUNS = int(os.environ.get("RUNS", "3"))
@@ -32,21 +32,10 @@ READER = os.environ.get("READER", "cat")
 
 
 def cat_seconds(path, through_mount=False):
-    t0 = time.perf_counter()
     if through_mount and READER == "direct":
-        subprocess.run(["dd", "if=" + path, "of=/dev/null", "bs=128K", "iflag=direct"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    else:
-        subprocess.run(["cat", path], stdout=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - t0
-
-
-def wait_for_mount(path, proc, timeout=10.0):
-    end = time.monotonic() + timeout
-    while not os.path.ismount(path):
-        if proc.poll() is not None or time.monotonic() > end:
-            raise SystemExit("slowfs did not mount")
-        time.sleep(0.01)
+        return timed(["dd", "if=" + path, "of=/dev/null", "bs=128K", "iflag=direct",
+                      "status=none"])
+    return timed(["cat", path])
 
 
 # (label, extra mount options); the store's own speed is measured between
@@ -90,22 +79,14 @@ def main():
     work = tempfile.mkdtemp(prefix="apb-pfbench-", dir="/var/tmp")
     model, bundle = f"{work}/model.bin", f"{work}/b.apbundle"
     slow = f"{work}/slow"
-    slowfs = f"{work}/slowfs"
-    os.mkdir(slow)
-    proc = None
     try:
-        cflags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"],
-                                capture_output=True, text=True, check=True).stdout.split()
-        subprocess.run(["cc", "-O2", "-o", slowfs,
-                        os.path.join(ROOT, "scripts", "benchsrc", "slowfs.c")] + cflags,
-                       check=True)
+        slowfs = build_fuse_tool("slowfs", f"{work}/slowfs")
         write_random(model, MIB)
         subprocess.run([PACKER, "create", bundle, f"model={model}"], check=True)
         size = MIB << 20
         rows = measure("local disk", bundle, work, size)
-        proc = subprocess.Popen([slowfs, bundle, slow, str(DELAY_US)])
-        wait_for_mount(slow, proc)
-        rows += measure(f"{DELAY_US} us per read", f"{slow}/data", work, size)
+        with Mount([slowfs, bundle, slow, str(DELAY_US)], slow):
+            rows += measure(f"{DELAY_US} us per read", f"{slow}/data", work, size)
         print(f"{MIB} MiB model read by {READER}, {OPTS}, medians of {RUNS} cold runs; "
               f"kernel {os.uname().release}, {os.cpu_count()} cores")
         print("| store | reader | MB/s | hit rate | wasted bytes |")
@@ -115,9 +96,6 @@ def main():
             w = "" if waste is None else f"{waste:.0f}"
             print(f"| {store} | {what} | {mbps:.0f} | {r} | {w} |")
     finally:
-        if proc:
-            subprocess.run(["fusermount3", "-u", slow], check=False)
-            proc.wait(timeout=10)
         subprocess.run(["rm", "-rf", work])
 
 

@@ -6,18 +6,11 @@ cold run. Prints medians. Run as root: scripts/bench-seq.py
 import os
 import subprocess
 import tempfile
-import time
 
-from benchlib import PACKER, drop_caches, median, mount_apb, write_random
+from benchlib import PACKER, drop_caches, median, mount_apb, timed, write_random
 
 MIB = int(os.environ.get("MODEL_MIB", "64"))
 RUNS = int(os.environ.get("RUNS", "7"))
-
-
-def cat_seconds(path):
-    t0 = time.perf_counter()
-    subprocess.run(["cat", path], stdout=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - t0
 
 
 def main():
@@ -33,14 +26,14 @@ def main():
             path = f"{mnt}/model"
             for _ in range(RUNS):
                 drop_caches()
-                rows["cat original (cold)"].append(cat_seconds(model))
-                rows["cat original (hot)"].append(cat_seconds(model))
+                rows["cat original (cold)"].append(timed(["cat", model]))
+                rows["cat original (hot)"].append(timed(["cat", model]))
                 drop_caches()
                 m.control("clear\n")
-                rows["apbundlefs (cold)"].append(cat_seconds(path))
+                rows["apbundlefs (cold)"].append(timed(["cat", path]))
                 # the model stays in the daemon's cache; a new open drops
                 # the kernel's pages, so this measures the daemon's hits
-                rows["apbundlefs (hot, daemon cache)"].append(cat_seconds(path))
+                rows["apbundlefs (hot, daemon cache)"].append(timed(["cat", path]))
             rss = m.peak_rss()
         size = MIB << 20
         print(f"{MIB} MiB model, {RUNS} runs each, medians; "

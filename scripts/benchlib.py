@@ -58,6 +58,14 @@ def read_seq(path, expect=None):
     return dt
 
 
+def timed(argv):
+    """Seconds that the command argv takes; its standard output is thrown
+    away."""
+    t0 = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - t0
+
+
 def build_fuse_tool(name, out):
     """Compile scripts/benchsrc/NAME.c, a libfuse program, into out."""
     flags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"],
