@@ -81,7 +81,9 @@ def main():
         rows = {name: [] for name in ["native"] * bool(NATIVE) + [n for n, _, _ in mounts]}
         for _ in range(RUNS):
             native = None
-            if MODE == "cold":  # the native read, too, gets just-freed memory
+            # every cache cleared first, so that the native read, too, gets
+            # just-freed memory; no variant is read before its own turn
+            if MODE == "cold":
                 for _, m, _ in mounts:
                     m.control("clear\n")
             if NATIVE:
@@ -90,7 +92,6 @@ def main():
                 rows["native"].append(native + (None,))
             for name, m, path in mounts:
                 if MODE == "cold":
-                    m.control("clear\n")
                     drop_caches()
                 mbps, cpu = timed_read(path)
                 rows[name].append((mbps, cpu, mbps / native[0] if native else None))
