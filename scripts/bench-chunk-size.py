@@ -1,10 +1,11 @@
 #!/usr/bin/python3
 """Measure what the cache chunk size costs and buys, to choose its default.
 
-For each chunk size: a cold sequential read of a model larger than the budget
-(page cache dropped first, 1 MiB reads), and random 4 KiB O_DIRECT reads over
-the same model (latency and read amplification: bundle bytes read per byte
-served). Run as root from the repository: scripts/bench-chunk-size.py
+For each chunk size, on one mount, RUNS times: a cold sequential read of a
+model larger than the budget (page cache dropped and the daemon's cache
+cleared first, 1 MiB reads), and random 4 KiB O_DIRECT reads over the same
+model (latency and read amplification: bundle bytes read per byte served).
+Run as root from the repository: scripts/bench-chunk-size.py
 """
 import os
 import random
@@ -44,21 +45,21 @@ def main():
     model = os.path.join(work, "model.bin")
     bundle = os.path.join(work, "b.apbundle")
     mnt = os.path.join(work, "mnt")
-    write_random(model, MODEL_MIB)
-    subprocess.run([PACKER, "create", bundle, f"m={model}"], check=True)
+    path = os.path.join(mnt, "m")
     size = MODEL_MIB << 20
-    print(f"model {MODEL_MIB} MiB, max_memory={BUDGET}, {RUNS} runs, "
-          f"{RANDOM_READS} random reads; kernel {os.uname().release}")
-    print("| chunk | cold seq MB/s (median) | rand 4K p50 us | p99 us | "
-          "bytes read per byte served (random) |")
-    print("|---|---|---|---|---|")
     try:
+        write_random(model, MODEL_MIB)
+        subprocess.run([PACKER, "create", bundle, f"m={model}"], check=True)
+        print(f"model {MODEL_MIB} MiB, max_memory={BUDGET}, {RUNS} runs, "
+              f"{RANDOM_READS} random reads; kernel {os.uname().release}")
+        print("| chunk | cold seq MB/s (median) | rand 4K p50 us | p99 us | "
+              "bytes read per byte served (random) |")
+        print("|---|---|---|---|---|")
         for cs in SIZES:
             seq, p50s, p99s, amp = [], [], [], []
-            for run in range(RUNS):
-                m = mount_apb(bundle, mnt, f"max_memory={BUDGET},chunk_size={cs}")
-                try:
-                    path = os.path.join(mnt, "m")
+            with mount_apb(bundle, mnt, f"max_memory={BUDGET},chunk_size={cs}") as m:
+                for run in range(RUNS):
+                    m.control("clear\n")
                     drop_caches()
                     seq.append(size / read_seq(path, size) / 1e6)
                     m.control("clear\nreset-stats\n")
@@ -68,8 +69,6 @@ def main():
                     p99s.append(p99)
                     io = m.stats()["io"]
                     amp.append(io["backing_bytes_read"] / io["bytes_served"])
-                finally:
-                    m.close()
             print(f"| {cs} | {median(seq):.0f} | "
                   f"{median(p50s):.0f} | "
                   f"{median(p99s):.0f} | "
