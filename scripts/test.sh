@@ -11,7 +11,7 @@
 #           again, minus the `perf` tests (RSS, timing-dependent hit rates)
 #   tsan    ThreadSanitizer build: meson test and TSAN_TESTS (default
 #           tests/e2e/test_stress.py; tests/e2e for all, ~2 min more)
-#   fuzz    scripts/fuzz.sh FUZZ_SECONDS, when that script exists
+#   fuzz    scripts/fuzz.sh FUZZ_SECONDS
 #   bench   QUICK=1 SMOKE=1 scripts/bench: every benchmark system and case at
 #           tiny sizes, the bytes read compared with the source (~30 s; a
 #           check that the benchmark still runs, not numbers)
@@ -232,10 +232,6 @@ stage_tsan() {
 }
 
 stage_fuzz() {
-    if [ ! -f scripts/fuzz.sh ]; then
-        step "fuzz: skipped (no scripts/fuzz.sh)"
-        return 0
-    fi
     step "fuzz: scripts/fuzz.sh $FUZZ_SECONDS"
     bash scripts/fuzz.sh "$FUZZ_SECONDS"
 }
