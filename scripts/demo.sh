@@ -8,8 +8,8 @@
 # Installs what is missing and builds first. Always unmounts and cleans up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/deps.sh
 
-export DEBIAN_FRONTEND=noninteractive
 BUILD_DIR=${BUILD_DIR:-build}
 BUDGET=${BUDGET:-2M}
 TESSDATA=/usr/share/tesseract-ocr/5/tessdata
@@ -20,15 +20,8 @@ PACKAGES=(meson ninja-build pkg-config gcc libfuse3-dev fuse3 libcjson-dev
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-    [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    say "Installing ${missing[*]}"
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+say "Packages"
+install_missing "${PACKAGES[@]}"
 
 say "Building"
 [ -f "$BUILD_DIR/build.ninja" ] || meson setup "$BUILD_DIR" >/dev/null

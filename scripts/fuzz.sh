@@ -15,43 +15,22 @@
 # KEEP_CORPUS=1, FUZZ_NICE (default 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/deps.sh
 
 SECONDS_TO_RUN=${1:-60}
 shift || true
 BUILD_DIR=${FUZZ_BUILD_DIR:-build-fuzz}
 ARTIFACTS=${FUZZ_ARTIFACTS:-$BUILD_DIR/artifacts}
-export DEBIAN_FRONTEND=noninteractive
 
 step() { printf '\n==> %s\n' "$*"; }
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi
-}
-installed() {
-    [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
-}
 
 step "dependencies"
-# The library's own build dependencies, then clang and libFuzzer's runtime
-# (libclang-rt-N-dev is only a Recommends of clang-N on Debian).
-packages=(meson ninja-build pkg-config libfuse3-dev libcjson-dev libxxhash-dev
-          libzstd-dev clang)
-missing=()
-for p in "${packages[@]}"; do installed "$p" || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing: ${missing[*]}"
-    as_root apt-get update -qq
-    as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
-major=$(clang -dumpversion | cut -d. -f1)
-for p in "libclang-rt-$major-dev" "llvm-$major"; do   # runtime, symbolizer
-    if ! installed "$p"; then
-        echo "installing: $p"
-        as_root apt-get install -y -qq --no-install-recommends "$p" ||
-            { as_root apt-get update -qq &&
-              as_root apt-get install -y -qq --no-install-recommends "$p"; }
-    fi
-done
-export PATH="$PATH:/usr/lib/llvm-$major/bin"   # llvm-symbolizer for stacks
+# The library's own build dependencies, then clang, libFuzzer's runtime
+# and the symbolizer.
+install_missing meson ninja-build pkg-config libfuse3-dev libcjson-dev libxxhash-dev \
+    libzstd-dev clang
+install_clang_runtime
+export PATH="$PATH:/usr/lib/llvm-$CLANG_MAJOR/bin"   # llvm-symbolizer for stacks
 
 step "configure ($BUILD_DIR: clang, -Dfuzz=true, ASan + UBSan)"
 if [ ! -f "$BUILD_DIR/build.ninja" ]; then

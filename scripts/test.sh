@@ -24,8 +24,8 @@
 # FUZZ_SECONDS (60).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/deps.sh
 
-export DEBIAN_FRONTEND=noninteractive
 STAGES=${STAGES:-normal asan tsan fuzz bench}
 BUILD_DIR=${BUILD_DIR:-build}
 ASAN_BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
@@ -42,10 +42,6 @@ PACKAGES=(meson ninja-build pkg-config gcc clang libfuse3-dev fuse3 libcjson-dev
 
 step() { printf '\n==> %s\n' "$*"; }
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi
-}
-
 for stage in $STAGES; do
     case "$stage" in
     normal|asan|tsan|fuzz|bench) ;;
@@ -54,33 +50,8 @@ for stage in $STAGES; do
 done
 
 step "dependencies"
-missing=()
-installed() {   # dpkg -s alone also succeeds for removed-but-not-purged packages
-    [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
-}
-for p in "${PACKAGES[@]}"; do
-    installed "$p" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing: ${missing[*]}"
-    as_root apt-get update -qq
-    as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
-else
-    echo "all ${#PACKAGES[@]} packages present"
-fi
-# clang's sanitizer runtimes and its symbolizer (readable stacks in reports)
-# come in packages named by clang's version, only recommended by clang
-CLANG_MAJOR=$(clang -dumpversion | cut -d. -f1)
-missing=()
-for p in "libclang-rt-$CLANG_MAJOR-dev" "llvm-$CLANG_MAJOR"; do
-    installed "$p" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing: ${missing[*]}"
-    as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" ||
-        { as_root apt-get update -qq &&
-          as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"; }
-fi
+install_missing "${PACKAGES[@]}"
+install_clang_runtime   # the asan stage's runtime and symbolizer
 if [ ! -e /dev/fuse ]; then
     echo "error: /dev/fuse is missing; the end-to-end tests need FUSE" >&2
     exit 1
