@@ -28,13 +28,14 @@
  * storage should not fail the reader) and then reported as -EBADMSG.
  *
  * Reads: a run of whole raw chunks adjacent in the file goes into the
- * destination with one preadv() and is hashed there; a chunk only partly
- * wanted, or a frame, goes through the scratch buffers of a context taken
- * from a small pool (a whole frame whose destination is one buffer is
- * decompressed straight into it). Contexts hold a ZSTD_DCtx, an XXH3
- * state and the scratch buffers; at most POOL_IDLE_MAX stay allocated
- * while idle, and scratch larger than SCRATCH_KEEP is freed after use, so
- * idle memory stays bounded whatever the bundle's chunk size.
+ * destination with one preadv() and is hashed there, with no context: the
+ * daemon's page-ins of raw chunks take no lock of ours. A chunk only
+ * partly wanted, or a frame, goes through the scratch buffers of a context
+ * taken from a small pool when the read first needs one (a whole frame
+ * whose destination is one buffer is decompressed straight into it).
+ * Contexts hold a ZSTD_DCtx and the scratch buffers; at most POOL_IDLE_MAX
+ * stay allocated while idle, and scratch larger than SCRATCH_KEEP is freed
+ * after use, so idle memory stays bounded whatever the bundle's chunk size.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -42,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack */
 #include <xxhash.h>
 #include <zstd.h>
 
@@ -300,7 +302,6 @@ int apb_v2_check_chunks(const struct apb_manifest *mf, char *err,
 
 struct ctx {
 	ZSTD_DCtx *z;
-	XXH3_state_t *h;
 	uint8_t *out, *in; /* scratch: a chunk's bytes, a frame's bytes */
 	size_t out_cap, in_cap;
 };
@@ -316,7 +317,6 @@ static void ctx_free(struct ctx *c)
 	if (!c)
 		return;
 	ZSTD_freeDCtx(c->z);
-	XXH3_freeState(c->h);
 	free(c->out);
 	free(c->in);
 	free(c);
@@ -360,8 +360,7 @@ static struct ctx *ctx_get(struct apb_v2_reader *r)
 	if (!c)
 		return NULL;
 	c->z = ZSTD_createDCtx();
-	c->h = XXH3_createState();
-	if (!c->z || !c->h) {
+	if (!c->z) {
 		ctx_free(c);
 		return NULL;
 	}
@@ -444,25 +443,26 @@ static void dest_copy(struct dest *d, const uint8_t *src, size_t n)
 }
 
 /* XXH3 of the next n bytes of d (d itself does not move). */
-static uint64_t dest_hash(struct ctx *c, struct dest d, size_t n)
+static uint64_t dest_hash(struct dest d, size_t n)
 {
 	const uint8_t *flat = dest_flat(&d, n);
+	XXH3_state_t st;
 
 	if (flat)
 		return XXH3_64bits(flat, n);
-	XXH3_64bits_reset(c->h);
+	XXH3_64bits_reset(&st);
 	while (n > 0) {
 		size_t k = d.iov[d.i].iov_len - d.skip;
 
 		if (k > n)
 			k = n;
-		XXH3_64bits_update(c->h,
+		XXH3_64bits_update(&st,
 				   (const uint8_t *)d.iov[d.i].iov_base + d.skip,
 				   k);
 		n -= k;
 		dest_advance(&d, k);
 	}
-	return XXH3_64bits_digest(c->h);
+	return XXH3_64bits_digest(&st);
 }
 
 /* ---- reads ------------------------------------------------------------- */
@@ -562,10 +562,9 @@ static uint64_t raw_run(const struct apb_model *m,
 
 /* A run of n whole raw chunks from ci straight into d, hashed there; a
  * chunk that fails is read again on its own. */
-static int read_run(const struct apb_bundle *b, struct ctx *c,
-		    const struct apb_model *m, const struct apb_chunk_entry *t,
-		    uint64_t ci, uint64_t n, size_t bytes, struct dest *d,
-		    uint64_t *bad)
+static int read_run(const struct apb_bundle *b, const struct apb_model *m,
+		    const struct apb_chunk_entry *t, uint64_t ci, uint64_t n,
+		    size_t bytes, struct dest *d, uint64_t *bad)
 {
 	long got = apb_bundle_pread_stored(b, t[ci].offset, d->iov + d->i,
 					   d->cnt - d->i, d->skip, bytes);
@@ -575,14 +574,14 @@ static int read_run(const struct apb_bundle *b, struct ctx *c,
 	for (uint64_t k = ci; k < ci + n; k++) {
 		size_t ulen = chunk_len(m, k);
 
-		if (dest_hash(c, *d, ulen) != t[k].xxh3) {
+		if (dest_hash(*d, ulen) != t[k].xxh3) {
 			got = apb_bundle_pread_stored(b, t[k].offset,
 						      d->iov + d->i,
 						      d->cnt - d->i, d->skip,
 						      ulen);
 			if (got < 0)
 				return (int)got;
-			if (dest_hash(c, *d, ulen) != t[k].xxh3) {
+			if (dest_hash(*d, ulen) != t[k].xxh3) {
 				*bad = k;
 				return -EBADMSG;
 			}
@@ -601,14 +600,9 @@ long apb_v2_preadv(const struct apb_bundle *b, struct apb_v2_reader *r,
 	const struct apb_chunk_entry *t = table + m->first_chunk;
 	struct dest d = {.iov = iov, .cnt = iovcnt};
 	uint64_t pos = off, end = off + want, bad = 0;
-	struct ctx *c;
+	struct ctx *c = NULL; /* taken when a chunk needs scratch */
 	int rc = 0;
 
-	if (want == 0)
-		return 0;
-	c = ctx_get(r);
-	if (!c)
-		return -ENOMEM;
 	dest_advance(&d, 0);
 	while (pos < end && rc == 0) {
 		uint64_t ci = pos / m->chunk_size, start = ci * m->chunk_size;
@@ -616,8 +610,10 @@ long apb_v2_preadv(const struct apb_bundle *b, struct apb_v2_reader *r,
 		uint64_t n = pos == start ? raw_run(m, t, ci, end, &bytes) : 0;
 
 		if (n > 0) {
-			rc = read_run(b, c, m, t, ci, n, bytes, &d, &bad);
+			rc = read_run(b, m, t, ci, n, bytes, &d, &bad);
 			pos += bytes;
+		} else if (!c && !(c = ctx_get(r))) {
+			rc = -ENOMEM;
 		} else {
 			size_t in = (size_t)(pos - start);
 			size_t len = end - pos < ulen - in ? (size_t)(end - pos)
@@ -629,7 +625,8 @@ long apb_v2_preadv(const struct apb_bundle *b, struct apb_v2_reader *r,
 			pos += len;
 		}
 	}
-	ctx_put(r, c);
+	if (c)
+		ctx_put(r, c);
 	if (rc == -EBADMSG && bad_chunk)
 		*bad_chunk = bad;
 	return rc ? rc : (long)want;
