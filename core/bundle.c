@@ -705,12 +705,6 @@ static int cmp_by_offset(const void *a, const void *b)
 	return strcmp(x->name, y->name);
 }
 
-/* "'name'" of a model for a message; q holds the text. */
-static const char *mq(const struct apb_model *m, char *q)
-{
-	return apb_name_quote(m->name, strlen(m->name), q, APB_QUOTE_MAX);
-}
-
 static int check_extent(const struct apb_model *m, uint64_t data_start,
 			uint64_t file_size, char *err, size_t err_len)
 {
@@ -719,17 +713,17 @@ static int check_extent(const struct apb_model *m, uint64_t data_start,
 	if (m->offset < data_start)
 		return apb_errf(err, err_len,
 				"model '%s': offset %llu is inside the header and manifest (which end at %llu)",
-				mq(m, q), (unsigned long long)m->offset,
+				apb_mq(m, q), (unsigned long long)m->offset,
 				(unsigned long long)data_start);
 	if (m->stored_size > UINT64_MAX - m->offset)
 		return apb_errf(err, err_len,
 				"model '%s': offset %llu + size %llu overflows",
-				mq(m, q), (unsigned long long)m->offset,
+				apb_mq(m, q), (unsigned long long)m->offset,
 				(unsigned long long)m->stored_size);
 	if (m->offset + m->stored_size > file_size)
 		return apb_errf(err, err_len,
 				"model '%s': offset %llu + size %llu runs past end of file (%llu bytes)",
-				mq(m, q), (unsigned long long)m->offset,
+				apb_mq(m, q), (unsigned long long)m->offset,
 				(unsigned long long)m->stored_size,
 				(unsigned long long)file_size);
 	return 0;
@@ -773,7 +767,7 @@ static int check_overlap(const struct apb_manifest *m, char *err,
 		if (far && cur->offset < far->offset + far->stored_size) {
 			rc = apb_errf(err, err_len,
 				      "models '%s' and '%s' overlap: '%s' covers bytes %llu to %llu, '%s' starts at %llu",
-				      mq(far, qa), mq(cur, qb), qa,
+				      apb_mq(far, qa), apb_mq(cur, qb), qa,
 				      (unsigned long long)far->offset,
 				      (unsigned long long)(far->offset + far->stored_size),
 				      qb, (unsigned long long)cur->offset);

@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/uio.h>
 
 #include "apbundle/bundle.h"
@@ -135,6 +136,12 @@ int apb_pread_full(int fd, void *buf, size_t len, uint64_t off);
 #define APB_QUOTE_MAX 200 /* buffer size for a quoted name in messages */
 const char *apb_name_quote(const char *s, size_t len, char *buf,
 			   size_t buf_len);
+
+/* apb_name_quote() of a model's name; q holds APB_QUOTE_MAX bytes. */
+static inline const char *apb_mq(const struct apb_model *m, char *q)
+{
+	return apb_name_quote(m->name, strlen(m->name), q, APB_QUOTE_MAX);
+}
 
 static inline uint32_t apb_le32(const uint8_t *p)
 {

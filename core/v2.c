@@ -131,11 +131,6 @@ static size_t chunk_len(const struct apb_model *m, uint64_t i)
 	return (size_t)(left < m->chunk_size ? left : m->chunk_size);
 }
 
-static const char *mq(const struct apb_model *m, char *q)
-{
-	return apb_name_quote(m->name, strlen(m->name), q, APB_QUOTE_MAX);
-}
-
 /* One entry of m, chunk i; prev_end: where the previous chunk ended. */
 static int check_entry(const struct apb_model *m, uint64_t i,
 		       const struct apb_chunk_entry *e, uint64_t prev_end,
@@ -146,7 +141,7 @@ static int check_entry(const struct apb_model *m, uint64_t i,
 	char q[APB_QUOTE_MAX], at[APB_QUOTE_MAX + 64];
 
 	snprintf(at, sizeof at, "model '%s' chunk %llu (table entry %llu)",
-		 mq(m, q), (unsigned long long)i,
+		 apb_mq(m, q), (unsigned long long)i,
 		 (unsigned long long)(m->first_chunk + i));
 	if (e->flags & ~APB_CHUNK_ZSTD)
 		return apb_errf(err, err_len, "%s: unknown flags 0x%08x",
@@ -205,7 +200,8 @@ static int check_model(const struct apb_manifest *mf,
 	if (m->first_chunk > n || m->chunk_count > n - m->first_chunk)
 		return apb_errf(err, err_len,
 				"model '%s': its %llu chunks from table entry %llu run past the chunk table (%llu entries)",
-				mq(m, q), (unsigned long long)m->chunk_count,
+				apb_mq(m, q),
+				(unsigned long long)m->chunk_count,
 				(unsigned long long)m->first_chunk,
 				(unsigned long long)n);
 	for (uint64_t i = 0; i < m->chunk_count; i++) {
@@ -254,7 +250,7 @@ static int check_coverage(const struct apb_manifest *mf, char *err,
 			rc = apb_errf(err, err_len,
 				      "chunk table entry %llu is used by models '%s' and '%s'",
 				      (unsigned long long)cur->first_chunk,
-				      mq(far, qa), mq(cur, qb));
+				      apb_mq(far, qa), apb_mq(cur, qb));
 		else if (cur->first_chunk > next)
 			rc = apb_errf(err, err_len,
 				      "chunk table entries %llu .. %llu are used by no model",
@@ -291,7 +287,8 @@ int apb_v2_check_chunks(const struct apb_manifest *mf, char *err,
 			return apb_errf(err, err_len,
 					"chunk table (bytes %llu to %llu) overlaps model '%s' (bytes %llu to %llu)",
 					(unsigned long long)t,
-					(unsigned long long)(t + tlen), mq(m, q),
+					(unsigned long long)(t + tlen),
+					apb_mq(m, q),
 					(unsigned long long)m->offset,
 					(unsigned long long)(m->offset + m->stored_size));
 	}
