@@ -131,14 +131,14 @@ static long preadv_full(int fd, uint64_t pos, const struct iovec *iov,
 	size_t done = 0; /* skip: bytes of iov[i] already read or passed */
 	int i = 0;
 
-	while (i < iovcnt && skip > 0 && skip >= iov[i].iov_len) {
-		skip -= iov[i].iov_len;
-		i++;
-	}
 	while (done < want) {
-		int n = readv_batch(iov, iovcnt, i, skip, want - done, v);
-		ssize_t r = preadv(fd, v, n, (off_t)(pos + done));
+		ssize_t r;
+		int n;
 
+		for (; i < iovcnt && skip >= iov[i].iov_len; i++)
+			skip -= iov[i].iov_len;
+		n = readv_batch(iov, iovcnt, i, skip, want - done, v);
+		r = preadv(fd, v, n, (off_t)(pos + done));
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
@@ -148,10 +148,6 @@ static long preadv_full(int fd, uint64_t pos, const struct iovec *iov,
 			return -EIO;
 		done += (size_t)r;
 		skip += (size_t)r;
-		while (i < iovcnt && skip >= iov[i].iov_len && skip > 0) {
-			skip -= iov[i].iov_len;
-			i++;
-		}
 	}
 	return (long)done;
 }
