@@ -369,7 +369,6 @@ static int setup(struct apbfs *fs, const char *path)
 	size_t n;
 
 	rc = apb_bundle_open(path, &fs->bundle, err, sizeof(err));
-
 	if (rc) {
 		fprintf(stderr, "apbundlefs: %s: %s\n", path,
 			err[0] ? err : strerror(-rc));

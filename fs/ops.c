@@ -439,21 +439,17 @@ static int add_chunk(struct read_req *r, uint64_t idx, uint32_t ahead,
 {
 	struct apb_cache *cache = r->fs->cache;
 	struct apb_chunk *c;
+	bool may_wait;
 	int rc;
 
 	if (!r->buf && r->nheld == HELD_MAX && (rc = spill(r, size)))
 		return rc;
-	if (r->buf || r->nheld == 0) {
+	may_wait = r->buf || r->nheld == 0; /* holding nothing */
+	rc = apb_cache_get_ahead(cache, r->model, idx, ahead, may_wait, &c);
+	if (rc == -EAGAIN && !may_wait) {
+		if ((rc = spill(r, size)))
+			return rc;
 		rc = apb_cache_get_ahead(cache, r->model, idx, ahead, true, &c);
-	} else {
-		rc = apb_cache_get_ahead(cache, r->model, idx, ahead, false,
-					 &c);
-		if (rc == -EAGAIN) {
-			if ((rc = spill(r, size)))
-				return rc;
-			rc = apb_cache_get_ahead(cache, r->model, idx, ahead,
-						 true, &c);
-		}
 	}
 	if (rc)
 		return rc;
