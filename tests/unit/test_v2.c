@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -253,6 +254,19 @@ static void expect_v2_error(struct v2 *v, const char *needle)
 
 	expect_error(&b, needle);
 	v2_free(v);
+}
+
+/* The same with the message's numbers, taken from v, filled in. */
+__attribute__((format(printf, 2, 3))) static void
+expect_v2_errorf(struct v2 *v, const char *fmt, ...)
+{
+	char needle[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	CHECK(vsnprintf(needle, sizeof needle, fmt, ap) < (int)sizeof needle);
+	va_end(ap);
+	expect_v2_error(v, needle);
 }
 
 /* ---- round trips ------------------------------------------------------- */
@@ -879,10 +893,14 @@ static void rejects_chunks_out_of_order(void)
 	base(&v);
 	t = v.e[1], v.e[1] = v.e[2], v.e[2] = t;
 	p = v.blob[1], v.blob[1] = v.blob[2], v.blob[2] = p;
-	expect_v2_error(&v, "model 'a' chunk 2 (table entry 2): offset");
+	expect_v2_errorf(&v, "model 'a' chunk 2 (table entry 2): offset %llu is before the end of chunk 1 (%llu); chunks must be in offset order without overlap",
+			 (unsigned long long)v.e[2].off,
+			 (unsigned long long)(v.e[1].off + v.e[1].len));
 	base(&v);
 	v.e[2].off = v.e[1].off + 1; /* overlaps chunk 1 */
-	expect_v2_error(&v, "is before the end of chunk 1");
+	expect_v2_errorf(&v, "model 'a' chunk 2 (table entry 2): offset %llu is before the end of chunk 1 (%llu)",
+			 (unsigned long long)v.e[2].off,
+			 (unsigned long long)(v.e[1].off + v.e[1].len));
 }
 
 static void rejects_chunk_past_model_stored_bytes(void)
@@ -891,10 +909,9 @@ static void rejects_chunk_past_model_stored_bytes(void)
 
 	base(&v);
 	v.stored[0] -= 1;
-	expect_v2_error(&v, "model 'a' chunk 3 (table entry 3): ");
-	base(&v);
-	v.stored[0] -= 1;
-	expect_v2_error(&v, "run past the model's stored bytes");
+	expect_v2_errorf(&v, "model 'a' chunk 3 (table entry 3): %u bytes at offset %llu run past the model's stored bytes (which end at %llu)",
+			 v.e[3].len, (unsigned long long)v.e[3].off,
+			 (unsigned long long)(v.off[0] + v.stored[0]));
 }
 
 static void rejects_none_model_with_gap(void)
@@ -905,11 +922,9 @@ static void rejects_none_model_with_gap(void)
 	/* Move b's last chunk one page on: aligned, in order, inside. */
 	v.e[7].off += 4096;
 	v.stored[1] += 4096;
-	expect_v2_error(&v, "model 'b' chunk 3 (table entry 7): offset");
-	base(&v);
-	v.e[7].off += 4096;
-	v.stored[1] += 4096;
-	expect_v2_error(&v, "a 'none' model's chunks lie back to back from its offset");
+	expect_v2_errorf(&v, "model 'b' chunk 3 (table entry 7): offset %llu is not %llu: a 'none' model's chunks lie back to back from its offset",
+			 (unsigned long long)v.e[7].off,
+			 (unsigned long long)(v.off[1] + 3 * 4096));
 }
 
 /* b names a's last entry as its first: caught by b's own rules (here the
