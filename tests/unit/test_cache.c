@@ -1550,9 +1550,12 @@ static void test_get_waits_for_slot_when_all_referenced(void)
 	cache_done(&s, b.cache);
 }
 
+/* apb_cache_prefetch() of chunk index, or with count set,
+ * apb_cache_prefetch_run() of count chunks from index. */
 struct prefetch_call {
 	struct apb_cache *cache;
 	uint64_t index;
+	uint32_t count, loaded;
 	int rc;
 };
 
@@ -1560,7 +1563,9 @@ static void *prefetch_in_thread(void *p)
 {
 	struct prefetch_call *pc = p;
 
-	pc->rc = apb_cache_prefetch(pc->cache, 0, pc->index);
+	pc->rc = pc->count ? apb_cache_prefetch_run(pc->cache, 0, pc->index,
+						    pc->count, &pc->loaded)
+			   : apb_cache_prefetch(pc->cache, 0, pc->index);
 	return NULL;
 }
 
@@ -1631,58 +1636,40 @@ static void test_get_during_prefetch_load_is_a_hit_and_loads_once(void)
 	cache_done(&s, pc.cache);
 }
 
-struct run_call {
-	struct apb_cache *cache;
-	uint64_t first;
-	uint32_t count, loaded;
-	int rc;
-};
-
-static void *prefetch_run_in_thread(void *p)
-{
-	struct run_call *rc = p;
-
-	rc->rc = apb_cache_prefetch_run(rc->cache, 0, rc->first, rc->count,
-					&rc->loaded);
-	return NULL;
-}
-
 /* A get of a chunk of a run being loaded waits for the run (one load for
  * all), counts a hit and a prefetch hit; the run's other chunks stay
  * unread. The run's load holds until the cache counted the get's hit. */
 static void test_get_during_prefetch_run_waits_for_it_and_is_a_hit(void)
 {
 	struct source s;
-	struct run_call rc = {0};
+	struct prefetch_call pc = {0};
 	struct apb_cache_stats st;
 	struct apb_chunk *ch = NULL;
 	pthread_t t;
 
 	source_init(&s, 8 * CS);
-	rc.cache = cache_make_runs(&s, APB_EVICT_LRU, 8 * CS, CS, 1, 0, true);
-	rc.first = 2;
-	rc.count = 4;
+	pc.cache = cache_make_runs(&s, APB_EVICT_LRU, 8 * CS, CS, 1, 0, true);
+	pc.index = 2;
+	pc.count = 4;
 	source_gate_hits(&s, 1);
-	CHECK_EQ(pthread_create(&t, NULL, prefetch_run_in_thread, &rc), 0);
-	for (int waited_ms = 0; source_runs(&s) < 1; waited_ms++) {
-		CHECK(waited_ms < 30000);
-		sleep_ms(1);
-	}
-	CHECK_EQ(apb_cache_get(rc.cache, 0, 4, &ch), 0);
+	CHECK_EQ(pthread_create(&t, NULL, prefetch_in_thread, &pc), 0);
+	wait_for_calls(&s, 1);
+	CHECK_EQ(source_runs(&s), 1);
+	CHECK_EQ(apb_cache_get(pc.cache, 0, 4, &ch), 0);
 	CHECK(chunk_matches(&s, ch, CS, 0, 4));
 	CHECK_EQ(pthread_join(t, NULL), 0);
-	CHECK_EQ(rc.rc, 0);
-	CHECK_EQ(rc.loaded, 4);
+	CHECK_EQ(pc.rc, 0);
+	CHECK_EQ(pc.loaded, 4);
 	CHECK_EQ(source_runs(&s), 1);
 	CHECK_EQ(source_calls(&s), 4);
-	st = stats_of(rc.cache);
+	st = stats_of(pc.cache);
 	CHECK_EQ(st.hits, 1);
 	CHECK_EQ(st.misses, 0);
 	CHECK_EQ(st.prefetch_issued, 4);
 	CHECK_EQ(st.prefetch_hits, 1);
 	CHECK_EQ(st.prefetch_unused_chunks, 3);
-	apb_cache_put(rc.cache, ch);
-	cache_done(&s, rc.cache);
+	apb_cache_put(pc.cache, ch);
+	cache_done(&s, pc.cache);
 }
 
 /*
