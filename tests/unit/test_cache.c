@@ -36,7 +36,7 @@ struct source {
 	uint64_t model_bytes;     /* immutable while a cache uses it */
 	struct apb_cache *cache;  /* set before any get, for gated loads */
 	/* mu: */
-	unsigned calls;           /* chunks loaded: load calls + run chunks */
+	unsigned calls;           /* load calls, those within runs included */
 	unsigned runs;            /* load_run calls */
 	uint64_t bytes;           /* bytes returned by successful loads */
 	int fail_rc;              /* != 0: loads return this */
@@ -156,32 +156,23 @@ static long source_load(void *ctx, uint32_t model, uint64_t index, void *buf,
 	return (long)len;
 }
 
-/* The load_run of a source: as n source_load() calls, in one call. */
+/* The load_run of a source: n source_load() calls in one; the first
+ * that fails fails the run. */
 static long source_load_run(void *ctx, uint32_t model, uint64_t first,
 			    void *const *bufs, size_t n, size_t cap,
 			    size_t *lens)
 {
 	struct source *s = ctx;
-	uint64_t gate_hits;
-	int fail;
 
 	pthread_mutex_lock(&s->mu);
 	s->runs++;
-	s->calls += (unsigned)n;
-	fail = s->fail_rc;
-	gate_hits = s->gate_hits;
 	pthread_mutex_unlock(&s->mu);
-
-	if (gate_hits)
-		wait_for_count(s->cache, cache_hits, gate_hits);
-	if (fail)
-		return fail;
 	for (size_t i = 0; i < n; i++) {
-		lens[i] = chunk_bytes(s, (uint32_t)cap, first + i);
-		pattern_fill(model, first + i, bufs[i], lens[i]);
-		pthread_mutex_lock(&s->mu);
-		s->bytes += lens[i];
-		pthread_mutex_unlock(&s->mu);
+		long r = source_load(ctx, model, first + i, bufs[i], cap);
+
+		if (r < 0)
+			return r;
+		lens[i] = (size_t)r;
 	}
 	return 0;
 }
