@@ -29,17 +29,10 @@ CHUNK = 16 * KiB
 BUDGET_CHUNKS = 24
 
 
-def compressible(size, seed):
-    """Bytes zstd shrinks (8-byte words from a vocabulary of 16)."""
-    rng = random.Random(seed)
-    words = [apbformat.random_bytes(8, seed * 100 + k) for k in range(16)]
-    return b"".join(rng.choice(words) for _ in range(size // 8 + 1))[:size]
-
-
 MODELS = {
     "a.bin": apbformat.random_bytes(1024 * KiB + 5, 71),
-    "dir/b.bin": compressible(640 * KiB - 3, 72),
-    "c.bin": compressible(2048 * KiB + 4097, 73),
+    "dir/b.bin": apbformat.compressible_bytes(640 * KiB - 3, 72),
+    "c.bin": apbformat.compressible_bytes(2048 * KiB + 4097, 73),
     "small.bin": apbformat.random_bytes(100 * KiB + 1, 74),   # 7 chunks: pinnable
     "empty.bin": b"",
 }
