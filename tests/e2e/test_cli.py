@@ -157,6 +157,12 @@ def test_create_failure_keeps_previous_output(tmp_path, binaries):
     (["/abs={f}"], "/abs"),
     (["x={f}", "x={f}"], "x"),
     (["a={f}", "a/b={f}"], "a/b"),
+    (["..={f}"], "component '..' is not allowed"),
+    (["../escape={f}"], "component '..' is not allowed"),
+    (["x/./y={f}"], "component '.' is not allowed"),
+    (["x//y={f}"], "empty component"),
+    ([".control={f}"], "'.control' is reserved at the root"),
+    ([".metrics/x={f}"], "'.metrics' is reserved at the root"),
 ])
 def test_create_refuses_bad_names(tmp_path, binaries, inputs, what):
     f = tmp_path / "f.bin"
