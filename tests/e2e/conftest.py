@@ -79,17 +79,31 @@ def _unescape_mountinfo(s):
     return "".join(out)
 
 
-def fuse_mounts():
-    """Mount points of every fuse filesystem visible to us (no syscalls that
-    touch the filesystems themselves, so this never hangs on a dead daemon)."""
+def _fuse_mountinfo():
+    """(mount point, super options) of every fuse filesystem visible to us
+    (no syscalls that touch the filesystems themselves, so this never hangs
+    on a dead daemon)."""
     res = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
             left, _, right = line.partition(" - ")
-            fstype = right.split(" ", 1)[0]
+            fstype, _, opts = right.split(" ")[:3]
             if fstype.startswith("fuse"):
-                res.append(_unescape_mountinfo(left.split(" ")[4]))
+                res.append((_unescape_mountinfo(left.split(" ")[4]),
+                            opts.strip().split(",")))
     return res
+
+
+def fuse_mounts():
+    """Mount points of every fuse filesystem visible to us."""
+    return [m for m, _ in _fuse_mountinfo()]
+
+
+def mount_options(mnt):
+    """The super options (allow_other, default_permissions, ...) of the fuse
+    mount at mnt; [] if nothing is mounted there."""
+    mnt = os.path.realpath(str(mnt))
+    return next((opts for m, opts in _fuse_mountinfo() if m == mnt), [])
 
 
 def is_mounted(mnt):
