@@ -19,6 +19,7 @@ Binaries come from $APB_BUILD_DIR (default: <repo>/build).
 """
 
 import contextlib
+import errno
 import json
 import mmap
 import os
@@ -357,6 +358,76 @@ def run_daemon_expect_failure(bundle, mnt, options=None, timeout=15, foreground=
         return rc, d.log(), mounted
     finally:
         d.stop()
+
+
+# --------------------------------------------------------------------------
+# stopping the daemon under readers
+
+# What a read may fail with when the daemon exits under it (ECONNABORTED:
+# the kernel fails the requests of a connection being torn down).
+MOUNT_GONE_ERRNOS = {errno.ENOTCONN, errno.ECONNABORTED, errno.EIO, errno.ENODEV,
+                     errno.EINTR}
+
+
+class LoopReader(threading.Thread):
+    """O_DIRECT preads of `size` bytes of path from `off` on, each checked
+    against data, moving `step` bytes on (wrapping at the end), until
+    halt is set or a read fails. Afterwards: reads, bad (offsets of wrong
+    bytes), errno (of the failed open or read; 0 if none)."""
+
+    def __init__(self, path, data, size, step=None, off=0):
+        super().__init__(daemon=True)
+        self.path, self.data, self.size, self.off = path, data, size, off
+        self.step = size if step is None else step
+        self.halt = threading.Event()
+        self.reads, self.bad, self.errno = 0, [], 0
+
+    def run(self):
+        try:
+            fd = open_direct(self.path)
+        except OSError as e:
+            self.errno = e.errno
+            return
+        try:
+            while not self.halt.is_set():
+                try:
+                    got = os.pread(fd, self.size, self.off)
+                except OSError as e:
+                    self.errno = e.errno
+                    return
+                if got != self.data[self.off:self.off + self.size]:
+                    self.bad.append(self.off)
+                self.reads += 1
+                self.off = (self.off + self.step) % len(self.data)
+        finally:
+            with contextlib.suppress(OSError):     # its flush may find no daemon
+                os.close(fd)
+
+
+def stop_under_readers(d, sig, readers, held=()):
+    """Send sig to the daemon d (mounted with expect_clean_exit=False) while
+    the started readers read, then stop them, close the held files and check
+    a clean stop: exit status 0, the mount gone, every reader ended, no
+    wrong bytes, reads failed only as a mount that goes away fails them."""
+    os.kill(d.pid, sig)
+    try:
+        rc = d.proc.wait(15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("daemon still running 15s after %s:\n%s" % (sig.name, d.log()))
+    finally:
+        for r in readers:
+            r.halt.set()
+        for r in readers:
+            r.join(30)
+        for f in held:
+            with contextlib.suppress(OSError):     # its flush may find no daemon
+                f.close()
+    assert rc == 0, "exit status %d after %s:\n%s" % (rc, sig.name, d.log())
+    wait_until(lambda: not is_mounted(d.mnt), 5, what="mount to disappear")
+    assert not any(r.is_alive() for r in readers), "a reader is stuck after the daemon exited"
+    assert [r.bad for r in readers if r.bad] == [], "wrong bytes served"
+    errors = {r.errno for r in readers if r.errno}
+    assert errors <= MOUNT_GONE_ERRNOS, errors
 
 
 # --------------------------------------------------------------------------

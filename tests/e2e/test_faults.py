@@ -9,14 +9,12 @@ import contextlib
 import errno
 import os
 import signal
-import subprocess
-import threading
 
 import pytest
 
 import apbformat
-from conftest import (KiB, MiB, fusermount_u, is_mounted, mount, odirect_pread,
-                      open_direct, start_daemon, wait_until)
+from conftest import (KiB, LoopReader, fusermount_u, is_mounted, mount, odirect_pread,
+                      open_direct, start_daemon, stop_under_readers, wait_until)
 
 CH = 64 * KiB
 A = apbformat.random_bytes(4 * CH, 81)
@@ -221,58 +219,14 @@ def test_sigkill_then_unmount_and_remount(bundle, binaries):
 
 def test_sigterm_with_several_readers_in_flight(bundle, binaries):
     b, path = bundle
-    files = [("a.bin", A), ("b.bin", B)] * 2
-    counts = [0] * len(files)
-    bad, errors = [], set()
-    stop = threading.Event()
-
-    def reader(i, name, data):
-        try:
-            fd = os.open(str(d.path(name)), os.O_RDONLY | os.O_DIRECT)
-        except OSError as e:
-            errors.add(e.errno)
-            return
-        off = (i * CH) % len(data)
-        try:
-            while not stop.is_set():
-                try:
-                    got = os.pread(fd, 2 * CH, off)
-                except OSError as e:
-                    errors.add(e.errno)
-                    return
-                if got != data[off:off + 2 * CH]:
-                    bad.append((name, off))
-                counts[i] += 1
-                off = (off + CH) % len(data)
-        finally:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
     # a budget of 2 chunks per reader keeps pages coming in while it stops
     with mount(path, dict(OPTS, max_memory="512K"), expect_clean_exit=False) as d:
         stats = open(d.path(".stats"), "rb")        # and a control file held open
-        threads = [threading.Thread(target=reader, args=(i, n, x)) for i, (n, x) in enumerate(files)]
-        for t in threads:
-            t.start()
-        try:
-            wait_until(lambda: min(counts) >= 3 or errors, 20, what="every reader to be reading")
-            assert not errors and min(counts) >= 3, (counts, errors)
-            os.kill(d.pid, signal.SIGTERM)
-            try:
-                rc = d.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                pytest.fail("daemon still running 15s after SIGTERM:\n" + d.log())
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(30)
-            with contextlib.suppress(OSError):  # its flush has no daemon to go to
-                stats.close()
-        assert rc == 0, d.log()
-        wait_until(lambda: not is_mounted(d.mnt), 5, what="mount to disappear")
-        assert not any(t.is_alive() for t in threads), "a reader is stuck"
-        assert bad == [], "wrong bytes served"
-        assert errors <= {errno.ENOTCONN, errno.ECONNABORTED, errno.EIO, errno.ENODEV,
-                          errno.EINTR}, errors
+        readers = [LoopReader(d.path(n), x, 2 * CH, CH, (i * CH) % len(x))
+                   for i, (n, x) in enumerate([("a.bin", A), ("b.bin", B)] * 2)]
+        for r in readers:
+            r.start()
+        wait_until(lambda: min(r.reads for r in readers) >= 3
+                   or any(r.errno for r in readers), 20, what="every reader to be reading")
+        assert [(r.reads >= 3, r.errno) for r in readers] == [(True, 0)] * 4
+        stop_under_readers(d, signal.SIGTERM, readers, [stats])

@@ -1,16 +1,14 @@
 """Starting, stopping and command line of the daemon."""
 
-import errno
 import os
 import signal
 import subprocess
-import threading
 
 import pytest
 
 import apbformat
-from conftest import (APBUNDLEFS, KiB, MiB, fusermount_u, is_mounted, mount,
-                      run_daemon_expect_failure, wait_until, vm_status)
+from conftest import (APBUNDLEFS, KiB, MiB, LoopReader, fusermount_u, is_mounted, mount,
+                      run_daemon_expect_failure, stop_under_readers, wait_until, vm_status)
 
 DATA = apbformat.random_bytes(8 * MiB + 1, 77)
 
@@ -22,59 +20,14 @@ def bundle(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_with_open_file_and_reads_in_flight(bundle, binaries, sig):
-    stop = threading.Event()
-    outcome = {"reads": 0, "bad": 0, "errors": set()}
-
-    def reader(path):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-        except OSError as e:
-            outcome["errors"].add(e.errno)
-            return
-        try:
-            off = 0
-            while not stop.is_set():
-                try:
-                    got = os.pread(fd, 256 * KiB, off)
-                except OSError as e:            # the mount went away under us
-                    outcome["errors"].add(e.errno)
-                    return
-                if got != DATA[off:off + 256 * KiB]:
-                    outcome["bad"] += 1
-                outcome["reads"] += 1
-                off = (off + 256 * KiB) % len(DATA)
-        finally:
-            try:
-                os.close(fd)
-            except OSError:         # flush on a dead mount may fail
-                pass
-
     with mount(bundle, {"max_memory": "1M", "chunk_size": "64K"}, expect_clean_exit=False) as d:
         held = open(d.path("big.bin"), "rb")           # an open file, idle
         held.read(10)
-        t = threading.Thread(target=reader, args=(str(d.path("big.bin")),))
-        t.start()
-        wait_until(lambda: outcome["reads"] >= 5 or not t.is_alive(), 10, what="reads to start")
-        assert outcome["reads"] >= 5, outcome
-        os.kill(d.pid, sig)
-        try:
-            rc = d.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            pytest.fail("daemon still running 15s after %s:\n%s" % (sig.name, d.log()))
-        finally:
-            stop.set()
-            t.join(30)
-            try:
-                held.close()
-            except OSError:         # the flush of a file on a dead mount may fail
-                pass
-        assert rc == 0, "exit status %d after %s:\n%s" % (rc, sig.name, d.log())
-        wait_until(lambda: not is_mounted(d.mnt), 5, what="mount to disappear")
-        assert not t.is_alive(), "reader thread stuck after the daemon exited"
-        assert outcome["bad"] == 0, "corrupt bytes returned"
-        # ECONNABORTED: the kernel fails requests of a connection being torn down
-        assert outcome["errors"] <= {errno.ENOTCONN, errno.ECONNABORTED, errno.EIO,
-                                     errno.ENODEV, errno.EINTR}, outcome
+        r = LoopReader(d.path("big.bin"), DATA, 256 * KiB)
+        r.start()
+        wait_until(lambda: r.reads >= 5 or not r.is_alive(), 10, what="reads to start")
+        assert r.reads >= 5, (r.reads, r.errno)
+        stop_under_readers(d, sig, [r], [held])
 
 
 def test_signal_when_idle_exits_zero(bundle, binaries):
