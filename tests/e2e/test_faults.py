@@ -14,7 +14,7 @@ import pytest
 
 import apbformat
 from conftest import (KiB, LoopReader, fusermount_u, is_mounted, mount, odirect_pread,
-                      open_direct, start_daemon, stop_under_readers, wait_until)
+                      open_direct, stop_under_readers, wait_until)
 
 CH = 64 * KiB
 A = apbformat.random_bytes(4 * CH, 81)
@@ -193,11 +193,7 @@ def test_failed_chunk_allocation_fails_that_read_only(bundle, binaries, monkeypa
 def test_sigkill_then_unmount_and_remount(bundle, binaries):
     b, path = bundle
     mnt = path.parent / "mnt"
-    mnt.mkdir()
-    d = start_daemon(path, mnt, OPTS)
-    try:
-        wait_until(lambda: is_mounted(mnt) or d.proc.poll() is not None, 15, what="mount")
-        assert is_mounted(mnt), d.log()
+    with mount(path, OPTS, mnt=mnt, expect_clean_exit=False) as d:
         held = os.open(str(mnt / "a.bin"), os.O_RDONLY)
         assert os.pread(held, 100, 0) == A[:100]
         d.proc.kill()
@@ -210,8 +206,6 @@ def test_sigkill_then_unmount_and_remount(bundle, binaries):
             os.close(held)
         assert fusermount_u(mnt) == 0
         assert not is_mounted(mnt)
-    finally:
-        d.stop()
     with mount(path, OPTS, mnt=mnt) as d2:
         with open(d2.path("b.bin"), "rb") as f:
             assert f.read() == B
