@@ -4,12 +4,8 @@
 #include <apbundle/bundle.h>
 #include <apbundle/tree.h>
 
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdint.h>
-#include <unistd.h>
-#include <xxhash.h>
-
 
 static struct apb_bundle *open_names(const char *const *names, size_t n)
 {
