@@ -92,7 +92,7 @@ def test_budget_holds_under_concurrent_random_reads(big_bundle, binaries, policy
                 c = d.stats()["cache"]
                 samples.append((c["memory_used"], c["memory_limit"], c["resident_chunks"],
                                 c["chunk_size"], vm_status(d.pid, "VmRSS")))
-                time.sleep(0.02)
+                time.sleep(0.02)    # the sampling period; nothing waits on it
         finally:
             for t in threads:
                 t.join(RUN_SECONDS + 120)
