@@ -61,12 +61,14 @@ def seeds():
     count_at = 20 + 4 + 8 + 4 + len(b"written by tests")   # after the description
     yield "bad-apr-count", data[:count_at] + struct.pack("<I", 0xffffffff) + data[count_at + 4:]
     yield "bad-header-only", apbformat.MAGIC + struct.pack("<II", 1, 0)
-    b = V2Bundle([("b.bin", Z)], compression="zstd", chunk_size=4096, slack=0)
+    def zstd_one():
+        return V2Bundle([("b.bin", Z)], compression="zstd", chunk_size=4096, slack=0)
+    b = zstd_one()
     yield "bad-v2-table-sum", b.to_bytes(flip=[(b.table_offset + 3, 1)])
-    b = V2Bundle([("b.bin", Z)], compression="zstd", chunk_size=4096, slack=0)
+    b = zstd_one()
     b.chunks[1]["flags"] = 2
     yield "bad-v2-flags", b.to_bytes()
-    b = V2Bundle([("b.bin", Z)], compression="zstd", chunk_size=4096, slack=0)
+    b = zstd_one()
     b.chunks[0]["xxh3"] ^= 1
     yield "bad-v2-chunk-sum", b.to_bytes()       # opens; its reads fail
 
