@@ -28,6 +28,10 @@ MODELS = [("alpha.bin", ALPHA), ("beta.bin", BETA), ("sub/gamma.bin", GAMMA)]
 # (test_prefetch.py, test_models.py).
 OPTS = {"max_memory": "8M", "chunk_size": "64K", "eviction": "lru", "prefetch": "off",
         "prefetch_count": "0"}
+# pread() returns as soon as the reply is in the kernel, a moment before the
+# daemon thread that sent it drops its reference; until then a chunk evicted
+# right after its read still counts in memory_used (docs/DESIGN.md).
+RELEASED = "the replying thread to release its chunk"
 
 COUNTERS = ("hits", "misses", "evictions")
 IO = ("backing_bytes_read", "bytes_served", "errors", "checksum_errors")
@@ -200,12 +204,6 @@ def test_evict_nested_name(fs):
     wait_until(lambda: d.stats()["cache"]["memory_used"] == 0, 5, what=RELEASED)
 
 
-# pread() returns as soon as the reply is in the kernel, a moment before the
-# daemon thread that sent it drops its reference; until then the detached
-# chunk's slot still counts in memory_used (docs/DESIGN.md).
-RELEASED = "the replying thread to release its chunk"
-
-
 def test_clear(fs):
     d = fs
     check_read(d, "alpha.bin", 0, 3 * CH)
@@ -230,6 +228,7 @@ def test_reset_stats_keeps_residency(fs):
     check_read(d, "alpha.bin", 0, CH)
     check_read(d, "beta.bin", 0, CH)
     d.control("evict beta.bin")
+    wait_until(lambda: d.stats()["cache"]["memory_used"] == 2 * CH, 5, what=RELEASED)
     d.control("reset-stats")
     s = d.stats()
     c, io = s["cache"], s["io"]
@@ -315,6 +314,7 @@ def test_metrics_match_stats(fs):
     check_read(d, "alpha.bin", 0, CH)
     check_read(d, "beta.bin", 0, CH)
     d.control("evict beta.bin")
+    wait_until(lambda: d.stats()["cache"]["memory_used"] == 3 * CH, 5, what=RELEASED)
     s = d.stats()
     m, typed = parse_metrics(d.metrics())
 
