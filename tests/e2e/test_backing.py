@@ -10,7 +10,7 @@ import os
 import pytest
 
 import apbformat
-from conftest import KiB, MiB, mount, read_all, run_daemon_expect_failure
+from conftest import KiB, MiB, direct_read, mount, read_all, run_daemon_expect_failure
 
 PAGE = 4096
 # A model of whole chunks and one whose last chunk is short (its tail is
@@ -86,10 +86,15 @@ def test_direct_bytes_at_every_chunk_size(tmp_path, binaries, chunk):
     b = apbformat.write_v1(tmp_path / "b.apbundle", MODELS)
     with mount(b, dict(OPTS, chunk_size=chunk)) as d:
         for name, data in MODELS:
-            with open(d.path(name), "rb") as f:
-                for off, n in ((0, len(data)), (len(data) - 5000, 5000),
-                               (12345, 300000), (len(data) - 1, 10)):
-                    assert os.pread(f.fileno(), n, off) == data[off:off + n]
+            for off, n in ((0, len(data)), (len(data) - 5000, 5000),
+                           (12345, 300000), (len(data) - 1, 10)):
+                # O_DIRECT after a clear: each read pages its chunks in from
+                # the bundle file (through the page cache, after the first
+                # read, they never reached the daemon)
+                d.control("clear")
+                before = d.stats()["io"]["backing_bytes_read"]
+                assert direct_read(d.path(name), n, off) == data[off:off + n], (name, off, n)
+                assert d.stats()["io"]["backing_bytes_read"] > before
 
 
 def test_direct_falls_back_on_tmpfs(tmp_path, binaries):
