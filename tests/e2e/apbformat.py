@@ -314,10 +314,13 @@ class V2Bundle(_Bundle):
                                     "checksum": None},
                     "models": self.entries}
 
+    def model(self, name):
+        """The manifest entry (dict) of model name."""
+        return next(e for e in self.entries if e["name"] == name)
+
     def entry(self, name, k):
         """The table entry (dict) of chunk k of model name."""
-        e = next(e for e in self.entries if e["name"] == name)
-        return self.chunks[e["first_chunk"] + k]
+        return self.chunks[self.model(name)["first_chunk"] + k]
 
     def table_bytes(self):
         return b"".join(struct.pack("<QIIQ", c["offset"], c["length"], c["flags"], c["xxh3"])

@@ -316,7 +316,7 @@ def v2_doc(mutate):
 
 def v2m(name, key, value):
     def f(b):
-        e = next(e for e in b.entries if e["name"] == name)
+        e = b.model(name)
         if value is DELETE:
             del e[key]
         else:
@@ -353,7 +353,7 @@ def v2_table_flipped():
 
 def v2_table_over_model():
     b = v2b()
-    at = next(e for e in b.entries if e["name"] == "b.bin")["offset"]
+    at = b.model("b.bin")["offset"]
     at = apbformat.align_up(at, 8)
     b.doc["chunk_table"]["offset"] = at
     return b.to_bytes(table_offset=at)
