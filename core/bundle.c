@@ -1050,12 +1050,6 @@ long apb_bundle_read(const struct apb_bundle *b, size_t index, uint64_t off,
 	return apb_bundle_preadv(b, index, off, &v, 1, NULL);
 }
 
-long apb_bundle_readv(const struct apb_bundle *b, size_t index, uint64_t off,
-		      const struct iovec *iov, int iovcnt)
-{
-	return apb_bundle_preadv(b, index, off, iov, iovcnt, NULL);
-}
-
 long apb_bundle_preadv(const struct apb_bundle *b, size_t index, uint64_t off,
 		       const struct iovec *iov, int iovcnt,
 		       uint64_t *bad_chunk)

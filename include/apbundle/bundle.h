@@ -100,20 +100,16 @@ long apb_bundle_read(const struct apb_bundle *b, size_t index, uint64_t off,
  * end of the model; the buffers past that are left untouched. Returns the
  * bytes read, -EINVAL for a bad index or a negative iovcnt, -EIO if the file
  * ends before the manifest said, or the preadv() errno.
- */
-long apb_bundle_readv(const struct apb_bundle *b, size_t index, uint64_t off,
-		      const struct iovec *iov, int iovcnt);
-
-/*
- * As apb_bundle_readv(), and for version 2 every chunk the read touches is
- * read whole, decompressed when it is a zstd frame, and checked against its
- * XXH3 before any of its bytes count as read; whole raw chunks go straight
- * into iov, the rest through a scratch buffer. A chunk that fails (a wrong
- * checksum, or a frame that does not decode to exactly the chunk's length)
- * is read once more; failing again, the call returns -EBADMSG and, when
- * bad_chunk is not NULL, stores the chunk's index within the model there.
- * Bytes of iov up to that chunk may have been written. Other layouts have
- * no per-chunk checksums and read as apb_bundle_readv().
+ *
+ * For version 2 every chunk the read touches is read whole, decompressed
+ * when it is a zstd frame, and checked against its XXH3 before any of its
+ * bytes count as read; whole raw chunks go straight into iov, the rest
+ * through a scratch buffer. A chunk that fails (a wrong checksum, or a
+ * frame that does not decode to exactly the chunk's length) is read once
+ * more; failing again, the call returns -EBADMSG and, when bad_chunk is not
+ * NULL, stores the chunk's index within the model there. Bytes of iov up
+ * to that chunk may have been written. Other layouts have no per-chunk
+ * checksums.
  */
 long apb_bundle_preadv(const struct apb_bundle *b, size_t index, uint64_t off,
 		       const struct iovec *iov, int iovcnt,

@@ -195,10 +195,10 @@ static void read_of_truncated_backing_file_is_eio(void)
 	CHECK_EQ(apb_bundle_read(b, 2, 0, out, sizeof out), sizeof out);
 	CHECK_EQ(apb_bundle_read(b, 1, 0, out, sizeof out), -EIO);
 	CHECK_EQ(apb_bundle_read(b, 2, 4096, out, sizeof out), -EIO);
-	/* the same through apb_bundle_readv() */
-	CHECK_EQ(apb_bundle_readv(b, 2, 0, iov, 2), 32);
+	/* the same, scattered into two buffers */
+	CHECK_EQ(apb_bundle_preadv(b, 2, 0, iov, 2, NULL), 32);
 	CHECK(memcmp(x, f.enc, 16) == 0 && memcmp(y, f.enc + 16, 16) == 0);
-	CHECK_EQ(apb_bundle_readv(b, 1, 0, iov, 2), -EIO);
+	CHECK_EQ(apb_bundle_preadv(b, 1, 0, iov, 2, NULL), -EIO);
 	apb_bundle_close(b);
 	unlink(path);
 	close(fd);
@@ -218,15 +218,15 @@ static void readv_scatters_model_bytes_in_order(void)
 	CHECK_EQ(open_buf(&f.file, &b), 0);
 	memset(d, 0xee, sizeof d);
 	/* 6000 bytes asked from 100: clipped at the model's 5000. */
-	CHECK_EQ(apb_bundle_readv(b, 2, 100, iov, 4), 4900);
+	CHECK_EQ(apb_bundle_preadv(b, 2, 100, iov, 4, NULL), 4900);
 	CHECK(memcmp(a, f.enc + 100, 2000) == 0);
 	CHECK(memcmp(c, f.enc + 2100, 2000) == 0);
 	CHECK(memcmp(d, f.enc + 4100, 900) == 0);
 	CHECK_EQ(d[900], 0xee); /* past the model's end: untouched */
-	CHECK_EQ(apb_bundle_readv(b, 2, 5000, iov, 4), 0);
-	CHECK_EQ(apb_bundle_readv(b, 2, 0, iov, 0), 0);
-	CHECK_EQ(apb_bundle_readv(b, 3, 0, iov, 4), -EINVAL);
-	CHECK_EQ(apb_bundle_readv(b, 2, 0, iov, -1), -EINVAL);
+	CHECK_EQ(apb_bundle_preadv(b, 2, 5000, iov, 4, NULL), 0);
+	CHECK_EQ(apb_bundle_preadv(b, 2, 0, iov, 0, NULL), 0);
+	CHECK_EQ(apb_bundle_preadv(b, 3, 0, iov, 4, NULL), -EINVAL);
+	CHECK_EQ(apb_bundle_preadv(b, 2, 0, iov, -1, NULL), -EINVAL);
 	apb_bundle_close(b);
 	free(f.file.p);
 }
@@ -244,7 +244,7 @@ static void readv_takes_more_iovecs_than_one_batch(void)
 		iov[i].iov_base = out + i * 50;
 		iov[i].iov_len = 50;
 	}
-	CHECK_EQ(apb_bundle_readv(b, 2, 0, iov, 100), 5000);
+	CHECK_EQ(apb_bundle_preadv(b, 2, 0, iov, 100, NULL), 5000);
 	CHECK(memcmp(out, f.enc, 5000) == 0);
 	apb_bundle_close(b);
 	free(f.file.p);
@@ -367,7 +367,7 @@ static void aprender_layout_round_trip(void)
 		char x[2] = "", y[8] = "";
 		struct iovec iov[2] = { { x, 2 }, { y, 8 } };
 
-		CHECK_EQ(apb_bundle_readv(bundle, 0, 1, iov, 2), 4);
+		CHECK_EQ(apb_bundle_preadv(bundle, 0, 1, iov, 2, NULL), 4);
 		CHECK(memcmp(x, "el", 2) == 0 && memcmp(y, "lo", 2) == 0);
 	}
 	apb_bundle_close(bundle);
