@@ -173,16 +173,14 @@
  * per round trip, not a chunk: under mu it applies the rules above chunk
  * by chunk (prefetch_take()), stopping at the first chunk present or
  * refused, and enters each chunk it took LOADING and prefetched; it drops
- * mu once and loads them all with one call of load_run (the slots are
+ * mu once and loads them all with one call of the loader (the slots are
  * scattered, so the loader reads into one buffer per slot, e.g. preadv);
  * it retakes mu and finishes each chunk as a single prefetch does
  * (chunk_load_end(), prefetch_loaded()), waking its waiters. A failed run
- * fails every chunk of it and counts one load error. A get that finds a chunk of a run LOADING waits
- * for the whole run's load: the price of one read for all. Without
- * load_run, the run's chunks are loaded one load call after another, still
- * with mu dropped once, and the first failure fails the rest unloaded (as
- * the single prefetches did: a worker gave up its job at an error). apb_cache_prefetch() is a run of one. The share
- * argument holds per chunk: each prefetch_mark() checked the share, and no
+ * fails every chunk of it and counts one load error. A get that finds a
+ * chunk of a run LOADING waits for the whole run's load: the price of one
+ * read for all. apb_cache_prefetch() is a run of one. The share argument
+ * holds per chunk: each prefetch_mark() checked the share, and no
  * slot_take() in between evicted a prefetched chunk.
  *
  * Runs after a miss. apb_cache_get_ahead() is told how many chunks after
@@ -190,8 +188,8 @@
  * misses, it also takes slots for those of them that are absent, as a get
  * would (evicting, but never waiting, and not while a get waits for a
  * slot), up to the first present or refused, and at most an eighth of the
- * slots, enters them LOADING and
- * "ahead", and loads them with its own chunk in one load_run call: a read
+ * slots, enters them LOADING and "ahead", and loads them with its own
+ * chunk in one load call: a read
  * of 16 missing chunks is one preadv, not 16 preads one after another.
  * Each ahead chunk counts its miss at its first get (the read's own get,
  * normally an instant later), not a hit: it was not resident when the read
@@ -310,7 +308,6 @@ struct apb_cache {
 	uint32_t bucket_mask;
 	uint32_t prefetch_share;      /* most prefetched chunks not yet read */
 	apb_cache_load_fn load;
-	apb_cache_load_run_fn load_run; /* NULL: runs load chunk by chunk */
 	void *load_ctx;
 	unsigned char *region;        /* nslots * chunk_size bytes */
 	size_t region_bytes;
@@ -610,16 +607,6 @@ static void chunk_unref(struct apb_cache *c, struct apb_chunk *ch)
 	}
 }
 
-/* A loader's result as a length or a negative errno. */
-static long load_result(const struct apb_cache *c, long n)
-{
-	if (n > (long)c->chunk_size)
-		return -EIO; /* loader broke its contract; never trust it */
-	if (n < -4095)
-		return -EIO; /* not an errno */
-	return n;
-}
-
 /* Enter (model, index) LOADING in the slot of ch, a fresh slot from
  * slot_take(), referenced once by its loader. mu held. */
 static void chunk_load_begin(struct apb_cache *c, struct apb_chunk *ch,
@@ -636,8 +623,8 @@ static void chunk_load_begin(struct apb_cache *c, struct apb_chunk *ch,
 	table_insert(c, ch);
 }
 
-/* The loader of ch returned n (a length or a negative errno, through
- * load_result()): ch becomes READY, still referenced by its loader, or
+/* The loader of ch returned n (a length or a negative errno, as
+ * run_load() gives it): ch becomes READY, still referenced by its loader, or
  * FAILED and dropped by it (counting a load error if count_error: a run
  * counts one per failed load call, not per chunk); waiters wake. mu held. */
 static int chunk_load_end(struct apb_cache *c, struct apb_chunk *ch, long n,
@@ -718,8 +705,8 @@ static uint32_t ahead_take(struct apb_cache *c, uint32_t model, uint64_t first,
 	return n;
 }
 
-/* Load the missed chunk ch (a fresh slot from slot_take()) and, with a
- * load_run function, up to ahead chunks after it in the same call. Called
+/* Load the missed chunk ch (a fresh slot from slot_take()) and up to
+ * ahead chunks after it in the same load call. Called
  * and returns with mu held; drops it around the load. On success ch is
  * READY and referenced once for the caller; the chunks after it are READY
  * and unreferenced, or gone if their part of the load failed. */
@@ -740,7 +727,7 @@ static int miss_load(struct apb_cache *c, struct apb_chunk *ch, uint32_t model,
 		ahead = c->nslots / 8;
 	if (ahead > APB_CACHE_RUN_MAX - 1)
 		ahead = APB_CACHE_RUN_MAX - 1;
-	if (c->load_run && ahead > 0)
+	if (ahead > 0)
 		n += ahead_take(c, model, index + 1, ahead, run + 1);
 	unlock(c);
 	run_load(c, model, index, run, n, result);
@@ -925,9 +912,9 @@ static uint32_t prefetch_take(struct apb_cache *c, uint32_t model,
 }
 
 /* Run the loader for the n chunks of run, whose slots this thread owns
- * while they are LOADING; result[i] is chunk i's length or errno, as
- * load_result() gives it. Without load_run, loading stops at the first
- * chunk that fails, and the rest fail with its errno unloaded. Called
+ * while they are LOADING; result[i] is chunk i's length or a negative
+ * errno. A loader that breaks its contract (a length over the chunk size,
+ * an error that is no errno) fails with -EIO: it is never trusted. Called
  * without mu. (Prefetch runs, and a get's miss with the chunks after it.) */
 static void run_load(struct apb_cache *c, uint32_t model, uint64_t first,
 		     struct apb_chunk *const *run, uint32_t n, long *result)
@@ -936,29 +923,16 @@ static void run_load(struct apb_cache *c, uint32_t model, uint64_t first,
 	size_t lens[APB_CACHE_RUN_MAX] = {0};
 	long rc;
 
-	if (!c->load_run) {
-		rc = 0;
-		for (uint32_t i = 0; i < n; i++) {
-			if (rc >= 0)
-				rc = load_result(c, c->load(c->load_ctx, model,
-							    first + i,
-							    run[i]->data,
-							    c->chunk_size));
-			result[i] = rc;
-		}
-		return;
-	}
-	for (uint32_t i = 0; i < n; i++) {
+	for (uint32_t i = 0; i < n; i++)
 		bufs[i] = run[i]->data;
-		lens[i] = 0;
-	}
-	rc = c->load_run(c->load_ctx, model, first, bufs, n, c->chunk_size,
-			 lens);
+	rc = c->load(c->load_ctx, model, first, bufs, n, c->chunk_size, lens);
+	if (rc < -4095)
+		rc = -EIO;
 	for (uint32_t i = 0; i < n; i++) {
 		if (rc < 0)
-			result[i] = load_result(c, rc);
+			result[i] = rc;
 		else if (lens[i] > c->chunk_size)
-			result[i] = -EIO; /* broke its contract */
+			result[i] = -EIO;
 		else
 			result[i] = (long)lens[i];
 	}
@@ -1313,7 +1287,7 @@ void apb_cache_model_stats(struct apb_cache *c, uint32_t model,
 
 static int config_check(const struct apb_cache_config *cfg)
 {
-	if (!cfg || (!cfg->load && !cfg->load_run))
+	if (!cfg || !cfg->load)
 		return -EINVAL;
 	if (cfg->chunk_size < SLOT_ALIGN || cfg->chunk_size % SLOT_ALIGN != 0)
 		return -EINVAL;
@@ -1434,7 +1408,6 @@ int apb_cache_new(const struct apb_cache_config *cfg, struct apb_cache **out)
 	c->prefetch_share = prefetch_share_of(c->nslots,
 					      cfg->prefetch_share_pct);
 	c->load = cfg->load;
-	c->load_run = cfg->load_run;
 	c->load_ctx = cfg->load_ctx;
 	c->region_bytes = (size_t)c->nslots * c->chunk_size;
 

@@ -396,7 +396,7 @@ static int setup(struct apbfs *fs, const char *path)
 			.chunk_size = fs->opt.chunk_size,
 			.policy = fs->opt.eviction,
 			.model_count = (uint32_t)n,
-			.load_run = load_run,
+			.load = load_run,
 			.load_ctx = fs,
 		};
 		rc = apb_cache_new(&cfg, &fs->cache);

@@ -39,25 +39,18 @@ enum apb_eviction {
 };
 
 /*
- * Fill buf (cap bytes, cap == chunk_size) with chunk index of model.
- * Returns the number of valid bytes (<= cap; less only for a model's last
- * chunk) or a negative errno. Called with no cache lock held, possibly from
- * several threads at once for different chunks.
- */
-typedef long (*apb_cache_load_fn)(void *ctx, uint32_t model, uint64_t index,
-				  void *buf, size_t cap);
-
-/*
  * Fill n consecutive chunks first, first + 1, ... of model, chunk first + i
  * into bufs[i] (cap bytes each, cap == chunk_size), ideally with one read,
- * and set lens[i] to its valid bytes (as apb_cache_load_fn returns them;
- * 0 for a chunk past the model's end). Returns 0, or a negative errno that
- * fails every chunk of the run. n <= APB_CACHE_RUN_MAX. Called like
- * apb_cache_load_fn: no cache lock held, from several threads at once.
+ * and set lens[i] to its valid bytes (<= cap; less only for a model's last
+ * chunk, 0 for a chunk past its end). Returns 0, or a negative errno that
+ * fails every chunk of the run. 1 <= n <= APB_CACHE_RUN_MAX: every load is
+ * a run (a prefetch run, a get's miss and the chunks after it, a miss
+ * alone). Called with no cache lock held, possibly from several threads at
+ * once for different chunks.
  */
-typedef long (*apb_cache_load_run_fn)(void *ctx, uint32_t model,
-				      uint64_t first, void *const *bufs,
-				      size_t n, size_t cap, size_t *lens);
+typedef long (*apb_cache_load_fn)(void *ctx, uint32_t model, uint64_t first,
+				  void *const *bufs, size_t n, size_t cap,
+				  size_t *lens);
 
 /* Most chunks one apb_cache_prefetch_run() call loads. */
 #define APB_CACHE_RUN_MAX 16u
@@ -71,12 +64,7 @@ struct apb_cache_config {
 	uint32_t chunk_size;      /* multiple of 4096, >= 4096 */
 	enum apb_eviction policy;
 	uint32_t model_count;     /* models are 0 .. model_count - 1 */
-	/* At least one of the two. With load_run, every load is a run (a
-	 * prefetch run, a get's miss and the chunks after it, a miss alone)
-	 * and load is not called; without, runs load chunk by chunk with
-	 * load. Both get load_ctx. */
-	apb_cache_load_fn load;
-	apb_cache_load_run_fn load_run;
+	apb_cache_load_fn load;   /* called with load_ctx */
 	void *load_ctx;
 };
 
@@ -144,9 +132,9 @@ int apb_cache_tryget(struct apb_cache *c, uint32_t model, uint64_t index,
  * As apb_cache_get() (may_wait) or apb_cache_tryget() (!may_wait), for a
  * reader that will get chunks index + 1 .. index + ahead next: a miss loads
  * those of them that are absent and get a slot without waiting, up to the
- * first that is present or does not, with the same load_run call (one read
- * of the backing store). Those chunks are not referenced; each counts one
- * miss at its first get. Without load_run, ahead is ignored.
+ * first that is present or does not, with the same load call (one read of
+ * the backing store). Those chunks are not referenced; each counts one miss
+ * at its first get.
  */
 int apb_cache_get_ahead(struct apb_cache *c, uint32_t model, uint64_t index,
 			uint32_t ahead, bool may_wait, struct apb_chunk **out);
@@ -176,15 +164,13 @@ int apb_cache_prefetch(struct apb_cache *c, uint32_t model, uint64_t index);
  * of [first, first + min(count, APB_CACHE_RUN_MAX)) whose chunks are all
  * absent and all get a slot under the prefetch rules; the run stops before
  * the first chunk that is present (any state) or gets no slot. The run is
- * loaded with one call of the load_run function (or, without one, of load
- * per chunk) and each chunk then counts, and is seen by waiting gets,
- * exactly as a single prefetch. Returns 0 with *loaded = the chunks taken
+ * loaded with one call of the load function and each chunk then counts,
+ * and is seen by waiting gets, exactly as a single prefetch. Returns 0 with *loaded = the chunks taken
  * (0 when chunk first is present: the caller moves on past it), -EAGAIN
  * (*loaded = 0) when chunk first is absent and gets no slot, -EINVAL for a
  * bad model, or the load's errno (*loaded = the chunks taken; none of
- * them is cached; without load_run, the chunks are loaded in order and
- * those before the first failure are cached as usual). A failed load call
- * counts one load error, however many chunks it fails.
+ * them is cached). A failed load call counts one load error, however many
+ * chunks it fails.
  */
 int apb_cache_prefetch_run(struct apb_cache *c, uint32_t model, uint64_t first,
 			   uint32_t count, uint32_t *loaded);

@@ -37,7 +37,7 @@ struct source {
 	struct apb_cache *cache;  /* set before any get, for gated loads */
 	/* mu: */
 	unsigned calls;           /* load calls, those within runs included */
-	unsigned runs;            /* load_run calls */
+	unsigned runs;            /* load calls */
 	uint64_t bytes;           /* bytes returned by successful loads */
 	int fail_rc;              /* != 0: loads return this */
 	uint64_t gate_misses;     /* != 0: loads wait for this many misses */
@@ -221,13 +221,13 @@ static unsigned source_runs(struct source *s)
 }
 
 /* A cache whose unread prefetched chunks may fill share_pct of the slots
- * (0: the default), loading prefetch runs with one call if runs. */
-static struct apb_cache *cache_make_runs(struct source *s,
-					 enum apb_eviction policy,
-					 uint64_t budget_bytes,
-					 uint32_t chunk_size,
-					 uint32_t model_count,
-					 uint32_t share_pct, bool runs)
+ * (0: the default). */
+static struct apb_cache *cache_make_share(struct source *s,
+					  enum apb_eviction policy,
+					  uint64_t budget_bytes,
+					  uint32_t chunk_size,
+					  uint32_t model_count,
+					  uint32_t share_pct)
 {
 	struct apb_cache_config cfg = {
 		.budget_bytes = budget_bytes,
@@ -235,8 +235,7 @@ static struct apb_cache *cache_make_runs(struct source *s,
 		.chunk_size = chunk_size,
 		.policy = policy,
 		.model_count = model_count,
-		.load = source_load,
-		.load_run = runs ? source_load_run : NULL,
+		.load = source_load_run,
 		.load_ctx = s,
 	};
 	struct apb_cache *c = NULL;
@@ -245,17 +244,6 @@ static struct apb_cache *cache_make_runs(struct source *s,
 	CHECK(c != NULL);
 	s->cache = c;
 	return c;
-}
-
-static struct apb_cache *cache_make_share(struct source *s,
-					  enum apb_eviction policy,
-					  uint64_t budget_bytes,
-					  uint32_t chunk_size,
-					  uint32_t model_count,
-					  uint32_t share_pct)
-{
-	return cache_make_runs(s, policy, budget_bytes, chunk_size,
-			       model_count, share_pct, false);
 }
 
 static struct apb_cache *cache_make(struct source *s, enum apb_eviction policy,
@@ -303,7 +291,8 @@ static void test_config_rejects_invalid_values(void)
 	struct source s;
 	struct apb_cache_config ok = {
 		.budget_bytes = 4 * CS, .chunk_size = CS, .model_count = 1,
-		.policy = APB_EVICT_LRU, .load = source_load, .load_ctx = &s,
+		.policy = APB_EVICT_LRU, .load = source_load_run,
+		.load_ctx = &s,
 	};
 	struct apb_cache_config bad;
 	struct apb_cache *c = (struct apb_cache *)&bad;
@@ -1051,7 +1040,7 @@ static void test_prefetch_run_loads_chunks_with_one_load_run(void)
 	uint32_t loaded = 99;
 
 	source_init(&s, 10 * CS + 100);
-	c = cache_make_runs(&s, APB_EVICT_LRU, 16 * CS, CS, 2, 0, true);
+	c = cache_make_share(&s, APB_EVICT_LRU, 16 * CS, CS, 2, 0);
 	CHECK_EQ(apb_cache_prefetch_run(c, 2, 0, 4, &loaded), -EINVAL);
 	CHECK_EQ(loaded, 0);
 	CHECK_EQ(apb_cache_prefetch_run(c, 0, 2, 4, &loaded), 0);
@@ -1090,32 +1079,13 @@ static void test_prefetch_run_loads_chunks_with_one_load_run(void)
 
 	/* At most APB_CACHE_RUN_MAX chunks per call. */
 	source_init(&s, 64 * CS);
-	c = cache_make_runs(&s, APB_EVICT_LRU, 64 * CS, CS, 1, 100, true);
+	c = cache_make_share(&s, APB_EVICT_LRU, 64 * CS, CS, 1, 100);
 	CHECK_EQ(apb_cache_prefetch_run(c, 0, 0, 40, &loaded), 0);
 	CHECK_EQ(loaded, APB_CACHE_RUN_MAX);
 	CHECK_EQ(source_runs(&s), 1);
 	CHECK_EQ(apb_cache_prefetch_run(c, 0, 40, 0, &loaded), 0);
 	CHECK_EQ(loaded, 0);
 	CHECK_EQ(source_runs(&s), 1);
-	cache_done(&s, c);
-}
-
-static void test_prefetch_run_without_load_run_loads_each_chunk(void)
-{
-	struct source s;
-	struct apb_cache *c;
-	uint32_t loaded = 0;
-
-	source_init(&s, 8 * CS);
-	c = cache_make(&s, APB_EVICT_LFU, 8 * CS, CS, 1);
-	CHECK_EQ(apb_cache_prefetch_run(c, 0, 1, 3, &loaded), 0);
-	CHECK_EQ(loaded, 3);
-	CHECK_EQ(source_calls(&s), 3);
-	CHECK_EQ(source_runs(&s), 0);
-	CHECK_EQ(stats_of(c).prefetch_issued, 3);
-	for (uint64_t i = 1; i < 4; i++)
-		CHECK(access_chunk(&s, c, CS, 0, i));
-	CHECK_EQ(stats_of(c).prefetch_hits, 3);
 	cache_done(&s, c);
 }
 
@@ -1126,7 +1096,7 @@ static void test_prefetch_run_stops_at_a_present_chunk(void)
 	uint32_t loaded = 99;
 
 	source_init(&s, 8 * CS);
-	c = cache_make_runs(&s, APB_EVICT_LRU, 8 * CS, CS, 1, 0, true);
+	c = cache_make_share(&s, APB_EVICT_LRU, 8 * CS, CS, 1, 0);
 	CHECK(!access_chunk(&s, c, CS, 0, 2)); /* a get's run of one */
 	CHECK_EQ(source_runs(&s), 1);
 	CHECK_EQ(apb_cache_prefetch_run(c, 0, 0, 4, &loaded), 0);
@@ -1152,7 +1122,7 @@ static void test_prefetch_run_respects_the_share(void)
 
 	source_init(&s, 16 * CS);
 	/* 8 slots, the default share: four unread chunks at most. */
-	c = cache_make_runs(&s, APB_EVICT_LRU, 8 * CS, CS, 1, 0, true);
+	c = cache_make_share(&s, APB_EVICT_LRU, 8 * CS, CS, 1, 0);
 	CHECK_EQ(apb_cache_prefetch_run(c, 0, 0, 6, &loaded), 0);
 	CHECK_EQ(loaded, 4);
 	CHECK_EQ(apb_cache_prefetch_run(c, 0, 4, 2, &loaded), -EAGAIN);
@@ -1178,7 +1148,7 @@ static void test_failed_prefetch_run_fails_every_chunk_and_caches_none(void)
 	uint32_t loaded = 0;
 
 	source_init(&s, 8 * CS);
-	c = cache_make_runs(&s, APB_EVICT_LRU, 8 * CS, CS, 1, 0, true);
+	c = cache_make_share(&s, APB_EVICT_LRU, 8 * CS, CS, 1, 0);
 	source_set(&s, -ENODATA, 0);
 	CHECK_EQ(apb_cache_prefetch_run(c, 0, 1, 3, &loaded), -ENODATA);
 	CHECK_EQ(loaded, 3);
@@ -1232,7 +1202,7 @@ static void miss_loads_the_chunks_ahead(enum apb_eviction policy)
 
 	source_init(&s, 64 * CS);
 	/* 32 slots: a run may take 4 */
-	c = cache_make_runs(&s, policy, 32 * CS, CS, 1, 0, true);
+	c = cache_make_share(&s, policy, 32 * CS, CS, 1, 0);
 	CHECK_EQ(miss_run(&s, c, 1, 3), 4); /* chunks 1..4 in one load_run */
 	CHECK_EQ(stats_of(c).resident_chunks, 4);
 	CHECK_EQ(stats_of(c).misses, 1); /* the others count when got */
@@ -1265,7 +1235,7 @@ static void test_miss_run_stops_at_a_present_chunk_and_at_the_budget(void)
 	struct apb_chunk *held[31] = {NULL};
 
 	source_init(&s, 64 * CS);
-	c = cache_make_runs(&s, APB_EVICT_LRU, 32 * CS, CS, 1, 0, true);
+	c = cache_make_share(&s, APB_EVICT_LRU, 32 * CS, CS, 1, 0);
 	CHECK(!access_chunk(&s, c, CS, 0, 2));
 	CHECK_EQ(miss_run(&s, c, 0, 5), 2); /* 0 and 1; 2 is present */
 	/* 31 held and one evictable slot left: no room for a run */
@@ -1278,21 +1248,14 @@ static void test_miss_run_stops_at_a_present_chunk_and_at_the_budget(void)
 	cache_done(&s, c);
 }
 
-/* The daemon's configuration: every load, a miss alone or a pin's, is a
- * run through load_run. */
-static void test_load_run_alone_serves_every_load(void)
+/* Every load, a miss alone or a pin's, is a run: one load call. */
+static void test_every_load_is_a_run(void)
 {
 	struct source s;
-	struct apb_cache_config cfg = {
-		.budget_bytes = 32 * CS, .chunk_size = CS,
-		.policy = APB_EVICT_LFU, .model_count = 1,
-		.load_run = source_load_run, .load_ctx = &s,
-	};
-	struct apb_cache *c = NULL;
+	struct apb_cache *c;
 
 	source_init(&s, 8 * CS);
-	CHECK_EQ(apb_cache_new(&cfg, &c), 0);
-	s.cache = c;
+	c = cache_make(&s, APB_EVICT_LFU, 32 * CS, CS, 1);
 	CHECK_EQ(miss_run(&s, c, 0, 0), 1);
 	CHECK_EQ(miss_run(&s, c, 1, 2), 3);
 	CHECK_EQ(apb_cache_pin_model(c, 0, 8 * CS), 0);
@@ -1307,7 +1270,7 @@ static void test_small_budget_takes_a_short_run(void)
 	struct apb_cache *c;
 
 	source_init(&s, 16 * CS);
-	c = cache_make_runs(&s, APB_EVICT_LRU, 8 * CS, CS, 1, 0, true);
+	c = cache_make_share(&s, APB_EVICT_LRU, 8 * CS, CS, 1, 0);
 	CHECK_EQ(miss_run(&s, c, 0, 5), 2); /* 8 slots: a run may take 1 */
 	cache_done(&s, c);
 }
@@ -1320,7 +1283,7 @@ static void test_failed_miss_run_fails_its_chunk_and_caches_none(void)
 	struct apb_cache_stats st;
 
 	source_init(&s, 64 * CS);
-	c = cache_make_runs(&s, APB_EVICT_LFU, 32 * CS, CS, 1, 0, true);
+	c = cache_make_share(&s, APB_EVICT_LFU, 32 * CS, CS, 1, 0);
 	source_set(&s, -ENODATA, 0);
 	CHECK_EQ(apb_cache_get_ahead(c, 0, 0, 3, true, &ch), -ENODATA);
 	CHECK_EQ(source_runs(&s), 1);
@@ -1639,7 +1602,7 @@ static void test_get_during_prefetch_run_waits_for_it_and_is_a_hit(void)
 	pthread_t t;
 
 	source_init(&s, 8 * CS);
-	pc.cache = cache_make_runs(&s, APB_EVICT_LRU, 8 * CS, CS, 1, 0, true);
+	pc.cache = cache_make_share(&s, APB_EVICT_LRU, 8 * CS, CS, 1, 0);
 	pc.index = 2;
 	pc.count = 4;
 	source_gate_hits(&s, 1);
@@ -1993,7 +1956,7 @@ static void prefetch_stress(enum apb_eviction policy, bool runs)
 
 	source_init(&s, 15 * (uint64_t)CS + 1000);
 	w.src = &s;
-	w.cache = cache_make_runs(&s, policy, 8 * CS, CS, models, 0, runs);
+	w.cache = cache_make_share(&s, policy, 8 * CS, CS, models, 0);
 	w.runs = runs;
 	w.models = models;
 	w.chunks_per_model = 16;
@@ -2386,12 +2349,11 @@ int main(void)
 	RUN(test_reset_stats_zeroes_prefetch_counters_not_unread_chunks);
 	RUN(test_failed_prefetch_returns_errno_and_caches_nothing);
 	RUN(test_prefetch_run_loads_chunks_with_one_load_run);
-	RUN(test_prefetch_run_without_load_run_loads_each_chunk);
 	RUN(test_prefetch_run_stops_at_a_present_chunk);
 	RUN(test_miss_loads_the_chunks_ahead_in_one_run);
 	RUN(test_miss_run_stops_at_a_present_chunk_and_at_the_budget);
 	RUN(test_small_budget_takes_a_short_run);
-	RUN(test_load_run_alone_serves_every_load);
+	RUN(test_every_load_is_a_run);
 	RUN(test_failed_miss_run_fails_its_chunk_and_caches_none);
 	RUN(test_prefetch_run_respects_the_share);
 	RUN(test_failed_prefetch_run_fails_every_chunk_and_caches_none);

@@ -523,6 +523,22 @@ static long source_load(void *ctx, uint32_t model, uint64_t index, void *buf,
 	return (long)len;
 }
 
+/* The cache's loader: n source_load() calls; the first failure fails the
+ * run. */
+static long source_load_run(void *ctx, uint32_t model, uint64_t first,
+			    void *const *bufs, size_t n, size_t cap,
+			    size_t *lens)
+{
+	for (size_t i = 0; i < n; i++) {
+		long r = source_load(ctx, model, first + i, bufs[i], cap);
+
+		if (r < 0)
+			return r;
+		lens[i] = (size_t)r;
+	}
+	return 0;
+}
+
 static void source_init(struct source *s, uint64_t model_bytes)
 {
 	memset(s, 0, sizeof(*s));
@@ -571,7 +587,7 @@ static struct apb_cache *cache_make(struct source *s, uint32_t slots,
 		.chunk_size = PCS,
 		.policy = APB_EVICT_LRU,
 		.model_count = models,
-		.load = source_load,
+		.load = source_load_run,
 		.load_ctx = s,
 	};
 	struct apb_cache *c = NULL;
@@ -737,11 +753,14 @@ static void test_job_stops_at_a_load_error(void)
 	s.fail_index = 2;
 	c = cache_make(&s, 32, 0, 1);
 	p = prefetcher_make(c, 1);
-	CHECK_EQ(apb_prefetcher_submit(p, 0, 0, 5), 0);
+	CHECK_EQ(apb_prefetcher_submit(p, 0, 0, APB_CACHE_RUN_MAX + 4), 0);
 	apb_prefetcher_drain(p);
-	CHECK_EQ(source_calls(&s), 3); /* 0, 1, then 2 failed; 3, 4 skipped */
+	/* The job's first run, one load call: 0, 1, then 2 failed, and the
+	 * run failed whole; the job's second run was never loaded. One load
+	 * error, nothing cached. */
+	CHECK_EQ(source_calls(&s), 3);
 	apb_cache_stats(c, &st);
-	CHECK_EQ(st.resident_chunks, 2);
+	CHECK_EQ(st.resident_chunks, 0);
 	CHECK_EQ(st.load_errors, 1);
 	/* A bad model fails the job without a load. */
 	CHECK_EQ(apb_prefetcher_submit(p, 7, 0, 5), 0);
