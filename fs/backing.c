@@ -78,8 +78,7 @@ struct apbfs_backing {
 	uint64_t mount_size;
 	uint64_t head_len;          /* bytes before the first model's data */
 	uint64_t head_xxh3;
-	uint32_t fault_every;       /* APBFS_FAULT_ALLOC_EVERY, 0: off */
-	atomic_uint_fast64_t chunks_prepared; /* for fault_every */
+	atomic_uint_fast64_t chunks_prepared; /* for opt.fault_alloc_every */
 	atomic_uint_fast64_t next_path_check_ns;
 	atomic_uint_fast64_t size;  /* reference; mu to change */
 	atomic_uint_fast64_t mtime_ns;
@@ -127,7 +126,6 @@ int apbfs_backing_open(struct apbfs *fs, const char *path, char *err,
 	bk->fd = -1;
 	fs->backing = bk;
 	pthread_mutex_init(&bk->mu, NULL);
-	bk->fault_every = fs->opt.fault_alloc_every;
 	bk->path = realpath(path, NULL);
 	if (!bk->path) {
 		rc = -errno;
@@ -181,10 +179,10 @@ bool apbfs_backing_changed(const struct apbfs *fs)
 int apbfs_backing_prepare(struct apbfs *fs)
 {
 	struct apbfs_backing *bk = fs->backing;
+	uint32_t every = fs->opt.fault_alloc_every; /* 0: off */
 
-	if (bk && bk->fault_every &&
-	    (atomic_fetch_add(&bk->chunks_prepared, 1) + 1) %
-			    bk->fault_every == 0)
+	if (bk && every &&
+	    (atomic_fetch_add(&bk->chunks_prepared, 1) + 1) % every == 0)
 		return -ENOMEM;
 	return 0;
 }
