@@ -23,6 +23,9 @@ Environment:
             scripts/bench); MODEL, the path in it, default "model"
   NATIVE    the file the cold runs are paired with (default
             /var/tmp/apb-bench/data/big/model; empty: none)
+  DISK      ram: BUNDLE and NATIVE copied to a RAM-backed loop device
+            first (benchlib.RamDisk: reads at one speed, no drift)
+  DISK_MBPS with DISK=ram: reads from it limited to N MB/s
 """
 import os
 import shutil
@@ -31,7 +34,7 @@ import sys
 import tempfile
 
 import benchlib
-from benchlib import drop_caches, mount_apb
+from benchlib import MIB, RamDisk, drop_caches, mount_apb
 
 BENCH = "/var/tmp/apb-bench"
 RUNS = int(os.environ.get("RUNS", "11"))
@@ -40,6 +43,8 @@ BUNDLE = os.environ.get("BUNDLE", f"{BENCH}/bundles/big-v1.apbundle")
 MODEL = os.environ.get("MODEL", "model")
 NATIVE = os.environ.get("NATIVE", f"{BENCH}/data/big/model") if MODE == "cold" else ""
 DEFAULT_BUILD = os.environ.get("APB_BUILD", os.path.join(benchlib.ROOT, "build-bench"))
+DISK = os.environ.get("DISK", "")
+DISK_MBPS = int(os.environ.get("DISK_MBPS") or 0)
 
 
 def busy_seconds():
@@ -64,12 +69,25 @@ def main():
         sys.exit(__doc__)
     work = tempfile.mkdtemp(prefix="apb-ab-", dir="/var/tmp")
     mounts = []
+    ram = None
+    bundle, native = BUNDLE, NATIVE
     try:
+        if DISK == "ram":
+            files = [f for f in (BUNDLE, NATIVE) if f]
+            # a fixed root: the next run undoes a killed run's disk
+            ram = RamDisk("/var/tmp/apb-ab-ram",
+                          sum(os.path.getsize(f) for f in files) * 11 // 10 // MIB * MIB
+                          + 256 * MIB)
+            bundle, *rest = [shutil.copy(f, os.path.join(ram.mnt, f"{i}-{os.path.basename(f)}"))
+                             for i, f in enumerate(files)]
+            native = rest[0] if rest else ""
+            if DISK_MBPS:
+                ram.limit(DISK_MBPS)
         for i, v in enumerate(spec.split(";")):
             name, opts, *build = v.split(":", 2)
             opts, _, kb = opts.partition("#")
             mnt = os.path.join(work, f"m{i}")
-            m = mount_apb(BUNDLE, mnt, opts, daemon=os.path.join(
+            m = mount_apb(bundle, mnt, opts, daemon=os.path.join(
                 build[0] if build else DEFAULT_BUILD, "fs", "apbundlefs"))
             path = os.path.join(mnt, MODEL)
             mounts.append((name, m, path))
@@ -78,24 +96,25 @@ def main():
                 m.set_read_ahead_kb(int(kb))
             if MODE == "hot":
                 timed_read(path)
-        rows = {name: [] for name in ["native"] * bool(NATIVE) + [n for n, _, _ in mounts]}
+        rows = {name: [] for name in ["native"] * bool(native) + [n for n, _, _ in mounts]}
         for _ in range(RUNS):
-            native = None
+            ref = None
             # every cache cleared first, so that the native read, too, gets
             # just-freed memory; no variant is read before its own turn
             if MODE == "cold":
                 for _, m, _ in mounts:
                     m.control("clear\n")
-            if NATIVE:
+            if native:
                 drop_caches()
-                native = timed_read(NATIVE)
-                rows["native"].append(native + (None,))
+                ref = timed_read(native)
+                rows["native"].append(ref + (None,))
             for name, m, path in mounts:
                 if MODE == "cold":
                     drop_caches()
                 mbps, cpu = timed_read(path)
-                rows[name].append((mbps, cpu, mbps / native[0] if native else None))
-        print(f"{MODE}, {RUNS} runs each, interleaved; {BUNDLE}:{MODEL}")
+                rows[name].append((mbps, cpu, mbps / ref[0] if ref else None))
+        print(f"{MODE}, {RUNS} runs each, interleaved; {BUNDLE}:{MODEL}"
+              + (f" on {ram.describe()}" if ram else ""))
         for name, r in rows.items():
             mbps, cpu, ratio = zip(*r)
             line = (f"{name:16} {statistics.median(mbps):6.0f} MB/s  "
@@ -108,6 +127,8 @@ def main():
     finally:
         for _, m, _ in mounts:
             m.close()
+        if ram:
+            ram.close()
         shutil.rmtree(work)
 
 

@@ -177,9 +177,137 @@ def mount_apb(bundle, mnt, opts, daemon=DAEMON, logdir=None):
     return Mount([daemon, "-f", "-o", opts, bundle, mnt], mnt, logdir)
 
 
+# ---------------------------------------------------------------- a steady disk
+
+def run_quiet(argv):
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
+
+
+class RamDisk:
+    """An ext4 file system at ROOT/disk on a loop device whose backing file
+    lives in a tmpfs (ROOT/tmpfs) of size_bytes: a disk that reads at the
+    same speed every time, with none of the drift of this host's virtual
+    disk (docs/PERFORMANCE.md, "Noise"). The page cache of the ext4 is
+    dropped as usual; the tmpfs, which drop_caches does not touch, is the
+    medium.
+
+    limit(mbps) then limits reads from the device to that many MB/s with
+    the block cgroup (cgroup v1 blkio.throttle.read_bps_device, or v2
+    io.max), which this process joins, so that every process it starts
+    from then on (daemons, readers, fio) shares the limit, as they would
+    share one disk's bandwidth.
+
+    close() undoes it all, and may be called twice; a RamDisk left by a
+    process that was killed is undone by the next one on the same ROOT."""
+
+    def __init__(self, root, size_bytes):
+        self.root = root
+        self.tmpfs = os.path.join(root, "tmpfs")
+        self.mnt = os.path.join(root, "disk")
+        self.image = os.path.join(self.tmpfs, "disk.img")
+        self.loop = None
+        self.cgroup = None  # (our cgroup.procs, the one we came from)
+        self.read_mbps = None
+        self.undo()
+        DISKS.append(self)
+        try:
+            os.makedirs(self.tmpfs, exist_ok=True)
+            os.makedirs(self.mnt, exist_ok=True)
+            run_quiet(["mount", "-t", "tmpfs", "-o", f"size={size_bytes + MIB}",
+                       "apb-bench-ram", self.tmpfs])
+            with open(self.image, "wb") as f:
+                f.truncate(size_bytes)
+            self.loop = run_quiet(["losetup", "--find", "--show", self.image])
+            run_quiet(["mkfs.ext4", "-q", "-F", "-E",
+                       "lazy_itable_init=0,lazy_journal_init=0", self.loop])
+            run_quiet(["mount", self.loop, self.mnt])
+            rdev = os.stat(self.loop).st_rdev
+            self.dev = f"{os.major(rdev)}:{os.minor(rdev)}"
+        except Exception:
+            self.close()
+            raise
+
+    def limit(self, mbps):
+        self.cgroup = limit_reads(self.dev, mbps)
+        self.read_mbps = mbps
+
+    def describe(self):
+        what = f"{self.loop}, ext4 on a loop device backed by tmpfs"
+        if self.read_mbps:
+            what += f", reads limited to {self.read_mbps} MB/s by the block cgroup"
+        return what
+
+    def undo(self):
+        if self.cgroup:
+            unlimit(*self.cgroup)
+            self.cgroup = None
+        if os.path.ismount(self.mnt):
+            subprocess.run(["umount", self.mnt], capture_output=True)
+        if os.path.exists(self.image):  # this one's loop, or a killed run's
+            for line in run_quiet(["losetup", "-j", self.image]).splitlines():
+                subprocess.run(["losetup", "-d", line.split(":")[0]], capture_output=True)
+        if os.path.ismount(self.tmpfs):
+            subprocess.run(["umount", self.tmpfs], capture_output=True)
+        self.loop = None
+
+    def close(self):
+        if self in DISKS:
+            DISKS.remove(self)
+        self.undo()
+
+
+DISKS = []  # every RamDisk not yet closed
+
+
+CG_V1 = "/sys/fs/cgroup/blkio"
+CG_V2 = "/sys/fs/cgroup"
+
+
+def limit_reads(dev, mbps):
+    """Join a new cgroup that limits reads from block device dev ("MAJ:MIN")
+    to mbps MB/s: (its cgroup.procs, the cgroup.procs to go back to)."""
+    bps = int(mbps * 1e6)
+    if os.path.exists(os.path.join(CG_V1, "blkio.throttle.read_bps_device")):
+        base, limit = CG_V1, ("blkio.throttle.read_bps_device", f"{dev} {bps}")
+    elif "io" in open(os.path.join(CG_V2, "cgroup.controllers")).read().split():
+        base, limit = CG_V2, ("io.max", f"{dev} rbps={bps}")
+        with open(os.path.join(CG_V2, "cgroup.subtree_control"), "w") as f:
+            f.write("+io")
+    else:
+        raise RuntimeError("no block cgroup (blkio in v1, io in v2) to limit reads")
+    with open(f"/proc/{os.getpid()}/cgroup") as f:
+        for line in f:
+            hier, ctl, path = line.rstrip("\n").split(":", 2)
+            if (base == CG_V1 and "blkio" in ctl.split(",")) or (base == CG_V2 and hier == "0"):
+                back = os.path.join(base, path.lstrip("/"), "cgroup.procs")
+    cg = os.path.join(base, "apb-bench")
+    os.makedirs(cg, exist_ok=True)
+    with open(os.path.join(cg, limit[0]), "w") as f:
+        f.write(limit[1])
+    procs = os.path.join(cg, "cgroup.procs")
+    with open(procs, "w") as f:
+        f.write(str(os.getpid()))
+    return procs, back
+
+
+def unlimit(procs, back):
+    with open(back, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        os.rmdir(os.path.dirname(procs))
+    except OSError:  # a process of ours still in it: it goes when they do
+        pass
+
+
 def close_all():
+    """Every mount, then every RamDisk (mounts may read from them)."""
     for m in list(LIVE):
         try:
             m.close()
         except Exception as e:  # go on closing the others
             print("cleanup:", m.mnt, e, file=sys.stderr, flush=True)
+    for d in list(DISKS):
+        try:
+            d.close()
+        except Exception as e:
+            print("cleanup:", d.root, e, file=sys.stderr, flush=True)
