@@ -14,7 +14,9 @@
 #   fuzz    scripts/fuzz.sh FUZZ_SECONDS
 #   bench   QUICK=1 SMOKE=1 scripts/bench: every benchmark system and case at
 #           tiny sizes, the bytes read compared with the source (~30 s; a
-#           check that the benchmark still runs, not numbers)
+#           check that the benchmark still runs, not numbers); then again
+#           with the data on a read-limited RAM disk (DISK=ram
+#           DISK_MBPS=2000), which must be gone afterwards
 # A sanitizer report anywhere (unit test, daemon, CLI) fails its stage.
 # PYTEST ARGS go to the e2e runs of normal and asan only.
 #
@@ -209,7 +211,17 @@ stage_fuzz() {
 
 stage_bench() {
     step "bench: QUICK=1 SMOKE=1 scripts/bench ($BUILD_DIR)"
-    QUICK=1 SMOKE=1 APB_BUILD=$BUILD_DIR $PYTHON scripts/bench
+    QUICK=1 SMOKE=1 APB_BUILD=$BUILD_DIR $PYTHON scripts/bench || return
+    step "bench: the same on a RAM disk (DISK=ram DISK_MBPS=2000)"
+    QUICK=1 SMOKE=1 DISK=ram DISK_MBPS=2000 APB_BUILD=$BUILD_DIR $PYTHON scripts/bench ||
+        return
+    if grep -q apb-bench-smoke/ram /proc/self/mountinfo ||
+        losetup -a | grep -q apb-bench-smoke/ram; then
+        echo "error: the benchmark's RAM disk is still there:" >&2
+        grep apb-bench-smoke/ram /proc/self/mountinfo >&2
+        losetup -a >&2
+        return 1
+    fi
 }
 
 rc=0
