@@ -17,6 +17,20 @@
  * really falls (SPEC §6); the next loader into such a slot faults in fresh
  * zero pages.
  *
+ * With huge_pages the region starts on a 2 MiB boundary and is marked
+ * MADV_HUGEPAGE, so fresh slots come in transparent huge pages where the
+ * system allows them (THP "always" or "madvise"). Every load into a cleared
+ * cache gets fresh pages, and the first user-space touch of a fresh 4 KiB
+ * page is what made version 2 loads slow (the checksum reads the slot,
+ * zstd writes it): on the development VM about 5 us per page, 1.35 s per
+ * GiB, against one fault per 2 MiB. Where only the kernel writes the slots
+ * (version 1, O_DIRECT) there is no such touch to save, and the zeroing
+ * and compaction of huge pages made some loads slower: the daemon asks
+ * for them for version 2 bundles only (docs/PERFORMANCE.md, "Huge pages
+ * for version 2"). A huge page lies wholly inside the region, so the
+ * resident set still cannot exceed it; MADV_DONTNEED of part of one
+ * splits it and frees that part.
+ *
  * Prefetched chunks are ordinary chunks in ordinary slots, so they are
  * inside the budget too; the prefetch share (PREFETCH below) only limits how
  * many of the slots they may hold.
@@ -257,6 +271,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -264,6 +279,7 @@
 #include "evict.h"
 
 #define SLOT_ALIGN 4096u
+#define HUGE_PAGE (2u << 20) /* x86-64's and arm64's (4 KiB pages) PMD size */
 #define MAX_SLOTS (1u << 30) /* keeps 2 * nslots buckets in a uint32_t */
 #define DEFAULT_PREFETCH_SHARE_PCT 50u
 
@@ -1322,17 +1338,42 @@ static uint32_t pow2_at_least(uint32_t n)
 	return p;
 }
 
-/* Allocate the tables; the caller frees on failure. */
-static int cache_alloc(struct apb_cache *c, enum apb_eviction policy)
+/*
+ * The slot region; with huge, on a HUGE_PAGE boundary and marked
+ * MADV_HUGEPAGE when it is at least that large. NULL if it cannot be
+ * mapped. The pad mapped to find the boundary is unmapped again, so
+ * munmap(region, bytes) undoes it.
+ */
+static unsigned char *map_region(size_t bytes, bool huge)
 {
-	void *region;
+	size_t pad = huge && bytes >= HUGE_PAGE ? HUGE_PAGE : 0, head;
+	unsigned char *map, *region;
+
+	map = mmap(NULL, bytes + pad, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (map == MAP_FAILED)
+		return NULL;
+	if (pad == 0)
+		return map;
+	head = (HUGE_PAGE - (uintptr_t)map % HUGE_PAGE) % HUGE_PAGE;
+	region = map + head;
+	if (head > 0)
+		munmap(map, head);
+	if (pad > head)
+		munmap(region + bytes, pad - head);
+	/* Advice only: where THP is off ("never"), the slots get 4 KiB pages. */
+	(void)madvise(region, bytes, MADV_HUGEPAGE);
+	return region;
+}
+
+/* Allocate the tables; the caller frees on failure. */
+static int cache_alloc(struct apb_cache *c, const struct apb_cache_config *cfg)
+{
 	int rc;
 
-	region = mmap(NULL, c->region_bytes, PROT_READ | PROT_WRITE,
-		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (region == MAP_FAILED)
+	c->region = map_region(c->region_bytes, cfg->huge_pages);
+	if (!c->region)
 		return -ENOMEM;
-	c->region = region;
 	c->chunks = calloc(c->nslots, sizeof(*c->chunks));
 	c->buckets = calloc((size_t)c->bucket_mask + 1, sizeof(*c->buckets));
 	c->free_slots = calloc(c->nslots, sizeof(*c->free_slots));
@@ -1342,7 +1383,7 @@ static int cache_alloc(struct apb_cache *c, enum apb_eviction policy)
 	if (!c->chunks || !c->buckets || !c->free_slots || !c->models ||
 	    !c->pins)
 		return -ENOMEM;
-	rc = apb_evict_new(policy, c->nslots, &c->evictable);
+	rc = apb_evict_new(cfg->policy, c->nslots, &c->evictable);
 	if (rc)
 		return rc;
 
@@ -1411,7 +1452,7 @@ int apb_cache_new(const struct apb_cache_config *cfg, struct apb_cache **out)
 	c->load_ctx = cfg->load_ctx;
 	c->region_bytes = (size_t)c->nslots * c->chunk_size;
 
-	rc = cache_alloc(c, cfg->policy);
+	rc = cache_alloc(c, cfg);
 	if (rc)
 		goto err;
 	rc = cache_sync_init(c);

@@ -398,6 +398,9 @@ static int setup(struct apbfs *fs, const char *path)
 			.model_count = (uint32_t)n,
 			.load = load_run,
 			.load_ctx = fs,
+			/* version 2 loads hash or decompress into the slots */
+			.huge_pages = apb_bundle_layout(fs->bundle) ==
+				      APB_LAYOUT_V2,
 		};
 		rc = apb_cache_new(&cfg, &fs->cache);
 	}

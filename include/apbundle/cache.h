@@ -66,6 +66,12 @@ struct apb_cache_config {
 	uint32_t model_count;     /* models are 0 .. model_count - 1 */
 	apb_cache_load_fn load;   /* called with load_ctx */
 	void *load_ctx;
+	/* Ask for transparent huge pages for the slots: for a loader that
+	 * reads or writes the slots' bytes in user space, where each fresh
+	 * 4 KiB page costs a fault; not for one that only has the kernel fill
+	 * them (O_DIRECT), where huge pages' zeroing and compaction cost more
+	 * than they save (cache.c, MEMORY). */
+	bool huge_pages;
 };
 
 struct apb_cache_stats {

@@ -16,6 +16,7 @@
 #include <apbundle/cache.h>
 
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdbool.h>
@@ -626,6 +627,74 @@ static void test_clear_returns_memory_to_os(void)
 	CHECK_EQ(st.used_bytes, 0);
 	CHECK(!access_chunk(&s, c, cs, 0, 5)); /* a cleared slot loads again */
 	cache_done(&s, c);
+}
+
+/* The VmFlags line of the mapping that holds addr, from /proc/self/smaps
+ * ("" if none). */
+static void vma_flags(const void *addr, char *out, size_t size)
+{
+	uintptr_t a = (uintptr_t)addr, lo, hi;
+	bool inside = false;
+	char line[512];
+	FILE *f = fopen("/proc/self/smaps", "r");
+
+	CHECK(f != NULL);
+	out[0] = '\0';
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%" SCNxPTR "-%" SCNxPTR " ", &lo, &hi) == 2)
+			inside = lo <= a && a < hi;
+		else if (inside && strncmp(line, "VmFlags:", 8) == 0) {
+			snprintf(out, size, "%s", line + 8);
+			break;
+		}
+	}
+	fclose(f);
+}
+
+static void test_huge_pages_align_and_advise_the_slots(void)
+{
+	const uint32_t cs = 64 * KIB;
+	/* not a multiple of 2 MiB: the tail is mapped but not huge */
+	const uint64_t budget = 8 * MIB + cs;
+	const bool thp = access("/sys/kernel/mm/transparent_hugepage", F_OK) == 0;
+	struct source s;
+	struct apb_chunk *first;
+	char flags[512];
+
+	for (int huge = 0; huge <= 1; huge++) {
+		struct apb_cache_config cfg = {
+			.budget_bytes = budget,
+			.chunk_size = cs,
+			.policy = APB_EVICT_LRU,
+			.model_count = 1,
+			.load = source_load_run,
+			.load_ctx = &s,
+			.huge_pages = huge,
+		};
+		struct apb_cache *c = NULL;
+		uint64_t rss_full;
+
+		source_init(&s, budget);
+		CHECK_EQ(apb_cache_new(&cfg, &c), 0);
+		s.cache = c;
+		CHECK_EQ(apb_cache_get(c, 0, 0, &first), 0);
+		/* the first load takes the lowest slot, the region's start */
+		if (huge)
+			CHECK_EQ((uintptr_t)apb_chunk_data(first) % (2 * MIB), 0);
+		vma_flags(apb_chunk_data(first), flags, sizeof(flags));
+		CHECK(flags[0] != '\0');
+		if (thp)
+			CHECK_EQ(strstr(flags, " hg") != NULL, huge);
+		apb_cache_put(c, first);
+		for (uint64_t i = 0; i < budget / cs; i++)
+			access_chunk(&s, c, cs, 0, i);
+		rss_full = rss_bytes();
+		apb_cache_clear(c);
+		CHECK(rss_bytes() + budget * 7 / 8 <= rss_full);
+		for (uint64_t i = 0; i < budget / cs; i++) /* and loads again */
+			CHECK(!access_chunk(&s, c, cs, 0, i));
+		cache_done(&s, c);
+	}
 }
 
 static void test_reset_stats_keeps_residency(void)
@@ -2337,6 +2406,7 @@ int main(void)
 	RUN(test_lfu_ages_out_formerly_hot_chunk);
 	RUN(test_evict_model_drops_every_chunk_of_model_only);
 	RUN(test_clear_returns_memory_to_os);
+	RUN(test_huge_pages_align_and_advise_the_slots);
 	RUN(test_reset_stats_keeps_residency);
 	RUN(test_prefetch_loads_bytes_and_counts_issued_not_access);
 	RUN(test_prefetch_of_resident_chunk_is_a_no_op);
