@@ -34,7 +34,7 @@ import sys
 import tempfile
 
 import benchlib
-from benchlib import MIB, RamDisk, drop_caches, mount_apb
+from benchlib import RamDisk, drop_caches, mount_apb
 
 BENCH = "/var/tmp/apb-bench"
 RUNS = int(os.environ.get("RUNS", "11"))
@@ -75,9 +75,7 @@ def main():
         if DISK == "ram":
             files = [f for f in (BUNDLE, NATIVE) if f]
             # a fixed root: the next run undoes a killed run's disk
-            ram = RamDisk("/var/tmp/apb-ab-ram",
-                          sum(os.path.getsize(f) for f in files) * 11 // 10 // MIB * MIB
-                          + 256 * MIB)
+            ram = RamDisk("/var/tmp/apb-ab-ram", sum(os.path.getsize(f) for f in files))
             bundle, *rest = [shutil.copy(f, os.path.join(ram.mnt, f"{i}-{os.path.basename(f)}"))
                              for i, f in enumerate(files)]
             native = rest[0] if rest else ""

@@ -184,8 +184,9 @@ def run_quiet(argv):
 
 
 class RamDisk:
-    """An ext4 file system at ROOT/disk on a loop device whose backing file
-    lives in a tmpfs (ROOT/tmpfs) of size_bytes: a disk that reads at the
+    """An ext4 file system at ROOT/disk with room for content_bytes of files,
+    on a loop device whose backing file lives in a tmpfs (ROOT/tmpfs) sized
+    for it: a disk that reads at the
     same speed every time, with none of the drift of this host's virtual
     disk (docs/PERFORMANCE.md, "Noise"). The page cache of the ext4 is
     dropped as usual; the tmpfs, which drop_caches does not touch, is the
@@ -200,7 +201,14 @@ class RamDisk:
     close() undoes it all, and may be called twice; a RamDisk left by a
     process that was killed is undone by the next one on the same ROOT."""
 
-    def __init__(self, root, size_bytes):
+    @staticmethod
+    def size_for(content_bytes):
+        """The memory a RamDisk for content_bytes takes: the files, ext4's
+        own metadata and reserve, and a margin."""
+        return (content_bytes * 11 // 10 + 256 * MIB) // MIB * MIB
+
+    def __init__(self, root, content_bytes):
+        size_bytes = self.size_bytes = self.size_for(content_bytes)
         self.root = root
         self.tmpfs = os.path.join(root, "tmpfs")
         self.mnt = os.path.join(root, "disk")
@@ -263,23 +271,34 @@ CG_V1 = "/sys/fs/cgroup/blkio"
 CG_V2 = "/sys/fs/cgroup"
 
 
+def v2_controllers():
+    try:
+        with open(os.path.join(CG_V2, "cgroup.controllers")) as f:
+            return f.read().split()
+    except FileNotFoundError:  # no cgroup v2 mounted there
+        return []
+
+
 def limit_reads(dev, mbps):
     """Join a new cgroup that limits reads from block device dev ("MAJ:MIN")
     to mbps MB/s: (its cgroup.procs, the cgroup.procs to go back to)."""
     bps = int(mbps * 1e6)
     if os.path.exists(os.path.join(CG_V1, "blkio.throttle.read_bps_device")):
         base, limit = CG_V1, ("blkio.throttle.read_bps_device", f"{dev} {bps}")
-    elif "io" in open(os.path.join(CG_V2, "cgroup.controllers")).read().split():
+    elif "io" in v2_controllers():
         base, limit = CG_V2, ("io.max", f"{dev} rbps={bps}")
         with open(os.path.join(CG_V2, "cgroup.subtree_control"), "w") as f:
             f.write("+io")
     else:
         raise RuntimeError("no block cgroup (blkio in v1, io in v2) to limit reads")
+    back = None
     with open(f"/proc/{os.getpid()}/cgroup") as f:
         for line in f:
             hier, ctl, path = line.rstrip("\n").split(":", 2)
             if (base == CG_V1 and "blkio" in ctl.split(",")) or (base == CG_V2 and hier == "0"):
                 back = os.path.join(base, path.lstrip("/"), "cgroup.procs")
+    if back is None:
+        raise RuntimeError(f"this process is in no cgroup of {base} (/proc/self/cgroup)")
     cg = os.path.join(base, "apb-bench")
     os.makedirs(cg, exist_ok=True)
     with open(os.path.join(cg, limit[0]), "w") as f:
