@@ -2,7 +2,7 @@
  * first-touch.c - what it costs user space to read, for the first time,
  * memory that an O_DIRECT read has just filled: the daemon's position when
  * it checks a version 2 chunk's XXH3 in a slot that `clear` gave back
- * (docs/PERFORMANCE.md, "A steady disk").
+ * (docs/PERFORMANCE.md, "Huge pages for version 2").
  *
  * Reads 1 GiB of FILE from byte 4096 on with O_DIRECT in 1 MiB requests
  * into an anonymous mapping and hashes each 64 KiB after its request, as
@@ -10,12 +10,14 @@
  * its pages in for the read and user space first touches them in the hash;
  * with "touched" user space writes every page before the reads start; with
  * "populated" each request's pages are faulted in by
- * madvise(MADV_POPULATE_WRITE) right before it (counted in its read time).
+ * madvise(MADV_POPULATE_WRITE) right before it (counted in its read time);
+ * with "huge" the new mapping starts on a 2 MiB boundary and is marked
+ * MADV_HUGEPAGE, as the daemon's slots for version 2 bundles are.
  * Prints the seconds spent in the reads and in the hashes.
  *
  *   cc -O2 -o /tmp/first-touch scripts/benchsrc/first-touch.c -lxxhash
  *   sync; echo 3 > /proc/sys/vm/drop_caches
- *   /tmp/first-touch fresh|touched|populated FILE
+ *   /tmp/first-touch fresh|touched|populated|huge FILE
  *
  * Not part of apbundlefs.
  */
@@ -23,6 +25,7 @@
 #include <xxhash.h>
 
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -32,6 +35,7 @@
 #define TOTAL (1ul << 30)
 #define REQUEST (1ul << 20)
 #define CHUNK (64ul << 10)
+#define HUGE (2ul << 20)
 
 static double now(void)
 {
@@ -49,16 +53,24 @@ int main(int argc, char **argv)
 	int fd;
 
 	if (argc != 3 || (strcmp(argv[1], "fresh") && strcmp(argv[1], "touched") &&
-			  strcmp(argv[1], "populated"))) {
-		fprintf(stderr, "usage: first-touch fresh|touched|populated FILE\n");
+			  strcmp(argv[1], "populated") && strcmp(argv[1], "huge"))) {
+		fprintf(stderr, "usage: first-touch fresh|touched|populated|huge FILE\n");
 		return 2;
 	}
 	fd = open(argv[2], O_RDONLY | O_DIRECT);
-	buf = mmap(NULL, TOTAL, PROT_READ | PROT_WRITE,
+	/* HUGE more than needed, so that a 2 MiB boundary lies inside */
+	buf = mmap(NULL, TOTAL + HUGE, PROT_READ | PROT_WRITE,
 		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (fd < 0 || buf == MAP_FAILED) {
 		perror(argv[2]);
 		return 1;
+	}
+	if (!strcmp(argv[1], "huge")) {
+		buf += (HUGE - (uintptr_t)buf % HUGE) % HUGE;
+		if (madvise(buf, TOTAL, MADV_HUGEPAGE) != 0) {
+			perror("MADV_HUGEPAGE");
+			return 1;
+		}
 	}
 	if (!strcmp(argv[1], "touched"))
 		memset(buf, 1, TOTAL);
