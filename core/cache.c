@@ -218,7 +218,10 @@
  * the load fails the get fails, still a hit), a miss otherwise - not
  * present, or LOADING for another get (the waiter of an in-flight demand
  * load is a miss too), and it stays a miss if the get then waits for a slot
- * and finds the chunk loaded by someone else meanwhile. loaded_bytes adds
+ * and finds the chunk loaded by someone else meanwhile. A hit is also a
+ * reuse hit (reuse_hits) when the chunk was READY and had been returned by
+ * an earlier get (it is neither prefetched nor ahead): the reads the cache
+ * saved, where a prefetch hit only moved a read earlier. loaded_bytes adds
  * the length each successful load returned. load_errors counts each failed
  * load once, not once per waiter; a loader returning more than chunk_size
  * bytes, or a negative value that is no errno, fails its load with -EIO.
@@ -325,6 +328,8 @@ struct apb_cache {
 	uint32_t prefetch_share;      /* most prefetched chunks not yet read */
 	apb_cache_load_fn load;
 	void *load_ctx;
+	apb_cache_trace_fn trace;     /* NULL: not traced */
+	void *trace_ctx;
 	unsigned char *region;        /* nslots * chunk_size bytes */
 	size_t region_bytes;
 	struct apb_chunk *chunks;     /* [nslots], chunks[i] <-> slot i */
@@ -571,11 +576,14 @@ static void unlock(struct apb_cache *c)
 	pthread_mutex_unlock(&c->mu);
 }
 
-static void count_access(struct apb_cache *c, uint32_t model, bool hit)
+static void count_access(struct apb_cache *c, uint32_t model, bool hit,
+			 bool reuse)
 {
 	if (hit) {
 		c->st.hits++;
 		c->models[model].hits++;
+		c->st.reuse_hits += reuse;
+		c->models[model].reuse_hits += reuse;
 	} else {
 		c->st.misses++;
 		c->models[model].misses++;
@@ -687,10 +695,10 @@ static int chunk_wait_loaded(struct apb_cache *c, struct apb_chunk *ch)
 
 /* Count the access of a get once, at the first point it is decided. */
 static void count_once(struct apb_cache *c, uint32_t model, bool hit,
-		       bool *counted)
+		       bool reuse, bool *counted)
 {
 	if (!*counted)
-		count_access(c, model, hit);
+		count_access(c, model, hit, reuse);
 	*counted = true;
 }
 
@@ -773,6 +781,8 @@ static int get_chunk(struct apb_cache *c, uint32_t model, uint64_t index,
 	*out = NULL;
 	if (model >= c->model_count)
 		return -EINVAL;
+	if (c->trace)
+		c->trace(c->trace_ctx, model, index, 1, APB_ACCESS_DEMAND);
 	lock(c);
 	for (;;) {
 		ch = table_find(c, model, index);
@@ -781,9 +791,10 @@ static int get_chunk(struct apb_cache *c, uint32_t model, uint64_t index,
 			 * Ahead: loaded with a miss, for this read. */
 			bool ahead = ch->ahead;
 
-			count_once(c, model,
-				   (ch->state == CHUNK_READY && !ahead) ||
-					   ch->prefetched,
+			bool reuse = ch->state == CHUNK_READY && !ahead &&
+				     !ch->prefetched;
+
+			count_once(c, model, reuse || ch->prefetched, reuse,
 				   &counted);
 			ch->ahead = false;
 			if (ch->state == CHUNK_READY) {
@@ -804,7 +815,7 @@ static int get_chunk(struct apb_cache *c, uint32_t model, uint64_t index,
 			rc = -EAGAIN; /* nothing counted: the caller will retry */
 			break;
 		}
-		count_once(c, model, false, &counted);
+		count_once(c, model, false, false, &counted);
 		if (ch) {
 			rc = miss_load(c, ch, model, index, ahead);
 			if (rc == 0) /* the loading get is a use, like any */
@@ -967,6 +978,8 @@ int apb_cache_prefetch_run(struct apb_cache *c, uint32_t model, uint64_t first,
 		return -EINVAL;
 	if (count > APB_CACHE_RUN_MAX)
 		count = APB_CACHE_RUN_MAX;
+	if (c->trace && count > 0)
+		c->trace(c->trace_ctx, model, first, count, APB_ACCESS_PREFETCH);
 	lock(c);
 	n = prefetch_take(c, model, first, count, run);
 	if (n == 0) {
@@ -1299,6 +1312,30 @@ void apb_cache_model_stats(struct apb_cache *c, uint32_t model,
 	unlock(c);
 }
 
+/* ---- policies by name ------------------------------------------------- */
+
+static const char *const policy_names[APB_EVICT_COUNT] = {
+	[APB_EVICT_LRU] = "lru",
+	[APB_EVICT_LFU] = "lfu",
+	[APB_EVICT_AUTO] = "auto",
+};
+
+const char *apb_eviction_name(enum apb_eviction policy)
+{
+	return (unsigned)policy < APB_EVICT_COUNT ? policy_names[policy] : NULL;
+}
+
+int apb_eviction_parse(const char *name, enum apb_eviction *out)
+{
+	for (unsigned i = 0; i < APB_EVICT_COUNT; i++) {
+		if (strcmp(name, policy_names[i]) == 0) {
+			*out = (enum apb_eviction)i;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
 /* ---- lifetime -------------------------------------------------------- */
 
 static int config_check(const struct apb_cache_config *cfg)
@@ -1311,7 +1348,7 @@ static int config_check(const struct apb_cache_config *cfg)
 		return -EINVAL;
 	if (cfg->budget_bytes / cfg->chunk_size > MAX_SLOTS)
 		return -EINVAL;
-	if (cfg->policy != APB_EVICT_LRU && cfg->policy != APB_EVICT_LFU)
+	if (!apb_eviction_name(cfg->policy))
 		return -EINVAL;
 	if (cfg->prefetch_share_pct > 100)
 		return -EINVAL;
@@ -1450,6 +1487,8 @@ int apb_cache_new(const struct apb_cache_config *cfg, struct apb_cache **out)
 					      cfg->prefetch_share_pct);
 	c->load = cfg->load;
 	c->load_ctx = cfg->load_ctx;
+	c->trace = cfg->trace;
+	c->trace_ctx = cfg->trace_ctx;
 	c->region_bytes = (size_t)c->nslots * c->chunk_size;
 
 	rc = cache_alloc(c, cfg);

@@ -313,9 +313,10 @@ int apb_evict_new(enum apb_eviction policy, uint32_t cap,
 {
 	struct apb_evict *e;
 
-	assert(policy == APB_EVICT_LRU || policy == APB_EVICT_LFU);
 	assert(cap > 0);
 	*out = NULL;
+	if (policy != APB_EVICT_LRU && policy != APB_EVICT_LFU)
+		return -EINVAL; /* auto: not yet */
 	e = calloc(1, sizeof(*e));
 	if (!e)
 		return -ENOMEM;

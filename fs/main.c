@@ -78,7 +78,9 @@ static void usage(FILE *f)
 "apbundlefs options:\n"
 "    -o max_memory=SIZE     budget for cached chunks (default 256M)\n"
 "    -o chunk_size=SIZE     cache chunk, a multiple of 4K (default 64K)\n"
-"    -o eviction=lru|lfu    eviction policy (default lru)\n"
+"    -o eviction=lru|lfu|auto\n"
+"                           eviction policy (default lru); auto keeps part\n"
+"                           of a model read in a loop\n"
 "    -o prefetch=on|off     read ahead of sequential readers (default on)\n"
 "    -o readahead=SIZE      largest readahead window (default 4M)\n"
 "    -o prefetch_count=N    on open, prefetch the N models that most often\n"
@@ -167,11 +169,21 @@ static int parse_choice(const char *name, const char *value, const char *a,
 	return -1;
 }
 
+/* eviction=: one of the cache's policies; unset is the default. */
+static int parse_eviction(const char *value, enum apb_eviction *out)
+{
+	*out = APB_EVICT_LRU;
+	if (!value || apb_eviction_parse(value, out) == 0)
+		return 0;
+	fprintf(stderr, "apbundlefs: bad option eviction=%s: expected lru, "
+		"lfu or auto\n", value);
+	return -1;
+}
+
 static int resolve_options(const struct cmdline *cl, struct apbfs_options *o)
 {
 	uint64_t chunk = DEFAULT_CHUNK_SIZE;
 	char a[32], b[32];
-	bool lru = true;
 
 	o->max_memory = DEFAULT_MAX_MEMORY;
 	o->kernel_cache = cl->kernel_cache;
@@ -224,9 +236,8 @@ static int resolve_options(const struct cmdline *cl, struct apbfs_options *o)
 	if (parse_choice("prefetch", cl->prefetch, "on", "off", &o->prefetch) ||
 	    parse_choice("backing_io", cl->backing_io, "direct", "buffered",
 			 &o->backing_direct) ||
-	    parse_choice("eviction", cl->eviction, "lru", "lfu", &lru))
+	    parse_eviction(cl->eviction, &o->eviction))
 		return -1;
-	o->eviction = lru ? APB_EVICT_LRU : APB_EVICT_LFU;
 	return 0;
 }
 

@@ -245,7 +245,7 @@ static void open_special(fuse_req_t req, struct apbfs *fs, int sp,
 	int acc = fi->flags & O_ACCMODE;
 	struct apb_report_source src = {
 		.bundle = fs->bundle, .cache = fs->cache,
-		.policy = fs->opt.eviction == APB_EVICT_LFU ? "lfu" : "lru",
+		.policy = apb_eviction_name(fs->opt.eviction),
 		.chunk_size = fs->opt.chunk_size, .io = &fs->io,
 		.opens = fs->opens,
 	};

@@ -36,7 +36,29 @@
 enum apb_eviction {
 	APB_EVICT_LRU = 0,
 	APB_EVICT_LFU = 1, /* LFU with dynamic aging (see evict.c) */
+	APB_EVICT_AUTO = 2, /* loop-aware: keeps part of a cyclic scan (evict.c) */
 };
+#define APB_EVICT_COUNT 3
+
+/* "lru", "lfu", "auto"; NULL for a value outside the enum. */
+const char *apb_eviction_name(enum apb_eviction policy);
+/* The policy named name; 0, or -EINVAL for an unknown name. */
+int apb_eviction_parse(const char *name, enum apb_eviction *out);
+
+/* What a traced cache access was (struct apb_cache_config.trace). */
+enum apb_cache_access {
+	APB_ACCESS_DEMAND = 0,   /* a get: a reader (or a pin) wants the chunk */
+	APB_ACCESS_PREFETCH = 1, /* a prefetch run asked for, loaded or not */
+};
+
+/*
+ * Called at the start of every apb_cache_get*() (kind DEMAND, count 1) and
+ * every apb_cache_prefetch_run() (kind PREFETCH, count as asked), before
+ * the cache looks at the chunk, with no cache lock held, from any thread.
+ * For recording traces to replay; NULL (the default) costs one branch.
+ */
+typedef void (*apb_cache_trace_fn)(void *ctx, uint32_t model, uint64_t index,
+				   uint32_t count, enum apb_cache_access kind);
 
 /*
  * Fill n consecutive chunks first, first + 1, ... of model, chunk first + i
@@ -66,6 +88,8 @@ struct apb_cache_config {
 	uint32_t model_count;     /* models are 0 .. model_count - 1 */
 	apb_cache_load_fn load;   /* called with load_ctx */
 	void *load_ctx;
+	apb_cache_trace_fn trace; /* optional, called with trace_ctx */
+	void *trace_ctx;
 	/* Ask for transparent huge pages for the slots: for a loader that
 	 * reads or writes the slots' bytes in user space, where each fresh
 	 * 4 KiB page costs a fault; not for one that only has the kernel fill
@@ -80,6 +104,10 @@ struct apb_cache_stats {
 	uint64_t resident_chunks; /* loaded chunks (not counting in-flight) */
 	uint64_t hits;            /* gets that found the chunk resident or
 				   * being loaded by a prefetch */
+	uint64_t reuse_hits;      /* of those, gets of a chunk that an earlier
+				   * get had already returned: the reads the
+				   * cache saved (a first read of a prefetched
+				   * chunk is a hit, not a reuse) */
 	uint64_t misses;          /* gets that loaded, or waited for another
 				   * get's load */
 	uint64_t evictions;       /* chunks dropped, for room or on request */
@@ -102,6 +130,7 @@ struct apb_cache_stats {
 struct apb_cache_model_stats {
 	uint64_t resident_bytes;  /* valid bytes of this model's loaded chunks */
 	uint64_t hits;
+	uint64_t reuse_hits;
 	uint64_t misses;
 	uint64_t evictions;
 	uint64_t prefetch_issued;
