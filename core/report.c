@@ -17,6 +17,16 @@ static double hit_rate(uint64_t hits, uint64_t misses)
 	return hits + misses ? (double)hits / (double)(hits + misses) : 0.0;
 }
 
+/* The share of chunk lookups that found a chunk an earlier lookup had
+ * used: the reads the cache saved. hit_rate() also counts the first read
+ * of a prefetched chunk, which only moved a read of the bundle earlier. */
+static double reuse_hit_rate(const struct apb_cache_stats *cs)
+{
+	uint64_t lookups = cs->hits + cs->misses;
+
+	return lookups ? (double)cs->reuse_hits / (double)lookups : 0.0;
+}
+
 static cJSON *cache_json(const struct apb_report_source *src,
 			 const struct apb_cache_stats *cs)
 {
@@ -31,8 +41,10 @@ static cJSON *cache_json(const struct apb_report_source *src,
 				(double)cs->resident_chunks);
 	cJSON_AddNumberToObject(o, "hits", (double)cs->hits);
 	cJSON_AddNumberToObject(o, "misses", (double)cs->misses);
+	cJSON_AddNumberToObject(o, "reuse_hits", (double)cs->reuse_hits);
 	cJSON_AddNumberToObject(o, "evictions", (double)cs->evictions);
 	cJSON_AddNumberToObject(o, "hit_rate", hit_rate(cs->hits, cs->misses));
+	cJSON_AddNumberToObject(o, "reuse_hit_rate", reuse_hit_rate(cs));
 	cJSON_AddNumberToObject(o, "pinned_bytes", (double)cs->pinned_bytes);
 	return o;
 }
@@ -64,6 +76,7 @@ static cJSON *prefetch_json(const struct apb_report_source *src,
 static cJSON *io_json(const struct apb_report_source *src,
 		      const struct apb_cache_stats *cs)
 {
+	uint64_t served = atomic_load(&src->io->bytes_served);
 	cJSON *o = cJSON_CreateObject();
 	if (!o)
 		return NULL;
@@ -71,8 +84,16 @@ static cJSON *io_json(const struct apb_report_source *src,
 				(double)cs->loaded_bytes);
 	cJSON_AddNumberToObject(o, "read_requests",
 				(double)atomic_load(&src->io->read_requests));
-	cJSON_AddNumberToObject(o, "bytes_served",
-				(double)atomic_load(&src->io->bytes_served));
+	cJSON_AddNumberToObject(o, "bytes_served", (double)served);
+	/* Below 1 the cache saved reads of the bundle; 1 or more, it saved
+	 * none. null, not 0, before any byte is served: 0 would read as
+	 * "every read saved" while a preload may already have read much. */
+	if (served)
+		cJSON_AddNumberToObject(o, "backing_bytes_per_byte_served",
+					(double)cs->loaded_bytes /
+						(double)served);
+	else
+		cJSON_AddNullToObject(o, "backing_bytes_per_byte_served");
 	cJSON_AddNumberToObject(o, "errors",
 				(double)atomic_load(&src->io->errors));
 	cJSON_AddNumberToObject(o, "checksum_errors",
@@ -92,6 +113,7 @@ static cJSON *model_json(const struct apb_report_source *src, size_t i)
 	cJSON_AddNumberToObject(o, "resident_bytes", (double)ms.resident_bytes);
 	cJSON_AddNumberToObject(o, "hits", (double)ms.hits);
 	cJSON_AddNumberToObject(o, "misses", (double)ms.misses);
+	cJSON_AddNumberToObject(o, "reuse_hits", (double)ms.reuse_hits);
 	cJSON_AddNumberToObject(o, "evictions", (double)ms.evictions);
 	cJSON_AddNumberToObject(o, "opens",
 				(double)atomic_load(&src->opens[i]));
@@ -178,21 +200,32 @@ static void put_metric(FILE *f, const struct metric *m)
 		m->name, m->type, m->name, (unsigned long long)m->value);
 }
 
+/* The per-model series of .metrics: which value of a model each shows. */
+enum model_field {
+	MODEL_HITS,
+	MODEL_REUSE_HITS,
+	MODEL_MISSES,
+	MODEL_EVICTIONS,
+	MODEL_RESIDENT_BYTES,
+	MODEL_OPENS,
+};
+
 static void put_model_family(FILE *f, const struct apb_report_source *src,
 			     const char *name, const char *type,
-			     const char *help, int field)
+			     const char *help, enum model_field field)
 {
 	fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 	for (size_t i = 0; i < apb_bundle_count(src->bundle); i++) {
 		struct apb_cache_model_stats ms;
-		uint64_t v;
+		uint64_t v = 0;
 		apb_cache_model_stats(src->cache, (uint32_t)i, &ms);
 		switch (field) {
-		case 0: v = ms.hits; break;
-		case 1: v = ms.misses; break;
-		case 2: v = ms.evictions; break;
-		case 3: v = ms.resident_bytes; break;
-		default: v = atomic_load(&src->opens[i]); break;
+		case MODEL_HITS: v = ms.hits; break;
+		case MODEL_REUSE_HITS: v = ms.reuse_hits; break;
+		case MODEL_MISSES: v = ms.misses; break;
+		case MODEL_EVICTIONS: v = ms.evictions; break;
+		case MODEL_RESIDENT_BYTES: v = ms.resident_bytes; break;
+		case MODEL_OPENS: v = atomic_load(&src->opens[i]); break;
 		}
 		fprintf(f, "%s{model=\"", name);
 		put_label(f, apb_bundle_model(src->bundle, i)->name);
@@ -216,6 +249,10 @@ char *apb_report_metrics(const struct apb_report_source *src, size_t *len)
 		 "Chunk lookups served from memory.", cs.hits},
 		{"apbundlefs_cache_misses_total", "counter",
 		 "Chunk lookups that had to load from the bundle.", cs.misses},
+		{"apbundlefs_cache_reuse_hits_total", "counter",
+		 "Chunk hits on a chunk an earlier lookup had used (not the "
+		 "first read of a prefetched chunk): the reads the cache saved.",
+		 cs.reuse_hits},
 		{"apbundlefs_cache_evictions_total", "counter",
 		 "Chunks dropped from memory.", cs.evictions},
 		{"apbundlefs_cache_memory_used_bytes", "gauge",
@@ -259,15 +296,20 @@ char *apb_report_metrics(const struct apb_report_source *src, size_t *len)
 	for (size_t i = 0; i < sizeof(global) / sizeof(global[0]); i++)
 		put_metric(f, &global[i]);
 	put_model_family(f, src, "apbundlefs_model_hits_total", "counter",
-			 "Chunk hits per model.", 0);
+			 "Chunk hits per model.", MODEL_HITS);
+	put_model_family(f, src, "apbundlefs_model_reuse_hits_total",
+			 "counter", "Chunk reuse hits per model.",
+			 MODEL_REUSE_HITS);
 	put_model_family(f, src, "apbundlefs_model_misses_total", "counter",
-			 "Chunk misses per model.", 1);
+			 "Chunk misses per model.", MODEL_MISSES);
 	put_model_family(f, src, "apbundlefs_model_evictions_total", "counter",
-			 "Chunks of the model dropped from memory.", 2);
+			 "Chunks of the model dropped from memory.",
+			 MODEL_EVICTIONS);
 	put_model_family(f, src, "apbundlefs_model_resident_bytes", "gauge",
-			 "Bytes of the model held in memory.", 3);
+			 "Bytes of the model held in memory.",
+			 MODEL_RESIDENT_BYTES);
 	put_model_family(f, src, "apbundlefs_model_opens_total", "counter",
-			 "Opens of the model.", 4);
+			 "Opens of the model.", MODEL_OPENS);
 	if (fclose(f) != 0) {
 		free(text);
 		return NULL;
