@@ -12,6 +12,8 @@
  *    not report truly; at most STATS_MAX_BYTES are accepted.
  *  - A counter that is missing or not a number prints as 0 (a rate with a
  *    zero denominator as '-'), so a newer or older daemon still prints.
+ *    Any number, however large, is read without overflow (clamped to
+ *    UINT64_MAX).
  *  - Exit status as for every subcommand (apbundle_cmd.h): 1 when the file
  *    cannot be read or is not a JSON object, with one line
  *    "apbundle: MOUNTPOINT/.stats: reason" on stderr.
@@ -78,13 +80,25 @@ out:
 }
 
 /* A counter of the document; absent or not a number reads as 0, so a
- * newer or older daemon with other keys still prints. */
+ * newer or older daemon with other keys still prints. A number of 2^64 or
+ * more (a crafted document: 1e300, or inf from 1e999) reads as UINT64_MAX,
+ * as converting it to uint64_t would be undefined; NaN fails both tests
+ * and reads as 0. */
 static uint64_t num(const cJSON *obj, const char *key)
 {
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
 
-	return cJSON_IsNumber(v) && v->valuedouble > 0
-		       ? (uint64_t)v->valuedouble : 0;
+	if (!cJSON_IsNumber(v) || !(v->valuedouble > 0))
+		return 0;
+	if (v->valuedouble >= 18446744073709551616.0) /* 2^64 */
+		return UINT64_MAX;
+	return (uint64_t)v->valuedouble;
+}
+
+/* a + b, UINT64_MAX where it would wrap (crafted counters). */
+static uint64_t sum(uint64_t a, uint64_t b)
+{
+	return a > UINT64_MAX - b ? UINT64_MAX : a + b;
 }
 
 static char *human(uint64_t bytes, char *buf)
@@ -117,7 +131,7 @@ static void print_summary(const cJSON *root)
 	       human(num(cache, "memory_limit"), b));
 	print_rate(" (", num(cache, "memory_used"), num(cache, "memory_limit"));
 	printf(")\n");
-	print_rate("hit rate  ", hits, hits + misses);
+	print_rate("hit rate  ", hits, sum(hits, misses));
 	printf(" (%llu hits, %llu misses, %llu evictions)\n",
 	       (unsigned long long)hits, (unsigned long long)misses,
 	       (unsigned long long)num(cache, "evictions"));
