@@ -4,21 +4,25 @@
  *
  * The daemon (fs/) serves MOUNTPOINT/.stats as one JSON object: "cache",
  * "prefetch" and "io" counters and a "models" object keyed by model name.
- * This file prints a summary of the counters and a table of the models,
+ * This file prints two headline lines - the reuse hit rate and the bundle
+ * bytes read per byte served, which say at once whether the cache saves
+ * any reads - then a summary of the counters and a table of the models,
  * most resident bytes first, ties by name so the output is stable.
  *
  * Invariants:
  *  - The document is read to EOF, not to st_size, which a FUSE file need
  *    not report truly; at most STATS_MAX_BYTES are accepted.
  *  - A counter that is missing or not a number prints as 0 (a rate with a
- *    zero denominator as '-'), so a newer or older daemon still prints.
- *    Any number, however large, is read without overflow (clamped to
- *    UINT64_MAX).
+ *    zero denominator as '-'), so a newer or older daemon still prints;
+ *    the headline prints '-' for a counter it lacks (an older daemon has
+ *    no reuse_hits: 0 would claim the cache saved nothing). Any number,
+ *    however large, is read without overflow (clamped to UINT64_MAX).
  *  - Exit status as for every subcommand (apbundle_cmd.h): 1 when the file
  *    cannot be read or is not a JSON object, with one line
  *    "apbundle: MOUNTPOINT/.stats: reason" on stderr.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -95,6 +99,12 @@ static uint64_t num(const cJSON *obj, const char *key)
 	return (uint64_t)v->valuedouble;
 }
 
+/* Whether the document has the counter at all. */
+static bool has_num(const cJSON *obj, const char *key)
+{
+	return cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(obj, key));
+}
+
 /* a + b, UINT64_MAX where it would wrap (crafted counters). */
 static uint64_t sum(uint64_t a, uint64_t b)
 {
@@ -112,6 +122,51 @@ static void print_rate(const char *label, uint64_t part, uint64_t whole)
 		printf("%s%.1f%%", label, 100.0 * (double)part / (double)whole);
 	else
 		printf("%s-", label);
+}
+
+/*
+ * The headline: of the chunk lookups, the share that found a chunk an
+ * earlier read had used (cache.reuse_hits; a prefetched chunk's first
+ * read is a hit but saves no read of the bundle), and the bytes the
+ * daemon read from the bundle per byte it served. Below 1 the cache
+ * saved reads; at 1 or more it saved none, whatever cache.hit_rate says.
+ * Computed here from the counters, not taken from the document's rates,
+ * so that it needs nothing newer than the counters themselves.
+ */
+static void print_headline(const cJSON *root)
+{
+	const cJSON *cache = cJSON_GetObjectItemCaseSensitive(root, "cache");
+	const cJSON *io = cJSON_GetObjectItemCaseSensitive(root, "io");
+	uint64_t lookups = sum(num(cache, "hits"), num(cache, "misses"));
+	uint64_t reuse = num(cache, "reuse_hits");
+	uint64_t read = num(io, "backing_bytes_read");
+	uint64_t served = num(io, "bytes_served");
+
+	if (!has_num(cache, "reuse_hits"))
+		printf("reuse hits    - (not counted by this daemon)\n");
+	else if (lookups == 0)
+		printf("reuse hits    - (no chunk lookups yet)\n");
+	else
+		printf("reuse hits    %.1f%% (%llu of %llu chunk lookups)\n",
+		       100.0 * (double)reuse / (double)lookups,
+		       (unsigned long long)reuse,
+		       (unsigned long long)lookups);
+
+	if (!has_num(io, "backing_bytes_read") || !has_num(io, "bytes_served"))
+		printf("bundle reads  - (not counted by this daemon)\n");
+	else if (served == 0)
+		printf("bundle reads  - (no bytes served yet)\n");
+	else if (read < served)
+		printf("bundle reads  %.2f bytes per byte served (saved %.0f%%)\n",
+		       (double)read / (double)served,
+		       100.0 * (double)(served - read) / (double)served);
+	else if (read == served)
+		printf("bundle reads  1.00 bytes per byte served (saved none)\n");
+	else
+		printf("bundle reads  %.2f bytes per byte served (%.0f%% more "
+		       "than served)\n", (double)read / (double)served,
+		       100.0 * (double)(read - served) / (double)served);
+	printf("\n");
 }
 
 static void print_summary(const cJSON *root)
@@ -229,6 +284,7 @@ int apb_cmd_stats(int argc, char **argv)
 		fprintf(stderr, "apbundle: %s: not a JSON stats document\n", path);
 		goto out;
 	}
+	print_headline(root);
 	print_summary(root);
 	if (print_models(root) == 0)
 		status = EXIT_SUCCESS;
