@@ -35,3 +35,25 @@ install_clang_runtime() {
     CLANG_MAJOR=$(clang -dumpversion | cut -d. -f1)
     install_missing "libclang-rt-$CLANG_MAJOR-dev" "llvm-$CLANG_MAJOR"
 }
+
+# install_llama: node-llama-cpp 3.21.1 and its prebuilt linux-x64 llama.cpp,
+# as scripts/llama/package-lock.json pins them, into scripts/llama/node_modules
+# (for tests/e2e/test_llama.py and scripts/bench-llama.py); Node.js from
+# Debian if the machine has none. npm ci runs only when the lock file is
+# newer than the install. ggml's sapphirerapids CPU variant is removed: on
+# a CPU with AMX it copies f16 weights into anonymous memory at load, and the
+# model would then never be read through a mount's cache; ggml picks the
+# next best variant (zen4 on AVX-512 machines).
+install_llama() {
+    local dir
+    dir="$(dirname "${BASH_SOURCE[0]}")/llama"
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        install_missing nodejs npm
+    fi
+    if [ ! "$dir/node_modules/.package-lock.json" -nt "$dir/package-lock.json" ]; then
+        echo "installing node-llama-cpp in $dir"
+        (cd "$dir" && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm ci --omit=optional \
+            --no-audit --no-fund --loglevel=error) || return
+    fi
+    rm -f "$dir/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libggml-cpu-sapphirerapids.so"
+}
