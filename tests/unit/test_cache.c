@@ -1086,6 +1086,92 @@ static void test_reset_stats_zeroes_prefetch_counters_not_unread_chunks(void)
 	cache_done(&s, c);
 }
 
+/* reuse_hits counts a hit on a READY chunk that an earlier get returned
+ * (a reader's or a pin's): the reads the cache saved. The first get of a
+ * prefetched chunk is a hit and a prefetch hit, not a reuse; a chunk
+ * loaded ahead with a miss counts a miss at its first get; a reset zeroes
+ * the count, not what the cache remembers of earlier gets. */
+static void test_reuse_hits_count_only_chunks_an_earlier_get_returned(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_cache_stats st;
+	struct apb_chunk *a, *b;
+
+	source_init(&s, 16 * CS);
+	/* 32 slots: a miss may load 4 chunks ahead; a pin may take 16 */
+	c = cache_make(&s, APB_EVICT_LRU, 32 * CS, CS, 2);
+
+	CHECK_EQ(apb_cache_prefetch(c, 0, 0), 0);
+	CHECK(access_chunk(&s, c, CS, 0, 0)); /* first read: no reuse */
+	st = stats_of(c);
+	CHECK_EQ(st.hits, 1);
+	CHECK_EQ(st.prefetch_hits, 1);
+	CHECK_EQ(st.reuse_hits, 0);
+	CHECK(access_chunk(&s, c, CS, 0, 0)); /* read again: a reuse */
+	st = stats_of(c);
+	CHECK_EQ(st.hits, 2);
+	CHECK_EQ(st.prefetch_hits, 1);
+	CHECK_EQ(st.reuse_hits, 1);
+
+	/* A miss on 4 loads 5 and 6 ahead: their first gets are misses. */
+	CHECK_EQ(apb_cache_get_ahead(c, 0, 4, 2, true, &a), 0);
+	apb_cache_put(c, a);
+	CHECK_EQ(source_runs(&s), 2);
+	CHECK(!access_chunk(&s, c, CS, 0, 5));
+	CHECK(!access_chunk(&s, c, CS, 0, 6));
+	CHECK(access_chunk(&s, c, CS, 0, 5));
+	st = stats_of(c);
+	CHECK_EQ(st.misses, 3);
+	CHECK_EQ(st.hits, 3);
+	CHECK_EQ(st.reuse_hits, 2);
+
+	/* A second reference to a chunk a reader holds is a reuse. */
+	CHECK_EQ(apb_cache_get(c, 0, 8, &a), 0);
+	CHECK_EQ(apb_cache_get(c, 0, 8, &b), 0);
+	apb_cache_put(c, a);
+	apb_cache_put(c, b);
+	st = stats_of(c);
+	CHECK_EQ(st.misses, 4);
+	CHECK_EQ(st.reuse_hits, 3);
+
+	/* A pin's gets count as a reader's, both ways: it reuses (1, 0),
+	 * read before, and a reader then reuses (1, 1), which the pin got. */
+	CHECK(!access_chunk(&s, c, CS, 1, 0));
+	CHECK_EQ(apb_cache_pin_model(c, 1, 2 * CS), 0);
+	st = stats_of(c);
+	CHECK_EQ(st.misses, 6);
+	CHECK_EQ(st.reuse_hits, 4);
+	CHECK(access_chunk(&s, c, CS, 1, 1));
+	st = stats_of(c);
+	CHECK_EQ(st.hits, 6);
+	CHECK_EQ(st.misses, 6);
+	CHECK_EQ(st.reuse_hits, 5);
+	CHECK_EQ(st.prefetch_hits, 1);
+	CHECK_EQ(model_stats_of(c, 0).reuse_hits, 3);
+	CHECK_EQ(model_stats_of(c, 1).reuse_hits, 2);
+
+	/* Reset zeroes the count; the chunks stay read before. */
+	apb_cache_reset_stats(c);
+	CHECK_EQ(stats_of(c).reuse_hits, 0);
+	CHECK_EQ(model_stats_of(c, 0).reuse_hits, 0);
+	CHECK_EQ(model_stats_of(c, 1).reuse_hits, 0);
+	CHECK(access_chunk(&s, c, CS, 0, 6));
+	CHECK_EQ(stats_of(c).reuse_hits, 1);
+
+	/* An evicted chunk loads afresh: a miss, and a reuse only after. */
+	apb_cache_evict_model(c, 0);
+	CHECK(!access_chunk(&s, c, CS, 0, 0));
+	CHECK(access_chunk(&s, c, CS, 0, 0));
+	st = stats_of(c);
+	CHECK_EQ(st.hits, 2);
+	CHECK_EQ(st.misses, 1);
+	CHECK_EQ(st.reuse_hits, 2);
+	CHECK_EQ(model_stats_of(c, 0).reuse_hits, 2);
+	CHECK_EQ(apb_cache_unpin_model(c, 1), 0);
+	cache_done(&s, c);
+}
+
 static void test_failed_prefetch_returns_errno_and_caches_nothing(void)
 {
 	struct source s;
@@ -2426,6 +2512,7 @@ int main(void)
 	RUN(test_lfu_evicts_unread_prefetch_before_used_chunks);
 	RUN(test_clear_and_evict_model_count_unread_prefetches_wasted);
 	RUN(test_reset_stats_zeroes_prefetch_counters_not_unread_chunks);
+	RUN(test_reuse_hits_count_only_chunks_an_earlier_get_returned);
 	RUN(test_failed_prefetch_returns_errno_and_caches_nothing);
 	RUN(test_prefetch_run_loads_chunks_with_one_load_run);
 	RUN(test_prefetch_run_stops_at_a_present_chunk);
