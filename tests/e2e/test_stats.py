@@ -1,9 +1,11 @@
-"""Exact .stats / .metrics counters and the .control commands.
+"""Exact .stats / .metrics counters, the .control commands and the
+headline of `apbundle stats`.
 
 Reads use O_DIRECT at chosen offsets so each pread reaches the daemon as one
 request of exactly that size (no kernel page cache, no readahead); then the
 counters are fully determined: per read, per chunk touched, one hit if
-resident else one miss.
+resident else one miss, and a hit is a reuse hit when an earlier read had
+used the chunk (not when prefetch loaded it and this is its first read).
 """
 
 import errno
@@ -16,7 +18,8 @@ import subprocess
 import pytest
 
 import apbformat
-from conftest import KiB, MiB, direct_read, mount, odirect_pread, open_direct, vm_status, wait_until
+from conftest import (KiB, MiB, direct_read, mount, odirect_pread, open_direct, run_apbundle,
+                      vm_status, wait_until)
 
 CH = 64 * KiB
 ALPHA = apbformat.random_bytes(5 * CH + 100, 11)     # chunks 0-4 full, chunk 5 = 100 bytes
@@ -33,7 +36,7 @@ OPTS = {"max_memory": "8M", "chunk_size": "64K", "eviction": "lru", "prefetch": 
 # right after its read still counts in memory_used (docs/DESIGN.md).
 RELEASED = "the replying thread to release its chunk"
 
-COUNTERS = ("hits", "misses", "evictions")
+COUNTERS = ("hits", "misses", "reuse_hits", "evictions")
 IO = ("backing_bytes_read", "bytes_served", "errors", "checksum_errors")
 
 
@@ -58,18 +61,20 @@ def test_initial_document(fs):
     assert c["policy"] == "lru"
     assert c["chunk_size"] == CH
     assert c["memory_limit"] == 8 * MiB
-    for k in ("memory_used", "resident_chunks", "hits", "misses", "evictions"):
+    for k in ("memory_used", "resident_chunks", "hits", "misses", "reuse_hits", "evictions"):
         assert c[k] == 0, k
-    assert c["hit_rate"] == 0
+    assert c["hit_rate"] == 0 and c["reuse_hit_rate"] == 0
     for k in ("issued", "hits", "wasted"):
         assert s["prefetch"][k] == 0, k
     for k in IO:
         assert s["io"][k] == 0, k
+    # nothing served: no ratio, rather than a 0 that reads "all saved"
+    assert s["io"]["backing_bytes_per_byte_served"] is None
     assert set(s["models"]) == {"alpha.bin", "beta.bin", "sub/gamma.bin"}
     for name, data in MODELS:
         m = s["models"][name]
         assert m["size"] == len(data)
-        for k in ("resident_bytes", "hits", "misses", "evictions", "opens"):
+        for k in ("resident_bytes", "hits", "misses", "reuse_hits", "evictions", "opens"):
             assert m[k] == 0, (name, k)
         assert m["pinned"] is False
 
@@ -78,6 +83,9 @@ def test_exact_counters_for_scripted_sequence(fs):
     d = fs
     fd = open_direct(d.path("alpha.bin"))
     served = 0
+    # Without prefetch every hit is a reuse hit: chunk 3, loaded with
+    # chunk 2's miss for the same read, counts a miss there, and a reuse
+    # hit when a later read finds it.
     steps = [
         # (offset, length, expected hits, expected misses) cumulative
         (0, CH, 0, 1),             # chunk 0: miss
@@ -98,6 +106,7 @@ def test_exact_counters_for_scripted_sequence(fs):
             where = "after pread(%d, %d)" % (n, off)
             assert (c["hits"], c["misses"]) == (hits, misses), where
             assert (m["hits"], m["misses"]) == (hits, misses), where
+            assert c["reuse_hits"] == m["reuse_hits"] == hits, where
             assert s["io"]["bytes_served"] == served, where
     finally:
         os.close(fd)
@@ -108,7 +117,9 @@ def test_exact_counters_for_scripted_sequence(fs):
     assert c["memory_used"] == 6 * CH == c["resident_chunks"] * c["chunk_size"]
     assert c["evictions"] == 0
     assert c["hit_rate"] == pytest.approx(3 / 9, abs=1e-3)
+    assert c["reuse_hit_rate"] == pytest.approx(3 / 9, abs=1e-3)
     assert io["backing_bytes_read"] == len(ALPHA)      # every byte loaded once
+    assert io["backing_bytes_per_byte_served"] == pytest.approx(len(ALPHA) / served)
     assert io["errors"] == 0 and io["checksum_errors"] == 0
     a = s["models"]["alpha.bin"]
     assert a["resident_bytes"] == len(ALPHA)
@@ -238,12 +249,14 @@ def test_reset_stats_keeps_residency(fs):
         assert io[k] == 0, k
     assert c["resident_chunks"] == 2 and c["memory_used"] == 2 * CH
     a = s["models"]["alpha.bin"]
-    assert (a["hits"], a["misses"], a["evictions"], a["opens"]) == (0, 0, 0, 0)
+    assert (a["hits"], a["misses"], a["reuse_hits"], a["evictions"], a["opens"]) == (0,) * 5
     assert a["resident_bytes"] == 2 * CH
     assert s["models"]["beta.bin"]["opens"] == 0
     check_read(d, "alpha.bin", CH, CH)         # still resident: a hit
     s = d.stats()
     assert (s["cache"]["hits"], s["cache"]["misses"]) == (1, 0)
+    # read before the reset: still a reuse (reset zeroes counts, not history)
+    assert s["cache"]["reuse_hits"] == s["models"]["alpha.bin"]["reuse_hits"] == 1
     assert s["io"]["backing_bytes_read"] == 0
     assert s["io"]["bytes_served"] == CH
     assert s["models"]["alpha.bin"]["opens"] == 1
@@ -326,6 +339,7 @@ def test_metrics_match_stats(fs):
     c, io = s["cache"], s["io"]
     assert g("apbundlefs_cache_hits_total") == c["hits"] == 1
     assert g("apbundlefs_cache_misses_total") == c["misses"] == 4
+    assert g("apbundlefs_cache_reuse_hits_total") == c["reuse_hits"] == 1
     assert g("apbundlefs_cache_evictions_total") == c["evictions"] == 1
     assert g("apbundlefs_cache_memory_used_bytes") == c["memory_used"] == 3 * CH
     assert g("apbundlefs_cache_memory_limit_bytes") == c["memory_limit"] == 8 * MiB
@@ -338,6 +352,7 @@ def test_metrics_match_stats(fs):
         ms = s["models"][name]
         assert g("apbundlefs_model_hits_total", model=name) == ms["hits"]
         assert g("apbundlefs_model_misses_total", model=name) == ms["misses"]
+        assert g("apbundlefs_model_reuse_hits_total", model=name) == ms["reuse_hits"]
         assert g("apbundlefs_model_evictions_total", model=name) == ms["evictions"]
         assert g("apbundlefs_model_resident_bytes", model=name) == ms["resident_bytes"]
         assert g("apbundlefs_model_opens_total", model=name) == ms["opens"]
@@ -362,11 +377,219 @@ def test_reads_larger_than_the_budget_are_exact(tmp_path, binaries, budget_chunk
         assert direct_read(d.path("big.bin"), len(data), 0) == data
         s = d.stats()
         assert (s["cache"]["hits"], s["cache"]["misses"]) == (0, nchunks)
+        assert s["cache"]["reuse_hits"] == 0
         assert s["cache"]["evictions"] == nchunks - budget_chunks
         assert s["cache"]["resident_chunks"] == budget_chunks
         assert s["io"]["bytes_served"] == len(data)
         assert s["io"]["backing_bytes_read"] == len(data)
+        assert s["io"]["backing_bytes_per_byte_served"] == 1
         assert s["io"]["errors"] == 0
+
+
+# -- reuse hits and `apbundle stats` ------------------------------------------
+#
+# cache.hits counts the first read of a prefetched chunk too: a scan with
+# prefetch shows a hit rate near 1 while the bundle still delivers every
+# byte it serves. cache.reuse_hits counts only the reads the cache saved,
+# and io.backing_bytes_per_byte_served says what the bundle delivered.
+
+def headline(mnt):
+    """The first two lines of `apbundle stats MNT`, and the line after them."""
+    p = run_apbundle("stats", mnt)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    return p.stdout.splitlines()[:3]
+
+
+def expected_headline(s):
+    """The headline of the .stats document s, computed as the command must."""
+    c, io = s["cache"], s["io"]
+    lookups, reuse = c["hits"] + c["misses"], c["reuse_hits"]
+    read, served = io["backing_bytes_read"], io["bytes_served"]
+    rate = "%.1f%% (%d of %d chunk lookups)" % (100 * reuse / lookups, reuse, lookups)
+    if read < served:
+        saved = "saved %.0f%%" % (100 * (served - read) / served)
+    elif read == served:
+        saved = "saved none"
+    else:
+        saved = "%.0f%% more than served" % (100 * (read - served) / served)
+    return ["reuse hits    " + rate,
+            "bundle reads  %.2f bytes per byte served (%s)" % (read / served, saved)]
+
+
+def read_chunks(path, data, first, count):
+    """One chunk-aligned O_DIRECT pread per chunk: one chunk lookup each."""
+    fd = open_direct(path)
+    try:
+        for i in range(first, first + count):
+            assert odirect_pread(fd, CH, i * CH) == data[i * CH:(i + 1) * CH], i
+    finally:
+        os.close(fd)
+
+
+def test_second_read_within_budget_is_all_reuse(fs):
+    """prefetch=off: a model of 3 chunks read twice loads each chunk once;
+    the second read's 3 hits are reuse hits, half the bytes were saved."""
+    d = fs
+    for _ in range(2):
+        assert direct_read(d.path("beta.bin"), len(BETA), 0) == BETA
+    s = d.stats()
+    c, io, b = s["cache"], s["io"], s["models"]["beta.bin"]
+    assert (c["misses"], c["hits"], c["reuse_hits"]) == (3, 3, 3)
+    assert (b["misses"], b["hits"], b["reuse_hits"]) == (3, 3, 3)
+    assert c["hit_rate"] == c["reuse_hit_rate"] == 0.5
+    assert (io["backing_bytes_read"], io["bytes_served"]) == (3 * CH, 6 * CH)
+    assert io["backing_bytes_per_byte_served"] == 0.5
+    m, _ = parse_metrics(d.metrics())
+    assert m[("apbundlefs_cache_reuse_hits_total", frozenset())] == 3
+    assert m[("apbundlefs_model_reuse_hits_total",
+              frozenset({("model", "beta.bin")}))] == 3
+    assert m[("apbundlefs_model_reuse_hits_total",
+              frozenset({("model", "alpha.bin")}))] == 0
+    lines = headline(d.mnt)
+    assert lines == ["reuse hits    50.0% (3 of 6 chunk lookups)",
+                     "bundle reads  0.50 bytes per byte served (saved 50%)", ""]
+    assert lines == expected_headline(s) + [""]
+
+    # alpha once, whole (6 misses, its last chunk 100 bytes): 3 reuse hits
+    # of 12 lookups; the saved share is no longer the reuse rate
+    assert direct_read(d.path("alpha.bin"), len(ALPHA), 0) == ALPHA
+    s = d.stats()
+    assert (s["cache"]["misses"], s["cache"]["reuse_hits"]) == (9, 3)
+    assert s["io"]["backing_bytes_per_byte_served"] == pytest.approx(
+        (8 * CH + 100) / (11 * CH + 100))
+    lines = headline(d.mnt)
+    assert lines[:2] == ["reuse hits    25.0% (3 of 12 chunk lookups)",
+                         "bundle reads  0.73 bytes per byte served (saved 27%)"]
+    assert lines[:2] == expected_headline(s)
+
+
+def test_first_read_of_prefetched_chunks_is_a_hit_not_a_reuse(tmp_path, binaries):
+    """`prefetch beta.bin` loads its 3 chunks; reading them is 3 hits and 3
+    prefetch hits, a hit rate of 1 that saved no read: reuse 0, the bundle
+    delivered every byte served. Reading them again saves every byte."""
+    bundle = apbformat.write_v1(tmp_path / "s.apbundle", MODELS)
+    with mount(bundle, dict(OPTS, prefetch="on")) as d:
+        d.control("prefetch beta.bin")
+        wait_until(lambda: d.stats()["prefetch"]["issued"] == 3, 10,
+                   what="the prefetch of beta.bin")
+        read_chunks(d.path("beta.bin"), BETA, 0, 3)
+        s = d.stats()
+        c, p, io, b = s["cache"], s["prefetch"], s["io"], s["models"]["beta.bin"]
+        assert (c["hits"], c["misses"], c["reuse_hits"]) == (3, 0, 0)
+        assert (b["hits"], b["misses"], b["reuse_hits"]) == (3, 0, 0)
+        assert (p["issued"], p["hits"], p["wasted"]) == (3, 3, 0)
+        assert b["prefetch_hits"] == 3
+        assert c["hit_rate"] == 1 and c["reuse_hit_rate"] == 0
+        assert io["backing_bytes_read"] == io["bytes_served"] == 3 * CH
+        assert io["backing_bytes_per_byte_served"] == 1
+        assert headline(d.mnt)[:2] == [
+            "reuse hits    0.0% (0 of 3 chunk lookups)",
+            "bundle reads  1.00 bytes per byte served (saved none)"]
+
+        read_chunks(d.path("beta.bin"), BETA, 0, 3)
+        s = d.stats()
+        c, p, io = s["cache"], s["prefetch"], s["io"]
+        assert (c["hits"], c["misses"], c["reuse_hits"]) == (6, 0, 3)
+        assert p["hits"] == 3                  # a chunk is a prefetch hit once
+        assert (io["backing_bytes_read"], io["bytes_served"]) == (3 * CH, 6 * CH)
+        m, _ = parse_metrics(d.metrics())
+        assert m[("apbundlefs_cache_hits_total", frozenset())] == 6
+        assert m[("apbundlefs_cache_reuse_hits_total", frozenset())] == 3
+        assert m[("apbundlefs_prefetch_hits_total", frozenset())] == 3
+        assert headline(d.mnt)[:2] == [
+            "reuse hits    50.0% (3 of 6 chunk lookups)",
+            "bundle reads  0.50 bytes per byte served (saved 50%)"]
+
+
+def test_sequential_first_pass_with_readahead_has_no_reuse(tmp_path, binaries):
+    """A first scan with readahead: every hit is the first read of a chunk
+    prefetch loaded, so hits == prefetch.hits and reuse_hits == 0. How many
+    chunks prefetch wins depends on timing; the first is made certain by
+    waiting for the prefetch that the read at offset 0 starts."""
+    data = apbformat.random_bytes(32 * CH, 31)
+    bundle = apbformat.write_v1(tmp_path / "seq.apbundle", [("seq.bin", data)])
+    with mount(bundle, dict(OPTS, prefetch="on")) as d:
+        path = d.path("seq.bin")
+        read_chunks(path, data, 0, 1)          # offset 0: prefetches chunk 1
+        wait_until(lambda: d.stats()["prefetch"]["issued"] >= 1, 10,
+                   what="the readahead of chunk 1")
+        read_chunks(path, data, 1, 31)
+        s = d.stats()
+        m, _ = parse_metrics(d.metrics())
+    c, p, io = s["cache"], s["prefetch"], s["io"]
+    assert c["hits"] + c["misses"] == 32
+    assert c["reuse_hits"] == 0 and c["reuse_hit_rate"] == 0
+    assert p["hits"] >= 1 and c["hits"] == p["hits"], (c, p)
+    assert io["backing_bytes_read"] == io["bytes_served"] == len(data)
+    assert io["backing_bytes_per_byte_served"] == 1
+    assert m[("apbundlefs_cache_reuse_hits_total", frozenset())] == 0
+    assert m[("apbundlefs_cache_hits_total", frozenset())] == c["hits"]
+    assert m[("apbundlefs_prefetch_hits_total", frozenset())] == p["hits"]
+
+
+def test_loop_bigger_than_the_budget_saves_no_read(tmp_path, binaries):
+    """The issue's case: a model of twice the budget read in a loop with
+    LRU. Prefetch may serve nearly every read (hit_rate near 1), but each
+    chunk is evicted before the loop comes back to it: reuse 0, and the
+    bundle delivers at least every byte served, which the headline says."""
+    data = apbformat.random_bytes(32 * CH, 32)
+    bundle = apbformat.write_v1(tmp_path / "loop.apbundle", [("loop.bin", data)])
+    opts = dict(OPTS, max_memory="1M", prefetch="on")     # 16 chunks
+    with mount(bundle, opts) as d:
+        for _ in range(2):
+            read_chunks(d.path("loop.bin"), data, 0, 32)
+        s = d.stats()
+        lines = headline(d.mnt)
+    c, io = s["cache"], s["io"]
+    assert c["hits"] + c["misses"] == 64
+    assert c["reuse_hits"] == 0, c
+    assert io["bytes_served"] == 2 * len(data)
+    assert io["backing_bytes_read"] >= io["bytes_served"]
+    assert lines[0] == "reuse hits    0.0% (0 of 64 chunk lookups)"
+    mo = re.match(r"bundle reads  (\d+\.\d\d) bytes per byte served "
+                  r"\((saved none|\d+% more than served)\)$", lines[1])
+    assert mo and float(mo.group(1)) >= 1, lines[1]
+
+
+def test_stats_command_reads_crafted_documents(tmp_path, binaries):
+    """`apbundle stats DIR` reads DIR/.stats whatever wrote it: missing
+    counters print '-', numbers beyond 2^64 (1e300, 1e999 = inf) clamp
+    instead of overflowing a conversion, and nothing is printed to stderr
+    (a sanitizer build reports undefined behaviour there)."""
+    docs = {
+        # an older daemon: no reuse_hits, no io
+        "old": ({"cache": {"hits": 3, "misses": 1}, "models": {}},
+                ["reuse hits    - (not counted by this daemon)",
+                 "bundle reads  - (not counted by this daemon)"]),
+        "empty": ({"cache": {"hits": 0, "misses": 0, "reuse_hits": 0},
+                   "io": {"backing_bytes_read": 4096, "bytes_served": 0}},
+                  ["reuse hits    - (no chunk lookups yet)",
+                   "bundle reads  - (no bytes served yet)"]),
+        "more": ({"cache": {"hits": 1, "misses": 3, "reuse_hits": 1},
+                  "io": {"backing_bytes_read": 300, "bytes_served": 200}},
+                 ["reuse hits    25.0% (1 of 4 chunk lookups)",
+                  "bundle reads  1.50 bytes per byte served (50% more than served)"]),
+        "zero-read": ({"cache": {"hits": 2, "misses": 0, "reuse_hits": 2},
+                       "io": {"backing_bytes_read": 0, "bytes_served": 10}},
+                      ["reuse hits    100.0% (2 of 2 chunk lookups)",
+                       "bundle reads  0.00 bytes per byte served (saved 100%)"]),
+    }
+    for name, (doc, want) in docs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / ".stats").write_text(json.dumps(doc))
+        assert headline(tmp_path / name)[:2] == want, name
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    (huge / ".stats").write_text(
+        '{"cache":{"hits":1e300,"misses":1e999,"reuse_hits":-1,"memory_used":1e19,'
+        '"memory_limit":"x","evictions":null},"prefetch":{"issued":1e400},'
+        '"io":{"backing_bytes_read":1e300,"bytes_served":4,"errors":-1e999},'
+        '"models":{"m":{"size":1e300,"resident_bytes":1e300,"hits":1e999}}}')
+    p = run_apbundle("stats", huge)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    assert p.stdout.splitlines()[0] == (
+        "reuse hits    0.0% (0 of 18446744073709551615 chunk lookups)")
+    assert p.stdout.splitlines()[1].startswith("bundle reads  ")
 
 
 @pytest.mark.perf
