@@ -39,6 +39,8 @@ struct apbfs_options {
 	const char *pin_list;          /* "a:b" as given, or NULL */
 	const char *preload_list;
 	const char *state_path;        /* access counts kept here, or NULL */
+	const char *trace_path;        /* chunk accesses recorded here, or NULL */
+	uint64_t trace_max;            /* most bytes of the trace file */
 	uint32_t fault_alloc_every;    /* test hook: APBFS_FAULT_ALLOC_EVERY */
 };
 
@@ -92,6 +94,7 @@ struct apbfs {
 	struct apbfs_handle handles;    /* list head; handles_mu */
 	atomic_bool bdi_tuned;         /* the first open raised its readahead */
 	struct apbfs_bad_log bad_log;  /* main.c: chunks failing checksums */
+	struct apbfs_trace *trace;     /* trace.c; NULL without trace= */
 };
 
 extern const struct fuse_lowlevel_ops apbfs_ops;
@@ -124,6 +127,18 @@ void apbfs_backing_close(struct apbfs *fs);
 int apbfs_backing_prepare(struct apbfs *fs);
 long apbfs_backing_after_load(struct apbfs *fs, long rc);
 bool apbfs_backing_changed(const struct apbfs *fs);
+
+/* trace.c: -o trace=FILE. open creates FILE (a regular file, not the
+ * bundle; 0 or a negative errno, the reason in err) before the cache
+ * exists and sets fs->trace; access is the cache's trace hook (ctx:
+ * fs->trace; thread-safe, never fails a read); close, once nothing uses
+ * the cache any more, writes what is buffered and finalizes the header. */
+struct apbfs_trace;
+int apbfs_trace_open(struct apbfs *fs, const char *path,
+		     const char *bundle_path, char *err, size_t err_len);
+void apbfs_trace_access(void *ctx, uint32_t model, uint64_t index,
+			uint32_t count, enum apb_cache_access kind);
+void apbfs_trace_close(struct apbfs *fs);
 
 /* ops.c: the list of open handles; init before the loop, free_all after. */
 void apbfs_handles_init(struct apbfs *fs);

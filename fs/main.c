@@ -27,6 +27,7 @@
 #define MAX_CHUNK_SIZE (64u << 20)
 #define MAX_SLOTS (1ull << 30) /* the cache's limit (core/cache.c) */
 #define DEFAULT_READAHEAD (4ull << 20)
+#define DEFAULT_TRACE_MAX (1ull << 30)
 #define PREFETCH_THREADS 4 /* loads mostly wait on I/O; 2 fell behind (docs/DESIGN.md) */
 
 struct cmdline {
@@ -43,6 +44,8 @@ struct cmdline {
 	char *state;
 	char *auto_preload;
 	char *backing_io;
+	char *trace;
+	char *trace_max;
 	int kernel_cache;
 	int allow_other;
 };
@@ -62,6 +65,8 @@ static const struct fuse_opt option_spec[] = {
 	OPT("state=%s", state),
 	OPT("auto_preload=%s", auto_preload),
 	OPT("backing_io=%s", backing_io),
+	OPT("trace=%s", trace),
+	OPT("trace_max=%s", trace_max),
 	OPT("kernel_cache", kernel_cache),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	FUSE_OPT_END
@@ -94,6 +99,10 @@ static void usage(FILE *f)
 "    -o backing_io=direct|buffered\n"
 "                           read the bundle with O_DIRECT, so its pages\n"
 "                           are not cached twice (default direct)\n"
+"    -o trace=FILE          record every chunk access in FILE, for apbreplay\n"
+"                           (docs/FORMAT.md, \"Trace files\")\n"
+"    -o trace_max=SIZE      most bytes of the trace file; then recording\n"
+"                           stops (default 1G)\n"
 "Sizes take K, M and G suffixes (powers of 1024).\n"
 "-o allow_other adds -o default_permissions: others may read the models\n"
 "and .stats, only the mounting user may write .control.\n"
@@ -188,10 +197,17 @@ static int resolve_options(const struct cmdline *cl, struct apbfs_options *o)
 	o->max_memory = DEFAULT_MAX_MEMORY;
 	o->kernel_cache = cl->kernel_cache;
 	o->readahead = DEFAULT_READAHEAD;
+	o->trace_path = cl->trace;
+	o->trace_max = DEFAULT_TRACE_MAX;
 	if (parse_size_opt("max_memory", cl->max_memory, &o->max_memory) ||
 	    parse_size_opt("chunk_size", cl->chunk_size, &chunk) ||
-	    parse_size_opt("readahead", cl->readahead, &o->readahead))
+	    parse_size_opt("readahead", cl->readahead, &o->readahead) ||
+	    parse_size_opt("trace_max", cl->trace_max, &o->trace_max))
 		return -1;
+	if (cl->trace_max && !cl->trace) {
+		fprintf(stderr, "apbundlefs: trace_max needs trace=FILE\n");
+		return -1;
+	}
 	if (o->readahead < 4096 || o->readahead > (1ull << 30)) {
 		fprintf(stderr, "apbundlefs: bad option readahead=%s: must be "
 			"from 4K to 1G\n", cl->readahead);
@@ -401,6 +417,15 @@ static int setup(struct apbfs *fs, const char *path)
 		if (!fs->opens)
 			rc = -ENOMEM;
 	}
+	if (rc == 0 && fs->opt.trace_path) {
+		rc = apbfs_trace_open(fs, fs->opt.trace_path, path, err,
+				      sizeof(err));
+		if (rc) {
+			fprintf(stderr, "apbundlefs: trace=%s: %s\n",
+				fs->opt.trace_path, err);
+			return rc;
+		}
+	}
 	if (rc == 0) {
 		struct apb_cache_config cfg = {
 			.budget_bytes = fs->opt.max_memory,
@@ -409,6 +434,10 @@ static int setup(struct apbfs *fs, const char *path)
 			.model_count = (uint32_t)n,
 			.load = load_run,
 			.load_ctx = fs,
+			/* NULL without trace=: the cache then pays one
+			 * branch per access */
+			.trace = fs->trace ? apbfs_trace_access : NULL,
+			.trace_ctx = fs->trace,
 			/* version 2 loads hash or decompress into the slots */
 			.huge_pages = apb_bundle_layout(fs->bundle) ==
 				      APB_LAYOUT_V2,
@@ -440,6 +469,7 @@ static void teardown(struct apbfs *fs)
 		apb_prefetcher_free(fs->prefetcher);
 	if (fs->cache)
 		apb_cache_free(fs->cache);
+	apbfs_trace_close(fs); /* after the last cache call */
 	apb_tree_free(fs->tree);
 	free(fs->opens);
 	apbfs_backing_close(fs);
@@ -592,7 +622,8 @@ int main(int argc, char *argv[])
 		goto out;
 	}
 	if (outside_mount("", cl.bundle, o.mountpoint) ||
-	    outside_mount("state=", cl.state, o.mountpoint))
+	    outside_mount("state=", cl.state, o.mountpoint) ||
+	    outside_mount("trace=", cl.trace, o.mountpoint))
 		goto out;
 	/* Others may then reach the files: let the kernel apply their modes
 	 * (.control is 0200, the mounting user's), as a local file system
@@ -618,6 +649,8 @@ out:
 	free(cl.state);
 	free(cl.auto_preload);
 	free(cl.backing_io);
+	free(cl.trace);
+	free(cl.trace_max);
 	fuse_opt_free_args(&args);
 	return ret;
 }
