@@ -15,7 +15,7 @@
 // an AMX buffer, i.e. copied the weights into anonymous memory at load, which
 // defeats reading the model through a cache: install_llama removes that
 // library, and this script exits 3 if it was used anyway.
-import {readFileSync} from "node:fs";
+import {readFileSync, realpathSync} from "node:fs";
 import {getLlama, LlamaLogLevel} from "node-llama-cpp";
 
 const args = process.argv.slice(2);
@@ -55,6 +55,18 @@ function point() {
     if (opt.stats)
         p.backing_bytes_read = JSON.parse(readFileSync(opt.stats, "utf8")).io.backing_bytes_read;
     return p;
+}
+
+// Bytes of the model file's mapping that are resident in this process.
+function modelRss() {
+    const path = realpathSync(modelPath);
+    let rss = 0, inModel = false;
+    for (const line of readFileSync("/proc/self/smaps", "utf8").split("\n")) {
+        const m = line.match(/^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/);
+        if (m) inModel = m[1] === path;
+        else if (inModel && line.startsWith("Rss:")) rss += Number(line.split(/\s+/)[1]) * 1024;
+    }
+    return rss;
 }
 
 function cpuVariant() {
@@ -112,7 +124,7 @@ console.log(JSON.stringify({
     measured_read_bytes: delta(warm, end, "read_bytes"),
     warmup_backing_bytes: delta(loaded, warm, "backing_bytes_read"),
     measured_backing_bytes: delta(warm, end, "backing_bytes_read"),
-    rss_anon: end.rss_anon, rss_file: end.rss_file,
+    rss_anon: end.rss_anon, rss_file: end.rss_file, model_rss: modelRss(),
     vm_hwm: procField("/proc/self/status", "VmHWM") * 1024,
 }));
 await context.dispose();

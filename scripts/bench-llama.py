@@ -1,0 +1,394 @@
+#!/usr/bin/python3
+"""scripts/bench-llama.py - llama.cpp generating from a model about twice the
+memory it may use, read natively and through apbundlefs, at equal total
+memory. Run as root from a built tree (ninja -C build):
+
+    /usr/bin/python3 scripts/bench-llama.py            # ~785 MiB model, 400 MiB
+    QUICK=1 /usr/bin/python3 scripts/bench-llama.py    # ~98 MiB model, a smoke run
+
+scripts/gguf-llama.py writes the model (random f16 weights, kept under
+BENCH_DIR between runs); it and a version 2 bundle of it go on a RAM disk
+whose reads are limited to DISK_MBPS (benchlib.RamDisk), and the page cache
+is dropped before every run. scripts/llama/generate.mjs (node-llama-cpp,
+mmap) greedily generates WARMUP + TOKENS tokens; the load and the WARMUP
+tokens are left out of the per-token numbers. Rows:
+
+  native, no limit   the model file, reader unlimited: how much memory llama
+                     needs beyond the mapped model (its peak RSS, VmHWM,
+                     minus the model's resident mapping), READER below
+  native             the model file, the reader's memory cgroup holds TOTAL
+  apbundlefs POLICY  the bundle mounted with eviction=POLICY; the reader's
+                     cgroup holds READER, the daemon's the rest of TOTAL,
+                     of which max_memory is all but DAEMON_OVERHEAD
+
+so that neither the page cache nor the daemon can hold the model. Bytes read
+per token: the reader's /proc/PID/io read_bytes for native, the mount's
+.stats io.backing_bytes_read for apbundlefs. A POLICY the daemon refuses
+is reported as unavailable. Every run must give the same token ids.
+
+Environment: QUICK=1; LAYERS, EMBD, FF (model; default 32, 1024, 2816;
+QUICK 16, 512, 1408); TOTAL_MIB (default 400; QUICK: READER + a third of
+the model); READER_MIB (default: measured + 32); POLICIES (default
+"lru auto"); TOKENS (measured tokens, 24; QUICK 8); WARMUP (1); THREADS (2);
+RUNS (runs per row, medians; 3, QUICK 1); DISK_MBPS (1500; 0: no limit);
+BENCH_DIR (/var/tmp/apb-bench-llama, -quick for QUICK); OUT (docs/bench/llama;
+QUICK: BENCH_DIR/out); APB_BUILD (build).
+Writes OUT/results.md, OUT/results.json, OUT/llama.png.
+"""
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+from benchlib import (MIB, PACKER, DAEMON, ROOT, Mount, RamDisk, close_all, drop_caches,
+                      v2_controllers)
+
+QUICK = os.environ.get("QUICK") == "1"
+
+
+def env_int(name, full, quick):
+    v = os.environ.get(name)
+    return int(v) if v else quick if QUICK else full
+
+
+LAYERS = env_int("LAYERS", 32, 16)
+EMBD = env_int("EMBD", 1024, 512)
+FF = env_int("FF", 2816, 1408)
+TOKENS = env_int("TOKENS", 24, 8)
+WARMUP = env_int("WARMUP", 1, 1)
+THREADS = env_int("THREADS", 2, 2)
+RUNS = env_int("RUNS", 3, 1)
+DISK_MBPS = env_int("DISK_MBPS", 1500, 1500)
+POLICIES = os.environ.get("POLICIES", "lru auto").split()
+DAEMON_OVERHEAD = 16 * MIB   # the daemon's RSS beyond max_memory (README)
+READER_MARGIN = 32 * MIB
+BENCH_DIR = os.environ.get("BENCH_DIR", "/var/tmp/apb-bench-llama" + ("-quick" if QUICK else ""))
+OUT = os.environ.get("OUT") or (os.path.join(BENCH_DIR, "out") if QUICK else
+                                os.path.join(ROOT, "docs", "bench", "llama"))
+LLAMA = os.path.join(ROOT, "scripts", "llama")
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- memory cgroups
+
+CG_MEM_V1 = "/sys/fs/cgroup/memory"
+CGROUPS = []  # every MemCgroup not yet removed
+
+
+class MemCgroup:
+    """A memory cgroup apb-llama-NAME with limit bytes (None: no limit);
+    argv(cmd) runs cmd inside it. v1 (memory.limit_in_bytes) where mounted,
+    else v2 (memory.max; io_max, "MAJ:MIN rbps=N", is written too, since a
+    v2 process has one cgroup for both). close() kills what is left in it
+    and removes it; a cgroup left by a killed run is removed on creation."""
+
+    def __init__(self, name, limit, io_max=None):
+        if os.path.exists(os.path.join(CG_MEM_V1, "memory.limit_in_bytes")):
+            self.path = os.path.join(CG_MEM_V1, "apb-llama-" + name)
+            self.limit_file, self.peak_file = "memory.limit_in_bytes", "memory.max_usage_in_bytes"
+        elif "memory" in v2_controllers():
+            with open("/sys/fs/cgroup/cgroup.subtree_control", "w") as f:
+                f.write("+memory" + (" +io" if io_max else ""))
+            self.path = "/sys/fs/cgroup/apb-llama-" + name
+            self.limit_file, self.peak_file = "memory.max", "memory.peak"
+        else:
+            raise RuntimeError("no memory cgroup (v1 memory or v2 memory controller)")
+        self.close()
+        os.mkdir(self.path)
+        CGROUPS.append(self)
+        if limit is not None:
+            self.write(self.limit_file, str(limit))
+        if io_max and self.limit_file == "memory.max":
+            self.write("io.max", io_max)
+
+    def write(self, name, text):
+        with open(os.path.join(self.path, name), "w") as f:
+            f.write(text + "\n")
+
+    def argv(self, cmd):
+        return ["sh", "-c", 'echo $$ > "$0" && exec "$@"',
+                os.path.join(self.path, "cgroup.procs")] + list(cmd)
+
+    def peak(self):
+        with open(os.path.join(self.path, self.peak_file)) as f:
+            return int(f.read())
+
+    def close(self):
+        if self in CGROUPS:
+            CGROUPS.remove(self)
+        if not os.path.isdir(self.path):
+            return
+        for _ in range(100):
+            with open(os.path.join(self.path, "cgroup.procs")) as f:
+                pids = [int(p) for p in f.read().split()]
+            if not pids:
+                break
+            for pid in pids:
+                log(f"cleanup: killing {pid} left in {self.path}")
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)  # the kernel takes a moment to empty the cgroup
+        os.rmdir(self.path)
+
+
+def cleanup():
+    """Mounts first (their daemons live in a cgroup), then cgroups, then the
+    RAM disk (close_all closes both of benchlib's kinds in that order)."""
+    from benchlib import LIVE
+    for m in list(LIVE):
+        m.close()
+    for cg in list(CGROUPS):
+        try:
+            cg.close()
+        except OSError as e:
+            log("cleanup:", cg.path, e)
+    close_all()
+
+
+# ---------------------------------------------------------------- runs
+
+def generate(cg, model, stats=None):
+    """generate.mjs's JSON for model, run inside cgroup cg; None if it was
+    killed (the cgroup's OOM killer)."""
+    cmd = ["node", os.path.join(LLAMA, "generate.mjs"), model, "--tokens", str(WARMUP + TOKENS),
+           "--warmup", str(WARMUP), "--threads", str(THREADS)]
+    if stats:
+        cmd += ["--stats", stats]
+    p = subprocess.run(cg.argv(cmd), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       timeout=3600)
+    if p.returncode < 0 or p.returncode == 137:
+        log(f"  reader killed (signal {-p.returncode if p.returncode < 0 else 9})")
+        return None
+    if p.returncode != 0:
+        raise RuntimeError(f"generate.mjs {model} failed ({p.returncode}):\n{p.stderr}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def run_native(model, limit, io_max):
+    drop_caches()
+    cg = MemCgroup("reader", limit, io_max)
+    try:
+        r = generate(cg, model)
+        peak = cg.peak()
+    finally:
+        cg.close()
+    if r:
+        r.update(reader_peak=peak, bytes_per_token=r["measured_read_bytes"] / r["measured"])
+    return r
+
+
+def run_mount(bundle, mnt, policy, reader, daemon_limit, io_max):
+    drop_caches()
+    max_memory = daemon_limit - DAEMON_OVERHEAD
+    dcg = MemCgroup("daemon", daemon_limit, io_max)
+    rcg = MemCgroup("reader", reader, io_max)
+    try:
+        opts = f"max_memory={max_memory // 1024}K,eviction={policy}"
+        with Mount(dcg.argv([DAEMON, "-f", "-o", opts, bundle, mnt]), mnt,
+                   logdir=BENCH_DIR) as m:
+            r = generate(rcg, os.path.join(mnt, "model.gguf"), os.path.join(mnt, ".stats"))
+            st = m.stats()
+            daemon_rss = m.peak_rss()
+        reader_peak, daemon_peak = rcg.peak(), dcg.peak()
+    finally:
+        rcg.close()
+        dcg.close()
+    if r:
+        r.update(reader_peak=reader_peak, daemon_peak=daemon_peak, daemon_hwm=daemon_rss,
+                 max_memory=max_memory, stats=st,
+                 bytes_per_token=r["measured_backing_bytes"] / r["measured"])
+    return r
+
+
+def median_run(runs):
+    """The run with the median tokens/s (None if any run was killed)."""
+    if any(r is None for r in runs):
+        return None
+    runs = sorted(runs, key=lambda r: r["tokens_per_s"])
+    best = dict(runs[len(runs) // 2])
+    best["tokens_per_s_runs"] = [r["tokens_per_s"] for r in runs]
+    return best
+
+
+# ---------------------------------------------------------------- report
+
+def write_report(meta, rows):
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "results.json"), "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    model = meta["model_bytes"]
+    lines = [
+        "# llama.cpp on a model larger than memory",
+        "",
+        f"`{meta['command']}` on {meta['date']}, {meta['tree']}: {meta['machine']}.",
+        f"Model: {meta['model']}, {model / MIB:.0f} MiB; bundle: version 2, no compression.",
+        f"Total memory for the reader and the daemon: {meta['total'] / MIB:.0f} MiB; "
+        f"the reader alone needs {meta['need'] / MIB:.0f} MiB beyond the mapped model, "
+        f"its cgroup gets {meta['reader'] / MIB:.0f} MiB beside a daemon.",
+        f"Disk: {meta['disk']}. ggml CPU variant: {meta['variant']}; {THREADS} threads; "
+        f"{WARMUP} warm-up + {TOKENS} measured tokens, greedy; median of {RUNS} run(s).",
+        "",
+        "| system | reader cgroup MiB | daemon cgroup MiB (max_memory) | load s | tokens/s "
+        "| MiB read per token | of the model | same tokens |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        r = row["result"]
+        if r is None:
+            lines.append(f"| {row['system']} | | | {row.get('unavailable', 'killed (OOM)')} "
+                         "| | | | |")
+            continue
+        dmn = (f"{row['daemon_limit'] / MIB:.0f} ({r['max_memory'] / MIB:.0f})"
+               if "max_memory" in r else "-")
+        reader = "none" if row["reader_limit"] is None else f"{row['reader_limit'] / MIB:.0f}"
+        lines.append(f"| {row['system']} | {reader} | {dmn} | {r['load_s']:.2f} "
+                     f"| {r['tokens_per_s']:.2f} | {r['bytes_per_token'] / MIB:.0f} "
+                     f"| {r['bytes_per_token'] / model:.2f} "
+                     f"| {'yes' if r['tokens'] == meta['tokens'] else 'NO'} |")
+    lines += ["", "MiB read per token: the reader's read_bytes (/proc/PID/io) for native, "
+              "the mount's io.backing_bytes_read for apbundlefs, over the measured tokens.",
+              "", "Memory peaks (MiB): each cgroup's peak usage (page cache included) "
+              "and the daemon's VmHWM.", "",
+              "| system | reader cgroup | daemon cgroup | daemon VmHWM |", "|---|---|---|---|"]
+    for row in rows:
+        r = row["result"]
+        if r:
+            lines.append(f"| {row['system']} | {r['reader_peak'] / MIB:.0f} | "
+                         + " | ".join(f"{r[k] / MIB:.0f}" if k in r else "-"
+                                      for k in ("daemon_peak", "daemon_hwm")) + " |")
+    lines.append("")
+    with open(os.path.join(OUT, "results.md"), "w") as f:
+        f.write("\n".join(lines))
+    plot(rows)
+
+
+def plot(rows):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("no matplotlib: no plot")
+        return
+    done = [r for r in rows if r["result"]]
+    names = [r["system"] for r in done]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.barh(names, [r["result"]["tokens_per_s"] for r in done])
+    a.set_xlabel("tokens/s")
+    b.barh(names, [r["result"]["bytes_per_token"] / MIB for r in done])
+    b.set_xlabel("MiB read from disk per token")
+    b.set_yticks([])
+    for ax in (a, b):
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(os.path.join(OUT, "llama.png"), dpi=110)
+
+
+# ---------------------------------------------------------------- main
+
+def on_signal(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through every finally
+
+
+def main():
+    if len(sys.argv) > 1:
+        print(__doc__)
+        return 0 if sys.argv[1] in ("-h", "--help") else 2
+    if os.geteuid() != 0:
+        sys.exit("bench-llama: run as root (memory cgroups, drop_caches, mounts)")
+    for exe in (DAEMON, PACKER):
+        if not os.access(exe, os.X_OK):
+            sys.exit(f"bench-llama: {exe} is not built (ninja -C build, or APB_BUILD=DIR)")
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    t0 = time.monotonic()
+    subprocess.run(["bash", "-c", ". scripts/deps.sh && install_llama"], cwd=ROOT, check=True)
+    os.makedirs(BENCH_DIR, exist_ok=True)
+    name = f"llama-{LAYERS}x{EMBD}x{FF}.gguf"
+    src = os.path.join(BENCH_DIR, name)
+    if not os.path.exists(src):
+        subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "gguf-llama.py"),
+                        "--layers", str(LAYERS), "--embd", str(EMBD), "--ff", str(FF),
+                        src + ".tmp"], check=True)
+        os.rename(src + ".tmp", src)
+    size = os.path.getsize(src)
+    ram = RamDisk(os.path.join(BENCH_DIR, "ram"), 2 * size)
+    model = os.path.join(ram.mnt, name)
+    bundle = os.path.join(ram.mnt, "model.apbundle")
+    subprocess.run(["cp", src, model], check=True)
+    subprocess.run([PACKER, "create", bundle, f"model.gguf={model}"], check=True,
+                   stdout=subprocess.DEVNULL)
+    io_max = None
+    if DISK_MBPS:
+        ram.limit(DISK_MBPS)
+        io_max = f"{ram.dev} rbps={DISK_MBPS * 1000000}"
+    mnt = os.path.join(BENCH_DIR, "mnt")
+    os.makedirs(mnt, exist_ok=True)
+
+    log(f"model {size / MIB:.0f} MiB; native run without a memory limit")
+    free = median_run([run_native(model, None, io_max) for _ in range(RUNS)])
+    if free is None:
+        raise RuntimeError("the unlimited native run was killed")
+    need = -(-(free["vm_hwm"] - free["model_rss"]) // MIB) * MIB
+    reader = int(os.environ.get("READER_MIB") or 0) * MIB or need + READER_MARGIN
+    total = int(os.environ.get("TOTAL_MIB") or 0) * MIB or (
+        reader + size // 3 // MIB * MIB if QUICK else 400 * MIB)
+    if total - reader < 2 * DAEMON_OVERHEAD:
+        sys.exit(f"bench-llama: TOTAL_MIB {total // MIB} leaves no room for a daemon beside "
+                 f"a {reader // MIB} MiB reader")
+    rows = [{"system": "native, no limit", "reader_limit": None, "result": free}]
+    log(f"reader needs {need / MIB:.0f} MiB; total {total / MIB:.0f} MiB")
+    log(f"native, reader cgroup {total / MIB:.0f} MiB")
+    rows.append({"system": "native", "reader_limit": total,
+                 "result": median_run([run_native(model, total, io_max) for _ in range(RUNS)])})
+    for policy in POLICIES:
+        log(f"apbundlefs eviction={policy}")
+        row = {"system": f"apbundlefs {policy}", "reader_limit": reader,
+               "daemon_limit": total - reader, "result": None}
+        try:
+            row["result"] = median_run([run_mount(bundle, mnt, policy, reader, total - reader,
+                                                  io_max) for _ in range(RUNS)])
+        except RuntimeError as e:  # the daemon refused the option: no mount
+            if "no mount" not in str(e):
+                raise
+            row["unavailable"] = f"unavailable: {str(e).splitlines()[-1][-120:]}"
+            log(f"  {row['unavailable']}")
+        rows.append(row)
+    for row in rows:
+        r = row["result"]
+        if r and r["tokens"] != free["tokens"]:
+            raise RuntimeError(f"{row['system']}: tokens {r['tokens']} != {free['tokens']}")
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f
+                    if line.startswith("model name")), "?")
+    tree = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                          capture_output=True, text=True).stdout.strip()
+    meta = {"command": ("QUICK=1 " if QUICK else "") + "scripts/bench-llama.py",
+            "tree": "tree " + (tree or "unknown"),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{cpu}, {os.cpu_count()} cores, kernel {os.uname().release}",
+            "model": f"{LAYERS} layers, n_embd {EMBD}, n_ff {FF}, f16", "model_bytes": size,
+            "total": total, "need": need, "reader": reader, "disk": ram.describe(),
+            "variant": free["variant"], "tokens": free["tokens"], "threads": THREADS,
+            "warmup": WARMUP, "measured": TOKENS, "runs": RUNS}
+    write_report(meta, rows)
+    with open(os.path.join(OUT, "results.md")) as f:
+        print(f.read())
+    print(f"{OUT}/results.md, {time.monotonic() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    finally:
+        cleanup()
