@@ -16,7 +16,10 @@
 #           tiny sizes, the bytes read compared with the source (~30 s; a
 #           check that the benchmark still runs, not numbers); then again
 #           with the data on a read-limited RAM disk (DISK=ram
-#           DISK_MBPS=2000), which must be gone afterwards
+#           DISK_MBPS=2000), which must be gone afterwards; then QUICK=1
+#           scripts/bench-llama.py (~15 s: llama.cpp on a 99 MiB model, native
+#           and mounted, the same tokens), whose cgroups, mounts and RAM disk
+#           must be gone afterwards
 # A sanitizer report anywhere (unit test, daemon, CLI) fails its stage.
 # PYTEST ARGS go to the e2e runs of normal and asan only.
 #
@@ -222,6 +225,18 @@ stage_bench() {
         echo "error: the benchmark's RAM disk is still there:" >&2
         grep apb-bench-smoke/ram /proc/self/mountinfo >&2
         losetup -a >&2
+        return 1
+    fi
+    if [ ! -f scripts/llama/node_modules/node-llama-cpp/package.json ]; then
+        echo "bench: node-llama-cpp is not installed; scripts/bench-llama.py skipped" >&2
+        return
+    fi
+    step "bench: QUICK=1 scripts/bench-llama.py ($BUILD_DIR)"
+    QUICK=1 APB_BUILD=$BUILD_DIR $PYTHON scripts/bench-llama.py || return
+    if ls -d /sys/fs/cgroup/memory/apb-llama-* /sys/fs/cgroup/apb-llama-* 2>/dev/null ||
+        grep -q apb-bench-llama /proc/self/mountinfo ||
+        losetup -a | grep -q apb-bench-llama; then
+        echo "error: scripts/bench-llama.py left a cgroup, mount or loop device behind" >&2
         return 1
     fi
 }
