@@ -109,6 +109,7 @@ class SequentialRead:
         self.chunk, self.nchunks = 0, trace.chunks(model)
         self.end = None          # the stream: its end, window, next_unissued
         self.window = self.next_unissued = 0
+        self.pending = None      # (first, count) to prefetch after this read
 
     def _note(self, off, length):
         cs = self.t.cs
@@ -138,11 +139,16 @@ class SequentialRead:
             return None
         off = self.chunk * self.t.cs
         if self.prefetch and off % self.request == 0:
-            ahead = self._note(off, min(self.request, self.size - off))
-            if ahead:
-                self._prefetch_jobs(*ahead)
+            self.pending = self._note(off, min(self.request, self.size - off))
         self.t.record(DEMAND, self.m, self.chunk)
         self.chunk += 1
+        # The jobs follow the demand records of the read that submitted
+        # them: the daemon queues them first, but the read's miss takes
+        # its slots at once, while the workers' loads end later.
+        if self.pending and (self.chunk * self.t.cs % self.request == 0
+                             or self.chunk == self.nchunks):
+            self._prefetch_jobs(*self.pending)
+            self.pending = None
         return True
 
 
