@@ -14,6 +14,7 @@ import struct
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,7 @@ from conftest import (BUILD, KiB, MiB, direct_read, mount, run_daemon_expect_fai
                       wait_until)
 
 APBREPLAY = BUILD / "tools" / "apbreplay"
+TRACEGEN = Path(__file__).resolve().parents[2] / "scripts" / "tracegen.py"
 CH = 64 * KiB
 ALPHA = apbformat.random_bytes(8 * CH, 21)           # 8 chunks
 BETA = apbformat.random_bytes(3 * CH + 100, 22)      # chunks 0-2, chunk 3 = 100 bytes
@@ -303,3 +305,55 @@ def test_apbreplay_names_a_corrupt_trace(bundle, tmp_path):
     p = subprocess.run([str(APBREPLAY), str(path)], stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True)
     assert p.returncode == 2 and "--budget SIZE is required" in p.stderr
+
+
+def lru_hits(keys, slots):
+    cache, hits = {}, 0
+    for k in keys:
+        if k in cache:
+            hits += 1
+            del cache[k]
+        elif len(cache) == slots:
+            del cache[next(iter(cache))]
+        cache[k] = True
+    return hits
+
+
+def opt_hits(keys, slots):
+    """Belady, quadratic: fine for a few thousand accesses."""
+    cache, hits = set(), 0
+    for i, k in enumerate(keys):
+        if k in cache:
+            hits += 1
+            continue
+        if len(cache) == slots:
+            rest = keys[i + 1:]
+            cache.remove(max(cache, key=lambda c: rest.index(c) if c in rest else len(rest)))
+        cache.add(k)
+    return hits
+
+
+@pytest.mark.parametrize("args", [["loop", "--ratio", "2", "--passes", "3"],
+                                  ["loop", "--ratio", "1.25", "--prefetch", "on"],
+                                  ["zipf", "--models", "20", "--model-max", "2M",
+                                   "--requests", "200", "--prefetch", "on"],
+                                  ["loopzipf", "--passes", "2"],
+                                  ["recency", "--span", "4"],
+                                  ["stream", "--prefetch", "on"]])
+def test_tracegen_traces_replay_like_a_simple_simulator(tmp_path, args, binaries):
+    """The reference generators write traces apbreplay reads, and its lru
+    and OPT hits on their demand records are those of the plain
+    simulators above (budget 1M: 16 slots)."""
+    path = tmp_path / "g.trace"
+    subprocess.run(["/usr/bin/python3", str(TRACEGEN)] + args +
+                   ["--budget", "1M", "-o", str(path)], check=True, stderr=subprocess.DEVNULL)
+    h, models, recs = parse_trace(path)
+    assert h["flags"] == F_COMPLETE | F_NAMES and h["chunk_size"] == CH
+    keys = [(r[1], r[2]) for r in recs if r[4] == DEMAND]
+    assert ("--prefetch" in args) == any(r[4] == PREFETCH for r in recs)
+    p = subprocess.run([str(APBREPLAY), "--budget", "1M", "--prefetch", "off", "--json",
+                        str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.returncode == 0, p.stderr
+    rows = {r["policy"]: r for r in json.loads(p.stdout)["policies"]}
+    assert rows["lru"]["demand"] == rows["OPT"]["demand"] == len(keys)
+    assert (rows["lru"]["hits"], rows["OPT"]["hits"]) == (lru_hits(keys, 16), opt_hits(keys, 16))
