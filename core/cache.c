@@ -513,6 +513,7 @@ static void chunk_forget(struct apb_cache *c, struct apb_chunk *ch)
 	if (ch->prefetched)
 		prefetch_waste(c, ch);
 	table_remove(c, ch);
+	apb_evict_forget(c->evictable, &ch->evict);
 	assert(c->st.resident_chunks > 0);
 	c->st.resident_chunks--;
 	c->models[ch->model].resident_bytes -= ch->len;
@@ -643,7 +644,7 @@ static void chunk_load_begin(struct apb_cache *c, struct apb_chunk *ch,
 	ch->len = 0;
 	ch->load_error = 0;
 	ch->ahead = false;
-	apb_evict_node_init(c->evictable, &ch->evict);
+	apb_evict_node_init(c->evictable, &ch->evict, model, index);
 	table_insert(c, ch);
 }
 
@@ -661,6 +662,7 @@ static int chunk_load_end(struct apb_cache *c, struct apb_chunk *ch, long n,
 		if (ch->prefetched)
 			prefetch_unmark(c, ch); /* nothing issued, nothing wasted */
 		table_remove(c, ch);
+		apb_evict_forget(c->evictable, &ch->evict); /* a waiter's touch */
 		ch->state = CHUNK_FAILED;
 		ch->load_error = (int)n;
 		c->st.load_errors += count_error;
@@ -781,8 +783,6 @@ static int get_chunk(struct apb_cache *c, uint32_t model, uint64_t index,
 	*out = NULL;
 	if (model >= c->model_count)
 		return -EINVAL;
-	if (c->trace)
-		c->trace(c->trace_ctx, model, index, 1, APB_ACCESS_DEMAND);
 	lock(c);
 	for (;;) {
 		ch = table_find(c, model, index);
@@ -827,6 +827,9 @@ static int get_chunk(struct apb_cache *c, uint32_t model, uint64_t index,
 		c->slot_waiters--;
 	}
 	unlock(c);
+	/* Only a counted get: a tryget that found no slot is retried. */
+	if (c->trace && counted)
+		c->trace(c->trace_ctx, model, index, 1, APB_ACCESS_DEMAND);
 	if (rc == 0)
 		*out = ch;
 	return rc;
@@ -1057,7 +1060,8 @@ static bool cache_consistent(struct apb_cache *c)
 		prefetched += ch->prefetched;
 		cold += ch->prefetched && ch->state == CHUNK_READY;
 	}
-	return nfree == c->nfree && used == c->used_slots &&
+	return apb_evict_consistent(c->evictable) &&
+	       nfree == c->nfree && used == c->used_slots &&
 	       evictable == apb_evict_count(c->evictable) &&
 	       resident == c->st.resident_chunks &&
 	       prefetched == c->st.prefetch_unused_chunks &&

@@ -27,31 +27,53 @@
 
 #include "apbundle/cache.h"
 
+/* A link of auto's recency stack S, which holds both chunks (in struct
+ * apb_evict_node) and ghosts of evicted ones (evict.c's struct ghost). */
+struct apb_evict_link {
+	struct apb_evict_link *down, *up; /* toward S's bottom, toward its top */
+	bool ghost;                   /* in a ghost, not a node */
+};
+
 /* Embedded in each evictable object. Its fields belong to evict.c. The
- * links serve the cold list under every policy and LRU's list; the lfu_
- * fields only LFU-DA. 48 bytes on LP64. */
+ * links serve the cold list under every policy, LRU's list and auto's Q
+ * and LIR lists; the rest is LFU-DA's or auto's, by the set's policy.
+ * 64 bytes on LP64. */
 struct apb_evict_node {
-	struct apb_evict_node *prev, *next; /* cold or LRU list, while in it */
-	uint64_t lfu_freq;            /* gets since loaded (F) */
-	uint64_t lfu_key;             /* K = F + L, set on insert */
-	uint64_t lfu_tick;            /* insert order, breaks K ties */
-	uint32_t heap_pos;            /* LFU: index in the heap while in it */
+	struct apb_evict_node *prev, *next; /* cold, LRU, Q or LIR list */
+	union {
+		struct { /* LFU-DA */
+			uint64_t lfu_freq;    /* gets since loaded (F) */
+			uint64_t lfu_key;     /* K = F + L, set on insert */
+			uint64_t lfu_tick;    /* insert order, breaks K ties */
+			uint32_t heap_pos;    /* index in the heap while in it */
+		};
+		struct { /* auto */
+			struct apb_evict_link auto_s; /* place in S */
+			uint64_t index;       /* the chunk's key, for ghosts */
+			uint32_t model;
+			uint8_t auto_status;  /* untracked, LIR or HIR */
+			bool auto_in_s;       /* in S (auto_s linked) */
+			bool auto_listed;     /* on its Q or LIR list */
+			bool auto_demoted;    /* HIR since S's bottom gave way */
+		};
+	};
 	bool cold;                    /* on the cold list */
 };
 
 struct apb_evict;
 
-/* A set of at most cap nodes (cap >= 1) under policy, which must be
- * APB_EVICT_LRU or APB_EVICT_LFU. Returns 0 or -ENOMEM. */
+/* A set of at most cap nodes (cap >= 1) under policy. Returns 0, -EINVAL
+ * for a policy outside enum apb_eviction, or -ENOMEM. */
 int apb_evict_new(enum apb_eviction policy, uint32_t cap,
 		  struct apb_evict **out);
 /* NULL is a no-op. Nodes still in the set are simply forgotten. */
 void apb_evict_free(struct apb_evict *e);
 
-/* A node starts a new life (a chunk is about to be loaded into its slot):
- * forget its history, F = 0. A get that loads it touches it like any
- * other get; a prefetch does not. */
-void apb_evict_node_init(struct apb_evict *e, struct apb_evict_node *n);
+/* A node starts a new life as chunk index of model (a chunk is about to
+ * be loaded into its slot): forget its history, F = 0. A get that loads it
+ * touches it like any other get; a prefetch does not. */
+void apb_evict_node_init(struct apb_evict *e, struct apb_evict_node *n,
+			 uint32_t model, uint64_t index);
 
 /* The object was used (a get). LFU counts it in F, which takes effect at
  * the node's next insert; LRU orders by insert alone and ignores it. */
@@ -66,8 +88,14 @@ void apb_evict_insert(struct apb_evict *e, struct apb_evict_node *n);
 void apb_evict_insert_cold(struct apb_evict *e, struct apb_evict_node *n);
 
 /* Take n, which is in the set, out of it, without counting it as evicted
- * for room (LFU's L stays). */
+ * for room (LFU's L stays). The node keeps its history: a get holds it. */
 void apb_evict_remove(struct apb_evict *e, struct apb_evict_node *n);
+
+/* n, which is not in the set, leaves the cache other than as a victim (a
+ * clear, evict_model, a failed load, a chunk detached from its holders):
+ * forget its history, leaving no ghost. A no-op for a node popped as a
+ * victim or never touched. */
+void apb_evict_forget(struct apb_evict *e, struct apb_evict_node *n);
 
 /* Take out the node to evict for room and return it: a cold node if there
  * is one, else the policy's victim; NULL if the set is empty. LFU raises L
@@ -82,5 +110,20 @@ struct apb_evict_node *apb_evict_pop_warm_victim(struct apb_evict *e);
 /* Nodes in the set now, cold ones included; cold ones alone. */
 uint32_t apb_evict_count(const struct apb_evict *e);
 uint32_t apb_evict_cold_count(const struct apb_evict *e);
+
+/* auto's state, for tests and the replay tool; zeros for other policies. */
+struct apb_evict_auto_stats {
+	uint32_t lir;                 /* chunks with LIR status (resident) */
+	uint32_t lir_max;             /* the LIR set's current target */
+	uint32_t hir_queued;          /* evictable HIR chunks (Q) */
+	uint32_t ghosts;              /* evicted chunks remembered in S */
+	uint64_t lir_evictions;       /* victims taken from the LIR set */
+};
+void apb_evict_auto_stats(const struct apb_evict *e,
+			  struct apb_evict_auto_stats *out);
+
+/* Every invariant of the set, in O(n) (auto: S, Q, the LIR list, the
+ * ghosts and their counts agree). For assert() and tests. */
+bool apb_evict_consistent(const struct apb_evict *e);
 
 #endif

@@ -52,9 +52,10 @@ enum apb_cache_access {
 };
 
 /*
- * Called at the start of every apb_cache_get*() (kind DEMAND, count 1) and
- * every apb_cache_prefetch_run() (kind PREFETCH, count as asked), before
- * the cache looks at the chunk, with no cache lock held, from any thread.
+ * Called at the end of every apb_cache_get*() that counted a hit or a miss
+ * (kind DEMAND, count 1; a tryget refused with -EAGAIN counts nothing and
+ * is not traced) and at the start of every apb_cache_prefetch_run() (kind
+ * PREFETCH, count as asked), with no cache lock held, from any thread.
  * For recording traces to replay; NULL (the default) costs one branch.
  */
 typedef void (*apb_cache_trace_fn)(void *ctx, uint32_t model, uint64_t index,

@@ -94,7 +94,7 @@ def test_help_and_version(binaries):
     ({"chunk_size": "5000"}, "bad option chunk_size=5000"),
     ({"chunk_size": "0"}, "bad option chunk_size=0"),
     ({"max_memory": "lots"}, "bad option max_memory=lots"),
-    ({"eviction": "fifo"}, "bad option eviction=fifo: expected lru or lfu"),
+    ({"eviction": "fifo"}, "bad option eviction=fifo: expected lru, lfu or auto"),
     ({"prefetch": "maybe"}, "bad option prefetch=maybe: expected on or off"),
     ({"max_memory": "64K", "chunk_size": "256K"}, "smaller than one chunk"),
 ])

@@ -197,9 +197,10 @@ def test_readers_prefetch_and_clear_fill_the_bound(bundle, tmp_path):
     assert path.stat().st_size <= 192 * KiB
     assert h["flags"] & F_FULL and not h["flags"] & F_WRITE_ERROR
     assert h["records"] == (192 * KiB - h["header_bytes"]) // 16 == len(recs)
-    # >=, not ==: the prefetch runs are in it too, and a read that holds
-    # chunks and finds no free slot records a tryget that counts nothing
-    # before the get that counts (docs/FORMAT.md).
+    # Every counted get left a demand record (or was dropped at the
+    # bound); the prefetch runs are in it too (docs/FORMAT.md).
+    demand = sum(1 for r in recs if r[4] == 0)
+    assert demand <= c["hits"] + c["misses"]
     assert h["records"] + h["dropped"] >= c["hits"] + c["misses"]
     times = [r[0] for r in recs]
     assert times == sorted(times)

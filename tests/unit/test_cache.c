@@ -2099,6 +2099,11 @@ static void test_stress_random_gets_lfu_keep_bytes_and_invariants(void)
 	stress(APB_EVICT_LFU);
 }
 
+static void test_stress_random_gets_auto_keep_bytes_and_invariants(void)
+{
+	stress(APB_EVICT_AUTO);
+}
+
 /*
  * Prefetch stress: 4 threads get random chunks (thread 0 also evicts and
  * clears now and then) while 2 threads prefetch windows of 4 chunks from
@@ -2172,6 +2177,11 @@ static void test_stress_prefetch_and_gets_lfu_keep_bytes_and_share(void)
 static void test_stress_prefetch_runs_and_gets_lru_keep_bytes_and_share(void)
 {
 	prefetch_stress(APB_EVICT_LRU, true);
+}
+
+static void test_stress_prefetch_runs_and_gets_auto_keep_bytes_and_share(void)
+{
+	prefetch_stress(APB_EVICT_AUTO, true);
 }
 
 /* ---- pinning ---------------------------------------------------------- */
@@ -2251,6 +2261,11 @@ static void test_lru_pinned_chunks_survive_storm_of_other_model(void)
 static void test_lfu_pinned_chunks_survive_storm_of_other_model(void)
 {
 	pinned_chunks_survive_storm(APB_EVICT_LFU);
+}
+
+static void test_auto_pinned_chunks_survive_storm_of_other_model(void)
+{
+	pinned_chunks_survive_storm(APB_EVICT_AUTO);
 }
 
 static void test_pin_over_budget_is_enospc_and_pins_nothing(void)
@@ -2531,14 +2546,17 @@ int main(void)
 	RUN(test_referenced_chunk_survives_churn);
 	RUN(test_stress_random_gets_lru_keep_bytes_and_invariants);
 	RUN(test_stress_random_gets_lfu_keep_bytes_and_invariants);
+	RUN(test_stress_random_gets_auto_keep_bytes_and_invariants);
 	RUN(test_get_during_prefetch_load_is_a_hit_and_loads_once);
 	RUN(test_get_during_prefetch_run_waits_for_it_and_is_a_hit);
 	RUN(test_stress_prefetch_and_gets_lru_keep_bytes_and_share);
 	RUN(test_stress_prefetch_and_gets_lfu_keep_bytes_and_share);
 	RUN(test_stress_prefetch_runs_and_gets_lru_keep_bytes_and_share);
+	RUN(test_stress_prefetch_runs_and_gets_auto_keep_bytes_and_share);
 	RUN(test_pin_loads_every_chunk);
 	RUN(test_lru_pinned_chunks_survive_storm_of_other_model);
 	RUN(test_lfu_pinned_chunks_survive_storm_of_other_model);
+	RUN(test_auto_pinned_chunks_survive_storm_of_other_model);
 	RUN(test_pin_over_budget_is_enospc_and_pins_nothing);
 	RUN(test_unpinned_chunks_become_evictable);
 	RUN(test_clear_and_evict_model_keep_pinned_chunks);
