@@ -111,12 +111,26 @@
  * the slots): readahead gets its window, the retained part of a loop
  * stays, and past that the prefetch gets no slot.
  *
- * Ghosts live in a fixed pool of cap entries (a table by key and a FIFO);
- * with all in use the oldest is forgotten. A chunk that clear, evict_model
- * or a failed load drops is forgotten (forget), without a ghost. Every
- * operation is O(1), pruning amortized (an entry leaves S once per time it
- * entered). Memory: the node's auto_ fields (in a union with LFU's) and,
- * per slot, one ghost (64 bytes) and two bucket pointers. apb_evict_consistent() checks the
+ * LIRS judges a chunk by its last reuse distance alone, so a popular
+ * chunk with one long gap would be demoted like a chunk used twice by
+ * chance. The bottom LIR chunk therefore gets a second chance if it was
+ * used at least AUTO_SECOND_CHANCE_USES times since its load: back to S's
+ * top with its count halved (at most AUTO_SECOND_CHANCES per demotion).
+ * On skewed popularity this is worth about 2 points of hit rate (docs/
+ * PERFORMANCE.md, "Choosing auto"); a pure loop demotes nothing.
+ *
+ * Ghosts live in a fixed pool of cap / 2 entries (a table by key and a
+ * FIFO); with all in use the oldest is forgotten. More ghosts remember
+ * more, and cost hits: a loop mixed with other traffic keeps old chunks of
+ * the other traffic at S's bottom, the loop's own ghosts then live a whole
+ * pass, and each reuse of one would push out the retained chunk the loop
+ * needs next (measured: 1.5 x cap ghosts lost a quarter of the loop+zipf
+ * trace's hits). A chunk that clear, evict_model or a failed load drops is
+ * forgotten (forget), without a ghost. Every operation is O(1), pruning
+ * amortized (an entry leaves S once per time it entered) and a demotion
+ * at most AUTO_SECOND_CHANCES steps. Memory: the node's auto_ fields (in
+ * a union with LFU's) and, per slot, half a ghost (64 bytes each) and
+ * about one bucket pointer. apb_evict_consistent() checks the
  * invariants: S's bottom is LIR; every LIR chunk is in S; Q holds exactly
  * the evictable HIR chunks and the LIR list the evictable LIR ones; every
  * ghost in S is found by its key; lir <= lir_max <= lir_cap.
@@ -411,6 +425,12 @@ enum { AUTO_UNTRACKED = 0, AUTO_LIR = 1, AUTO_HIR = 2 };
 /* HIR chunks that leave S unused for each slot the LIR set takes back. */
 #define AUTO_EXPIRIES_PER_SLOT 4u
 
+/* A bottom LIR chunk used this often since its load gets a second chance
+ * (its uses halved) instead of demotion, at most AUTO_SECOND_CHANCES
+ * times per demotion. */
+#define AUTO_SECOND_CHANCE_USES 3u
+#define AUTO_SECOND_CHANCES 16
+
 static struct apb_evict_node *node_of_s(struct apb_evict_link *l)
 {
 	assert(!l->ghost);
@@ -587,13 +607,23 @@ static void auto_prune(struct apb_evict *e)
 }
 
 /* The LIR chunk at S's bottom becomes HIR and leaves S; if evictable it
- * moves from the LIR list to Q's tail. */
+ * moves from the LIR list to Q's tail. A bottom chunk used often goes back
+ * to the top instead, its uses halved: recency alone judges a chunk by its
+ * last reuse distance, and a popular chunk with one long gap would go. */
 static void auto_demote_bottom(struct apb_evict *e)
 {
 	struct apb_evict_node *b;
 
 	auto_prune(e);
 	b = node_of_s(e->s_bottom);
+	for (int i = 0; i < AUTO_SECOND_CHANCES &&
+			b->auto_uses >= AUTO_SECOND_CHANCE_USES; i++) {
+		b->auto_uses /= 2;
+		s_unlink(e, &b->auto_s);
+		s_push_top(e, &b->auto_s);
+		auto_prune(e);
+		b = node_of_s(e->s_bottom);
+	}
 	assert(b->auto_status == AUTO_LIR && e->lir > 0);
 	b->auto_status = AUTO_HIR;
 	b->auto_demoted = true;
@@ -655,6 +685,10 @@ static void auto_first_use(struct apb_evict *e, struct apb_evict_node *n)
 static void auto_touch(struct apb_evict *e, struct apb_evict_node *n)
 {
 	assert(!n->auto_listed && !n->cold);
+	if (n->auto_status == AUTO_UNTRACKED)
+		n->auto_uses = 0;
+	if (n->auto_uses < UINT16_MAX)
+		n->auto_uses++;
 	if (n->auto_status == AUTO_UNTRACKED) {
 		auto_first_use(e, n);
 	} else if (n->auto_status == AUTO_LIR) {
@@ -784,7 +818,7 @@ static int auto_alloc(struct apb_evict *e)
 	e->lir_cap = e->cap > e->hir_min ? e->cap - e->hir_min : 1;
 	e->lir_max = e->lir_cap;
 	e->prefetch_lir = e->cap / 8 > 1 ? e->cap / 8 : 1;
-	e->ghost_cap = e->cap;
+	e->ghost_cap = e->cap / 2 > 1 ? e->cap / 2 : 1;
 	e->ghost_mask = pow2_at_least(2 * e->ghost_cap) - 1;
 	e->ghosts = calloc(e->ghost_cap, sizeof(*e->ghosts));
 	e->ghost_buckets = calloc((size_t)e->ghost_mask + 1,

@@ -55,6 +55,7 @@ struct apb_evict_node {
 			bool auto_in_s;       /* in S (auto_s linked) */
 			bool auto_listed;     /* on its Q or LIR list */
 			bool auto_demoted;    /* HIR since S's bottom gave way */
+			uint16_t auto_uses;   /* gets since loaded, saturating */
 		};
 	};
 	bool cold;                    /* on the cold list */
