@@ -1,0 +1,441 @@
+#!/usr/bin/python3
+"""scripts/bench-loop.py - eviction on a layer loop through a real mount, and
+every eviction policy and OPT on the reference traces (issue 14). Run as
+root from a built tree:
+
+    ninja -C build && /usr/bin/python3 scripts/bench-loop.py   # ~2 min, docs/bench/loop/
+    QUICK=1 /usr/bin/python3 scripts/bench-loop.py             # 8 MiB budget
+    SMOKE=1 /usr/bin/python3 scripts/bench-loop.py             # tiny: a check that it runs
+
+Part 1, the loop (through the mount; timing is not measured, so the page
+cache is left alone). For each ratio (model / budget), each
+prefetch (off, on) and each policy (lru, lfu, auto): one incompressible
+model of ratio x BUDGET (the same bytes every run) is packed into a version 2
+bundle, mounted with max_memory=BUDGET,eviction=POLICY,prefetch=X,trace=FILE,
+and read PASSES times start to end with O_DIRECT 1 MiB preads (so every read
+reaches the daemon). The mount's .stats give the bundle bytes read and the
+bytes served; the daemon's VmHWM is its peak RSS. After unmounting, the
+recorded trace is replayed with `apbreplay --prefetch off`: its OPT row is
+what Belady's OPT reads on the same demand accesses. saved = 1 - read /
+served; the criterion is auto's saved >= 0.9 x OPT's with prefetch off,
+0.8 x with prefetch on.
+
+Part 2, the replay table: the reference traces of scripts/tracegen.py (loop
+1.25/2/4, zipf, loopzipf, recency, stream; each also with --prefetch on) at
+BUDGET, replayed by apbreplay under every policy and OPT, with the criteria
+of issue 14 evaluated on them.
+
+Writes OUT/results.md, OUT/results.json, OUT/loop.png, OUT/replay.png.
+
+Environment: QUICK=1 (budget 8 MiB), SMOKE=1 (budget 2 MiB, ratio 2 only,
+2 passes); BUDGET_MIB (64; QUICK 8; SMOKE 2); PASSES (5; SMOKE 2); RATIOS
+(e.g. "1.25 2 4"); POLICIES ("lru lfu auto"); PARTS ("loop replay");
+BENCH_DIR (/var/tmp/apb-bench-loop, -quick / -smoke; removed afterwards);
+OUT (docs/bench/loop; QUICK/SMOKE: BENCH_DIR-out); APB_BUILD (build).
+"""
+import json
+import mmap
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from benchlib import BUILD, DAEMON, MIB, PACKER, ROOT, close_all, mount_apb
+
+SMOKE = os.environ.get("SMOKE") == "1"
+QUICK = os.environ.get("QUICK") == "1" or SMOKE
+MODE = "SMOKE" if SMOKE else "QUICK" if QUICK else "full"
+
+
+def env(name, full, quick, smoke):
+    return os.environ.get(name) or (smoke if SMOKE else quick if QUICK else full)
+
+
+BUDGET = int(env("BUDGET_MIB", 64, 8, 2)) * MIB
+PASSES = int(env("PASSES", 5, 5, 2))
+RATIOS = [float(r) for r in env("RATIOS", "1.25 2 4", "1.25 2 4", "2").split()]
+POLICIES = env("POLICIES", "lru lfu auto", "lru lfu auto", "lru lfu auto").split()
+PARTS = env("PARTS", "loop replay", "loop replay", "loop replay").split()
+PREFETCH = ("off", "on")
+BENCH_DIR = os.environ.get("BENCH_DIR", "/var/tmp/apb-bench-loop" +
+                           ("-smoke" if SMOKE else "-quick" if QUICK else ""))
+OUT = os.environ.get("OUT") or (BENCH_DIR + "-out" if QUICK else
+                                os.path.join(ROOT, "docs", "bench", "loop"))
+REPLAY = os.path.join(BUILD, "tools", "apbreplay")
+TRACEGEN = os.path.join(ROOT, "scripts", "tracegen.py")
+RSS_SLACK = 32 * MIB
+# issue 14: auto's saved over OPT's saved, by prefetch
+LOOP_TARGET = {"off": 0.9, "on": 0.8}
+MIX_TARGET = 0.9
+HIT_SLACK = 0.02
+# the reference traces: (name, tracegen arguments)
+TRACES = [("loop 1.25", ["loop", "--ratio", "1.25"]), ("loop 2", ["loop", "--ratio", "2"]),
+          ("loop 4", ["loop", "--ratio", "4"]), ("zipf", ["zipf"]), ("loopzipf", ["loopzipf"]),
+          ("recency", ["recency"]), ("stream", ["stream"])]
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def replay(trace, prefetch):
+    """apbreplay's rows for trace at BUDGET: {policy: row}."""
+    r = subprocess.run([REPLAY, "--budget", str(BUDGET), "--json", "--prefetch", prefetch,
+                        trace], capture_output=True, text=True, check=True)
+    return {p["policy"]: p for p in json.loads(r.stdout)["policies"]}
+
+
+def ratio_of(a, b):
+    return a / b if b else None
+
+
+def verdict(ok):
+    return "—" if ok is None else "PASS" if ok else "MISS"
+
+
+def f(v, spec=".3f"):
+    return "—" if v is None else format(v, spec)
+
+
+def source_tree():
+    """The sources APB_BUILD was built from: git describe of its meson
+    source directory, and with uncommitted changes to the C sources a hash
+    of that diff (the commit alone would not say what was measured)."""
+    try:
+        with open(os.path.join(BUILD, "meson-info", "meson-info.json")) as fh:
+            src = json.load(fh)["directories"]["source"]
+    except (OSError, ValueError, KeyError):
+        return "unknown"
+
+    def git(*a):
+        return subprocess.run(["git", "-C", src, *a], capture_output=True,
+                              text=True).stdout.strip()
+    tree = f"{src} at {git('describe', '--always', '--dirty') or 'unknown'}"
+    diff = git("diff", "HEAD", "--", "core", "fs", "include")
+    if diff:
+        import hashlib
+        tree += (", uncommitted changes to " + ", ".join(git("diff", "HEAD", "--name-only", "--",
+                 "core", "fs", "include").split()) +
+                 f" (diff sha1 {hashlib.sha1(diff.encode()).hexdigest()[:10]})")
+    return tree
+
+
+# ---------------------------------------------------------------- part 1: the loop
+
+def write_model(path, size):
+    rng = random.Random(14)  # the same bytes every run
+    with open(path, "wb") as out:
+        for _ in range(size // MIB):
+            out.write(rng.randbytes(MIB))
+
+
+def read_passes(path, size):
+    """PASSES reads of path, start to end, O_DIRECT 1 MiB preads: seconds."""
+    buf = mmap.mmap(-1, MIB)  # page-aligned, as O_DIRECT needs
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        t0 = time.perf_counter()
+        for p in range(PASSES):
+            off = 0
+            while off < size:
+                n = os.preadv(fd, [buf], off)
+                if n <= 0:
+                    raise RuntimeError(f"{path}: short read at {off} in pass {p}")
+                off += n
+        return time.perf_counter() - t0
+    finally:
+        os.close(fd)
+
+
+def run_loop(work):
+    rows = []
+    mnt = os.path.join(work, "mnt")
+    for ratio in RATIOS:
+        size = int(ratio * BUDGET) // MIB * MIB
+        model, bundle = os.path.join(work, "model.bin"), os.path.join(work, "loop.apbundle")
+        write_model(model, size)
+        subprocess.run([PACKER, "create", bundle, model], check=True, stdout=subprocess.DEVNULL)
+        os.unlink(model)
+        for prefetch in PREFETCH:
+            for policy in POLICIES:
+                trace = os.path.join(work, "loop.trace")
+                # no drop_caches: the counts are the daemon's, the reads O_DIRECT
+                opts = (f"max_memory={BUDGET},eviction={policy},prefetch={prefetch},"
+                        f"trace={trace}")
+                m = mount_apb(bundle, mnt, opts, daemon=DAEMON, logdir=work)
+                try:
+                    secs = read_passes(os.path.join(mnt, "model.bin"), size)
+                    rss = m.peak_rss()
+                    st = m.stats()
+                finally:
+                    m.close()
+                rep = replay(trace, "off")
+                os.unlink(trace)
+                opt = rep["OPT"]
+                read, served = st["io"]["backing_bytes_read"], st["io"]["bytes_served"]
+                if served != PASSES * size:
+                    raise RuntimeError(f"served {served}, expected {PASSES * size}")
+                saved = 1 - read / served
+                row = {"ratio": ratio, "model_bytes": size, "prefetch": prefetch,
+                       "policy": policy, "read": read, "served": served,
+                       "read_per_served": read / served, "saved": saved,
+                       "opt_read_per_served": opt["read_per_served"], "opt_saved": opt["saved"],
+                       "saved_vs_opt": ratio_of(saved, opt["saved"]),
+                       "hits": st["cache"]["hits"], "misses": st["cache"]["misses"],
+                       "reuse_hits": st["cache"]["reuse_hits"],
+                       "hit_rate": st["cache"]["hit_rate"], "prefetch_stats": st["prefetch"],
+                       "peak_rss": rss, "seconds": secs,
+                       "replay_same_policy": rep.get(policy)}
+                row["target"] = LOOP_TARGET[prefetch]
+                row["pass"] = (row["saved_vs_opt"] is not None
+                               and row["saved_vs_opt"] >= row["target"])
+                rows.append(row)
+                log(f"loop {ratio}x prefetch={prefetch} {policy}: read/served "
+                    f"{row['read_per_served']:.3f} (OPT {opt['read_per_served']:.3f}), saved/OPT "
+                    f"{f(row['saved_vs_opt'], '.2f')}, hit rate {row['hit_rate']:.3f}, "
+                    f"peak RSS {rss / MIB:.1f} MiB, {secs:.1f} s")
+        os.unlink(bundle)
+    return rows
+
+
+# ---------------------------------------------------------------- part 2: replay
+
+def run_replay(work):
+    out = []
+    for name, args in TRACES:
+        for prefetch in PREFETCH:
+            trace = os.path.join(work, "ref.trace")
+            subprocess.run([sys.executable, TRACEGEN, *args, "--budget", str(BUDGET),
+                            "--prefetch", prefetch, "-o", trace], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            pols = replay(trace, prefetch)
+            os.unlink(trace)
+            for p in pols.values():
+                if p.get("available"):
+                    p["hit_rate"] = p["hits"] / p["demand"] if p["demand"] else 0.0
+            out.append({"trace": name, "prefetch": prefetch, "policies": pols,
+                        "criterion": criterion(name, prefetch, pols)})
+    return out
+
+
+def criterion(name, prefetch, pols):
+    """Issue 14's criterion for auto on this trace: (text, value, pass)."""
+    a = pols.get("auto")
+    if not a or not a.get("available"):
+        return ("auto unavailable", None, False, "")
+    if name.startswith("loop"):
+        target = MIX_TARGET if name == "loopzipf" else LOOP_TARGET[prefetch]
+        v = ratio_of(a["saved"], pols["OPT"]["saved"])
+        return (f"auto saved / OPT saved >= {target}", v, v is not None and v >= target, ".2f")
+    if name in ("zipf", "recency"):
+        best = max(pols[p]["hit_rate"] for p in ("lru", "lfu"))
+        v = a["hit_rate"] - best
+        return (f"auto hit rate - max(lru, lfu) >= -{HIT_SLACK}", v, v >= -HIT_SLACK, "+.3f")
+    if name == "stream":
+        v = a["read_per_served"] - pols["lru"]["read_per_served"]
+        return ("auto read/served - lru's <= 0", v, v <= 1e-9, "+.3f")
+    return ("", None, None, "")
+
+
+# ---------------------------------------------------------------- report
+
+def report(meta, loop, reps):
+    L = ["# Eviction on loops and reference traces (issue 14)", "",
+         f"`{meta['command']}`, mode {MODE}{' (tiny sizes: not real numbers)' if SMOKE else ''}; "
+         f"{meta['date']}; built from {meta['tree']}; {meta['machine']}. "
+         f"Budget (max_memory) {BUDGET // MIB} MiB, 64 KiB chunks.", ""]
+    if loop:
+        L += ["## Layer loop through the mount", "",
+              f"One incompressible model of ratio x budget in a version 2 bundle, read "
+              f"{PASSES} times start to end with O_DIRECT 1 MiB preads; a fresh mount per row "
+              f"(`max_memory={BUDGET // MIB}M,eviction=POLICY,prefetch=X,trace=FILE`, the rest "
+              "default). read/served: the mount's `io.backing_bytes_read` / `io.bytes_served` "
+              "(bundle bytes read per byte served, lower is better); saved = 1 - read/served. "
+              "OPT: Belady's OPT on the same demand accesses (the recorded trace replayed by "
+              "`apbreplay --prefetch off`). Target (auto): saved >= 0.9 x OPT's with prefetch "
+              "off, 0.8 x with prefetch on; lru and lfu are shown against the same bar. "
+              f"Peak RSS: the daemon's VmHWM, against budget + {RSS_SLACK // MIB} MiB.", "",
+              "Replayed: the same trace replayed under the row's policy with "
+              "`--prefetch off` (what the policy alone does on these demand accesses in "
+              "`apbreplay`; with prefetch off it should match the mount's read/served).", "",
+              "| ratio | prefetch | policy | read/served | OPT read/served | saved | OPT saved "
+              "| saved / OPT saved | target | reuse hits | hit rate | replayed read/served | "
+              "peak RSS MiB | RSS <= budget + 32 MiB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in loop:
+            L.append(f"| {r['ratio']:g}x | {r['prefetch']} | {r['policy']} | "
+                     f"{r['read_per_served']:.3f} | {r['opt_read_per_served']:.3f} | "
+                     f"{r['saved']:.3f} | {r['opt_saved']:.3f} | {f(r['saved_vs_opt'], '.2f')} | "
+                     f"{verdict(r['pass'])} (>= {r['target']}) | {r['reuse_hits']} | "
+                     f"{r['hit_rate']:.3f} | {f((r['replay_same_policy'] or {}).get('read_per_served'))} | "
+                     f"{r['peak_rss'] / MIB:.1f} | "
+                     f"{verdict(r['peak_rss'] <= BUDGET + RSS_SLACK)} |")
+        L += ["", "Plot: loop.png.", ""]
+    if reps:
+        pols = [p for p in reps[0]["policies"] if p != "OPT"] + ["OPT"]
+        L += ["## Reference traces replayed (apbreplay)", "",
+              f"`scripts/tracegen.py GENERATOR --budget {BUDGET // MIB}M [--prefetch on]` "
+              "(docs/TRACES.md), replayed by `apbreplay --budget "
+              f"{BUDGET // MIB}M --json` with the trace's prefetch records run when "
+              "prefetch is on. Each cell: read/served / hit rate (hits / demand accesses). "
+              "OPT never prefetches. Criterion (auto): loops saved >= 0.9 x OPT's (0.8 x with "
+              "prefetch), loopzipf >= 0.9 x; zipf and recency hit rate within 0.02 of the "
+              "better of lru and lfu; stream read/served no more than lru's.", "",
+              "| trace | prefetch | " + " | ".join(pols) + " | criterion | value | result |",
+              "|---|---|" + "---|" * len(pols) + "---|---|---|"]
+        for t in reps:
+            cells = []
+            for p in pols:
+                r = t["policies"].get(p)
+                cells.append(f"{r['read_per_served']:.3f} / {r['hit_rate']:.3f}"
+                             if r and r.get("available") else "n/a")
+            text, v, ok, spec = t["criterion"]
+            L.append(f"| {t['trace']} | {t['prefetch']} | " + " | ".join(cells) +
+                     f" | {text} | {f(v, spec)} | {verdict(ok)} |")
+        L += ["", "Plot: replay.png.", ""]
+    with open(os.path.join(OUT, "results.md"), "w") as out:
+        out.write("\n".join(L))
+    return "\n".join(L)
+
+
+def plots(loop, reps):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    if loop:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+        for ax, prefetch in zip(axes, PREFETCH):
+            x = np.arange(len(RATIOS))
+            series = [(p, [next((r["read_per_served"] for r in loop if r["ratio"] == q and
+                                 r["prefetch"] == prefetch and r["policy"] == p), 0)
+                           for q in RATIOS]) for p in POLICIES]
+            series.append(("OPT (best possible)",
+                           [next((r["opt_read_per_served"] for r in loop if r["ratio"] == q and
+                                  r["prefetch"] == prefetch), 0) for q in RATIOS]))
+            w = 0.8 / len(series)
+            for i, (label, vals) in enumerate(series):
+                ax.bar(x + i * w - 0.4 + w / 2, vals, w, label=label,
+                       hatch="//" if label.startswith("OPT") else None)
+            ax.set_xticks(x)
+            ax.set_xticklabels([f"model {q:g} x memory budget" for q in RATIOS], fontsize=8)
+            ax.set_title(f"read in a loop {PASSES} times, prefetch {prefetch}")
+            ax.set_ylabel("bytes read from the bundle per byte served\n(lower is better)")
+            ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+            ax.grid(axis="y", alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"Layer loop through the mount, memory budget {BUDGET // MIB} MiB")
+        fig.tight_layout()
+        fig.savefig(os.path.join(OUT, "loop.png"), dpi=90)
+        plt.close(fig)
+    if reps:
+        pols = [p for p in reps[0]["policies"] if p != "OPT"] + ["OPT"]
+        fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), sharey=True)
+        for ax, prefetch in zip(axes, PREFETCH):
+            ts = [t for t in reps if t["prefetch"] == prefetch]
+            x = np.arange(len(ts))
+            w = 0.8 / len(pols)
+            for i, p in enumerate(pols):
+                vals = [t["policies"][p]["read_per_served"]
+                        if t["policies"].get(p, {}).get("available") else 0 for t in ts]
+                ax.bar(x + i * w - 0.4 + w / 2, vals, w,
+                       label="OPT (best possible)" if p == "OPT" else p,
+                       hatch="//" if p == "OPT" else None)
+            ax.set_xticks(x)
+            ax.set_xticklabels([t["trace"] for t in ts], fontsize=8)
+            ax.set_title(f"reference traces, prefetch {prefetch}")
+            ax.set_ylabel("bytes read from the bundle per byte served\n(lower is better)")
+            ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+            ax.grid(axis="y", alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"Replayed accesses, memory budget {BUDGET // MIB} MiB")
+        fig.tight_layout()
+        fig.savefig(os.path.join(OUT, "replay.png"), dpi=90)
+        plt.close(fig)
+
+
+# ---------------------------------------------------------------- main
+
+def on_signal(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through every finally
+
+
+def main():
+    if len(sys.argv) > 1:
+        print(__doc__)
+        return 0 if sys.argv[1] in ("-h", "--help") else 2
+    if os.geteuid() != 0:
+        sys.exit("bench-loop: run as root (it mounts)")
+    for exe in (DAEMON, PACKER, REPLAY):
+        if not os.access(exe, os.X_OK):
+            sys.exit(f"bench-loop: {exe} is not built (ninja -C build, or APB_BUILD=DIR)")
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    t0 = time.monotonic()
+    work = os.path.join(BENCH_DIR, "work")
+    mnt = os.path.join(work, "mnt")
+    if os.path.ismount(mnt):  # left by a killed run
+        subprocess.run(["fusermount3", "-uz", mnt], capture_output=True)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    os.makedirs(OUT, exist_ok=True)
+    try:
+        loop = run_loop(work) if "loop" in PARTS else []
+        reps = run_replay(work) if "replay" in PARTS else []
+    except BaseException:
+        log(f"bench-loop: daemon logs kept in {work}")
+        raise
+    finally:
+        close_all()
+    shutil.rmtree(work)
+    try:
+        os.rmdir(BENCH_DIR)
+    except OSError:
+        pass
+    with open("/proc/cpuinfo") as fh:
+        cpu = next((line.split(":", 1)[1].strip() for line in fh
+                    if line.startswith("model name")), "?")
+    meta = {"command": ("SMOKE=1 " if SMOKE else "QUICK=1 " if QUICK else "")
+            + "scripts/bench-loop.py", "mode": MODE, "tree": source_tree(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{cpu}, {os.cpu_count()} cores, kernel {os.uname().release}",
+            "daemon": DAEMON, "budget": BUDGET, "passes": PASSES, "ratios": RATIOS,
+            "policies": POLICIES}
+    criteria = []
+    for r in loop:
+        if r["policy"] == "auto":
+            criteria.append({"target": f"loop {r['ratio']:g}x, mount, prefetch {r['prefetch']}: "
+                             f"auto saved >= {r['target']} x OPT's", "value": r["saved_vs_opt"],
+                             "pass": r["pass"]})
+    if loop:
+        worst = max(loop, key=lambda r: r["peak_rss"])
+        criteria.append({"target": f"loop, mount: daemon peak RSS <= budget + "
+                         f"{RSS_SLACK // MIB} MiB (worst row: {worst['policy']} "
+                         f"{worst['ratio']:g}x prefetch {worst['prefetch']})",
+                         "value": (worst["peak_rss"] - BUDGET) / MIB,
+                         "pass": worst["peak_rss"] <= BUDGET + RSS_SLACK})
+    for t in reps:
+        text, v, ok, _ = t["criterion"]
+        criteria.append({"target": f"replay {t['trace']}, prefetch {t['prefetch']}: {text}",
+                         "value": v, "pass": ok})
+    with open(os.path.join(OUT, "results.json"), "w") as fh:
+        json.dump({"meta": meta, "loop": loop, "replay": reps, "criteria": criteria}, fh,
+                  indent=1)
+    print(report(meta, loop, reps))
+    plots(loop, reps)
+    print()
+    for c in criteria:
+        print(f"{verdict(c['pass']):4}  {f(c['value'], '+.3f'):>7}  {c['target']}")
+    print(f"\n{OUT}/results.md, {time.monotonic() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    finally:
+        close_all()
