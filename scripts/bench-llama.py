@@ -228,13 +228,16 @@ def write_report(meta, rows):
     lines = [
         "# llama.cpp on a model larger than memory",
         "",
-        f"`{meta['command']}` on {meta['date']}, {meta['tree']}: {meta['machine']}.",
+        f"`{meta['command']}` on {meta['date']}, {meta['tree']}, daemon {meta['daemon']}: "
+        f"{meta['machine']}.",
         f"Model: {meta['model']}, {model / MIB:.0f} MiB; bundle: version 2, no compression.",
         f"Total memory for the reader and the daemon: {meta['total'] / MIB:.0f} MiB; "
         f"the reader alone needs {meta['need'] / MIB:.0f} MiB beyond the mapped model, "
         f"its cgroup gets {meta['reader'] / MIB:.0f} MiB beside a daemon.",
         f"Disk: {meta['disk']}. ggml CPU variant: {meta['variant']}; {THREADS} threads; "
-        f"{WARMUP} warm-up + {TOKENS} measured tokens, greedy; median of {RUNS} run(s).",
+        f"{WARMUP} warm-up + {TOKENS} measured tokens, greedy; median of {RUNS} run(s). "
+        "Load average at the end (the machine may be shared): "
+        + ", ".join(f"{x:.1f}" for x in meta["loadavg"]) + ".",
         "",
         "| system | reader cgroup MiB | daemon cgroup MiB (max_memory) | load s | tokens/s "
         "| MiB read per token | of the model | same tokens |",
@@ -267,10 +270,10 @@ def write_report(meta, rows):
     lines.append("")
     with open(os.path.join(OUT, "results.md"), "w") as f:
         f.write("\n".join(lines))
-    plot(rows)
+    plot(meta, rows)
 
 
-def plot(rows):
+def plot(meta, rows):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -278,16 +281,21 @@ def plot(rows):
     except ImportError:
         log("no matplotlib: no plot")
         return
-    done = [r for r in rows if r["result"]]
+    done = [r for r in rows if r["result"] and r["reader_limit"]]  # at equal memory
     names = [r["system"] for r in done]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    a.barh(names, [r["result"]["tokens_per_s"] for r in done])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3))
+    bars = a.barh(names, [r["result"]["tokens_per_s"] for r in done])
+    a.bar_label(bars, fmt="%.2f")
     a.set_xlabel("tokens/s")
-    b.barh(names, [r["result"]["bytes_per_token"] / MIB for r in done])
+    bars = b.barh(names, [r["result"]["bytes_per_token"] / MIB for r in done])
+    b.bar_label(bars, fmt="%.0f")
     b.set_xlabel("MiB read from disk per token")
     b.set_yticks([])
     for ax in (a, b):
         ax.invert_yaxis()
+        ax.margins(x=0.15)
+    fig.suptitle(f"llama.cpp, {meta['model_bytes'] / MIB:.0f} MiB model, "
+                 f"{meta['total'] / MIB:.0f} MiB in all")
     fig.tight_layout()
     fig.savefig(os.path.join(OUT, "llama.png"), dpi=110)
 
@@ -360,7 +368,8 @@ def main():
         except RuntimeError as e:  # the daemon refused the option: no mount
             if "no mount" not in str(e):
                 raise
-            row["unavailable"] = f"unavailable: {str(e).splitlines()[-1][-120:]}"
+            tail = str(e).split("no mount: ", 1)[1].strip("[]'\"")
+            row["unavailable"] = f"unavailable (the daemon did not mount: {tail})"
             log(f"  {row['unavailable']}")
         rows.append(row)
     for row in rows:
@@ -373,13 +382,13 @@ def main():
     tree = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
                           capture_output=True, text=True).stdout.strip()
     meta = {"command": ("QUICK=1 " if QUICK else "") + "scripts/bench-llama.py",
-            "tree": "tree " + (tree or "unknown"),
+            "tree": "tree " + (tree or "unknown"), "daemon": DAEMON,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{cpu}, {os.cpu_count()} cores, kernel {os.uname().release}",
             "model": f"{LAYERS} layers, n_embd {EMBD}, n_ff {FF}, f16", "model_bytes": size,
             "total": total, "need": need, "reader": reader, "disk": ram.describe(),
             "variant": free["variant"], "tokens": free["tokens"], "threads": THREADS,
-            "warmup": WARMUP, "measured": TOKENS, "runs": RUNS}
+            "warmup": WARMUP, "measured": TOKENS, "runs": RUNS, "loadavg": os.getloadavg()}
     write_report(meta, rows)
     with open(os.path.join(OUT, "results.md")) as f:
         print(f.read())
