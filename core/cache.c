@@ -94,8 +94,9 @@
  *
  * A chunk enters the set cold exactly when it has the prefetched flag (a
  * prefetch's load finished and no get waited for it): evict_insert() sees
- * the flag. Cold chunks are the first victims of a get that needs room, so
- * an unread prefetch never outlives a used chunk; a prefetch that needs
+ * the flag. Cold chunks are the first victims of a get that needs room
+ * (under auto, after the chunks its Q holds), so an unread prefetch never
+ * outlives a used chunk the policy keeps; a prefetch that needs
  * room takes only a warm (read) victim, so prefetches never evict each
  * other. evict.c explains both under COLD CHUNKS. Once a get reads the
  * chunk it leaves the set and its put inserts it warm like any other.

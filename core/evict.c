@@ -66,7 +66,8 @@
  * forward pass: LRU evicts each chunk just before the loop comes back to
  * it and LFU-DA does no better, so every pass reads the whole model again.
  * Belady's OPT keeps (budget - 1) chunks of the loop and hits them every
- * pass; auto keeps (budget - about 1%) and does the same.
+ * pass; auto keeps all but Q's few (and a readahead window) and does the
+ * same.
  *
  * A chunk's recency is the number of distinct chunks used since its last
  * use; its reuse distance (IRR) the number between its last two uses.
@@ -81,17 +82,24 @@
  * LIR set is at its target, the bottom LIR chunk becomes HIR (on Q) in
  * its place. On a loop larger than the cache nothing is ever used again
  * while in S (the whole loop runs between two uses), so the LIR set is
- * the same chunks pass after pass and hits every pass; Q, its last 1%,
- * cycles through the rest. Many small models with skewed popularity make
+ * the same chunks pass after pass and hits every pass; Q cycles through
+ * the rest. Many small models with skewed popularity make
  * their popular chunks LIR, which is what LFU keeps; a stream read once
  * stays HIR and pushes no LIR chunk out.
  *
- * The LIR target, lir_max, moves between 1 and lir_cap (the slots less
- * hir_min, 1% of them): a HIR chunk reused while in S - resident on Q or a
- * ghost - says a larger Q would have kept it (-1); a demoted LIR chunk
- * used again after its eviction says the LIR set was too small (+1); a HIR
- * entry leaving S unused (pruned, or its ghost forgotten) says Q's slots
- * served nothing (+1 every AUTO_EXPIRIES_PER_SLOT). So a working set that
+ * Q keeps at least hir_min slots: 1% of them, but at least one run
+ * (APB_CACHE_RUN_MAX chunks, what one miss loads at once: a sequential
+ * reader's misses would else take most of their slots from the LIR set),
+ * and at most a quarter of a tiny cache. The LIR target, lir_max, moves
+ * between 1 and lir_cap (the slots less hir_min): a HIR chunk reused while
+ * in S - resident on Q or a ghost - says a larger Q would have kept it
+ * (-1); a demoted LIR chunk used again after its eviction says the LIR set
+ * was too small (+1); a HIR entry leaving S unused (pruned, or its ghost
+ * forgotten) says Q's slots served nothing (+1 every
+ * AUTO_EXPIRIES_PER_SLOT, but only into room Q has beyond hir_min; else a
+ * loop read with readahead, whose window the LIR set made room for, would
+ * take the room back at every expiry and lose it to the next prefetch
+ * again, churning its retained part). So a working set that
  * moves (a recency-friendly load, where plain LIRS needs two misses per
  * new chunk) shrinks the LIR set to what Q needs, and a loop, which reuses
  * nothing within S, keeps it at lir_cap. A first use becomes LIR without
@@ -109,7 +117,11 @@
  * LIR set that is left, so the rest stays put. A prefetch (pop_warm_victim)
  * may shrink the LIR set that way by at most prefetch_lir (an eighth of
  * the slots): readahead gets its window, the retained part of a loop
- * stays, and past that the prefetch gets no slot.
+ * stays, and past that the prefetch gets no slot. A demand miss takes Q's
+ * head even before the cold list (COLD CHUNKS): Q's chunks were read and
+ * judged not worth keeping, while an unread prefetch is what a sequential
+ * reader asked for next; evicting it first wasted up to a fifth of a
+ * loop's prefetches through the mount.
  *
  * LIRS judges a chunk by its last reuse distance alone, so a popular
  * chunk with one long gap would be demoted like a chunk used twice by
@@ -143,7 +155,8 @@
  * least valuable chunks that readers did use: a readahead window nobody
  * reads, or a wrong guess of which model comes next, would push the working
  * set out and leave itself behind. So it enters cold (insert_cold): on the
- * cold list, which pop_victim empties before it looks at the policy at all.
+ * cold list, which pop_victim empties before it looks at the policy at all
+ * (under auto, after Q: AUTO).
  * That is the LRU list's victim end, and for LFU-DA F = 0, K = L: below
  * every used chunk (K >= L), and first even on a tie. A demand miss thus
  * evicts an unread prefetched chunk before any chunk that was read, and an
@@ -485,7 +498,7 @@ static void s_replace(struct apb_evict *e, struct apb_evict_link *l,
 	l->up = l->down = NULL;
 }
 
-/* The LIR target moves by delta, within 1 .. lir_cap. */
+/* The LIR target moves by one, within 1 .. lir_cap. */
 static void auto_retarget(struct apb_evict *e, int delta)
 {
 	if (delta < 0 && e->lir_max > 1)
@@ -494,13 +507,19 @@ static void auto_retarget(struct apb_evict *e, int delta)
 		e->lir_max++;
 }
 
-/* A HIR entry left S unused (pruned, or its ghost forgotten). */
+/* A HIR entry left S unused (pruned, or its ghost forgotten). The LIR set
+ * grows only into room Q has beyond hir_min: where held chunks and a
+ * readahead window keep Q short and the LIR set gave them room
+ * (auto_pop_victim), each expiry would take that room back and the next
+ * prefetch evict an LIR chunk for it again - a loop's retained part would
+ * churn. */
 static void auto_hir_expired(struct apb_evict *e)
 {
-	if (++e->expired == AUTO_EXPIRIES_PER_SLOT) {
-		e->expired = 0;
+	if (++e->expired < AUTO_EXPIRIES_PER_SLOT)
+		return;
+	e->expired = 0;
+	if (e->lir_max < e->lir + (e->nq > e->hir_min ? e->nq - e->hir_min : 0))
 		auto_retarget(e, +1);
-	}
 }
 
 static uint32_t ghost_bucket(const struct apb_evict *e, uint32_t model,
@@ -814,7 +833,13 @@ static uint32_t pow2_at_least(uint32_t n)
 /* auto's ghosts, one per slot, and its constants. */
 static int auto_alloc(struct apb_evict *e)
 {
-	e->hir_min = e->cap / 100 > 1 ? e->cap / 100 : 1;
+	/* Q holds at least one run (what one miss loads at once), else each
+	 * miss of a sequential reader would take most of its slots from the
+	 * LIR set; 1% of large caches, a quarter of tiny ones at most. */
+	e->hir_min = e->cap / 100 > APB_CACHE_RUN_MAX ? e->cap / 100
+						      : APB_CACHE_RUN_MAX;
+	if (e->hir_min > e->cap / 4)
+		e->hir_min = e->cap / 4 > 1 ? e->cap / 4 : 1;
 	e->lir_cap = e->cap > e->hir_min ? e->cap - e->hir_min : 1;
 	e->lir_max = e->lir_cap;
 	e->prefetch_lir = e->cap / 8 > 1 ? e->cap / 8 : 1;
@@ -939,6 +964,11 @@ void apb_evict_remove(struct apb_evict *e, struct apb_evict_node *n)
 struct apb_evict_node *apb_evict_pop_victim(struct apb_evict *e)
 {
 	struct apb_evict_node *victim = e->cold.head;
+
+	/* auto: Q's chunks were read and judged not worth keeping; an unread
+	 * prefetch is what a reader asked for next (COLD CHUNKS). */
+	if (e->ops == &auto_ops && e->nq > 0)
+		return e->ops->pop_victim(e, false);
 
 	if (!victim)
 		return e->ops->pop_victim(e, false);

@@ -99,13 +99,14 @@ void apb_evict_remove(struct apb_evict *e, struct apb_evict_node *n);
 void apb_evict_forget(struct apb_evict *e, struct apb_evict_node *n);
 
 /* Take out the node to evict for room and return it: a cold node if there
- * is one, else the policy's victim; NULL if the set is empty. LFU raises L
- * to a heap victim's K. */
+ * is one, else the policy's victim (auto: Q's head before any cold node);
+ * NULL if the set is empty. LFU raises L to a heap victim's K. */
 struct apb_evict_node *apb_evict_pop_victim(struct apb_evict *e);
 
 /* As apb_evict_pop_victim(), but never a cold node: the slot for a
  * prefetch, which must not evict another unread prefetch. NULL if every
- * node in the set is cold. */
+ * node in the set is cold (auto: or if the prefetches took their share of
+ * the LIR set). */
 struct apb_evict_node *apb_evict_pop_warm_victim(struct apb_evict *e);
 
 /* Nodes in the set now, cold ones included; cold ones alone. */

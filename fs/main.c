@@ -27,6 +27,7 @@
 #define MAX_CHUNK_SIZE (64u << 20)
 #define MAX_SLOTS (1ull << 30) /* the cache's limit (core/cache.c) */
 #define DEFAULT_READAHEAD (4ull << 20)
+#define MIN_DEFAULT_READAHEAD (128ull << 10)
 #define DEFAULT_TRACE_MAX (1ull << 30)
 #define PREFETCH_THREADS 4 /* loads mostly wait on I/O; 2 fell behind (docs/DESIGN.md) */
 
@@ -87,7 +88,8 @@ static void usage(FILE *f)
 "                           eviction policy (default lru); auto keeps part\n"
 "                           of a model read in a loop\n"
 "    -o prefetch=on|off     read ahead of sequential readers (default on)\n"
-"    -o readahead=SIZE      largest readahead window (default 4M)\n"
+"    -o readahead=SIZE      largest readahead window (default 4M, at most\n"
+"                           max_memory/16 unless given)\n"
 "    -o prefetch_count=N    on open, prefetch the N models that most often\n"
 "                           followed it (default 1, 0 for none)\n"
 "    -o pin=NAME[:NAME...]  load these models and never evict them\n"
@@ -178,6 +180,20 @@ static int parse_choice(const char *name, const char *value, const char *a,
 	return -1;
 }
 
+/* Unless readahead= says otherwise: 4M, but at most a sixteenth of the
+ * budget (at least 128K). A window's unread chunks take slots that a
+ * model read in a loop would keep (eviction=auto): 4M of a 32M budget cost
+ * a fifth of what auto saves on a loop 4x the budget (docs/PERFORMANCE.md,
+ * "Loops through the mount"). */
+static uint64_t default_readahead(uint64_t max_memory)
+{
+	uint64_t w = max_memory / 16 / 4096 * 4096;
+
+	if (w < MIN_DEFAULT_READAHEAD)
+		w = MIN_DEFAULT_READAHEAD;
+	return w < DEFAULT_READAHEAD ? w : DEFAULT_READAHEAD;
+}
+
 /* eviction=: one of the cache's policies; unset is the default. */
 static int parse_eviction(const char *value, enum apb_eviction *out)
 {
@@ -213,6 +229,8 @@ static int resolve_options(const struct cmdline *cl, struct apbfs_options *o)
 			"from 4K to 1G\n", cl->readahead);
 		return -1;
 	}
+	if (!cl->readahead)
+		o->readahead = default_readahead(o->max_memory);
 	if (chunk < 4096 || chunk % 4096 || chunk > MAX_CHUNK_SIZE) {
 		fprintf(stderr, "apbundlefs: bad option chunk_size=%s: must be "
 			"a multiple of 4K from 4K to 64M\n", cl->chunk_size);

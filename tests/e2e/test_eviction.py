@@ -1,17 +1,23 @@
-"""LRU and LFU choose different victims on the same access sequence.
+"""The policies choose different victims on the same access sequence.
 
 Cache of exactly three 64 KiB chunks; four one-chunk models A, B, C, D.
 Sequence: A, A, A, B, C (cache full: A used 3 times but longest ago), then D.
 LRU evicts A (least recently used); LFU evicts B (used once, and before C,
-so it also loses the tie against C). Residency is first checked without
-touching the cache (per-model resident_bytes), then by a read that must be
-a hit (the survivor) and one that must be a miss (the victim).
+so it also loses the tie against C); auto evicts C: A and B filled its LIR
+set (3 slots less one for Q), C came when the slots were full and is HIR,
+Q's only chunk. Residency is first checked without touching the cache
+(per-model resident_bytes), then by a read that must be a hit (the
+survivor) and one that must be a miss (the victim).
+
+Then the reason auto exists: a model twice the budget read in a loop.
 """
+
+import os
 
 import pytest
 
 import apbformat
-from conftest import KiB, direct_read, mount
+from conftest import KiB, MiB, direct_read, mount, odirect_pread, open_direct
 
 CH = 64 * KiB
 NAMES = ["A", "B", "C", "D"]
@@ -27,7 +33,8 @@ def hits_misses(d):
     return c["hits"], c["misses"]
 
 
-@pytest.mark.parametrize("policy,victim,survivor", [("lru", "A", "B"), ("lfu", "B", "A")])
+@pytest.mark.parametrize("policy,victim,survivor",
+                         [("lru", "A", "B"), ("lfu", "B", "A"), ("auto", "C", "A")])
 def test_policy_chooses_victim(tmp_path, binaries, policy, victim, survivor):
     bundle = apbformat.write_v1(tmp_path / "p.apbundle", [(n, DATA[n]) for n in NAMES])
     opts = {"max_memory": "192K", "chunk_size": "64K", "eviction": policy,
@@ -59,7 +66,7 @@ def test_policy_chooses_victim(tmp_path, binaries, policy, victim, survivor):
         assert d.stats()["cache"]["evictions"] == 2
 
 
-@pytest.mark.parametrize("policy", ["lru", "lfu"])
+@pytest.mark.parametrize("policy", ["lru", "lfu", "auto"])
 def test_memory_never_exceeds_budget_under_churn(tmp_path, binaries, policy):
     """Cycling through more chunks than fit: every read after the first 3 evicts."""
     bundle = apbformat.write_v1(tmp_path / "c.apbundle", [(n, DATA[n]) for n in NAMES])
@@ -74,3 +81,70 @@ def test_memory_never_exceeds_budget_under_churn(tmp_path, binaries, policy):
         c = d.stats()["cache"]
         assert c["hits"] + c["misses"] == 20
         assert c["evictions"] == c["misses"] - 3
+
+
+LOOP_SLOTS = 16                    # max_memory 1M of 64K chunks
+LOOP = apbformat.random_bytes(2 * LOOP_SLOTS * CH, 7)   # twice the budget
+
+
+def read_loop(d, passes, request):
+    """passes of the model start to end in O_DIRECT preads of request bytes."""
+    fd = open_direct(d.path("loop.bin"))
+    try:
+        for _ in range(passes):
+            for off in range(0, len(LOOP), request):
+                assert odirect_pread(fd, request, off) == LOOP[off:off + request], off
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("policy,hits", [("lru", 0), ("lfu", 0), ("auto", 3 * 12)])
+def test_loop_over_twice_the_budget(tmp_path, binaries, policy, hits):
+    """4 passes of chunk-sized reads, prefetch off. LRU and LFU evict each
+    chunk just before the loop needs it: every pass reads the whole model
+    from the bundle. auto keeps its LIR set (16 slots less a quarter for
+    Q in so small a cache), chunks 0..11, and hits them in every pass after
+    the first: 36 reuse hits, and the bundle delivers 92 of the 128 chunks
+    served."""
+    bundle = apbformat.write_v1(tmp_path / "l.apbundle", [("loop.bin", LOOP)])
+    opts = {"max_memory": "1M", "chunk_size": "64K", "eviction": policy,
+            "prefetch": "off", "prefetch_count": "0"}
+    with mount(bundle, opts) as d:
+        read_loop(d, 4, CH)
+        s = d.stats()
+        c, io = s["cache"], s["io"]
+        assert (c["hits"], c["reuse_hits"], c["misses"]) == (hits, hits, 128 - hits)
+        assert io["bytes_served"] == 4 * len(LOOP)
+        assert io["backing_bytes_read"] == (128 - hits) * CH
+        assert c["memory_used"] <= c["memory_limit"] == 1 * MiB
+
+
+@pytest.mark.perf
+def test_auto_loop_with_prefetch_keeps_most_of_the_budget(tmp_path, binaries):
+    """Default options (prefetch on, readahead max_memory/16) and 1 MiB
+    reads of a model twice a 16 MiB budget (256 slots), 5 passes: Q keeps
+    16 slots and readahead at most an eighth, so at least 256 - 16 - 32 - 1
+    chunks hit in each of passes 2..5, and the bundle reads saved reach
+    0.8 of what OPT saves (it keeps 255 chunks: 4 * 255 / (5 * 512));
+    LRU's hits are all first reads of prefetched chunks, it saves nothing."""
+    data = apbformat.random_bytes(32 * MiB, 8)
+    bundle = apbformat.write_v1(tmp_path / "p.apbundle", [("loop.bin", data)])
+    saved = {}
+    for policy in ("lru", "auto"):
+        with mount(bundle, {"max_memory": "16M", "eviction": policy}) as d:
+            fd = open_direct(d.path("loop.bin"))
+            try:
+                for _ in range(5):
+                    for off in range(0, len(data), MiB):
+                        assert odirect_pread(fd, MiB, off) == data[off:off + MiB]
+            finally:
+                os.close(fd)
+            s = d.stats()
+        assert s["io"]["bytes_served"] == 5 * len(data)
+        saved[policy] = 1 - s["io"]["backing_bytes_read"] / s["io"]["bytes_served"]
+        if policy == "auto":
+            assert s["cache"]["reuse_hits"] >= 4 * (256 - 16 - 32 - 1)
+        else:
+            assert s["cache"]["reuse_hits"] == 0
+    assert saved["lru"] <= 0.0
+    assert saved["auto"] >= 0.8 * 4 * 255 / (5 * 512), saved

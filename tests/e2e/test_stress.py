@@ -148,7 +148,7 @@ def sampler(d, done, errors, samples):
         errors.append("sampler: %r" % e)
 
 
-@pytest.mark.parametrize("policy", ["lru", "lfu"])
+@pytest.mark.parametrize("policy", ["lru", "lfu", "auto"])
 def test_readers_control_and_stats_at_once(stress_bundle, binaries, policy):
     errors, samples, counts = [], [], {}
     done = threading.Event()

@@ -100,7 +100,8 @@ def test_prefetch_records(bundle, tmp_path):
     """A 1 MiB read at offset 0 starts a stream whose readahead (a window
     of the read's 16 chunks) is one job: chunks 16-31, one prefetch run."""
     path = tmp_path / "t.trace"
-    with mount(bundle, dict(QUIET, prefetch="on", max_memory="8M", trace=path)) as d:
+    with mount(bundle, dict(QUIET, prefetch="on", max_memory="8M", readahead="4M",
+                            trace=path)) as d:
         read_chunks(d, "big.bin", 0, 16)
         wait_until(lambda: d.stats()["prefetch"]["issued"] == 16, 10,
                    what="the prefetch of chunks 16-31")

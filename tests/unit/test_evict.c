@@ -12,7 +12,7 @@
 
 #include "test.h"
 
-#define KEYS 256
+#define KEYS 1024
 #define HIT (-1)
 #define LOADED (-2) /* a miss with a free slot */
 
@@ -130,31 +130,32 @@ static void sim_scan(struct sim *s, int first, int n, int *out)
 
 /* ---- auto: loops -------------------------------------------------------- */
 
-/* 8 slots: hir_min 1, so 7 LIR chunks. A loop of 12: the first 7 fill
- * the LIR set, the rest pass through Q's one slot. Every later pass hits
- * 0..6 and misses 7..11, each evicting the one before it. */
+/* 8 slots: Q keeps hir_min = 2 (a quarter of a tiny cache), so 6 LIR
+ * chunks. A loop of 12: the first 6 fill the LIR set, the rest pass
+ * through Q. Every later pass hits 0..5 and misses 6..11, each evicting
+ * the one two before it. */
 static void test_auto_loop_keeps_the_lir_set_and_hits_it_every_pass(void)
 {
 	struct sim s;
 	int got[12];
 	const int pass1[12] = {LOADED, LOADED, LOADED, LOADED, LOADED, LOADED,
-			       LOADED, LOADED, 7, 8, 9, 10};
-	const int later[12] = {HIT, HIT, HIT, HIT, HIT, HIT, HIT,
-			       11, 7, 8, 9, 10};
+			       LOADED, LOADED, 6, 7, 8, 9};
+	const int later[12] = {HIT, HIT, HIT, HIT, HIT, HIT,
+			       10, 11, 6, 7, 8, 9};
 
 	sim_start(&s, APB_EVICT_AUTO, 8);
 	sim_scan(&s, 0, 12, got);
 	for (int i = 0; i < 12; i++)
 		CHECK_EQ(got[i], pass1[i]);
-	CHECK_EQ(auto_stats(&s).lir, 7);
+	CHECK_EQ(auto_stats(&s).lir, 6);
 	for (int pass = 2; pass <= 5; pass++) {
 		sim_scan(&s, 0, 12, got);
 		for (int i = 0; i < 12; i++)
 			CHECK_EQ(got[i], later[i]);
 	}
-	CHECK_EQ(s.hits, 4 * 7);
-	CHECK_EQ(auto_stats(&s).lir, 7);
-	CHECK_EQ(auto_stats(&s).lir_max, 7);
+	CHECK_EQ(s.hits, 4 * 6);
+	CHECK_EQ(auto_stats(&s).lir, 6);
+	CHECK_EQ(auto_stats(&s).lir_max, 6);
 	CHECK_EQ(auto_stats(&s).lir_evictions, 0);
 	apb_evict_free(s.e);
 }
@@ -179,15 +180,15 @@ static void test_auto_stream_passes_through_q(void)
 	int got[100];
 
 	sim_start(&s, APB_EVICT_AUTO, 8);
-	sim_scan(&s, 0, 7, NULL);             /* LIR: 0..6 */
-	sim_scan(&s, 0, 7, NULL);             /* used twice */
+	sim_scan(&s, 0, 8, NULL);             /* LIR 0..5, Q 6 7 */
 	sim_scan(&s, 100, 100, got);          /* the stream: 100..199 */
-	CHECK_EQ(got[0], LOADED);             /* the eighth slot */
-	for (int i = 1; i < 100; i++)
-		CHECK_EQ(got[i], 100 + i - 1); /* each evicts the one before */
+	CHECK_EQ(got[0], 6);
+	CHECK_EQ(got[1], 7);
+	for (int i = 2; i < 100; i++)
+		CHECK_EQ(got[i], 100 + i - 2); /* each evicts the one two back */
 	s.hits = 0;
-	sim_scan(&s, 0, 7, NULL);
-	CHECK_EQ(s.hits, 7);
+	sim_scan(&s, 0, 6, NULL);
+	CHECK_EQ(s.hits, 6);
 	apb_evict_free(s.e);
 }
 
@@ -237,30 +238,32 @@ static void test_auto_demoted_chunk_reused_grows_the_lir_set(void)
 	apb_evict_free(s.e);
 }
 
-/* A working set that moves (40 chunks, 20 new ones each phase, 4 rounds
- * per phase, 64 slots): plain LIRS misses each new chunk twice (once as
- * HIR, once as a ghost), LRU once. auto pays that in phases 2 and 3 while
- * its ghost hits shrink the LIR set (63 -> 36 slots) until Q holds the
- * new chunks; from then on it misses exactly as LRU does. */
+/* A working set that moves (160 chunks, 80 new ones each phase, 4 rounds
+ * per phase, 256 slots: Q 16, LIR 240): LIRS with a fixed LIR set keeps
+ * the old phases' chunks LIR and misses about 200 times a phase here,
+ * each new chunk twice (once as HIR, once as a ghost); LRU misses 80.
+ * auto pays that once, in phase 2, while its ghost hits shrink the LIR
+ * set until Q holds the new chunks; from then on it misses exactly as LRU
+ * does. */
 static void test_auto_moving_working_set_misses_as_lru_once_adapted(void)
 {
-	const uint32_t auto_misses[10] = {40, 20, 53, 40, 20, 20, 20, 20, 20, 20};
+	const uint32_t auto_misses[10] = {160, 80, 236, 80, 80, 80, 80, 80, 80,
+					  80};
 	struct sim s, lru;
 
-	sim_start(&s, APB_EVICT_AUTO, 64);
-	sim_start(&lru, APB_EVICT_LRU, 64);
+	sim_start(&s, APB_EVICT_AUTO, 256);
+	sim_start(&lru, APB_EVICT_LRU, 256);
 	for (int phase = 0; phase < 10; phase++) {
 		uint32_t auto_hits = s.hits, lru_hits = lru.hits;
 
 		for (int round = 0; round < 4; round++) {
-			sim_scan(&s, phase * 20, 40, NULL);
-			sim_scan(&lru, phase * 20, 40, NULL);
+			sim_scan(&s, phase * 80, 160, NULL);
+			sim_scan(&lru, phase * 80, 160, NULL);
 		}
-		CHECK_EQ(160 - (lru.hits - lru_hits), phase == 0 ? 40 : 20);
-		CHECK_EQ(160 - (s.hits - auto_hits), auto_misses[phase]);
-		if (phase == 3)
-			CHECK_EQ(auto_stats(&s).lir_max, 36);
+		CHECK_EQ(640 - (lru.hits - lru_hits), phase == 0 ? 160 : 80);
+		CHECK_EQ(640 - (s.hits - auto_hits), auto_misses[phase]);
 	}
+	CHECK_EQ(auto_stats(&s).lir_max, 123);
 	apb_evict_free(s.e);
 	apb_evict_free(lru.e);
 }
@@ -269,23 +272,27 @@ static void test_auto_moving_working_set_misses_as_lru_once_adapted(void)
 
 /* Prefetches take Q's chunks, then LIR chunks (the one released longest
  * ago first) while the LIR set is within an eighth of the slots of its
- * cap, then nothing; a demand miss may still take any. */
+ * cap, then nothing. A demand miss takes Q's chunks before unread
+ * prefetches, and with Q empty the newest unread prefetch. */
 static void test_auto_prefetch_shrinks_the_lir_set_by_an_eighth_at_most(void)
 {
 	struct sim s;
 
-	sim_start(&s, APB_EVICT_AUTO, 16);      /* lir_cap 15, prefetch 2 */
-	sim_scan(&s, 0, 16, NULL);              /* LIR 0..14, HIR 15 */
-	CHECK_EQ(auto_stats(&s).lir, 15);
-	CHECK_EQ(sim_prefetch(&s, 100), 15);
-	CHECK_EQ(sim_prefetch(&s, 101), 0);
-	CHECK_EQ(sim_prefetch(&s, 102), 1);
-	CHECK_EQ(auto_stats(&s).lir, 13);
-	CHECK_EQ(auto_stats(&s).lir_max, 13);
-	CHECK_EQ(sim_prefetch(&s, 103), KEYS);  /* refused */
+	sim_start(&s, APB_EVICT_AUTO, 16);      /* Q 4, LIR 12, prefetch 2 */
+	sim_scan(&s, 0, 16, NULL);              /* LIR 0..11, HIR 12..15 */
+	CHECK_EQ(auto_stats(&s).lir, 12);
+	CHECK_EQ(sim_prefetch(&s, 100), 12);
+	CHECK_EQ(sim_prefetch(&s, 101), 13);
+	CHECK_EQ(sim_get(&s, 102, false), 14);  /* Q before the cold ones */
+	CHECK_EQ(sim_prefetch(&s, 103), 15);
+	CHECK_EQ(sim_prefetch(&s, 104), 102);   /* Q again: 102 was read */
+	CHECK_EQ(sim_prefetch(&s, 105), 0);     /* then the LIR set */
+	CHECK_EQ(sim_prefetch(&s, 106), 1);
+	CHECK_EQ(auto_stats(&s).lir, 10);
+	CHECK_EQ(auto_stats(&s).lir_max, 10);
+	CHECK_EQ(sim_prefetch(&s, 107), KEYS);  /* refused */
 	CHECK_EQ(auto_stats(&s).lir_evictions, 2);
-	/* A demand miss first evicts an unread prefetch (cold), the newest. */
-	CHECK_EQ(sim_get(&s, 104, false), 102);
+	CHECK_EQ(sim_get(&s, 108, false), 106); /* Q empty: the newest cold */
 	apb_evict_free(s.e);
 }
 
@@ -340,7 +347,7 @@ static void test_auto_forget_leaves_nothing_behind(void)
 	s.hits = 0;
 	for (int pass = 0; pass < 3; pass++)
 		sim_scan(&s, 0, 12, NULL);
-	CHECK_EQ(s.hits, 2 * 7);
+	CHECK_EQ(s.hits, 2 * 6);
 	apb_evict_free(s.e);
 }
 
