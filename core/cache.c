@@ -36,10 +36,11 @@
  * many of the slots they may hold.
  *
  * Outside the budget, the cache's own memory is fixed at creation: per slot
- * one struct apb_chunk (104 bytes on LP64), 2 to 4 bucket pointers, a 4-byte
- * free-stack entry and, for LFU, an 8-byte heap entry (at most 148 bytes,
- * 0.23% of a 64 KiB chunk); per model one struct apb_cache_model_stats
- * (56 bytes) and one struct model_pin (24 bytes).
+ * one struct apb_chunk (128 bytes on LP64), 2 to 4 bucket pointers, a 4-byte
+ * free-stack entry and, for LFU, an 8-byte heap entry or, for auto, half a
+ * 64-byte ghost and 1 to 2 ghost bucket pointers (at most 212 bytes, 0.32%
+ * of a 64 KiB chunk); per model one struct apb_cache_model_stats (64
+ * bytes) and one struct model_pin (24 bytes).
  *
  * STRUCTURES
  *

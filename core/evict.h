@@ -37,7 +37,7 @@ struct apb_evict_link {
 /* Embedded in each evictable object. Its fields belong to evict.c. The
  * links serve the cold list under every policy, LRU's list and auto's Q
  * and LIR lists; the rest is LFU-DA's or auto's, by the set's policy.
- * 64 bytes on LP64. */
+ * 72 bytes on LP64. */
 struct apb_evict_node {
 	struct apb_evict_node *prev, *next; /* cold, LRU, Q or LIR list */
 	union {

@@ -85,8 +85,9 @@ static void usage(FILE *f)
 "    -o max_memory=SIZE     budget for cached chunks (default 256M)\n"
 "    -o chunk_size=SIZE     cache chunk, a multiple of 4K (default 64K)\n"
 "    -o eviction=lru|lfu|auto\n"
-"                           eviction policy (default lru); auto keeps part\n"
-"                           of a model read in a loop\n"
+"                           eviction policy (default auto: like the better\n"
+"                           of lru and lfu, and keeps part of a model read\n"
+"                           in a loop that is larger than max_memory)\n"
 "    -o prefetch=on|off     read ahead of sequential readers (default on)\n"
 "    -o readahead=SIZE      largest readahead window (default 4M, at most\n"
 "                           max_memory/16 unless given)\n"
@@ -197,7 +198,7 @@ static uint64_t default_readahead(uint64_t max_memory)
 /* eviction=: one of the cache's policies; unset is the default. */
 static int parse_eviction(const char *value, enum apb_eviction *out)
 {
-	*out = APB_EVICT_LRU;
+	*out = APB_EVICT_AUTO;
 	if (!value || apb_eviction_parse(value, out) == 0)
 		return 0;
 	fprintf(stderr, "apbundlefs: bad option eviction=%s: expected lru, "

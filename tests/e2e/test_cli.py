@@ -198,7 +198,7 @@ def test_stats_command_on_mount(sources, binaries):
         p = run_apbundle("stats", d.mnt)
         assert p.returncode == 0, p.stderr
         assert "extra.bin" in p.stdout
-        assert "lru" in p.stdout
+        assert "auto" in p.stdout
 
 
 def test_stats_command_on_non_mount(tmp_path, binaries):

@@ -110,7 +110,7 @@ def test_bad_options_refused(bundle, tmp_path, binaries, opts, expected):
 def test_default_options(bundle, binaries):
     with mount(bundle) as d:
         c = d.stats()["cache"]
-        assert c["policy"] == "lru"
+        assert c["policy"] == "auto"
         assert c["chunk_size"] == 64 * KiB
         assert c["memory_limit"] == 256 * MiB
 
