@@ -29,9 +29,12 @@ is reported as unavailable. Every run must give the same token ids.
 Environment: QUICK=1; LAYERS, EMBD, FF (model; default 32, 1024, 2816;
 QUICK 16, 512, 1408); TOTAL_MIB (default 400; QUICK: READER + a third of
 the model); READER_MIB (default: measured + 32); POLICIES (default
-"lru auto"); TOKENS (measured tokens, 24; QUICK 8); WARMUP (1); THREADS (2);
-RUNS (runs per row, medians; 3, QUICK 1); DISK_MBPS (1500; 0: no limit);
-BENCH_DIR (/var/tmp/apb-bench-llama, -quick for QUICK); OUT (docs/bench/llama;
+"lru auto"); PREFETCH (the daemon's prefetch=, default on); TRACE=DIR
+(each mount records its chunk accesses in DIR/POLICY.trace for apbreplay,
+the last run's kept); TOKENS (measured tokens, 24; QUICK 8); WARMUP (1);
+THREADS (2); RUNS (runs per row, medians; 3, QUICK 1); DISK_MBPS (1500; 0:
+no limit); BENCH_DIR
+(/var/tmp/apb-bench-llama, -quick for QUICK); OUT (docs/bench/llama;
 QUICK: BENCH_DIR/out); APB_BUILD (build).
 Writes OUT/results.md, OUT/results.json, OUT/llama.png.
 """
@@ -63,6 +66,8 @@ THREADS = env_int("THREADS", 2, 2)
 RUNS = env_int("RUNS", 3, 1)
 DISK_MBPS = env_int("DISK_MBPS", 1500, 1500)
 POLICIES = os.environ.get("POLICIES", "lru auto").split()
+PREFETCH = os.environ.get("PREFETCH", "on")
+TRACE = os.environ.get("TRACE")
 DAEMON_OVERHEAD = 16 * MIB   # the daemon's RSS beyond max_memory (README)
 READER_MARGIN = 32 * MIB
 BENCH_DIR = os.environ.get("BENCH_DIR", "/var/tmp/apb-bench-llama" + ("-quick" if QUICK else ""))
@@ -191,7 +196,10 @@ def run_mount(bundle, mnt, policy, reader, daemon_limit, io_max):
     dcg = MemCgroup("daemon", daemon_limit, io_max)
     rcg = MemCgroup("reader", reader, io_max)
     try:
-        opts = f"max_memory={max_memory // 1024}K,eviction={policy}"
+        opts = f"max_memory={max_memory // 1024}K,eviction={policy},prefetch={PREFETCH}"
+        if TRACE:
+            os.makedirs(TRACE, exist_ok=True)
+            opts += f",trace={os.path.abspath(os.path.join(TRACE, policy + '.trace'))}"
         with Mount(dcg.argv([DAEMON, "-f", "-o", opts, bundle, mnt]), mnt,
                    logdir=BENCH_DIR) as m:
             r = generate(rcg, os.path.join(mnt, "model.gguf"), os.path.join(mnt, ".stats"))
@@ -354,13 +362,14 @@ def main():
         sys.exit(f"bench-llama: TOTAL_MIB {total // MIB} leaves no room for a daemon beside "
                  f"a {reader // MIB} MiB reader")
     rows = [{"system": "native, no limit", "reader_limit": None, "result": free}]
+    mounted = "apbundlefs" + ("" if PREFETCH == "on" else f" prefetch={PREFETCH}")
     log(f"reader needs {need / MIB:.0f} MiB; total {total / MIB:.0f} MiB")
     log(f"native, reader cgroup {total / MIB:.0f} MiB")
     rows.append({"system": "native", "reader_limit": total,
                  "result": median_run([run_native(model, total, io_max) for _ in range(RUNS)])})
     for policy in POLICIES:
         log(f"apbundlefs eviction={policy}")
-        row = {"system": f"apbundlefs {policy}", "reader_limit": reader,
+        row = {"system": f"{mounted} {policy}", "reader_limit": reader,
                "daemon_limit": total - reader, "result": None}
         try:
             row["result"] = median_run([run_mount(bundle, mnt, policy, reader, total - reader,
