@@ -270,10 +270,11 @@ static void test_auto_moving_working_set_misses_as_lru_once_adapted(void)
 
 /* ---- auto with the cache's other states -------------------------------- */
 
-/* Prefetches take Q's chunks, then LIR chunks (the one released longest
- * ago first) while the LIR set is within an eighth of the slots of its
- * cap, then nothing. A demand miss takes Q's chunks before unread
- * prefetches, and with Q empty the newest unread prefetch. */
+/* Prefetches take Q's chunks, then LIR chunks (the one released last
+ * first: in a loop, the one needed last) while the LIR set is within an
+ * eighth of the slots of its cap, then nothing. A demand miss takes Q's
+ * chunks before unread prefetches, and with Q empty the newest unread
+ * prefetch. The LIR target stays: the slots are lent. */
 static void test_auto_prefetch_shrinks_the_lir_set_by_an_eighth_at_most(void)
 {
 	struct sim s;
@@ -286,10 +287,10 @@ static void test_auto_prefetch_shrinks_the_lir_set_by_an_eighth_at_most(void)
 	CHECK_EQ(sim_get(&s, 102, false), 14);  /* Q before the cold ones */
 	CHECK_EQ(sim_prefetch(&s, 103), 15);
 	CHECK_EQ(sim_prefetch(&s, 104), 102);   /* Q again: 102 was read */
-	CHECK_EQ(sim_prefetch(&s, 105), 0);     /* then the LIR set */
-	CHECK_EQ(sim_prefetch(&s, 106), 1);
+	CHECK_EQ(sim_prefetch(&s, 105), 11);    /* then the LIR set */
+	CHECK_EQ(sim_prefetch(&s, 106), 10);
 	CHECK_EQ(auto_stats(&s).lir, 10);
-	CHECK_EQ(auto_stats(&s).lir_max, 10);
+	CHECK_EQ(auto_stats(&s).lir_max, 12);
 	CHECK_EQ(sim_prefetch(&s, 107), KEYS);  /* refused */
 	CHECK_EQ(auto_stats(&s).lir_evictions, 2);
 	CHECK_EQ(sim_get(&s, 108, false), 106); /* Q empty: the newest cold */
@@ -297,7 +298,7 @@ static void test_auto_prefetch_shrinks_the_lir_set_by_an_eighth_at_most(void)
 }
 
 /* Held chunks keep their status; with Q's chunks all held, a miss takes
- * the LIR chunk released longest ago. */
+ * the LIR chunk released last. */
 static void test_auto_held_chunks_keep_their_place(void)
 {
 	struct sim s;
@@ -306,11 +307,12 @@ static void test_auto_held_chunks_keep_their_place(void)
 	sim_scan(&s, 0, 3, NULL);               /* LIR 0 1 2 */
 	CHECK_EQ(sim_get(&s, 3, true), LOADED); /* HIR, held */
 	CHECK_EQ(apb_evict_count(s.e), 3);
-	CHECK_EQ(sim_get(&s, 4, false), 0);     /* Q empty: LIR 0 goes */
+	CHECK_EQ(sim_get(&s, 4, false), 2);     /* Q empty: LIR 2 goes */
 	CHECK_EQ(auto_stats(&s).lir, 2);
-	CHECK_EQ(auto_stats(&s).lir_max, 2);
+	CHECK_EQ(auto_stats(&s).lir_max, 3);
 	sim_put(&s, 3);
 	CHECK_EQ(sim_get(&s, 5, false), 4);     /* Q: 4 before 3 */
+	CHECK_EQ(sim_get(&s, 0, false), HIT);
 	CHECK_EQ(sim_get(&s, 1, false), HIT);
 	apb_evict_free(s.e);
 }
