@@ -46,8 +46,8 @@ import subprocess
 import sys
 import time
 
-from benchlib import (MIB, PACKER, DAEMON, ROOT, Mount, RamDisk, close_all, drop_caches,
-                      v2_controllers)
+from benchlib import (BUILD, MIB, PACKER, DAEMON, ROOT, Mount, RamDisk, close_all,
+                      drop_caches, v2_controllers)
 
 QUICK = os.environ.get("QUICK") == "1"
 
@@ -388,7 +388,9 @@ def main():
     with open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f
                     if line.startswith("model name")), "?")
-    tree = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+    # the source tree the daemon was built from: the one holding APB_BUILD
+    tree = subprocess.run(["git", "describe", "--always", "--dirty"],
+                          cwd=os.path.dirname(os.path.abspath(BUILD)),
                           capture_output=True, text=True).stdout.strip()
     meta = {"command": ("QUICK=1 " if QUICK else "") + "scripts/bench-llama.py",
             "tree": "tree " + (tree or "unknown"), "daemon": DAEMON,
