@@ -362,15 +362,7 @@ struct apb_cache {
 static uint32_t bucket_of(const struct apb_cache *c, uint32_t model,
 			  uint64_t index)
 {
-	uint64_t h = index * 0x9e3779b97f4a7c15ull + model;
-
-	/* splitmix64 finalizer: every input bit reaches the low bits. */
-	h ^= h >> 30;
-	h *= 0xbf58476d1ce4e5b9ull;
-	h ^= h >> 27;
-	h *= 0x94d049bb133111ebull;
-	h ^= h >> 31;
-	return (uint32_t)h & c->bucket_mask;
+	return (uint32_t)apb_key_hash(model, index) & c->bucket_mask;
 }
 
 static struct apb_chunk *table_find(struct apb_cache *c, uint32_t model,

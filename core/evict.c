@@ -525,22 +525,12 @@ static void auto_hir_expired(struct apb_evict *e)
 		auto_retarget(e, +1);
 }
 
-static uint32_t ghost_bucket(const struct apb_evict *e, uint32_t model,
-			     uint64_t index)
-{
-	uint64_t h = index * 0x9e3779b97f4a7c15ull + model;
-
-	h ^= h >> 31;
-	h *= 0xbf58476d1ce4e5b9ull;
-	h ^= h >> 29;
-	return (uint32_t)h & e->ghost_mask;
-}
-
 /* The chain link that points at the ghost of (model, index), or at NULL. */
 static struct ghost **ghost_link(struct apb_evict *e, uint32_t model,
 				 uint64_t index)
 {
-	struct ghost **p = &e->ghost_buckets[ghost_bucket(e, model, index)];
+	struct ghost **p =
+		&e->ghost_buckets[apb_key_hash(model, index) & e->ghost_mask];
 
 	while (*p && ((*p)->model != model || (*p)->index != index))
 		p = &(*p)->hash_next;

@@ -63,6 +63,21 @@ struct apb_evict_node {
 
 struct apb_evict;
 
+/* The hash of a chunk key (model, index): splitmix64's finalizer, every
+ * input bit reaching the low bits. For the cache's table and auto's
+ * ghosts. */
+static inline uint64_t apb_key_hash(uint32_t model, uint64_t index)
+{
+	uint64_t h = index * 0x9e3779b97f4a7c15ull + model;
+
+	h ^= h >> 30;
+	h *= 0xbf58476d1ce4e5b9ull;
+	h ^= h >> 27;
+	h *= 0x94d049bb133111ebull;
+	h ^= h >> 31;
+	return h;
+}
+
 /* A set of at most cap nodes (cap >= 1) under policy. Returns 0, -EINVAL
  * for a policy outside enum apb_eviction, or -ENOMEM. */
 int apb_evict_new(enum apb_eviction policy, uint32_t cap,
