@@ -422,9 +422,9 @@ static void lfu_remove(struct apb_evict *e, struct apb_evict_node *n)
 static struct apb_evict_node *lfu_pop_victim(struct apb_evict *e,
 					     bool for_prefetch)
 {
-	(void)for_prefetch;
 	struct apb_evict_node *victim;
 
+	(void)for_prefetch;
 	if (e->len == 0)
 		return NULL;
 	victim = e->heap[0];
