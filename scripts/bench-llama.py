@@ -30,8 +30,8 @@ Environment: QUICK=1; LAYERS, EMBD, FF (model; default 32, 1024, 2816;
 QUICK 16, 512, 1408); TOTAL_MIB (default 400; QUICK: READER + a third of
 the model); READER_MIB (default: measured + 32); POLICIES (default
 "lru auto"); PREFETCH (the daemon's prefetch=, default on); TRACE=DIR
-(each mount records its chunk accesses in DIR/POLICY.trace for apbreplay,
-the last run's kept); TOKENS (measured tokens, 24; QUICK 8); WARMUP (1);
+(each mount records its chunk accesses in DIR/POLICY.trace, the last run's
+kept, and the report shows them replayed by apbreplay); TOKENS (measured tokens, 24; QUICK 8); WARMUP (1);
 THREADS (2); RUNS (runs per row, medians; 3, QUICK 1); DISK_MBPS (1500; 0:
 no limit); BENCH_DIR
 (/var/tmp/apb-bench-llama, -quick for QUICK); OUT (docs/bench/llama;
@@ -276,6 +276,11 @@ def write_report(meta, rows):
                          + " | ".join(f"{r[k] / MIB:.0f}" if k in r else "-"
                                       for k in ("daemon_peak", "daemon_hwm")) + " |")
     lines.append("")
+    for row in rows:
+        if row.get("replay"):
+            lines += [f"{row['system']}'s trace (load, warm-up and measured tokens of its "
+                      "last run) replayed by `apbreplay` at its max_memory:", "",
+                      "```", row["replay"], "```", ""]
     with open(os.path.join(OUT, "results.md"), "w") as f:
         f.write("\n".join(lines))
     plot(meta, rows)
@@ -383,6 +388,12 @@ def main():
         rows.append(row)
     for row in rows:
         r = row["result"]
+        trace = TRACE and os.path.join(TRACE, row["system"].split()[-1] + ".trace")
+        if r and "max_memory" in r and os.path.exists(trace):
+            row["replay"] = subprocess.run(
+                [os.path.join(BUILD, "tools", "apbreplay"), "--budget",
+                 f"{r['max_memory'] // 1024}K", trace],
+                capture_output=True, text=True, check=True).stdout.strip()
         if r and r["tokens"] != free["tokens"]:
             raise RuntimeError(f"{row['system']}: tokens {r['tokens']} != {free['tokens']}")
     with open("/proc/cpuinfo") as f:
