@@ -41,7 +41,6 @@ Writes OUT/results.md, OUT/results.json, OUT/llama.png.
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
