@@ -388,7 +388,7 @@ def main():
     for row in rows:
         r = row["result"]
         trace = TRACE and os.path.join(TRACE, row["system"].split()[-1] + ".trace")
-        if r and "max_memory" in r and os.path.exists(trace):
+        if r and "max_memory" in r and trace and os.path.exists(trace):
             row["replay"] = subprocess.run(
                 [os.path.join(BUILD, "tools", "apbreplay"), "--budget",
                  f"{r['max_memory'] // 1024}K", trace],
