@@ -784,7 +784,6 @@ static int get_chunk(struct apb_cache *c, uint32_t model, uint64_t index,
 			/* Prefetched: READY, or being loaded by a prefetch.
 			 * Ahead: loaded with a miss, for this read. */
 			bool ahead = ch->ahead;
-
 			bool reuse = ch->state == CHUNK_READY && !ahead &&
 				     !ch->prefetched;
 

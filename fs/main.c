@@ -84,7 +84,7 @@ static void usage(FILE *f)
 "apbundlefs options:\n"
 "    -o max_memory=SIZE     budget for cached chunks (default 256M)\n"
 "    -o chunk_size=SIZE     cache chunk, a multiple of 4K (default 64K)\n"
-"    -o eviction=lru|lfu|auto\n"
+"    -o eviction=auto|lru|lfu\n"
 "                           eviction policy (default auto: like the better\n"
 "                           of lru and lfu, and keeps part of a model read\n"
 "                           in a loop that is larger than max_memory)\n"
@@ -183,9 +183,10 @@ static int parse_choice(const char *name, const char *value, const char *a,
 
 /* Unless readahead= says otherwise: 4M, but at most a sixteenth of the
  * budget (at least 128K). A window's unread chunks take slots that a
- * model read in a loop would keep (eviction=auto): 4M of a 32M budget cost
- * a fifth of what auto saves on a loop 4x the budget (docs/PERFORMANCE.md,
- * "Loops through the mount"). */
+ * model read in a loop would keep (eviction=auto): with 4M of a 32M budget
+ * auto kept 0.87-0.89 of what OPT saves on loops 2x and 4x the budget,
+ * with 2M 0.93-0.94 (docs/PERFORMANCE.md, "Models larger than the
+ * budget"). */
 static uint64_t default_readahead(uint64_t max_memory)
 {
 	uint64_t w = max_memory / 16 / 4096 * 4096;

@@ -10,9 +10,8 @@ changes the logits, so the token lists must be equal; .stats must show
 evictions and at least the model's stored bytes read from the bundle (it was
 paged through the small cache, not held whole).
 
-eviction=auto is skipped, with the daemon's answer as the reason, while the
-daemon refuses it. node-llama-cpp is installed by scripts/test.sh
-(scripts/deps.sh install_llama); without it these tests skip.
+node-llama-cpp is installed by scripts/test.sh (scripts/deps.sh
+install_llama); without it these tests skip.
 """
 
 import json
@@ -22,8 +21,7 @@ import sys
 
 import pytest
 
-from conftest import (MOUNT_TIMEOUT_S, REPO, MiB, is_mounted, mount, pack, run_apbundle,
-                      start_daemon, wait_until)
+from conftest import REPO, MiB, mount, pack, run_apbundle
 
 LLAMA = REPO / "scripts" / "llama"
 TOKENS = 16
@@ -66,28 +64,10 @@ def native(model):
     return got
 
 
-@pytest.fixture(scope="module")
-def auto_refused(model, tmp_path_factory, binaries):
-    """None if the daemon mounts with eviction=auto, else its answer."""
-    tmp = tmp_path_factory.mktemp("auto")
-    bundle = pack(tmp / "probe.apbundle", model)
-    (tmp / "mnt").mkdir()
-    d = start_daemon(bundle, tmp / "mnt", {"eviction": "auto"})
-    try:
-        wait_until(lambda: is_mounted(tmp / "mnt") or d.proc.poll() is not None,
-                   MOUNT_TIMEOUT_S, what="eviction=auto mount or exit")
-        mounted = is_mounted(tmp / "mnt")
-    finally:
-        d.stop()
-    return None if mounted else "the daemon refuses eviction=auto: " + d.log().strip()
-
-
 @pytest.mark.parametrize("compress", [None, "zstd"], ids=["v2-raw", "v2-zstd"])
 @pytest.mark.parametrize("eviction", ["lru", "auto"])
-def test_same_tokens_through_a_budget_below_the_model(tmp_path, model, native, auto_refused,
-                                                      eviction, compress):
-    if eviction == "auto" and auto_refused:
-        pytest.skip(auto_refused)
+def test_same_tokens_through_a_budget_below_the_model(tmp_path, model, native, eviction,
+                                                      compress):
     size = model.stat().st_size
     bundle = pack(tmp_path / "m.apbundle", "model.gguf=%s" % model, compress=compress)
     stored = int(run_apbundle("list", bundle, check=True).stdout.splitlines()[1].split()[2])
