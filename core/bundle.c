@@ -7,7 +7,8 @@
  *      Versions 1 and 2 are read; anything else is refused by number.
  *      Version 2 has one layout: byte 16 must be '{' (JSON manifest, u32
  *      length), then its chunk table is read and checksummed (v2.c).
- *   2. layout: byte 16 is '{' for the JSON manifest of SPEC §2 (and a file
+ *   2. layout: byte 16 is '{' for the JSON manifest of docs/FORMAT.md
+ *      "Version 1" (and a file
  *      of exactly 16 bytes is judged as that layout, so its error speaks
  *      of the JSON manifest); otherwise bytes 16..19 must be zero (the high
  *      half of aprender's u64 manifest length) and the file is aprender's
@@ -23,7 +24,7 @@
  *      rules: flags, alignment, lengths, order, containment, coverage).
  *   4. models are sorted by name (strcmp order); index = identity.
  *
- * Version 1 JSON manifest rules, beyond the shape in SPEC §2:
+ * Version 1 JSON manifest rules, beyond the shape in docs/FORMAT.md:
  *   - the manifest is one JSON object; whitespace may follow it, nothing else;
  *   - "model_count" and every "offset"/"size" must be exact non-negative
  *     integers. cJSON keeps numbers as doubles, so a value is accepted only

@@ -14,7 +14,7 @@
  * chunk (no munmap, no madvise: the pages are about to be overwritten).
  * apb_cache_clear() and apb_cache_evict_model() instead return the freed
  * slots' pages to the OS with madvise(MADV_DONTNEED), so the resident set
- * really falls (SPEC §6); the next loader into such a slot faults in fresh
+ * really falls (README.md, "Memory"); the next loader into such a slot faults in fresh
  * zero pages.
  *
  * With huge_pages the region starts on a 2 MiB boundary and is marked
@@ -173,8 +173,8 @@
  * slot_take() finds neither a free slot nor a warm victim. Then it marks the
  * chunk prefetched and enters it LOADING (chunk_load_begin()) exactly as a
  * get does, so single flight holds: a get that finds the chunk LOADING
- * waits on it (and counts a hit, SPEC section 5: the chunk is "being
- * loaded by prefetch"). When the load succeeds the prefetch drops the loader's
+ * waits on it (and counts a hit, docs/USAGE.md ".stats": the chunk is "being
+ * loaded by a prefetch"). When the load succeeds the prefetch drops the loader's
  * reference; with no waiter the chunk is READY, refs 0, and enters the set
  * cold. With waiters, their gets will return the chunk whatever happens
  * next (READY or, after a clear, DETACHED), so the prefetch counts the
@@ -215,8 +215,8 @@
  *
  * A get of a model >= model_count fails with -EINVAL and counts nothing.
  * Every other get counts exactly one hit or one miss, decided at its first
- * lookup: a hit if the chunk was READY or being loaded by a prefetch (SPEC
- * section 5: the reader did not cause that load, it only waits for it; if
+ * lookup: a hit if the chunk was READY or being loaded by a prefetch (docs/USAGE.md,
+ * ".stats": the reader did not cause that load, it only waits for it; if
  * the load fails the get fails, still a hit), a miss otherwise - not
  * present, or LOADING for another get (the waiter of an in-flight demand
  * load is a miss too), and it stays a miss if the get then waits for a slot

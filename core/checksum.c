@@ -2,7 +2,7 @@
  * checksum.c - XXH3-64 checksums of model bytes and their manifest spelling.
  *
  * The manifest spells a checksum "xxh3-64:" followed by exactly 16 lower-case
- * hex digits (SPEC §2). Parsing is strict: anything else (upper case, fewer
+ * hex digits (docs/FORMAT.md). Parsing is strict: anything else (upper case, fewer
  * or more digits, trailing bytes, another prefix) is -EINVAL, so one checksum
  * has one spelling and bundles compare byte for byte.
  *

@@ -2,7 +2,7 @@
  * writer.c - write .apbundle files (formats 1 and 2) and extract models,
  * atomically.
  *
- * Layout of a version-1 bundle (SPEC §2):
+ * Layout of a version-1 bundle (docs/FORMAT.md):
  *
  *   0          "APBUNDLE", u32 LE version 1, u32 LE manifest length L
  *   16         the manifest, L bytes of unformatted JSON

@@ -26,7 +26,7 @@
  * back. A remount serves the new file.
  *
  * One exception, so that a truncated file fails only the chunks it lost
- * (SPEC §5): a file that got shorter, on the same inode, whose bytes before
+ * (docs/USAGE.md, "When the bundle file changes under the mount"): a file that got shorter, on the same inode, whose bytes before
  * the first model (header and manifest) are still those read at mount, is
  * the mounted bundle minus its tail. That shorter state becomes the new
  * reference; reads past the new end fail with EIO through the short read,

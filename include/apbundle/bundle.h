@@ -2,7 +2,7 @@
  * bundle.h - open, validate and read an .apbundle file.
  *
  * apb_bundle_open() reads the header and manifest, validates every rule of
- * SPEC §2 (and the aprender binary layout) and only then returns a bundle.
+ * docs/FORMAT.md (the versions and aprender's layout) and only then returns a bundle.
  * Nothing about a bundle is trusted before that: offsets, sizes, counts and
  * names are all checked, with overflow-safe arithmetic, against the file.
  *
@@ -32,7 +32,7 @@
 
 /* The on-disk layouts this library understands. */
 enum apb_layout {
-	APB_LAYOUT_V1 = 1,       /* SPEC §2 version 1: JSON manifest */
+	APB_LAYOUT_V1 = 1,       /* version 1: JSON manifest */
 	APB_LAYOUT_V2 = 2,       /* version 2: chunked, checksummed, zstd */
 	APB_LAYOUT_APRENDER = 1001, /* aprender's binary manifest, u64 length */
 };

@@ -188,7 +188,7 @@ void apb_cache_put(struct apb_cache *c, struct apb_chunk *chunk);
  * prefetch_issued. The chunk enters the eviction order cold: it is the
  * first candidate for eviction until a get reads it, so a prefetch that
  * is never used cannot push out data that is. A get that finds a chunk
- * being loaded by a prefetch counts a hit (SPEC §5); the first get of a
+ * being loaded by a prefetch counts a hit (docs/USAGE.md, ".stats"); the first get of a
  * prefetched chunk counts prefetch_hits; a prefetched chunk evicted before
  * any get counts prefetch_wasted.
  */

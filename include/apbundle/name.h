@@ -1,5 +1,5 @@
 /*
- * name.h - the rules for model names (SPEC §2), shared by the packer and the
+ * name.h - the rules for model names (docs/USAGE.md, "Names"), shared by the packer and the
  * reader so that nothing `apbundle create` writes can be refused at mount
  * and nothing hostile in a bundle can escape or shadow the mounted tree.
  */

@@ -78,8 +78,7 @@ int apb_writer_options_check(const struct apb_writer_options *o, char *err,
 			     size_t err_len);
 
 /*
- * Write the inputs as a bundle at out_path, in format o->format (SPEC §2,
- * docs/FORMAT.md). Before anything is created: options are checked, every
+ * Write the inputs as a bundle at out_path, in format o->format (docs/FORMAT.md). Before anything is created: options are checked, every
  * name passes apb_name_check(), the sorted names pass apb_names_check_set()
  * (a name given twice is reported with both paths), and every input is
  * opened and must be a regular file. Then each input is read exactly

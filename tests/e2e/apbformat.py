@@ -5,7 +5,7 @@ above all to craft malformed bundles byte by byte: every knob a validation rule
 looks at (magic, version, manifest length, manifest bytes, offsets, sizes,
 checksums, names, truncation) can be overridden.
 
-Layouts (SPEC §2):
+Layouts (docs/FORMAT.md):
 
 v1        "APBUNDLE" | u32 version=1 | u32 manifest length N | N bytes JSON |
           model data, each model at an absolute offset that is a multiple of

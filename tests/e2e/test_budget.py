@@ -1,4 +1,4 @@
-"""The memory budget holds under concurrent random reads (SPEC §6).
+"""The memory budget holds under concurrent random reads (README.md, "Memory").
 
 A bundle of 4 models (160 MiB in all) is mounted with max_memory=12M (under
 10% of the data). Four threads read random ranges (two through the page
@@ -103,7 +103,7 @@ def test_budget_holds_under_concurrent_random_reads(big_bundle, binaries, policy
 
         assert samples, "no .stats samples taken"
         for used, limit, chunks, chunk_size, _ in samples:
-            # memory_used also counts chunks being loaded (SPEC §6), so it is
+            # memory_used also counts chunks being loaded (README.md, "Memory"), so it is
             # only equal to resident_chunks * chunk_size when nothing is in flight
             assert limit == BUDGET
             assert used <= limit, "memory_used %d > memory_limit %d" % (used, limit)

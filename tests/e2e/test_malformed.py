@@ -1,4 +1,4 @@
-"""Every validation rule of SPEC §2 refuses the bundle at mount time.
+"""Every validation rule of docs/FORMAT.md refuses the bundle at mount time.
 
 Each case crafts one bad bundle byte by byte and expects: the daemon exits
 with status 1, its stderr starts with `apbundlefs: <bundle path>: ` and

@@ -1,4 +1,4 @@
-"""Reading format version 2 through the mount (docs/FORMAT.md, SPEC §2, §5).
+"""Reading format version 2 through the mount (docs/FORMAT.md, docs/USAGE.md).
 
 Bundles come from apbformat.write_v2 (independent of the C writer). Every
 byte of models sized around chunk boundaries, stored raw ("none"), as zstd

@@ -1,5 +1,5 @@
 /*
- * test_name.c - the model name rules of SPEC §2 (include/apbundle/name.h):
+ * test_name.c - the model name rules of docs/USAGE.md, "Names" (include/apbundle/name.h):
  * one test per rule for apb_name_check(), and the set rules of
  * apb_names_check_set() (duplicates, file-vs-directory collisions).
  */

@@ -1,4 +1,4 @@
-/* test_writer.c - what `apbundle create` writes (SPEC §2 version 1, and
+/* test_writer.c - what `apbundle create` writes (docs/FORMAT.md version 1, and
  * version 2 checked byte by byte against docs/FORMAT.md without the
  * reader), that it reads back through the reader byte for byte, that it is deterministic,
  * that a failed or cancelled write leaves nothing behind, how INPUT
