@@ -1,6 +1,7 @@
 /*
  * aprender.c - the .apbundle layout that aprender's own code writes
- * (docs/FORMAT.md, "aprender's layout"), read into the common model table of format.h.
+ * (docs/FORMAT.md, "aprender's layout"), read into the common model table of
+ * format.h.
  *
  *   0   8  magic "APBUNDLE"
  *   8   4  u32 LE version (1; checked by bundle.c)

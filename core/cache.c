@@ -14,8 +14,8 @@
  * chunk (no munmap, no madvise: the pages are about to be overwritten).
  * apb_cache_clear() and apb_cache_evict_model() instead return the freed
  * slots' pages to the OS with madvise(MADV_DONTNEED), so the resident set
- * really falls (README.md, "Memory"); the next loader into such a slot faults in fresh
- * zero pages.
+ * really falls (README.md, "Memory"); the next loader into such a slot faults
+ * in fresh zero pages.
  *
  * With huge_pages the region starts on a 2 MiB boundary and is marked
  * MADV_HUGEPAGE, so fresh slots come in transparent huge pages where the
@@ -166,22 +166,22 @@
  *
  * apb_cache_prefetch() is a get that never waits and keeps no reference.
  * Under mu: a chunk already in the table (any state) means nothing to do.
- * Otherwise it needs a slot, and refuses (-EAGAIN) rather than wait for
- * one: when prefetch_unused_chunks has reached the share (prefetch_share,
- * prefetch_share_pct of nslots, at least 1), when a get is waiting for a
- * slot (demand comes first: the slot that woke it is the get's), or when
+ * Otherwise it needs a slot, and refuses (-EAGAIN) rather than wait for one:
+ * when prefetch_unused_chunks has reached the share (prefetch_share,
+ * prefetch_share_pct of nslots, at least 1), when a get is waiting for a slot
+ * (demand comes first: the slot that woke it is the get's), or when
  * slot_take() finds neither a free slot nor a warm victim. Then it marks the
  * chunk prefetched and enters it LOADING (chunk_load_begin()) exactly as a
- * get does, so single flight holds: a get that finds the chunk LOADING
- * waits on it (and counts a hit, docs/USAGE.md ".stats": the chunk is "being
- * loaded by a prefetch"). When the load succeeds the prefetch drops the loader's
+ * get does, so single flight holds: a get that finds the chunk LOADING waits
+ * on it (and counts a hit, docs/USAGE.md ".stats": the chunk is "being loaded
+ * by a prefetch"). When the load succeeds the prefetch drops the loader's
  * reference; with no waiter the chunk is READY, refs 0, and enters the set
- * cold. With waiters, their gets will return the chunk whatever happens
- * next (READY or, after a clear, DETACHED), so the prefetch counts the
- * first of them as the prefetch hit right there and clears the flag; the
- * waiters' puts insert it warm. Checking the share before slot_take() is
- * exact: a prefetch's slot_take() never evicts a prefetched chunk, so the
- * count cannot change in between. The share is therefore never exceeded:
+ * cold. With waiters, their gets will return the chunk whatever happens next
+ * (READY or, after a clear, DETACHED), so the prefetch counts the first of
+ * them as the prefetch hit right there and clears the flag; the waiters' puts
+ * insert it warm. Checking the share before slot_take() is exact: a
+ * prefetch's slot_take() never evicts a prefetched chunk, so the count cannot
+ * change in between. The share is therefore never exceeded:
  * prefetch_unused_chunks <= prefetch_share at every unlock.
  *
  * Runs. apb_cache_prefetch_run() is the same for up to APB_CACHE_RUN_MAX
@@ -215,14 +215,14 @@
  *
  * A get of a model >= model_count fails with -EINVAL and counts nothing.
  * Every other get counts exactly one hit or one miss, decided at its first
- * lookup: a hit if the chunk was READY or being loaded by a prefetch (docs/USAGE.md,
- * ".stats": the reader did not cause that load, it only waits for it; if
- * the load fails the get fails, still a hit), a miss otherwise - not
- * present, or LOADING for another get (the waiter of an in-flight demand
+ * lookup: a hit if the chunk was READY or being loaded by a prefetch
+ * (docs/USAGE.md, ".stats": the reader did not cause that load, it only waits
+ * for it; if the load fails the get fails, still a hit), a miss otherwise -
+ * not present, or LOADING for another get (the waiter of an in-flight demand
  * load is a miss too), and it stays a miss if the get then waits for a slot
- * and finds the chunk loaded by someone else meanwhile. A hit is also a
- * reuse hit (reuse_hits) when the chunk was READY and had been returned by
- * an earlier get (it is neither prefetched nor ahead): the reads the cache
+ * and finds the chunk loaded by someone else meanwhile. A hit is also a reuse
+ * hit (reuse_hits) when the chunk was READY and had been returned by an
+ * earlier get (it is neither prefetched nor ahead): the reads the cache
  * saved, where a prefetch hit only moved a read earlier. loaded_bytes adds
  * the length each successful load returned. load_errors counts each failed
  * load once, not once per waiter; a loader returning more than chunk_size
@@ -230,11 +230,10 @@
  * evictions counts every READY chunk dropped: for room, by
  * apb_cache_evict_model(), by apb_cache_clear() (pinned chunks are never
  * dropped). pinned_bytes is state: the valid bytes of READY pinned chunks,
- * kept by resident_add() and pin_begin()/pin_end().
- * resident_chunks and the per-model resident_bytes cover READY chunks only.
- * used_bytes covers every slot that is neither free nor being reclaimed
- * (LOADING, READY, DETACHED, FAILED but still referenced): the memory in
- * use.
+ * kept by resident_add() and pin_begin()/pin_end(). resident_chunks and the
+ * per-model resident_bytes cover READY chunks only. used_bytes covers every
+ * slot that is neither free nor being reclaimed (LOADING, READY, DETACHED,
+ * FAILED but still referenced): the memory in use.
  *
  * Prefetch. A prefetch counts no hit or miss. loaded_bytes and load_errors
  * count its loads like a get's (loaded_bytes per chunk; a failed run,

@@ -2,9 +2,9 @@
  * checksum.c - XXH3-64 checksums of model bytes and their manifest spelling.
  *
  * The manifest spells a checksum "xxh3-64:" followed by exactly 16 lower-case
- * hex digits (docs/FORMAT.md). Parsing is strict: anything else (upper case, fewer
- * or more digits, trailing bytes, another prefix) is -EINVAL, so one checksum
- * has one spelling and bundles compare byte for byte.
+ * hex digits (docs/FORMAT.md). Parsing is strict: anything else (upper case,
+ * fewer or more digits, trailing bytes, another prefix) is -EINVAL, so one
+ * checksum has one spelling and bundles compare byte for byte.
  *
  * apb_checksum_fd() streams a byte range of a file through one bounded
  * buffer and an XXH3 streaming state, so memory use does not depend on the

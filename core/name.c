@@ -1,6 +1,7 @@
 /*
- * name.c - the model name rules of docs/USAGE.md ("Names"), one implementation shared by the
- * packer (refuse to write) and the reader (refuse to mount).
+ * name.c - the model name rules of docs/USAGE.md ("Names"), one
+ * implementation shared by the packer (refuse to write) and the reader
+ * (refuse to mount).
  *
  * A name becomes a path in the mounted tree, so the rules are what keeps a
  * hostile bundle from escaping or shadowing it:

@@ -2,8 +2,8 @@
  * report.c - the /.stats JSON document and the /.metrics Prometheus text.
  *
  * Both are rendered from the same snapshot so that their numbers agree in
- * meaning; docs/USAGE.md (".stats") fixes the JSON keys, and the metric names follow the
- * Prometheus conventions (_total for counters, _bytes for sizes).
+ * meaning; docs/USAGE.md (".stats") fixes the JSON keys, and the metric names
+ * follow the Prometheus conventions (_total for counters, _bytes for sizes).
  */
 #include <apbundle/report.h>
 
@@ -138,10 +138,10 @@ static int put_json(FILE *f, cJSON *item)
 }
 
 /*
- * The document is printed section by section, each model's object on its
- * own line, instead of as one cJSON tree: at 100,000 models the tree of the
- * whole document took 140 MB of heap to print 22 MB of text, and the
- * daemon's memory must not grow with the bundle that much (README.md, "Memory"). Every
+ * The document is printed section by section, each model's object on its own
+ * line, instead of as one cJSON tree: at 100,000 models the tree of the whole
+ * document took 140 MB of heap to print 22 MB of text, and the daemon's
+ * memory must not grow with the bundle that much (README.md, "Memory"). Every
  * object is still built and printed by cJSON; only the outer braces and
  * commas are written here. One model a line keeps `cat` readable.
  */

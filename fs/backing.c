@@ -26,12 +26,13 @@
  * back. A remount serves the new file.
  *
  * One exception, so that a truncated file fails only the chunks it lost
- * (docs/USAGE.md, "When the bundle file changes under the mount"): a file that got shorter, on the same inode, whose bytes before
- * the first model (header and manifest) are still those read at mount, is
- * the mounted bundle minus its tail. That shorter state becomes the new
- * reference; reads past the new end fail with EIO through the short read,
- * everything else is served. A rewrite to a different bundle changes the
- * manifest, so it cannot pass for a truncation.
+ * (docs/USAGE.md, "When the bundle file changes under the mount"): a file
+ * that got shorter, on the same inode, whose bytes before the first model
+ * (header and manifest) are still those read at mount, is the mounted bundle
+ * minus its tail. That shorter state becomes the new reference; reads past
+ * the new end fail with EIO through the short read, everything else is
+ * served. A rewrite to a different bundle changes the manifest, so it cannot
+ * pass for a truncation.
  *
  * Chunk memory: the cache's slots are pages of one MAP_NORESERVE region,
  * allocated by the kernel when the load first writes them. When that

@@ -2,9 +2,10 @@
  * bundle.h - open, validate and read an .apbundle file.
  *
  * apb_bundle_open() reads the header and manifest, validates every rule of
- * docs/FORMAT.md (the versions and aprender's layout) and only then returns a bundle.
- * Nothing about a bundle is trusted before that: offsets, sizes, counts and
- * names are all checked, with overflow-safe arithmetic, against the file.
+ * docs/FORMAT.md (the versions and aprender's layout) and only then returns a
+ * bundle. Nothing about a bundle is trusted before that: offsets, sizes,
+ * counts and names are all checked, with overflow-safe arithmetic, against
+ * the file.
  *
  * Models are exposed sorted by name; a model's index in that order is its
  * identity everywhere else in the library (cache keys, tree, stats).

@@ -177,20 +177,20 @@ int apb_cache_get_ahead(struct apb_cache *c, uint32_t model, uint64_t index,
 void apb_cache_put(struct apb_cache *c, struct apb_chunk *chunk);
 
 /*
- * Load chunk index of model ahead of demand, in the calling thread, if
- * there is room; never waits for a slot and takes no reference. Returns 0
- * when the chunk was loaded or is already resident or loading, -EAGAIN
- * when prefetched chunks not yet read already fill their share of the
- * slots, when no slot is free and no chunk that has been read is evictable
- * (a prefetch never evicts another unread prefetch), or when a get is
- * waiting for a slot (demand first); -EINVAL for a bad model, or the
- * loader's errno (nothing cached). Counts no hit or miss; counts
- * prefetch_issued. The chunk enters the eviction order cold: it is the
- * first candidate for eviction until a get reads it, so a prefetch that
- * is never used cannot push out data that is. A get that finds a chunk
- * being loaded by a prefetch counts a hit (docs/USAGE.md, ".stats"); the first get of a
- * prefetched chunk counts prefetch_hits; a prefetched chunk evicted before
- * any get counts prefetch_wasted.
+ * Load chunk index of model ahead of demand, in the calling thread, if there
+ * is room; never waits for a slot and takes no reference. Returns 0 when the
+ * chunk was loaded or is already resident or loading, -EAGAIN when prefetched
+ * chunks not yet read already fill their share of the slots, when no slot is
+ * free and no chunk that has been read is evictable (a prefetch never evicts
+ * another unread prefetch), or when a get is waiting for a slot (demand
+ * first); -EINVAL for a bad model, or the loader's errno (nothing cached).
+ * Counts no hit or miss; counts prefetch_issued. The chunk enters the
+ * eviction order cold: it is the first candidate for eviction until a get
+ * reads it, so a prefetch that is never used cannot push out data that is. A
+ * get that finds a chunk being loaded by a prefetch counts a hit
+ * (docs/USAGE.md, ".stats"); the first get of a prefetched chunk counts
+ * prefetch_hits; a prefetched chunk evicted before any get counts
+ * prefetch_wasted.
  */
 int apb_cache_prefetch(struct apb_cache *c, uint32_t model, uint64_t index);
 

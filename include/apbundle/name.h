@@ -1,7 +1,8 @@
 /*
- * name.h - the rules for model names (docs/USAGE.md, "Names"), shared by the packer and the
- * reader so that nothing `apbundle create` writes can be refused at mount
- * and nothing hostile in a bundle can escape or shadow the mounted tree.
+ * name.h - the rules for model names (docs/USAGE.md, "Names"), shared by the
+ * packer and the reader so that nothing `apbundle create` writes can be
+ * refused at mount and nothing hostile in a bundle can escape or shadow the
+ * mounted tree.
  */
 #ifndef APBUNDLE_NAME_H
 #define APBUNDLE_NAME_H

@@ -1,6 +1,7 @@
 /*
  * report.h - render a mount's counters as the /.stats JSON document
- * (docs/USAGE.md, ".stats"; built with cJSON) and as Prometheus text for /.metrics.
+ * (docs/USAGE.md, ".stats"; built with cJSON) and as Prometheus text for
+ * /.metrics.
  *
  * The report takes a snapshot: cache counters under the cache's lock, the
  * daemon's own counters with atomic loads. The two are not one atomic

@@ -78,16 +78,17 @@ int apb_writer_options_check(const struct apb_writer_options *o, char *err,
 			     size_t err_len);
 
 /*
- * Write the inputs as a bundle at out_path, in format o->format (docs/FORMAT.md). Before anything is created: options are checked, every
+ * Write the inputs as a bundle at out_path, in format o->format
+ * (docs/FORMAT.md). Before anything is created: options are checked, every
  * name passes apb_name_check(), the sorted names pass apb_names_check_set()
- * (a name given twice is reported with both paths), and every input is
- * opened and must be a regular file. Then each input is read exactly
- * once: its bytes are copied (format 2: chunked, hashed per chunk and
- * compressed by o->threads workers) and hashed (XXH3-64) in the same pass.
- * An input whose size changes between listing and copying fails the
- * write. Zero inputs give a valid empty bundle (model_count 0). The bytes
- * written depend only on the names, the inputs' bytes, the format, the
- * compression, its level and the chunk size, never on o->threads.
+ * (a name given twice is reported with both paths), and every input is opened
+ * and must be a regular file. Then each input is read exactly once: its bytes
+ * are copied (format 2: chunked, hashed per chunk and compressed by
+ * o->threads workers) and hashed (XXH3-64) in the same pass. An input whose
+ * size changes between listing and copying fails the write. Zero inputs give
+ * a valid empty bundle (model_count 0). The bytes written depend only on the
+ * names, the inputs' bytes, the format, the compression, its level and the
+ * chunk size, never on o->threads.
  *
  * Errors: those of apb_writer_options_check(), -EINVAL for names, the
  * errno of a failing open/read/write/fsync/rename (e.g. -ENOSPC), -EIO for

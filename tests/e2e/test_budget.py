@@ -103,8 +103,9 @@ def test_budget_holds_under_concurrent_random_reads(big_bundle, binaries, policy
 
         assert samples, "no .stats samples taken"
         for used, limit, chunks, chunk_size, _ in samples:
-            # memory_used also counts chunks being loaded (README.md, "Memory"), so it is
-            # only equal to resident_chunks * chunk_size when nothing is in flight
+            # memory_used also counts chunks being loaded (README.md,
+            # "Memory"), so it is only equal to resident_chunks * chunk_size
+            # when nothing is in flight
             assert limit == BUDGET
             assert used <= limit, "memory_used %d > memory_limit %d" % (used, limit)
             assert chunks * chunk_size <= limit

@@ -1,4 +1,5 @@
-"""A backing-file I/O error fails only the read that hits it (docs/USAGE.md, "The mounted tree").
+"""A backing-file I/O error fails only the read that hits it (docs/USAGE.md,
+"The mounted tree").
 
 The bundle file is truncated under a running mount: reads of chunks that
 are gone must fail with EIO, be counted in io.errors and logged with the

@@ -2,9 +2,10 @@
 random reads load nothing extra, and concurrent scans stay byte-exact within
 the budget.
 
-Counting (docs/USAGE.md, ".stats"): a read counts a hit for a chunk that was resident or
-being loaded by prefetch; prefetch.issued counts chunks loaded ahead,
-prefetch.hits those a read then used, prefetch.wasted those evicted unread.
+Counting (docs/USAGE.md, ".stats"): a read counts a hit for a chunk that
+was resident or being loaded by prefetch; prefetch.issued counts chunks
+loaded ahead, prefetch.hits those a read then used, prefetch.wasted those
+evicted unread.
 """
 
 import os

@@ -594,9 +594,10 @@ def test_stats_command_reads_crafted_documents(tmp_path, binaries):
 
 @pytest.mark.perf
 def test_stats_of_many_models_leaves_no_memory_behind(tmp_path, binaries):
-    """README.md, "Memory": the daemon's memory must not grow with reads of .stats. The
-    document is printed model by model; the whole cJSON tree of a 100,000
-    model document once left 120 MB in the heap (51 MiB at these 20,000)."""
+    """README.md, "Memory": the daemon's memory must not grow with reads of
+    .stats. The document is printed model by model; the whole cJSON tree of
+    a 100,000 model document once left 120 MB in the heap (51 MiB at these
+    20,000)."""
     n = 20000
     bundle = apbformat.write_v1(tmp_path / "many.apbundle",
                                 [("m%05d" % i, b"") for i in range(n)])

@@ -1,7 +1,8 @@
 /*
- * test_name.c - the model name rules of docs/USAGE.md, "Names" (include/apbundle/name.h):
- * one test per rule for apb_name_check(), and the set rules of
- * apb_names_check_set() (duplicates, file-vs-directory collisions).
+ * test_name.c - the model name rules of docs/USAGE.md, "Names"
+ * (include/apbundle/name.h): one test per rule for apb_name_check(), and the
+ * set rules of apb_names_check_set() (duplicates, file-vs-directory
+ * collisions).
  */
 #include <errno.h>
 #include <string.h>
