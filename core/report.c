@@ -12,19 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static double hit_rate(uint64_t hits, uint64_t misses)
-{
-	return hits + misses ? (double)hits / (double)(hits + misses) : 0.0;
-}
-
-/* The share of chunk lookups that found a chunk an earlier lookup had
- * used: the reads the cache saved. hit_rate() also counts the first read
- * of a prefetched chunk, which only moved a read of the bundle earlier. */
-static double reuse_hit_rate(const struct apb_cache_stats *cs)
+/* part of the chunk lookups, as a share; 0 before the first. */
+static double lookup_share(uint64_t part, const struct apb_cache_stats *cs)
 {
 	uint64_t lookups = cs->hits + cs->misses;
 
-	return lookups ? (double)cs->reuse_hits / (double)lookups : 0.0;
+	return lookups ? (double)part / (double)lookups : 0.0;
 }
 
 static cJSON *cache_json(const struct apb_report_source *src,
@@ -43,8 +36,12 @@ static cJSON *cache_json(const struct apb_report_source *src,
 	cJSON_AddNumberToObject(o, "misses", (double)cs->misses);
 	cJSON_AddNumberToObject(o, "reuse_hits", (double)cs->reuse_hits);
 	cJSON_AddNumberToObject(o, "evictions", (double)cs->evictions);
-	cJSON_AddNumberToObject(o, "hit_rate", hit_rate(cs->hits, cs->misses));
-	cJSON_AddNumberToObject(o, "reuse_hit_rate", reuse_hit_rate(cs));
+	cJSON_AddNumberToObject(o, "hit_rate", lookup_share(cs->hits, cs));
+	/* Reuse: the hits that saved a read of the bundle; hit_rate also
+	 * counts the first read of a prefetched chunk, which only moved a
+	 * read earlier. */
+	cJSON_AddNumberToObject(o, "reuse_hit_rate",
+				lookup_share(cs->reuse_hits, cs));
 	cJSON_AddNumberToObject(o, "pinned_bytes", (double)cs->pinned_bytes);
 	return o;
 }
