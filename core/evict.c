@@ -223,7 +223,6 @@ struct apb_evict {
 	uint32_t cap;                     /* most nodes the set can hold */
 	uint32_t lir_cap;                 /* auto: most LIR chunks */
 	uint32_t hir_min;                 /* auto: HIR slots the LIR set leaves */
-	uint32_t ghost_cap;               /* auto: most ghosts */
 	uint32_t ghost_mask;              /* auto: buckets - 1 */
 	uint32_t prefetch_lir;            /* auto: LIR slots prefetch may take */
 
@@ -236,18 +235,19 @@ struct apb_evict {
 	uint64_t inflation;               /* LFU: L, key of the last victim */
 	uint64_t tick;                    /* LFU: insert counter */
 
-	/* auto (len = nq + nlirs) */
+	/* auto (len: Q's and the LIR list's nodes) */
 	struct apb_evict_link *s_bottom, *s_top; /* the stack S */
 	struct node_list q;               /* evictable HIR, head = victim */
 	struct node_list lirs;            /* evictable LIR, head = released
 					   * longest ago */
-	uint32_t nq, nlirs;
+	uint32_t nq;                      /* Q's nodes; the LIR list has the
+					   * rest of len */
 	uint32_t lir;                     /* LIR chunks, evictable or not */
 	uint32_t lir_max;                 /* the LIR target, 1 .. lir_cap */
 	uint32_t tracked;                 /* LIR and HIR chunks (resident) */
 	uint32_t expired;                 /* HIR expiries toward a slot */
 	uint64_t lir_evictions;           /* victims taken from the LIR set */
-	struct ghost *ghosts;             /* [ghost_cap] */
+	struct ghost *ghosts;             /* the pool, cap / 2 of them */
 	struct ghost **ghost_buckets;     /* [ghost_mask + 1] */
 	struct ghost *ghost_free;         /* through hash_next */
 	struct ghost *ghost_oldest, *ghost_newest;
@@ -644,7 +644,6 @@ static void auto_demote_bottom(struct apb_evict *e)
 	b->auto_in_s = false;
 	if (b->auto_listed) {
 		list_remove(&e->lirs, b);
-		e->nlirs--;
 		list_push_tail(&e->q, b);
 		e->nq++;
 	}
@@ -727,7 +726,6 @@ static void auto_insert(struct apb_evict *e, struct apb_evict_node *n)
 	n->auto_listed = true;
 	if (n->auto_status == AUTO_LIR) {
 		list_push_tail(&e->lirs, n);
-		e->nlirs++;
 	} else {
 		list_push_tail(&e->q, n);
 		e->nq++;
@@ -740,7 +738,6 @@ static void auto_remove(struct apb_evict *e, struct apb_evict_node *n)
 	assert(n->auto_listed && e->len > 0);
 	if (n->auto_status == AUTO_LIR) {
 		list_remove(&e->lirs, n);
-		e->nlirs--;
 	} else {
 		list_remove(&e->q, n);
 		e->nq--;
@@ -826,9 +823,11 @@ static uint32_t pow2_at_least(uint32_t n)
 	return p;
 }
 
-/* auto's ghosts, one per slot, and its constants. */
+/* auto's ghosts, half as many as slots, and its constants. */
 static int auto_alloc(struct apb_evict *e)
 {
+	uint32_t nghosts = e->cap / 2 > 1 ? e->cap / 2 : 1;
+
 	/* Q holds at least one run (what one miss loads at once), else each
 	 * miss of a sequential reader would take most of its slots from the
 	 * LIR set; 1% of large caches, a quarter of tiny ones at most. */
@@ -839,14 +838,13 @@ static int auto_alloc(struct apb_evict *e)
 	e->lir_cap = e->cap > e->hir_min ? e->cap - e->hir_min : 1;
 	e->lir_max = e->lir_cap;
 	e->prefetch_lir = e->cap / 8 > 1 ? e->cap / 8 : 1;
-	e->ghost_cap = e->cap / 2 > 1 ? e->cap / 2 : 1;
-	e->ghost_mask = pow2_at_least(2 * e->ghost_cap) - 1;
-	e->ghosts = calloc(e->ghost_cap, sizeof(*e->ghosts));
+	e->ghost_mask = pow2_at_least(2 * nghosts) - 1;
+	e->ghosts = calloc(nghosts, sizeof(*e->ghosts));
 	e->ghost_buckets = calloc((size_t)e->ghost_mask + 1,
 				  sizeof(*e->ghost_buckets));
 	if (!e->ghosts || !e->ghost_buckets)
 		return -ENOMEM;
-	for (uint32_t i = e->ghost_cap; i-- > 0;) {
+	for (uint32_t i = nghosts; i-- > 0;) {
 		e->ghosts[i].hash_next = e->ghost_free;
 		e->ghost_free = &e->ghosts[i];
 	}
@@ -1025,7 +1023,7 @@ static bool auto_consistent(const struct apb_evict *e)
 
 	if (!list_check(&e->q, AUTO_HIR, false, &nq) || nq != e->nq ||
 	    !list_check(&e->lirs, AUTO_LIR, false, &nlirs) ||
-	    nlirs != e->nlirs || e->len != nq + nlirs)
+	    e->len != nq + nlirs)
 		return false;
 	/* S: bottom LIR, every LIR chunk in it, ghosts findable. */
 	if (e->s_bottom && (e->s_bottom->ghost ||

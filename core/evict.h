@@ -128,7 +128,7 @@ struct apb_evict_node *apb_evict_pop_warm_victim(struct apb_evict *e);
 uint32_t apb_evict_count(const struct apb_evict *e);
 uint32_t apb_evict_cold_count(const struct apb_evict *e);
 
-/* auto's state, for tests and the replay tool; zeros for other policies. */
+/* auto's state, for the tests; zeros for other policies. */
 struct apb_evict_auto_stats {
 	uint32_t lir;                 /* chunks with LIR status (resident) */
 	uint32_t lir_max;             /* the LIR set's current target */
