@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 import apbformat
-from conftest import (BUILD, KiB, MiB, direct_read, mount, run_daemon_expect_failure,
-                      wait_until)
+from conftest import BUILD, KiB, direct_read, mount, run_daemon_expect_failure, wait_until
 
 APBREPLAY = BUILD / "tools" / "apbreplay"
 TRACEGEN = Path(__file__).resolve().parents[2] / "scripts" / "tracegen.py"
