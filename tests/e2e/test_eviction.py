@@ -87,13 +87,14 @@ LOOP_SLOTS = 16                    # max_memory 1M of 64K chunks
 LOOP = apbformat.random_bytes(2 * LOOP_SLOTS * CH, 7)   # twice the budget
 
 
-def read_loop(d, passes, request):
-    """passes of the model start to end in O_DIRECT preads of request bytes."""
+def read_loop(d, data, passes, request):
+    """passes of loop.bin (holding data) start to end in O_DIRECT preads of
+    request bytes."""
     fd = open_direct(d.path("loop.bin"))
     try:
         for _ in range(passes):
-            for off in range(0, len(LOOP), request):
-                assert odirect_pread(fd, request, off) == LOOP[off:off + request], off
+            for off in range(0, len(data), request):
+                assert odirect_pread(fd, request, off) == data[off:off + request], off
     finally:
         os.close(fd)
 
@@ -110,7 +111,7 @@ def test_loop_over_twice_the_budget(tmp_path, binaries, policy, hits):
     opts = {"max_memory": "1M", "chunk_size": "64K", "eviction": policy,
             "prefetch": "off", "prefetch_count": "0"}
     with mount(bundle, opts) as d:
-        read_loop(d, 4, CH)
+        read_loop(d, LOOP, 4, CH)
         s = d.stats()
         c, io = s["cache"], s["io"]
         assert (c["hits"], c["reuse_hits"], c["misses"]) == (hits, hits, 128 - hits)
@@ -132,13 +133,7 @@ def test_auto_loop_with_prefetch_keeps_most_of_the_budget(tmp_path, binaries):
     saved = {}
     for policy in ("lru", "auto"):
         with mount(bundle, {"max_memory": "16M", "eviction": policy}) as d:
-            fd = open_direct(d.path("loop.bin"))
-            try:
-                for _ in range(5):
-                    for off in range(0, len(data), MiB):
-                        assert odirect_pread(fd, MiB, off) == data[off:off + MiB]
-            finally:
-                os.close(fd)
+            read_loop(d, data, 5, MiB)
             s = d.stats()
         assert s["io"]["bytes_served"] == 5 * len(data)
         saved[policy] = 1 - s["io"]["backing_bytes_read"] / s["io"]["bytes_served"]
