@@ -82,8 +82,8 @@ struct apbfs_trace {
 	unsigned active;                /* the buffer being filled */
 	uint32_t fill;                  /* records in buf[active] */
 	bool writing;                   /* buf[!active] is being written */
-	uint64_t records;               /* accepted: in the file or buffers */
-	uint64_t handed_out;            /* records given to writes so far */
+	uint64_t handed_out;            /* records given to writes so far;
+					 * + fill: all records accepted */
 	uint64_t in_file;               /* records written successfully */
 	uint64_t dropped;               /* accesses not recorded */
 	uint32_t stop;                  /* APB_TRACE_F_FULL / _WRITE_ERROR */
@@ -360,7 +360,7 @@ void apbfs_trace_close(struct apbfs *fs)
 		else
 			t->stop |= APB_TRACE_F_WRITE_ERROR;
 	}
-	dropped = t->dropped + (t->records - t->in_file);
+	dropped = t->dropped + (t->handed_out + t->fill - t->in_file);
 	flags = APB_TRACE_F_COMPLETE | t->names_flag | t->stop;
 	fixed_header(t, fs->opt.chunk_size,
 		     (uint32_t)apb_bundle_count(fs->bundle), flags, t->in_file,
@@ -437,7 +437,7 @@ void apbfs_trace_access(void *ctx, uint32_t model, uint64_t index,
 	/* buf[active] is full until the write of the other one ends. */
 	while (t->fill == BUF_RECORDS && t->writing && !t->stop)
 		pthread_cond_wait(&t->written_cv, &t->mu);
-	if (!t->stop && t->records == t->max_records) {
+	if (!t->stop && t->handed_out + t->fill == t->max_records) {
 		t->stop = APB_TRACE_F_FULL;
 		full = true;
 	}
@@ -451,7 +451,6 @@ void apbfs_trace_access(void *ctx, uint32_t model, uint64_t index,
 		apb_trace_pack(&r, t->buf[t->active] +
 				   (size_t)t->fill * APB_TRACE_RECORD_BYTES);
 		t->fill++;
-		t->records++;
 		write_errno = write_full(t);
 	}
 	pthread_mutex_unlock(&t->mu);
