@@ -334,7 +334,7 @@ int apbfs_trace_open(struct apbfs *fs, const char *path,
 	return 0;
 fail:
 	trace_free(t);
-	return rc < 0 ? rc : -EINVAL;
+	return rc;
 }
 
 void apbfs_trace_close(struct apbfs *fs)
