@@ -48,7 +48,7 @@ import sys
 import time
 
 from benchlib import (BUILD, MIB, PACKER, DAEMON, ROOT, Mount, RamDisk, close_all,
-                      drop_caches, v2_controllers)
+                      drop_caches, handle_signals, v2_controllers)
 
 QUICK = os.environ.get("QUICK") == "1"
 
@@ -316,10 +316,6 @@ def plot(meta, rows):
 
 # ---------------------------------------------------------------- main
 
-def on_signal(signum, frame):
-    raise SystemExit(128 + signum)  # unwinds through every finally
-
-
 def main():
     if len(sys.argv) > 1:
         print(__doc__)
@@ -329,9 +325,7 @@ def main():
     for exe in (DAEMON, PACKER):
         if not os.access(exe, os.X_OK):
             sys.exit(f"bench-llama: {exe} is not built (ninja -C build, or APB_BUILD=DIR)")
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    handle_signals()
     t0 = time.monotonic()
     subprocess.run(["bash", "-c", ". scripts/deps.sh && install_llama"], cwd=ROOT, check=True)
     os.makedirs(BENCH_DIR, exist_ok=True)

@@ -40,12 +40,11 @@ import mmap
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
 
-from benchlib import BUILD, DAEMON, MIB, PACKER, ROOT, close_all, mount_apb
+from benchlib import BUILD, DAEMON, MIB, PACKER, ROOT, close_all, handle_signals, mount_apb
 
 SMOKE = os.environ.get("SMOKE") == "1"
 QUICK = os.environ.get("QUICK") == "1" or SMOKE
@@ -397,10 +396,6 @@ def plots(loop, reps):
 
 # ---------------------------------------------------------------- main
 
-def on_signal(signum, frame):
-    raise SystemExit(128 + signum)  # unwinds through every finally
-
-
 def main():
     if len(sys.argv) > 1:
         print(__doc__)
@@ -410,9 +405,7 @@ def main():
     for exe in (DAEMON, PACKER, REPLAY):
         if not os.access(exe, os.X_OK):
             sys.exit(f"bench-loop: {exe} is not built (ninja -C build, or APB_BUILD=DIR)")
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    handle_signals()
     t0 = time.monotonic()
     work = os.path.join(BENCH_DIR, "work")
     mnt = os.path.join(work, "mnt")

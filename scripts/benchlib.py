@@ -6,6 +6,7 @@ Benchmarks run as root (they drop the page cache) from a built tree.
 import json
 import mmap
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -16,6 +17,20 @@ BUILD = os.environ.get("APB_BUILD", os.path.join(ROOT, "build"))
 DAEMON = os.path.join(BUILD, "fs", "apbundlefs")
 PACKER = os.path.join(BUILD, "core", "apbundle")
 MIB = 1 << 20
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through every finally
+
+
+def handle_signals():
+    """SIGINT, SIGTERM and SIGHUP end the script by an exception, so that
+    every finally (and close_all()) runs and nothing stays mounted. SIGINT
+    explicitly: a shell that starts a job in the background may have set it
+    to be ignored, and Python keeps an inherited SIG_IGN."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGHUP, _exit_on_signal)
 
 
 def drop_caches():
