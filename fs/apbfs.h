@@ -128,14 +128,15 @@ int apbfs_backing_prepare(struct apbfs *fs);
 long apbfs_backing_after_load(struct apbfs *fs, long rc);
 bool apbfs_backing_changed(const struct apbfs *fs);
 
-/* trace.c: -o trace=FILE. open creates FILE (a regular file, not the
- * bundle; 0 or a negative errno, the reason in err) before the cache
- * exists and sets fs->trace; access is the cache's trace hook (ctx:
- * fs->trace; thread-safe, never fails a read); close, once nothing uses
- * the cache any more, writes what is buffered and finalizes the header. */
+/* trace.c: -o trace=FILE. open creates fs->opt.trace_path (a regular
+ * file, not the bundle; 0 or a negative errno, the reason in err) before
+ * the cache exists and sets fs->trace; access is the cache's trace hook
+ * (ctx: fs->trace; thread-safe, never fails a read); close, once nothing
+ * uses the cache any more, writes what is buffered and finalizes the
+ * header. */
 struct apbfs_trace;
-int apbfs_trace_open(struct apbfs *fs, const char *path,
-		     const char *bundle_path, char *err, size_t err_len);
+int apbfs_trace_open(struct apbfs *fs, const char *bundle_path, char *err,
+		     size_t err_len);
 void apbfs_trace_access(void *ctx, uint32_t model, uint64_t index,
 			uint32_t count, enum apb_cache_access kind);
 void apbfs_trace_close(struct apbfs *fs);

@@ -438,8 +438,7 @@ static int setup(struct apbfs *fs, const char *path)
 			rc = -ENOMEM;
 	}
 	if (rc == 0 && fs->opt.trace_path) {
-		rc = apbfs_trace_open(fs, fs->opt.trace_path, path, err,
-				      sizeof(err));
+		rc = apbfs_trace_open(fs, path, err, sizeof(err));
 		if (rc) {
 			fprintf(stderr, "apbundlefs: trace=%s: %s\n",
 				fs->opt.trace_path, err);

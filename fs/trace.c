@@ -67,7 +67,8 @@
 struct apbfs_trace {
 	/* Immutable after apbfs_trace_open(). */
 	int fd;
-	char *path;
+	const char *path;               /* fs->opt.trace_path, which outlives
+					 * the trace (as state_path does) */
 	uint64_t header_bytes;          /* the first record's offset */
 	uint64_t max_records;           /* what trace_max leaves for records */
 	uint64_t max_bytes;
@@ -287,14 +288,13 @@ static void trace_free(struct apbfs_trace *t)
 		close(t->fd);
 	free(t->buf[0]);
 	free(t->buf[1]);
-	free(t->path);
 	pthread_cond_destroy(&t->written_cv);
 	pthread_mutex_destroy(&t->mu);
 	free(t);
 }
 
-int apbfs_trace_open(struct apbfs *fs, const char *path,
-		     const char *bundle_path, char *err, size_t err_len)
+int apbfs_trace_open(struct apbfs *fs, const char *bundle_path, char *err,
+		     size_t err_len)
 {
 	struct apbfs_trace *t = calloc(1, sizeof(*t));
 	struct timespec rt;
@@ -307,18 +307,18 @@ int apbfs_trace_open(struct apbfs *fs, const char *path,
 	t->fd = -1;
 	pthread_mutex_init(&t->mu, NULL);
 	pthread_cond_init(&t->written_cv, NULL);
+	t->path = fs->opt.trace_path;
 	t->max_bytes = fs->opt.trace_max;
-	t->path = strdup(path);
 	t->buf[0] = malloc(BUF_BYTES);
 	t->buf[1] = malloc(BUF_BYTES);
-	if (!t->path || !t->buf[0] || !t->buf[1]) {
+	if (!t->buf[0] || !t->buf[1]) {
 		snprintf(err, err_len, "%s", strerror(ENOMEM));
 		goto fail;
 	}
 	rc = plan_header(t, fs->bundle, err, err_len);
 	if (rc)
 		goto fail;
-	rc = t->fd = create_file(path, bundle_path, err, err_len);
+	rc = t->fd = create_file(t->path, bundle_path, err, err_len);
 	if (rc < 0)
 		goto fail;
 	clock_gettime(CLOCK_REALTIME, &rt);
