@@ -48,7 +48,8 @@ import sys
 import time
 
 from benchlib import (BUILD, MIB, PACKER, DAEMON, ROOT, Mount, RamDisk, close_all,
-                      drop_caches, handle_signals, v2_controllers)
+                      drop_caches, handle_signals, machine_summary, source_tree,
+                      v2_controllers)
 
 QUICK = os.environ.get("QUICK") == "1"
 
@@ -237,8 +238,8 @@ def write_report(meta, rows):
     lines = [
         "# llama.cpp on a model larger than memory",
         "",
-        f"`{meta['command']}` on {meta['date']}, {meta['tree']}, daemon {meta['daemon']}: "
-        f"{meta['machine']}.",
+        f"`{meta['command']}` on {meta['date']}, built from {meta['tree']}, "
+        f"daemon {meta['daemon']}: {meta['machine']}.",
         f"Model: {meta['model']}, {model / MIB:.0f} MiB; bundle: version 2, no compression.",
         f"Total memory for the reader and the daemon: {meta['total'] / MIB:.0f} MiB; "
         f"the reader alone needs {meta['need'] / MIB:.0f} MiB beyond the mapped model, "
@@ -394,17 +395,10 @@ def main():
                 capture_output=True, text=True, check=True).stdout.strip()
         if r and r["tokens"] != free["tokens"]:
             raise RuntimeError(f"{row['system']}: tokens {r['tokens']} != {free['tokens']}")
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f
-                    if line.startswith("model name")), "?")
-    # the source tree the daemon was built from: the one holding APB_BUILD
-    tree = subprocess.run(["git", "describe", "--always", "--dirty"],
-                          cwd=os.path.dirname(os.path.abspath(BUILD)),
-                          capture_output=True, text=True).stdout.strip()
     meta = {"command": ("QUICK=1 " if QUICK else "") + "scripts/bench-llama.py",
-            "tree": "tree " + (tree or "unknown"), "daemon": DAEMON,
+            "tree": source_tree(), "daemon": DAEMON,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": f"{cpu}, {os.cpu_count()} cores, kernel {os.uname().release}",
+            "machine": machine_summary(),
             "model": f"{LAYERS} layers, n_embd {EMBD}, n_ff {FF}, f16", "model_bytes": size,
             "total": total, "need": need, "reader": reader, "disk": ram.describe(),
             "variant": free["variant"], "tokens": free["tokens"], "threads": THREADS,

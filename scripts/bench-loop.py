@@ -44,7 +44,8 @@ import subprocess
 import sys
 import time
 
-from benchlib import BUILD, DAEMON, MIB, PACKER, ROOT, close_all, handle_signals, mount_apb
+from benchlib import (BUILD, DAEMON, MIB, PACKER, ROOT, close_all, handle_signals,
+                      machine_summary, mount_apb, source_tree)
 
 SMOKE = os.environ.get("SMOKE") == "1"
 QUICK = os.environ.get("QUICK") == "1" or SMOKE
@@ -101,29 +102,6 @@ def verdict(ok):
 
 def f(v, spec=".3f"):
     return "—" if v is None else format(v, spec)
-
-
-def source_tree():
-    """The sources APB_BUILD was built from: git describe of its meson
-    source directory, and with uncommitted changes to the C sources a hash
-    of that diff (the commit alone would not say what was measured)."""
-    try:
-        with open(os.path.join(BUILD, "meson-info", "meson-info.json")) as fh:
-            src = json.load(fh)["directories"]["source"]
-    except (OSError, ValueError, KeyError):
-        return "unknown"
-
-    def git(*a):
-        return subprocess.run(["git", "-C", src, *a], capture_output=True,
-                              text=True).stdout.strip()
-    tree = f"{src} at {git('describe', '--always', '--dirty') or 'unknown'}"
-    diff = git("diff", "HEAD", "--", "core", "fs", "include")
-    if diff:
-        import hashlib
-        tree += (", uncommitted changes to " + ", ".join(git("diff", "HEAD", "--name-only", "--",
-                 "core", "fs", "include").split()) +
-                 f" (diff sha1 {hashlib.sha1(diff.encode()).hexdigest()[:10]})")
-    return tree
 
 
 # ---------------------------------------------------------------- part 1: the loop
@@ -427,13 +405,10 @@ def main():
         os.rmdir(BENCH_DIR)
     except OSError:
         pass
-    with open("/proc/cpuinfo") as fh:
-        cpu = next((line.split(":", 1)[1].strip() for line in fh
-                    if line.startswith("model name")), "?")
     meta = {"command": ("SMOKE=1 " if SMOKE else "QUICK=1 " if QUICK else "")
             + "scripts/bench-loop.py", "mode": MODE, "tree": source_tree(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": f"{cpu}, {os.cpu_count()} cores, kernel {os.uname().release}",
+            "machine": machine_summary(),
             "daemon": DAEMON, "budget": BUDGET, "passes": PASSES, "runs": RUNS,
             "ratios": RATIOS, "policies": POLICIES}
     criteria = []

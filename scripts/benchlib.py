@@ -3,6 +3,7 @@ timed reads.
 
 Benchmarks run as root (they drop the page cache) from a built tree.
 """
+import hashlib
 import json
 import mmap
 import os
@@ -90,6 +91,41 @@ def build_fuse_tool(name, out):
                     os.path.join(ROOT, "scripts", "benchsrc", name + ".c")] + flags,
                    check=True)
     return out
+
+
+# ---------------------------------------------------------------- what was measured
+
+def cpu_model():
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":", 1)[1].strip() for line in f
+                     if line.startswith("model name")), "?")
+
+
+def machine_summary():
+    """CPU, cores and kernel, for a report's header."""
+    return f"{cpu_model()}, {os.cpu_count()} cores, kernel {os.uname().release}"
+
+
+def source_tree():
+    """The sources BUILD was built from: git describe of its meson source
+    directory, and with uncommitted changes to the C sources a hash of that
+    diff (the commit alone would not say what was measured)."""
+    try:
+        with open(os.path.join(BUILD, "meson-info", "meson-info.json")) as f:
+            src = json.load(f)["directories"]["source"]
+    except (OSError, ValueError, KeyError):
+        return "unknown"
+
+    def git(*a):
+        return subprocess.run(["git", "-C", src, *a], capture_output=True,
+                              text=True).stdout.strip()
+    tree = f"{src} at {git('describe', '--always', '--dirty') or 'unknown'}"
+    diff = git("diff", "HEAD", "--", "core", "fs", "include")
+    if diff:
+        tree += (", uncommitted changes to " + ", ".join(git("diff", "HEAD", "--name-only", "--",
+                 "core", "fs", "include").split()) +
+                 f" (diff sha1 {hashlib.sha1(diff.encode()).hexdigest()[:10]})")
+    return tree
 
 
 # ---------------------------------------------------------------- mounts
