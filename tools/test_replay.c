@@ -272,6 +272,9 @@ static void test_corrupt_traces_are_named(void)
 	bad = b;
 	bad.len += 16; /* a record the header does not count */
 	refused(&bad, bad.len, "16 bytes after the last of the 2 records");
+	bad = b;
+	bad.len += 5; /* part of one: still more than the header counts */
+	refused(&bad, bad.len, "5 bytes after the last of the 2 records");
 
 	/* Never finalized (the daemon was killed): the whole records are
 	 * read, a torn last one is not, and a warning says so. */

@@ -164,15 +164,14 @@ static int check_length(struct trace *t, char *err, size_t err_len,
 		t->records = whole;
 		return 0;
 	}
-	if (t->records > whole || (t->records == whole &&
-				   body % APB_TRACE_RECORD_BYTES))
+	if (t->records > whole)
 		return fail(err, err_len, "truncated: the header says %llu "
 			    "records (%llu bytes), the file holds %llu bytes "
 			    "of records", (unsigned long long)t->records,
 			    (unsigned long long)(t->records *
 						 APB_TRACE_RECORD_BYTES),
 			    (unsigned long long)body);
-	if (t->records < whole || body % APB_TRACE_RECORD_BYTES)
+	if (t->records * APB_TRACE_RECORD_BYTES != body)
 		return fail(err, err_len, "%llu bytes after the last of the "
 			    "%llu records the header counts",
 			    (unsigned long long)(body - t->records *
