@@ -192,6 +192,18 @@ def run_native(model, limit, io_max):
     return r
 
 
+def trace_path(policy):
+    """Where the mounts of policy record their accesses (TRACE set)."""
+    return os.path.abspath(os.path.join(TRACE, policy + ".trace"))
+
+
+def replay(policy, max_memory):
+    """apbreplay's table for the trace of policy's last run, at its budget."""
+    return subprocess.run([os.path.join(BUILD, "tools", "apbreplay"), "--budget",
+                           f"{max_memory // 1024}K", trace_path(policy)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 def run_mount(bundle, mnt, policy, reader, daemon_limit, io_max):
     drop_caches()
     max_memory = daemon_limit - DAEMON_OVERHEAD
@@ -200,8 +212,7 @@ def run_mount(bundle, mnt, policy, reader, daemon_limit, io_max):
     try:
         opts = f"max_memory={max_memory // 1024}K,eviction={policy},prefetch={PREFETCH}"
         if TRACE:
-            os.makedirs(TRACE, exist_ok=True)
-            opts += f",trace={os.path.abspath(os.path.join(TRACE, policy + '.trace'))}"
+            opts += f",trace={trace_path(policy)}"
         with Mount(dcg.argv([DAEMON, "-f", "-o", opts, bundle, mnt]), mnt,
                    logdir=BENCH_DIR) as m:
             r = generate(rcg, os.path.join(mnt, "model.gguf"), os.path.join(mnt, ".stats"))
@@ -350,6 +361,8 @@ def main():
         io_max = f"{ram.dev} rbps={DISK_MBPS * 1000000}"
     mnt = os.path.join(BENCH_DIR, "mnt")
     os.makedirs(mnt, exist_ok=True)
+    if TRACE:
+        os.makedirs(TRACE, exist_ok=True)
 
     log(f"model {size / MIB:.0f} MiB; native run without a memory limit")
     free = median_run([run_native(model, None, io_max) for _ in range(RUNS)])
@@ -384,15 +397,11 @@ def main():
             tail = str(e).split("no mount: ", 1)[1].strip("[]'\"")
             row["unavailable"] = f"unavailable (the daemon did not mount: {tail})"
             log(f"  {row['unavailable']}")
+        if TRACE and row["result"]:
+            row["replay"] = replay(policy, row["result"]["max_memory"])
         rows.append(row)
     for row in rows:
         r = row["result"]
-        trace = TRACE and os.path.join(TRACE, row["system"].split()[-1] + ".trace")
-        if r and "max_memory" in r and trace and os.path.exists(trace):
-            row["replay"] = subprocess.run(
-                [os.path.join(BUILD, "tools", "apbreplay"), "--budget",
-                 f"{r['max_memory'] // 1024}K", trace],
-                capture_output=True, text=True, check=True).stdout.strip()
         if r and r["tokens"] != free["tokens"]:
             raise RuntimeError(f"{row['system']}: tokens {r['tokens']} != {free['tokens']}")
     meta = {"command": ("QUICK=1 " if QUICK else "") + "scripts/bench-llama.py",
