@@ -59,10 +59,10 @@ def env(name, full, quick, smoke):
 BUDGET = int(env("BUDGET_MIB", 64, 8, 2)) * MIB
 PASSES = int(env("PASSES", 5, 5, 2))
 RUNS = int(env("RUNS", 3, 1, 1))
-READ = int(env("READ_KIB", 1024, 1024, 1024)) * 1024  # bytes per pread; a multiple of 4 KiB
+READ = int(os.environ.get("READ_KIB") or 1024) * 1024  # bytes per pread; a multiple of 4 KiB
 RATIOS = [float(r) for r in env("RATIOS", "1.25 2 4", "1.25 2 4", "2").split()]
-POLICIES = env("POLICIES", "lru lfu auto", "lru lfu auto", "lru lfu auto").split()
-PARTS = env("PARTS", "loop replay", "loop replay", "loop replay").split()
+POLICIES = (os.environ.get("POLICIES") or "lru lfu auto").split()
+PARTS = (os.environ.get("PARTS") or "loop replay").split()
 PREFETCH = ("off", "on")
 BENCH_DIR = os.environ.get("BENCH_DIR", "/var/tmp/apb-bench-loop" +
                            ("-smoke" if SMOKE else "-quick" if QUICK else ""))
@@ -136,7 +136,7 @@ def mount_run(work, bundle, size, policy, prefetch):
     mnt, trace = os.path.join(work, "mnt"), os.path.join(work, "loop.trace")
     # no drop_caches: the counts are the daemon's, the reads O_DIRECT
     opts = f"max_memory={BUDGET},eviction={policy},prefetch={prefetch},trace={trace}"
-    m = mount_apb(bundle, mnt, opts, daemon=DAEMON, logdir=work)
+    m = mount_apb(bundle, mnt, opts, logdir=work)
     try:
         secs = read_passes(os.path.join(mnt, "model.bin"), size)
         rss = m.peak_rss()
