@@ -177,8 +177,9 @@ static int write_header(struct apbfs_trace *t, const struct apb_bundle *b,
 		size_t entry = (size_t)pad8(12 + len);
 
 		/* A name is at most 4096 bytes (docs/USAGE.md), an entry
-		 * far less than the buffer. */
-		if (used + entry > BUF_BYTES) {
+		 * far less than the buffer; the last 16 bytes stay free
+		 * for the zeros up to header_bytes. */
+		if (used + entry > BUF_BYTES - 16) {
 			rc = pwrite_all(t->fd, out, used, off);
 			off += used;
 			used = 0;
@@ -192,7 +193,7 @@ static int write_header(struct apbfs_trace *t, const struct apb_bundle *b,
 		used += entry;
 	}
 	if (rc == 0) {
-		/* zeros up to header_bytes: at most 15, the buffer has room */
+		/* zeros up to header_bytes: at most 15, kept free above */
 		size_t tail = (size_t)(t->header_bytes - off - used);
 
 		memset(out + used, 0, tail);
