@@ -47,8 +47,8 @@ import subprocess
 import sys
 import time
 
-from benchlib import (BUILD, MIB, PACKER, DAEMON, ROOT, Mount, RamDisk, close_all,
-                      drop_caches, handle_signals, machine_summary, source_tree,
+from benchlib import (BUILD, MIB, PACKER, DAEMON, ROOT, Mount, RamDisk, close_disks,
+                      close_mounts, drop_caches, handle_signals, machine_summary, source_tree,
                       v2_controllers)
 
 QUICK = os.environ.get("QUICK") == "1"
@@ -148,16 +148,14 @@ class MemCgroup:
 
 def cleanup():
     """Mounts first (their daemons live in a cgroup), then cgroups, then the
-    RAM disk (close_all closes both of benchlib's kinds in that order)."""
-    from benchlib import LIVE
-    for m in list(LIVE):
-        m.close()
+    RAM disk."""
+    close_mounts()
     for cg in list(CGROUPS):
         try:
             cg.close()
         except OSError as e:
             log("cleanup:", cg.path, e)
-    close_all()
+    close_disks()
 
 
 # ---------------------------------------------------------------- runs

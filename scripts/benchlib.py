@@ -369,15 +369,25 @@ def unlimit(procs, back):
         pass
 
 
-def close_all():
-    """Every mount, then every RamDisk (mounts may read from them)."""
+def close_mounts():
+    """Every mount not yet closed."""
     for m in list(LIVE):
         try:
             m.close()
         except Exception as e:  # go on closing the others
             print("cleanup:", m.mnt, e, file=sys.stderr, flush=True)
+
+
+def close_disks():
+    """Every RamDisk not yet closed."""
     for d in list(DISKS):
         try:
             d.close()
         except Exception as e:
             print("cleanup:", d.root, e, file=sys.stderr, flush=True)
+
+
+def close_all():
+    """Every mount, then every RamDisk (mounts may read from them)."""
+    close_mounts()
+    close_disks()
