@@ -441,7 +441,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    finally:
-        close_all()
+    sys.exit(main())
