@@ -284,7 +284,6 @@
 
 #define SLOT_ALIGN 4096u
 #define HUGE_PAGE (2u << 20) /* x86-64's and arm64's (4 KiB pages) PMD size */
-#define MAX_SLOTS (1u << 30) /* keeps 2 * nslots buckets in a uint32_t */
 #define DEFAULT_PREFETCH_SHARE_PCT 50u
 
 enum chunk_state {
@@ -1342,7 +1341,7 @@ static int config_check(const struct apb_cache_config *cfg)
 		return -EINVAL;
 	if (cfg->budget_bytes < cfg->chunk_size)
 		return -EINVAL;
-	if (cfg->budget_bytes / cfg->chunk_size > MAX_SLOTS)
+	if (cfg->budget_bytes / cfg->chunk_size > APB_CACHE_MAX_SLOTS)
 		return -EINVAL;
 	if (!apb_eviction_name(cfg->policy))
 		return -EINVAL;

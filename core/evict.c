@@ -857,7 +857,7 @@ int apb_evict_new(enum apb_eviction policy, uint32_t cap,
 	struct apb_evict *e;
 	int rc = -ENOMEM;
 
-	assert(cap > 0 && cap <= (1u << 30));
+	assert(cap > 0 && cap <= APB_CACHE_MAX_SLOTS);
 	*out = NULL;
 	if (policy != APB_EVICT_LRU && policy != APB_EVICT_LFU &&
 	    policy != APB_EVICT_AUTO)

@@ -25,7 +25,6 @@
 #define DEFAULT_MAX_MEMORY (256ull << 20)
 #define DEFAULT_CHUNK_SIZE (64u << 10) /* why: docs/DESIGN.md, "Choosing the default chunk size" */
 #define MAX_CHUNK_SIZE (64u << 20)
-#define MAX_SLOTS (1ull << 30) /* the cache's limit (core/cache.c) */
 #define DEFAULT_READAHEAD (4ull << 20)
 #define MIN_DEFAULT_READAHEAD (128ull << 10)
 #define DEFAULT_TRACE_MAX (1ull << 30)
@@ -239,7 +238,7 @@ static int resolve_options(const struct cmdline *cl, struct apbfs_options *o)
 		return -1;
 	}
 	o->chunk_size = (uint32_t)chunk;
-	if (o->max_memory / chunk > MAX_SLOTS) {
+	if (o->max_memory / chunk > APB_CACHE_MAX_SLOTS) {
 		fprintf(stderr, "apbundlefs: max_memory (%s) holds more than "
 			"2^30 chunks of %s; use a larger chunk_size\n",
 			apb_size_format(o->max_memory, a, sizeof(a)),

@@ -220,7 +220,7 @@ int main(int argc, char **argv)
 	}
 	if (warn[0])
 		fprintf(stderr, "apbreplay: %s: %s\n", a.trace, warn);
-	if (a.budget < t.chunk_size || a.budget / t.chunk_size > (1u << 30)) {
+	if (a.budget < t.chunk_size || a.budget / t.chunk_size > APB_CACHE_MAX_SLOTS) {
 		fprintf(stderr, "apbreplay: --budget must hold from 1 to 2^30 "
 			"chunks of the trace's %s\n",
 			apb_size_format(t.chunk_size, c, sizeof(c)));

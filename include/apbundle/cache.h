@@ -55,7 +55,8 @@ enum apb_cache_access {
  * Called at the end of every apb_cache_get*() that counted a hit or a miss
  * (kind DEMAND, count 1; a tryget refused with -EAGAIN counts nothing and
  * is not traced) and at the start of every apb_cache_prefetch_run() (kind
- * PREFETCH, count as asked), with no cache lock held, from any thread.
+ * PREFETCH, count as asked but at most APB_CACHE_RUN_MAX), with no cache
+ * lock held, from any thread.
  * For recording traces to replay; NULL (the default) costs one branch.
  */
 typedef void (*apb_cache_trace_fn)(void *ctx, uint32_t model, uint64_t index,
@@ -77,6 +78,10 @@ typedef long (*apb_cache_load_fn)(void *ctx, uint32_t model, uint64_t first,
 
 /* Most chunks one apb_cache_prefetch_run() call loads. */
 #define APB_CACHE_RUN_MAX 16u
+
+/* Most slots (budget_bytes / chunk_size) a cache may have: 2 * nslots hash
+ * buckets must fit in a uint32_t. */
+#define APB_CACHE_MAX_SLOTS (1u << 30)
 
 struct apb_cache_config {
 	uint64_t budget_bytes;    /* >= chunk_size */
