@@ -217,7 +217,8 @@ def run_replay(work):
 
 
 def criterion(name, prefetch, pols):
-    """Issue 14's criterion for auto on this trace: (text, value, pass)."""
+    """Issue 14's criterion for auto on this trace: (text, value, pass,
+    the format of value)."""
     a = pols.get("auto")
     if not a or not a.get("available"):
         return ("auto unavailable", None, False, "")
@@ -261,7 +262,7 @@ def report(meta, loop, reps):
               "`apbreplay`; with prefetch off it should match the mount's read/served).", "",
               "| ratio | prefetch | policy | read/served | OPT read/served | saved | OPT saved "
               "| saved / OPT saved (runs' range) | target | reuse hits | hit rate | "
-              "replayed read/served | peak RSS MiB | RSS <= budget + 32 MiB |",
+              f"replayed read/served | peak RSS MiB | RSS <= budget + {RSS_SLACK // MIB} MiB |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in loop:
             L.append(f"| {r['ratio']:g}x | {r['prefetch']} | {r['policy']} | "
