@@ -48,7 +48,7 @@ import sys
 import time
 
 from benchlib import (BUILD, MIB, PACKER, DAEMON, ROOT, Mount, RamDisk, close_disks,
-                      close_mounts, drop_caches, handle_signals, machine_summary, source_tree,
+                      close_mounts, drop_caches, machine_summary, source_tree, start,
                       v2_controllers)
 
 QUICK = os.environ.get("QUICK") == "1"
@@ -327,15 +327,7 @@ def plot(meta, rows):
 # ---------------------------------------------------------------- main
 
 def main():
-    if len(sys.argv) > 1:
-        print(__doc__)
-        return 0 if sys.argv[1] in ("-h", "--help") else 2
-    if os.geteuid() != 0:
-        sys.exit("bench-llama: run as root (memory cgroups, drop_caches, mounts)")
-    for exe in (DAEMON, PACKER):
-        if not os.access(exe, os.X_OK):
-            sys.exit(f"bench-llama: {exe} is not built (ninja -C build, or APB_BUILD=DIR)")
-    handle_signals()
+    start(__doc__, "bench-llama", "memory cgroups, drop_caches, mounts", (DAEMON, PACKER))
     t0 = time.monotonic()
     subprocess.run(["bash", "-c", ". scripts/deps.sh && install_llama"], cwd=ROOT, check=True)
     os.makedirs(BENCH_DIR, exist_ok=True)

@@ -44,8 +44,8 @@ import subprocess
 import sys
 import time
 
-from benchlib import (BUILD, DAEMON, MIB, PACKER, ROOT, close_all, handle_signals,
-                      machine_summary, mount_apb, source_tree)
+from benchlib import (BUILD, DAEMON, MIB, PACKER, ROOT, close_all,
+                      machine_summary, mount_apb, source_tree, start)
 
 SMOKE = os.environ.get("SMOKE") == "1"
 QUICK = os.environ.get("QUICK") == "1" or SMOKE
@@ -376,15 +376,7 @@ def plots(loop, reps):
 # ---------------------------------------------------------------- main
 
 def main():
-    if len(sys.argv) > 1:
-        print(__doc__)
-        return 0 if sys.argv[1] in ("-h", "--help") else 2
-    if os.geteuid() != 0:
-        sys.exit("bench-loop: run as root (it mounts)")
-    for exe in (DAEMON, PACKER, REPLAY):
-        if not os.access(exe, os.X_OK):
-            sys.exit(f"bench-loop: {exe} is not built (ninja -C build, or APB_BUILD=DIR)")
-    handle_signals()
+    start(__doc__, "bench-loop", "it mounts", (DAEMON, PACKER, REPLAY))
     t0 = time.monotonic()
     work = os.path.join(BENCH_DIR, "work")
     mnt = os.path.join(work, "mnt")

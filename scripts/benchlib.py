@@ -34,6 +34,22 @@ def handle_signals():
     signal.signal(signal.SIGHUP, _exit_on_signal)
 
 
+def start(doc, name, root_for, programs=()):
+    """What a benchmark script does first: with an argument, print doc and
+    exit (0 for -h or --help, 2 for anything else); exit unless it runs as
+    root (needed for root_for) and every one of programs is built; then
+    handle_signals()."""
+    if len(sys.argv) > 1:
+        print(doc)
+        sys.exit(0 if sys.argv[1] in ("-h", "--help") else 2)
+    if os.geteuid() != 0:
+        sys.exit(f"{name}: run as root ({root_for})")
+    for exe in programs:
+        if not os.access(exe, os.X_OK):
+            sys.exit(f"{name}: {exe} is not built (ninja -C build, or APB_BUILD=DIR)")
+    handle_signals()
+
+
 def drop_caches():
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
