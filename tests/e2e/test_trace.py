@@ -66,6 +66,12 @@ def bundle(tmp_path, binaries):
     return apbformat.write_v1(tmp_path / "t.apbundle", MODELS)
 
 
+def apbreplay(*args):
+    """Run apbreplay; CompletedProcess with text stdout and stderr."""
+    return subprocess.run([str(APBREPLAY)] + [str(a) for a in args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
 def read_chunks(d, name, first, n):
     data = dict(MODELS)[name]
     got = direct_read(d.path(name), n * CH, first * CH)
@@ -217,8 +223,7 @@ def test_apbreplay_reproduces_the_daemons_counts(bundle, tmp_path):
         for c in (0, 1, 2, 3, 3, 2):              # chunk 3: 100 bytes
             read_chunks(d, "beta.bin", c, 1)
         s = d.stats()
-    p = subprocess.run([str(APBREPLAY), "--budget", "512K", "--json", str(path)],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = apbreplay("--budget", "512K", "--json", path)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     lru = next(r for r in out["policies"] if r["policy"] == "lru")
@@ -298,13 +303,11 @@ def test_apbreplay_names_a_corrupt_trace(bundle, tmp_path):
         read_chunks(d, "alpha.bin", 0, 2)
     whole = path.read_bytes()
     path.write_bytes(whole[:-3])
-    p = subprocess.run([str(APBREPLAY), "--budget", "1M", str(path)], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True)
+    p = apbreplay("--budget", "1M", path)
     assert p.returncode == 1
     assert p.stderr == ("apbreplay: %s: truncated: the header says 2 records (32 bytes), "
                         "the file holds 29 bytes of records\n" % path)
-    p = subprocess.run([str(APBREPLAY), str(path)], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True)
+    p = apbreplay(path)
     assert p.returncode == 2 and "--budget SIZE is required" in p.stderr
 
 
@@ -352,8 +355,7 @@ def test_tracegen_traces_replay_like_a_simple_simulator(tmp_path, args, binaries
     assert h["flags"] == F_COMPLETE | F_NAMES and h["chunk_size"] == CH
     keys = [(r[1], r[2]) for r in recs if r[4] == DEMAND]
     assert ("--prefetch" in args) == any(r[4] == PREFETCH for r in recs)
-    p = subprocess.run([str(APBREPLAY), "--budget", "1M", "--prefetch", "off", "--json",
-                        str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = apbreplay("--budget", "1M", "--prefetch", "off", "--json", path)
     assert p.returncode == 0, p.stderr
     rows = {r["policy"]: r for r in json.loads(p.stdout)["policies"]}
     assert rows["lru"]["demand"] == rows["OPT"]["demand"] == len(keys)
