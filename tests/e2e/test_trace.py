@@ -205,7 +205,7 @@ def test_readers_prefetch_and_clear_fill_the_bound(bundle, tmp_path):
     assert h["records"] == (192 * KiB - h["header_bytes"]) // 16 == len(recs)
     # Every counted get left a demand record (or was dropped at the
     # bound); the prefetch runs are in it too (docs/FORMAT.md).
-    demand = sum(1 for r in recs if r[4] == 0)
+    demand = sum(1 for r in recs if r[4] == DEMAND)
     assert demand <= c["hits"] + c["misses"]
     assert h["records"] + h["dropped"] >= c["hits"] + c["misses"]
     times = [r[0] for r in recs]
