@@ -8,6 +8,7 @@ of known chunks (test_stats.py); with prefetch=off and prefetch_count=0
 nothing else touches the cache, so the records are exactly determined.
 """
 
+import itertools
 import json
 import os
 import struct
@@ -99,6 +100,26 @@ def test_records_are_the_reads_exactly(bundle, tmp_path):
     assert h["flags"] == F_COMPLETE | F_NAMES
     assert (h["records"], h["dropped"], h["max_bytes"]) == (6, 0, 1 << 30)
     assert before - 10**9 <= h["start_ns"] <= time.time_ns()
+
+
+def test_model_table_over_two_buffers(tmp_path, binaries):
+    """A model table larger than the writer's 64 KiB buffer, made so that
+    the second buffer's entries fill it to its last byte and the table ends
+    8 bytes short of a multiple of 16: one 24-byte entry, then 8190 of 16.
+    The writer once put the 8 bytes of padding past its buffer (ASan in the
+    asan stage); the header must hold every model, in order, padded."""
+    alnum = "0123456789abcdefghijklmnopqrstuvwxyz"
+    short = ("".join(t) for t in itertools.product("abcdefghij", alnum, alnum))
+    names = ["0long-name"] + list(itertools.islice(short, 8190))
+    models = [(n, bytes([i % 256])) for i, n in enumerate(names)]
+    bundle = apbformat.write_v1(tmp_path / "many.apbundle", models)
+    path = tmp_path / "t.trace"
+    with mount(bundle, dict(QUIET, trace=path)) as d:
+        assert direct_read(d.path("a00"), 4096, 0) == bytes([1])
+    h, got, recs = parse_trace(path)
+    assert h["header_bytes"] == 131136  # 64 + 24 + 8190 * 16, padded to 16
+    assert got == sorted((n, 1) for n in names)
+    assert [r[1:] for r in recs] == [(1, 0, 1, DEMAND)]
 
 
 def test_prefetch_records(bundle, tmp_path):
