@@ -16,7 +16,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("APB_BUILD", os.path.join(ROOT, "build"))
 DAEMON = os.path.join(BUILD, "fs", "apbundlefs")
-PACKER = os.path.join(BUILD, "core", "apbundle")
+PACKER = os.path.join(BUILD, "apbundle", "apbundle")
 MIB = 1 << 20
 
 
@@ -136,10 +136,10 @@ def source_tree():
         return subprocess.run(["git", "-C", src, *a], capture_output=True,
                               text=True).stdout.strip()
     tree = f"{src} at {git('describe', '--always', '--dirty') or 'unknown'}"
-    diff = git("diff", "HEAD", "--", "core", "fs", "include")
+    diff = git("diff", "HEAD", "--", "core", "apbundle", "fs", "include")
     if diff:
         tree += (", uncommitted changes to " + ", ".join(git("diff", "HEAD", "--name-only", "--",
-                 "core", "fs", "include").split()) +
+                 "core", "apbundle", "fs", "include").split()) +
                  f" (diff sha1 {hashlib.sha1(diff.encode()).hexdigest()[:10]})")
     return tree
 

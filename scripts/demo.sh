@@ -26,7 +26,7 @@ install_missing "${PACKAGES[@]}"
 say "Building"
 [ -f "$BUILD_DIR/build.ninja" ] || meson setup "$BUILD_DIR" >/dev/null
 ninja -C "$BUILD_DIR" >/dev/null
-APBUNDLE=$PWD/$BUILD_DIR/core/apbundle
+APBUNDLE=$PWD/$BUILD_DIR/apbundle/apbundle
 APBUNDLEFS=$PWD/$BUILD_DIR/fs/apbundlefs
 
 WORK=$(mktemp -d /tmp/apbundlefs-demo.XXXXXX)

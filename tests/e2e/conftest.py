@@ -39,7 +39,7 @@ import apbformat  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("APB_BUILD_DIR", REPO / "build")).resolve()
 APBUNDLEFS = BUILD / "fs" / "apbundlefs"
-APBUNDLE = BUILD / "core" / "apbundle"
+APBUNDLE = BUILD / "apbundle" / "apbundle"
 
 MOUNT_TIMEOUT_S = 15.0      # daemon start until the mount shows up
 STOP_TIMEOUT_S = 10.0       # SIGTERM until the daemon has exited
