@@ -22,8 +22,9 @@ served; the criterion is auto's saved >= 0.9 x OPT's with prefetch off,
 
 Part 2, the replay table: the reference traces of scripts/tracegen.py (loop
 1.25/2/4, zipf, loopzipf, recency, stream; each also with --prefetch on) at
-BUDGET, replayed by apbreplay under every policy and OPT, with the criteria
-of issue 14 evaluated on them.
+BUDGET, replayed by apbreplay under every policy, OPT and A0 (the best online
+policy given each chunk's access count), with the criteria of issue 14
+evaluated on them.
 
 Writes OUT/results.md, OUT/results.json, OUT/loop.png, OUT/replay.png.
 
@@ -75,6 +76,9 @@ RSS_SLACK = 32 * MIB
 LOOP_TARGET = {"off": 0.9, "on": 0.8}
 MIX_TARGET = 0.9
 HIT_SLACK = 0.02
+# apbreplay's reference rows (not policies) as the replay plot shows them
+REFERENCE_LABEL = {"OPT": "OPT (best possible)", "A0": "A0 (best online, counts known)"}
+REFERENCE_HATCH = {"OPT": "//", "A0": ".."}
 # the reference traces: (name, tracegen arguments)
 TRACES = [("loop 1.25", ["loop", "--ratio", "1.25"]), ("loop 2", ["loop", "--ratio", "2"]),
           ("loop 4", ["loop", "--ratio", "4"]), ("zipf", ["zipf"]), ("loopzipf", ["loopzipf"]),
@@ -90,6 +94,13 @@ def replay(trace, prefetch):
     r = subprocess.run([REPLAY, "--budget", str(BUDGET), "--json", "--prefetch", prefetch,
                         trace], capture_output=True, text=True, check=True)
     return {p["policy"]: p for p in json.loads(r.stdout)["policies"]}
+
+
+def columns(reps):
+    """The replay table's rows in order: the policies, then OPT and A0."""
+    have = reps[0]["policies"]
+    return [p for p in have if p not in REFERENCE_LABEL] + [p for p in REFERENCE_LABEL
+                                                            if p in have]
 
 
 def ratio_of(a, b):
@@ -288,13 +299,16 @@ def report(meta, loop, reps):
                   "(one chunk a read, nothing loaded ahead) shows whether that is the gap."]
         L += ["", "Plot: loop.png.", ""]
     if reps:
-        pols = [p for p in reps[0]["policies"] if p != "OPT"] + ["OPT"]
+        pols = columns(reps)
         L += ["## Reference traces replayed (apbreplay)", "",
               f"`scripts/tracegen.py GENERATOR --budget {BUDGET // MIB}M [--prefetch on]` "
               "(docs/TRACES.md), replayed by `apbreplay --budget "
               f"{BUDGET // MIB}M --json` with the trace's prefetch records run when "
               "prefetch is on. Each cell: read/served / hit rate (hits / demand accesses). "
-              "OPT never prefetches. Criterion (auto): loops saved >= 0.9 x OPT's (0.8 x with "
+              "OPT never prefetches, nor does A0: the best online policy if accesses were "
+              "independent draws, given each chunk's demand count in the trace "
+              "(docs/TRACES.md); no criterion, it shows how near to OPT knowing the counts "
+              "gets. Criterion (auto): loops saved >= 0.9 x OPT's (0.8 x with "
               "prefetch), loopzipf >= 0.9 x; zipf and recency hit rate within 0.02 of the "
               "better of lru and lfu; stream read/served no more than lru's.", "",
               "| trace | prefetch | " + " | ".join(pols) + " | criterion | value | result |",
@@ -346,7 +360,7 @@ def plots(loop, reps):
         fig.savefig(os.path.join(OUT, "loop.png"), dpi=90)
         plt.close(fig)
     if reps:
-        pols = [p for p in reps[0]["policies"] if p != "OPT"] + ["OPT"]
+        pols = columns(reps)
         fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), sharey=True)
         for ax, prefetch in zip(axes, PREFETCH):
             ts = [t for t in reps if t["prefetch"] == prefetch]
@@ -355,9 +369,8 @@ def plots(loop, reps):
             for i, p in enumerate(pols):
                 vals = [t["policies"][p]["read_per_served"]
                         if t["policies"].get(p, {}).get("available") else 0 for t in ts]
-                ax.bar(x + i * w - 0.4 + w / 2, vals, w,
-                       label="OPT (best possible)" if p == "OPT" else p,
-                       hatch="//" if p == "OPT" else None)
+                ax.bar(x + i * w - 0.4 + w / 2, vals, w, label=REFERENCE_LABEL.get(p, p),
+                       hatch=REFERENCE_HATCH.get(p))
             ax.set_xticks(x)
             ax.set_xticklabels([t["trace"] for t in ts], fontsize=8)
             ax.set_title(f"reference traces, prefetch {prefetch}")

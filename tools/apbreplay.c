@@ -1,7 +1,7 @@
 /*
  * apbreplay - replay a chunk-access trace (apbundlefs -o trace=FILE, or
  * scripts/tracegen.py) through every eviction policy of the library and
- * through Belady's OPT, and print what each would have read.
+ * through Belady's OPT and A0, and print what each would have read.
  *
  * Each policy gets a real apb_cache (replay.c), so the numbers are those
  * of the code the daemon runs, not of a model of it; a policy the library
@@ -40,7 +40,7 @@ static void usage(FILE *f)
 "\n"
 "Replay a chunk-access trace (apbundlefs -o trace=FILE, scripts/tracegen.py;\n"
 "docs/FORMAT.md, \"Trace files\") through the library's cache under every\n"
-"eviction policy, and through Belady's OPT, with a budget of SIZE bytes\n"
+"eviction policy, and through Belady's OPT and A0, with a budget of SIZE bytes\n"
 "(K, M, G suffixes; at least one chunk of the trace). Per policy it prints:\n"
 "\n"
 "  demand       demand accesses (chunk gets) replayed\n"
@@ -55,6 +55,10 @@ static void usage(FILE *f)
 "\n"
 "A policy the library does not accept shows n/a. OPT replays the demand\n"
 "accesses only (no prefetch): a miss evicts the chunk needed farthest ahead.\n"
+"A0 (Aho, Denning, Ullman 1971) is the best online policy if accesses were\n"
+"independent draws with known odds, given each chunk's demand count in the\n"
+"trace: with S slots it keeps the S-1 most demanded chunks (ties: the first\n"
+"demanded) and shares one slot among the rest; demand accesses only, as OPT.\n"
 "\n"
 "  --budget SIZE       the cache budget (max_memory) to replay with\n"
 "  --prefetch on|off   replay the prefetch records, as the daemon's workers\n"
@@ -204,7 +208,7 @@ static int print_json(const struct args *a, const struct trace *t,
 
 int main(int argc, char **argv)
 {
-	struct row rows[APB_EVICT_COUNT + 1];
+	struct row rows[APB_EVICT_COUNT + 2];
 	char err[512] = "", warn[512] = "", c[32];
 	struct args a = {0};
 	struct trace t;
@@ -242,6 +246,11 @@ int main(int argc, char **argv)
 	rows[nrows].name = "OPT";
 	rows[nrows].available = true;
 	rc = replay_opt(&t, a.budget, &rows[nrows++].r);
+	if (rc)
+		goto fail;
+	rows[nrows].name = "A0";
+	rows[nrows].available = true;
+	rc = replay_a0(&t, a.budget, &rows[nrows++].r);
 	if (rc)
 		goto fail;
 	if (a.json)

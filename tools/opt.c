@@ -12,6 +12,11 @@
  * next use (positions are unique, and only a chunk never used again has
  * NEVER, which no hit can leave stale), and it is skipped. The heap thus
  * holds at most one entry per access: O(n log n) time.
+ *
+ * replay_a0(): Aho, Denning and Ullman's A0 with the counts taken from
+ * the trace, the best online policy when each access is an independent
+ * draw: next to OPT it shows how much of OPT's savings even knowing every
+ * chunk's popularity (but not the order of the accesses) can reach.
  */
 #include "replay.h"
 #include "keymap.h"
@@ -91,6 +96,13 @@ static int next_uses(const struct trace *t, uint64_t *keys, uint64_t *next)
 	return 0;
 }
 
+/* The bytes of the chunk of key (trace_key()). */
+static uint64_t key_len(const struct trace *t, uint64_t key)
+{
+	return trace_chunk_len(t, (uint32_t)(key >> APB_TRACE_CHUNK_BITS),
+			       key & APB_TRACE_CHUNK_MAX);
+}
+
 /* Evict the resident chunk used farthest ahead. */
 static void evict_farthest(struct heap *h, struct keymap *resident)
 {
@@ -124,10 +136,7 @@ int replay_opt(const struct trace *t, uint64_t budget_bytes,
 	if (rc == 0)
 		rc = keymap_new(slots < n ? slots : n, &resident);
 	for (uint64_t j = 0; j < n && rc == 0; j++) {
-		uint64_t cur;
-		uint32_t model = (uint32_t)(keys[j] >> APB_TRACE_CHUNK_BITS);
-		uint64_t len = trace_chunk_len(t, model,
-					       keys[j] & APB_TRACE_CHUNK_MAX);
+		uint64_t cur, len = key_len(t, keys[j]);
 
 		out->served_bytes += len;
 		if (keymap_get(resident, keys[j], &cur)) {
@@ -148,5 +157,109 @@ out:
 	free(h.e);
 	free(next);
 	free(keys);
+	return rc;
+}
+
+/* A distinct demand chunk: its key, demand count and first demand. */
+struct rank {
+	uint64_t key;
+	uint64_t count;
+	uint64_t first;
+};
+
+/* More demands first; among equals the chunk demanded first. */
+static int rank_cmp(const void *pa, const void *pb)
+{
+	const struct rank *a = pa, *b = pb;
+
+	if (a->count != b->count)
+		return a->count > b->count ? -1 : 1;
+	return a->first < b->first ? -1 : a->first > b->first;
+}
+
+/* What the map holds for a chunk once ranked. */
+enum { A0_KEPT_COLD, A0_KEPT_LOADED, A0_TRANSIENT };
+
+/* Count the demands of every distinct chunk into ranks (*distinct of
+ * them, in first-demand order); map then holds key -> index. */
+static void count_demands(const struct trace *t, struct keymap *map,
+			  struct rank *ranks, uint64_t *distinct)
+{
+	uint64_t j = 0, d = 0;
+
+	for (uint64_t i = 0; i < t->records; i++) {
+		struct apb_trace_record r;
+		uint64_t key, at;
+
+		trace_record(t, i, &r);
+		if (r.kind != APB_TRACE_KIND_DEMAND)
+			continue;
+		key = trace_key(r.model, r.chunk);
+		if (keymap_get(map, key, &at)) {
+			ranks[at].count++;
+		} else {
+			ranks[d] = (struct rank){key, 1, j};
+			keymap_put(map, key, d++);
+		}
+		j++;
+	}
+	*distinct = d;
+}
+
+int replay_a0(const struct trace *t, uint64_t budget_bytes,
+	      struct replay_result *out)
+{
+	uint64_t slots = budget_bytes / t->chunk_size, n = t->demand;
+	struct rank *ranks = malloc((n ? n : 1) * sizeof(*ranks));
+	struct keymap *map = NULL;
+	uint64_t distinct, kept, held = 0;
+	bool holding = false;
+	int rc = -ENOMEM;
+
+	memset(out, 0, sizeof(*out));
+	if (slots == 0)
+		rc = -EINVAL;
+	if (!ranks || slots == 0 || keymap_new(n, &map) != 0)
+		goto out;
+	rc = 0;
+	count_demands(t, map, ranks, &distinct);
+	qsort(ranks, distinct, sizeof(*ranks), rank_cmp);
+	/* One slot stays for the rest: with one slot nothing is kept. */
+	kept = slots - 1 < distinct ? slots - 1 : distinct;
+	for (uint64_t i = 0; i < distinct; i++)
+		keymap_put(map, ranks[i].key,
+			   i < kept ? A0_KEPT_COLD : A0_TRANSIENT);
+	for (uint64_t i = 0; i < t->records; i++) {
+		struct apb_trace_record r;
+		uint64_t key, len, state = A0_TRANSIENT; /* all are in map */
+		bool hit;
+
+		trace_record(t, i, &r);
+		if (r.kind != APB_TRACE_KIND_DEMAND)
+			continue;
+		key = trace_key(r.model, r.chunk);
+		len = key_len(t, key);
+		keymap_get(map, key, &state);
+		if (state == A0_TRANSIENT) {
+			hit = holding && held == key;
+			holding = true;
+			held = key;
+		} else {
+			hit = state == A0_KEPT_LOADED;
+			keymap_put(map, key, A0_KEPT_LOADED);
+		}
+		out->served_bytes += len;
+		if (hit) {
+			out->hits++;
+		} else {
+			out->misses++;
+			out->loaded_bytes += len;
+		}
+	}
+	out->demand = n;
+	out->reuse_hits = out->hits; /* no prefetch: every hit is a reuse */
+out:
+	keymap_free(map);
+	free(ranks);
 	return rc;
 }

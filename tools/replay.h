@@ -1,7 +1,7 @@
 /*
  * replay.h - feed a trace through the library's own cache (struct
  * apb_cache, the real eviction code of core/evict.c) under one policy, or
- * through Belady's OPT, and count what each would have read.
+ * through Belady's OPT or A0, and count what each would have read.
  */
 #ifndef APBREPLAY_REPLAY_H
 #define APBREPLAY_REPLAY_H
@@ -48,5 +48,20 @@ int replay_policy(const struct trace *t, enum apb_eviction policy,
  */
 int replay_opt(const struct trace *t, uint64_t budget_bytes,
 	       struct replay_result *out);
+
+/*
+ * A0 (Aho, Denning, Ullman 1971, "Principles of optimal page
+ * replacement"): the optimal online policy when accesses are independent
+ * draws, given each chunk's probability - here its demand count in the
+ * trace, known in advance. With slots = budget_bytes / chunk_size, the
+ * slots - 1 chunks of most demands (ties: the one demanded first) are
+ * kept, each a miss on its first demand and a hit after; every other
+ * chunk shares the one slot left, a hit only when it is the chunk that
+ * slot holds. Demand records only, as OPT. O(n log n) time, under 100
+ * bytes of memory per demand record. Returns 0, -EINVAL (budget below one
+ * chunk) or -ENOMEM.
+ */
+int replay_a0(const struct trace *t, uint64_t budget_bytes,
+	      struct replay_result *out);
 
 #endif

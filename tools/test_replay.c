@@ -2,7 +2,8 @@
  * test_replay.c - apbreplay's modules: the trace reader refuses what
  * docs/FORMAT.md ("Trace files") forbids, the library's LRU and Belady's
  * OPT give the textbook numbers, prefetch records are replayed as the
- * daemon runs them, and the keymap under OPT keeps every key it should.
+ * daemon runs them, A0 keeps the chunks it should and shares one slot
+ * among the rest, and the keymap under OPT keeps every key it should.
  */
 #include "keymap.h"
 #include "replay.h"
@@ -91,6 +92,21 @@ static void open_ok(const struct build *b, struct trace *t, char *warn)
 	free(path);
 }
 
+/* A one-model trace of size bytes demanding the chunks of seq, opened. */
+static void open_demands(struct trace *t, uint64_t size, const uint64_t *seq,
+			 size_t n)
+{
+	struct build b;
+
+	build_start(&b, &size, 1);
+	for (size_t i = 0; i < n; i++)
+		demand(&b, 0, seq[i]);
+	open_ok(&b, t, NULL);
+}
+
+#define OPEN_DEMANDS(t, size, seq) \
+	open_demands(t, size, seq, sizeof(seq) / sizeof(seq[0]))
+
 /* The message trace_open() refuses the first len bytes of b with. */
 static void refused(const struct build *b, size_t len, const char *why)
 {
@@ -147,17 +163,12 @@ static void test_loop_lru_no_hits_opt_exact(void)
  * Concepts", with 3 frames: 9 page faults for OPT, 12 for LRU. */
 static void test_textbook_reference_string(void)
 {
-	static const int ref[] = {7, 0, 1, 2, 0, 3, 0, 4, 2, 3,
-				  0, 3, 2, 1, 2, 0, 1, 7, 0, 1};
-	uint64_t size = 8 * CS;
+	static const uint64_t ref[] = {7, 0, 1, 2, 0, 3, 0, 4, 2, 3,
+				       0, 3, 2, 1, 2, 0, 1, 7, 0, 1};
 	struct replay_result r;
-	struct build b;
 	struct trace t;
 
-	build_start(&b, &size, 1);
-	for (size_t i = 0; i < sizeof(ref) / sizeof(ref[0]); i++)
-		demand(&b, 0, (uint64_t)ref[i]);
-	open_ok(&b, &t, NULL);
+	OPEN_DEMANDS(&t, 8 * CS, ref);
 	CHECK_EQ(replay_opt(&t, 3 * CS, &r), 0);
 	CHECK_EQ(r.misses, 9);
 	CHECK_EQ(r.hits, 11);
@@ -168,6 +179,11 @@ static void test_textbook_reference_string(void)
 	CHECK_EQ(replay_policy(&t, APB_EVICT_LFU, 3 * CS, true, &r), 0);
 	CHECK_EQ(r.hits + r.misses, 20);
 	CHECK(r.hits <= 11); /* never better than OPT */
+	/* A0 keeps 0 (5 accesses) and 2 (4); the other four share the third
+	 * frame, and only 3 3 and 1 ... 1 meet there: 10 hits. */
+	CHECK_EQ(replay_a0(&t, 3 * CS, &r), 0);
+	CHECK_EQ(r.hits, 10);
+	CHECK_EQ(r.misses, 10);
 	trace_close(&t);
 }
 
@@ -288,6 +304,76 @@ static void test_corrupt_traces_are_named(void)
 	trace_close(&t);
 }
 
+/* A0 with 3 slots keeps 2 chunks: 7 (3 demands), then of the three with
+ * 2 demands the one demanded first, 5 - not 1 (the smallest key) nor 4.
+ * 4 and 1 share the third slot: each hits once, when it follows itself
+ * there. Worked out by hand: 5 hits; kept {7, 1} would give 3. */
+static void test_a0_ranks_by_count_then_first_demand(void)
+{
+	static const uint64_t seq[] = {5, 4, 7, 7, 5, 4, 1, 7, 1};
+	uint64_t size = 7 * CS + 100; /* chunk 7 is 100 bytes */
+	struct replay_result r;
+	struct build b;
+	struct trace t;
+
+	build_start(&b, &size, 1);
+	for (size_t i = 0; i < sizeof(seq) / sizeof(seq[0]); i++) {
+		demand(&b, 0, seq[i]);
+		/* Ignored, as by OPT: A0 sees the demand records only. */
+		if (i == 2)
+			add(&b, APB_TRACE_KIND_PREFETCH, 0, 0, 4);
+	}
+	open_ok(&b, &t, NULL);
+	CHECK_EQ(replay_a0(&t, 3 * CS, &r), 0);
+	CHECK_EQ(r.demand, 9);
+	CHECK_EQ(r.hits, 5);
+	CHECK_EQ(r.reuse_hits, 5);
+	CHECK_EQ(r.misses, 4); /* 5 4 7 1, each once */
+	CHECK_EQ(r.loaded_bytes, 3 * CS + 100);
+	CHECK_EQ(r.served_bytes, 6 * CS + 3 * 100);
+	CHECK_EQ(r.prefetch_issued, 0);
+	trace_close(&t);
+}
+
+/* The transient slot: with 1 slot nothing is kept and a chunk hits only
+ * right after itself; with as many slots as chunks the last ranked one
+ * is still transient; with one more, only the cold misses are left. */
+static void test_a0_transient_slot(void)
+{
+	static const uint64_t seq[] = {0, 0, 1, 1, 1, 0};
+	static const uint64_t loop[] = {0, 1, 2, 0, 1, 2, 0, 1, 2};
+	struct replay_result r;
+	struct trace t;
+
+	OPEN_DEMANDS(&t, 4 * CS, seq);
+	CHECK_EQ(replay_a0(&t, CS, &r), 0);
+	CHECK_EQ(r.hits, 3);
+	CHECK_EQ(r.misses, 3);
+	CHECK_EQ(r.loaded_bytes, 3 * CS);
+	CHECK_EQ(replay_a0(&t, 2 * CS - 1, &r), 0); /* rounds down: 1 slot */
+	CHECK_EQ(r.hits, 3);
+	/* 2 slots: 1 (3 demands) is kept, 0 alone in the transient slot. */
+	CHECK_EQ(replay_a0(&t, 2 * CS, &r), 0);
+	CHECK_EQ(r.hits, 4);
+	CHECK_EQ(r.misses, 2);
+	CHECK_EQ(replay_a0(&t, CS - 1, &r), -EINVAL);
+	trace_close(&t);
+
+	/* A loop over 3 chunks, 3 passes: every chunk has 3 demands, so the
+	 * first demanded are kept. */
+	OPEN_DEMANDS(&t, 4 * CS, loop);
+	/* 0 kept; 1 and 2 take turns in the transient slot: never a hit. */
+	CHECK_EQ(replay_a0(&t, 2 * CS, &r), 0);
+	CHECK_EQ(r.hits, 2);
+	/* 0 and 1 kept, 2 alone in the transient slot: it hits too. */
+	CHECK_EQ(replay_a0(&t, 3 * CS, &r), 0);
+	CHECK_EQ(r.hits, 6);
+	CHECK_EQ(r.misses, 3);
+	CHECK_EQ(replay_a0(&t, 4 * CS, &r), 0);
+	CHECK_EQ(r.hits, 6);
+	trace_close(&t);
+}
+
 /* Random inserts and removes against a plain array: backward-shift
  * deletion must never lose a key. */
 static void test_keymap_matches_an_array(void)
@@ -332,6 +418,8 @@ int main(void)
 	RUN(test_textbook_reference_string);
 	RUN(test_bytes_follow_chunk_lengths);
 	RUN(test_prefetch_records);
+	RUN(test_a0_ranks_by_count_then_first_demand);
+	RUN(test_a0_transient_slot);
 	RUN(test_corrupt_traces_are_named);
 	RUN(test_keymap_matches_an_array);
 	return 0;
