@@ -48,6 +48,7 @@
  * apbfs_trace_close() runs after every thread that uses the cache is gone.
  */
 #include "apbfs.h"
+#include "../core/lock.h"
 
 #include <apbundle/size.h>
 #include <apbundle/trace.h>
@@ -76,7 +77,7 @@ struct apbfs_trace {
 	struct timespec start;          /* CLOCK_MONOTONIC of time 0 */
 	uint64_t start_realtime_ns;
 
-	pthread_mutex_t mu;
+	struct apb_mutex mu;
 	pthread_cond_t written_cv;      /* writing went false */
 	/* Everything below: mu. */
 	unsigned char *buf[2];          /* BUF_BYTES each */
@@ -290,7 +291,7 @@ static void trace_free(struct apbfs_trace *t)
 	free(t->buf[0]);
 	free(t->buf[1]);
 	pthread_cond_destroy(&t->written_cv);
-	pthread_mutex_destroy(&t->mu);
+	apb_mutex_destroy(&t->mu);
 	free(t);
 }
 
@@ -306,7 +307,7 @@ int apbfs_trace_open(struct apbfs *fs, const char *bundle_path, char *err,
 		return -ENOMEM;
 	}
 	t->fd = -1;
-	pthread_mutex_init(&t->mu, NULL);
+	apb_mutex_init(&t->mu);
 	pthread_cond_init(&t->written_cv, NULL);
 	t->path = fs->opt.trace_path;
 	t->max_bytes = fs->opt.trace_max;
@@ -394,6 +395,7 @@ static uint32_t write_full(struct apbfs_trace *t)
 {
 	uint32_t said = 0;
 
+	apb_assert_held(&t->mu);
 	while (t->fill == BUF_RECORDS && !t->writing &&
 	       !(t->stop & APB_TRACE_F_WRITE_ERROR)) {
 		unsigned full = t->active;
@@ -405,9 +407,9 @@ static uint32_t write_full(struct apbfs_trace *t)
 		t->fill = 0;
 		t->handed_out += BUF_RECORDS;
 		t->writing = true;
-		pthread_mutex_unlock(&t->mu);
+		apb_mutex_unlock(&t->mu);
 		rc = pwrite_all(t->fd, t->buf[full], BUF_BYTES, off);
-		pthread_mutex_lock(&t->mu);
+		apb_mutex_lock(&t->mu);
 		t->writing = false;
 		pthread_cond_broadcast(&t->written_cv);
 		if (rc == 0) {
@@ -434,10 +436,10 @@ void apbfs_trace_access(void *ctx, uint32_t model, uint64_t index,
 	bool full = false;
 	uint32_t write_errno = 0;
 
-	pthread_mutex_lock(&t->mu);
+	apb_mutex_lock(&t->mu);
 	/* buf[active] is full until the write of the other one ends. */
 	while (t->fill == BUF_RECORDS && t->writing && !t->stop)
-		pthread_cond_wait(&t->written_cv, &t->mu);
+		apb_cond_wait(&t->written_cv, &t->mu);
 	if (!t->stop && t->handed_out + t->fill == t->max_records) {
 		t->stop = APB_TRACE_F_FULL;
 		full = true;
@@ -454,7 +456,7 @@ void apbfs_trace_access(void *ctx, uint32_t model, uint64_t index,
 		t->fill++;
 		write_errno = write_full(t);
 	}
-	pthread_mutex_unlock(&t->mu);
+	apb_mutex_unlock(&t->mu);
 	if (full)
 		fuse_log(FUSE_LOG_WARNING, "apbundlefs: trace %s reached "
 			 "trace_max (%llu bytes); recording stops, later "
