@@ -563,11 +563,13 @@ static int run_extract(int argc, char **argv)
 	struct apb_bundle *b;
 	struct progress p;
 	char err[ERR_LEN], *target = NULL;
+	bool to_stdout;
 	size_t index;
 	int rc;
 
 	if (status >= 0)
 		return status;
+	to_stdout = out && strcmp(out, "-") == 0;
 	path = argv[optind];
 	name = argv[optind + 1];
 	b = open_bundle(path);
@@ -578,7 +580,13 @@ static int run_extract(int argc, char **argv)
 		fprintf(stderr, "apbundle: %s: no model named '%s'\n", path, name);
 		goto out;
 	}
-	target = extract_target(name, out);
+	if (to_stdout && isatty(STDOUT_FILENO)) {
+		fprintf(stderr, "apbundle: standard output is a terminal; "
+			"redirect it or give -o PATH\n");
+		goto out;
+	}
+	target = to_stdout ? strdup("standard output")
+			   : extract_target(name, out);
 	if (!target) {
 		fprintf(stderr, "apbundle: %s\n", strerror(ENOMEM));
 		goto out;
@@ -589,8 +597,12 @@ static int run_extract(int argc, char **argv)
 	o.progress = progress_show;
 	o.progress_arg = &p;
 	o.cancel = &got_signal;
-	rc = apb_writer_extract_model(b, path, index, target, &o, err,
-				      sizeof(err));
+	if (to_stdout)
+		rc = apb_writer_extract_model_fd(b, path, index, STDOUT_FILENO,
+						 target, &o, err, sizeof(err));
+	else
+		rc = apb_writer_extract_model(b, path, index, target, &o, err,
+					      sizeof(err));
 	progress_clear(&p);
 	if (rc && got_signal) {
 		fprintf(stderr, "apbundle: %s: interrupted\n", target);
@@ -618,7 +630,9 @@ static const struct apb_cmd commands[] = {
 	 "[--format 1|2]\n                OUT.apbundle INPUT...\n",
 	 "\nPack the INPUTs into OUT.apbundle. The bundle is written to a\n"
 	 "temporary file next to OUT and renamed into place once complete;\n"
-	 "a failed or interrupted create leaves nothing behind.\n"
+	 "a failed or interrupted create leaves nothing behind. An existing\n"
+	 "OUT keeps its mode and owner; a symbolic link, FIFO or device at\n"
+	 "OUT is refused.\n"
 	 "\n"
 	 "INPUT is one of:\n"
 	 "  FILE        a model named after the file's last path component\n"
@@ -662,9 +676,12 @@ static const struct apb_cmd commands[] = {
 	 "the current directory; into PATH when it is a directory),\n"
 	 "decompressed. Every chunk (format 2) and the whole copy are checked\n"
 	 "against their checksums and the copy is written atomically; on a\n"
-	 "mismatch nothing is left behind.\n"
+	 "mismatch nothing is left behind. An existing file keeps its mode\n"
+	 "and owner; a symbolic link, FIFO or device at PATH is refused.\n"
 	 "\n"
-	 "  -o, --output PATH  where to write\n",
+	 "  -o, --output PATH  where to write; '-' is standard output (not\n"
+	 "                     atomic: on a mismatch the exit status is 1\n"
+	 "                     but earlier bytes are out already)\n",
 	 run_extract},
 	{"stats", "apbundle stats MOUNTPOINT\n",
 	 "\nShow the cache statistics of a mounted bundle (MOUNTPOINT/.stats),\n"

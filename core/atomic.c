@@ -14,6 +14,17 @@
  *  - Before the rename the target is untouched; after it the target holds
  *    every byte written (they were fsynced first). A failure to fsync the
  *    directory is still reported, although the file is already in place.
+ *  - Only a regular file or nothing is ever replaced, checked with lstat()
+ *    when the file is opened (so a refused target costs no work) and again
+ *    just before the rename (it may have changed meanwhile). rename()
+ *    itself does not follow links; the window between the last check and
+ *    the rename is the only one left, and closing it would need
+ *    renameat2(RENAME_EXCHANGE) and a way back, which is not worth it for
+ *    a file the caller's own directory holds.
+ *  - A replaced file keeps its permission bits, and its owner and group
+ *    when the caller may set them (root, or a group the caller is in).
+ *    The set-ID bits are only kept with the owner and group they belong
+ *    to: a previous owner's set-user-ID bit is never handed to the caller.
  *  - The name is random (getrandom, or a pid/time mix when that is not
  *    available); O_EXCL, not the randomness, is what makes it safe.
  */
@@ -26,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -50,16 +62,87 @@ static void random_suffix(char out[7])
 	out[6] = '\0';
 }
 
+/* What a non-regular file is, for "PATH: is a FIFO, not a regular file". */
+static const char *file_kind(mode_t mode)
+{
+	switch (mode & S_IFMT) {
+	case S_IFIFO:
+		return "a FIFO";
+	case S_IFCHR:
+		return "a character device";
+	case S_IFBLK:
+		return "a block device";
+	case S_IFSOCK:
+		return "a socket";
+	default:
+		return "not a regular file";
+	}
+}
+
+int apb_atomic_check_target(const char *target, struct stat *st, char *err,
+			    size_t err_len)
+{
+	char dest[4096];
+	ssize_t n;
+
+	if (lstat(target, st) != 0) {
+		int rc = -errno;
+
+		memset(st, 0, sizeof(*st));
+		return rc == -ENOENT ? 0 : apb_fail(rc, err, err_len, "%s: %s",
+						    target, strerror(-rc));
+	}
+	if (S_ISREG(st->st_mode))
+		return 0;
+	if (S_ISDIR(st->st_mode))
+		return apb_fail(-EISDIR, err, err_len, "%s: %s", target,
+				strerror(EISDIR));
+	if (S_ISLNK(st->st_mode)) {
+		/* Not followed: the caller who means the file it names can
+		 * say so, and replacing the link would break whoever uses it. */
+		n = readlink(target, dest, sizeof(dest) - 1);
+		dest[n < 0 ? 0 : n] = '\0';
+		return apb_fail(-ELOOP, err, err_len,
+				"%s: is a symbolic link to '%s'; give that path "
+				"to write the file it names, or remove the link",
+				target, dest);
+	}
+	return apb_fail(-EINVAL, err, err_len,
+			"%s: is %s, not a regular file; nothing was written",
+			target, file_kind(st->st_mode));
+}
+
+/* Give the temporary file fd what the regular file st it replaces had:
+ * owner and group when allowed (EPERM otherwise is expected and not an
+ * error), then the permission bits. */
+static int keep_owner_and_mode(int fd, const struct stat *st)
+{
+	mode_t mode = st->st_mode & 07777;
+
+	if (fchown(fd, st->st_uid, st->st_gid) != 0) {
+		mode &= (mode_t)~S_ISUID;
+		if (fchown(fd, (uid_t)-1, st->st_gid) != 0)
+			mode &= (mode_t)~S_ISGID;
+	}
+	return fchmod(fd, mode) != 0 ? -errno : 0;
+}
+
 /* Mode 0666 goes through the umask, so the result has the permissions any
  * newly created file would have. */
 int apb_atomic_open(struct apb_atomic_file *af, const char *target, char *err,
 		    size_t err_len)
 {
 	size_t n = strlen(target) + sizeof(".tmp.XXXXXX");
-	int rc = -EEXIST;
+	struct stat st;
+	int rc;
 
 	af->target = target;
 	af->fd = -1;
+	af->tmp = NULL;
+	rc = apb_atomic_check_target(target, &st, err, err_len);
+	if (rc)
+		return rc;
+	rc = -EEXIST;
 	af->tmp = malloc(n);
 	if (!af->tmp)
 		return apb_fail(-ENOMEM, err, err_len, "%s: %s", target,
@@ -119,17 +202,28 @@ static int fsync_parent_dir(const char *path)
 
 int apb_atomic_commit(struct apb_atomic_file *af, char *err, size_t err_len)
 {
-	int rc = 0, fd = af->fd;
+	const char *doing = "";
+	struct stat st;
+	int rc, fd = af->fd;
 
+	rc = apb_atomic_check_target(af->target, &st, err, err_len);
+	if (rc) {
+		apb_atomic_abort(af);
+		return rc;
+	}
 	af->fd = -1;
-	if (fsync(fd) != 0)
+	rc = st.st_mode ? keep_owner_and_mode(fd, &st) : 0;
+	if (rc)
+		doing = "keeping the replaced file's mode: ";
+	else if (fsync(fd) != 0)
 		rc = -errno;
 	if (close(fd) != 0 && rc == 0)
 		rc = -errno;
 	if (rc == 0 && rename(af->tmp, af->target) != 0)
 		rc = -errno;
 	if (rc) {
-		apb_fail(rc, err, err_len, "%s: %s", af->target, strerror(-rc));
+		apb_fail(rc, err, err_len, "%s: %s%s", af->target, doing,
+			 strerror(-rc));
 		apb_atomic_abort(af);
 		return rc;
 	}

@@ -1011,9 +1011,12 @@ static int prepare(struct job *j, const struct apb_input_list *inputs)
 		j->e[i].name = apb_input_list_name(inputs, i);
 		j->e[i].path = apb_input_list_path(inputs, i);
 	}
-	if (stat(j->out_path, &st) == 0) {
-		if (S_ISDIR(st.st_mode))
-			return out_err(j, -EISDIR);
+	/* Refuse a link, FIFO or device at OUT before any work; atomic.c
+	 * checks again before the rename. */
+	rc = apb_atomic_check_target(j->out_path, &st, j->err, j->err_len);
+	if (rc)
+		return rc;
+	if (st.st_mode) { /* an input must not be the file replaced */
 		j->out_dev = st.st_dev;
 		j->out_ino = st.st_ino;
 	}
@@ -1107,15 +1110,16 @@ static size_t read_piece(const struct apb_model *m)
 }
 
 /* Read model index through apb_bundle_preadv() (each version 2 chunk
- * against its XXH3), copying it to af when not NULL, then check the
- * model's checksum against what was read. */
+ * against its XXH3), copying it to out_fd (named out_label in messages)
+ * when out_fd >= 0, then check the model's checksum against what was
+ * read. */
 static int model_check(const struct apb_bundle *b, const char *label,
-		       size_t index, struct apb_atomic_file *af,
+		       size_t index, int out_fd, const char *out_label,
 		       const struct apb_writer_options *o, char *err,
 		       size_t err_len)
 {
 	const struct apb_model *m = apb_bundle_model(b, index);
-	const char *target = af ? af->target : label;
+	const char *target = out_fd >= 0 ? out_label : label;
 	size_t piece = read_piece(m);
 	unsigned char *buf = malloc(piece);
 	XXH3_state_t *st = XXH3_createState();
@@ -1152,7 +1156,7 @@ static int model_check(const struct apb_bundle *b, const char *label,
 			goto out;
 		}
 		XXH3_64bits_update(st, buf, (size_t)n);
-		rc = af ? write_all(af->fd, buf, (size_t)n) : 0;
+		rc = out_fd >= 0 ? write_all(out_fd, buf, (size_t)n) : 0;
 		if (rc) {
 			apb_fail(0, err, err_len, "%s: %s", target,
 				strerror(-rc));
@@ -1199,11 +1203,21 @@ int apb_writer_extract_model(const struct apb_bundle *b, const char *label,
 	rc = apb_atomic_open(&af, out_path, err, err_len);
 	if (rc)
 		return rc;
-	rc = model_check(b, label, index, &af, o, err, err_len);
+	rc = model_check(b, label, index, af.fd, out_path, o, err, err_len);
 	if (rc == 0)
 		rc = apb_atomic_commit(&af, err, err_len);
 	apb_atomic_abort(&af);
 	return rc;
+}
+
+int apb_writer_extract_model_fd(const struct apb_bundle *b, const char *label,
+				size_t index, int fd, const char *out_label,
+				const struct apb_writer_options *o, char *err,
+				size_t err_len)
+{
+	if (!apb_bundle_model(b, index))
+		return no_model(label, index, err, err_len);
+	return model_check(b, label, index, fd, out_label, o, err, err_len);
 }
 
 int apb_writer_check_model(const struct apb_bundle *b, const char *label,
@@ -1212,5 +1226,5 @@ int apb_writer_check_model(const struct apb_bundle *b, const char *label,
 {
 	if (!apb_bundle_model(b, index))
 		return no_model(label, index, err, err_len);
-	return model_check(b, label, index, NULL, o, err, err_len);
+	return model_check(b, label, index, -1, NULL, o, err, err_len);
 }

@@ -11,6 +11,13 @@
  * removed and the target is left as it was. Nothing is created before every
  * name and every input has been checked.
  *
+ * What is at the target already: nothing or a regular file, which is
+ * replaced and whose mode is kept, and its owner and group as far as the
+ * caller may set them (the set-ID bits only with them). A symbolic link
+ * (not followed), directory, FIFO, device or socket is refused before any
+ * work and again before the rename, with err saying what it is: -ELOOP,
+ * -EISDIR, -EINVAL.
+ *
  * Output is deterministic: the same names, bytes and options give a
  * byte-identical bundle (models sorted by name with strcmp(), unformatted
  * JSON, no timestamps), whatever the number of threads.
@@ -94,7 +101,8 @@ int apb_writer_options_check(const struct apb_writer_options *o, char *err,
  * errno of a failing open/read/write/fsync/rename (e.g. -ENOSPC), -EIO for
  * an input that changed size, -ELOOP for an input that is the existing
  * file at out_path (a bundle is never packed into its successor), -EISDIR
- * when out_path is a directory, -EFBIG for sizes a JSON manifest cannot
+ * when out_path is a directory, -ELOOP for a symbolic link and -EINVAL
+ * for a FIFO, device or socket at out_path, -EFBIG for sizes a JSON manifest cannot
  * hold exactly (over 2^53 bytes), too many models or (format 2) more than
  * 2^24 chunks, -ENOMEM, -EINTR when cancelled.
  */
@@ -122,6 +130,19 @@ int apb_writer_extract_model(const struct apb_bundle *b, const char *label,
 			     size_t index, const char *out_path,
 			     const struct apb_writer_options *o, char *err,
 			     size_t err_len);
+
+/*
+ * As apb_writer_extract_model(), to the open descriptor fd (standard
+ * output, a pipe) instead of a file: out_label names it in messages
+ * ("standard output: Broken pipe"). Not atomic: the model is written as
+ * it is read and checked, so on a failure, checksum mismatch included, the
+ * bytes before the failing piece have been written already and only the
+ * return value says the copy is bad. fd is neither synced nor closed.
+ */
+int apb_writer_extract_model_fd(const struct apb_bundle *b, const char *label,
+				size_t index, int fd, const char *out_label,
+				const struct apb_writer_options *o, char *err,
+				size_t err_len);
 
 /*
  * Check model index of b without writing anything: read it exactly as
