@@ -12,6 +12,8 @@
  *    not match or cannot be read), 2 on a usage error (which also prints
  *    the command's synopsis to stderr).
  *  - Errors go to stderr as one line "apbundle: <file>: <reason>".
+ *  - Names from a bundle or a .stats document are printed escaped, by
+ *    apb_cmd_print_name() only.
  *  - Results go to stdout, progress to stderr, and progress only when
  *    stderr is a terminal and the job is larger than PROGRESS_MIN_BYTES.
  *  - create and extract write atomically (see writer.h). SIGINT, SIGTERM
@@ -33,6 +35,7 @@
 
 #include "apbundle/bundle.h"
 #include "apbundle/checksum.h"
+#include "apbundle/name.h"
 #include "apbundle/size.h"
 #include "apbundle/writer.h"
 
@@ -386,6 +389,25 @@ static struct apb_bundle *open_bundle(const char *path)
 	return b;
 }
 
+/* See apbundle_cmd.h. */
+int apb_cmd_print_name(FILE *f, const char *name, int width)
+{
+	size_t len = strlen(name), cap = 4 * len + 4;
+	char small[256], *big = cap > sizeof(small) ? malloc(cap) : NULL;
+	/* Without memory for a long name it is shown cut ("..."), rather
+	 * than failing a listing over it. */
+	const char *q = apb_name_quote(name, len, big ? big : small,
+				       big ? cap : sizeof(small));
+	int cols = 0;
+
+	for (const char *p = q; *p; p++)
+		cols += ((unsigned char)*p & 0xc0) != 0x80;
+	if (f)
+		fprintf(f, "%s%*s", q, width > cols ? width - cols : 0, "");
+	free(big);
+	return cols;
+}
+
 static int digits(uint64_t v)
 {
 	int n = 1;
@@ -413,7 +435,7 @@ static int run_list(int argc, char **argv)
 	n = apb_bundle_count(b);
 	for (size_t i = 0; i < n; i++) {
 		const struct apb_model *m = apb_bundle_model(b, i);
-		int w = (int)strlen(m->name);
+		int w = apb_cmd_print_name(NULL, m->name, 0);
 
 		wname = w > wname ? w : wname;
 		wsize = digits(m->size) > wsize ? digits(m->size) : wsize;
@@ -428,7 +450,8 @@ static int run_list(int argc, char **argv)
 
 		if (m->has_checksum)
 			apb_checksum_format(m->xxh3, sum);
-		printf("%-*s  %*llu  %*llu  %-11s  %s\n", wname, m->name, wsize,
+		apb_cmd_print_name(stdout, m->name, wname);
+		printf("  %*llu  %*llu  %-11s  %s\n", wsize,
 		       (unsigned long long)m->size, wstored,
 		       (unsigned long long)m->stored_size,
 		       m->compression == APB_COMPRESSION_ZSTD ? "zstd" : "none",
@@ -487,17 +510,18 @@ static bool verify_model(const struct apb_bundle *b, size_t i,
 	v->p.base += m->size;
 	progress_clear(&v->p); /* the verdict line must not mix with it */
 	if (rc) {
-		printf("BAD %s: %s\n", m->name, verify_reason(v, m, err));
+		fputs("BAD ", stdout);
+		apb_cmd_print_name(stdout, m->name, 0);
+		printf(": %s\n", verify_reason(v, m, err));
 		fflush(stdout);
 		if (!v->failed)
 			fprintf(stderr, "apbundle: %s\n", err);
 		v->failed = true;
 		return false;
 	}
-	if (!m->has_checksum)
-		printf("SKIP %s: no checksum (aprender layout)\n", m->name);
-	else
-		printf("OK %s\n", m->name);
+	fputs(m->has_checksum ? "OK " : "SKIP ", stdout);
+	apb_cmd_print_name(stdout, m->name, 0);
+	puts(m->has_checksum ? "" : ": no checksum (aprender layout)");
 	return true;
 }
 
@@ -659,7 +683,9 @@ static const struct apb_cmd commands[] = {
 	 run_create},
 	{"list", "apbundle list BUNDLE\n",
 	 "\nPrint one line per model: NAME, SIZE and STORED (bytes),\n"
-	 "COMPRESSION and CHECKSUM ('-' when the bundle has none).\n",
+	 "COMPRESSION and CHECKSUM ('-' when the bundle has none). Control\n"
+	 "characters, invalid UTF-8 and characters a terminal acts on are\n"
+	 "printed as \\xNN, a backslash as \\\\.\n",
 	 run_list},
 	{"verify", "apbundle verify BUNDLE\n",
 	 "\nRecompute the XXH3-64 checksum of every chunk (format 2) and of\n"

@@ -14,6 +14,8 @@
 #ifndef APB_CORE_APBUNDLE_CMD_H
 #define APB_CORE_APBUNDLE_CMD_H
 
+#include <stdio.h>
+
 /* One subcommand: name, synopsis, help text and entry point (apbundle.c). */
 struct apb_cmd;
 
@@ -28,6 +30,19 @@ const struct apb_cmd *apb_cmd_find(const char *name);
  */
 int apb_cmd_operands(const struct apb_cmd *c, int argc, char **argv, int nargs,
 		     const char **out_path);
+
+/*
+ * Print a model name read from a bundle or a .stats document to f as
+ * apb_name_quote() (name.h) shows it - control characters, invalid UTF-8
+ * and the characters a terminal acts on as \xNN, a backslash as \\ -
+ * whole, then spaces up to width columns. Every command prints names only
+ * through here, to a terminal or not, so a hostile name can neither drive
+ * the terminal nor pass for another name, and the output does not depend
+ * on where it goes. With f NULL nothing is printed. Returns the columns
+ * the name takes (one per character; a wide East Asian character takes
+ * two on screen, and its row is off by one).
+ */
+int apb_cmd_print_name(FILE *f, const char *name, int width);
 
 /* `apbundle stats MOUNTPOINT` (apbundle_stats.c). */
 int apb_cmd_stats(int argc, char **argv);

@@ -17,6 +17,9 @@
  *    the headline prints '-' for a counter it lacks (an older daemon has
  *    no reuse_hits: 0 would claim the cache saved nothing). Any number,
  *    however large, is read without overflow (clamped to UINT64_MAX).
+ *  - Strings of the document (model names, the policy) are printed
+ *    through apb_cmd_print_name(): a crafted .stats cannot drive the
+ *    terminal.
  *  - Exit status as for every subcommand (apbundle_cmd.h): 1 when the file
  *    cannot be read or is not a JSON object, with one line
  *    "apbundle: MOUNTPOINT/.stats: reason" on stderr.
@@ -178,9 +181,10 @@ static void print_summary(const cJSON *root)
 	uint64_t hits = num(cache, "hits"), misses = num(cache, "misses");
 	char a[32], b[32];
 
-	printf("cache     %s, %s chunks, %llu resident\n",
-	       cJSON_IsString(pol) ? pol->valuestring : "?",
-	       human(num(cache, "chunk_size"), a),
+	fputs("cache     ", stdout);
+	apb_cmd_print_name(stdout, cJSON_IsString(pol) ? pol->valuestring : "?",
+			   0);
+	printf(", %s chunks, %llu resident\n", human(num(cache, "chunk_size"), a),
 	       (unsigned long long)num(cache, "resident_chunks"));
 	printf("memory    %s used of %s", human(num(cache, "memory_used"), a),
 	       human(num(cache, "memory_limit"), b));
@@ -219,8 +223,9 @@ static void print_model_row(const cJSON *m, int wname, int wsize)
 	const cJSON *pinned = cJSON_GetObjectItemCaseSensitive(m, "pinned");
 	char a[32], b[32];
 
-	printf("%-*s  %*s  %*s  %8llu  %8llu  %9llu  %6llu  %s\n", wname,
-	       m->string, wsize, human(num(m, "size"), a), wsize,
+	apb_cmd_print_name(stdout, m->string, wname);
+	printf("  %*s  %*s  %8llu  %8llu  %9llu  %6llu  %s\n",
+	       wsize, human(num(m, "size"), a), wsize,
 	       human(num(m, "resident_bytes"), b),
 	       (unsigned long long)num(m, "hits"),
 	       (unsigned long long)num(m, "misses"),
@@ -241,7 +246,7 @@ static int print_models(const cJSON *root)
 	if (!v)
 		return -ENOMEM;
 	cJSON_ArrayForEach(m, models) {
-		int w = (int)strlen(m->string);
+		int w = apb_cmd_print_name(NULL, m->string, 0);
 
 		wname = w > wname ? w : wname;
 		v[i++] = m;

@@ -30,6 +30,7 @@
 #include <sys/uio.h>
 
 #include "apbundle/bundle.h"
+#include "apbundle/name.h"
 #include "error.h"
 
 #define APB_V1_HEADER_LEN 16u       /* magic, u32 version, u32 manifest length */
@@ -127,15 +128,8 @@ long apb_bundle_pread_stored(const struct apb_bundle *b, uint64_t pos,
  * read errno. Retries on EINTR and short reads. (bundle.c) */
 int apb_pread_full(int fd, void *buf, size_t len, uint64_t off);
 
-/*
- * Render len bytes of a (possibly invalid) name for an error message: bytes
- * that are control characters or not part of valid UTF-8 become \xNN, and a
- * long name is cut at a character boundary and ends in "...". Returns buf,
- * always NUL terminated. (name.c)
- */
-#define APB_QUOTE_MAX 200 /* buffer size for a quoted name in messages */
-const char *apb_name_quote(const char *s, size_t len, char *buf,
-			   size_t buf_len);
+/* Buffer size for a name quoted in a message (apb_name_quote, name.h). */
+#define APB_QUOTE_MAX 200
 
 /* apb_name_quote() of a model's name; q holds APB_QUOTE_MAX bytes. */
 static inline const char *apb_mq(const struct apb_model *m, char *q)

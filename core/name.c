@@ -74,6 +74,26 @@ static bool is_control(unsigned char c)
 	return c < 0x20 || c == 0x7f;
 }
 
+/*
+ * Whether the valid n-byte UTF-8 sequence at u is one a terminal may act
+ * on or that changes how the rest of the line reads, although names may
+ * hold it: C1 controls U+0080..U+009F (U+009B is CSI on terminals that
+ * take 8-bit controls), the bidirectional marks and overrides U+200E,
+ * U+200F, U+202A..U+202E and U+2066..U+2069, and the line and paragraph
+ * separators U+2028, U+2029.
+ */
+static bool is_hidden_control(const unsigned char *u, size_t n)
+{
+	if (n == 2)
+		return u[0] == 0xc2 && u[1] < 0xa0;
+	if (n != 3 || u[0] != 0xe2)
+		return false;
+	if (u[1] == 0x80)
+		return u[2] == 0x8e || u[2] == 0x8f ||
+		       (u[2] >= 0xa8 && u[2] <= 0xae);
+	return u[1] == 0x81 && u[2] >= 0xa6 && u[2] <= 0xa9;
+}
+
 const char *apb_name_quote(const char *s, size_t len, char *buf,
 			   size_t buf_len)
 {
@@ -84,18 +104,24 @@ const char *apb_name_quote(const char *s, size_t len, char *buf,
 		return buf;
 	/* Room for "..." and the NUL is kept back from the start. */
 	while (i < len) {
-		size_t n = utf8_seq_len(u + i, len - i);
-		char tmp[5];
-		size_t tn;
+		size_t n = utf8_seq_len(u + i, len - i), tn = 0;
+		char tmp[3 * 4 + 1];
 
 		if (n == 0 || (n == 1 && is_control(u[i]))) {
-			snprintf(tmp, sizeof tmp, "\\x%02x", u[i]);
-			tn = 4;
 			n = 1;
-		} else {
+		} else if (n == 1 && u[i] == '\\') {
+			/* Doubled, so that "\\x1b" can only be a name's
+			 * own backslash and never an escape. */
+			memcpy(tmp, "\\\\", 2);
+			tn = 2;
+		} else if (!is_hidden_control(u + i, n)) {
 			memcpy(tmp, s + i, n);
 			tn = n;
 		}
+		if (tn == 0) /* not copied: every byte as \xNN */
+			for (size_t k = 0; k < n; k++, tn += 4)
+				snprintf(tmp + tn, sizeof tmp - tn, "\\x%02x",
+					 u[i + k]);
 		if (o + tn + 4 > buf_len) {
 			if (o + 4 <= buf_len) {
 				memcpy(buf + o, "...", 3);

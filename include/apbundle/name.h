@@ -28,4 +28,18 @@ int apb_name_check(const char *name, size_t len, char *err, size_t err_len);
 int apb_names_check_set(const char *const *sorted, size_t n, char *err,
 			size_t err_len);
 
+/*
+ * Render len bytes of a (possibly invalid) name for people, in messages
+ * and listings, so that printing it can neither drive a terminal nor be
+ * mistaken for another name: control bytes (< 0x20, 0x7f) and bytes not
+ * part of valid UTF-8 become \xNN; so do, byte by byte, the valid
+ * characters a terminal or a bidirectional layout acts on (C1 controls
+ * U+0080..U+009F, U+200E, U+200F, U+2028..U+202E, U+2066..U+2069); a
+ * backslash becomes \\. Everything else is copied. When the result does
+ * not fit buf_len, it is cut at a character boundary and ends in "...";
+ * 4 * len + 4 bytes always suffice. Returns buf, NUL terminated.
+ */
+const char *apb_name_quote(const char *s, size_t len, char *buf,
+			   size_t buf_len);
+
 #endif

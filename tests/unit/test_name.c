@@ -176,6 +176,44 @@ static void quotes_long_names_shortened(void)
 	CHECK(strlen(err) < 300);
 }
 
+/* apb_name_quote() of len bytes of s, with the 4 * len + 4 bytes that
+ * name.h promises are enough, is exactly want. */
+static void expect_quote(const char *s, size_t len, const char *want)
+{
+	char buf[4 * 64 + 4];
+
+	CHECK(len <= 64);
+	apb_name_quote(s, len, buf, 4 * len + 4);
+	if (strcmp(buf, want) != 0)
+		fprintf(stderr, "quoted as \"%s\", expected \"%s\"\n", buf, want);
+	CHECK(strcmp(buf, want) == 0);
+}
+
+#define QUOTE(lit, want) expect_quote(lit, sizeof(lit) - 1, want)
+
+static void quotes_what_a_terminal_would_act_on(void)
+{
+	QUOTE("plain/caf\xc3\xa9", "plain/caf\xc3\xa9");           /* copied */
+	QUOTE("a\x1b[31mb\x7f", "a\\x1b[31mb\\x7f");             /* C0, DEL */
+	QUOTE("a\0b", "a\\x00b");
+	QUOTE("x\xff\xc3", "x\\xff\\xc3");                       /* invalid */
+	QUOTE("\xc2\x80\xc2\x9b\xc2\x9f", /* C1: U+0080, CSI U+009B, U+009F */
+	      "\\xc2\\x80\\xc2\\x9b\\xc2\\x9f");
+	QUOTE("\xc2\xa0", "\xc2\xa0");                             /* U+00A0 */
+	QUOTE("\xe2\x80\x8e\xe2\x80\x8f", "\\xe2\\x80\\x8e\\xe2\\x80\\x8f");
+	QUOTE("\xe2\x80\x8d", "\xe2\x80\x8d");                   /* U+200D kept */
+	QUOTE("\xe2\x80\xa7", "\xe2\x80\xa7");                   /* U+2027 kept */
+	QUOTE("a\xe2\x80\xaegpj.exe", "a\\xe2\\x80\\xaegpj.exe"); /* U+202E */
+	QUOTE("\xe2\x80\xa8", "\\xe2\\x80\\xa8");             /* U+2028 */
+	QUOTE("\xe2\x80\xaf", "\xe2\x80\xaf");                   /* U+202F kept */
+	QUOTE("\xe2\x81\xa5\xe2\x81\xa6", "\xe2\x81\xa5\\xe2\\x81\\xa6");
+	QUOTE("\xe2\x81\xa9\xe2\x81\xaa", "\\xe2\\x81\\xa9\xe2\x81\xaa");
+	QUOTE("back\\x1b", "back\\\\x1b");        /* a name's own backslash */
+	/* The bound: every byte escaped, nothing cut. */
+	QUOTE("\x01\x02\x03\x04\x05\x06\x07\x08",
+	      "\\x01\\x02\\x03\\x04\\x05\\x06\\x07\\x08");
+}
+
 static void tolerates_missing_message_buffer(void)
 {
 	CHECK_EQ(apb_name_check("..", 2, NULL, 0), -EINVAL);
@@ -264,6 +302,7 @@ int main(void)
 	RUN(limits_component_to_255_bytes);
 	RUN(reserves_root_entries);
 	RUN(quotes_long_names_shortened);
+	RUN(quotes_what_a_terminal_would_act_on);
 	RUN(tolerates_missing_message_buffer);
 	RUN(accepts_distinct_names_and_directories);
 	RUN(rejects_duplicate_names);
