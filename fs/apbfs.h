@@ -52,21 +52,23 @@ struct apbfs_handle {
 	struct apb_readahead *ra;
 };
 
-/* Which bad chunks the log has named: each (model, chunk) once, and at
- * most APBFS_BAD_LOGGED_MAX of them (then one line saying so), so a bundle
- * rotting under a busy mount can neither flood the log nor grow memory. */
-#define APBFS_BAD_LOGGED_MAX 1024
+/* pagein.c's read log: which read errors the log has named. Each distinct
+ * (model, byte offset, error) once, at most APBFS_READ_LOG_MAX of them
+ * (then one line saying so), so a bundle rotting under a busy mount can
+ * neither flood the log nor grow memory. */
+#define APBFS_READ_LOG_MAX 1024
 
-struct apbfs_bad_chunk {
+struct apbfs_read_error {
 	uint32_t model;
-	uint64_t chunk;
+	int err;                       /* positive errno; EBADMSG: checksum */
+	uint64_t offset;               /* first byte of the chunk named */
 };
 
-struct apbfs_bad_log {
+struct apbfs_read_log {
 	pthread_mutex_t mu;
-	struct apbfs_bad_chunk seen[APBFS_BAD_LOGGED_MAX];
+	struct apbfs_read_error seen[APBFS_READ_LOG_MAX];
 	size_t n;
-	bool full;                     /* the "not naming more" line is out */
+	bool full;                     /* the "not naming further" line is out */
 };
 
 /* Immutable after setup, except the atomics and what the cache guards. */
@@ -75,7 +77,7 @@ struct apbfs {
 	struct apb_tree *tree;
 	struct apb_cache *cache;
 	struct apb_prefetcher *prefetcher; /* NULL with prefetch=off */
-	struct apbfs_backing *backing; /* backing.c: is the bundle unchanged */
+	struct apbfs_backing *backing; /* backing.c: the local source's checks */
 	struct apbfs_options opt;
 	uid_t owner;                   /* the mounting user: may write .control */
 	uint64_t special_ino[APBFS_NSPECIAL];
@@ -93,7 +95,8 @@ struct apbfs {
 	pthread_mutex_t handles_mu;
 	struct apbfs_handle handles;    /* list head; handles_mu */
 	atomic_bool bdi_tuned;         /* the first open raised its readahead */
-	struct apbfs_bad_log bad_log;  /* main.c: chunks failing checksums */
+	struct apbfs_read_log read_log; /* pagein.c: failed reads named */
+	atomic_uint_fast64_t fault_claims; /* pagein.c: for opt.fault_alloc_every */
 	struct apbfs_trace *trace;     /* trace.c; NULL without trace= */
 };
 
@@ -115,17 +118,31 @@ void apbfs_model_opened(struct apbfs *fs, uint32_t model);
 /* "prefetch", "pin" or "unpin" of model: 0 or a negative errno. */
 int apbfs_models_control(struct apbfs *fs, const char *cmd, uint32_t model);
 
-/* backing.c: the bundle file as page-ins see it. open (at setup; 0 or a
- * negative errno, the reason in err) and close. Around every load of
- * chunk memory: prepare once per chunk first (0 or -ENOMEM), pass the
- * load's result through after_load, which returns -EIO once the bundle
- * changed since mount (see backing.c for what counts). changed: model
- * reads, hits included, must fail with EIO. Thread-safe. */
+/* pagein.c: the page-in path (see its header). init before anything can
+ * fail, fini at teardown; fault_env reads the APBFS_FAULT_ALLOC_EVERY
+ * test hook into o (0, or -EINVAL with a message on stderr). load is the
+ * cache's loader (ctx: fs); a chunk that fails verification fails its
+ * load with -EBADMSG. read_failed: a model read failed on cache chunk
+ * chunk with rc; counts it in io.errors, names it in the read log unless
+ * the load already did, and returns the errno to reply with. */
+void apbfs_pagein_init(struct apbfs *fs);
+void apbfs_pagein_fini(struct apbfs *fs);
+int apbfs_pagein_fault_env(struct apbfs_options *o);
+long apbfs_pagein_load(void *ctx, uint32_t model, uint64_t first,
+		       void *const *bufs, size_t n, size_t cap, size_t *lens);
+int apbfs_read_failed(struct apbfs *fs, uint32_t model, uint64_t chunk,
+		      int rc);
+
+/* backing.c: the local source's part of the page-in path - the bundle
+ * file itself, under the mount. open (at setup; 0 or a negative errno,
+ * the reason in err) and close. check, after every load from the file:
+ * 0, or -EIO once the file changed since mount (see backing.c for what
+ * counts). changed: model reads, hits included, must fail with EIO.
+ * Thread-safe. */
 int apbfs_backing_open(struct apbfs *fs, const char *path, char *err,
 		       size_t err_len);
 void apbfs_backing_close(struct apbfs *fs);
-int apbfs_backing_prepare(struct apbfs *fs);
-long apbfs_backing_after_load(struct apbfs *fs, long rc);
+int apbfs_backing_check(struct apbfs *fs);
 bool apbfs_backing_changed(const struct apbfs *fs);
 
 /* trace.c: -o trace=FILE. open creates fs->opt.trace_path (a regular

@@ -1,7 +1,7 @@
 /*
- * backing.c - the bundle file under a running mount, as every page-in
- * sees it: is it still the file that was mounted, and did the chunk memory
- * the load fills exist.
+ * backing.c - the local source's part of the page-in path: the bundle
+ * file under a running mount. Is it still the file that was mounted?
+ * (pagein.c calls apbfs_backing_check() after every load from it.)
  *
  * A bundle rewritten in place (cp over it), replaced (a new file renamed
  * over the path, as `apbundle create` does) or removed would otherwise be
@@ -34,21 +34,6 @@
  * served. A rewrite to a different bundle changes the manifest, so it cannot
  * pass for a truncation.
  *
- * Chunk memory: the cache's slots are pages of one MAP_NORESERVE region,
- * allocated by the kernel when the load first writes them. When that
- * allocation fails inside pread() (a fault taken by the kernel on behalf of
- * a system call, or the pinning of an O_DIRECT read), the call fails with
- * EFAULT or ENOMEM instead of a signal; a load that fails so answers
- * ENOMEM, the read fails and the daemon serves the next one. Whether the
- * allocator's OOM killer picks some process first is the kernel's policy.
- * MADV_POPULATE_WRITE before each load allocates through the same path, so
- * it would change neither; it costs 4 us per 64 KiB slot even when its
- * pages are already there (measured), as much as the read itself, and is
- * not done. A loader that writes a slot from user space (decompression)
- * takes the fault itself; there populating first would be the clean way.
- * APBFS_FAULT_ALLOC_EVERY=N (test hook, read once at startup) makes every
- * Nth chunk's memory fail that way, so the path can be tested.
- *
  * Locking: the reference size and mtime are atomics read without a lock on
  * the fast path; any difference is judged again under mu, which alone
  * updates the reference and the state. mu is held across the one hash of
@@ -79,7 +64,6 @@ struct apbfs_backing {
 	uint64_t mount_size;
 	uint64_t head_len;          /* bytes before the first model's data */
 	uint64_t head_xxh3;
-	atomic_uint_fast64_t chunks_prepared; /* for opt.fault_alloc_every */
 	atomic_uint_fast64_t next_path_check_ns;
 	atomic_uint_fast64_t size;  /* reference; mu to change */
 	atomic_uint_fast64_t mtime_ns;
@@ -177,17 +161,6 @@ bool apbfs_backing_changed(const struct apbfs *fs)
 	       atomic_load(&fs->backing->state) == BACKING_CHANGED;
 }
 
-int apbfs_backing_prepare(struct apbfs *fs)
-{
-	struct apbfs_backing *bk = fs->backing;
-	uint32_t every = fs->opt.fault_alloc_every; /* 0: off */
-
-	if (bk && every &&
-	    (atomic_fetch_add(&bk->chunks_prepared, 1) + 1) % every == 0)
-		return -ENOMEM;
-	return 0;
-}
-
 /* Mark the bundle changed (mu held), say why once, free the cache. */
 static void mark_changed(struct apbfs *fs, const char *why)
 {
@@ -217,6 +190,13 @@ static bool is_truncation(struct apbfs_backing *bk, const struct stat *st)
 	       h == bk->head_xxh3;
 }
 
+/* Whether st differs from the reference. */
+static bool to_judge(struct apbfs_backing *bk, const struct stat *st)
+{
+	return (uint64_t)st->st_size != atomic_load(&bk->size) ||
+	       mtime_ns(st) != atomic_load(&bk->mtime_ns);
+}
+
 /* Judge a size or mtime different from the reference. mu held. */
 static void judge_fd(struct apbfs *fs, const struct stat *st)
 {
@@ -224,8 +204,7 @@ static void judge_fd(struct apbfs *fs, const struct stat *st)
 	uint64_t size = atomic_load(&bk->size);
 	char why[96];
 
-	if ((uint64_t)st->st_size == size &&
-	    mtime_ns(st) == atomic_load(&bk->mtime_ns))
+	if (!to_judge(bk, st))
 		return; /* another thread judged it already */
 	if (is_truncation(bk, st)) {
 		fuse_log(FUSE_LOG_ERR, "apbundlefs: %s truncated since mount "
@@ -274,23 +253,20 @@ static void check_path(struct apbfs *fs)
 	pthread_mutex_unlock(&bk->mu);
 }
 
-long apbfs_backing_after_load(struct apbfs *fs, long rc)
+int apbfs_backing_check(struct apbfs *fs)
 {
 	struct apbfs_backing *bk = fs->backing;
 	struct stat st;
 
-	if (rc == -EFAULT) /* our slot, valid: its page could not be had */
-		rc = -ENOMEM;
 	if (!bk)
-		return rc;
+		return 0;
 	if (atomic_load(&bk->state) == BACKING_OK && fstat(bk->fd, &st) == 0 &&
-	    ((uint64_t)st.st_size != atomic_load(&bk->size) ||
-	     mtime_ns(&st) != atomic_load(&bk->mtime_ns))) {
+	    to_judge(bk, &st)) {
 		pthread_mutex_lock(&bk->mu);
 		judge_fd(fs, &st);
 		pthread_mutex_unlock(&bk->mu);
 	}
 	if (atomic_load(&bk->state) == BACKING_OK)
 		check_path(fs);
-	return atomic_load(&bk->state) == BACKING_CHANGED ? -EIO : rc;
+	return atomic_load(&bk->state) == BACKING_CHANGED ? -EIO : 0;
 }

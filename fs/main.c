@@ -276,57 +276,6 @@ static int resolve_options(const struct cmdline *cl, struct apbfs_options *o)
 	return 0;
 }
 
-/* Name a chunk that failed its checksum, once per (model, chunk). */
-static void log_bad_chunk(struct apbfs *fs, uint32_t model, uint64_t chunk)
-{
-	struct apbfs_bad_log *l = &fs->bad_log;
-	const struct apb_model *m = apb_bundle_model(fs->bundle, model);
-	bool say = true, full = false;
-
-	pthread_mutex_lock(&l->mu);
-	for (size_t i = 0; i < l->n && say; i++)
-		if (l->seen[i].model == model && l->seen[i].chunk == chunk)
-			say = false;
-	if (say && l->n < APBFS_BAD_LOGGED_MAX) {
-		l->seen[l->n++] = (struct apbfs_bad_chunk){model, chunk};
-	} else if (say) {
-		say = false;
-		full = !l->full;
-		l->full = true;
-	}
-	pthread_mutex_unlock(&l->mu);
-	if (say)
-		fuse_log(FUSE_LOG_ERR,
-			 "apbundlefs: model '%s' chunk %llu (bytes %llu to %llu): checksum mismatch after a second read; reads of it fail with EIO\n",
-			 m->name, (unsigned long long)chunk,
-			 (unsigned long long)(chunk * m->chunk_size),
-			 (unsigned long long)((chunk + 1) * m->chunk_size < m->size
-					      ? (chunk + 1) * m->chunk_size : m->size));
-	if (full)
-		fuse_log(FUSE_LOG_ERR,
-			 "apbundlefs: more than %d chunks failed their checksums; not naming further ones (see io.checksum_errors)\n",
-			 APBFS_BAD_LOGGED_MAX);
-}
-
-/* A load's result: a chunk that failed verification is counted, named
- * once, and fails the read with EIO (the cache keeps nothing of it). */
-static long loaded(struct apbfs *fs, uint32_t model, uint64_t bad, long got)
-{
-	if (got != -EBADMSG)
-		return got;
-	atomic_fetch_add(&fs->io.checksum_errors, 1);
-	log_bad_chunk(fs, model, bad);
-	return -EIO;
-}
-
-/* Test hook (docs/USAGE.md), read once: fail every Nth chunk's memory. */
-static int read_fault_env(struct apbfs_options *o)
-{
-	return parse_count_opt("APBFS_FAULT_ALLOC_EVERY",
-			       getenv("APBFS_FAULT_ALLOC_EVERY"), UINT32_MAX,
-			       &o->fault_alloc_every);
-}
-
 /* path resolved as far as it exists: the file, else its directory. */
 static char *resolve(const char *path)
 {
@@ -372,41 +321,6 @@ static int outside_mount(const char *what, const char *path,
 	return inside ? -EINVAL : 0;
 }
 
-/*
- * Every page-in: a run of n adjacent chunks of model from first, read with
- * one apb_bundle_preadv() into their slots (full chunks, then the model's
- * last, short one, then nothing: lens). The chunk memory is claimed first
- * (the fault hook) and the bundle file judged after (backing.c).
- */
-static long load_run(void *arg, uint32_t model, uint64_t first,
-		     void *const *bufs, size_t n, size_t cap, size_t *lens)
-{
-	struct apbfs *fs = arg;
-	struct iovec iov[APB_CACHE_RUN_MAX] = {{NULL, 0}};
-	uint64_t bad = 0;
-	long got = 0;
-
-	if (n > APB_CACHE_RUN_MAX)
-		return -EINVAL;
-	for (size_t i = 0; i < n && got == 0; i++) {
-		got = apbfs_backing_prepare(fs);
-		iov[i] = (struct iovec){.iov_base = bufs[i], .iov_len = cap};
-	}
-	if (got == 0) {
-		got = apb_bundle_preadv(fs->bundle, model,
-					first * fs->opt.chunk_size, iov, (int)n,
-					&bad);
-		got = loaded(fs, model, bad, got);
-	}
-	for (size_t i = 0; i < n && got >= 0; i++) {
-		size_t at = i * cap;
-
-		lens[i] = (size_t)got <= at ? 0 :
-			  (size_t)got - at < cap ? (size_t)got - at : cap;
-	}
-	return apbfs_backing_after_load(fs, got < 0 ? got : 0);
-}
-
 /* Open the bundle and build everything the operations need. */
 static int setup(struct apbfs *fs, const char *path)
 {
@@ -450,7 +364,7 @@ static int setup(struct apbfs *fs, const char *path)
 			.chunk_size = fs->opt.chunk_size,
 			.policy = fs->opt.eviction,
 			.model_count = (uint32_t)n,
-			.load = load_run,
+			.load = apbfs_pagein_load,
 			.load_ctx = fs,
 			/* NULL without trace=: the cache then pays one
 			 * branch per access */
@@ -493,7 +407,7 @@ static void teardown(struct apbfs *fs)
 	apbfs_backing_close(fs);
 	if (fs->bundle)
 		apb_bundle_close(fs->bundle);
-	pthread_mutex_destroy(&fs->bad_log.mu);
+	apbfs_pagein_fini(fs);
 }
 
 static void log_to_syslog(enum fuse_log_level level, const char *fmt,
@@ -610,7 +524,7 @@ int main(int argc, char *argv[])
 	struct apbfs fs = {0};
 	int ret = 1;
 
-	pthread_mutex_init(&fs.bad_log.mu, NULL); /* teardown destroys it */
+	apbfs_pagein_init(&fs); /* teardown undoes it */
 	bound_heap();
 	if (fuse_opt_parse(&args, &cl, option_spec, take_arg) != 0 ||
 	    fuse_parse_cmdline(&args, &o) != 0) {
@@ -635,7 +549,7 @@ int main(int argc, char *argv[])
 		ret = 2;
 		goto out;
 	}
-	if (resolve_options(&cl, &fs.opt) != 0 || read_fault_env(&fs.opt)) {
+	if (resolve_options(&cl, &fs.opt) != 0 || apbfs_pagein_fault_env(&fs.opt)) {
 		ret = 2;
 		goto out;
 	}

@@ -217,8 +217,10 @@ int apbfs_models_control(struct apbfs *fs, const char *cmd, uint32_t model)
 
 	if (strcmp(cmd, "prefetch") == 0)
 		return prefetch_head(fs, model, size) == 0 ? 0 : -EBUSY;
-	if (strcmp(cmd, "pin") == 0)
-		return apb_cache_pin_model(fs->cache, model, size);
+	if (strcmp(cmd, "pin") == 0) { /* a bad chunk is EIO to the writer */
+		int rc = apb_cache_pin_model(fs->cache, model, size);
+		return rc == -EBADMSG ? -EIO : rc;
+	}
 	if (strcmp(cmd, "unpin") == 0)
 		return apb_cache_unpin_model(fs->cache, model);
 	return -EINVAL;

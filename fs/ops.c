@@ -380,16 +380,6 @@ static void read_doc(fuse_req_t req, const struct apbfs_doc *d, size_t size,
 	free(copy);
 }
 
-static void read_failed(fuse_req_t req, struct apbfs *fs, uint32_t model,
-			uint64_t chunk, int rc)
-{
-	atomic_fetch_add(&fs->io.errors, 1);
-	fuse_log(FUSE_LOG_ERR, "apbundlefs: model '%s' chunk %llu: %s\n",
-		 apb_bundle_model(fs->bundle, model)->name,
-		 (unsigned long long)chunk, strerror(-rc));
-	fuse_reply_err(req, -rc);
-}
-
 /*
  * A read in progress. Chunks are held while the reply is assembled as an
  * iovec pointing into them: the kernel's copy out of the daemon is then the
@@ -499,7 +489,7 @@ static void read_model(fuse_req_t req, struct apbfs *fs, uint32_t model,
 	if (rc) {
 		release_held(&r);
 		free(r.buf);
-		read_failed(req, fs, model, idx - 1, rc);
+		fuse_reply_err(req, apbfs_read_failed(fs, model, idx - 1, rc));
 		return;
 	}
 	/* Count before replying: the reader may look at .stats the moment

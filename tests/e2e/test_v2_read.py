@@ -165,20 +165,61 @@ def test_corrupt_zstd_frame_header(tmp_path, binaries):
         assert d.log().count("model 'z.bin' chunk 3 (") == 1, d.log()
 
 
-def test_bad_chunk_log_is_bounded(tmp_path, binaries):
-    """Many bad chunks, read twice each: the log names each once."""
-    data = apbformat.random_bytes(40 * 4096, 3)
+def log_lines(d):
+    """The daemon's log lines (it runs in the foreground, log to a file)."""
+    return [line for line in d.log().splitlines() if line.startswith("apbundlefs:")]
+
+
+def bad_bundle(path, nchunks):
+    """One model of nchunks 4 KiB chunks, every one with a byte flipped."""
+    data = apbformat.random_bytes(nchunks * 4096, 3)
     b = apbformat.V2Bundle([("m.bin", data)], chunk_size=4096)
-    b.write(tmp_path / "m.apbundle",
-            flip=[(c["offset"] + 1, 1) for c in b.chunks])
-    opts = {"max_memory": "1M", "chunk_size": "4K", "prefetch": "off", "prefetch_count": "0"}
-    with mount(tmp_path / "m.apbundle", opts) as d:
-        for _ in range(2):
+    b.write(path, flip=[(c["offset"] + 1, 1) for c in b.chunks])
+
+
+BAD_OPTS = {"max_memory": "1M", "chunk_size": "4K", "prefetch": "off", "prefetch_count": "0"}
+
+
+def read_fails(d, k):
+    with pytest.raises(OSError) as ei:
+        direct_read(d.path("m.bin"), 4096, k * 4096)
+    assert ei.value.errno == errno.EIO, (k, os.strerror(ei.value.errno))
+
+
+def test_bad_chunk_log_is_bounded(tmp_path, binaries):
+    """40 bad chunks, read 3 times each: the log names each once, in one
+    line (each failed read was a line of its own as well: 160 lines); the
+    counters count every failed read."""
+    bad_bundle(tmp_path / "m.apbundle", 40)
+    with mount(tmp_path / "m.apbundle", BAD_OPTS) as d:
+        for _ in range(3):
             for k in range(40):
-                with pytest.raises(OSError) as ei:
-                    direct_read(d.path("m.bin"), 4096, k * 4096)
-                assert ei.value.errno == errno.EIO, (k, os.strerror(ei.value.errno))
-        assert d.stats()["io"]["checksum_errors"] == 80
-        log = d.log()
-        assert log.count("checksum mismatch") == 40, log
-        assert log.count("model 'm.bin' chunk 39 (") == 1
+                read_fails(d, k)
+        s = d.stats()
+        assert s["io"]["checksum_errors"] == 120
+        assert s["io"]["errors"] == 120
+        lines = log_lines(d)
+        assert len(lines) == 40, "\n".join(lines)
+        assert all("checksum mismatch" in line for line in lines), lines
+        assert lines.count("apbundlefs: model 'm.bin' chunk 39 (bytes 159744 to 163840): "
+                           "checksum mismatch after a second read; reads of it fail "
+                           "with EIO") == 1, lines
+
+
+def test_read_error_log_has_a_cap(tmp_path, binaries):
+    """More distinct bad chunks than the log names (1024): one line each up
+    to the cap, then one line saying so, then nothing; counting goes on."""
+    n = 1030
+    bad_bundle(tmp_path / "m.apbundle", n)
+    with mount(tmp_path / "m.apbundle", BAD_OPTS) as d:
+        for _ in range(2):
+            for k in range(n):
+                read_fails(d, k)
+        s = d.stats()
+        assert s["io"]["checksum_errors"] == 2 * n
+        assert s["io"]["errors"] == 2 * n
+        lines = log_lines(d)
+        assert len(lines) == 1025, (len(lines), lines[-3:])
+        assert lines[-1] == ("apbundlefs: more than 1024 read errors; not naming further "
+                             "ones (see io.errors and io.checksum_errors)"), lines[-1]
+        assert "chunk 1023 (" in lines[-2] and "chunk 1024 (" not in d.log()

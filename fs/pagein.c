@@ -1,0 +1,214 @@
+/*
+ * pagein.c - the page-in path: how a cache miss becomes bytes in a cache
+ * slot, and what the log says when a read fails.
+ *
+ * The cache calls apbfs_pagein_load() (struct apb_cache_config.load) for
+ * every load, a reader's miss or a prefetch run alike, with no cache lock
+ * held. One load, in order:
+ *
+ *  1. The chunk memory is claimed (the fault hook below).
+ *  2. The run is read from the source. Today the one source is local: the
+ *     bundle file, read with apb_bundle_preadv() (core/bundle.c, which for
+ *     version 2 verifies every bundle chunk and reports a mismatch as
+ *     -EBADMSG with its index).
+ *  3. A bundle chunk that failed verification is counted
+ *     (io.checksum_errors) and named in the read log; the load fails with
+ *     -EBADMSG, which the cache hands to every get waiting for it and keeps
+ *     nothing of.
+ *  4. The local source's own check: is the bundle file still the one that
+ *     was mounted (backing.c). Once it is not, every load fails with -EIO.
+ *
+ * A read that fails ends in apbfs_read_failed(), whatever the cause; the
+ * reader sees EIO for a bad chunk (EBADMSG is the daemon's own name for it,
+ * so that the read log can tell that the load already named it).
+ *
+ * The read log: one policy for every line the daemon writes about a failed
+ * read. A line names one distinct (model, byte offset, error): the bundle
+ * chunk that failed its checksum, or the cache chunk a read failed on for
+ * another reason. Each is named once per mount, and at most
+ * APBFS_READ_LOG_MAX of them; then one line says that further ones are not
+ * named. So a bundle rotting under a busy mount can neither flood the log
+ * nor grow memory, while io.errors and io.checksum_errors in .stats keep
+ * counting every failure.
+ *
+ * Chunk memory: the cache's slots are pages of one MAP_NORESERVE region,
+ * allocated by the kernel when the load first writes them. When that
+ * allocation fails inside pread() (a fault taken by the kernel on behalf of
+ * a system call, or the pinning of an O_DIRECT read), the call fails with
+ * EFAULT or ENOMEM instead of a signal; a load that fails so answers
+ * ENOMEM, the read fails and the daemon serves the next one. Whether the
+ * allocator's OOM killer picks some process first is the kernel's policy.
+ * MADV_POPULATE_WRITE before each load allocates through the same path, so
+ * it would change neither; it costs 4 us per 64 KiB slot even when its
+ * pages are already there (measured), as much as the read itself, and is
+ * not done. A loader that writes a slot from user space (decompression)
+ * takes the fault itself; there populating first would be the clean way.
+ * APBFS_FAULT_ALLOC_EVERY=N (test hook, read once at startup) makes every
+ * Nth chunk's memory fail that way, so the path can be tested.
+ *
+ * Locking: apbfs_read_log.mu guards the read log; it is taken with no other
+ * lock held and nothing is called under it but the table search.
+ */
+#include "apbfs.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void apbfs_pagein_init(struct apbfs *fs)
+{
+	pthread_mutex_init(&fs->read_log.mu, NULL);
+}
+
+void apbfs_pagein_fini(struct apbfs *fs)
+{
+	pthread_mutex_destroy(&fs->read_log.mu);
+}
+
+int apbfs_pagein_fault_env(struct apbfs_options *o)
+{
+	const char *v = getenv("APBFS_FAULT_ALLOC_EVERY");
+	char *end;
+	unsigned long n;
+
+	if (!v)
+		return 0;
+	errno = 0;
+	n = strtoul(v, &end, 10);
+	if (errno || end == v || *end || v[0] == '-' || n > UINT32_MAX) {
+		fprintf(stderr, "apbundlefs: bad APBFS_FAULT_ALLOC_EVERY=%s: "
+			"expected a whole number from 0 to %u\n", v,
+			UINT32_MAX);
+		return -EINVAL;
+	}
+	o->fault_alloc_every = (uint32_t)n;
+	return 0;
+}
+
+/* The fault hook: every Nth chunk's memory cannot be had (0 or -ENOMEM). */
+static int claim_memory(struct apbfs *fs)
+{
+	uint32_t every = fs->opt.fault_alloc_every; /* 0: off */
+
+	if (every &&
+	    (atomic_fetch_add(&fs->fault_claims, 1) + 1) % every == 0)
+		return -ENOMEM;
+	return 0;
+}
+
+/* Whether (model, offset, err) is to be named now: true the first time,
+ * while there is room; the one time the log fills, *full is set. */
+static bool read_log_first(struct apbfs *fs, uint32_t model, uint64_t offset,
+			   int err, bool *full)
+{
+	struct apbfs_read_log *l = &fs->read_log;
+	bool say = true;
+
+	*full = false;
+	pthread_mutex_lock(&l->mu);
+	for (size_t i = 0; i < l->n && say; i++)
+		if (l->seen[i].model == model && l->seen[i].offset == offset &&
+		    l->seen[i].err == err)
+			say = false;
+	if (say && l->n < APBFS_READ_LOG_MAX) {
+		l->seen[l->n++] = (struct apbfs_read_error){model, err, offset};
+	} else if (say) {
+		say = false;
+		*full = !l->full;
+		l->full = true;
+	}
+	pthread_mutex_unlock(&l->mu);
+	return say;
+}
+
+static void read_log_full(void)
+{
+	fuse_log(FUSE_LOG_ERR, "apbundlefs: more than %d read errors; not "
+		 "naming further ones (see io.errors and io.checksum_errors)\n",
+		 APBFS_READ_LOG_MAX);
+}
+
+/* Bundle chunk k of model failed its checksum: count it, name it once. */
+static void bad_chunk(struct apbfs *fs, uint32_t model, uint64_t k)
+{
+	const struct apb_model *m = apb_bundle_model(fs->bundle, model);
+	uint64_t start = k * m->chunk_size;
+	uint64_t end = start + m->chunk_size < m->size ? start + m->chunk_size
+						       : m->size;
+	bool full;
+
+	atomic_fetch_add(&fs->io.checksum_errors, 1);
+	if (read_log_first(fs, model, start, EBADMSG, &full))
+		fuse_log(FUSE_LOG_ERR, "apbundlefs: model '%s' chunk %llu "
+			 "(bytes %llu to %llu): checksum mismatch after a "
+			 "second read; reads of it fail with EIO\n", m->name,
+			 (unsigned long long)k, (unsigned long long)start,
+			 (unsigned long long)end);
+	if (full)
+		read_log_full();
+}
+
+int apbfs_read_failed(struct apbfs *fs, uint32_t model, uint64_t chunk,
+		      int rc)
+{
+	const struct apb_model *m = apb_bundle_model(fs->bundle, model);
+	uint64_t start = chunk * fs->opt.chunk_size;
+	uint64_t end = start + fs->opt.chunk_size < m->size
+			       ? start + fs->opt.chunk_size : m->size;
+	bool full;
+
+	atomic_fetch_add(&fs->io.errors, 1);
+	if (rc == -EBADMSG) /* the load that found it named it */
+		return EIO;
+	if (read_log_first(fs, model, start, -rc, &full))
+		fuse_log(FUSE_LOG_ERR, "apbundlefs: model '%s' chunk %llu "
+			 "(bytes %llu to %llu): %s\n", m->name,
+			 (unsigned long long)chunk, (unsigned long long)start,
+			 (unsigned long long)end, strerror(-rc));
+	if (full)
+		read_log_full();
+	return -rc;
+}
+
+/* Run lengths from what one read of the run returned: full chunks, then
+ * the model's last, short one, then nothing. */
+static void run_lens(long got, size_t n, size_t cap, size_t *lens)
+{
+	for (size_t i = 0; i < n; i++) {
+		size_t at = i * cap;
+
+		lens[i] = (size_t)got <= at ? 0 :
+			  (size_t)got - at < cap ? (size_t)got - at : cap;
+	}
+}
+
+long apbfs_pagein_load(void *ctx, uint32_t model, uint64_t first,
+		       void *const *bufs, size_t n, size_t cap, size_t *lens)
+{
+	struct apbfs *fs = ctx;
+	struct iovec iov[APB_CACHE_RUN_MAX] = {{NULL, 0}};
+	uint64_t bad = 0;
+	long got = 0;
+
+	if (n > APB_CACHE_RUN_MAX)
+		return -EINVAL;
+	for (size_t i = 0; i < n && got == 0; i++) {
+		got = claim_memory(fs);
+		iov[i] = (struct iovec){.iov_base = bufs[i], .iov_len = cap};
+	}
+	if (got == 0)
+		got = apb_bundle_preadv(fs->bundle, model, first * cap, iov,
+					(int)n, &bad);
+	if (got == -EBADMSG)
+		bad_chunk(fs, model, bad);
+	else if (got == -EFAULT) /* our slot, valid: its page could not be had */
+		got = -ENOMEM;
+	if (got >= 0)
+		run_lens(got, n, cap, lens);
+	/* The local source's check comes last: a load that raced a change
+	 * of the file must not be served (backing.c). */
+	if (apbfs_backing_check(fs) != 0)
+		return -EIO;
+	return got < 0 ? got : 0;
+}
