@@ -8,11 +8,13 @@ logged with the model and chunk (once each); every other byte is still served, a
 
 import errno
 import os
+import threading
 
 import pytest
 
 import apbformat
-from conftest import KiB, mount, odirect_pread, open_direct
+from conftest import (KiB, MiB, direct_read, mount, odirect_pread, open_direct, read_all,
+                      wait_until)
 
 CH = 64 * KiB
 FIRST = apbformat.random_bytes(2 * CH, 61)
@@ -56,3 +58,84 @@ def test_truncated_backing_file_gives_eio(tmp_path, binaries):
             assert log.count(line) == 1, "the I/O error was not logged once with the model:\n" + log
         assert log.count("last.bin") == 2, log
 
+
+class CutReader(threading.Thread):
+    """O_DIRECT reads of one chunk at a time of model name (bytes data),
+    striding through it, until halt: each must return exact bytes, or fail
+    with EIO if the chunk lies past cut (the model's bytes kept once the
+    bundle is truncated; None: all). wrong: what broke that rule."""
+
+    def __init__(self, d, name, data, cut, start):
+        super().__init__(daemon=True)
+        self.path, self.data, self.cut, self.off = d.path(name), data, cut, start
+        self.halt = threading.Event()
+        self.reads, self.wrong = 0, []
+
+    def run(self):
+        fd = open_direct(self.path)
+        try:
+            while not self.halt.is_set() and not self.wrong:
+                end = min(self.off + CH, len(self.data))
+                try:
+                    got = os.pread(fd, end - self.off, self.off)
+                    if got != self.data[self.off:end]:
+                        self.wrong.append((self.off, "wrong bytes"))
+                except OSError as e:
+                    if e.errno != errno.EIO or self.cut is None or end <= self.cut:
+                        self.wrong.append((self.off, os.strerror(e.errno)))
+                self.reads += 1
+                self.off = (self.off + 5 * CH) % len(self.data)
+        finally:
+            os.close(fd)
+
+
+CUT_RUNS = 20
+KEPT = apbformat.random_bytes(2 * MiB, 63)
+TAIL = apbformat.random_bytes(16 * MiB, 64)
+
+
+@pytest.mark.timeout_s(240)
+def test_truncation_under_readers_is_never_a_change(tmp_path, binaries):
+    """A truncation stores the new size and the new mtime one after the
+    other; a page-in in between saw the new size with the old mtime, took
+    it for the truncation, and then the mtime for a rewrite in place: every
+    read failed until remount (4 runs of 10, backing.c). Truncated under 8
+    O_DIRECT readers that page in all the time, CUT_RUNS times: never a
+    change, the kept bytes exact, the lost ones EIO."""
+    b = apbformat.V1Bundle([("kept.bin", KEPT), ("tail.bin", TAIL)])
+    image = b.to_bytes()
+    tail_off = b.entries[1]["offset"]
+    keep = 3 * CH + 4096                  # of tail.bin; not on a chunk boundary
+    opts = {"max_memory": "1M", "chunk_size": "64K", "prefetch": "off", "prefetch_count": "0"}
+    for run in range(CUT_RUNS):
+        path = tmp_path / "t.apbundle"
+        path.write_bytes(image)
+        with mount(path, opts) as d:
+            readers = [CutReader(d, "kept.bin", KEPT, None, i * CH) for i in range(4)]
+            readers += [CutReader(d, "tail.bin", TAIL, keep, i * 7 * CH) for i in range(4)]
+            for r in readers:
+                r.start()
+            try:
+                wait_until(lambda: all(r.reads >= 20 for r in readers), 30,
+                           what="readers to be under way")
+                os.truncate(path, tail_off + keep)
+                after = [r.reads for r in readers]
+                wait_until(lambda: all(r.reads >= n + 20 or r.wrong
+                                       for r, n in zip(readers, after)), 30,
+                           what="reads after the truncation")
+            finally:
+                for r in readers:
+                    r.halt.set()
+                for r in readers:
+                    r.join(30)
+            log = d.log()
+            assert "changed since mount" not in log, "run %d:\n%s" % (run, log)
+            assert [r.wrong for r in readers if r.wrong] == [], "run %d:\n%s" % (run, log)
+            assert log.count("truncated since mount (size %d -> %d)"
+                             % (len(image), tail_off + keep)) == 1, log
+            assert read_all(d.path("kept.bin")) == KEPT
+            assert direct_read(d.path("tail.bin"), 3 * CH, 0) == TAIL[:3 * CH]
+            for off in (3 * CH, 4 * CH, len(TAIL) - CH):
+                with pytest.raises(OSError) as ei:
+                    direct_read(d.path("tail.bin"), CH, off)
+                assert ei.value.errno == errno.EIO, os.strerror(ei.value.errno)
