@@ -247,9 +247,13 @@ struct apb_evict {
 	uint32_t tracked;                 /* LIR and HIR chunks (resident) */
 	uint32_t expired;                 /* HIR expiries toward a slot */
 	uint64_t lir_evictions;           /* victims taken from the LIR set */
-	struct ghost *ghosts;             /* the pool, cap / 2 of them */
+	struct ghost *ghosts;             /* the pool, ghost_cap of them */
 	struct ghost **ghost_buckets;     /* [ghost_mask + 1] */
-	struct ghost *ghost_free;         /* through hash_next */
+	struct ghost *ghost_free;         /* released ones, through hash_next */
+	uint32_t ghost_cap;               /* cap / 2, at least 1 */
+	uint32_t ghost_fresh;             /* ghosts[ghost_fresh ..] never used:
+					   * untouched, so a large cache pays
+					   * for the ghosts it makes */
 	struct ghost *ghost_oldest, *ghost_newest;
 	uint32_t nghosts;
 };
@@ -571,10 +575,14 @@ static void ghost_make(struct apb_evict *e, struct apb_evict_node *n)
 	struct ghost *g;
 	struct ghost **p;
 
-	if (!e->ghost_free)
-		ghost_release(e, e->ghost_oldest, false);
-	g = e->ghost_free;
-	e->ghost_free = g->hash_next;
+	if (!e->ghost_free && e->ghost_fresh < e->ghost_cap) {
+		g = &e->ghosts[e->ghost_fresh++];
+	} else {
+		if (!e->ghost_free)
+			ghost_release(e, e->ghost_oldest, false);
+		g = e->ghost_free;
+		e->ghost_free = g->hash_next;
+	}
 	g->model = n->model;
 	g->index = n->index;
 	g->s.ghost = true;
@@ -844,10 +852,7 @@ static int auto_alloc(struct apb_evict *e)
 				  sizeof(*e->ghost_buckets));
 	if (!e->ghosts || !e->ghost_buckets)
 		return -ENOMEM;
-	for (uint32_t i = nghosts; i-- > 0;) {
-		e->ghosts[i].hash_next = e->ghost_free;
-		e->ghost_free = &e->ghosts[i];
-	}
+	e->ghost_cap = nghosts;
 	return 0;
 }
 

@@ -321,6 +321,22 @@ static int outside_mount(const char *what, const char *path,
 	return inside ? -EINVAL : 0;
 }
 
+/* The cache reserves address space and takes pages as it fills
+ * (core/cache.c, MEMORY), so a budget fails only where address space is
+ * limited; say which budget and what to do. */
+static void cache_map_failed(const struct apbfs_options *o)
+{
+	char a[32], b[32];
+
+	fprintf(stderr, "apbundlefs: max_memory (%s): cannot reserve the "
+		"address space of the chunk cache (%s slots and their "
+		"metadata): %s; the virtual memory limit (ulimit -v) or strict "
+		"overcommit (vm.overcommit_memory=2) does not allow it, use a "
+		"smaller max_memory\n",
+		apb_size_format(o->max_memory, a, sizeof(a)),
+		apb_size_format(o->chunk_size, b, sizeof(b)), strerror(ENOMEM));
+}
+
 /* Open the bundle and build everything the operations need. */
 static int setup(struct apbfs *fs, const char *path)
 {
@@ -375,6 +391,10 @@ static int setup(struct apbfs *fs, const char *path)
 				      APB_LAYOUT_V2,
 		};
 		rc = apb_cache_new(&cfg, &fs->cache);
+		if (rc == -ENOMEM) {
+			cache_map_failed(&fs->opt);
+			return rc;
+		}
 	}
 
 	if (rc) {
