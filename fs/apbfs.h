@@ -119,15 +119,13 @@ void apbfs_model_opened(struct apbfs *fs, uint32_t model);
 int apbfs_models_control(struct apbfs *fs, const char *cmd, uint32_t model);
 
 /* pagein.c: the page-in path (see its header). init before anything can
- * fail, fini at teardown; fault_env reads the APBFS_FAULT_ALLOC_EVERY
- * test hook into o (0, or -EINVAL with a message on stderr). load is the
+ * fail, fini at teardown. load is the
  * cache's loader (ctx: fs); a chunk that fails verification fails its
  * load with -EBADMSG. read_failed: a model read failed on cache chunk
  * chunk with rc; counts it in io.errors, names it in the read log unless
  * the load already did, and returns the errno to reply with. */
 void apbfs_pagein_init(struct apbfs *fs);
 void apbfs_pagein_fini(struct apbfs *fs);
-int apbfs_pagein_fault_env(struct apbfs_options *o);
 long apbfs_pagein_load(void *ctx, uint32_t model, uint64_t first,
 		       void *const *bufs, size_t n, size_t cap, size_t *lens);
 int apbfs_read_failed(struct apbfs *fs, uint32_t model, uint64_t chunk,

@@ -276,6 +276,15 @@ static int resolve_options(const struct cmdline *cl, struct apbfs_options *o)
 	return 0;
 }
 
+/* Test hook (docs/USAGE.md), read once: fail every Nth chunk's memory
+ * (pagein.c). */
+static int read_fault_env(struct apbfs_options *o)
+{
+	return parse_count_opt("APBFS_FAULT_ALLOC_EVERY",
+			       getenv("APBFS_FAULT_ALLOC_EVERY"), UINT32_MAX,
+			       &o->fault_alloc_every);
+}
+
 /* path resolved as far as it exists: the file, else its directory. */
 static char *resolve(const char *path)
 {
@@ -569,7 +578,7 @@ int main(int argc, char *argv[])
 		ret = 2;
 		goto out;
 	}
-	if (resolve_options(&cl, &fs.opt) != 0 || apbfs_pagein_fault_env(&fs.opt)) {
+	if (resolve_options(&cl, &fs.opt) != 0 || read_fault_env(&fs.opt)) {
 		ret = 2;
 		goto out;
 	}

@@ -43,8 +43,9 @@
  * pages are already there (measured), as much as the read itself, and is
  * not done. A loader that writes a slot from user space (decompression)
  * takes the fault itself; there populating first would be the clean way.
- * APBFS_FAULT_ALLOC_EVERY=N (test hook, read once at startup) makes every
- * Nth chunk's memory fail that way, so the path can be tested.
+ * APBFS_FAULT_ALLOC_EVERY=N (test hook, read once at startup by main.c into
+ * opt.fault_alloc_every) makes every Nth chunk's memory fail that way, so
+ * the path can be tested.
  *
  * Locking: apbfs_read_log.mu guards the read log; it is taken with no other
  * lock held and nothing is called under it but the table search.
@@ -52,8 +53,6 @@
 #include "apbfs.h"
 
 #include <errno.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 void apbfs_pagein_init(struct apbfs *fs)
@@ -64,26 +63,6 @@ void apbfs_pagein_init(struct apbfs *fs)
 void apbfs_pagein_fini(struct apbfs *fs)
 {
 	pthread_mutex_destroy(&fs->read_log.mu);
-}
-
-int apbfs_pagein_fault_env(struct apbfs_options *o)
-{
-	const char *v = getenv("APBFS_FAULT_ALLOC_EVERY");
-	char *end;
-	unsigned long n;
-
-	if (!v)
-		return 0;
-	errno = 0;
-	n = strtoul(v, &end, 10);
-	if (errno || end == v || *end || v[0] == '-' || n > UINT32_MAX) {
-		fprintf(stderr, "apbundlefs: bad APBFS_FAULT_ALLOC_EVERY=%s: "
-			"expected a whole number from 0 to %u\n", v,
-			UINT32_MAX);
-		return -EINVAL;
-	}
-	o->fault_alloc_every = (uint32_t)n;
-	return 0;
 }
 
 /* The fault hook: every Nth chunk's memory cannot be had (0 or -ENOMEM). */
