@@ -72,6 +72,8 @@
 
 #include <apbundle/checksum.h>
 
+#include "../core/lock.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -98,7 +100,7 @@ struct apbfs_backing {
 	atomic_uint_fast64_t size;  /* reference; mu to change */
 	atomic_uint_fast64_t mtime_ns;
 	atomic_int state;           /* enum backing_state; mu to change */
-	pthread_mutex_t mu;
+	struct apb_mutex mu;
 };
 
 static uint64_t mtime_ns(const struct stat *st)
@@ -140,7 +142,7 @@ int apbfs_backing_open(struct apbfs *fs, const char *path, char *err,
 	}
 	bk->fd = -1;
 	fs->backing = bk;
-	pthread_mutex_init(&bk->mu, NULL);
+	apb_mutex_init(&bk->mu);
 	bk->path = realpath(path, NULL);
 	if (!bk->path) {
 		rc = -errno;
@@ -179,7 +181,7 @@ void apbfs_backing_close(struct apbfs *fs)
 		return;
 	if (bk->fd >= 0)
 		close(bk->fd);
-	pthread_mutex_destroy(&bk->mu);
+	apb_mutex_destroy(&bk->mu);
 	free(bk->path);
 	free(bk);
 	fs->backing = NULL;
@@ -196,6 +198,7 @@ static void mark_changed(struct apbfs *fs, const char *why)
 {
 	struct apbfs_backing *bk = fs->backing;
 
+	apb_assert_held(&bk->mu);
 	if (atomic_load(&bk->state) == BACKING_CHANGED)
 		return;
 	atomic_store(&bk->state, BACKING_CHANGED);
@@ -213,6 +216,7 @@ static bool is_truncation(struct apbfs_backing *bk, const struct stat *st)
 {
 	uint64_t h;
 
+	apb_assert_held(&bk->mu);
 	if ((uint64_t)st->st_size >= atomic_load(&bk->size) ||
 	    (uint64_t)st->st_size < bk->head_len)
 		return false;
@@ -240,6 +244,7 @@ static void settle(struct apbfs_backing *bk, struct stat *st)
 	uint64_t until = coarse_now_ns() + SETTLE_NS;
 	struct stat again;
 
+	apb_assert_held(&bk->mu);
 	while ((uint64_t)st->st_size == atomic_load(&bk->size)) {
 		if (fstat(bk->fd, &again) != 0)
 			return;
@@ -258,6 +263,7 @@ static void judge_fd(struct apbfs *fs, struct stat *st)
 	uint64_t size = atomic_load(&bk->size);
 	char why[96];
 
+	apb_assert_held(&bk->mu);
 	if (!to_judge(bk, st))
 		return; /* another thread judged it already */
 	settle(bk, st);
@@ -303,9 +309,9 @@ static void check_path(struct apbfs *fs)
 	} else {
 		return;
 	}
-	pthread_mutex_lock(&bk->mu);
+	apb_mutex_lock(&bk->mu);
 	mark_changed(fs, why);
-	pthread_mutex_unlock(&bk->mu);
+	apb_mutex_unlock(&bk->mu);
 }
 
 int apbfs_backing_check(struct apbfs *fs)
@@ -317,9 +323,9 @@ int apbfs_backing_check(struct apbfs *fs)
 		return 0;
 	if (atomic_load(&bk->state) == BACKING_OK && fstat(bk->fd, &st) == 0 &&
 	    to_judge(bk, &st)) {
-		pthread_mutex_lock(&bk->mu);
+		apb_mutex_lock(&bk->mu);
 		judge_fd(fs, &st);
-		pthread_mutex_unlock(&bk->mu);
+		apb_mutex_unlock(&bk->mu);
 	}
 	if (atomic_load(&bk->state) == BACKING_OK)
 		check_path(fs);
