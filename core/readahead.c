@@ -71,6 +71,7 @@
  * other lock is taken under it.
  */
 #include "apbundle/prefetch.h"
+#include "lock.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -93,7 +94,7 @@ struct apb_readahead {
 	uint32_t chunk_size;
 	uint64_t gap_bytes;     /* max(chunk_size, GAP_MIN_BYTES) */
 
-	pthread_mutex_t mu;
+	struct apb_mutex mu;
 	/* Everything below: mu. */
 	struct stream streams[APB_READAHEAD_STREAMS];
 	uint64_t tick;          /* reads noted so far */
@@ -110,7 +111,7 @@ int apb_readahead_new(uint32_t chunk_size, struct apb_readahead **out)
 	ra = calloc(1, sizeof(*ra));
 	if (!ra)
 		return -ENOMEM;
-	if (pthread_mutex_init(&ra->mu, NULL) != 0) {
+	if (apb_mutex_init(&ra->mu) != 0) {
 		free(ra);
 		return -ENOMEM;
 	}
@@ -124,7 +125,7 @@ void apb_readahead_free(struct apb_readahead *ra)
 {
 	if (!ra)
 		return;
-	pthread_mutex_destroy(&ra->mu);
+	apb_mutex_destroy(&ra->mu);
 	free(ra);
 }
 
@@ -134,7 +135,7 @@ static uint64_t distance(uint64_t a, uint64_t b)
 }
 
 /* The used stream nearest to off that a read of len bytes at off
- * continues, or NULL. */
+ * continues, or NULL. mu held. */
 static struct stream *find_stream(struct apb_readahead *ra, uint64_t off,
 				  uint64_t len)
 {
@@ -142,6 +143,7 @@ static struct stream *find_stream(struct apb_readahead *ra, uint64_t off,
 	uint64_t gap = twice > ra->gap_bytes ? twice : ra->gap_bytes;
 	struct stream *best = NULL;
 
+	apb_assert_held(&ra->mu);
 	for (int i = 0; i < APB_READAHEAD_STREAMS; i++) {
 		struct stream *s = &ra->streams[i];
 
@@ -178,7 +180,7 @@ static uint64_t limit_chunks(const struct apb_readahead *ra,
 
 /*
  * Continue s with a read whose last chunk is last_read; set *first and *count
- * to the chunks it hands out (clipped to the model's last chunk).
+ * to the chunks it hands out (clipped to the model's last chunk). mu held.
  */
 static void continue_stream(struct apb_readahead *ra, struct stream *s,
 			    uint64_t last_read, uint64_t model_size,
@@ -190,6 +192,7 @@ static void continue_stream(struct apb_readahead *ra, struct stream *s,
 	uint64_t to = last_read + w; /* inclusive */
 	uint64_t n;
 
+	apb_assert_held(&ra->mu);
 	assert(w >= 1 && w <= UINT32_MAX);
 	s->window = 2 * w;
 	if (model_size == 0)
@@ -219,7 +222,7 @@ bool apb_readahead_note(struct apb_readahead *ra, uint64_t off, uint64_t len,
 	end = len > UINT64_MAX - off ? UINT64_MAX : off + len;
 	last_read = (end - 1) / ra->chunk_size;
 
-	pthread_mutex_lock(&ra->mu);
+	apb_mutex_lock(&ra->mu);
 	ra->tick++;
 	s = find_stream(ra, off, len);
 	sequential = s != NULL;
@@ -241,13 +244,13 @@ bool apb_readahead_note(struct apb_readahead *ra, uint64_t off, uint64_t len,
 		ra->st.random++;
 	}
 	s->last_use = ra->tick;
-	pthread_mutex_unlock(&ra->mu);
+	apb_mutex_unlock(&ra->mu);
 	return sequential;
 }
 
 void apb_readahead_stats(struct apb_readahead *ra, struct apb_ra_stats *out)
 {
-	pthread_mutex_lock(&ra->mu);
+	apb_mutex_lock(&ra->mu);
 	*out = ra->st;
-	pthread_mutex_unlock(&ra->mu);
+	apb_mutex_unlock(&ra->mu);
 }
