@@ -89,6 +89,7 @@
 #include "atomic.h"
 #include "error.h"
 #include "format.h"
+#include "lock.h"
 
 #define COPY_BUF_BYTES (1u << 20)
 #define HEADER_BYTES 16u
@@ -609,7 +610,7 @@ struct slot {
 };
 
 struct pool {
-	pthread_mutex_t mu;
+	struct apb_mutex mu;
 	pthread_cond_t work; /* a slot was queued, or stop */
 	pthread_cond_t done; /* a slot became DONE */
 	struct slot *slot;
@@ -674,22 +675,22 @@ static void *pool_worker(void *arg)
 	struct pool *pl = arg;
 	ZSTD_CCtx *cctx = NULL;
 
-	pthread_mutex_lock(&pl->mu);
+	apb_mutex_lock(&pl->mu);
 	for (;;) {
 		struct slot *s;
 
 		while (!pl->stop && pl->head == pl->tail)
-			pthread_cond_wait(&pl->work, &pl->mu);
+			apb_cond_wait(&pl->work, &pl->mu);
 		if (pl->stop)
 			break;
 		s = &pl->slot[pl->ring[pl->head++ % pl->nslots]];
-		pthread_mutex_unlock(&pl->mu);
+		apb_mutex_unlock(&pl->mu);
 		batch_run(pl, s, &cctx);
-		pthread_mutex_lock(&pl->mu);
+		apb_mutex_lock(&pl->mu);
 		s->state = SLOT_DONE;
 		pthread_cond_broadcast(&pl->done);
 	}
-	pthread_mutex_unlock(&pl->mu);
+	apb_mutex_unlock(&pl->mu);
 	ZSTD_freeCCtx(cctx);
 	return NULL;
 }
@@ -699,10 +700,10 @@ static void pool_free(struct pool *pl)
 {
 	if (!pl)
 		return;
-	pthread_mutex_lock(&pl->mu);
+	apb_mutex_lock(&pl->mu);
 	pl->stop = true;
 	pthread_cond_broadcast(&pl->work);
-	pthread_mutex_unlock(&pl->mu);
+	apb_mutex_unlock(&pl->mu);
 	for (unsigned i = 0; i < pl->started; i++)
 		pthread_join(pl->tid[i], NULL);
 	for (size_t i = 0; pl->slot && i < pl->nslots; i++) {
@@ -715,7 +716,7 @@ static void pool_free(struct pool *pl)
 	free(pl->tid);
 	pthread_cond_destroy(&pl->done);
 	pthread_cond_destroy(&pl->work);
-	pthread_mutex_destroy(&pl->mu);
+	apb_mutex_destroy(&pl->mu);
 	free(pl);
 }
 
@@ -733,7 +734,7 @@ static int pool_new(unsigned threads, size_t chunk_size, bool compress,
 	*out = NULL;
 	if (!pl)
 		return -ENOMEM;
-	pthread_mutex_init(&pl->mu, NULL);
+	apb_mutex_init(&pl->mu);
 	pthread_cond_init(&pl->work, NULL);
 	pthread_cond_init(&pl->done, NULL);
 	pl->chunk_size = chunk_size;
@@ -784,21 +785,21 @@ fail:
 
 static void pool_submit(struct pool *pl, size_t slot)
 {
-	pthread_mutex_lock(&pl->mu);
+	apb_mutex_lock(&pl->mu);
 	pl->slot[slot].state = SLOT_QUEUED;
 	pl->ring[pl->tail++ % pl->nslots] = slot;
 	pthread_cond_signal(&pl->work);
-	pthread_mutex_unlock(&pl->mu);
+	apb_mutex_unlock(&pl->mu);
 }
 
 static struct slot *pool_wait(struct pool *pl, size_t slot)
 {
 	struct slot *s = &pl->slot[slot];
 
-	pthread_mutex_lock(&pl->mu);
+	apb_mutex_lock(&pl->mu);
 	while (s->state != SLOT_DONE)
-		pthread_cond_wait(&pl->done, &pl->mu);
-	pthread_mutex_unlock(&pl->mu);
+		apb_cond_wait(&pl->done, &pl->mu);
+	apb_mutex_unlock(&pl->mu);
 	return s;
 }
 
