@@ -35,6 +35,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import apbformat  # noqa: E402
+from remote import fault_proxy, nginx_server, rgw_server  # noqa: E402,F401 (real servers)
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("APB_BUILD_DIR", REPO / "build")).resolve()

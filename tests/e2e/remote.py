@@ -1,0 +1,88 @@
+"""Fixtures for tests against real servers (scripts/servers.py), loaded by
+conftest.py:
+
+- `nginx_server` (session): nginx-light on 127.0.0.1 serving a session temp
+  dir (`nginx_server.root`: write files there, fetch `nginx_server.url(name)`);
+  `/forbidden.bin` answers 403 whether it exists or not.
+- `rgw_server` (session): a single-node Ceph RADOS Gateway with bucket
+  `rgw_server.bucket`, keys `access_key`/`secret_key`, region `region`;
+  `put_object(key, path)`, signed `request(method, key, ...)`. Its memstore
+  holds RGW_MEMSTORE_BYTES (env APB_RGW_MEMSTORE_BYTES): keep uploads well
+  below it, a full memstore hangs PUTs.
+- `fault_proxy` (function): a factory, `fault_proxy(upstream_endpoint)` ->
+  started servers.FaultProxy; every proxy made is stopped after the test.
+
+A server whose packages are missing makes its tests skip, naming the packages
+and scripts/deps.sh install_servers (scripts/test.sh installs them); one that
+is installed but does not start is an error with its log's tail. Teardown
+checks that no process of a stopped server's process group remains.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import servers  # noqa: E402
+
+RGW_MEMSTORE_BYTES = int(os.environ.get("APB_RGW_MEMSTORE_BYTES", 1 << 30))
+FORBIDDEN_PATH = "/forbidden.bin"
+
+
+def _skip_if_missing(kind, packages):
+    missing = servers.missing_programs(kind)
+    if missing:
+        pytest.skip("%s not installed (%s missing): install with `. scripts/deps.sh; "
+                    "install_servers`" % (" ".join(packages), ", ".join(missing)))
+
+
+def assert_groups_gone(pgids):
+    """Fail if a process of any of these process groups is still alive."""
+    left = {g: servers.group_pids(g) for g in pgids}
+    left = {g: p for g, p in left.items() if p}
+    assert not left, "server processes still running after stop: %s" % left
+
+
+@pytest.fixture(scope="session")
+def nginx_server(tmp_path_factory):
+    _skip_if_missing("nginx", servers.NGINX_PACKAGES)
+    root = tmp_path_factory.mktemp("www")
+    web = servers.Nginx(root, forbid=[FORBIDDEN_PATH])
+    web.start()
+    pgid = web.daemon.pgid
+    try:
+        yield web
+    finally:
+        web.close()
+        assert_groups_gone([pgid])
+
+
+@pytest.fixture(scope="session")
+def rgw_server():
+    _skip_if_missing("rgw", servers.RGW_PACKAGES + ("curl",))
+    s3 = servers.Rgw(memstore_bytes=RGW_MEMSTORE_BYTES)
+    s3.start()
+    pgids = [d.pgid for d in s3.daemons.values()]
+    try:
+        yield s3
+    finally:
+        s3.close()
+        assert_groups_gone(pgids)
+
+
+@pytest.fixture
+def fault_proxy():
+    made = []
+
+    def make(upstream):
+        p = servers.FaultProxy(upstream)
+        made.append(p)
+        return p.start()
+
+    try:
+        yield make
+    finally:
+        for p in made:
+            p.stop()
