@@ -57,3 +57,37 @@ install_llama() {
     fi
     rm -f "$dir/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libggml-cpu-sapphirerapids.so"
 }
+
+# install_servers: the real servers the remote e2e tests and benchmarks run
+# against (scripts/servers.py): nginx-light for HTTP, a single-node Ceph 16
+# RADOS Gateway for S3, curl to upload and to compare. About 300 MB, ~20 s.
+# Package scripts would start the system nginx on port 80 (and enable it at
+# boot): a policy-rc.d that answers 101 ("action forbidden") keeps every
+# service these packages bring from being started during the install, and
+# nginx is disabled at boot where systemd runs. scripts/servers.py never uses
+# the system services: each server it starts runs from its own scratch dir.
+# An existing policy-rc.d (Docker images ship one) is left as it is. The
+# package lists are updated only if an install from the current ones fails.
+install_servers() {
+    local p missing=() policy=/usr/sbin/policy-rc.d ours=0 rc=0
+    for p in nginx-light ceph-mon ceph-osd ceph-mgr radosgw ceph-common curl; do
+        installed "$p" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        echo "server packages present"
+        return
+    fi
+    echo "installing: ${missing[*]}"
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# apbundlefs scripts/deps.sh install_servers: start no service\nexit 101\n' |
+            as_root tee "$policy" >/dev/null && as_root chmod 755 "$policy" && ours=1
+    fi
+    as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" ||
+        { as_root apt-get update -qq &&
+          as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"; } || rc=$?
+    [ "$ours" -eq 0 ] || as_root rm -f "$policy"
+    if [ "$rc" -eq 0 ] && [ -d /run/systemd/system ]; then
+        as_root systemctl disable --now nginx >/dev/null 2>&1 || true
+    fi
+    return "$rc"
+}

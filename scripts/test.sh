@@ -57,6 +57,7 @@ done
 step "dependencies"
 install_missing "${PACKAGES[@]}"
 install_clang_runtime   # the asan stage's runtime and symbolizer
+install_servers         # nginx and Ceph RGW for the remote-source e2e tests
 install_llama ||        # node-llama-cpp for tests/e2e/test_llama.py
     echo "warning: node-llama-cpp did not install; tests/e2e/test_llama.py will skip" >&2
 if [ ! -e /dev/fuse ]; then
