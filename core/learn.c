@@ -51,7 +51,11 @@
  * not in the bundle, "next" entries naming the model itself and zero
  * counts are skipped. A name given twice in one object adds twice.
  * Files over 64 MiB are refused (-EFBIG) before reading: a real file is
- * at most a few hundred bytes per model.
+ * at most a few hundred bytes per model. The file is opened so that it
+ * cannot block (a FIFO without a writer would) and must be a regular
+ * file; an empty one holds no counts, like a missing one. Anything else
+ * that fails the checks is "not an apbundlefs state file" (-EINVAL):
+ * saving would replace it, so the daemon refuses to mount on it.
  *
  * Saving snapshots the tables under the lock, then builds the document and
  * writes it through atomic.h (temporary file in the same directory, fsync,
@@ -316,7 +320,10 @@ static int read_state(const char *path, char **buf, size_t *len, char *err,
 	struct stat st;
 	char *b = NULL;
 	size_t n = 0, cap;
-	int rc = 0, fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: opening a FIFO must not wait for a writer (the daemon
+	 * reads this before it serves); the type check refuses it, and reads
+	 * of a regular file ignore the flag. */
+	int rc = 0, fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 
 	if (fd < 0)
 		return apb_fail(-errno, err, err_len, "%s: %s", path,
@@ -326,10 +333,17 @@ static int read_state(const char *path, char **buf, size_t *len, char *err,
 			      strerror(errno));
 		goto out;
 	}
+	if (!S_ISREG(st.st_mode)) {
+		rc = apb_fail(S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL, err,
+			      err_len, "%s: is %s, not a regular file", path,
+			      S_ISDIR(st.st_mode) ? "a directory"
+			      : S_ISFIFO(st.st_mode) ? "a FIFO" : "a device");
+		goto out;
+	}
 	if (st.st_size > STATE_MAX_BYTES)
 		goto too_big;
-	/* Read to EOF, not to st_size: the file may grow meanwhile, and a
-	 * pipe or FIFO has no size; growing past the limit is refused. */
+	/* Read to EOF, not to st_size: the file may grow meanwhile; growing
+	 * past the limit is refused. */
 	cap = (size_t)st.st_size + 4096;
 	for (;;) {
 		ssize_t r;
@@ -397,30 +411,30 @@ static int check_model(const cJSON *m, char *err, size_t err_len)
 
 	if (!cJSON_IsObject(m))
 		return apb_fail(-EINVAL, err, err_len,
-				"state file: 'models.%s' is not an object",
+				"'models.%s' is not an object",
 				m->string);
 	opens = cJSON_GetObjectItemCaseSensitive(m, "opens");
 	if (!opens)
 		return apb_fail(-EINVAL, err, err_len,
-				"state file: 'models.%s.opens' is missing",
+				"'models.%s.opens' is missing",
 				m->string);
 	if (!is_count(opens))
 		return apb_fail(-EINVAL, err, err_len,
-				"state file: 'models.%s.opens' is not a "
+				"'models.%s.opens' is not a "
 				"non-negative integer", m->string);
 	next = cJSON_GetObjectItemCaseSensitive(m, "next");
 	if (!next)
 		return apb_fail(-EINVAL, err, err_len,
-				"state file: 'models.%s.next' is missing",
+				"'models.%s.next' is missing",
 				m->string);
 	if (!cJSON_IsObject(next))
 		return apb_fail(-EINVAL, err, err_len,
-				"state file: 'models.%s.next' is not an object",
+				"'models.%s.next' is not an object",
 				m->string);
 	cJSON_ArrayForEach(s, next) {
 		if (!is_count(s))
 			return apb_fail(-EINVAL, err, err_len,
-					"state file: 'models.%s.next.%s' is "
+					"'models.%s.next.%s' is "
 					"not a non-negative integer",
 					m->string, s->string);
 	}
@@ -436,22 +450,22 @@ static int check_state(const cJSON *doc, const cJSON **models, char *err,
 
 	if (!cJSON_IsObject(doc))
 		return apb_fail(-EINVAL, err, err_len,
-				"state file: top level is not an object");
+				"top level is not an object");
 	v = cJSON_GetObjectItemCaseSensitive(doc, "version");
 	if (!v)
 		return apb_fail(-EINVAL, err, err_len,
-				"state file: 'version' is missing");
+				"'version' is missing");
 	if (!cJSON_IsNumber(v) || v->valuedouble != STATE_VERSION)
 		return apb_fail(-EINVAL, err, err_len,
-				"state file: 'version' is not %d",
+				"'version' is not %d",
 				STATE_VERSION);
 	*models = cJSON_GetObjectItemCaseSensitive(doc, "models");
 	if (!*models)
 		return apb_fail(-EINVAL, err, err_len,
-				"state file: 'models' is missing");
+				"'models' is missing");
 	if (!cJSON_IsObject(*models))
 		return apb_fail(-EINVAL, err, err_len,
-				"state file: 'models' is not an object");
+				"'models' is not an object");
 	cJSON_ArrayForEach(m, *models) {
 		rc = check_model(m, err, err_len);
 		if (rc)
@@ -490,7 +504,7 @@ static void merge_state(struct apb_learn *l, const cJSON *models)
 int apb_learn_load(struct apb_learn *l, const char *path, char *err,
 		   size_t err_len)
 {
-	char *buf = NULL;
+	char *buf = NULL, why[256];
 	const char *end = NULL;
 	const cJSON *models = NULL;
 	cJSON *doc = NULL;
@@ -498,29 +512,33 @@ int apb_learn_load(struct apb_learn *l, const char *path, char *err,
 	int rc;
 
 	rc = read_state(path, &buf, &len, err, err_len);
-	if (rc)
+	if (rc || len == 0) /* empty: no counts yet, as for a new file */
 		goto out;
 	if (memchr(buf, '\0', len)) {
-		rc = apb_fail(-EINVAL, err, err_len,
-			      "state file: not JSON (NUL byte at offset %zu)",
+		rc = apb_fail(-EINVAL, why, sizeof(why),
+			      "not JSON (NUL byte at offset %zu)",
 			      (size_t)((char *)memchr(buf, '\0', len) - buf));
-		goto out;
+		goto not_state;
 	}
 	/* len + 1 includes the NUL, so trailing garbage is an error. */
 	doc = cJSON_ParseWithLengthOpts(buf, len + 1, &end, true);
 	if (!doc) {
-		rc = apb_fail(-EINVAL, err, err_len,
-			      "state file: not JSON (error at offset %zu of "
+		rc = apb_fail(-EINVAL, why, sizeof(why),
+			      "not JSON (error at offset %zu of "
 			      "%zu)", end ? (size_t)(end - buf) : (size_t)0,
 			      len);
-		goto out;
+		goto not_state;
 	}
-	rc = check_state(doc, &models, err, err_len);
+	rc = check_state(doc, &models, why, sizeof(why));
 	if (rc)
-		goto out;
+		goto not_state;
 	pthread_mutex_lock(&l->mu);
 	merge_state(l, models);
 	pthread_mutex_unlock(&l->mu);
+	goto out;
+not_state:
+	apb_fail(rc, err, err_len, "%s: not an apbundlefs state file: %s",
+		 path, why);
 out:
 	cJSON_Delete(doc);
 	free(buf);

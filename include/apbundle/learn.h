@@ -6,8 +6,10 @@
  * readers, to this one), and answers: which models most often follow this
  * one (to prefetch them), and which models are opened most (to preload them
  * at the next mount). Counts survive restarts in a state file, a JSON
- * document written atomically; a state file that is missing, unreadable or
- * corrupt is reported and ignored, never fatal.
+ * document written atomically. Loading tells a missing (or empty) file
+ * from one that is not a state file; what to do with either is the
+ * caller's choice (the daemon refuses to mount on the second, which
+ * saving would replace).
  *
  * Memory is bounded: each model keeps at most APB_LEARN_SUCCESSORS
  * successors; a new successor replaces the least counted one.
@@ -49,9 +51,12 @@ uint64_t apb_learn_opens(struct apb_learn *l, uint32_t model);
 
 /*
  * Merge counts from the state file at path (names not in this bundle are
- * skipped). Returns 0, -ENOENT if there is no file, -EFBIG for a file over
- * 64 MiB, or -EINVAL / a read errno with the reason in err; on error
- * nothing is merged.
+ * skipped; an empty file merges nothing). Never blocks on a FIFO. Returns
+ * 0, -ENOENT if there is no file, -EISDIR for a directory, -EFBIG for a
+ * file over 64 MiB, -EINVAL for a FIFO or device or a file that is not a
+ * state file ("PATH: not an apbundlefs state file: REASON"), or a read
+ * errno. On error err holds one line that starts with path, and nothing
+ * is merged.
  */
 int apb_learn_load(struct apb_learn *l, const char *path, char *err,
 		   size_t err_len);

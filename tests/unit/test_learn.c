@@ -367,7 +367,7 @@ static void corrupt_state_files_are_refused_and_merge_nothing(void)
 		const char *msg;
 	} cases[] = {
 		{"not json", "state file: not JSON"},
-		{"", "state file: not JSON"},
+		{"\n", "state file: not JSON"}, /* empty is new; this is not */
 		{"{\"version\":1,\"models\":{\"m00\":{\"opens\":1,",
 		 "state file: not JSON"},
 		{"{\"version\":1,\"models\":{}} x", "state file: not JSON"},
@@ -421,6 +421,8 @@ static void corrupt_state_files_are_refused_and_merge_nothing(void)
 		err[0] = '\0';
 		CHECK_EQ(apb_learn_load(l, path, err, sizeof(err)), -EINVAL);
 		CHECK_STR_CONTAINS(err, cases[i].msg);
+		CHECK_EQ(strncmp(err, path, strlen(path)), 0);
+		CHECK_STR_CONTAINS(err, ": not an apbundlefs state file: ");
 	}
 	/* A NUL byte inside an otherwise valid document. */
 	write_text(path, "{\"version\":1,\"models\":{}}\0{}", 28);
@@ -457,6 +459,31 @@ static void missing_and_oversized_files_are_reported(void)
 	CHECK_STR_CONTAINS(err, big);
 	CHECK_STR_CONTAINS(err, "larger than the limit of 67108864 bytes");
 	unlink(big);
+	apb_learn_free(l);
+	apb_bundle_close(b);
+}
+
+/* An empty file is a new one; a FIFO (no writer: opening it for reading
+ * would block) and a directory are refused at once. */
+static void empty_files_count_as_new_and_non_regular_ones_are_refused(void)
+{
+	struct apb_bundle *b = open_numbered(2);
+	struct apb_learn *l = new_learn(b);
+	const char *empty = path_in_dir("empty.json");
+	const char *fifo = path_in_dir("fifo.json");
+	char err[256];
+
+	write_text(empty, "", 0);
+	CHECK_EQ(apb_learn_load(l, empty, err, sizeof(err)), 0);
+	CHECK_EQ(apb_learn_opens(l, 0), 0);
+	CHECK_EQ(mkfifo(fifo, 0600), 0);
+	CHECK_EQ(apb_learn_load(l, fifo, err, sizeof(err)), -EINVAL);
+	CHECK_STR_CONTAINS(err, fifo);
+	CHECK_STR_CONTAINS(err, ": is a FIFO, not a regular file");
+	CHECK_EQ(apb_learn_load(l, dir, err, sizeof(err)), -EISDIR);
+	CHECK_STR_CONTAINS(err, ": is a directory, not a regular file");
+	unlink(empty);
+	unlink(fifo);
 	apb_learn_free(l);
 	apb_bundle_close(b);
 }
@@ -566,6 +593,7 @@ int main(void)
 	RUN(names_not_in_the_bundle_are_skipped);
 	RUN(corrupt_state_files_are_refused_and_merge_nothing);
 	RUN(missing_and_oversized_files_are_reported);
+	RUN(empty_files_count_as_new_and_non_regular_ones_are_refused);
 	RUN(failed_saves_report_the_path_and_leave_no_temporary);
 	RUN(concurrent_opens_are_all_counted);
 	CHECK_EQ(rmdir(dir), 0);
