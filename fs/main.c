@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <syslog.h>
 #include <unistd.h>
 #ifdef __GLIBC__
@@ -285,14 +286,24 @@ static int read_fault_env(struct apbfs_options *o)
 			       &o->fault_alloc_every);
 }
 
-/* path resolved as far as it exists: the file, else its directory. */
+/* path resolved through its deepest existing ancestor: the file itself,
+ * else the nearest directory above it that resolves. A file below
+ * directories that do not exist yet lies where the first of them would. */
 static char *resolve(const char *path)
 {
-	char *r = realpath(path, NULL), *copy;
+	char *copy = strdup(path), *r = NULL, *slash;
 
-	if (r || errno != ENOENT || !(copy = strdup(path)))
-		return r;
-	r = realpath(dirname(copy), NULL);
+	while (copy && !(r = realpath(copy, NULL))) {
+		slash = strrchr(copy, '/');
+		if (slash == copy && copy[1] != '\0')
+			copy[1] = '\0';        /* "/top" -> "/" */
+		else if (slash && slash != copy)
+			*slash = '\0';
+		else if (!slash && strcmp(copy, ".") != 0)
+			strcpy(copy, "."); /* "name" -> the working directory */
+		else
+			break; /* "/" or "." does not resolve: give up */
+	}
 	free(copy);
 	return r;
 }
@@ -330,6 +341,86 @@ static int outside_mount(const char *what, const char *path,
 	return inside ? -EINVAL : 0;
 }
 
+/* A relative path made absolute against the working directory, before
+ * anything uses it: in the background, fuse_daemonize() moves the daemon
+ * to /, where state= would be written at unmount. */
+static int make_absolute(const char *what, char **path)
+{
+	char *cwd, *abs = NULL;
+
+	if (!*path || (*path)[0] == '/')
+		return 0;
+	cwd = getcwd(NULL, 0);
+	if (cwd)
+		abs = malloc(strlen(cwd) + strlen(*path) + 2);
+	if (!abs) {
+		fprintf(stderr, "apbundlefs: %s%s: cannot make it absolute: "
+			"%s\n", what, *path, strerror(errno));
+		free(cwd);
+		return -1;
+	}
+	sprintf(abs, "%s/%s", strcmp(cwd, "/") == 0 ? "" : cwd, *path);
+	free(cwd);
+	free(*path);
+	*path = abs;
+	return 0;
+}
+
+/* Where path is or would be created: its real path, or that of its
+ * directory and its name; NULL if the directory does not resolve. */
+static char *place_of(const char *path)
+{
+	char *r = realpath(path, NULL), *copy, *dir;
+	const char *name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+
+	if (r || errno != ENOENT || !(copy = strdup(path)))
+		return r;
+	dir = realpath(dirname(copy), NULL);
+	if (dir && (r = malloc(strlen(dir) + strlen(name) + 2)))
+		sprintf(r, "%s/%s", strcmp(dir, "/") == 0 ? "" : dir, name);
+	free(dir);
+	free(copy);
+	return r;
+}
+
+/* Do a and b name one file: one inode, or, neither existing yet, one
+ * place? */
+static bool same_file(const char *a, const char *b)
+{
+	struct stat sa, sb;
+	char *pa, *pb;
+	bool same;
+
+	if (stat(a, &sa) == 0 && stat(b, &sb) == 0)
+		return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+	pa = place_of(a);
+	pb = place_of(b);
+	same = pa && pb && strcmp(pa, pb) == 0;
+	free(pa);
+	free(pb);
+	return same;
+}
+
+/* state= is read at mount and replaced at unmount, trace= emptied at
+ * mount: state= may be neither the bundle nor trace='s file. (trace.c
+ * refuses the bundle itself, on the file it opened.) */
+static int distinct_files(const struct cmdline *cl)
+{
+	if (cl->state && same_file(cl->state, cl->bundle)) {
+		fprintf(stderr, "apbundlefs: state=%s: is the bundle being "
+			"mounted; the state file is replaced at unmount\n",
+			cl->state);
+		return -EINVAL;
+	}
+	if (cl->state && cl->trace && same_file(cl->trace, cl->state)) {
+		fprintf(stderr, "apbundlefs: trace=%s: is the file of state=%s;"
+			" trace= empties its file at mount\n", cl->trace,
+			cl->state);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 /* The cache reserves address space and takes pages as it fills
  * (core/cache.c, MEMORY), so a budget fails only where address space is
  * limited; say which budget and what to do. */
@@ -344,6 +435,46 @@ static void cache_map_failed(const struct apbfs_options *o)
 		"smaller max_memory\n",
 		apb_size_format(o->max_memory, a, sizeof(a)),
 		apb_size_format(o->chunk_size, b, sizeof(b)), strerror(ENOMEM));
+}
+
+/*
+ * The learning tables, with the counts of state= read in now, before
+ * mounting: a file that exists but is not a state file would be replaced
+ * at unmount, so it refuses the mount, as does a state file whose
+ * directory is missing (it could not be saved). An empty file counts as a
+ * new one. Reading here, not after fuse_daemonize(), also keeps the
+ * daemon from waiting on its own mount or on a FIFO before it serves.
+ */
+static int load_state(struct apbfs *fs)
+{
+	const char *path = fs->opt.state_path;
+	char err[512], *place;
+	int rc = apb_learn_new(fs->bundle, &fs->learn);
+
+	if (rc) {
+		fprintf(stderr, "apbundlefs: access counts: %s\n",
+			strerror(-rc));
+		return rc;
+	}
+	if (!path)
+		return 0;
+	rc = apb_learn_load(fs->learn, path, err, sizeof(err));
+	if (rc == -EINVAL) {
+		fprintf(stderr, "apbundlefs: state=%s; it would be overwritten "
+			"at unmount, so nothing is mounted (name a new file, or "
+			"move this one away)\n", err);
+	} else if (rc == -ENOENT) {
+		place = place_of(path);
+		rc = place ? 0 : -ENOENT;
+		free(place);
+		if (rc)
+			fprintf(stderr, "apbundlefs: state=%s: its directory does "
+				"not exist; the counts could not be saved at "
+				"unmount\n", path);
+	} else if (rc) { /* err starts with the path */
+		fprintf(stderr, "apbundlefs: state=%s\n", err);
+	}
+	return rc;
 }
 
 /* Open the bundle and build everything the operations need. */
@@ -368,6 +499,9 @@ static int setup(struct apbfs *fs, const char *path)
 	 * buffered: correct, only slower and cached twice. */
 	if (fs->opt.backing_direct && apb_bundle_direct_io(fs->bundle) != 0)
 		fs->opt.backing_direct = false;
+	rc = load_state(fs); /* a refused state= leaves no trace= file */
+	if (rc)
+		return rc;
 	n = apb_bundle_count(fs->bundle);
 	rc = apb_tree_build(fs->bundle, &fs->tree);
 	if (rc == 0) {
@@ -467,8 +601,10 @@ static int add_fsname(struct fuse_args *args, const char *bundle)
 	return rc ? rc : fuse_opt_add_arg(args, "-osubtype=apbundlefs");
 }
 
+/* Mount, daemonize, run the loop, unmount; *mounted tells whether the
+ * mount came up. */
 static int serve(struct apbfs *fs, struct fuse_args *args,
-		 struct fuse_cmdline_opts *o)
+		 struct fuse_cmdline_opts *o, bool *mounted)
 {
 	struct fuse_session *se;
 	struct fuse_loop_config *lc = NULL;
@@ -481,6 +617,7 @@ static int serve(struct apbfs *fs, struct fuse_args *args,
 		goto out_destroy;
 	if (fuse_session_mount(se, o->mountpoint) != 0)
 		goto out_signals;
+	*mounted = true;
 	if (apbfs_find_bdi(o->mountpoint, fs->bdi, sizeof(fs->bdi)) != 0)
 		fprintf(stderr, "apbundlefs: %s: mount not found in "
 			"/proc/self/mountinfo; kernel readahead stays at its "
@@ -551,6 +688,7 @@ int main(int argc, char *argv[])
 	struct fuse_cmdline_opts o = {0};
 	struct cmdline cl = {0};
 	struct apbfs fs = {0};
+	bool mounted = false;
 	int ret = 1;
 
 	apbfs_pagein_init(&fs); /* teardown undoes it */
@@ -578,13 +716,17 @@ int main(int argc, char *argv[])
 		ret = 2;
 		goto out;
 	}
+	if (make_absolute("state=", &cl.state) ||
+	    make_absolute("trace=", &cl.trace))
+		goto out;
 	if (resolve_options(&cl, &fs.opt) != 0 || read_fault_env(&fs.opt)) {
 		ret = 2;
 		goto out;
 	}
 	if (outside_mount("", cl.bundle, o.mountpoint) ||
 	    outside_mount("state=", cl.state, o.mountpoint) ||
-	    outside_mount("trace=", cl.trace, o.mountpoint))
+	    outside_mount("trace=", cl.trace, o.mountpoint) ||
+	    distinct_files(&cl))
 		goto out;
 	/* Others may then reach the files: let the kernel apply their modes
 	 * (.control is 0200, the mounting user's), as a local file system
@@ -594,8 +736,12 @@ int main(int argc, char *argv[])
 		goto out;
 	if (setup(&fs, cl.bundle) != 0 || add_fsname(&args, cl.bundle) != 0)
 		goto out;
-	ret = serve(&fs, &args, &o);
+	ret = serve(&fs, &args, &o, &mounted);
 out:
+	if (!mounted) { /* nothing was learned: leave the state file be */
+		apb_learn_free(fs.learn);
+		fs.learn = NULL;
+	}
 	teardown(&fs);
 	free(o.mountpoint);
 	free(cl.bundle);

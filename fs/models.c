@@ -156,23 +156,12 @@ static void *startup_main(void *arg)
 	return NULL;
 }
 
+/* fs->learn, with the state file's counts, comes from main.c's setup:
+ * the file is judged before mounting. */
 int apbfs_models_start(struct apbfs *fs)
 {
-	char err[512];
-	int rc;
+	int rc = pthread_create(&fs->startup, NULL, startup_main, fs);
 
-	rc = apb_learn_new(fs->bundle, &fs->learn);
-	if (rc)
-		return rc;
-	if (fs->opt.state_path) {
-		rc = apb_learn_load(fs->learn, fs->opt.state_path, err,
-				    sizeof(err));
-		if (rc && rc != -ENOENT)
-			fuse_log(FUSE_LOG_WARNING, "apbundlefs: %s: %s; "
-				 "starting with no access history\n",
-				 fs->opt.state_path, err);
-	}
-	rc = pthread_create(&fs->startup, NULL, startup_main, fs);
 	if (rc)
 		return -rc;
 	fs->startup_running = true;

@@ -134,13 +134,3 @@ def test_access_counts_survive_a_remount(bundle, tmp_path):
         assert model(d, "a.bin")["resident_bytes"] == 0
         read_whole(d, "c.bin")
     assert json.loads(state.read_text())["models"]["c.bin"]["opens"] == 4
-
-
-def test_a_corrupt_state_file_is_ignored(bundle, tmp_path):
-    state = tmp_path / "state.json"
-    state.write_text('{"version": 1, "models": {"c.bin": {"opens": -5}}')
-    with mount(bundle, {"max_memory": "16M", "state": str(state), "auto_preload": "2"}) as d:
-        read_whole(d, "b.bin")
-    assert "state.json" in d.log() and "no access history" in d.log()
-    saved = json.loads(state.read_text())  # rewritten whole at unmount
-    assert saved["models"]["b.bin"]["opens"] == 1 and "c.bin" not in saved["models"]
