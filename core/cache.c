@@ -287,6 +287,7 @@
 #include <sys/mman.h>
 
 #include "evict.h"
+#include "lock.h"
 
 #define SLOT_ALIGN 4096u
 #define HUGE_PAGE (2u << 20) /* x86-64's and arm64's (4 KiB pages) PMD size */
@@ -340,7 +341,7 @@ struct apb_cache {
 	size_t region_bytes;
 	struct apb_chunk *chunks;     /* [nslots], chunks[i] <-> slot i */
 
-	pthread_mutex_t mu;
+	struct apb_mutex mu;
 	pthread_cond_t slot_cv;       /* a slot got free or evictable */
 	pthread_cond_t load_cv;       /* some load finished */
 
@@ -575,12 +576,12 @@ static struct apb_chunk *slot_take(struct apb_cache *c, bool spare_cold)
 
 static void lock(struct apb_cache *c)
 {
-	pthread_mutex_lock(&c->mu);
+	apb_mutex_lock(&c->mu);
 }
 
 static void unlock(struct apb_cache *c)
 {
-	pthread_mutex_unlock(&c->mu);
+	apb_mutex_unlock(&c->mu);
 }
 
 static void count_access(struct apb_cache *c, uint32_t model, bool hit,
@@ -643,6 +644,7 @@ static void chunk_unref(struct apb_cache *c, struct apb_chunk *ch)
 static void chunk_load_begin(struct apb_cache *c, struct apb_chunk *ch,
 			     uint32_t model, uint64_t index)
 {
+	apb_assert_held(&c->mu);
 	ch->model = model;
 	ch->index = index;
 	ch->state = CHUNK_LOADING;
@@ -661,6 +663,7 @@ static void chunk_load_begin(struct apb_cache *c, struct apb_chunk *ch,
 static int chunk_load_end(struct apb_cache *c, struct apb_chunk *ch, long n,
 			  bool count_error)
 {
+	apb_assert_held(&c->mu);
 	assert(ch->state == CHUNK_LOADING && ch->refs >= 1);
 	if (ch->refs > 1) /* every waiter holds a reference */
 		pthread_cond_broadcast(&c->load_cv);
@@ -688,9 +691,10 @@ static int chunk_wait_loaded(struct apb_cache *c, struct apb_chunk *ch)
 {
 	int rc;
 
+	apb_assert_held(&c->mu);
 	chunk_ref(c, ch);
 	while (ch->state == CHUNK_LOADING)
-		pthread_cond_wait(&c->load_cv, &c->mu);
+		apb_cond_wait(&c->load_cv, &c->mu);
 	/* A clear may have detached it between the load and our wake-up;
 	 * its bytes are still the chunk's and ours to read. */
 	if (ch->state == CHUNK_READY || ch->state == CHUNK_DETACHED)
@@ -722,6 +726,7 @@ static uint32_t ahead_take(struct apb_cache *c, uint32_t model, uint64_t first,
 {
 	uint32_t n;
 
+	apb_assert_held(&c->mu);
 	for (n = 0; n < count && c->slot_waiters == 0; n++) {
 		struct apb_chunk *ch;
 
@@ -750,6 +755,7 @@ static int miss_load(struct apb_cache *c, struct apb_chunk *ch, uint32_t model,
 	uint32_t n = 1;
 	int rc;
 
+	apb_assert_held(&c->mu);
 	chunk_load_begin(c, ch, model, index);
 	run[0] = ch;
 	/* At most an eighth of the slots: with a budget of a few chunks,
@@ -828,7 +834,7 @@ static int get_chunk(struct apb_cache *c, uint32_t model, uint64_t index,
 			break;
 		}
 		c->slot_waiters++;
-		pthread_cond_wait(&c->slot_cv, &c->mu);
+		apb_cond_wait(&c->slot_cv, &c->mu);
 		c->slot_waiters--;
 	}
 	unlock(c);
@@ -931,6 +937,7 @@ static uint32_t prefetch_take(struct apb_cache *c, uint32_t model,
 {
 	uint32_t n;
 
+	apb_assert_held(&c->mu);
 	for (n = 0; n < count; n++) {
 		struct apb_chunk *ch;
 
@@ -1159,6 +1166,7 @@ static void pin_begin(struct apb_cache *c, uint32_t model, uint64_t nchunks)
 {
 	struct model_pin *p = &c->pins[model];
 
+	apb_assert_held(&c->mu);
 	p->pinned = true;
 	p->nchunks = nchunks;
 	p->epoch++;
@@ -1183,6 +1191,7 @@ static void pin_end(struct apb_cache *c, uint32_t model)
 	struct model_pin *p = &c->pins[model];
 	uint64_t nchunks = p->nchunks;
 
+	apb_assert_held(&c->mu);
 	assert(p->pinned && c->pinned_slots >= nchunks);
 	p->pinned = false;
 	p->nchunks = 0;
@@ -1456,10 +1465,10 @@ static int cache_alloc(struct apb_cache *c, const struct apb_cache_config *cfg)
 
 static int cache_sync_init(struct apb_cache *c)
 {
-	int rc = pthread_mutex_init(&c->mu, NULL);
+	int rc = apb_mutex_init(&c->mu);
 
 	if (rc)
-		return -rc;
+		return rc;
 	rc = pthread_cond_init(&c->slot_cv, NULL);
 	if (rc)
 		goto err_mu;
@@ -1470,7 +1479,7 @@ static int cache_sync_init(struct apb_cache *c)
 err_slot:
 	pthread_cond_destroy(&c->slot_cv);
 err_mu:
-	pthread_mutex_destroy(&c->mu);
+	apb_mutex_destroy(&c->mu);
 	return -rc;
 }
 
@@ -1536,6 +1545,6 @@ void apb_cache_free(struct apb_cache *c)
 	unlock(c);
 	pthread_cond_destroy(&c->load_cv);
 	pthread_cond_destroy(&c->slot_cv);
-	pthread_mutex_destroy(&c->mu);
+	apb_mutex_destroy(&c->mu);
 	cache_release(c);
 }
