@@ -44,12 +44,29 @@ struct apbfs_options {
 	uint32_t fault_alloc_every;    /* test hook: APBFS_FAULT_ALLOC_EVERY */
 };
 
-/* What one open file carries (fi->fh): the rendered document of .stats or
- * .metrics, or the readahead streams of a model; or nothing (fh 0). */
+/* What one open file carries (fi->fh): the document of .stats or .metrics
+ * (docs.c), the readahead streams of a model, or the unfinished command
+ * line of .control (control.c); or nothing (fh 0). */
 struct apbfs_handle {
 	struct apbfs_handle *prev, *next; /* apbfs.handles; handles_mu */
 	struct apbfs_doc *doc;
 	struct apb_readahead *ra;
+	struct apbfs_control_line *ctl;
+};
+
+/* docs.c: the live .stats/.metrics documents, which hold at most this
+ * many bytes together (a shared one counted once), unless one alone is
+ * larger. */
+#define APBFS_DOCS_BYTES_MAX (32ull << 20)
+
+struct apbfs_doc;
+
+struct apbfs_docs {
+	pthread_mutex_t render_mu;        /* one render at a time */
+	pthread_mutex_t mu;               /* the fields below, every refs */
+	struct apbfs_doc *newest[APBFS_METRICS + 1]; /* shareable, by kind */
+	uint64_t bytes;                   /* of live documents */
+	size_t count;                     /* live documents */
 };
 
 /* pagein.c's read log: which read errors the log has named. Each distinct
@@ -94,6 +111,7 @@ struct apbfs {
 	 * may never come) are freed at exit. */
 	pthread_mutex_t handles_mu;
 	struct apbfs_handle handles;    /* list head; handles_mu */
+	struct apbfs_docs docs;        /* docs.c */
 	atomic_bool bdi_tuned;         /* the first open raised its readahead */
 	struct apbfs_read_log read_log; /* pagein.c: failed reads named */
 	atomic_uint_fast64_t fault_claims; /* pagein.c: for opt.fault_alloc_every */
@@ -160,7 +178,29 @@ void apbfs_trace_close(struct apbfs *fs);
 void apbfs_handles_init(struct apbfs *fs);
 void apbfs_handles_free_all(struct apbfs *fs);
 
-/* Run one .control command line (no newline). 0 or -EINVAL. */
-int apbfs_control(struct apbfs *fs, const char *line, size_t len);
+/* docs.c: init before the loop, destroy after every handle is freed.
+ * doc_open renders kind (APBFS_STATS or APBFS_METRICS) and returns it in
+ * *out, shared with earlier opens when it is the same: 0, -ENFILE (the
+ * live documents are at APBFS_DOCS_BYTES_MAX) or -ENOMEM. doc_put drops
+ * one open's reference (NULL: nothing). Thread-safe. */
+void apbfs_docs_init(struct apbfs *fs);
+void apbfs_docs_destroy(struct apbfs *fs);
+int apbfs_doc_open(struct apbfs *fs, enum apbfs_special kind,
+		   struct apbfs_doc **out);
+void apbfs_doc_put(struct apbfs *fs, struct apbfs_doc *d);
+const char *apbfs_doc_text(const struct apbfs_doc *d, size_t *len);
+
+/* control.c: the commands written to .control, a line at a time. Each
+ * open handle keeps its unfinished line: control_write runs every line
+ * the bytes complete and keeps the rest; control_flush (at close) runs a
+ * last line that has no newline. Both return 0 or the negative errno of
+ * the first failing line (-ENAMETOOLONG: a line longer than any command).
+ * new returns NULL when memory runs out; free(NULL) does nothing. */
+struct apbfs_control_line;
+struct apbfs_control_line *apbfs_control_new(void);
+void apbfs_control_free(struct apbfs_control_line *c);
+int apbfs_control_write(struct apbfs *fs, struct apbfs_control_line *c,
+			const char *buf, size_t size);
+int apbfs_control_flush(struct apbfs *fs, struct apbfs_control_line *c);
 
 #endif

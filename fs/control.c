@@ -9,12 +9,27 @@
  *   unpin NAME     let the model's chunks be evicted again
  * NAME is everything after the first space, so names with spaces work. An
  * unknown command or name fails the write with EINVAL.
+ *
+ * Lines, not writes, are the commands: the kernel splits a long write (a
+ * script piped in) wherever its pages end, and a writer may send a line
+ * in pieces, so a piece run alone could name another model ("evict a" of
+ * "evict ab"). Each open handle keeps the unfinished line (struct
+ * apbfs_control_line) until a write brings its newline; close() runs a
+ * last line without one (through FLUSH, so close() returns its error and
+ * `printf clear > .control` works). A line longer than the longest
+ * command, "prefetch " and a name of APB_NAME_MAX bytes (and a '\r'),
+ * fails its write with ENAMETOOLONG, and the rest of that line up to its
+ * newline is dropped: its tail is no command. A failing line fails its
+ * write; the lines before it in the write have run, those after it are
+ * dropped (with any unfinished line after them).
  */
 #include "apbfs.h"
 
 #include <apbundle/name.h>
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -101,4 +116,95 @@ int apbfs_control(struct apbfs *fs, const char *line, size_t len)
 		return apbfs_models_control(fs, cmd, (uint32_t)index);
 	}
 	return -EINVAL;
+}
+
+/* The longest legal line: "prefetch NAME\r" with the longest name. */
+#define LINE_MAX_BYTES (sizeof("prefetch ") - 1 + APB_NAME_MAX + 1)
+
+struct apbfs_control_line {
+	pthread_mutex_t mu;   /* writes and flushes of dup()ed descriptors */
+	bool skipping;        /* dropping an overlong line up to its newline */
+	size_t len;
+	char buf[LINE_MAX_BYTES];
+};
+
+struct apbfs_control_line *apbfs_control_new(void)
+{
+	struct apbfs_control_line *c = malloc(sizeof(*c));
+
+	if (!c)
+		return NULL;
+	if (pthread_mutex_init(&c->mu, NULL) != 0) {
+		free(c);
+		return NULL;
+	}
+	c->skipping = false;
+	c->len = 0;
+	return c;
+}
+
+void apbfs_control_free(struct apbfs_control_line *c)
+{
+	if (!c)
+		return;
+	pthread_mutex_destroy(&c->mu);
+	free(c);
+}
+
+/* Run the kept line completed by bytes [p, p + n) (c->mu held). */
+static int run_line(struct apbfs *fs, struct apbfs_control_line *c,
+		    const char *p, size_t n)
+{
+	if (c->len == 0)
+		return apbfs_control(fs, p, n);
+	memcpy(c->buf + c->len, p, n);
+	n += c->len;
+	c->len = 0;
+	return apbfs_control(fs, c->buf, n);
+}
+
+int apbfs_control_write(struct apbfs *fs, struct apbfs_control_line *c,
+			const char *buf, size_t size)
+{
+	const char *p = buf, *end = buf + size;
+	int rc = 0;
+
+	pthread_mutex_lock(&c->mu);
+	while (p < end && rc == 0) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		size_t n = (size_t)((nl ? nl : end) - p);
+
+		if (c->skipping) {
+			c->skipping = !nl;
+		} else if (c->len + n > LINE_MAX_BYTES) {
+			c->len = 0;
+			c->skipping = !nl;
+			rc = -ENAMETOOLONG;
+		} else if (!nl) {
+			memcpy(c->buf + c->len, p, n);
+			c->len += n;
+		} else {
+			rc = run_line(fs, c, p, n);
+		}
+		p = nl ? nl + 1 : end;
+	}
+	/* The write failed: what follows the failing line is not run, and an
+	 * unfinished line among it must not be finished by the next write. */
+	if (rc && p < end && end[-1] != '\n')
+		c->skipping = true;
+	pthread_mutex_unlock(&c->mu);
+	return rc;
+}
+
+int apbfs_control_flush(struct apbfs *fs, struct apbfs_control_line *c)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&c->mu);
+	if (c->len > 0 && !c->skipping)
+		rc = apbfs_control(fs, c->buf, c->len);
+	c->len = 0;
+	c->skipping = false;
+	pthread_mutex_unlock(&c->mu);
+	return rc;
 }

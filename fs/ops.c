@@ -6,9 +6,10 @@
  * Reads of model files are answered straight from the cached chunks with
  * fuse_reply_iov() while references pin them (see struct read_req).
  *
- * The control files: .stats and .metrics render a fresh document at open
- * and serve reads from it (direct_io, so their st_size of 0 does not stop
- * readers); .control takes one command per written line.
+ * The control files: .stats and .metrics take a snapshot document at open
+ * (docs.c) and serve reads from it (direct_io, so their st_size of 0 does
+ * not stop readers); .control takes one command per written line, however
+ * the lines are split into writes (control.c).
  */
 #include "apbfs.h"
 
@@ -30,22 +31,19 @@ static const char *const special_names[APBFS_NSPECIAL] = {
 	[APBFS_CONTROL] = ".control",
 };
 
-struct apbfs_doc {
-	char *text;
-	size_t len;
-};
-
 void apbfs_handles_init(struct apbfs *fs)
 {
 	pthread_mutex_init(&fs->handles_mu, NULL);
 	fs->handles.prev = fs->handles.next = &fs->handles;
+	apbfs_docs_init(fs);
 }
 
-/* A handle for fi->fh owning doc or ra; NULL (and nothing owned) if memory
- * runs out. */
+/* A handle for fi->fh owning one of doc, ra, ctl; NULL (and nothing
+ * owned) if memory runs out. */
 static struct apbfs_handle *handle_new(struct apbfs *fs,
 				       struct apbfs_doc *doc,
-				       struct apb_readahead *ra)
+				       struct apb_readahead *ra,
+				       struct apbfs_control_line *ctl)
 {
 	struct apbfs_handle *h = calloc(1, sizeof(*h));
 
@@ -53,6 +51,7 @@ static struct apbfs_handle *handle_new(struct apbfs *fs,
 		return NULL;
 	h->doc = doc;
 	h->ra = ra;
+	h->ctl = ctl;
 	pthread_mutex_lock(&fs->handles_mu);
 	h->next = fs->handles.next;
 	h->prev = &fs->handles;
@@ -68,10 +67,9 @@ static void handle_free(struct apbfs *fs, struct apbfs_handle *h)
 	h->prev->next = h->next;
 	h->next->prev = h->prev;
 	pthread_mutex_unlock(&fs->handles_mu);
-	if (h->doc)
-		free(h->doc->text);
-	free(h->doc);
+	apbfs_doc_put(fs, h->doc);
 	apb_readahead_free(h->ra);
+	apbfs_control_free(h->ctl);
 	free(h);
 }
 
@@ -82,6 +80,7 @@ void apbfs_handles_free_all(struct apbfs *fs)
 	while (fs->handles.next != &fs->handles)
 		handle_free(fs, fs->handles.next);
 	pthread_mutex_destroy(&fs->handles_mu);
+	apbfs_docs_destroy(fs);
 }
 
 static struct apbfs_handle *handle_of(const struct fuse_file_info *fi)
@@ -243,14 +242,10 @@ static void open_special(fuse_req_t req, struct apbfs *fs, int sp,
 			 struct fuse_file_info *fi)
 {
 	int acc = fi->flags & O_ACCMODE;
-	struct apb_report_source src = {
-		.bundle = fs->bundle, .cache = fs->cache,
-		.policy = apb_eviction_name(fs->opt.eviction),
-		.chunk_size = fs->opt.chunk_size, .io = &fs->io,
-		.opens = fs->opens,
-	};
-	struct apbfs_doc *d;
+	struct apbfs_control_line *ctl = NULL;
+	struct apbfs_doc *d = NULL;
 	struct apbfs_handle *h;
+	int rc;
 
 	fi->direct_io = 1;
 	if (sp == APBFS_CONTROL) {
@@ -258,23 +253,18 @@ static void open_special(fuse_req_t req, struct apbfs *fs, int sp,
 			fuse_reply_err(req, EACCES);
 			return;
 		}
-		fuse_reply_open(req, fi);
-		return;
+		ctl = apbfs_control_new();
+		rc = ctl ? 0 : -ENOMEM;
+	} else if (acc != O_RDONLY || (fi->flags & O_TRUNC)) {
+		rc = -EROFS;
+	} else {
+		rc = apbfs_doc_open(fs, (enum apbfs_special)sp, &d);
 	}
-	if (acc != O_RDONLY || (fi->flags & O_TRUNC)) {
-		fuse_reply_err(req, EROFS);
-		return;
-	}
-	d = calloc(1, sizeof(*d));
-	if (d)
-		d->text = sp == APBFS_STATS ? apb_report_json(&src, &d->len)
-					    : apb_report_metrics(&src, &d->len);
-	h = d && d->text ? handle_new(fs, d, NULL) : NULL;
+	h = rc == 0 ? handle_new(fs, d, NULL, ctl) : NULL;
 	if (!h) {
-		if (d)
-			free(d->text);
-		free(d);
-		fuse_reply_err(req, ENOMEM);
+		apbfs_doc_put(fs, d);
+		apbfs_control_free(ctl);
+		fuse_reply_err(req, rc ? -rc : ENOMEM);
 		return;
 	}
 	fi->fh = (uint64_t)(uintptr_t)h;
@@ -328,7 +318,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	 * readahead; that is slower, not wrong. */
 	if (fs->opt.prefetch && fs->prefetcher &&
 	    apb_readahead_new(fs->opt.chunk_size, &ra) == 0) {
-		struct apbfs_handle *h = handle_new(fs, NULL, ra);
+		struct apbfs_handle *h = handle_new(fs, NULL, ra, NULL);
 		if (h)
 			fi->fh = (uint64_t)(uintptr_t)h;
 		else
@@ -359,12 +349,15 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 static void read_doc(fuse_req_t req, const struct apbfs_doc *d, size_t size,
 		     off_t off)
 {
-	if ((uint64_t)off >= d->len) {
+	size_t len;
+	const char *text = apbfs_doc_text(d, &len);
+
+	if ((uint64_t)off >= len) {
 		fuse_reply_buf(req, NULL, 0);
 		return;
 	}
-	if (size > d->len - (size_t)off)
-		size = d->len - (size_t)off;
+	if (size > len - (size_t)off)
+		size = len - (size_t)off;
 	/* Reply from a copy this thread frees, not from the document, which
 	 * the RELEASE of this file frees on another thread. The kernel does
 	 * order that RELEASE after this reply, but no tool can check an
@@ -375,7 +368,7 @@ static void read_doc(fuse_req_t req, const struct apbfs_doc *d, size_t size,
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	memcpy(copy, d->text + off, size);
+	memcpy(copy, text + off, size);
 	fuse_reply_buf(req, copy, size);
 	free(copy);
 }
@@ -569,25 +562,29 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		     size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct apbfs *fs = ctx(req);
-	const char *line = buf, *end = buf + size;
+	int rc;
 	(void)off;
-	(void)fi;
 
 	if (special_of(fs, ino) != APBFS_CONTROL) {
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	while (line < end) {
-		const char *nl = memchr(line, '\n', (size_t)(end - line));
-		size_t len = (size_t)((nl ? nl : end) - line);
-		int rc = apbfs_control(fs, line, len);
-		if (rc) {
-			fuse_reply_err(req, -rc);
-			return;
-		}
-		line += len + 1;
-	}
-	fuse_reply_write(req, size);
+	rc = apbfs_control_write(fs, handle_of(fi)->ctl, buf, size);
+	if (rc)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_write(req, size);
+}
+
+/* Every close() of a descriptor: .control runs its last line here, so
+ * that close() reports that line's error. */
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct apbfs *fs = ctx(req);
+	struct apbfs_handle *h = handle_of(fi);
+
+	(void)ino;
+	fuse_reply_err(req, h && h->ctl ? -apbfs_control_flush(fs, h->ctl) : 0);
 }
 
 /* `echo clear > .control` truncates before it writes; that is the only
@@ -737,6 +734,7 @@ const struct fuse_lowlevel_ops apbfs_ops = {
 	.readdir = op_readdir,
 	.open = op_open,
 	.release = op_release,
+	.flush = op_flush,
 	.read = op_read,
 	.write = op_write,
 	.access = op_access,

@@ -1,0 +1,150 @@
+/*
+ * docs.c - the documents behind open .stats and .metrics files.
+ *
+ * Each open takes a snapshot (docs/USAGE.md, ".stats"): the document is
+ * rendered at open and read until release. Under allow_other any user may
+ * open these files, so what the open files hold must be bounded, or one
+ * user holding many opens of .stats on a large bundle (about 16 MiB each
+ * at 100,000 models) grows the daemon without limit. Two rules:
+ *
+ *   - sharing: an open whose rendering is byte for byte the newest live
+ *     document of its kind takes a reference to that document and frees
+ *     its own copy. Nothing is lost: the open still reads exactly what a
+ *     render at its open gave. Opens with no read or control command
+ *     between them (a monitor polling, or many opens at once) hold one
+ *     copy;
+ *   - a cap: live documents (distinct ones; a shared one counts once)
+ *     hold at most APBFS_DOCS_BYTES_MAX bytes together. An open whose new
+ *     document would go past it fails with ENFILE (the mount's open
+ *     snapshots are full) until others are closed. One document is always
+ *     admitted when none is live, so a bundle whose document alone is
+ *     larger than the cap can still be read, one snapshot at a time.
+ *
+ * Renders run one at a time (render_mu): the copy being rendered is the
+ * only memory the cap does not count, so at most one such copy exists.
+ * Documents then hold at most max(APBFS_DOCS_BYTES_MAX, one document)
+ * plus the one being rendered.
+ *
+ * Locks: render_mu, then mu (render_mu -> mu; a render takes the cache's
+ * lock under render_mu, never under mu). mu guards the counts, newest[]
+ * and every refs.
+ */
+#include "apbfs.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct apbfs_doc {
+	char *text;
+	size_t len;
+	unsigned refs;       /* opens reading it; docs.mu */
+	enum apbfs_special kind;
+};
+
+void apbfs_docs_init(struct apbfs *fs)
+{
+	pthread_mutex_init(&fs->docs.render_mu, NULL);
+	pthread_mutex_init(&fs->docs.mu, NULL);
+}
+
+void apbfs_docs_destroy(struct apbfs *fs)
+{
+	pthread_mutex_destroy(&fs->docs.mu);
+	pthread_mutex_destroy(&fs->docs.render_mu);
+}
+
+static char *render(struct apbfs *fs, enum apbfs_special kind, size_t *len)
+{
+	struct apb_report_source src = {
+		.bundle = fs->bundle, .cache = fs->cache,
+		.policy = apb_eviction_name(fs->opt.eviction),
+		.chunk_size = fs->opt.chunk_size, .io = &fs->io,
+		.opens = fs->opens,
+	};
+
+	return kind == APBFS_STATS ? apb_report_json(&src, len)
+				   : apb_report_metrics(&src, len);
+}
+
+/* Share newest[kind] if it holds text, else admit text as a new document
+ * if the cap allows (docs.mu held). Takes text over in both cases. */
+static int admit(struct apbfs *fs, enum apbfs_special kind, char *text,
+		 size_t len, struct apbfs_doc **out)
+{
+	struct apbfs_docs *ds = &fs->docs;
+	struct apbfs_doc *d = ds->newest[kind];
+
+	if (d && d->len == len && memcmp(d->text, text, len) == 0) {
+		d->refs++;
+		free(text);
+		*out = d;
+		return 0;
+	}
+	if (ds->count > 0 && ds->bytes + len > APBFS_DOCS_BYTES_MAX) {
+		free(text);
+		return -ENFILE;
+	}
+	d = malloc(sizeof(*d));
+	if (!d) {
+		free(text);
+		return -ENOMEM;
+	}
+	*d = (struct apbfs_doc){.text = text, .len = len, .refs = 1,
+				.kind = kind};
+	ds->count++;
+	ds->bytes += len;
+	ds->newest[kind] = d; /* an older one lives on, unshared, until closed */
+	*out = d;
+	return 0;
+}
+
+int apbfs_doc_open(struct apbfs *fs, enum apbfs_special kind,
+		   struct apbfs_doc **out)
+{
+	struct apbfs_docs *ds = &fs->docs;
+	char *text;
+	size_t len;
+	int rc;
+
+	pthread_mutex_lock(&ds->render_mu);
+	text = render(fs, kind, &len);
+	if (!text) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	pthread_mutex_lock(&ds->mu);
+	rc = admit(fs, kind, text, len, out);
+	pthread_mutex_unlock(&ds->mu);
+out:
+	pthread_mutex_unlock(&ds->render_mu);
+	return rc;
+}
+
+void apbfs_doc_put(struct apbfs *fs, struct apbfs_doc *d)
+{
+	struct apbfs_docs *ds = &fs->docs;
+	bool last;
+
+	if (!d)
+		return;
+	pthread_mutex_lock(&ds->mu);
+	last = --d->refs == 0;
+	if (last) {
+		ds->count--;
+		ds->bytes -= d->len;
+		if (ds->newest[d->kind] == d)
+			ds->newest[d->kind] = NULL;
+	}
+	pthread_mutex_unlock(&ds->mu);
+	if (last) {
+		free(d->text);
+		free(d);
+	}
+}
+
+const char *apbfs_doc_text(const struct apbfs_doc *d, size_t *len)
+{
+	*len = d->len;
+	return d->text;
+}
