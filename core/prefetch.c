@@ -6,16 +6,31 @@
  *
  * QUEUE AND WORKERS
  *
- * Jobs {model, first, count} wait in a ring of QUEUE_JOBS entries. Submit
- * never blocks and never allocates: a full ring refuses the job with
+ * Ranges {model, first, count} wait in a ring of QUEUE_JOBS entries. Submit
+ * never blocks and never allocates: a full ring refuses the range with
  * -EAGAIN (prefetch is advice, and a reader that outruns the workers by
- * QUEUE_JOBS ranges gains nothing from one more). Each worker takes the
- * oldest job and calls apb_cache_prefetch_run() on what is left of it, with
+ * QUEUE_JOBS ranges gains nothing from one more). A range of any size
+ * takes one entry: a readahead window, a model's first bytes, a whole
+ * model.
+ *
+ * Workers split ranges into jobs as they take them: a worker takes the
+ * first job_chunks chunks of the oldest range (about JOB_BYTES, at most
+ * APB_CACHE_RUN_MAX: one read of the bundle each, large enough for a disk
+ * that O_DIRECT leaves without kernel readahead, small enough that the
+ * workers load a 4 MiB window in parallel) and puts the rest of the range
+ * at the back of the ring, waking another worker for it. So one range -
+ * a whole model's prefetch included - keeps every worker busy (one worker
+ * reading a window alone fell behind the demand reads it should be ahead
+ * of; docs/DESIGN.md), and ranges queued together are served in turns, a
+ * job each: a whole-model prefetch does not stall the readahead windows
+ * queued behind it.
+ *
+ * A worker calls apb_cache_prefetch_run() on what is left of its job, with
  * no lock of ours held: each call loads the absent chunks at the front of
- * the range with one read (a store with high latency per read then moves
- * a job per round trip, not a chunk) and the worker moves past them, or
- * past the one chunk that call found present. It abandons the rest of the
- * job
+ * the job with one read (a store with high latency per read then moves a
+ * job per round trip, not a chunk) and the worker moves past them, or past
+ * the one chunk that call found present. It abandons the rest of the job,
+ * and the rest of its range still queued,
  *   - on -EAGAIN: the cache has no slot to spare, or unread prefetched
  *     chunks already fill their share; loading on would only evict what
  *     was just prefetched. The reader, when it gets there, triggers the
@@ -102,6 +117,7 @@
 #include <unistd.h>
 
 #define QUEUE_JOBS 256u
+#define JOB_BYTES (1u << 20)
 #define SAMPLE_JOBS 8u
 #define SAMPLE_MS 100u
 #define SAMPLE_MIN_CHUNKS 8u
@@ -113,10 +129,12 @@
 #define IOPRIO_BE_LOWEST 7
 #define IOPRIO_CLASS_SHIFT 13
 
+/* A queued range, or the job a worker took from one (same id). */
 struct job {
 	uint32_t model;
 	uint32_t count;
 	uint64_t first;
+	uint64_t id;             /* which submitted range */
 };
 
 struct apb_prefetcher {
@@ -124,6 +142,7 @@ struct apb_prefetcher {
 	struct apb_cache *cache;
 	pthread_t *threads;
 	unsigned nthreads;
+	uint32_t job_chunks;     /* chunks a worker takes from a range */
 
 	pthread_mutex_t mu;
 	pthread_cond_t work_cv;  /* a job was queued, or stop */
@@ -133,6 +152,7 @@ struct apb_prefetcher {
 	uint32_t head;           /* oldest job */
 	uint32_t len;            /* jobs queued */
 	unsigned busy;           /* workers between taking and finishing */
+	uint64_t next_id;        /* of the next submitted range */
 	bool stop;
 	atomic_bool stopping;    /* mirror of stop for the chunk loop */
 
@@ -207,7 +227,9 @@ out:
 	pthread_mutex_unlock(&p->sample_mu);
 }
 
-/* Wait for a job; false when the prefetcher stops. */
+/* Wait for a range; take its first job_chunks chunks as *job and queue
+ * the rest at the back (see "QUEUE AND WORKERS"). False when the
+ * prefetcher stops. */
 static bool take_job(struct apb_prefetcher *p, struct job *job)
 {
 	bool ok = false;
@@ -216,14 +238,41 @@ static bool take_job(struct apb_prefetcher *p, struct job *job)
 	while (!p->stop && p->len == 0)
 		pthread_cond_wait(&p->work_cv, &p->mu);
 	if (!p->stop) {
-		*job = p->ring[p->head];
+		struct job rest = p->ring[p->head];
+
+		*job = rest;
+		if (job->count > p->job_chunks)
+			job->count = p->job_chunks;
+		rest.first += job->count;
+		rest.count -= job->count;
 		p->head = (p->head + 1) % QUEUE_JOBS;
 		p->len--;
+		if (rest.count > 0) { /* the entry just freed: no overflow */
+			p->ring[(p->head + p->len) % QUEUE_JOBS] = rest;
+			p->len++;
+			pthread_cond_signal(&p->work_cv);
+		}
 		p->busy++;
 		ok = true;
 	}
 	pthread_mutex_unlock(&p->mu);
 	return ok;
+}
+
+/* A job of range id was abandoned: drop what is still queued of it. */
+static void drop_range(struct apb_prefetcher *p, uint64_t id)
+{
+	pthread_mutex_lock(&p->mu);
+	for (uint32_t i = 0; i < p->len; i++) {
+		if (p->ring[(p->head + i) % QUEUE_JOBS].id != id)
+			continue;
+		for (; i + 1 < p->len; i++) /* close the gap, keeping order */
+			p->ring[(p->head + i) % QUEUE_JOBS] =
+				p->ring[(p->head + i + 1) % QUEUE_JOBS];
+		p->len--;
+		break;
+	}
+	pthread_mutex_unlock(&p->mu);
 }
 
 static void finish_job(struct apb_prefetcher *p)
@@ -235,7 +284,8 @@ static void finish_job(struct apb_prefetcher *p)
 	pthread_mutex_unlock(&p->mu);
 }
 
-static void run_job(struct apb_prefetcher *p, const struct job *job)
+/* Load the job; false if it was abandoned (see the top). */
+static bool run_job(struct apb_prefetcher *p, const struct job *job)
 {
 	uint32_t done = 0;
 
@@ -243,14 +293,15 @@ static void run_job(struct apb_prefetcher *p, const struct job *job)
 		uint32_t loaded;
 
 		if (atomic_load_explicit(&p->stopping, memory_order_relaxed))
-			return;
+			return false;
 		/* -EAGAIN or an error: abandon the rest (see the top). */
 		if (apb_cache_prefetch_run(p->cache, job->model,
 					   job->first + done,
 					   job->count - done, &loaded))
-			return;
+			return false;
 		done += loaded > 0 ? loaded : 1; /* 0: that chunk is present */
 	}
+	return true;
 }
 
 static void *worker_main(void *arg)
@@ -260,7 +311,8 @@ static void *worker_main(void *arg)
 
 	lower_own_io_priority();
 	while (take_job(p, &job)) {
-		run_job(p, &job);
+		if (!run_job(p, &job))
+			drop_range(p, job.id);
 		maybe_sample(p);
 		finish_job(p);
 	}
@@ -335,14 +387,14 @@ no_sample_mu:
 }
 
 int apb_prefetcher_new(struct apb_cache *cache, unsigned threads,
-		       struct apb_prefetcher **out)
+		       uint32_t chunk_size, struct apb_prefetcher **out)
 {
 	struct apb_cache_stats st;
 	struct apb_prefetcher *p;
 	int rc;
 
 	*out = NULL;
-	if (!cache || threads == 0)
+	if (!cache || threads == 0 || chunk_size == 0)
 		return -EINVAL;
 	p = calloc(1, sizeof(*p));
 	if (!p)
@@ -360,6 +412,7 @@ int apb_prefetcher_new(struct apb_cache *cache, unsigned threads,
 	}
 	p->cache = cache;
 	p->nthreads = threads;
+	p->job_chunks = apb_prefetch_job_chunks(chunk_size);
 	atomic_init(&p->stopping, false);
 	atomic_init(&p->shift, 0);
 	apb_cache_stats(cache, &st);
@@ -386,6 +439,15 @@ void apb_prefetcher_free(struct apb_prefetcher *p)
 
 /* ---- requests -------------------------------------------------------- */
 
+uint32_t apb_prefetch_job_chunks(uint32_t chunk_size)
+{
+	uint32_t n = chunk_size ? JOB_BYTES / chunk_size : 1;
+
+	if (n == 0)
+		return 1;
+	return n > APB_CACHE_RUN_MAX ? APB_CACHE_RUN_MAX : n;
+}
+
 int apb_prefetcher_submit(struct apb_prefetcher *p, uint32_t model,
 			  uint64_t first, uint32_t count)
 {
@@ -399,7 +461,8 @@ int apb_prefetcher_submit(struct apb_prefetcher *p, uint32_t model,
 		goto out;
 	}
 	p->ring[(p->head + p->len) % QUEUE_JOBS] =
-		(struct job){.model = model, .count = count, .first = first};
+		(struct job){.model = model, .count = count, .first = first,
+			     .id = p->next_id++};
 	p->len++;
 	pthread_cond_signal(&p->work_cv);
 out:

@@ -3,7 +3,8 @@
  *   evict NAME     drop the model's chunks from memory (not a pinned one's)
  *   clear          drop every chunk but pinned ones, memory back to the OS
  *   reset-stats    zero the counters (not the memory state)
- *   prefetch NAME  load the model in the background (prefetch rules)
+ *   prefetch NAME  load the model in the background (prefetch rules);
+ *                  EBUSY if the prefetch queue is full
  *   pin NAME       load the model whole and keep it; the write returns when
  *                  it is loaded, ENOSPC if it does not fit the budget
  *   unpin NAME     let the model's chunks be evicted again

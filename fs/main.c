@@ -632,7 +632,7 @@ static int serve(struct apbfs *fs, struct fuse_args *args,
 	 * pins or preloads. The workers serve readahead, preloads and
 	 * model-level prefetch alike; prefetch=off only stops readahead. */
 	int err = apb_prefetcher_new(fs->cache, PREFETCH_THREADS,
-				     &fs->prefetcher);
+				     fs->opt.chunk_size, &fs->prefetcher);
 	if (err == 0)
 		err = apbfs_models_start(fs);
 	if (err)

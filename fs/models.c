@@ -204,6 +204,9 @@ int apbfs_models_control(struct apbfs *fs, const char *cmd, uint32_t model)
 {
 	uint64_t size = apb_bundle_model(fs->bundle, model)->size;
 
+	/* The whole model is one range of the queue; it fails only when 256
+	 * ranges wait already. EBUSY, not the queue's EAGAIN, which write()
+	 * callers take for "would block" on a non-blocking descriptor. */
 	if (strcmp(cmd, "prefetch") == 0)
 		return prefetch_head(fs, model, size) == 0 ? 0 : -EBUSY;
 	if (strcmp(cmd, "pin") == 0) { /* a bad chunk is EIO to the writer */

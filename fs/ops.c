@@ -496,38 +496,23 @@ static void read_model(fuse_req_t req, struct apbfs *fs, uint32_t model,
 	free(r.buf);
 }
 
-#define PREFETCH_JOB_BYTES (1u << 20)
-
 /* Queue the readahead this read calls for before serving it, so that the
- * workers' loads overlap with the demand read's own. */
+ * workers' loads overlap with the demand read's own. The prefetcher
+ * splits the window into jobs for its workers; a full queue drops it:
+ * prefetch is advice. */
 static void read_ahead(struct apbfs *fs, struct apb_readahead *ra,
 		       uint32_t model, uint64_t off, size_t size)
 {
 	uint64_t first, msize = apb_bundle_model(fs->bundle, model)->size;
 	uint64_t window = apb_prefetcher_window(fs->prefetcher,
 						fs->opt.readahead);
-	uint32_t count, job = PREFETCH_JOB_BYTES / fs->opt.chunk_size;
+	uint32_t count;
 
-	if (job == 0)
-		job = 1;
-	if (job > APB_CACHE_RUN_MAX)
-		job = APB_CACHE_RUN_MAX;
 	if (apb_readahead_note(ra, off, size, msize, window, &first, &count))
 		atomic_fetch_add(&fs->io.reads_sequential, 1);
 	else
 		atomic_fetch_add(&fs->io.reads_random, 1);
-	/* Jobs of about 1 MiB: one read each, large enough for the disk
-	 * (O_DIRECT reads get no kernel readahead to merge them), small
-	 * enough that the workers load a 4 MiB window in parallel; one
-	 * worker reading a whole window falls behind the demand requests it
-	 * should be ahead of. A full queue drops the rest: prefetch is
-	 * advice. */
-	for (uint32_t done = 0; done < count; done += job) {
-		uint32_t n = count - done < job ? count - done : job;
-		if (apb_prefetcher_submit(fs->prefetcher, model, first + done,
-					  n) != 0)
-			break;
-	}
+	(void)apb_prefetcher_submit(fs->prefetcher, model, first, count);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,

@@ -15,12 +15,16 @@
  * whose reads keep pace. apb_readahead_new() returns -EINVAL for a
  * chunk_size of 0.
  *
- * struct apb_prefetcher is a small pool of worker threads, at the lowest best-effort
- * I/O priority, that take chunk ranges from a bounded queue and load them
- * with apb_cache_prefetch_run(). A full queue drops the request (prefetch is
- * advice). It backs off when prefetched chunks are being evicted unread:
- * the window limit it reports shrinks while waste is high and grows back
- * when it is not.
+ * struct apb_prefetcher is a small pool of worker threads, at the lowest
+ * best-effort I/O priority, that take chunk ranges from a bounded queue
+ * and load them with apb_cache_prefetch_run(). A range of any size is one
+ * entry of the queue; workers split it into jobs of
+ * apb_prefetch_job_chunks() chunks as they take them, a job at a time
+ * from each queued range in turn, so one large range (a whole model) is
+ * loaded by every worker at once. A full queue drops the request
+ * (prefetch is advice). It backs off when prefetched chunks are being
+ * evicted unread: the window limit it reports shrinks while waste is high
+ * and grows back when it is not.
  *
  * Thread safety: an apb_readahead may be used by several threads at once
  * (one open file read by many); the prefetcher's functions may be called
@@ -61,15 +65,22 @@ bool apb_readahead_note(struct apb_readahead *ra, uint64_t off, uint64_t len,
 			uint64_t *first, uint32_t *count);
 void apb_readahead_stats(struct apb_readahead *ra, struct apb_ra_stats *out);
 
-/* threads >= 1. Returns 0, -EINVAL, -ENOMEM, or a pthread_create errno. */
+/* threads >= 1; chunk_size as the cache's. Returns 0, -EINVAL, -ENOMEM,
+ * or a pthread_create errno. */
 int apb_prefetcher_new(struct apb_cache *cache, unsigned threads,
-		       struct apb_prefetcher **out);
+		       uint32_t chunk_size, struct apb_prefetcher **out);
+
+/* Chunks per job for chunk_size: 1 MiB of them, at least 1 and at most
+ * APB_CACHE_RUN_MAX (one load each). */
+uint32_t apb_prefetch_job_chunks(uint32_t chunk_size);
 /* Stops the workers (abandoning queued work) and joins them; a worker in
  * the middle of a load finishes that load first. */
 void apb_prefetcher_free(struct apb_prefetcher *p);
 
-/* Queue chunks [first, first + count) of model. 0, or -EAGAIN when the
- * queue is full (nothing queued). */
+/* Queue chunks [first, first + count) of model as one range. 0, or
+ * -EAGAIN when the queue is full (nothing queued). A job that fails (the
+ * cache's prefetch share is full, a load error) drops what is left of its
+ * range. */
 int apb_prefetcher_submit(struct apb_prefetcher *p, uint32_t model,
 			  uint64_t first, uint32_t count);
 

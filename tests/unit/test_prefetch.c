@@ -467,6 +467,12 @@ static void test_concurrent_readers_of_one_file(void)
 
 /* ---- prefetcher helpers ---------------------------------------------- */
 
+struct load_run {
+	uint32_t model;
+	uint64_t first;
+	size_t n;
+};
+
 struct source {
 	uint64_t model_bytes;   /* immutable */
 	pthread_mutex_t mu;
@@ -475,6 +481,8 @@ struct source {
 	unsigned calls;         /* loader calls */
 	bool gated;             /* loads wait until the gate opens */
 	uint64_t fail_index;    /* != UINT64_MAX: loading it fails (-EIO) */
+	struct load_run runs[64]; /* the first 64 load calls of the cache */
+	unsigned nruns;
 };
 
 static void pattern_fill(uint32_t model, uint64_t index, uint8_t *buf,
@@ -529,6 +537,12 @@ static long source_load_run(void *ctx, uint32_t model, uint64_t first,
 			    void *const *bufs, size_t n, size_t cap,
 			    size_t *lens)
 {
+	struct source *s = ctx;
+
+	pthread_mutex_lock(&s->mu);
+	if (s->nruns < sizeof(s->runs) / sizeof(s->runs[0]))
+		s->runs[s->nruns++] = (struct load_run){model, first, n};
+	pthread_mutex_unlock(&s->mu);
 	for (size_t i = 0; i < n; i++) {
 		long r = source_load(ctx, model, first + i, bufs[i], cap);
 
@@ -601,7 +615,7 @@ static struct apb_prefetcher *prefetcher_make(struct apb_cache *c,
 {
 	struct apb_prefetcher *p = NULL;
 
-	CHECK_EQ(apb_prefetcher_new(c, threads, &p), 0);
+	CHECK_EQ(apb_prefetcher_new(c, threads, PCS, &p), 0);
 	CHECK(p != NULL);
 	return p;
 }
@@ -644,7 +658,7 @@ static void test_new_rejects_no_threads(void)
 
 	source_init(&s, PCS);
 	c = cache_make(&s, 4, 0, 1);
-	CHECK_EQ(apb_prefetcher_new(c, 0, &p), -EINVAL);
+	CHECK_EQ(apb_prefetcher_new(c, 0, PCS, &p), -EINVAL);
 	CHECK(p == NULL);
 	done(&s, c, NULL);
 }
@@ -861,6 +875,85 @@ static void test_free_abandons_queued_jobs(void)
 	done(&s, c, NULL);
 }
 
+static void test_jobs_are_1mib_of_chunks_at_most_one_run(void)
+{
+	CHECK_EQ(apb_prefetch_job_chunks(4096), APB_CACHE_RUN_MAX);
+	CHECK_EQ(apb_prefetch_job_chunks(64 * KIB), 16);
+	CHECK_EQ(apb_prefetch_job_chunks(128 * KIB), 8);
+	CHECK_EQ(apb_prefetch_job_chunks(512 * KIB), 2);
+	CHECK_EQ(apb_prefetch_job_chunks(MIB), 1);
+	CHECK_EQ(apb_prefetch_job_chunks(16 * MIB), 1);
+}
+
+static int cmp_runs(const void *a, const void *b)
+{
+	const struct load_run *x = a, *y = b;
+
+	return x->first < y->first ? -1 : x->first > y->first;
+}
+
+/* A whole-model prefetch is one range: every worker loads a job of it at
+ * once (the loader sees four calls blocked together), and the jobs are
+ * the range cut into runs of apb_prefetch_job_chunks(PCS) = 16 chunks. */
+static void test_one_big_range_keeps_every_worker_busy(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_prefetcher *p;
+	struct apb_cache_stats st;
+
+	source_init(&s, 100 * PCS);
+	c = cache_make(&s, 128, 100, 1);
+	p = prefetcher_make(c, 4);
+	source_gate(&s, true);
+	CHECK_EQ(apb_prefetcher_submit(p, 0, 0, 100), 0);
+	wait_for_calls(&s, 4); /* 4 workers, each blocked in its first load */
+	CHECK_EQ(source_calls(&s), 4);
+	source_gate(&s, false);
+	apb_prefetcher_drain(p);
+	apb_cache_stats(c, &st);
+	CHECK_EQ(st.prefetch_issued, 100);
+	CHECK_EQ(st.resident_chunks, 100);
+	CHECK_EQ(source_calls(&s), 100);
+	CHECK_EQ(s.nruns, 7);
+	qsort(s.runs, s.nruns, sizeof(s.runs[0]), cmp_runs);
+	for (unsigned i = 0; i < 7; i++) {
+		CHECK_EQ(s.runs[i].first, 16 * i);
+		CHECK_EQ(s.runs[i].n, i < 6 ? 16 : 4);
+	}
+	done(&s, c, p);
+}
+
+/* Ranges queued together get a job each in turn: a large range queued
+ * first does not hold back the one behind it until it is done. */
+static void test_queued_ranges_are_served_a_job_each_in_turn(void)
+{
+	static const struct load_run want[] = {
+		{0, 0, 16}, {0, 16, 16}, {1, 0, 16}, {0, 32, 16}, {1, 16, 8},
+		{0, 48, 16},
+	};
+	struct source s;
+	struct apb_cache *c;
+	struct apb_prefetcher *p;
+
+	source_init(&s, 64 * PCS);
+	c = cache_make(&s, 128, 100, 2);
+	p = prefetcher_make(c, 1);
+	source_gate(&s, true);
+	CHECK_EQ(apb_prefetcher_submit(p, 0, 0, 64), 0);
+	wait_for_calls(&s, 1); /* the worker holds model 0's first job */
+	CHECK_EQ(apb_prefetcher_submit(p, 1, 0, 24), 0);
+	source_gate(&s, false);
+	apb_prefetcher_drain(p);
+	CHECK_EQ(s.nruns, 6);
+	for (unsigned i = 0; i < 6; i++) {
+		CHECK_EQ(s.runs[i].model, want[i].model);
+		CHECK_EQ(s.runs[i].first, want[i].first);
+		CHECK_EQ(s.runs[i].n, want[i].n);
+	}
+	done(&s, c, p);
+}
+
 /* Submitters on several threads, workers on several others. */
 struct submitter {
 	struct apb_prefetcher *p;
@@ -929,6 +1022,9 @@ int main(void)
 	RUN(test_job_stops_at_a_load_error);
 	RUN(test_window_shrinks_while_prefetches_are_wasted);
 	RUN(test_free_abandons_queued_jobs);
+	RUN(test_jobs_are_1mib_of_chunks_at_most_one_run);
+	RUN(test_one_big_range_keeps_every_worker_busy);
+	RUN(test_queued_ranges_are_served_a_job_each_in_turn);
 	RUN(test_concurrent_submitters_and_workers);
 	return 0;
 }
