@@ -30,7 +30,11 @@
 #include "apbundle/name.h"
 #include "format.h"
 
-static const char *const reserved_root[] = {".stats", ".metrics", ".control"};
+const char *const apb_reserved_names[APB_NRESERVED] = {
+	[APB_RESERVED_STATS] = ".stats",
+	[APB_RESERVED_METRICS] = ".metrics",
+	[APB_RESERVED_CONTROL] = ".control",
+};
 
 /*
  * Length of the valid UTF-8 sequence at s (at most left bytes), or 0 if the
@@ -179,9 +183,9 @@ static int check_bytes(const char *name, size_t len, char *err,
 
 static bool is_reserved_root(const char *c, size_t clen)
 {
-	for (size_t i = 0; i < sizeof reserved_root / sizeof *reserved_root; i++)
-		if (strlen(reserved_root[i]) == clen &&
-		    memcmp(reserved_root[i], c, clen) == 0)
+	for (size_t i = 0; i < APB_NRESERVED; i++)
+		if (strlen(apb_reserved_names[i]) == clen &&
+		    memcmp(apb_reserved_names[i], c, clen) == 0)
 			return true;
 	return false;
 }

@@ -13,6 +13,7 @@
 #include <apbundle/bundle.h>
 #include <apbundle/cache.h>
 #include <apbundle/learn.h>
+#include <apbundle/name.h>
 #include <apbundle/prefetch.h>
 #include <apbundle/report.h>
 #include <apbundle/tree.h>
@@ -24,7 +25,13 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
-enum apbfs_special { APBFS_STATS, APBFS_METRICS, APBFS_CONTROL, APBFS_NSPECIAL };
+/* The control files, named by name.h's reserved names. */
+enum apbfs_special {
+	APBFS_STATS = APB_RESERVED_STATS,
+	APBFS_METRICS = APB_RESERVED_METRICS,
+	APBFS_CONTROL = APB_RESERVED_CONTROL,
+	APBFS_NSPECIAL = APB_NRESERVED
+};
 
 struct apbfs_options {
 	uint64_t max_memory;

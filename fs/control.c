@@ -26,8 +26,6 @@
  */
 #include "apbfs.h"
 
-#include <apbundle/name.h>
-
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>

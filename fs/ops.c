@@ -25,12 +25,6 @@
  * new names. So names and attributes may be cached for long. */
 #define ATTR_TIMEOUT_S 86400.0
 
-static const char *const special_names[APBFS_NSPECIAL] = {
-	[APBFS_STATS] = ".stats",
-	[APBFS_METRICS] = ".metrics",
-	[APBFS_CONTROL] = ".control",
-};
-
 void apbfs_handles_init(struct apbfs *fs)
 {
 	pthread_mutex_init(&fs->handles_mu, NULL);
@@ -156,7 +150,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 	if (parent == APB_TREE_ROOT)
 		for (int i = 0; i < APBFS_NSPECIAL; i++)
-			if (strcmp(name, special_names[i]) == 0) {
+			if (strcmp(name, apb_reserved_names[i]) == 0) {
 				reply_entry(req, fs, fs->special_ino[i]);
 				return;
 			}
@@ -223,7 +217,7 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			st.st_ino = apb_tree_child(fs->tree, ino, i - 2);
 			name = apb_tree_node(fs->tree, st.st_ino)->name;
 		} else {
-			name = special_names[i - 2 - nkids];
+			name = apb_reserved_names[i - 2 - nkids];
 			st.st_ino = fs->special_ino[i - 2 - nkids];
 		}
 		if (fill_attr(fs, st.st_ino, &st) != 0)

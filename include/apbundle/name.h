@@ -12,6 +12,16 @@
 #define APB_NAME_MAX 4096      /* bytes in a whole name */
 #define APB_COMPONENT_MAX 255  /* bytes in one '/'-separated component */
 
+/* The root entries the daemon serves itself, which no name may start
+ * with: apb_reserved_names[APB_RESERVED_STATS] is ".stats", and so on. */
+enum apb_reserved {
+	APB_RESERVED_STATS,
+	APB_RESERVED_METRICS,
+	APB_RESERVED_CONTROL,
+	APB_NRESERVED
+};
+extern const char *const apb_reserved_names[APB_NRESERVED];
+
 /*
  * Check one name: relative '/'-separated UTF-8 path, no empty, "." or ".."
  * component, no control character, length limits, valid UTF-8, first
