@@ -97,12 +97,49 @@ static int add_name(struct apb_tree *t, const char *name, uint32_t model,
 			model);
 }
 
-static const struct apb_tree *sort_ctx; /* qsort has no context argument */
+/* A child being sorted: its name beside its number, so that the
+ * comparison needs nothing but the two entries (qsort passes no context). */
+struct kid {
+	const char *name;
+	uint64_t ino;
+};
 
 static int cmp_kids(const void *a, const void *b)
 {
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return strcmp(sort_ctx->nodes[x].pub.name, sort_ctx->nodes[y].pub.name);
+	return strcmp(((const struct kid *)a)->name,
+		      ((const struct kid *)b)->name);
+}
+
+/* Sort the children of every directory by name, through one array as
+ * long as the largest directory. */
+static int sort_children(struct apb_tree *t)
+{
+	uint32_t most = 0;
+	struct kid *buf;
+
+	for (uint64_t i = 1; i <= t->count; i++)
+		if (t->nodes[i].pub.nchildren > most)
+			most = t->nodes[i].pub.nchildren;
+	if (most < 2)
+		return 0;
+	buf = malloc(most * sizeof(*buf));
+	if (!buf)
+		return -ENOMEM;
+	for (uint64_t i = 1; i <= t->count; i++) {
+		const struct node *n = &t->nodes[i];
+		uint64_t *kids = t->kids + n->first;
+
+		if (!n->pub.is_dir || n->pub.nchildren < 2)
+			continue;
+		for (uint32_t k = 0; k < n->pub.nchildren; k++)
+			buf[k] = (struct kid){t->nodes[kids[k]].pub.name,
+					      kids[k]};
+		qsort(buf, n->pub.nchildren, sizeof(*buf), cmp_kids);
+		for (uint32_t k = 0; k < n->pub.nchildren; k++)
+			kids[k] = buf[k].ino;
+	}
+	free(buf);
+	return 0;
 }
 
 static int link_children(struct apb_tree *t)
@@ -123,17 +160,7 @@ static int link_children(struct apb_tree *t)
 		t->kids[p->first + fill[t->nodes[i].pub.parent]++] = i;
 	}
 	free(fill);
-	/* Only this function uses sort_ctx, and trees are built before any
-	 * threads start; a qsort_r would tie us to glibc for no gain. */
-	sort_ctx = t;
-	for (uint64_t i = 1; i <= t->count; i++) {
-		struct node *n = &t->nodes[i];
-		if (n->pub.is_dir && n->pub.nchildren > 1)
-			qsort(t->kids + n->first, n->pub.nchildren,
-			      sizeof(*t->kids), cmp_kids);
-	}
-	sort_ctx = NULL;
-	return 0;
+	return sort_children(t);
 }
 
 int apb_tree_build(const struct apb_bundle *b, struct apb_tree **out)

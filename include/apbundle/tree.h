@@ -8,6 +8,7 @@
  * readdir an index.
  *
  * The tree is immutable after apb_tree_build(); any thread may read it.
+ * Builds keep no global state: several threads may build trees at once.
  */
 #ifndef APBUNDLE_TREE_H
 #define APBUNDLE_TREE_H

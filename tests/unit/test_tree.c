@@ -5,7 +5,10 @@
 #include <apbundle/tree.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 static struct apb_bundle *open_names(const char *const *names, size_t n)
 {
@@ -119,11 +122,84 @@ static void deep_and_wide_trees_keep_every_name(void)
 	apb_bundle_close(b);
 }
 
+/*
+ * Trees are built on any thread: nothing of a build may be global. One
+ * thread builds a tree whose root children need reordering ("bNNNN-x"
+ * comes before "bNNNN/f" as a path, after the directory "bNNNN" as a
+ * component), another at the same time trees of plain names; each checks
+ * its root children are in strcmp() order. With a sort context shared
+ * between builds, one build's comparisons read the other's nodes.
+ */
+#define CONCURRENT_NAMES 400
+#define CONCURRENT_ROUNDS 300
+
+struct builder {
+	struct apb_bundle *b;
+	size_t root_children;
+};
+
+static void *build_rounds(void *arg)
+{
+	struct builder *bd = arg;
+
+	for (int r = 0; r < CONCURRENT_ROUNDS; r++) {
+		struct apb_tree *t;
+
+		CHECK_EQ(apb_tree_build(bd->b, &t), 0);
+		CHECK_EQ(apb_tree_node(t, APB_TREE_ROOT)->nchildren,
+			 bd->root_children);
+		for (size_t i = 1; i < bd->root_children; i++)
+			CHECK(strcmp(child_name(t, APB_TREE_ROOT, i - 1),
+				     child_name(t, APB_TREE_ROOT, i)) < 0);
+		apb_tree_free(t);
+	}
+	return NULL;
+}
+
+static struct apb_bundle *open_generated(const char *fmt, size_t per, size_t n)
+{
+	char **names = calloc(n * per, sizeof(*names));
+	struct apb_bundle *b;
+
+	CHECK(names != NULL);
+	for (size_t i = 0; i < n * per; i++) {
+		names[i] = malloc(32);
+		CHECK(names[i] != NULL);
+		snprintf(names[i], 32, fmt, i / per, i % per ? "/f" : "-x");
+	}
+	b = open_names((const char *const *)names, n * per);
+	for (size_t i = 0; i < n * per; i++)
+		free(names[i]);
+	free(names);
+	return b;
+}
+
+static void trees_build_on_several_threads_at_once(void)
+{
+	struct builder mixed = {
+		open_generated("b%04zu%s", 2, CONCURRENT_NAMES),
+		2 * CONCURRENT_NAMES,
+	};
+	struct builder plain = {
+		open_generated("a%04zu%.0s", 1, CONCURRENT_NAMES),
+		CONCURRENT_NAMES,
+	};
+	pthread_t t[2];
+
+	CHECK_EQ(pthread_create(&t[0], NULL, build_rounds, &mixed), 0);
+	CHECK_EQ(pthread_create(&t[1], NULL, build_rounds, &plain), 0);
+	CHECK_EQ(pthread_join(t[0], NULL), 0);
+	CHECK_EQ(pthread_join(t[1], NULL), 0);
+	apb_bundle_close(mixed.b);
+	apb_bundle_close(plain.b);
+}
+
 int main(void)
 {
 	RUN(directories_come_from_slashes_and_sort_by_component);
 	RUN(lookups_fail_with_the_right_errno);
 	RUN(an_empty_bundle_is_a_lone_root);
 	RUN(deep_and_wide_trees_keep_every_name);
+	RUN(trees_build_on_several_threads_at_once);
 	return 0;
 }
