@@ -18,6 +18,8 @@
 #include <apbundle/report.h>
 #include <apbundle/tree.h>
 
+#include "../core/lock.h"
+
 #define FUSE_USE_VERSION 314
 #include <fuse_lowlevel.h>
 
@@ -69,8 +71,8 @@ struct apbfs_handle {
 struct apbfs_doc;
 
 struct apbfs_docs {
-	pthread_mutex_t render_mu;        /* one render at a time */
-	pthread_mutex_t mu;               /* the fields below, every refs */
+	struct apb_mutex render_mu;       /* one render at a time */
+	struct apb_mutex mu;              /* the fields below, every refs */
 	struct apbfs_doc *newest[APBFS_METRICS + 1]; /* shareable, by kind */
 	uint64_t bytes;                   /* of live documents */
 	size_t count;                     /* live documents */

@@ -27,7 +27,6 @@
 #include "apbfs.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef __GLIBC__
@@ -121,7 +120,7 @@ int apbfs_control(struct apbfs *fs, const char *line, size_t len)
 #define LINE_MAX_BYTES (sizeof("prefetch ") - 1 + APB_NAME_MAX + 1)
 
 struct apbfs_control_line {
-	pthread_mutex_t mu;   /* writes and flushes of dup()ed descriptors */
+	struct apb_mutex mu;  /* writes and flushes of dup()ed descriptors */
 	bool skipping;        /* dropping an overlong line up to its newline */
 	size_t len;
 	char buf[LINE_MAX_BYTES];
@@ -133,7 +132,7 @@ struct apbfs_control_line *apbfs_control_new(void)
 
 	if (!c)
 		return NULL;
-	if (pthread_mutex_init(&c->mu, NULL) != 0) {
+	if (apb_mutex_init(&c->mu) != 0) {
 		free(c);
 		return NULL;
 	}
@@ -146,7 +145,7 @@ void apbfs_control_free(struct apbfs_control_line *c)
 {
 	if (!c)
 		return;
-	pthread_mutex_destroy(&c->mu);
+	apb_mutex_destroy(&c->mu);
 	free(c);
 }
 
@@ -154,6 +153,7 @@ void apbfs_control_free(struct apbfs_control_line *c)
 static int run_line(struct apbfs *fs, struct apbfs_control_line *c,
 		    const char *p, size_t n)
 {
+	apb_assert_held(&c->mu);
 	if (c->len == 0)
 		return apbfs_control(fs, p, n);
 	memcpy(c->buf + c->len, p, n);
@@ -168,7 +168,7 @@ int apbfs_control_write(struct apbfs *fs, struct apbfs_control_line *c,
 	const char *p = buf, *end = buf + size;
 	int rc = 0;
 
-	pthread_mutex_lock(&c->mu);
+	apb_mutex_lock(&c->mu);
 	while (p < end && rc == 0) {
 		const char *nl = memchr(p, '\n', (size_t)(end - p));
 		size_t n = (size_t)((nl ? nl : end) - p);
@@ -191,7 +191,7 @@ int apbfs_control_write(struct apbfs *fs, struct apbfs_control_line *c,
 	 * unfinished line among it must not be finished by the next write. */
 	if (rc && p < end && end[-1] != '\n')
 		c->skipping = true;
-	pthread_mutex_unlock(&c->mu);
+	apb_mutex_unlock(&c->mu);
 	return rc;
 }
 
@@ -199,11 +199,11 @@ int apbfs_control_flush(struct apbfs *fs, struct apbfs_control_line *c)
 {
 	int rc = 0;
 
-	pthread_mutex_lock(&c->mu);
+	apb_mutex_lock(&c->mu);
 	if (c->len > 0 && !c->skipping)
 		rc = apbfs_control(fs, c->buf, c->len);
 	c->len = 0;
 	c->skipping = false;
-	pthread_mutex_unlock(&c->mu);
+	apb_mutex_unlock(&c->mu);
 	return rc;
 }

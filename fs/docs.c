@@ -44,14 +44,14 @@ struct apbfs_doc {
 
 void apbfs_docs_init(struct apbfs *fs)
 {
-	pthread_mutex_init(&fs->docs.render_mu, NULL);
-	pthread_mutex_init(&fs->docs.mu, NULL);
+	apb_mutex_init(&fs->docs.render_mu);
+	apb_mutex_init(&fs->docs.mu);
 }
 
 void apbfs_docs_destroy(struct apbfs *fs)
 {
-	pthread_mutex_destroy(&fs->docs.mu);
-	pthread_mutex_destroy(&fs->docs.render_mu);
+	apb_mutex_destroy(&fs->docs.mu);
+	apb_mutex_destroy(&fs->docs.render_mu);
 }
 
 static char *render(struct apbfs *fs, enum apbfs_special kind, size_t *len)
@@ -75,6 +75,7 @@ static int admit(struct apbfs *fs, enum apbfs_special kind, char *text,
 	struct apbfs_docs *ds = &fs->docs;
 	struct apbfs_doc *d = ds->newest[kind];
 
+	apb_assert_held(&ds->mu);
 	if (d && d->len == len && memcmp(d->text, text, len) == 0) {
 		d->refs++;
 		free(text);
@@ -107,17 +108,17 @@ int apbfs_doc_open(struct apbfs *fs, enum apbfs_special kind,
 	size_t len;
 	int rc;
 
-	pthread_mutex_lock(&ds->render_mu);
+	apb_mutex_lock(&ds->render_mu);
 	text = render(fs, kind, &len);
 	if (!text) {
 		rc = -ENOMEM;
 		goto out;
 	}
-	pthread_mutex_lock(&ds->mu);
+	apb_mutex_lock(&ds->mu);
 	rc = admit(fs, kind, text, len, out);
-	pthread_mutex_unlock(&ds->mu);
+	apb_mutex_unlock(&ds->mu);
 out:
-	pthread_mutex_unlock(&ds->render_mu);
+	apb_mutex_unlock(&ds->render_mu);
 	return rc;
 }
 
@@ -128,7 +129,7 @@ void apbfs_doc_put(struct apbfs *fs, struct apbfs_doc *d)
 
 	if (!d)
 		return;
-	pthread_mutex_lock(&ds->mu);
+	apb_mutex_lock(&ds->mu);
 	last = --d->refs == 0;
 	if (last) {
 		ds->count--;
@@ -136,7 +137,7 @@ void apbfs_doc_put(struct apbfs *fs, struct apbfs_doc *d)
 		if (ds->newest[d->kind] == d)
 			ds->newest[d->kind] = NULL;
 	}
-	pthread_mutex_unlock(&ds->mu);
+	apb_mutex_unlock(&ds->mu);
 	if (last) {
 		free(d->text);
 		free(d);
