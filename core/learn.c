@@ -79,6 +79,7 @@
 
 #include "atomic.h"
 #include "error.h"
+#include "lock.h"
 
 #define NONE UINT32_MAX
 #define STATE_VERSION 1
@@ -93,7 +94,7 @@ struct succ {
 struct apb_learn {
 	const struct apb_bundle *bundle; /* immutable */
 	uint32_t count;                  /* immutable: models in bundle */
-	pthread_mutex_t mu;
+	struct apb_mutex mu;
 	uint64_t *opens;   /* mu: [count] */
 	struct succ *next; /* mu: [count * APB_LEARN_SUCCESSORS] */
 	uint32_t last;     /* mu: last opened model, NONE before any */
@@ -116,7 +117,7 @@ int apb_learn_new(const struct apb_bundle *bundle, struct apb_learn **out)
 	/* calloc(0) may return NULL; one extra element keeps NULL an error. */
 	l->opens = calloc(n + 1, sizeof(*l->opens));
 	l->next = calloc(n * APB_LEARN_SUCCESSORS + 1, sizeof(*l->next));
-	if (!l->opens || !l->next || pthread_mutex_init(&l->mu, NULL) != 0) {
+	if (!l->opens || !l->next || apb_mutex_init(&l->mu) != 0) {
 		free(l->opens);
 		free(l->next);
 		free(l);
@@ -130,7 +131,7 @@ void apb_learn_free(struct apb_learn *l)
 {
 	if (!l)
 		return;
-	pthread_mutex_destroy(&l->mu);
+	apb_mutex_destroy(&l->mu);
 	free(l->opens);
 	free(l->next);
 	free(l);
@@ -160,6 +161,7 @@ static void bump(struct apb_learn *l, uint32_t from, uint32_t to,
 	struct succ *t = &l->next[(size_t)from * APB_LEARN_SUCCESSORS];
 	struct succ *empty = NULL, *least = NULL;
 
+	apb_assert_held(&l->mu);
 	if (from == to || weight == 0)
 		return;
 	for (int i = 0; i < APB_LEARN_SUCCESSORS; i++) {
@@ -207,12 +209,12 @@ void apb_learn_opened(struct apb_learn *l, uint32_t model)
 {
 	if (model >= l->count)
 		return;
-	pthread_mutex_lock(&l->mu);
+	apb_mutex_lock(&l->mu);
 	l->opens[model] = add64(l->opens[model], 1);
 	if (l->last != NONE)
 		bump(l, l->last, model, 1);
 	l->last = model;
-	pthread_mutex_unlock(&l->mu);
+	apb_mutex_unlock(&l->mu);
 }
 
 size_t apb_learn_successors(struct apb_learn *l, uint32_t model,
@@ -223,9 +225,9 @@ size_t apb_learn_successors(struct apb_learn *l, uint32_t model,
 
 	if (model >= l->count)
 		return 0;
-	pthread_mutex_lock(&l->mu);
+	apb_mutex_lock(&l->mu);
 	n = sorted_successors(&l->next[(size_t)model * APB_LEARN_SUCCESSORS], t);
-	pthread_mutex_unlock(&l->mu);
+	apb_mutex_unlock(&l->mu);
 	if (n > max)
 		n = max;
 	for (size_t i = 0; i < n; i++)
@@ -270,7 +272,7 @@ size_t apb_learn_popular(struct apb_learn *l, uint32_t *out, size_t max)
 
 	if (max == 0)
 		return 0;
-	pthread_mutex_lock(&l->mu);
+	apb_mutex_lock(&l->mu);
 	for (uint32_t m = 0; m < l->count; m++) {
 		if (l->opens[m] == 0)
 			continue;
@@ -295,7 +297,7 @@ size_t apb_learn_popular(struct apb_learn *l, uint32_t *out, size_t max)
 		out[end - 1] = x;
 		sift_down(l, out, end - 1, 0);
 	}
-	pthread_mutex_unlock(&l->mu);
+	apb_mutex_unlock(&l->mu);
 	return n;
 }
 
@@ -305,9 +307,9 @@ uint64_t apb_learn_opens(struct apb_learn *l, uint32_t model)
 
 	if (model >= l->count)
 		return 0;
-	pthread_mutex_lock(&l->mu);
+	apb_mutex_lock(&l->mu);
 	n = l->opens[model];
-	pthread_mutex_unlock(&l->mu);
+	apb_mutex_unlock(&l->mu);
 	return n;
 }
 
@@ -485,6 +487,7 @@ static void merge_state(struct apb_learn *l, const cJSON *models)
 	const cJSON *m, *s;
 	size_t from, to;
 
+	apb_assert_held(&l->mu);
 	cJSON_ArrayForEach(m, models) {
 		if (apb_bundle_find(l->bundle, m->string, &from) != 0)
 			continue;
@@ -532,9 +535,9 @@ int apb_learn_load(struct apb_learn *l, const char *path, char *err,
 	rc = check_state(doc, &models, why, sizeof(why));
 	if (rc)
 		goto not_state;
-	pthread_mutex_lock(&l->mu);
+	apb_mutex_lock(&l->mu);
 	merge_state(l, models);
-	pthread_mutex_unlock(&l->mu);
+	apb_mutex_unlock(&l->mu);
 	goto out;
 not_state:
 	apb_fail(rc, err, err_len, "%s: not an apbundlefs state file: %s",
@@ -643,10 +646,10 @@ int apb_learn_save(struct apb_learn *l, const char *path, char *err,
 		goto out;
 	}
 	/* Snapshot, so the lock is not held while building or writing. */
-	pthread_mutex_lock(&l->mu);
+	apb_mutex_lock(&l->mu);
 	memcpy(opens, l->opens, (size_t)l->count * sizeof(*opens));
 	memcpy(next, l->next, nsucc * sizeof(*next));
-	pthread_mutex_unlock(&l->mu);
+	apb_mutex_unlock(&l->mu);
 	text = state_json(l, opens, next);
 	if (!text) {
 		rc = apb_fail(-ENOMEM, err, err_len, "%s: %s", path,

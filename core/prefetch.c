@@ -104,6 +104,7 @@
  * mu and sample_mu are never held together.
  */
 #include "apbundle/prefetch.h"
+#include "lock.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -144,7 +145,7 @@ struct apb_prefetcher {
 	unsigned nthreads;
 	uint32_t job_chunks;     /* chunks a worker takes from a range */
 
-	pthread_mutex_t mu;
+	struct apb_mutex mu;
 	pthread_cond_t work_cv;  /* a job was queued, or stop */
 	pthread_cond_t idle_cv;  /* the ring emptied and no worker is busy */
 	/* Everything below up to sample_mu: mu. */
@@ -156,7 +157,7 @@ struct apb_prefetcher {
 	bool stop;
 	atomic_bool stopping;    /* mirror of stop for the chunk loop */
 
-	pthread_mutex_t sample_mu;
+	struct apb_mutex sample_mu;
 	/* Everything below up to shift: sample_mu. */
 	uint64_t last_issued;    /* prefetch_issued at the last sample */
 	uint64_t last_wasted;    /* prefetch_wasted at the last sample */
@@ -191,6 +192,7 @@ static void judge_waste(struct apb_prefetcher *p, uint64_t issued,
 {
 	unsigned shift = atomic_load(&p->shift);
 
+	apb_assert_held(&p->sample_mu);
 	if (wasted * 4 > issued && shift < MAX_SHIFT)
 		atomic_store(&p->shift, shift + 1);
 	else if (wasted * 16 < issued && shift > 0)
@@ -205,7 +207,7 @@ static void maybe_sample(struct apb_prefetcher *p)
 	uint64_t issued, wasted;
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	pthread_mutex_lock(&p->sample_mu);
+	apb_mutex_lock(&p->sample_mu);
 	if (++p->jobs_since_sample < SAMPLE_JOBS &&
 	    ms_between(&p->last_sample, &now) < SAMPLE_MS)
 		goto out;
@@ -224,7 +226,7 @@ rebase:
 	p->last_issued = st.prefetch_issued;
 	p->last_wasted = st.prefetch_wasted;
 out:
-	pthread_mutex_unlock(&p->sample_mu);
+	apb_mutex_unlock(&p->sample_mu);
 }
 
 /* Wait for a range; take its first job_chunks chunks as *job and queue
@@ -234,9 +236,9 @@ static bool take_job(struct apb_prefetcher *p, struct job *job)
 {
 	bool ok = false;
 
-	pthread_mutex_lock(&p->mu);
+	apb_mutex_lock(&p->mu);
 	while (!p->stop && p->len == 0)
-		pthread_cond_wait(&p->work_cv, &p->mu);
+		apb_cond_wait(&p->work_cv, &p->mu);
 	if (!p->stop) {
 		struct job rest = p->ring[p->head];
 
@@ -255,14 +257,14 @@ static bool take_job(struct apb_prefetcher *p, struct job *job)
 		p->busy++;
 		ok = true;
 	}
-	pthread_mutex_unlock(&p->mu);
+	apb_mutex_unlock(&p->mu);
 	return ok;
 }
 
 /* A job of range id was abandoned: drop what is still queued of it. */
 static void drop_range(struct apb_prefetcher *p, uint64_t id)
 {
-	pthread_mutex_lock(&p->mu);
+	apb_mutex_lock(&p->mu);
 	for (uint32_t i = 0; i < p->len; i++) {
 		if (p->ring[(p->head + i) % QUEUE_JOBS].id != id)
 			continue;
@@ -272,16 +274,16 @@ static void drop_range(struct apb_prefetcher *p, uint64_t id)
 		p->len--;
 		break;
 	}
-	pthread_mutex_unlock(&p->mu);
+	apb_mutex_unlock(&p->mu);
 }
 
 static void finish_job(struct apb_prefetcher *p)
 {
-	pthread_mutex_lock(&p->mu);
+	apb_mutex_lock(&p->mu);
 	p->busy--;
 	if (p->busy == 0 && p->len == 0)
 		pthread_cond_broadcast(&p->idle_cv);
-	pthread_mutex_unlock(&p->mu);
+	apb_mutex_unlock(&p->mu);
 }
 
 /* Load the job; false if it was abandoned (see the top). */
@@ -324,11 +326,11 @@ static void *worker_main(void *arg)
 /* Tell the first n workers to stop and join them. */
 static void stop_workers(struct apb_prefetcher *p, unsigned n)
 {
-	pthread_mutex_lock(&p->mu);
+	apb_mutex_lock(&p->mu);
 	p->stop = true;
 	atomic_store(&p->stopping, true);
 	pthread_cond_broadcast(&p->work_cv);
-	pthread_mutex_unlock(&p->mu);
+	apb_mutex_unlock(&p->mu);
 	for (unsigned i = 0; i < n; i++)
 		pthread_join(p->threads[i], NULL);
 }
@@ -359,17 +361,17 @@ static void destroy(struct apb_prefetcher *p)
 {
 	pthread_cond_destroy(&p->idle_cv);
 	pthread_cond_destroy(&p->work_cv);
-	pthread_mutex_destroy(&p->sample_mu);
-	pthread_mutex_destroy(&p->mu);
+	apb_mutex_destroy(&p->sample_mu);
+	apb_mutex_destroy(&p->mu);
 	free(p->threads);
 	free(p);
 }
 
 static int init_sync(struct apb_prefetcher *p)
 {
-	if (pthread_mutex_init(&p->mu, NULL) != 0)
+	if (apb_mutex_init(&p->mu) != 0)
 		return -ENOMEM;
-	if (pthread_mutex_init(&p->sample_mu, NULL) != 0)
+	if (apb_mutex_init(&p->sample_mu) != 0)
 		goto no_sample_mu;
 	if (pthread_cond_init(&p->work_cv, NULL) != 0)
 		goto no_work_cv;
@@ -380,9 +382,9 @@ static int init_sync(struct apb_prefetcher *p)
 no_idle_cv:
 	pthread_cond_destroy(&p->work_cv);
 no_work_cv:
-	pthread_mutex_destroy(&p->sample_mu);
+	apb_mutex_destroy(&p->sample_mu);
 no_sample_mu:
-	pthread_mutex_destroy(&p->mu);
+	apb_mutex_destroy(&p->mu);
 	return -ENOMEM;
 }
 
@@ -455,7 +457,7 @@ int apb_prefetcher_submit(struct apb_prefetcher *p, uint32_t model,
 
 	if (count == 0)
 		return 0;
-	pthread_mutex_lock(&p->mu);
+	apb_mutex_lock(&p->mu);
 	if (p->len == QUEUE_JOBS) {
 		rc = -EAGAIN;
 		goto out;
@@ -466,7 +468,7 @@ int apb_prefetcher_submit(struct apb_prefetcher *p, uint32_t model,
 	p->len++;
 	pthread_cond_signal(&p->work_cv);
 out:
-	pthread_mutex_unlock(&p->mu);
+	apb_mutex_unlock(&p->mu);
 	return rc;
 }
 
@@ -479,8 +481,8 @@ uint64_t apb_prefetcher_window(struct apb_prefetcher *p, uint64_t max_bytes)
 
 void apb_prefetcher_drain(struct apb_prefetcher *p)
 {
-	pthread_mutex_lock(&p->mu);
+	apb_mutex_lock(&p->mu);
 	while (p->len != 0 || p->busy != 0)
-		pthread_cond_wait(&p->idle_cv, &p->mu);
-	pthread_mutex_unlock(&p->mu);
+		apb_cond_wait(&p->idle_cv, &p->mu);
+	apb_mutex_unlock(&p->mu);
 }

@@ -91,7 +91,7 @@ struct apbfs_read_error {
 };
 
 struct apbfs_read_log {
-	pthread_mutex_t mu;
+	struct apb_mutex mu;
 	struct apbfs_read_error seen[APBFS_READ_LOG_MAX];
 	size_t n;
 	bool full;                     /* the "not naming further" line is out */
@@ -118,7 +118,7 @@ struct apbfs {
 	bool startup_running;
 	/* Every live handle, so that those still open at unmount (RELEASE
 	 * may never come) are freed at exit. */
-	pthread_mutex_t handles_mu;
+	struct apb_mutex handles_mu;
 	struct apbfs_handle handles;    /* list head; handles_mu */
 	struct apbfs_docs docs;        /* docs.c */
 	atomic_bool bdi_tuned;         /* the first open raised its readahead */

@@ -27,7 +27,7 @@
 
 void apbfs_handles_init(struct apbfs *fs)
 {
-	pthread_mutex_init(&fs->handles_mu, NULL);
+	apb_mutex_init(&fs->handles_mu);
 	fs->handles.prev = fs->handles.next = &fs->handles;
 	apbfs_docs_init(fs);
 }
@@ -46,21 +46,21 @@ static struct apbfs_handle *handle_new(struct apbfs *fs,
 	h->doc = doc;
 	h->ra = ra;
 	h->ctl = ctl;
-	pthread_mutex_lock(&fs->handles_mu);
+	apb_mutex_lock(&fs->handles_mu);
 	h->next = fs->handles.next;
 	h->prev = &fs->handles;
 	h->next->prev = h;
 	fs->handles.next = h;
-	pthread_mutex_unlock(&fs->handles_mu);
+	apb_mutex_unlock(&fs->handles_mu);
 	return h;
 }
 
 static void handle_free(struct apbfs *fs, struct apbfs_handle *h)
 {
-	pthread_mutex_lock(&fs->handles_mu);
+	apb_mutex_lock(&fs->handles_mu);
 	h->prev->next = h->next;
 	h->next->prev = h->prev;
-	pthread_mutex_unlock(&fs->handles_mu);
+	apb_mutex_unlock(&fs->handles_mu);
 	apbfs_doc_put(fs, h->doc);
 	apb_readahead_free(h->ra);
 	apbfs_control_free(h->ctl);
@@ -73,7 +73,7 @@ void apbfs_handles_free_all(struct apbfs *fs)
 		return;
 	while (fs->handles.next != &fs->handles)
 		handle_free(fs, fs->handles.next);
-	pthread_mutex_destroy(&fs->handles_mu);
+	apb_mutex_destroy(&fs->handles_mu);
 	apbfs_docs_destroy(fs);
 }
 

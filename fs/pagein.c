@@ -57,12 +57,12 @@
 
 void apbfs_pagein_init(struct apbfs *fs)
 {
-	pthread_mutex_init(&fs->read_log.mu, NULL);
+	apb_mutex_init(&fs->read_log.mu);
 }
 
 void apbfs_pagein_fini(struct apbfs *fs)
 {
-	pthread_mutex_destroy(&fs->read_log.mu);
+	apb_mutex_destroy(&fs->read_log.mu);
 }
 
 /* The fault hook: every Nth chunk's memory cannot be had (0 or -ENOMEM). */
@@ -85,7 +85,7 @@ static bool read_log_first(struct apbfs *fs, uint32_t model, uint64_t offset,
 	bool say = true;
 
 	*full = false;
-	pthread_mutex_lock(&l->mu);
+	apb_mutex_lock(&l->mu);
 	for (size_t i = 0; i < l->n && say; i++)
 		if (l->seen[i].model == model && l->seen[i].offset == offset &&
 		    l->seen[i].err == err)
@@ -97,7 +97,7 @@ static bool read_log_first(struct apbfs *fs, uint32_t model, uint64_t offset,
 		*full = !l->full;
 		l->full = true;
 	}
-	pthread_mutex_unlock(&l->mu);
+	apb_mutex_unlock(&l->mu);
 	return say;
 }
 
