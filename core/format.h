@@ -101,7 +101,8 @@ int apb_v2_check_chunks(const struct apb_manifest *m, char *err,
 			size_t err_len);
 
 /* Reusable decompression contexts and scratch buffers for chunked reads:
- * thread-safe, with a bounded number kept while idle. */
+ * thread-safe, with a bounded number kept while idle and a bound on the
+ * scratch all reads hold at once (v2.c). */
 struct apb_v2_reader;
 int apb_v2_reader_new(struct apb_v2_reader **out);
 void apb_v2_reader_free(struct apb_v2_reader *r);

@@ -29,29 +29,47 @@
  *
  * Reads: a run of whole raw chunks adjacent in the file goes into the
  * destination with one preadv() and is hashed there, with no context: the
- * daemon's page-ins of raw chunks take no lock of ours. A chunk only
- * partly wanted, or a frame, goes through the scratch buffers of a context
- * taken from a small pool when the read first needs one (a whole frame
- * whose destination is one buffer is decompressed straight into it).
- * Contexts hold a ZSTD_DCtx and the scratch buffers; at most POOL_IDLE_MAX
- * stay allocated while idle, and scratch larger than SCRATCH_KEEP is freed
- * after use, so idle memory stays bounded whatever the bundle's chunk size.
+ * daemon's page-ins of raw chunks take no lock of ours. Any other chunk (a
+ * frame, or a raw chunk only partly wanted) goes through a context taken
+ * from a small pool for that chunk: its stored bytes are streamed through
+ * a PIECE-byte buffer, a raw chunk's hashed piece by piece, a frame's fed
+ * to zstd, which decodes into the whole chunk's bytes: straight into the
+ * destination when the chunk is wanted whole there in one buffer, else
+ * into scratch of the chunk's size.
+ *
+ * The memory bound: a chunk may be up to APB_CHUNK_SIZE_MAX (16 MiB), and
+ * every concurrent page-in might want a part of a different frame. So each
+ * chunk read through a context first reserves what it will hold
+ * (CTX_BYTES, plus the chunk's size when it needs scratch) against
+ * SCRATCH_MAX for the whole reader, and waits while the reservations of
+ * the page-ins running now leave no room; one always runs. Scratch bytes
+ * in flight are therefore at most max(SCRATCH_MAX, CTX_BYTES +
+ * APB_CHUNK_SIZE_MAX) = 16.5 MiB, whatever the number of readers, plus at
+ * most POOL_IDLE_MAX idle contexts of CTX_BYTES + SCRATCH_KEEP each.
+ * Scratch above SCRATCH_KEEP is its own mapping, unmapped after the chunk.
  */
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack */
 #include <xxhash.h>
+#define ZSTD_STATIC_LINKING_ONLY /* ZSTD_d_stableOutBuffer */
 #include <zstd.h>
 
 #include "apbundle/bundle.h"
 #include "format.h"
 
-#define POOL_IDLE_MAX 8
-#define SCRATCH_KEEP (1u << 20)
+#define PIECE (128u << 10)        /* stored bytes read at a time */
+#define SCRATCH_KEEP (256u << 10) /* chunk scratch a context keeps */
+/* What a context in use holds besides chunk scratch: the piece buffer and
+ * a ZSTD_DCtx with its one block of input (222 KiB with zstd 1.5). */
+#define CTX_BYTES (512u << 10)
+#define SCRATCH_MAX (16u << 20)   /* reserved by all page-ins at once */
+#define POOL_IDLE_MAX 4
 
 /* ---- the table at open ------------------------------------------------- */
 
@@ -295,16 +313,19 @@ int apb_v2_check_chunks(const struct apb_manifest *mf, char *err,
 	return check_coverage(mf, err, err_len);
 }
 
-/* ---- contexts ---------------------------------------------------------- */
+/* ---- contexts and the scratch bound ------------------------------------ */
 
 struct ctx {
-	ZSTD_DCtx *z;
-	uint8_t *out, *in; /* scratch: a chunk's bytes, a frame's bytes */
-	size_t out_cap, in_cap;
+	ZSTD_DCtx *z;   /* made at the first frame this context decodes */
+	uint8_t *piece; /* PIECE bytes, 4096-aligned: stored bytes in transit */
+	uint8_t *out;   /* SCRATCH_KEEP bytes for small chunks, kept */
 };
 
 struct apb_v2_reader {
 	pthread_mutex_t mu;
+	pthread_cond_t turn;   /* scratch returned, or the queue moved */
+	size_t scratch;        /* bytes reserved by the page-ins running now */
+	uint64_t next, serving; /* tickets: reservations in arrival order */
 	struct ctx *idle[POOL_IDLE_MAX];
 	int nidle;
 };
@@ -314,8 +335,8 @@ static void ctx_free(struct ctx *c)
 	if (!c)
 		return;
 	ZSTD_freeDCtx(c->z);
+	free(c->piece);
 	free(c->out);
-	free(c->in);
 	free(c);
 }
 
@@ -329,6 +350,11 @@ int apb_v2_reader_new(struct apb_v2_reader **out)
 		free(r);
 		return -ENOMEM;
 	}
+	if (pthread_cond_init(&r->turn, NULL) != 0) {
+		pthread_mutex_destroy(&r->mu);
+		free(r);
+		return -ENOMEM;
+	}
 	*out = r;
 	return 0;
 }
@@ -339,64 +365,114 @@ void apb_v2_reader_free(struct apb_v2_reader *r)
 		return;
 	for (int i = 0; i < r->nidle; i++)
 		ctx_free(r->idle[i]);
+	pthread_cond_destroy(&r->turn);
 	pthread_mutex_destroy(&r->mu);
 	free(r);
 }
 
-static struct ctx *ctx_get(struct apb_v2_reader *r)
+/*
+ * A context for one chunk, with need bytes of scratch reserved for it: the
+ * caller waits until the reservation fits under SCRATCH_MAX next to those
+ * of the page-ins running now, or until none runs (so a chunk whose need
+ * alone exceeds the bound still proceeds, alone). Reservations are granted
+ * in arrival order, so a large one is not starved by a stream of small
+ * ones. A page-in holds one reservation at a time and waits for nothing
+ * while holding it, so the wait always ends.
+ */
+static struct ctx *ctx_take(struct apb_v2_reader *r, size_t need)
 {
 	struct ctx *c = NULL;
+	uint64_t ticket;
 
 	pthread_mutex_lock(&r->mu);
+	ticket = r->next++;
+	while (r->serving != ticket ||
+	       (r->scratch > 0 && r->scratch + need > SCRATCH_MAX))
+		pthread_cond_wait(&r->turn, &r->mu);
+	r->serving++;
+	r->scratch += need;
 	if (r->nidle > 0)
 		c = r->idle[--r->nidle];
+	pthread_cond_broadcast(&r->turn); /* the next ticket may fit too */
 	pthread_mutex_unlock(&r->mu);
 	if (c)
 		return c;
 	c = calloc(1, sizeof *c);
-	if (!c)
-		return NULL;
-	c->z = ZSTD_createDCtx();
-	if (!c->z) {
-		ctx_free(c);
+	if (c)
+		c->piece = aligned_alloc(APB_ALIGN, PIECE);
+	if (!c || !c->piece) {
+		free(c);
+		pthread_mutex_lock(&r->mu);
+		r->scratch -= need;
+		pthread_cond_broadcast(&r->turn);
+		pthread_mutex_unlock(&r->mu);
 		return NULL;
 	}
 	return c;
 }
 
-static void ctx_put(struct apb_v2_reader *r, struct ctx *c)
+/* Give c back and release its reservation. */
+static void ctx_give(struct apb_v2_reader *r, struct ctx *c, size_t need)
 {
-	if (c->out_cap > SCRATCH_KEEP) {
-		free(c->out);
-		c->out = NULL;
-		c->out_cap = 0;
-	}
-	if (c->in_cap > SCRATCH_KEEP) {
-		free(c->in);
-		c->in = NULL;
-		c->in_cap = 0;
-	}
 	pthread_mutex_lock(&r->mu);
+	r->scratch -= need;
 	if (r->nidle < POOL_IDLE_MAX) {
 		r->idle[r->nidle++] = c;
 		c = NULL;
 	}
+	pthread_cond_broadcast(&r->turn);
 	pthread_mutex_unlock(&r->mu);
 	ctx_free(c);
 }
 
-static int grow(uint8_t **p, size_t *cap, size_t want)
+/* A ZSTD_DCtx whose output is always the whole chunk (stable): it then
+ * allocates no window buffer of its own, only one block of input. */
+static int ctx_dctx(struct ctx *c)
 {
-	uint8_t *n;
-
-	if (want <= *cap)
+	if (c->z)
 		return 0;
-	n = realloc(*p, want);
-	if (!n)
+	c->z = ZSTD_createDCtx();
+	if (!c->z)
 		return -ENOMEM;
-	*p = n;
-	*cap = want;
+	/* The window a frame declares costs nothing with a stable output
+	 * (the output is the window), so any frame the one-shot decoder
+	 * took is still taken. */
+	if (ZSTD_isError(ZSTD_DCtx_setParameter(c->z, ZSTD_d_stableOutBuffer,
+						1)) ||
+	    ZSTD_isError(ZSTD_DCtx_setParameter(c->z, ZSTD_d_windowLogMax,
+						ZSTD_WINDOWLOG_MAX))) {
+		ZSTD_freeDCtx(c->z);
+		c->z = NULL;
+		return -ENOMEM;
+	}
 	return 0;
+}
+
+/* Scratch for a whole chunk of ulen bytes: the context's own buffer for a
+ * small chunk (kept for the next), else a mapping of its own, unmapped by
+ * scratch_put() so its pages return to the system at once (freed heap
+ * memory may stay resident; see docs/DESIGN.md, "Memory of the process"). */
+static uint8_t *scratch_get(struct ctx *c, size_t ulen)
+{
+	void *p;
+
+	if (ulen <= SCRATCH_KEEP) {
+		if (!c->out)
+			c->out = malloc(SCRATCH_KEEP);
+		return c->out;
+	}
+	p = mmap(NULL, ulen, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	madvise(p, ulen, MADV_HUGEPAGE);
+	return p;
+}
+
+static void scratch_put(uint8_t *p, size_t ulen)
+{
+	if (p && ulen > SCRATCH_KEEP)
+		munmap(p, ulen);
 }
 
 /* ---- the destination: a position in an iovec array --------------------- */
@@ -464,74 +540,123 @@ static uint64_t dest_hash(struct dest d, size_t n)
 
 /* ---- reads ------------------------------------------------------------- */
 
-/* One try at chunk e (ulen bytes uncompressed) into out: 0 when it
- * decoded to exactly ulen bytes with the right hash, 1 when not, or the
- * read errno. */
-static int try_chunk(const struct apb_bundle *b, struct ctx *c,
+/* Stored bytes [at, at + n) of e into c's piece buffer (n <= PIECE). */
+static int read_piece(const struct apb_bundle *b, struct ctx *c,
+		      const struct apb_chunk_entry *e, size_t at, size_t n)
+{
+	struct iovec v = {.iov_base = c->piece, .iov_len = n};
+	long r = apb_bundle_pread_stored(b, e->offset + at, &v, 1, 0, n);
+
+	return r < 0 ? (int)r : 0;
+}
+
+/* One try at frame e into out (ulen bytes, the whole chunk), its stored
+ * bytes streamed through the piece buffer: 0 when it is exactly one frame
+ * that decodes to exactly ulen bytes with the right hash, 1 when not, or
+ * the read errno. */
+static int try_frame(const struct apb_bundle *b, struct ctx *c,
 		     const struct apb_chunk_entry *e, size_t ulen,
 		     uint8_t *out)
 {
-	struct iovec v = {.iov_base = out, .iov_len = ulen};
-	long r;
-	size_t got;
+	ZSTD_outBuffer o = {.dst = out, .size = ulen, .pos = 0};
+	size_t left = 1; /* zstd's hint; 0 once the frame is complete */
+	int rc;
 
-	if (!(e->flags & APB_CHUNK_ZSTD)) {
-		r = apb_bundle_pread_stored(b, e->offset, &v, 1, 0, ulen);
-		if (r < 0)
-			return (int)r;
-	} else {
-		if (grow(&c->in, &c->in_cap, e->length))
-			return -ENOMEM;
-		v = (struct iovec){.iov_base = c->in, .iov_len = e->length};
-		r = apb_bundle_pread_stored(b, e->offset, &v, 1, 0, e->length);
-		if (r < 0)
-			return (int)r;
-		/* One frame, exactly: trailing bytes or a second frame
-		 * would be data the checksum never saw. */
-		if (ZSTD_findFrameCompressedSize(c->in, e->length) != e->length)
-			return 1;
-		got = ZSTD_decompressDCtx(c->z, out, ulen, c->in, e->length);
-		if (ZSTD_isError(got) || got != ulen)
-			return 1;
+	if (ZSTD_isError(ZSTD_DCtx_reset(c->z, ZSTD_reset_session_only)))
+		return 1;
+	for (size_t at = 0; at < e->length;) {
+		size_t n = e->length - at < PIECE ? e->length - at : PIECE;
+		ZSTD_inBuffer i = {.src = c->piece, .size = n, .pos = 0};
+
+		rc = read_piece(b, c, e, at, n);
+		if (rc)
+			return rc;
+		while (i.pos < i.size) {
+			size_t was_in = i.pos, was_out = o.pos;
+
+			/* Bytes after the frame's end would be data the
+			 * checksum never saw. */
+			if (left == 0)
+				return 1;
+			left = ZSTD_decompressStream(c->z, &o, &i);
+			if (ZSTD_isError(left) ||
+			    (i.pos == was_in && o.pos == was_out && left))
+				return 1;
+		}
+		at += n;
 	}
+	if (left != 0 || o.pos != ulen)
+		return 1;
 	return XXH3_64bits(out, ulen) == e->xxh3 ? 0 : 1;
 }
 
-/* Chunk e into out, verified, with one more try: 0, -EBADMSG or errno. */
-static int load_chunk(const struct apb_bundle *b, struct ctx *c,
-		      const struct apb_chunk_entry *e, size_t ulen,
-		      uint8_t *out)
+/* One try at bytes [in, in + len) of raw chunk e (ulen bytes) into d:
+ * the whole chunk is read piece by piece and hashed, the wanted bytes
+ * copied out of the pieces. 0 when the hash matches (d moved past the
+ * bytes), 1 when not, or the read errno. */
+static int try_raw_part(const struct apb_bundle *b, struct ctx *c,
+			const struct apb_chunk_entry *e, size_t ulen,
+			size_t in, size_t len, struct dest *d)
 {
-	int rc = try_chunk(b, c, e, ulen, out);
+	XXH3_state_t st;
+	int rc;
 
-	if (rc == 1)
-		rc = try_chunk(b, c, e, ulen, out);
-	return rc == 1 ? -EBADMSG : rc;
+	XXH3_64bits_reset(&st);
+	for (size_t at = 0; at < ulen; at += PIECE) {
+		size_t n = ulen - at < PIECE ? ulen - at : PIECE;
+		size_t lo = at > in ? at : in;
+		size_t hi = at + n < in + len ? at + n : in + len;
+
+		rc = read_piece(b, c, e, at, n);
+		if (rc)
+			return rc;
+		XXH3_64bits_update(&st, c->piece, n);
+		if (lo < hi)
+			dest_copy(d, c->piece + (lo - at), hi - lo);
+	}
+	return XXH3_64bits_digest(&st) == e->xxh3 ? 0 : 1;
 }
 
-/* Bytes [in, in + len) of chunk ci into d, through scratch unless the
- * whole chunk is wanted and its destination is one buffer. */
-static int read_one(const struct apb_bundle *b, struct ctx *c,
+/* Bytes [in, in + len) of chunk ci into d, verified, with one more try
+ * after a failure: 0, -EBADMSG, -ENOMEM or the read errno. A frame wanted
+ * whole whose destination is one buffer is decoded straight into it;
+ * another frame needs scratch of the chunk's size, reserved before it is
+ * allocated (ctx_take()). */
+static int read_one(const struct apb_bundle *b, struct apb_v2_reader *r,
 		    const struct apb_model *m,
 		    const struct apb_chunk_entry *e, uint64_t ci, size_t in,
 		    size_t len, struct dest *d)
 {
 	size_t ulen = chunk_len(m, ci);
+	bool frame = e->flags & APB_CHUNK_ZSTD;
 	uint8_t *flat = in == 0 && len == ulen ? dest_flat(d, ulen) : NULL;
-	int rc;
+	size_t need = CTX_BYTES + (frame && !flat ? ulen : 0);
+	struct dest at = *d;
+	uint8_t *out = NULL;
+	struct ctx *c = ctx_take(r, need);
+	int rc = c ? 1 : -ENOMEM; /* 1: not read yet */
 
-	if (flat) {
-		rc = load_chunk(b, c, e, ulen, flat);
-		if (!rc)
-			dest_advance(d, ulen);
-		return rc;
+	if (c && frame) {
+		out = flat ? flat : scratch_get(c, ulen);
+		if (!out || ctx_dctx(c) != 0)
+			rc = -ENOMEM;
 	}
-	rc = grow(&c->out, &c->out_cap, ulen);
-	if (!rc)
-		rc = load_chunk(b, c, e, ulen, c->out);
-	if (!rc)
-		dest_copy(d, c->out + in, len);
-	return rc;
+	for (int tries = 0; tries < 2 && rc == 1; tries++) {
+		*d = at;
+		rc = frame ? try_frame(b, c, e, ulen, out)
+			   : try_raw_part(b, c, e, ulen, in, len, d);
+	}
+	if (rc == 0 && frame) {
+		if (flat)
+			dest_advance(d, ulen);
+		else
+			dest_copy(d, out + in, len);
+	}
+	if (out != flat)
+		scratch_put(out, ulen);
+	if (c)
+		ctx_give(r, c, need);
+	return rc == 1 ? -EBADMSG : rc;
 }
 
 /* Whole raw chunks from ci on that lie back to back in the file and end
@@ -597,7 +722,6 @@ long apb_v2_preadv(const struct apb_bundle *b, struct apb_v2_reader *r,
 	const struct apb_chunk_entry *t = table + m->first_chunk;
 	struct dest d = {.iov = iov, .cnt = iovcnt};
 	uint64_t pos = off, end = off + want, bad = 0;
-	struct ctx *c = NULL; /* taken when a chunk needs scratch */
 	int rc = 0;
 
 	dest_advance(&d, 0);
@@ -609,21 +733,17 @@ long apb_v2_preadv(const struct apb_bundle *b, struct apb_v2_reader *r,
 		if (n > 0) {
 			rc = read_run(b, m, t, ci, n, bytes, &d, &bad);
 			pos += bytes;
-		} else if (!c && !(c = ctx_get(r))) {
-			rc = -ENOMEM;
 		} else {
 			size_t in = (size_t)(pos - start);
 			size_t len = end - pos < ulen - in ? (size_t)(end - pos)
 							   : ulen - in;
 
-			rc = read_one(b, c, m, &t[ci], ci, in, len, &d);
+			rc = read_one(b, r, m, &t[ci], ci, in, len, &d);
 			if (rc == -EBADMSG)
 				bad = ci;
 			pos += len;
 		}
 	}
-	if (c)
-		ctx_put(r, c);
 	if (rc == -EBADMSG && bad_chunk)
 		*bad_chunk = bad;
 	return rc ? rc : (long)want;

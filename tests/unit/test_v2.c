@@ -479,6 +479,74 @@ static void v2_concurrent_reads_share_the_context_pool(void)
 	v2_free(&v);
 }
 
+/* Chunks larger than the 128 KiB pieces the reader streams stored bytes
+ * in: frames and raw chunks spanning several pieces, read whole, in part,
+ * and across piece boundaries; a byte flipped in the last piece of a raw
+ * chunk or of a frame still fails the read. */
+#define BIG_CS (75 * 4096) /* 2.3 pieces */
+
+static void big_chunks(struct v2 *v, uint8_t *src, size_t size)
+{
+	memset(v, 0, sizeof *v);
+	/* Chunk 0: half random, half text, a frame of over 128 KiB; chunk 1
+	 * random, raw; chunk 2 text; chunk 3 short. */
+	pattern(src, size, 3);
+	text(src + BIG_CS / 2, BIG_CS / 2, 4);
+	text(src + 2 * BIG_CS, BIG_CS, 5);
+	v2_add(v, "m", src, size, "zstd", BIG_CS);
+	v2_layout(v);
+	CHECK(v->e[0].flags == 1 && v->e[0].len > (128u << 10));
+	CHECK(v->e[1].flags == 0 && v->e[2].flags == 1);
+}
+
+static void v2_chunks_larger_than_a_piece(void)
+{
+	static uint8_t src[3 * BIG_CS + 777], out[BIG_CS + 10];
+	const size_t at[] = {0, 1, (128 << 10) - 1, 128 << 10, (256 << 10) + 5,
+			     BIG_CS - 1};
+	const size_t len[] = {1, 4096, (128 << 10) + 3};
+	struct v2 v;
+	struct buf file;
+	struct apb_bundle *b;
+	uint64_t bad = 99;
+
+	big_chunks(&v, src, sizeof src);
+	file = v2_bytes(&v);
+	CHECK_EQ(open_buf(&file, &b), 0);
+	for (size_t k = 0; k < 4; k++)
+		for (size_t i = 0; i < sizeof at / sizeof *at; i++)
+			for (size_t j = 0; j < sizeof len / sizeof *len; j++) {
+				size_t off = k * BIG_CS + at[i], n = len[j];
+
+				if (off >= sizeof src)
+					continue;
+				if (n > sizeof src - off)
+					n = sizeof src - off;
+				CHECK_EQ(apb_bundle_read(b, 0, off, out, len[j]), n);
+				CHECK(memcmp(out, src + off, n) == 0);
+			}
+	apb_bundle_close(b);
+	free(file.p);
+	round_trip(&v);
+
+	/* The last piece of raw chunk 1, of frame 0. */
+	for (size_t k = 0; k < 2; k++) {
+		big_chunks(&v, src, sizeof src);
+		v.blob[1 - k][v.e[1 - k].len - 10] ^= 0x40;
+		file = v2_bytes(&v);
+		CHECK_EQ(open_buf(&file, &b), 0);
+		CHECK_EQ(apb_bundle_preadv(b, 0, (1 - k) * BIG_CS + 5,
+					   &(struct iovec){out, 10}, 1, &bad),
+			 -EBADMSG);
+		CHECK_EQ(bad, 1 - k);
+		CHECK_EQ(apb_bundle_read(b, 0, 2 * BIG_CS, out, BIG_CS), BIG_CS);
+		CHECK(memcmp(out, src + 2 * BIG_CS, BIG_CS) == 0);
+		apb_bundle_close(b);
+		free(file.p);
+		v2_free(&v);
+	}
+}
+
 /* ---- corrupt chunks ---------------------------------------------------- */
 
 /* Flip one byte of the stored bytes of chunk k of model. */
@@ -994,6 +1062,7 @@ int main(void)
 	RUN(v2_bundle_with_no_models_opens);
 	RUN(v2_run_of_raw_chunks_into_small_iovecs);
 	RUN(v2_concurrent_reads_share_the_context_pool);
+	RUN(v2_chunks_larger_than_a_piece);
 	RUN(v2_flipped_byte_in_raw_chunk_is_ebadmsg);
 	RUN(v2_flipped_byte_in_zstd_frame_is_ebadmsg);
 	RUN(v2_frame_with_wrong_content_is_ebadmsg);

@@ -1,0 +1,84 @@
+"""Page-ins of large version 2 chunks stay inside the memory bound
+(README.md, "Memory"; docs/DESIGN.md, "Memory of the process").
+
+A bundle written by `apbundle create --compress zstd --chunk-size 16M` (the
+largest chunk the format allows) holds a 64 MiB model whose first three
+chunks are zstd frames and whose last, partial chunk does not shrink and is
+stored raw. Mounted with max_memory=8M (64 KiB cache chunks), every page-in
+wants a small part of a 16 MiB chunk, so each one needs scratch memory of
+the size of a whole chunk outside the cache. 1 and 8 threads read random
+ranges and compare every byte with the source; the daemon's peak RSS
+(VmHWM) must stay within the budget + 32 MiB.
+"""
+
+import os
+import random
+import threading
+import time
+
+import pytest
+
+import apbformat
+from conftest import MiB, mount, pack, vm_status
+
+CHUNK = 16 * MiB
+MODEL_SIZE = 4 * CHUNK - 5000
+BUDGET = 8 * MiB
+SLACK = 32 * MiB          # the bound README.md states for any chunk size
+RUN_SECONDS = 6.0
+
+
+@pytest.fixture(scope="module")
+def big_chunks(tmp_path_factory):
+    d = tmp_path_factory.mktemp("v2mem")
+    src = d / "model.bin"
+    with open(src, "wb") as f:
+        f.write(apbformat.compressible_bytes(3 * CHUNK, 7))
+        f.write(apbformat.random_bytes(MODEL_SIZE - 3 * CHUNK, 8))
+    bundle = pack(d / "b.apbundle", src, compress="zstd", chunk_size="16M")
+    return bundle, src
+
+
+def reader(path, src, seed, deadline, errors, counts):
+    rng = random.Random(seed)
+    try:
+        with open(path, "rb", buffering=0) as f, open(src, "rb", buffering=0) as s:
+            while time.monotonic() < deadline or counts.get(seed, 0) < 3:
+                off = rng.randrange(0, MODEL_SIZE)
+                n = rng.randrange(1, MiB)
+                got = os.pread(f.fileno(), n, off)
+                if got != os.pread(s.fileno(), n, off):
+                    errors.append("%d bytes at %d differ" % (n, off))
+                    return
+                counts[seed] = counts.get(seed, 0) + 1
+    except Exception as e:  # reported by the main thread
+        errors.append(repr(e))
+
+
+@pytest.mark.perf
+@pytest.mark.timeout_s(240)
+@pytest.mark.parametrize("readers", [1, 8])
+def test_peak_rss_within_bound_for_16m_chunks(big_chunks, binaries, readers):
+    bundle, src = big_chunks
+    with mount(bundle, {"max_memory": "8M"}) as d:
+        name = os.listdir(d.mnt)[0]
+        assert d.stats()["cache"]["memory_limit"] == BUDGET
+        errors, counts = [], {}
+        deadline = time.monotonic() + RUN_SECONDS
+        threads = [threading.Thread(target=reader, args=(d.path(name), src, seed, deadline,
+                                                         errors, counts))
+                   for seed in range(readers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(RUN_SECONDS + 120)
+        assert not any(t.is_alive() for t in threads), "reader threads hung"
+        assert not errors, "\n".join(errors[:10])
+        s = d.stats()
+        assert s["io"]["errors"] == 0 and s["io"]["checksum_errors"] == 0
+        assert s["cache"]["misses"] > 0
+        peak = vm_status(d.pid, "VmHWM")
+        print("%d readers: peak RSS %.1f MiB for a %.0f MiB budget, %d reads" % (
+            readers, peak / MiB, BUDGET / MiB, sum(counts.values())))
+        assert peak <= BUDGET + SLACK, "daemon peak RSS %.1f MiB > budget %.0f + %.0f MiB" % (
+            peak / MiB, BUDGET / MiB, SLACK / MiB)
