@@ -62,6 +62,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -249,7 +252,11 @@ static int pick_keys(const cJSON *obj, const char *const *keys,
 		vals[k] = NULL;
 	cJSON_ArrayForEach(it, obj) {
 		for (size_t k = 0; k < nkeys; k++) {
-			if (strcmp(it->string, keys[k]) != 0)
+			/* The first byte tells most keys apart: a model's
+			 * 8 keys against its 8 members is the open's inner
+			 * loop. */
+			if (it->string[0] != keys[k][0] ||
+			    strcmp(it->string, keys[k]) != 0)
 				continue;
 			if (vals[k])
 				return apb_errf(err, err_len,
@@ -652,6 +659,21 @@ static int json_models(const cJSON *root, unsigned version,
 	return intern_names(m, err, err_len);
 }
 
+/*
+ * Give the freed cJSON tree back to the system. The tree is millions of
+ * small blocks (about 20 a model); once freed they sit in the heap below
+ * blocks allocated after them, where glibc's automatic trimming (from the
+ * top only) cannot reach: 116 MiB stayed resident after opening a bundle
+ * of 100,000 version 2 models. malloc_trim() also returns whole free pages
+ * in the middle of the heap.
+ */
+static void trim_heap(void)
+{
+#ifdef __GLIBC__
+	malloc_trim(0);
+#endif
+}
+
 /* Versions 1 and 2: u32 manifest length, JSON manifest; version 2 then
  * reads its chunk table. */
 static int parse_json_layout(const struct apb_source *src, unsigned version,
@@ -678,6 +700,7 @@ static int parse_json_layout(const struct apb_source *src, unsigned version,
 out:
 	cJSON_Delete(root);
 	free(text);
+	trim_heap();
 	if (rc)
 		apb_manifest_free(m);
 	return rc;
