@@ -26,8 +26,9 @@
  *
  * Version 1 JSON manifest rules, beyond the shape in docs/FORMAT.md:
  *   - the manifest is one JSON object; whitespace may follow it, nothing else;
+ *     it is read by json.c (RFC 8259, at most 1000 levels deep, no tree);
  *   - "model_count" and every "offset"/"size" must be exact non-negative
- *     integers. cJSON keeps numbers as doubles, so a value is accepted only
+ *     integers. Numbers are read as doubles, so a value is accepted only
  *     if it is integral and at most 2^53 - 1: above that a double no longer
  *     tells neighbouring integers apart, and such values are rejected as
  *     "not an exact integer";
@@ -36,7 +37,7 @@
  *     inside the header or manifest;
  *   - a known key that appears twice in one object is an error (JSON tools
  *     disagree on which copy wins); unknown keys are ignored;
- *   - no string may contain an escaped NUL ("\u0000"): cJSON's C strings
+ *   - no string may contain a NUL, raw or escaped ("\u0000"): C strings
  *     would end there and "a\u0000b" would be read as the name "a".
  *
  * Version 2 manifest rules, in addition (docs/FORMAT.md):
@@ -52,8 +53,8 @@
  *
  * Cost: O(n log n) in the number of models (one sort by name, one by
  * offset, binary searches for the name set); allocations are bounded by
- * APB_MANIFEST_MAX, APB_MODELS_MAX and JSON_VALUES_MAX (the size of the
- * cJSON tree) before they are made.
+ * APB_MANIFEST_MAX and APB_MODELS_MAX before they are made, and a JSON
+ * manifest costs one pool for its names besides the models.
  *
  * Thread safety: a bundle never changes after open (apb_bundle_direct_io()
  * included, which is called before sharing); reads use pread() on its
@@ -62,9 +63,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
 #include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -74,18 +72,17 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include <cjson/cJSON.h>
-
 #include "apbundle/bundle.h"
 #include "apbundle/checksum.h"
 #include "apbundle/name.h"
 #include "format.h"
+#include "json.h"
 
-#define EXACT_INT_MAX 9007199254740991.0 /* 2^53 - 1 */
 #define READV_BATCH 64 /* iovecs per preadv(), on the stack */
 /* Cap on the values of a JSON manifest: 16 per model at APB_MODELS_MAX.
- * cJSON spends about 80 bytes of heap per value, so without it the 2-byte
- * "0," would turn a 256 MiB manifest into some 10 GiB of tree. */
+ * It bounded the parse tree of the JSON library once used (the 2-byte "0,"
+ * would have made 10 GiB of tree of a 256 MiB manifest); it stays a rule of
+ * the format (docs/FORMAT.md). */
 #define JSON_VALUES_MAX (16u << 20)
 
 struct apb_bundle {
@@ -237,34 +234,38 @@ static const char *where_str(struct where w, char *buf)
 }
 
 /*
- * Find the keys[] members of object obj, vals[k] = NULL if absent. A key
- * seen twice is an error: cJSON would silently take the first copy while
- * other JSON tools take the last.
+ * Find the keys[] members of object obj, vals[k] = NULL if absent; *end
+ * (when not NULL): where obj ends. A key seen twice is an error: JSON
+ * tools disagree on which copy wins.
  */
-static int pick_keys(const cJSON *obj, const char *const *keys,
-		     const cJSON **vals, size_t nkeys, struct where w,
-		     char *err, size_t err_len)
+static int pick_keys(const char *obj, const char *const *keys,
+		     const char **vals, size_t nkeys, struct where w,
+		     const char **end, char *err, size_t err_len)
 {
+	struct apb_json_iter it;
+	const char *key, *val;
 	char ws[WHERE_MAX];
-	const cJSON *it;
 
 	for (size_t k = 0; k < nkeys; k++)
 		vals[k] = NULL;
-	cJSON_ArrayForEach(it, obj) {
+	apb_json_iter(&it, obj);
+	while (apb_json_next(&it, &key, &val)) {
 		for (size_t k = 0; k < nkeys; k++) {
 			/* The first byte tells most keys apart: a model's
 			 * 8 keys against its 8 members is the open's inner
 			 * loop. */
-			if (it->string[0] != keys[k][0] ||
-			    strcmp(it->string, keys[k]) != 0)
+			if ((key[1] != keys[k][0] && key[1] != '\\') ||
+			    !apb_json_string_is(key, keys[k]))
 				continue;
 			if (vals[k])
 				return apb_errf(err, err_len,
 						"%s: key '%s' appears twice",
 						where_str(w, ws), keys[k]);
-			vals[k] = it;
+			vals[k] = val;
 		}
 	}
+	if (end)
+		*end = it.p + 1;
 	return 0;
 }
 
@@ -277,25 +278,38 @@ static const char *fmt_double(double d, char *buf, size_t len)
 	return buf;
 }
 
-/* An exact non-negative integer (see the header comment for the rule). */
-static int json_u64(const cJSON *v, const char *key, struct where w,
-		    uint64_t *out, char *err, size_t err_len)
+/* Member v named key is there and a number or a string, as want says. */
+static int json_want(const char *v, const char *key, enum apb_json_type want,
+		     struct where w, char *err, size_t err_len)
 {
-	char ws[WHERE_MAX], num[40];
-	double d;
+	char ws[WHERE_MAX];
 
 	if (!v)
 		return apb_errf(err, err_len, "%s: '%s' is missing",
 				where_str(w, ws), key);
-	if (!cJSON_IsNumber(v))
-		return apb_errf(err, err_len, "%s: '%s' is not a number",
-				where_str(w, ws), key);
-	d = v->valuedouble;
+	if (apb_json_type(v) != want)
+		return apb_errf(err, err_len, "%s: '%s' is not a %s",
+				where_str(w, ws), key,
+				want == APB_JSON_NUMBER ? "number" : "string");
+	return 0;
+}
+
+/* An exact non-negative integer (see the header comment for the rule). */
+static int json_u64(const char *v, const char *key, struct where w,
+		    uint64_t *out, char *err, size_t err_len)
+{
+	char ws[WHERE_MAX], num[40];
+	double d;
+	int rc = json_want(v, key, APB_JSON_NUMBER, w, err, err_len);
+
+	if (rc)
+		return rc;
+	d = apb_json_number(v);
 	if (d < 0)
 		return apb_errf(err, err_len, "%s: '%s' %s is negative",
 				where_str(w, ws), key,
 				fmt_double(d, num, sizeof num));
-	if (d > EXACT_INT_MAX)
+	if (d > APB_JSON_EXACT_INT_MAX)
 		return apb_errf(err, err_len,
 				"%s: '%s' %s is not an exact integer (above 2^53-1)",
 				where_str(w, ws), key,
@@ -309,18 +323,43 @@ static int json_u64(const cJSON *v, const char *key, struct where w,
 	return 0;
 }
 
-/* Where cJSON stopped, with a few bytes of context. */
-static int json_syntax_error(const char *text, size_t len, const char *at,
-			     char *err, size_t err_len)
+/* String member v named key, decoded into *out (apb_json_raw_len(v) + 1
+ * bytes; when *out is NULL, a heap copy the caller frees) and *len. */
+static int json_str(const char *v, const char *key, struct where w,
+		    char **out, size_t *len, char *err, size_t err_len)
 {
-	size_t pos = at && at >= text && at <= text + len ? (size_t)(at - text)
-							   : len;
+	int rc = json_want(v, key, APB_JSON_STRING, w, err, err_len);
+
+	if (rc)
+		return rc;
+	if (!*out) {
+		*out = malloc(apb_json_raw_len(v) + 1);
+		if (!*out)
+			return apb_fail(-ENOMEM, err, err_len, "out of memory");
+	}
+	*len = apb_json_string(v, *out);
+	return 0;
+}
+
+/* Why apb_json_check() stopped, at byte pos. */
+static int json_error(const char *text, size_t len, enum apb_json_error e,
+		      size_t pos, char *err, size_t err_len)
+{
 	char q[APB_QUOTE_MAX];
 
-	if (pos >= len)
+	if (e == APB_JSON_ESCAPED_NUL || e == APB_JSON_RAW_NUL)
 		return apb_errf(err, err_len,
-				"manifest is not valid JSON: unexpected end at byte %zu of the manifest",
+				"manifest contains %s at byte %zu; NUL is not allowed in manifest strings",
+				e == APB_JSON_RAW_NUL ? "a NUL byte"
+						      : "an escaped NUL (\\u0000)",
 				pos);
+	if (e == APB_JSON_DEPTH)
+		return apb_errf(err, err_len,
+				"manifest is not valid JSON: nested too deeply at byte %zu of the manifest (limit %d)",
+				pos, APB_JSON_DEPTH_MAX);
+	/* Cut short: the last byte is where it went wrong. */
+	if (pos >= len && len > 0)
+		pos = len - 1;
 	return apb_errf(err, err_len,
 			"manifest is not valid JSON: syntax error at byte %zu of the manifest (near '%s')",
 			pos, apb_name_quote(text + pos, len - pos, q, 24));
@@ -331,85 +370,32 @@ static bool is_json_space(char c)
 	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
 }
 
-/*
- * Offset of the first escaped NUL ("\u0000") in text, or len. cJSON
- * decodes it into a C string that then silently ends early, so a name
- * "a\u0000b" would turn into "a"; such manifests are refused instead.
- */
-static size_t find_escaped_nul(const char *text, size_t len)
+/* Check text (NUL terminated at len) as one JSON object and whitespace;
+ * *root: its first byte. */
+static int parse_json(const char *text, size_t len, const char **root,
+		      char *err, size_t err_len)
 {
-	for (size_t i = 0; i < len; i++) {
-		if (text[i] != '\\')
-			continue;
-		if (i + 6 <= len && memcmp(text + i + 1, "u0000", 5) == 0)
-			return i;
-		i++; /* skip the escaped character, e.g. the second of "\\" */
-	}
-	return len;
-}
+	enum apb_json_error e;
+	size_t end, start = 0, values;
 
-/*
- * At least as many as the values cJSON would build from text: one per ','
- * and per '[' or '{' outside strings, plus the top-level value. Counted
- * before parsing, as the parse itself is the allocation to bound.
- */
-static size_t json_values_bound(const char *text, size_t len)
-{
-	size_t n = 1;
-	bool in_string = false;
-
-	for (size_t i = 0; i < len; i++) {
-		char c = text[i];
-
-		if (in_string) {
-			if (c == '\\')
-				i++;
-			else if (c == '"')
-				in_string = false;
-		} else if (c == '"') {
-			in_string = true;
-		} else if (c == ',' || c == '[' || c == '{') {
-			n++;
-		}
-	}
-	return n;
-}
-
-static int parse_json(const char *text, size_t len, cJSON **out, char *err,
-		      size_t err_len)
-{
-	const char *end = NULL;
-	cJSON *root;
-	size_t nul;
-
-	if (json_values_bound(text, len) > JSON_VALUES_MAX)
+	e = apb_json_check(text, len, &end, &values);
+	if (e != APB_JSON_OK)
+		return json_error(text, len, e, end, err, err_len);
+	if (values > JSON_VALUES_MAX)
 		return apb_errf(err, err_len,
 				"manifest has more than %u JSON values (the limit)",
 				JSON_VALUES_MAX);
-	root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
-	if (!root)
-		return json_syntax_error(text, len, end, err, err_len);
-	nul = find_escaped_nul(text, len);
-	if (nul < len) {
-		cJSON_Delete(root);
-		return apb_errf(err, err_len,
-				"manifest contains an escaped NUL (\\u0000) at byte %zu; NUL is not allowed in manifest strings",
-				nul);
-	}
-	for (size_t i = (size_t)(end - text); i < len; i++) {
-		if (is_json_space(text[i]))
-			continue;
-		cJSON_Delete(root);
-		return apb_errf(err, err_len,
-				"manifest has unexpected bytes after the JSON value at byte %zu",
-				i);
-	}
-	if (!cJSON_IsObject(root)) {
-		cJSON_Delete(root);
+	for (size_t i = end; i < len; i++)
+		if (!is_json_space(text[i]))
+			return apb_errf(err, err_len,
+					"manifest has unexpected bytes after the JSON value at byte %zu",
+					i);
+	while (is_json_space(text[start]))
+		start++;
+	if (apb_json_type(text + start) != APB_JSON_OBJECT)
 		return apb_errf(err, err_len,
 				"manifest top level is not a JSON object");
-	}
-	*out = root;
+	*root = text + start;
 	return 0;
 }
 
@@ -419,54 +405,69 @@ struct table_ref {
 	uint64_t offset, count, xxh3;
 };
 
-static int v2_chunk_table(const cJSON *obj, struct table_ref *t, char *err,
+/* "checksum" v of what w names: "xxh3-64:" and 16 lower-case hex digits,
+ * into *xxh3. */
+static int json_checksum(const char *v, struct where w, uint64_t *xxh3,
+			 char *err, size_t err_len)
+{
+	char buf[64], *s = buf, ws[WHERE_MAX], q[APB_QUOTE_MAX];
+	size_t len;
+	int rc;
+
+	if (v && apb_json_type(v) == APB_JSON_STRING &&
+	    apb_json_raw_len(v) >= sizeof buf)
+		s = NULL; /* a long one, only for the message */
+	rc = json_str(v, "checksum", w, &s, &len, err, err_len);
+	if (rc)
+		return rc;
+	if (len != strlen(s) || apb_checksum_parse(s, xxh3) != 0)
+		rc = apb_errf(err, err_len,
+			      "%s: checksum '%s' is not \"xxh3-64:\" followed by 16 lower-case hex digits",
+			      where_str(w, ws), apb_name_quote(s, len, q, 64));
+	if (s != buf)
+		free(s);
+	return rc;
+}
+
+static int v2_chunk_table(const char *obj, struct table_ref *t, char *err,
 			  size_t err_len)
 {
 	static const char *const keys[] = {"offset", "count", "checksum"};
-	const cJSON *v[3];
-	char q[APB_QUOTE_MAX];
+	const char *v[3];
 	int rc;
 
 	if (!obj)
 		return apb_errf(err, err_len,
 				"manifest: 'chunk_table' is missing");
-	if (!cJSON_IsObject(obj))
+	if (apb_json_type(obj) != APB_JSON_OBJECT)
 		return apb_errf(err, err_len,
 				"manifest: 'chunk_table' is not a JSON object");
-	rc = pick_keys(obj, keys, v, 3, TABLE, err, err_len);
+	rc = pick_keys(obj, keys, v, 3, TABLE, NULL, err, err_len);
 	if (!rc)
 		rc = json_u64(v[0], "offset", TABLE, &t->offset, err, err_len);
 	if (!rc)
 		rc = json_u64(v[1], "count", TABLE, &t->count, err, err_len);
-	if (rc)
-		return rc;
-	if (!v[2])
-		return apb_errf(err, err_len, "chunk_table: 'checksum' is missing");
-	if (!cJSON_IsString(v[2]))
-		return apb_errf(err, err_len,
-				"chunk_table: 'checksum' is not a string");
-	if (apb_checksum_parse(v[2]->valuestring, &t->xxh3) != 0)
-		return apb_errf(err, err_len,
-				"chunk_table: checksum '%s' is not \"xxh3-64:\" followed by 16 lower-case hex digits",
-				apb_name_quote(v[2]->valuestring,
-					       strlen(v[2]->valuestring), q, 64));
-	return 0;
+	if (!rc)
+		rc = json_checksum(v[2], TABLE, &t->xxh3, err, err_len);
+	return rc;
 }
 
 /* model_count, models and (version 2) chunk_table; returns the array and
  * its checked length. */
-static int top_level(const cJSON *root, unsigned version, const cJSON **models,
+static int top_level(const char *root, unsigned version, const char **models,
 		     size_t *count, struct table_ref *table, char *err,
 		     size_t err_len)
 {
 	static const char *const keys[] = {"model_count", "models",
 					   "chunk_table"};
 	const struct where top = {NULL, TOP_LEVEL};
-	const cJSON *v[3];
+	const char *v[3];
 	uint64_t n;
-	int rc, len;
+	size_t len;
+	int rc;
 
-	rc = pick_keys(root, keys, v, version == 2 ? 3 : 2, top, err, err_len);
+	rc = pick_keys(root, keys, v, version == 2 ? 3 : 2, top, NULL, err,
+		       err_len);
 	if (rc)
 		return rc;
 	rc = json_u64(v[0], "model_count", top, &n, err, err_len);
@@ -478,13 +479,13 @@ static int top_level(const cJSON *root, unsigned version, const cJSON **models,
 				(unsigned long long)n, APB_MODELS_MAX);
 	if (!v[1])
 		return apb_errf(err, err_len, "manifest: 'models' is missing");
-	if (!cJSON_IsArray(v[1]))
+	if (apb_json_type(v[1]) != APB_JSON_ARRAY)
 		return apb_errf(err, err_len,
 				"manifest: 'models' is not an array");
-	len = cJSON_GetArraySize(v[1]);
-	if ((uint64_t)len != n)
+	len = apb_json_count(v[1]);
+	if (len != n)
 		return apb_errf(err, err_len,
-				"manifest: 'model_count' is %llu but 'models' has %d entries",
+				"manifest: 'model_count' is %llu but 'models' has %zu entries",
 				(unsigned long long)n, len);
 	if (version == 2) {
 		rc = v2_chunk_table(v[2], table, err, err_len);
@@ -498,29 +499,29 @@ static int top_level(const cJSON *root, unsigned version, const cJSON **models,
 
 /* A version 2 model's "compression", "chunk_size", "stored_size" and
  * "first_chunk" (v[0 .. 4)). */
-static int v2_model_fields(const cJSON *const *v, struct where w,
+static int v2_model_fields(const char *const *v, struct where w,
 			   struct apb_model *m, char *err, size_t err_len)
 {
-	char ws[WHERE_MAX], q[APB_QUOTE_MAX];
+	char ws[WHERE_MAX], q[APB_QUOTE_MAX], *s = NULL;
+	size_t len;
 	int rc;
 
-	if (!v[0])
-		return apb_errf(err, err_len, "%s: 'compression' is missing",
-				where_str(w, ws));
-	if (!cJSON_IsString(v[0]))
-		return apb_errf(err, err_len,
-				"%s: 'compression' is not a string",
-				where_str(w, ws));
-	if (strcmp(v[0]->valuestring, "none") == 0)
+	if (v[0] && apb_json_type(v[0]) == APB_JSON_STRING &&
+	    apb_json_string_is(v[0], "none")) {
 		m->compression = APB_COMPRESSION_NONE;
-	else if (strcmp(v[0]->valuestring, "zstd") == 0)
+	} else if (v[0] && apb_json_type(v[0]) == APB_JSON_STRING &&
+		   apb_json_string_is(v[0], "zstd")) {
 		m->compression = APB_COMPRESSION_ZSTD;
-	else
-		return apb_errf(err, err_len,
-				"%s: unknown compression '%s' (this apbundlefs reads none and zstd)",
-				where_str(w, ws),
-				apb_name_quote(v[0]->valuestring,
-					       strlen(v[0]->valuestring), q, 64));
+	} else {
+		rc = json_str(v[0], "compression", w, &s, &len, err, err_len);
+		if (rc)
+			return rc;
+		rc = apb_errf(err, err_len,
+			      "%s: unknown compression '%s' (this apbundlefs reads none and zstd)",
+			      where_str(w, ws), apb_name_quote(s, len, q, 64));
+		free(s);
+		return rc;
+	}
 	rc = json_u64(v[1], "chunk_size", w, &m->chunk_size, err, err_len);
 	if (!rc)
 		rc = json_u64(v[2], "stored_size", w, &m->stored_size, err,
@@ -552,54 +553,43 @@ static int v2_model_fields(const cJSON *const *v, struct where w,
 	return 0;
 }
 
-/* One entry of "models"; m->name points into the cJSON tree for now. */
-static int parse_model(const cJSON *obj, size_t i, unsigned version,
-		       struct apb_model *m, char *err, size_t err_len)
+/* One entry of "models", which ends at *end; its name is decoded at *pool,
+ * which then moves past it. */
+static int parse_model(const char *obj, size_t i, unsigned version,
+		       struct apb_model *m, char **pool, const char **end,
+		       char *err, size_t err_len)
 {
 	static const char *const keys[] = {"name", "offset", "size",
 					   "checksum", "compression",
 					   "chunk_size", "stored_size",
 					   "first_chunk"};
 	struct where w = {NULL, i};
-	const cJSON *v[8];
-	char ws[WHERE_MAX], q[APB_QUOTE_MAX];
+	const char *v[8];
+	char ws[WHERE_MAX];
+	size_t len;
 	int rc;
 
-	if (!cJSON_IsObject(obj))
+	if (apb_json_type(obj) != APB_JSON_OBJECT)
 		return apb_errf(err, err_len, "%s is not a JSON object",
 				where_str(w, ws));
-	rc = pick_keys(obj, keys, v, version == 2 ? 8 : 4, w, err, err_len);
+	rc = pick_keys(obj, keys, v, version == 2 ? 8 : 4, w, end, err,
+		       err_len);
+	if (!rc)
+		rc = json_str(v[0], "name", w, pool, &len, err, err_len);
+	if (!rc)
+		rc = apb_name_check(*pool, len, err, err_len);
 	if (rc)
 		return rc;
-	if (!v[0])
-		return apb_errf(err, err_len, "%s: 'name' is missing",
-				where_str(w, ws));
-	if (!cJSON_IsString(v[0]))
-		return apb_errf(err, err_len, "%s: 'name' is not a string",
-				where_str(w, ws));
-	rc = apb_name_check(v[0]->valuestring, strlen(v[0]->valuestring), err,
-			    err_len);
-	if (rc)
-		return rc;
-	m->name = w.name = v[0]->valuestring;
+	m->name = w.name = *pool;
+	*pool += len + 1;
 	rc = json_u64(v[1], "offset", w, &m->offset, err, err_len);
 	if (!rc)
 		rc = json_u64(v[2], "size", w, &m->size, err, err_len);
+	if (!rc)
+		rc = json_checksum(v[3], w, &m->xxh3, err, err_len);
 	if (rc)
 		return rc;
 	m->stored_size = m->size;
-	if (!v[3])
-		return apb_errf(err, err_len, "%s: 'checksum' is missing",
-				where_str(w, ws));
-	if (!cJSON_IsString(v[3]))
-		return apb_errf(err, err_len, "%s: 'checksum' is not a string",
-				where_str(w, ws));
-	if (apb_checksum_parse(v[3]->valuestring, &m->xxh3) != 0)
-		return apb_errf(err, err_len,
-				"%s: checksum '%s' is not \"xxh3-64:\" followed by 16 lower-case hex digits",
-				where_str(w, ws),
-				apb_name_quote(v[3]->valuestring,
-					       strlen(v[3]->valuestring), q, 64));
 	m->has_checksum = true;
 	/* Version 2 places chunks, not models: a zstd model may start
 	 * anywhere, and raw chunks carry the alignment rule. */
@@ -613,32 +603,15 @@ static int parse_model(const cJSON *obj, size_t i, unsigned version,
 	return 0;
 }
 
-/* Copy the names out of the cJSON tree into the manifest's own pool. */
-static int intern_names(struct apb_manifest *m, char *err, size_t err_len)
-{
-	size_t total = 0, o = 0;
-
-	for (size_t i = 0; i < m->count; i++)
-		total += strlen(m->models[i].name) + 1;
-	m->names = malloc(total ? total : 1);
-	if (!m->names)
-		return apb_fail(-ENOMEM, err, err_len,
-				"out of memory for model names");
-	for (size_t i = 0; i < m->count; i++) {
-		size_t n = strlen(m->models[i].name) + 1;
-
-		memcpy(m->names + o, m->models[i].name, n);
-		m->models[i].name = m->names + o;
-		o += n;
-	}
-	return 0;
-}
-
-static int json_models(const cJSON *root, unsigned version,
+/* Names are decoded into a pool as large as the manifest (no name decodes
+ * longer than it is spelled), then copied into one of their size. */
+static int json_models(const char *root, size_t text_len, unsigned version,
 		       struct apb_manifest *m, struct table_ref *table,
 		       char *err, size_t err_len)
 {
-	const cJSON *arr = NULL, *it;
+	struct apb_json_iter it;
+	const char *arr = NULL, *key, *val, *end = NULL;
+	char *pool, *at;
 	size_t n = 0, i = 0;
 	int rc;
 
@@ -646,32 +619,34 @@ static int json_models(const cJSON *root, unsigned version,
 	if (rc)
 		return rc;
 	m->models = calloc(n ? n : 1, sizeof *m->models);
-	if (!m->models)
+	pool = at = malloc(text_len + 1);
+	if (!m->models || !pool) {
+		free(pool);
 		return apb_fail(-ENOMEM, err, err_len,
 				"out of memory for %zu models", n);
-	m->count = n;
-	cJSON_ArrayForEach(it, arr) {
-		rc = parse_model(it, i, version, &m->models[i], err, err_len);
-		if (rc)
-			return rc;
-		i++;
 	}
-	return intern_names(m, err, err_len);
-}
-
-/*
- * Give the freed cJSON tree back to the system. The tree is millions of
- * small blocks (about 20 a model); once freed they sit in the heap below
- * blocks allocated after them, where glibc's automatic trimming (from the
- * top only) cannot reach: 116 MiB stayed resident after opening a bundle
- * of 100,000 version 2 models. malloc_trim() also returns whole free pages
- * in the middle of the heap.
- */
-static void trim_heap(void)
-{
-#ifdef __GLIBC__
-	malloc_trim(0);
-#endif
+	m->count = n;
+	apb_json_iter(&it, arr);
+	for (; rc == 0 && apb_json_next(&it, &key, &val); i++) {
+		rc = parse_model(val, i, version, &m->models[i], &at, &end,
+				 err, err_len);
+		if (rc == 0)
+			apb_json_resume(&it, end);
+	}
+	if (rc == 0) {
+		m->names = malloc(at > pool ? (size_t)(at - pool) : 1);
+		if (!m->names)
+			rc = apb_fail(-ENOMEM, err, err_len,
+				      "out of memory for model names");
+	}
+	if (rc == 0) {
+		memcpy(m->names, pool, (size_t)(at - pool));
+		for (i = 0; i < n; i++)
+			m->models[i].name = m->names +
+					    (m->models[i].name - pool);
+	}
+	free(pool);
+	return rc;
 }
 
 /* Versions 1 and 2: u32 manifest length, JSON manifest; version 2 then
@@ -682,7 +657,7 @@ static int parse_json_layout(const struct apb_source *src, unsigned version,
 	uint64_t len = apb_le32(src->head + APB_MAGIC_LEN + 4);
 	struct table_ref table = {0};
 	uint8_t *text = NULL;
-	cJSON *root = NULL;
+	const char *root = NULL;
 	int rc;
 
 	rc = apb_manifest_read(src, APB_V1_HEADER_LEN, len, &text, err,
@@ -693,14 +668,12 @@ static int parse_json_layout(const struct apb_source *src, unsigned version,
 	rc = parse_json((const char *)text, (size_t)len, &root, err, err_len);
 	if (rc)
 		goto out;
-	rc = json_models(root, version, m, &table, err, err_len);
+	rc = json_models(root, (size_t)len, version, m, &table, err, err_len);
 	if (rc == 0 && version == 2)
 		rc = apb_v2_table_read(src, table.offset, table.count,
 				       table.xxh3, m, err, err_len);
 out:
-	cJSON_Delete(root);
 	free(text);
-	trim_heap();
 	if (rc)
 		apb_manifest_free(m);
 	return rc;

@@ -564,6 +564,87 @@ static void accepts_escaped_backslash_before_u0000(void)
 	free(b.p);
 }
 
+/* A raw NUL byte inside a string cut the name "a<NUL>b" to "a" before the
+ * reader checked strings itself. */
+static void rejects_raw_nul_in_manifest(void)
+{
+	char *m = json(ONE_MODEL("'name':'a#b','offset':4096,'size':1," OK_CHECKSUM));
+	struct buf b = {0};
+	size_t len = strlen(m);
+
+	*strchr(m, '#') = '\0';
+	put_str(&b, "APBUNDLE");
+	put_u32(&b, 1);
+	put_u32(&b, (uint32_t)len);
+	put(&b, m, len);
+	pad_to(&b, 8192);
+	free(m);
+	expect_error(&b, "manifest contains a NUL byte at byte 37; NUL is not allowed in manifest strings");
+}
+
+/* APB_JSON_DEPTH_MAX levels (the top-level object and 999 arrays) are
+ * read; one more is refused by name, not as a syntax error. */
+static void json_nesting_is_limited_with_its_own_message(void)
+{
+	const char *head = "{'model_count':0,'models':[],'x':";
+	char *text = malloc(strlen(head) + 2 * 1000 + 2), needle[128];
+
+	for (int levels = 999; levels <= 1000; levels++) {
+		struct apb_bundle *bundle;
+		struct buf b;
+		size_t n = strlen(head);
+
+		memcpy(text, head, n);
+		memset(text + n, '[', (size_t)levels);
+		memset(text + n + levels, ']', (size_t)levels);
+		strcpy(text + n + 2 * levels, "}");
+		b = v1_file(text, 8192);
+		if (levels == 999) {
+			CHECK_EQ(open_buf(&b, &bundle), 0);
+			apb_bundle_close(bundle);
+			free(b.p);
+			continue;
+		}
+		snprintf(needle, sizeof needle,
+			 "manifest is not valid JSON: nested too deeply at byte %zu of the manifest (limit 1000)",
+			 n + 999);
+		expect_error(&b, needle);
+	}
+	free(text);
+}
+
+/* Escapes decode in names and in keys; strings that hold brackets and
+ * unknown values of every kind are skipped whole. */
+static void json_escapes_and_unknown_values_are_read(void)
+{
+	struct buf b = v1_file(
+		"{'model_count':1,'note':{'a':']}[{\\\\\\'','b':[1,2.5e3,-0,true,false,null,{}]},"
+		"'models':[{'n\\u0061me':'d\\u00e9j\\u00e0\\/\\ud83d\\ude00.bin','offset':4096,"
+		"'size':1.0e0,'x':[]," OK_CHECKSUM "}]}",
+		8192);
+	struct apb_bundle *bundle;
+	size_t idx;
+
+	CHECK_EQ(open_buf(&b, &bundle), 0);
+	CHECK_EQ(apb_bundle_find(bundle, "d\xc3\xa9j\xc3\xa0/\xf0\x9f\x98\x80.bin", &idx), 0);
+	CHECK_EQ(apb_bundle_model(bundle, idx)->size, 1);
+	apb_bundle_close(bundle);
+	free(b.p);
+}
+
+static void rejects_json_that_is_not_rfc_8259(void)
+{
+	/* A lone surrogate, a leading zero, a bare word, a comma too many. */
+	expect_v1_error("{'model_count':0,'models':[],'x':'\\udc00'}", 0,
+			"syntax error at byte 34");
+	expect_v1_error("{'model_count':00,'models':[]}", 0,
+			"syntax error at byte 16");
+	expect_v1_error("{'model_count':0,'models':[nul]}", 0,
+			"syntax error at byte 27");
+	expect_v1_error("{'model_count':0,'models':[],}", 0,
+			"syntax error at byte 29");
+}
+
 static void rejects_missing_offset(void)
 {
 	expect_v1_error(ONE_MODEL("'name':'m','size':1," OK_CHECKSUM), 8192,
@@ -959,6 +1040,10 @@ int main(void)
 	RUN(rejects_duplicate_key_in_model);
 	RUN(rejects_escaped_nul_in_manifest);
 	RUN(accepts_escaped_backslash_before_u0000);
+	RUN(rejects_raw_nul_in_manifest);
+	RUN(json_nesting_is_limited_with_its_own_message);
+	RUN(json_escapes_and_unknown_values_are_read);
+	RUN(rejects_json_that_is_not_rfc_8259);
 	RUN(rejects_missing_offset);
 	RUN(rejects_missing_size);
 	RUN(rejects_non_numeric_size);

@@ -1,0 +1,472 @@
+/*
+ * json.c - a JSON reader that builds no tree (json.h).
+ *
+ * apb_json_check() is a recursive descent over RFC 8259's grammar with
+ * two limits of its own: nesting (APB_JSON_DEPTH_MAX, so the recursion is
+ * bounded) and numbers of at most NUMBER_MAX bytes (apb_json_number()
+ * converts them from a buffer on the stack). Strings may hold any byte but
+ * NUL: a name "a\0b" would otherwise reach C code as "a". The cursors
+ * after it trust the check and test nothing.
+ */
+#include <locale.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+
+#define NUMBER_MAX 63
+
+struct check {
+	const char *s;
+	size_t len, pos, values;
+	enum apb_json_error err;
+};
+
+static bool is_space(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static void skip_space(struct check *c)
+{
+	while (c->pos < c->len && is_space(c->s[c->pos]))
+		c->pos++;
+}
+
+static bool fail(struct check *c, enum apb_json_error e)
+{
+	c->err = e;
+	return false;
+}
+
+static bool at(const struct check *c, char ch)
+{
+	return c->pos < c->len && c->s[c->pos] == ch;
+}
+
+static int hex(char ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	if (ch >= 'A' && ch <= 'F')
+		return ch - 'A' + 10;
+	return -1;
+}
+
+/* The 4 hex digits at s (bounds checked by the caller), or -1. */
+static long hex4(const char *s)
+{
+	long v = 0;
+
+	for (int i = 0; i < 4; i++) {
+		int h = hex(s[i]);
+
+		if (h < 0)
+			return -1;
+		v = v << 4 | h;
+	}
+	return v;
+}
+
+/* A \u escape at c->pos (the backslash); a high surrogate must be
+ * followed by an escaped low one. */
+static bool check_u(struct check *c)
+{
+	size_t p = c->pos;
+	long u;
+
+	if (c->len - p < 6 || (u = hex4(c->s + p + 2)) < 0)
+		return fail(c, APB_JSON_SYNTAX);
+	if (u == 0)
+		return fail(c, APB_JSON_ESCAPED_NUL);
+	if (u >= 0xdc00 && u <= 0xdfff) /* a low surrogate first */
+		return fail(c, APB_JSON_SYNTAX);
+	c->pos += 6;
+	if (u < 0xd800 || u > 0xdbff)
+		return true;
+	p = c->pos;
+	if (c->len - p < 6 || c->s[p] != '\\' || c->s[p + 1] != 'u' ||
+	    (u = hex4(c->s + p + 2)) < 0xdc00 || u > 0xdfff)
+		return fail(c, APB_JSON_SYNTAX);
+	c->pos += 6;
+	return true;
+}
+
+static bool check_string(struct check *c)
+{
+	c->pos++; /* the opening quote */
+	while (c->pos < c->len) {
+		char ch = c->s[c->pos];
+
+		if (ch == '"') {
+			c->pos++;
+			return true;
+		}
+		if (ch == '\0')
+			return fail(c, APB_JSON_RAW_NUL);
+		if (ch != '\\') {
+			c->pos++;
+			continue;
+		}
+		if (c->pos + 1 >= c->len)
+			break;
+		ch = c->s[c->pos + 1];
+		if (ch == 'u') {
+			if (!check_u(c))
+				return false;
+		} else if (ch && strchr("\"\\/bfnrt", ch)) {
+			c->pos += 2;
+		} else {
+			return fail(c, APB_JSON_SYNTAX);
+		}
+	}
+	return fail(c, APB_JSON_SYNTAX); /* cut short */
+}
+
+static size_t digits(const struct check *c, size_t p)
+{
+	while (p < c->len && c->s[p] >= '0' && c->s[p] <= '9')
+		p++;
+	return p;
+}
+
+/* -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
+static bool check_number(struct check *c)
+{
+	size_t p = c->pos, q;
+
+	if (p < c->len && c->s[p] == '-')
+		p++;
+	if (p < c->len && c->s[p] == '0')
+		p++;
+	else if ((q = digits(c, p)) > p)
+		p = q;
+	else
+		goto bad;
+	if (p < c->len && c->s[p] == '.') {
+		if ((q = digits(c, p + 1)) == p + 1)
+			goto bad;
+		p = q;
+	}
+	if (p < c->len && (c->s[p] == 'e' || c->s[p] == 'E')) {
+		p++;
+		if (p < c->len && (c->s[p] == '+' || c->s[p] == '-'))
+			p++;
+		if ((q = digits(c, p)) == p)
+			goto bad;
+		p = q;
+	}
+	if (p - c->pos > NUMBER_MAX)
+		goto bad;
+	c->pos = p;
+	return true;
+bad:
+	c->pos = p;
+	return fail(c, APB_JSON_SYNTAX);
+}
+
+static bool check_word(struct check *c, const char *w)
+{
+	size_t n = strlen(w);
+
+	if (c->len - c->pos < n || memcmp(c->s + c->pos, w, n) != 0)
+		return fail(c, APB_JSON_SYNTAX);
+	c->pos += n;
+	return true;
+}
+
+static bool check_value(struct check *c, int depth);
+
+/* An object (close '}') or an array (close ']') at c->pos. */
+static bool check_container(struct check *c, int depth, char close)
+{
+	if (depth >= APB_JSON_DEPTH_MAX)
+		return fail(c, APB_JSON_DEPTH);
+	c->pos++;
+	skip_space(c);
+	if (at(c, close)) {
+		c->pos++;
+		return true;
+	}
+	for (;;) {
+		if (close == '}') {
+			if (!at(c, '"'))
+				return fail(c, APB_JSON_SYNTAX);
+			if (!check_string(c))
+				return false;
+			skip_space(c);
+			if (!at(c, ':'))
+				return fail(c, APB_JSON_SYNTAX);
+			c->pos++;
+		}
+		if (!check_value(c, depth + 1))
+			return false;
+		skip_space(c);
+		if (at(c, close)) {
+			c->pos++;
+			return true;
+		}
+		if (!at(c, ','))
+			return fail(c, APB_JSON_SYNTAX);
+		c->pos++;
+		skip_space(c);
+	}
+}
+
+static bool check_value(struct check *c, int depth)
+{
+	c->values++;
+	skip_space(c);
+	if (c->pos >= c->len)
+		return fail(c, APB_JSON_SYNTAX);
+	switch (c->s[c->pos]) {
+	case '{':
+		return check_container(c, depth, '}');
+	case '[':
+		return check_container(c, depth, ']');
+	case '"':
+		return check_string(c);
+	case 't':
+		return check_word(c, "true");
+	case 'f':
+		return check_word(c, "false");
+	case 'n':
+		return check_word(c, "null");
+	default:
+		return check_number(c);
+	}
+}
+
+enum apb_json_error apb_json_check(const char *text, size_t len, size_t *pos,
+				   size_t *values)
+{
+	struct check c = {.s = text, .len = len, .err = APB_JSON_OK};
+
+	check_value(&c, 0);
+	*pos = c.pos;
+	*values = c.values;
+	return c.err;
+}
+
+/* ---- cursors over checked text ----------------------------------------- */
+
+static const char *ws(const char *p)
+{
+	while (is_space(*p))
+		p++;
+	return p;
+}
+
+enum apb_json_type apb_json_type(const char *v)
+{
+	switch (*v) {
+	case '{':
+		return APB_JSON_OBJECT;
+	case '[':
+		return APB_JSON_ARRAY;
+	case '"':
+		return APB_JSON_STRING;
+	case 't':
+	case 'f':
+	case 'n':
+		return APB_JSON_OTHER;
+	default:
+		return APB_JSON_NUMBER;
+	}
+}
+
+/* Past string v. */
+static const char *skip_string(const char *v)
+{
+	for (v++;; v++) {
+		while (*v != '"' && *v != '\\')
+			v++;
+		if (*v == '"')
+			return v + 1;
+		v++; /* the escaped byte; a \uXXXX's digits are plain */
+	}
+}
+
+/* Past value v: strings skipped whole, so brackets inside them do not
+ * count. This is the reader's inner loop: the bytes it looks at are
+ * found through a table. */
+static const char *skip(const char *v)
+{
+	static const unsigned char stop[256] = {
+		['"'] = 1, ['{'] = 2, ['['] = 2, ['}'] = 3, [']'] = 3,
+	};
+	int depth = 0;
+
+	if (*v == '"')
+		return skip_string(v);
+	if (*v != '{' && *v != '[') { /* a number or a word */
+		while (*v && !is_space(*v) && *v != ',' && *v != '}' &&
+		       *v != ']')
+			v++;
+		return v;
+	}
+	for (;;) {
+		while (!stop[(unsigned char)*v])
+			v++;
+		switch (stop[(unsigned char)*v]) {
+		case 1:
+			v = skip_string(v);
+			continue;
+		case 2:
+			depth++;
+			break;
+		default:
+			if (--depth == 0)
+				return v + 1;
+		}
+		v++;
+	}
+}
+
+void apb_json_iter(struct apb_json_iter *it, const char *v)
+{
+	it->p = ws(v + 1);
+	it->pending = NULL;
+	it->object = *v == '{';
+}
+
+void apb_json_resume(struct apb_json_iter *it, const char *end)
+{
+	const char *p = ws(end);
+
+	it->p = *p == ',' ? ws(p + 1) : p;
+	it->pending = NULL;
+}
+
+bool apb_json_next(struct apb_json_iter *it, const char **key,
+		   const char **val)
+{
+	const char *p;
+
+	if (it->pending)
+		apb_json_resume(it, skip(it->pending));
+	p = it->p;
+	if (*p == '}' || *p == ']')
+		return false;
+	if (it->object) { /* a member: "key" : value */
+		*key = p;
+		p = ws(skip_string(p));
+		p = ws(p + 1); /* the ':' */
+	} else {
+		*key = NULL;
+	}
+	*val = it->pending = p;
+	return true;
+}
+
+size_t apb_json_count(const char *v)
+{
+	struct apb_json_iter it;
+	const char *k, *x;
+	size_t n = 0;
+
+	apb_json_iter(&it, v);
+	while (apb_json_next(&it, &k, &x))
+		n++;
+	return n;
+}
+
+size_t apb_json_raw_len(const char *v)
+{
+	return (size_t)(skip_string(v) - v) - 2;
+}
+
+/* UTF-8 of code point u into out: its length. */
+static size_t utf8(unsigned long u, char *out)
+{
+	if (u < 0x80) {
+		out[0] = (char)u;
+		return 1;
+	}
+	if (u < 0x800) {
+		out[0] = (char)(0xc0 | u >> 6);
+		out[1] = (char)(0x80 | (u & 0x3f));
+		return 2;
+	}
+	if (u < 0x10000) {
+		out[0] = (char)(0xe0 | u >> 12);
+		out[1] = (char)(0x80 | (u >> 6 & 0x3f));
+		out[2] = (char)(0x80 | (u & 0x3f));
+		return 3;
+	}
+	out[0] = (char)(0xf0 | u >> 18);
+	out[1] = (char)(0x80 | (u >> 12 & 0x3f));
+	out[2] = (char)(0x80 | (u >> 6 & 0x3f));
+	out[3] = (char)(0x80 | (u & 0x3f));
+	return 4;
+}
+
+size_t apb_json_string(const char *v, char *out)
+{
+	static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+	size_t n = 0;
+
+	for (v++; *v != '"'; v++) {
+		unsigned long u;
+
+		if (*v != '\\') {
+			out[n++] = *v;
+			continue;
+		}
+		v++;
+		if (*v != 'u') {
+			out[n++] = to[strchr(from, *v) - from];
+			continue;
+		}
+		u = (unsigned long)hex4(v + 1);
+		v += 4;
+		if (u >= 0xd800 && u <= 0xdbff) { /* checked: a pair */
+			u = 0x10000 + ((u - 0xd800) << 10) +
+			    ((unsigned long)hex4(v + 3) - 0xdc00);
+			v += 6;
+		}
+		n += utf8(u, out + n);
+	}
+	out[n] = '\0';
+	return n;
+}
+
+bool apb_json_string_is(const char *v, const char *s)
+{
+	const char *p = v + 1, *want = s;
+	char buf[64];
+	size_t n;
+
+	/* Keys are compared often and almost never escaped. */
+	while (*want && *p == *want)
+		p++, want++;
+	if (!*want && *p == '"')
+		return true;
+	n = apb_json_raw_len(v);
+	if (n >= sizeof buf || !memchr(v + 1, '\\', n))
+		return false;
+	n = apb_json_string(v, buf);
+	return n == strlen(s) && memcmp(buf, s, n) == 0;
+}
+
+double apb_json_number(const char *v)
+{
+	char buf[NUMBER_MAX + 1], point;
+	uint64_t n = 0;
+	size_t len = 0;
+
+	while (v[len] >= '0' && v[len] <= '9')
+		n = n * 10 + (uint64_t)(v[len++] - '0');
+	/* Plain digits, 15 at most: exact, and the common case. */
+	if (len > 0 && len <= 15 && !strchr("-.eE", v[len]))
+		return (double)n;
+	/* strtod() reads the decimal point of the C library's locale. */
+	point = localeconv()->decimal_point[0];
+	for (len = 0; v[len] && strchr("0123456789+-.eE", v[len]); len++)
+		buf[len] = v[len] == '.' ? point : v[len];
+	buf[len] = '\0';
+	return strtod(buf, NULL);
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/python3
+"""Mount time and RSS right after mounting: the same COUNT small models
+(default 10000, 1-37 bytes, in folders of 100) packed as version 1 and as
+version 2, each mounted RUNS times (default 11) with the page cache warm,
+timed from the daemon's start until the mountpoint answers. Prints medians.
+Run as root: scripts/bench-mount.py (COUNT=100000 for the README's number).
+"""
+import os
+import shutil
+import subprocess
+import tempfile
+
+from benchlib import DAEMON, PACKER, median, mount_apb, start
+
+COUNT = int(os.environ.get("COUNT", "10000"))
+RUNS = int(os.environ.get("RUNS", "11"))
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def main():
+    start(__doc__, "bench-mount.py", "mounting", (DAEMON, PACKER))
+    work = tempfile.mkdtemp(prefix="apb-mount-", dir="/var/tmp")
+    try:
+        src = f"{work}/models"
+        for i in range(COUNT):
+            d = f"{src}/d{i % 100:03d}"
+            if i < 100:
+                os.makedirs(d)
+            with open(f"{d}/model{i:06d}.bin", "wb") as f:
+                f.write(b"x" * (i % 37 + 1))
+        print(f"{COUNT} models, {RUNS} mounts each, medians; "
+              f"kernel {os.uname().release}, {os.cpu_count()} cores")
+        print("| format | mount ms | min ms | RSS after mount MiB |")
+        print("|---|---|---|---|")
+        for fmt in ("1", "2"):
+            bundle = f"{work}/v{fmt}.apbundle"
+            subprocess.run([PACKER, "create", "--format", fmt, bundle, src], check=True)
+            secs, rss = [], []
+            for _ in range(RUNS):
+                with mount_apb(bundle, f"{work}/mnt", "max_memory=64M") as m:
+                    secs.append(m.mount_seconds)
+                    rss.append(rss_kib(m.proc.pid))
+            print(f"| {fmt} | {median(secs) * 1e3:.1f} | {min(secs) * 1e3:.1f} "
+                  f"| {median(rss) / 1024:.1f} |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
