@@ -33,7 +33,7 @@
 #include "apbundle/name.h"
 #include "error.h"
 
-#define APB_V1_HEADER_LEN 16u       /* magic, u32 version, u32 manifest length */
+#define APB_V1_HEADER_LEN 16u       /* magic, u32 version, u32 manifest length (versions 1 and 2) */
 #define APB_APRENDER_HEADER_LEN 20u /* magic, u32 version, u64 manifest length */
 #define APB_HEAD_LEN 20u            /* bytes open() reads before dispatching */
 

@@ -42,7 +42,7 @@
  * Models are keyed by name (indexes change when the bundle does) in name
  * order; only models with opens > 0 or a successor are written, and each
  * "next" lists the successors most frequent first. All numbers are
- * integers 0 <= n <= 2^53 (exact in a double). Loading checks the whole
+ * integers 0 <= n <= 2^53 - 1 (exact in a double). Loading checks the whole
  * document before it touches a count: version must be 1, "models" an
  * object, each model an object with "opens" a number and "next" an object
  * of numbers; any other key is ignored. Then, under the lock, counts are
@@ -79,12 +79,12 @@
 
 #include "atomic.h"
 #include "error.h"
+#include "json.h"
 #include "lock.h"
 
 #define NONE UINT32_MAX
 #define STATE_VERSION 1
 #define STATE_MAX_BYTES ((off_t)64 << 20)
-#define JSON_INT_MAX 9007199254740992.0 /* 2^53 */
 
 struct succ {
 	uint32_t model;
@@ -395,7 +395,7 @@ out:
 	return rc;
 }
 
-/* Is item a JSON number that is an integer in [0, 2^53]? */
+/* Is item a JSON number that is an integer in [0, 2^53 - 1]? */
 static bool is_count(const cJSON *item)
 {
 	double v;
@@ -403,7 +403,7 @@ static bool is_count(const cJSON *item)
 	if (!cJSON_IsNumber(item))
 		return false;
 	v = item->valuedouble;
-	return v >= 0 && v <= JSON_INT_MAX && (double)(uint64_t)v == v;
+	return v >= 0 && v <= APB_JSON_EXACT_INT_MAX && (double)(uint64_t)v == v;
 }
 
 /* Check one entry of "models" without touching any count. */
@@ -557,10 +557,11 @@ static cJSON *model_json(const struct apb_learn *l, const uint64_t *opens,
 	struct succ t[APB_LEARN_SUCCESSORS];
 	cJSON *o = cJSON_CreateObject(), *nx;
 	size_t n;
-	/* Loading refuses numbers above 2^53 (not exact in a double), so a
-	 * larger count (10^15 opens: never, in practice) is written as 2^53. */
-	double o_n = opens[m] > (uint64_t)JSON_INT_MAX ? JSON_INT_MAX
-						      : (double)opens[m];
+	/* Loading refuses numbers above 2^53 - 1 (not exact in a double), so
+	 * a larger count (10^15 opens: never, in practice) is written as that. */
+	double o_n = opens[m] > (uint64_t)APB_JSON_EXACT_INT_MAX
+			     ? APB_JSON_EXACT_INT_MAX
+			     : (double)opens[m];
 
 	if (!o || !cJSON_AddNumberToObject(o, "opens", o_n))
 		goto fail;

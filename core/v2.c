@@ -50,7 +50,6 @@
  */
 #include <errno.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,20 +149,17 @@ static size_t chunk_len(const struct apb_model *m, uint64_t i)
 	return (size_t)(left < m->chunk_size ? left : m->chunk_size);
 }
 
-/* A message about entry e of m, chunk i: "model 'x' chunk i (table entry
- * j): ..."; formatted only when an entry is wrong (a bundle of a million
- * chunks would otherwise format a million prefixes at every open). */
-__attribute__((format(printf, 5, 6))) static int
-entry_err(const struct apb_model *m, uint64_t i, char *err, size_t err_len,
-	  const char *fmt, ...)
+/* Put "model 'x' chunk i (table entry j): " before the message in err.
+ * Only an entry that is wrong pays for it: a bundle of a million chunks
+ * would otherwise format a million prefixes at every open. */
+static int entry_err(const struct apb_model *m, uint64_t i, char *err,
+		     size_t err_len, int rc)
 {
 	char q[APB_QUOTE_MAX], what[256];
-	va_list ap;
 
-	va_start(ap, fmt);
-	vsnprintf(what, sizeof what, fmt, ap);
-	va_end(ap);
-	return apb_errf(err, err_len, "model '%s' chunk %llu (table entry %llu): %s",
+	snprintf(what, sizeof what, "%s", err ? err : "");
+	return apb_fail(rc, err, err_len,
+			"model '%s' chunk %llu (table entry %llu): %s",
 			apb_mq(m, q), (unsigned long long)i,
 			(unsigned long long)(m->first_chunk + i), what);
 }
@@ -177,48 +173,48 @@ static int check_entry(const struct apb_model *m, uint64_t i,
 	size_t ulen = chunk_len(m, i);
 
 	if (e->flags & ~APB_CHUNK_ZSTD)
-		return entry_err(m, i, err, err_len, "unknown flags 0x%08x",
-				 e->flags);
+		return apb_errf(err, err_len, "unknown flags 0x%08x",
+				e->flags);
 	if ((e->flags & APB_CHUNK_ZSTD) &&
 	    m->compression != APB_COMPRESSION_ZSTD)
-		return entry_err(m, i, err, err_len,
-				 "a zstd frame in a model whose compression is 'none'");
+		return apb_errf(err, err_len,
+				"a zstd frame in a model whose compression is 'none'");
 	if (!(e->flags & APB_CHUNK_ZSTD)) {
 		if (e->offset % APB_ALIGN)
-			return entry_err(m, i, err, err_len,
-					 "raw chunk offset %llu is not a multiple of %u",
-					 (unsigned long long)e->offset,
-					 APB_ALIGN);
+			return apb_errf(err, err_len,
+					"raw chunk offset %llu is not a multiple of %u",
+					(unsigned long long)e->offset,
+					APB_ALIGN);
 		if (e->length != ulen)
-			return entry_err(m, i, err, err_len,
-					 "raw chunk stores %u bytes, not the chunk's %zu",
-					 e->length, ulen);
+			return apb_errf(err, err_len,
+					"raw chunk stores %u bytes, not the chunk's %zu",
+					e->length, ulen);
 	} else if (e->length == 0 || e->length > ZSTD_compressBound(ulen)) {
-		return entry_err(m, i, err, err_len,
-				 "zstd frame of %u bytes is outside 1 .. %zu (the bound for %zu bytes)",
-				 e->length, ZSTD_compressBound(ulen), ulen);
+		return apb_errf(err, err_len,
+				"zstd frame of %u bytes is outside 1 .. %zu (the bound for %zu bytes)",
+				e->length, ZSTD_compressBound(ulen), ulen);
 	}
 	if (e->offset < prev_end)
-		return i == 0 ? entry_err(m, i, err, err_len,
-					  "offset %llu is before the model's stored bytes (offset %llu)",
-					  (unsigned long long)e->offset,
-					  (unsigned long long)m->offset)
-			      : entry_err(m, i, err, err_len,
-					  "offset %llu is before the end of chunk %llu (%llu); chunks must be in offset order without overlap",
-					  (unsigned long long)e->offset,
-					  (unsigned long long)(i - 1),
-					  (unsigned long long)prev_end);
+		return i == 0 ? apb_errf(err, err_len,
+					 "offset %llu is before the model's stored bytes (offset %llu)",
+					 (unsigned long long)e->offset,
+					 (unsigned long long)m->offset)
+			      : apb_errf(err, err_len,
+					 "offset %llu is before the end of chunk %llu (%llu); chunks must be in offset order without overlap",
+					 (unsigned long long)e->offset,
+					 (unsigned long long)(i - 1),
+					 (unsigned long long)prev_end);
 	if (e->offset > end || e->length > end - e->offset)
-		return entry_err(m, i, err, err_len,
-				 "%u bytes at offset %llu run past the model's stored bytes (which end at %llu)",
-				 e->length, (unsigned long long)e->offset,
-				 (unsigned long long)end);
+		return apb_errf(err, err_len,
+				"%u bytes at offset %llu run past the model's stored bytes (which end at %llu)",
+				e->length, (unsigned long long)e->offset,
+				(unsigned long long)end);
 	if (m->compression == APB_COMPRESSION_NONE &&
 	    e->offset != m->offset + i * m->chunk_size)
-		return entry_err(m, i, err, err_len,
-				 "offset %llu is not %llu: a 'none' model's chunks lie back to back from its offset",
-				 (unsigned long long)e->offset,
-				 (unsigned long long)(m->offset + i * m->chunk_size));
+		return apb_errf(err, err_len,
+				"offset %llu is not %llu: a 'none' model's chunks lie back to back from its offset",
+				(unsigned long long)e->offset,
+				(unsigned long long)(m->offset + i * m->chunk_size));
 	return 0;
 }
 
@@ -241,7 +237,7 @@ static int check_model(const struct apb_manifest *mf,
 
 		rc = check_entry(m, i, e, prev_end, err, err_len);
 		if (rc)
-			return rc;
+			return entry_err(m, i, err, err_len, rc);
 		prev_end = e->offset + e->length;
 	}
 	return 0;

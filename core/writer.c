@@ -89,11 +89,10 @@
 #include "atomic.h"
 #include "error.h"
 #include "format.h"
+#include "json.h"
 #include "lock.h"
 
 #define COPY_BUF_BYTES (1u << 20)
-#define HEADER_BYTES 16u
-#define JSON_EXACT_MAX (UINT64_C(1) << 53)
 #define LAYOUT_ROUNDS_MAX 64
 #define V2_CHUNK_DEFAULT (64u << 10)
 #define BATCH_BYTES (1u << 20)   /* input bytes per unit of pool work */
@@ -318,7 +317,7 @@ static int stat_inputs(struct job *j)
 		}
 		e->size = (uint64_t)st.st_size;
 		e->stored = e->size;
-		if (e->size >= JSON_EXACT_MAX - j->total) {
+		if (e->size > (uint64_t)APB_JSON_EXACT_INT_MAX - j->total) {
 			apb_fail(0, j->err, j->err_len,
 				"%s: inputs too large for a bundle (2^53 bytes)",
 				e->path);
@@ -406,7 +405,7 @@ static int layout(struct job *j)
 	size_t len = 0;
 
 	for (int round = 0; round < LAYOUT_ROUNDS_MAX; round++) {
-		uint64_t off = align_up(HEADER_BYTES + len), end = off;
+		uint64_t off = align_up(APB_V1_HEADER_LEN + len), end = off;
 		char *json;
 		size_t printed;
 		int rc;
@@ -417,8 +416,8 @@ static int layout(struct job *j)
 			off = align_up(end);
 		}
 		j->table_off = table_align(end);
-		if (j->table_off + j->entries * APB_V2_ENTRY_LEN >=
-		    JSON_EXACT_MAX) {
+		if (j->table_off + j->entries * APB_V2_ENTRY_LEN >
+		    (uint64_t)APB_JSON_EXACT_INT_MAX) {
 			apb_fail(0, j->err, j->err_len,
 				"%s: bundle too large (2^53 bytes)", j->out_path);
 			return -EFBIG;
@@ -447,7 +446,7 @@ static int layout(struct job *j)
  * format 1, at most that in format 2 (a longer one is a bug). */
 static int write_head(struct job *j, const char *json)
 {
-	unsigned char h[HEADER_BYTES];
+	unsigned char h[APB_V1_HEADER_LEN];
 	size_t n = strlen(json);
 	int rc;
 
@@ -894,7 +893,7 @@ static int pack_model(struct job *j, struct entry *e, int in)
 /* Every model, each from the next multiple of 4096 with zeros before. */
 static int write_models(struct job *j)
 {
-	j->pos = HEADER_BYTES + j->manifest_len;
+	j->pos = APB_V1_HEADER_LEN + j->manifest_len;
 	for (size_t i = 0; i < j->n; i++) {
 		struct entry *e = &j->e[i];
 		int in = -1, rc;
