@@ -5,7 +5,8 @@
  * two limits of its own: nesting (APB_JSON_DEPTH_MAX, so the recursion is
  * bounded) and numbers of at most NUMBER_MAX bytes (apb_json_number()
  * converts them from a buffer on the stack). Strings may hold any byte but
- * NUL: a name "a\0b" would otherwise reach C code as "a". The cursors
+ * NUL (other control characters too, as the JSON library used before
+ * allowed): a name "a\0b" would otherwise reach C code as "a". The cursors
  * after it trust the check and test nothing.
  */
 #include <locale.h>
@@ -281,12 +282,13 @@ enum apb_json_type apb_json_type(const char *v)
 /* Past string v. */
 static const char *skip_string(const char *v)
 {
-	for (v++;; v++) {
+	v++;
+	for (;;) {
 		while (*v != '"' && *v != '\\')
 			v++;
 		if (*v == '"')
 			return v + 1;
-		v++; /* the escaped byte; a \uXXXX's digits are plain */
+		v += 2; /* and the escaped byte; a \uXXXX's digits are plain */
 	}
 }
 
