@@ -62,6 +62,7 @@
 
 #include "apbundle/bundle.h"
 #include "format.h"
+#include "lock.h"
 
 #define PIECE (128u << 10)        /* stored bytes read at a time */
 #define SCRATCH_KEEP (256u << 10) /* chunk scratch a context keeps */
@@ -332,7 +333,7 @@ struct ctx {
 };
 
 struct apb_v2_reader {
-	pthread_mutex_t mu;
+	struct apb_mutex mu;
 	pthread_cond_t turn;   /* scratch returned, or the queue moved */
 	size_t scratch;        /* bytes reserved by the page-ins running now */
 	uint64_t next, serving; /* tickets: reservations in arrival order */
@@ -356,12 +357,12 @@ int apb_v2_reader_new(struct apb_v2_reader **out)
 
 	if (!r)
 		return -ENOMEM;
-	if (pthread_mutex_init(&r->mu, NULL) != 0) {
+	if (apb_mutex_init(&r->mu) != 0) {
 		free(r);
 		return -ENOMEM;
 	}
 	if (pthread_cond_init(&r->turn, NULL) != 0) {
-		pthread_mutex_destroy(&r->mu);
+		apb_mutex_destroy(&r->mu);
 		free(r);
 		return -ENOMEM;
 	}
@@ -376,7 +377,7 @@ void apb_v2_reader_free(struct apb_v2_reader *r)
 	for (int i = 0; i < r->nidle; i++)
 		ctx_free(r->idle[i]);
 	pthread_cond_destroy(&r->turn);
-	pthread_mutex_destroy(&r->mu);
+	apb_mutex_destroy(&r->mu);
 	free(r);
 }
 
@@ -394,17 +395,17 @@ static struct ctx *ctx_take(struct apb_v2_reader *r, size_t need)
 	struct ctx *c = NULL;
 	uint64_t ticket;
 
-	pthread_mutex_lock(&r->mu);
+	apb_mutex_lock(&r->mu);
 	ticket = r->next++;
 	while (r->serving != ticket ||
 	       (r->scratch > 0 && r->scratch + need > SCRATCH_MAX))
-		pthread_cond_wait(&r->turn, &r->mu);
+		apb_cond_wait(&r->turn, &r->mu);
 	r->serving++;
 	r->scratch += need;
 	if (r->nidle > 0)
 		c = r->idle[--r->nidle];
 	pthread_cond_broadcast(&r->turn); /* the next ticket may fit too */
-	pthread_mutex_unlock(&r->mu);
+	apb_mutex_unlock(&r->mu);
 	if (c)
 		return c;
 	c = calloc(1, sizeof *c);
@@ -412,10 +413,10 @@ static struct ctx *ctx_take(struct apb_v2_reader *r, size_t need)
 		c->piece = aligned_alloc(APB_ALIGN, PIECE);
 	if (!c || !c->piece) {
 		free(c);
-		pthread_mutex_lock(&r->mu);
+		apb_mutex_lock(&r->mu);
 		r->scratch -= need;
 		pthread_cond_broadcast(&r->turn);
-		pthread_mutex_unlock(&r->mu);
+		apb_mutex_unlock(&r->mu);
 		return NULL;
 	}
 	return c;
@@ -424,14 +425,14 @@ static struct ctx *ctx_take(struct apb_v2_reader *r, size_t need)
 /* Give c back and release its reservation. */
 static void ctx_give(struct apb_v2_reader *r, struct ctx *c, size_t need)
 {
-	pthread_mutex_lock(&r->mu);
+	apb_mutex_lock(&r->mu);
 	r->scratch -= need;
 	if (r->nidle < POOL_IDLE_MAX) {
 		r->idle[r->nidle++] = c;
 		c = NULL;
 	}
 	pthread_cond_broadcast(&r->turn);
-	pthread_mutex_unlock(&r->mu);
+	apb_mutex_unlock(&r->mu);
 	ctx_free(c);
 }
 
