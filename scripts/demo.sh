@@ -15,7 +15,7 @@ BUDGET=${BUDGET:-2M}
 TESSDATA=/usr/share/tesseract-ocr/5/tessdata
 PYTHON=/usr/bin/python3
 PACKAGES=(meson ninja-build pkg-config gcc libfuse3-dev fuse3 libcjson-dev
-          libxxhash-dev libzstd-dev python3 python3-pil fonts-dejavu-core
+          libxxhash-dev libzstd-dev libcurl4-openssl-dev python3 python3-pil fonts-dejavu-core
           tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd)
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }

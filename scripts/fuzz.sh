@@ -28,7 +28,7 @@ step "dependencies"
 # The library's own build dependencies, then clang, libFuzzer's runtime
 # and the symbolizer.
 install_missing meson ninja-build pkg-config libfuse3-dev libcjson-dev libxxhash-dev \
-    libzstd-dev clang
+    libzstd-dev libcurl4-openssl-dev clang
 install_clang_runtime
 export PATH="$PATH:/usr/lib/llvm-$CLANG_MAJOR/bin"   # llvm-symbolizer for stacks
 

@@ -41,7 +41,7 @@ PYTEST_TIMEOUT=${PYTEST_TIMEOUT:-540}
 PYTHON=/usr/bin/python3          # the Debian interpreter that sees python3-* packages
 
 PACKAGES=(meson ninja-build pkg-config gcc clang libfuse3-dev fuse3 libcjson-dev
-          libxxhash-dev libzstd-dev python3 python3-pytest python3-psutil
+          libxxhash-dev libzstd-dev libcurl4-openssl-dev python3 python3-pytest python3-psutil
           python3-numpy python3-pil fonts-dejavu-core tesseract-ocr
           tesseract-ocr-eng squashfuse squashfs-tools fio python3-matplotlib)
 
