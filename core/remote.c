@@ -270,8 +270,16 @@ int apb_remote_s3_url(const char *endpoint, const char *bucket, const char *key,
 	size_t elen = strlen(endpoint);
 	while (elen && endpoint[elen - 1] == '/')
 		elen--;
+	/* a host that is an IP address has no bucket subdomains either */
+	const char *host = sep + 3;
+	bool ip = *host == '[';
+	if (!ip) {
+		ip = true;
+		for (const char *h = host; *h && *h != ':' && *h != '/'; h++)
+			ip = ip && (isdigit((unsigned char)*h) || *h == '.');
+	}
 	int w;
-	if (path_style || !dns_bucket(bucket)) {
+	if (path_style || ip || !dns_bucket(bucket)) {
 		w = snprintf(out, out_len, "%.*s/%s/", (int)elen, endpoint, bucket);
 	} else {
 		size_t scheme = (size_t)(sep + 3 - endpoint);

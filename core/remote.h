@@ -120,7 +120,8 @@ int apb_remote_parse_url(const char *url, struct apb_remote_url *u, char *err, s
 
 /* The request URL of bucket/key at endpoint ("http://host:port", a path
  * prefix allowed), path-style or virtual-hosted (which falls back to
- * path-style for bucket names that are not DNS labels). */
+ * path-style for bucket names that are not DNS labels and for endpoints
+ * whose host is an IP address). */
 int apb_remote_s3_url(const char *endpoint, const char *bucket, const char *key, bool path_style,
 		      char *out, size_t out_len, char *err, size_t err_len);
 

@@ -70,6 +70,16 @@ static void test_s3_url(void)
 	CHECK_EQ(apb_remote_s3_url("https://s3.amazonaws.com", "my.bucket", "k", false, out,
 				   sizeof(out), err, sizeof(err)), 0);
 	CHECK(strcmp(out, "https://s3.amazonaws.com/my.bucket/k") == 0);
+	/* an IP address has no subdomains: path-style */
+	CHECK_EQ(apb_remote_s3_url("http://127.0.0.1:7480", "b", "k", false, out, sizeof(out),
+				   err, sizeof(err)), 0);
+	CHECK(strcmp(out, "http://127.0.0.1:7480/b/k") == 0);
+	CHECK_EQ(apb_remote_s3_url("http://[::1]:7480", "b", "k", false, out, sizeof(out), err,
+				   sizeof(err)), 0);
+	CHECK(strcmp(out, "http://[::1]:7480/b/k") == 0);
+	CHECK_EQ(apb_remote_s3_url("http://minio.lan:9000", "b", "k", false, out, sizeof(out),
+				   err, sizeof(err)), 0);
+	CHECK(strcmp(out, "http://b.minio.lan:9000/k") == 0);
 	/* an endpoint with a path prefix */
 	CHECK_EQ(apb_remote_s3_url("http://h:1/s3", "b", "k", true, out, sizeof(out), err,
 				   sizeof(err)), 0);
