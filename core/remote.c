@@ -7,8 +7,8 @@
  * the 206's Content-Range gives the size, its ETag (or Last-Modified) the
  * identity, and its body the first bytes, which a bundle reader needs
  * next anyway (the header), so open costs one round trip, not a HEAD and
- * then a GET. An empty object answers 416 "bytes * /0" and opens with size
- * 0. Every later request is a GET of one range, which carries
+ * then a GET. An empty object answers 416 (or a 200 of nothing) and opens
+ * with size 0. Every later request is a GET of one range, which carries
  * "If-Match: ETAG" (or "If-Unmodified-Since: DATE" when the server gave
  * no strong ETag: a weak one never matches If-Match) and whose answer is
  * checked before a byte is copied: a 206 must have a Content-Range that
@@ -428,6 +428,18 @@ static int profile_get(const char *cred_path, const char *conf_path, const char 
 	return 0;
 }
 
+/* The first of n values that is set, into out; false if none is. */
+static bool first_of(char *out, size_t len, const char *const *values, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (values[i]) {
+			snprintf(out, len, "%s", values[i]);
+			return true;
+		}
+	}
+	return false;
+}
+
 static int s3_settings(const struct apb_remote_options *o, struct s3cfg *c, char *err,
 		       size_t err_len)
 {
@@ -470,24 +482,14 @@ static int s3_settings(const struct apb_remote_options *o, struct s3cfg *c, char
 					profile, cred_path, conf_path);
 	}
 
-	if (o->s3_region)
-		snprintf(c->region, sizeof(c->region), "%s", o->s3_region);
-	else if (env("AWS_REGION"))
-		snprintf(c->region, sizeof(c->region), "%s", env("AWS_REGION"));
-	else if (env("AWS_DEFAULT_REGION"))
-		snprintf(c->region, sizeof(c->region), "%s", env("AWS_DEFAULT_REGION"));
-	else
+	const char *region[] = {o->s3_region, env("AWS_REGION"), env("AWS_DEFAULT_REGION")};
+	if (!first_of(c->region, sizeof(c->region), region, 3))
 		PROFILE("region", c->region);
 	if (!c->region[0])
 		strcpy(c->region, "us-east-1");
-
-	if (o->s3_endpoint)
-		snprintf(c->endpoint, sizeof(c->endpoint), "%s", o->s3_endpoint);
-	else if (env("AWS_ENDPOINT_URL_S3"))
-		snprintf(c->endpoint, sizeof(c->endpoint), "%s", env("AWS_ENDPOINT_URL_S3"));
-	else if (env("AWS_ENDPOINT_URL"))
-		snprintf(c->endpoint, sizeof(c->endpoint), "%s", env("AWS_ENDPOINT_URL"));
-	else
+	const char *endpoint[] = {o->s3_endpoint, env("AWS_ENDPOINT_URL_S3"),
+				  env("AWS_ENDPOINT_URL")};
+	if (!first_of(c->endpoint, sizeof(c->endpoint), endpoint, 3))
 		PROFILE("endpoint_url", c->endpoint);
 #undef PROFILE
 
@@ -980,8 +982,9 @@ static struct curl_slist *add_header(struct curl_slist *l, const char *fmt, cons
 static int set_identity(struct apb_remote *r, const struct xfer *x, char *err, size_t err_len)
 {
 	if (x->status == 416) {
-		/* an empty object: "bytes * /0" */
-		if (!x->has_cr || x->cr_total != 0)
+		/* bytes=0-N unsatisfiable: there is no byte 0, an empty object
+		 * (nginx says "bytes * /0"; RGW sends no Content-Range) */
+		if (x->has_cr && x->cr_total != 0)
 			return apb_fail(-EIO, err, err_len,
 					"%s: HTTP 416 to bytes=0-%llu at open, and not an empty object",
 					r->name, (unsigned long long)(x->want_len - 1));
@@ -990,9 +993,12 @@ static int set_identity(struct apb_remote *r, const struct xfer *x, char *err, s
 		r->size = x->cr_total;
 	} else {
 		r->size = x->content_length;
-		logf_(r, APB_REMOTE_LOG_WARN,
-		      "%s: the server ignores Range (HTTP 200): each read streams the object from its start",
-		      r->name);
+		/* a 200 is fair for a range that covers the object (nginx sends
+		 * one for an empty file); beyond that, Range was ignored */
+		if (r->size > x->want_len)
+			logf_(r, APB_REMOTE_LOG_WARN,
+			      "%s: the server ignores Range (HTTP 200): each read streams the object from its start",
+			      r->name);
 	}
 	/* a weak ETag never passes If-Match (a strong comparison) */
 	if (x->etag[0] && strncmp(x->etag, "W/", 2) != 0)
@@ -1002,7 +1008,7 @@ static int set_identity(struct apb_remote *r, const struct xfer *x, char *err, s
 		snprintf(r->identity, sizeof(r->identity), "%s", r->etag);
 	else if (r->last_modified[0])
 		snprintf(r->identity, sizeof(r->identity), "last-modified: %s", r->last_modified);
-	else
+	else if (r->size)
 		logf_(r, APB_REMOTE_LOG_WARN,
 		      "%s: neither ETag nor Last-Modified: only a change of size is detected",
 		      r->name);
@@ -1041,6 +1047,10 @@ int apb_remote_open(const char *url, const struct apb_remote_options *o, struct 
 	r = calloc(1, sizeof(*r));
 	if (!r)
 		return apb_fail(-ENOMEM, err, err_len, "out of memory");
+	if (apb_mutex_init(&r->mu) < 0 || pthread_cond_init(&r->pool_cv, NULL) != 0) {
+		free(r);
+		return apb_fail(-ENOMEM, err, err_len, "out of memory");
+	}
 	r->pool_size = o->pool_size ? o->pool_size : DEF_POOL;
 	if (r->pool_size > MAX_POOL)
 		r->pool_size = MAX_POOL;
@@ -1062,29 +1072,19 @@ int apb_remote_open(const char *url, const struct apb_remote_options *o, struct 
 	r->idle = calloc(r->pool_size, sizeof(*r->idle));
 	r->head = malloc(head_bytes);
 	if (!r->name || !r->idle || !r->head) {
-		free(r->name);
-		free(r->idle);
-		free(r->head);
-		free(r);
-		return apb_fail(-ENOMEM, err, err_len, "out of memory");
-	}
-	if (apb_mutex_init(&r->mu) < 0 || pthread_cond_init(&r->pool_cv, NULL) != 0) {
-		free(r->name);
-		free(r->idle);
-		free(r->head);
-		free(r);
-		return apb_fail(-ENOMEM, err, err_len, "out of memory");
+		rc = apb_fail(-ENOMEM, err, err_len, "out of memory");
+		goto out;
 	}
 
 	if (u.s3) {
 		c = calloc(1, sizeof(*c));
 		if (!c) {
 			rc = apb_fail(-ENOMEM, err, err_len, "out of memory");
-			goto fail;
+			goto out;
 		}
 		rc = s3_settings(o, c, err, err_len);
 		if (rc < 0)
-			goto fail;
+			goto out;
 		bool have_endpoint = c->endpoint[0] != '\0';
 		if (!have_endpoint)
 			snprintf(c->endpoint, sizeof(c->endpoint), "https://s3.%s.amazonaws.com",
@@ -1095,7 +1095,7 @@ int apb_remote_open(const char *url, const struct apb_remote_options *o, struct 
 		rc = apb_remote_s3_url(c->endpoint, u.bucket, u.key, path_style, req, sizeof(req),
 				       err, err_len);
 		if (rc < 0)
-			goto fail;
+			goto out;
 		r->url = strdup(req);
 		snprintf(r->region, sizeof(r->region), "%s", c->region);
 		bool ok = true;
@@ -1103,7 +1103,7 @@ int apb_remote_open(const char *url, const struct apb_remote_options *o, struct 
 			if (strlen(c->key) >= sizeof(r->access_key) ||
 			    strlen(c->secret) >= sizeof(r->secret_key)) {
 				rc = apb_fail(-EINVAL, err, err_len, "AWS credentials too long");
-				goto fail;
+				goto out;
 			}
 			r->s3_signed = true;
 			strcpy(r->access_key, c->key);
@@ -1121,37 +1121,36 @@ int apb_remote_open(const char *url, const struct apb_remote_options *o, struct 
 		}
 		if (!ok) {
 			rc = apb_fail(-ENOMEM, err, err_len, "out of memory");
-			goto fail;
+			goto out;
 		}
 	} else {
 		r->url = strdup(url);
 	}
 	if (!r->url) {
 		rc = apb_fail(-ENOMEM, err, err_len, "out of memory");
-		goto fail;
+		goto out;
 	}
 
 	struct iovec iov = {r->head, head_bytes};
 	struct xfer x = {0};
 	rc = fetch(r, &iov, 1, 0, head_bytes, true, &x, msg, sizeof(msg));
-	if (rc < 0 && !(x.status == 416 && x.has_cr)) {
+	if (rc < 0 && x.status != 416) {
 		apb_fail(rc, err, err_len, "%s: %s", url, msg);
-		goto fail;
+		goto out;
 	}
 	rc = set_identity(r, &x, err, err_len);
 	if (rc < 0)
-		goto fail;
+		goto out;
 	r->head_len = r->size < head_bytes ? (size_t)r->size : head_bytes;
 	if (x.status != 416 && x.got < r->head_len) {
 		rc = apb_fail(-EIO, err, err_len, "%s: %llu of the first %zu bytes at open", url,
 			      (unsigned long long)x.got, r->head_len);
-		goto fail;
+		goto out;
 	}
-	free(c);
 	*out = r;
-	return 0;
-
-fail:
+	r = NULL;
+	rc = 0;
+out:
 	if (c)
 		explicit_bzero(c, sizeof(*c));
 	free(c);

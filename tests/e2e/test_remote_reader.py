@@ -279,6 +279,27 @@ def test_every_read_carries_if_match(source, fault_proxy, tmp_path):
     assert [q.headers.get("if-match") for q in proxy.requests[1:]] == [etag, etag]
 
 
+@pytest.mark.parametrize("data", [b"", b"hello"], ids=["empty", "small"])
+def test_empty_and_small_objects(source, tmp_path, data):
+    name = "tiny-%d.bin" % len(data)
+    if source.kind == "nginx":
+        with open(os.path.join(source.server.root, name), "wb") as f:
+            f.write(data)
+        url, env = source.server.url(name), clean_env(tmp_path)
+    else:
+        source.server.put_object("reader/" + name, data=data)
+        url, env = source.via()
+        url = url.replace("blob.bin", name)
+    ranges = [(0, len(data)), (len(data), 0)] + ([(1, 3)] if data else [])
+    r = fetch(url, ranges, env=env, out=tmp_path / "out")
+    assert r.rc == 0, r
+    assert r.count("size") == len(data)
+    assert (tmp_path / "out").read_bytes() == expected(data, ranges)
+    assert "ignores Range" not in r.log(), r
+    r = fetch(url, [(len(data), 1)], env=env)
+    assert r.rc == 1 and r.errors == ["%d:1 EINVAL" % len(data)], r
+
+
 # --------------------------------------------------------------------------
 # consistency
 
