@@ -438,6 +438,22 @@ def test_5xx_retried_then_served(source, blob, fault_proxy, tmp_path):
     assert sum(1 for l in r.stderr if l.startswith("log retry:") and "HTTP 503" in l) == 2, r
 
 
+def test_stalled_answer_times_out_and_is_retried(source, blob, fault_proxy, tmp_path):
+    proxy = fault_proxy(source.server.endpoint)
+    ranges = [(4 * MiB, 64 * KiB)]
+    f = paused_with(source, proxy, ranges, opts=["-S", 1000, "-B", 10], out=tmp_path / "out")
+    proxy.delay(4.0, count=1)              # nothing for 4 s: a stall, not a slow server
+    t0 = time.monotonic()
+    f.go()
+    r = f.finish()
+    elapsed = time.monotonic() - t0
+    assert r.rc == 0, r
+    assert (tmp_path / "out").read_bytes() == expected(blob, ranges)
+    assert r.count("retries") == 1, r
+    assert "too slow" in r.log() or "timed out" in r.log(), r
+    assert elapsed < 3.9, elapsed           # given up on before the delay ended
+
+
 def test_retries_bounded_by_time(source, fault_proxy):
     proxy = fault_proxy(source.server.endpoint)
     f = paused_with(source, proxy, [(0, 10)], opts=["-r", 1000, "-B", 20, "-T", 500])
