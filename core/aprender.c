@@ -195,17 +195,18 @@ int apb_aprender_parse(const struct apb_source *src, struct apb_manifest *out,
 		       char *err, size_t err_len)
 {
 	uint8_t *text = NULL;
-	size_t name_bytes = 0;
+	size_t name_bytes = 0, head_len;
+	const uint8_t *head = apb_source_head(src, &head_len);
 	uint64_t len;
 	int rc;
 
 	memset(out, 0, sizeof *out);
-	if (src->head_len < APB_APRENDER_HEADER_LEN)
+	if (head_len < APB_APRENDER_HEADER_LEN)
 		return apb_errf(err, err_len,
 				"file is %llu bytes, shorter than the %u-byte header of the aprender layout",
-				(unsigned long long)src->file_size,
+				(unsigned long long)apb_source_size(src),
 				APB_APRENDER_HEADER_LEN);
-	len = apb_le64(src->head + APB_MAGIC_LEN + 4);
+	len = apb_le64(head + APB_MAGIC_LEN + 4);
 	rc = apb_manifest_read(src, APB_APRENDER_HEADER_LEN, len, &text, err,
 			       err_len);
 	if (rc)

@@ -25,4 +25,10 @@ apb_fail(int rc, char *err, size_t err_len, const char *fmt, ...)
 	return rc;
 }
 
+/* Buffer size for a name quoted in a message (apb_name_quote, name.h). */
+#define APB_QUOTE_MAX 200
+
+/* The common case: malformed input. */
+#define apb_errf(err, err_len, ...) apb_fail(-EINVAL, err, err_len, __VA_ARGS__)
+
 #endif

@@ -1,20 +1,23 @@
 /*
  * format.h - internal contract between the bundle reader (bundle.c) and the
- * per-layout manifest parsers (the JSON manifests of versions 1 and 2 in
- * bundle.c, aprender's binary manifest in aprender.c) and version 2's chunk
- * table and chunked reads (v2.c).
+ * layers under it: the per-layout manifest parsers (manifest_json.c for the
+ * JSON manifests of versions 1 and 2, aprender.c for aprender's binary
+ * manifest), version 2's chunk table and chunked reads (v2.c), and what
+ * they share (manifest.c). All of them read the file through source.h.
  *
  * Division of labour:
- *   bundle.c   opens the file, reads the fixed header (magic, version),
- *              picks a layout, and after the parser returns runs the checks
- *              every layout shares: data after the manifest, offset + stored
- *              size inside the file (overflow-safe), no overlap, the name
- *              set. It then sorts the models by name and serves reads.
+ *   bundle.c   opens the source, reads the fixed header (magic, version),
+ *              picks a layout, calls its parser (and, for version 2,
+ *              apb_v2_table_read()), then runs the checks every layout
+ *              shares: data after the manifest, offset + stored size inside
+ *              the file (overflow-safe), no overlap, the name set. It then
+ *              sorts the models by name and serves reads.
  *   a parser   reads and decodes its manifest and fills a struct
  *              apb_manifest: one struct apb_model per entry, in manifest
  *              order, each name already checked with apb_name_check() on its
  *              true byte length (so embedded NULs cannot hide behind a
  *              C string) and copied into the manifest's name pool.
+ * No file here calls into bundle.c: the layers only look down.
  *
  * Nothing here is installed or visible outside libapbundle.
  */
@@ -32,18 +35,10 @@
 #include "apbundle/bundle.h"
 #include "apbundle/name.h"
 #include "error.h"
+#include "source.h"
 
 #define APB_V1_HEADER_LEN 16u       /* magic, u32 version, u32 manifest length (versions 1 and 2) */
 #define APB_APRENDER_HEADER_LEN 20u /* magic, u32 version, u64 manifest length */
-#define APB_HEAD_LEN 20u            /* bytes open() reads before dispatching */
-
-/* What open() knows when it hands the file to a parser. */
-struct apb_source {
-	int fd;
-	uint64_t file_size;
-	const uint8_t *head; /* the first head_len bytes of the file */
-	size_t head_len;     /* min(file_size, APB_HEAD_LEN) */
-};
 
 /* One entry of the version 2 chunk table, decoded (24 bytes on disk). */
 struct apb_chunk_entry {
@@ -74,6 +69,19 @@ struct apb_manifest {
 
 void apb_manifest_free(struct apb_manifest *m);
 
+/* Where the manifest of version 2 says its chunk table is. */
+struct apb_v2_table_ref {
+	uint64_t offset, count, xxh3;
+};
+
+/* The JSON manifest of versions 1 and 2 (manifest_json.c); for version 2
+ * *table (when not NULL) gets the chunk table's place, which the caller
+ * reads with apb_v2_table_read(). */
+int apb_json_manifest_parse(const struct apb_source *src, unsigned version,
+			    struct apb_manifest *m,
+			    struct apb_v2_table_ref *table, char *err,
+			    size_t err_len);
+
 /* aprender's binary layout (aprender.c). */
 int apb_aprender_parse(const struct apb_source *src, struct apb_manifest *out,
 		       char *err, size_t err_len);
@@ -81,7 +89,7 @@ int apb_aprender_parse(const struct apb_source *src, struct apb_manifest *out,
 /*
  * Read the manifest bytes [off, off + len) after checking len against 0,
  * APB_MANIFEST_MAX and the file size. *out is malloc'ed, len + 1 bytes, NUL
- * terminated so text parsers may treat it as a string. (bundle.c)
+ * terminated so text parsers may treat it as a string. (manifest.c)
  */
 int apb_manifest_read(const struct apb_source *src, uint64_t off, uint64_t len,
 		      uint8_t **out, char *err, size_t err_len);
@@ -94,9 +102,9 @@ int apb_manifest_read(const struct apb_source *src, uint64_t off, uint64_t len,
  * per-entry rule of the format. Both return 0 or a negative errno with one
  * line in err.
  */
-int apb_v2_table_read(const struct apb_source *src, uint64_t off,
-		      uint64_t count, uint64_t xxh3, struct apb_manifest *m,
-		      char *err, size_t err_len);
+int apb_v2_table_read(const struct apb_source *src,
+		      const struct apb_v2_table_ref *table,
+		      struct apb_manifest *m, char *err, size_t err_len);
 int apb_v2_check_chunks(const struct apb_manifest *m, char *err,
 			size_t err_len);
 
@@ -107,30 +115,15 @@ struct apb_v2_reader;
 int apb_v2_reader_new(struct apb_v2_reader **out);
 void apb_v2_reader_free(struct apb_v2_reader *r);
 
-/* Bytes [off, off + want) of model m of bundle b (want already clipped
- * to its size) into iov, verified chunk by chunk: want or a negative
- * errno, -EBADMSG with *bad_chunk set (when not NULL) for a chunk that
- * failed twice. */
-long apb_v2_preadv(const struct apb_bundle *b, struct apb_v2_reader *r,
+/* Bytes [off, off + want) of model m (want already clipped to its size),
+ * whose chunk table is table, from src into iov, verified chunk by chunk:
+ * want or a negative errno, -EBADMSG with *bad_chunk set (when not NULL)
+ * for a chunk that failed twice. */
+long apb_v2_preadv(const struct apb_source *src, struct apb_v2_reader *r,
 		   const struct apb_model *m,
 		   const struct apb_chunk_entry *table, uint64_t off,
 		   const struct iovec *iov, int iovcnt, size_t want,
 		   uint64_t *bad_chunk);
-
-/* Exactly want bytes of b's file at pos into iov, from byte skip of
- * iov[0] on: want, -EIO if the file ends first, or the read errno. Every
- * read of stored bytes goes through here (O_DIRECT where it can, see
- * apb_bundle_direct_io()). (bundle.c) */
-long apb_bundle_pread_stored(const struct apb_bundle *b, uint64_t pos,
-			     const struct iovec *iov, int iovcnt, size_t skip,
-			     size_t want);
-
-/* pread() exactly len bytes at off: 0, -EIO if the file ends first, or the
- * read errno. Retries on EINTR and short reads. (bundle.c) */
-int apb_pread_full(int fd, void *buf, size_t len, uint64_t off);
-
-/* Buffer size for a name quoted in a message (apb_name_quote, name.h). */
-#define APB_QUOTE_MAX 200
 
 /* apb_name_quote() of a model's name; q holds APB_QUOTE_MAX bytes. */
 static inline const char *apb_mq(const struct apb_model *m, char *q)
@@ -149,7 +142,5 @@ static inline uint64_t apb_le64(const uint8_t *p)
 	return (uint64_t)apb_le32(p) | (uint64_t)apb_le32(p + 4) << 32;
 }
 
-/* The common case: a malformed bundle. */
-#define apb_errf(err, err_len, ...) apb_fail(-EINVAL, err, err_len, __VA_ARGS__)
 
 #endif

@@ -28,7 +28,7 @@
 #include <string.h>
 
 #include "apbundle/name.h"
-#include "format.h"
+#include "error.h"
 
 const char *const apb_reserved_names[APB_NRESERVED] = {
 	[APB_RESERVED_STATS] = ".stats",

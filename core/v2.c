@@ -74,10 +74,12 @@
 
 /* ---- the table at open ------------------------------------------------- */
 
-int apb_v2_table_read(const struct apb_source *src, uint64_t off,
-		      uint64_t count, uint64_t xxh3, struct apb_manifest *m,
-		      char *err, size_t err_len)
+int apb_v2_table_read(const struct apb_source *src,
+		      const struct apb_v2_table_ref *table,
+		      struct apb_manifest *m, char *err, size_t err_len)
 {
+	uint64_t off = table->offset, count = table->count;
+	uint64_t xxh3 = table->xxh3, size = apb_source_size(src);
 	uint64_t len, got;
 	uint8_t *raw;
 	int rc;
@@ -96,13 +98,13 @@ int apb_v2_table_read(const struct apb_source *src, uint64_t off,
 				(unsigned long long)off,
 				(unsigned long long)m->data_start);
 	len = count * APB_V2_ENTRY_LEN; /* <= 384 MiB: no overflow */
-	if (off > src->file_size || len > src->file_size - off)
+	if (off > size || len > size - off)
 		return apb_errf(err, err_len,
 				"chunk_table: %llu entries (%llu bytes at offset %llu) run past end of file (%llu bytes)",
 				(unsigned long long)count,
 				(unsigned long long)len,
 				(unsigned long long)off,
-				(unsigned long long)src->file_size);
+				(unsigned long long)size);
 	raw = malloc(len ? (size_t)len : 1);
 	m->chunks = calloc(count ? (size_t)count : 1, sizeof *m->chunks);
 	if (!raw || !m->chunks) {
@@ -111,7 +113,7 @@ int apb_v2_table_read(const struct apb_source *src, uint64_t off,
 				"out of memory for %llu chunk table entries",
 				(unsigned long long)count);
 	}
-	rc = apb_pread_full(src->fd, raw, (size_t)len, off);
+	rc = apb_source_pread(src, raw, (size_t)len, off);
 	if (rc) {
 		free(raw);
 		return apb_fail(rc, err, err_len,
@@ -552,11 +554,11 @@ static uint64_t dest_hash(struct dest d, size_t n)
 /* ---- reads ------------------------------------------------------------- */
 
 /* Stored bytes [at, at + n) of e into c's piece buffer (n <= PIECE). */
-static int read_piece(const struct apb_bundle *b, struct ctx *c,
+static int read_piece(const struct apb_source *src, struct ctx *c,
 		      const struct apb_chunk_entry *e, size_t at, size_t n)
 {
 	struct iovec v = {.iov_base = c->piece, .iov_len = n};
-	long r = apb_bundle_pread_stored(b, e->offset + at, &v, 1, 0, n);
+	long r = apb_source_preadv(src, e->offset + at, &v, 1, 0, n);
 
 	return r < 0 ? (int)r : 0;
 }
@@ -565,7 +567,7 @@ static int read_piece(const struct apb_bundle *b, struct ctx *c,
  * bytes streamed through the piece buffer: 0 when it is exactly one frame
  * that decodes to exactly ulen bytes with the right hash, 1 when not, or
  * the read errno. */
-static int try_frame(const struct apb_bundle *b, struct ctx *c,
+static int try_frame(const struct apb_source *src, struct ctx *c,
 		     const struct apb_chunk_entry *e, size_t ulen,
 		     uint8_t *out)
 {
@@ -579,7 +581,7 @@ static int try_frame(const struct apb_bundle *b, struct ctx *c,
 		size_t n = e->length - at < PIECE ? e->length - at : PIECE;
 		ZSTD_inBuffer i = {.src = c->piece, .size = n, .pos = 0};
 
-		rc = read_piece(b, c, e, at, n);
+		rc = read_piece(src, c, e, at, n);
 		if (rc)
 			return rc;
 		while (i.pos < i.size) {
@@ -605,7 +607,7 @@ static int try_frame(const struct apb_bundle *b, struct ctx *c,
  * the whole chunk is read piece by piece and hashed, the wanted bytes
  * copied out of the pieces. 0 when the hash matches (d moved past the
  * bytes), 1 when not, or the read errno. */
-static int try_raw_part(const struct apb_bundle *b, struct ctx *c,
+static int try_raw_part(const struct apb_source *src, struct ctx *c,
 			const struct apb_chunk_entry *e, size_t ulen,
 			size_t in, size_t len, struct dest *d)
 {
@@ -618,7 +620,7 @@ static int try_raw_part(const struct apb_bundle *b, struct ctx *c,
 		size_t lo = at > in ? at : in;
 		size_t hi = at + n < in + len ? at + n : in + len;
 
-		rc = read_piece(b, c, e, at, n);
+		rc = read_piece(src, c, e, at, n);
 		if (rc)
 			return rc;
 		XXH3_64bits_update(&st, c->piece, n);
@@ -633,7 +635,7 @@ static int try_raw_part(const struct apb_bundle *b, struct ctx *c,
  * whole whose destination is one buffer is decoded straight into it;
  * another frame needs scratch of the chunk's size, reserved before it is
  * allocated (ctx_take()). */
-static int read_one(const struct apb_bundle *b, struct apb_v2_reader *r,
+static int read_one(const struct apb_source *src, struct apb_v2_reader *r,
 		    const struct apb_model *m,
 		    const struct apb_chunk_entry *e, uint64_t ci, size_t in,
 		    size_t len, struct dest *d)
@@ -654,8 +656,8 @@ static int read_one(const struct apb_bundle *b, struct apb_v2_reader *r,
 	}
 	for (int tries = 0; tries < 2 && rc == 1; tries++) {
 		*d = at;
-		rc = frame ? try_frame(b, c, e, ulen, out)
-			   : try_raw_part(b, c, e, ulen, in, len, d);
+		rc = frame ? try_frame(src, c, e, ulen, out)
+			   : try_raw_part(src, c, e, ulen, in, len, d);
 	}
 	if (rc == 0 && frame) {
 		if (flat)
@@ -695,11 +697,11 @@ static uint64_t raw_run(const struct apb_model *m,
 
 /* A run of n whole raw chunks from ci straight into d, hashed there; a
  * chunk that fails is read again on its own. */
-static int read_run(const struct apb_bundle *b, const struct apb_model *m,
+static int read_run(const struct apb_source *src, const struct apb_model *m,
 		    const struct apb_chunk_entry *t, uint64_t ci, uint64_t n,
 		    size_t bytes, struct dest *d, uint64_t *bad)
 {
-	long got = apb_bundle_pread_stored(b, t[ci].offset, d->iov + d->i,
+	long got = apb_source_preadv(src, t[ci].offset, d->iov + d->i,
 					   d->cnt - d->i, d->skip, bytes);
 
 	if (got < 0)
@@ -708,7 +710,7 @@ static int read_run(const struct apb_bundle *b, const struct apb_model *m,
 		size_t ulen = chunk_len(m, k);
 
 		if (dest_hash(*d, ulen) != t[k].xxh3) {
-			got = apb_bundle_pread_stored(b, t[k].offset,
+			got = apb_source_preadv(src, t[k].offset,
 						      d->iov + d->i,
 						      d->cnt - d->i, d->skip,
 						      ulen);
@@ -724,7 +726,7 @@ static int read_run(const struct apb_bundle *b, const struct apb_model *m,
 	return 0;
 }
 
-long apb_v2_preadv(const struct apb_bundle *b, struct apb_v2_reader *r,
+long apb_v2_preadv(const struct apb_source *src, struct apb_v2_reader *r,
 		   const struct apb_model *m,
 		   const struct apb_chunk_entry *table, uint64_t off,
 		   const struct iovec *iov, int iovcnt, size_t want,
@@ -742,14 +744,14 @@ long apb_v2_preadv(const struct apb_bundle *b, struct apb_v2_reader *r,
 		uint64_t n = pos == start ? raw_run(m, t, ci, end, &bytes) : 0;
 
 		if (n > 0) {
-			rc = read_run(b, m, t, ci, n, bytes, &d, &bad);
+			rc = read_run(src, m, t, ci, n, bytes, &d, &bad);
 			pos += bytes;
 		} else {
 			size_t in = (size_t)(pos - start);
 			size_t len = end - pos < ulen - in ? (size_t)(end - pos)
 							   : ulen - in;
 
-			rc = read_one(b, r, m, &t[ci], ci, in, len, &d);
+			rc = read_one(src, r, m, &t[ci], ci, in, len, &d);
 			if (rc == -EBADMSG)
 				bad = ci;
 			pos += len;

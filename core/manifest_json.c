@@ -1,0 +1,524 @@
+/*
+ * manifest_json.c - the JSON manifests of versions 1 and 2 (docs/FORMAT.md),
+ * read into the common model table (format.h) by json.c's scanner, with no
+ * parse tree: one pass checks the syntax and counts values, then the models
+ * are read straight out of the text.
+ *
+ * Version 1 JSON manifest rules, beyond the shape in docs/FORMAT.md:
+ *   - the manifest is one JSON object; whitespace may follow it, nothing else;
+ *     it is read by json.c (RFC 8259, at most 1000 levels deep, no tree);
+ *   - "model_count" and every "offset"/"size" must be exact non-negative
+ *     integers. Numbers are read as doubles, so a value is accepted only
+ *     if it is integral and at most 2^53 - 1: above that a double no longer
+ *     tells neighbouring integers apart, and such values are rejected as
+ *     "not an exact integer";
+ *   - "checksum" is required and must be "xxh3-64:" + 16 lower-case hex;
+ *   - every offset, of empty models too, is a multiple of 4096 and not
+ *     inside the header or manifest;
+ *   - a known key that appears twice in one object is an error (JSON tools
+ *     disagree on which copy wins); unknown keys are ignored;
+ *   - no string may contain a NUL, raw or escaped ("\u0000"): C strings
+ *     would end there and "a\u0000b" would be read as the name "a".
+ *
+ * Version 2 manifest rules, in addition (docs/FORMAT.md):
+ *   - the top level has "chunk_table": {"offset", "count", "checksum"},
+ *     exact integers and an "xxh3-64:" checksum as above;
+ *   - every model also has "stored_size", "compression" ("none" or "zstd";
+ *     anything else is refused by name), "chunk_size" (a multiple of 4096
+ *     in 4096 .. 16 MiB) and "first_chunk"; an empty model stores 0 bytes;
+ *   - model offsets need not be aligned: raw chunks are (v2.c), frames of
+ *     a "zstd" model may start anywhere;
+ *   - keys of version 2 inside a version 1 manifest are unknown keys:
+ *     ignored, as before.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "apbundle/bundle.h"
+#include "apbundle/checksum.h"
+#include "apbundle/name.h"
+#include "format.h"
+#include "json.h"
+
+/* Cap on the values of a JSON manifest: 16 per model at APB_MODELS_MAX.
+ * It bounded the parse tree of the JSON library once used (the 2-byte "0,"
+ * would have made 10 GiB of tree of a 256 MiB manifest); it stays a rule of
+ * the format (docs/FORMAT.md). */
+#define JSON_VALUES_MAX (16u << 20)
+
+/* What a message is about; rendered only when there is a message. */
+struct where {
+	const char *name; /* the model's name, once known */
+	size_t i;         /* its index in "models", or TOP_LEVEL */
+};
+
+#define TOP_LEVEL SIZE_MAX
+#define IN_TABLE (SIZE_MAX - 1)
+#define TABLE ((struct where){NULL, IN_TABLE})
+#define WHERE_MAX (APB_QUOTE_MAX + 16)
+
+/* "manifest", "chunk_table", "models[i]" (before the name is known) or
+ * "model 'x'". */
+static const char *where_str(struct where w, char *buf)
+{
+	char q[APB_QUOTE_MAX];
+
+	if (w.name)
+		snprintf(buf, WHERE_MAX, "model '%s'",
+			 apb_name_quote(w.name, strlen(w.name), q, sizeof q));
+	else if (w.i == TOP_LEVEL)
+		snprintf(buf, WHERE_MAX, "manifest");
+	else if (w.i == IN_TABLE)
+		snprintf(buf, WHERE_MAX, "chunk_table");
+	else
+		snprintf(buf, WHERE_MAX, "models[%zu]", w.i);
+	return buf;
+}
+
+/*
+ * Find the keys[] members of object obj, vals[k] = NULL if absent; *end
+ * (when not NULL): where obj ends. A key seen twice is an error: JSON
+ * tools disagree on which copy wins.
+ */
+static int pick_keys(const char *obj, const char *const *keys,
+		     const char **vals, size_t nkeys, struct where w,
+		     const char **end, char *err, size_t err_len)
+{
+	struct apb_json_iter it;
+	const char *key, *val;
+	char ws[WHERE_MAX];
+
+	for (size_t k = 0; k < nkeys; k++)
+		vals[k] = NULL;
+	apb_json_iter(&it, obj);
+	while (apb_json_next(&it, &key, &val)) {
+		for (size_t k = 0; k < nkeys; k++) {
+			/* The first byte tells most keys apart: a model's
+			 * 8 keys against its 8 members is the open's inner
+			 * loop. */
+			if ((key[1] != keys[k][0] && key[1] != '\\') ||
+			    !apb_json_string_is(key, keys[k]))
+				continue;
+			if (vals[k])
+				return apb_errf(err, err_len,
+						"%s: key '%s' appears twice",
+						where_str(w, ws), keys[k]);
+			vals[k] = val;
+		}
+	}
+	if (end)
+		*end = it.p + 1;
+	return 0;
+}
+
+/* Shortest %g spelling that reads back as d, for messages. */
+static const char *fmt_double(double d, char *buf, size_t len)
+{
+	snprintf(buf, len, "%.15g", d);
+	if (strtod(buf, NULL) != d)
+		snprintf(buf, len, "%.17g", d);
+	return buf;
+}
+
+/* Member v named key is there and a number or a string, as want says. */
+static int json_want(const char *v, const char *key, enum apb_json_type want,
+		     struct where w, char *err, size_t err_len)
+{
+	char ws[WHERE_MAX];
+
+	if (!v)
+		return apb_errf(err, err_len, "%s: '%s' is missing",
+				where_str(w, ws), key);
+	if (apb_json_type(v) != want)
+		return apb_errf(err, err_len, "%s: '%s' is not a %s",
+				where_str(w, ws), key,
+				want == APB_JSON_NUMBER ? "number" : "string");
+	return 0;
+}
+
+/* An exact non-negative integer (see the header comment for the rule). */
+static int json_u64(const char *v, const char *key, struct where w,
+		    uint64_t *out, char *err, size_t err_len)
+{
+	char ws[WHERE_MAX], num[40];
+	double d;
+	int rc = json_want(v, key, APB_JSON_NUMBER, w, err, err_len);
+
+	if (rc)
+		return rc;
+	d = apb_json_number(v);
+	if (d < 0)
+		return apb_errf(err, err_len, "%s: '%s' %s is negative",
+				where_str(w, ws), key,
+				fmt_double(d, num, sizeof num));
+	if (d > APB_JSON_EXACT_INT_MAX)
+		return apb_errf(err, err_len,
+				"%s: '%s' %s is not an exact integer (above 2^53-1)",
+				where_str(w, ws), key,
+				fmt_double(d, num, sizeof num));
+	if (d != floor(d))
+		return apb_errf(err, err_len,
+				"%s: '%s' %s is not an exact integer",
+				where_str(w, ws), key,
+				fmt_double(d, num, sizeof num));
+	*out = (uint64_t)d;
+	return 0;
+}
+
+/* String member v named key, decoded into *out (apb_json_raw_len(v) + 1
+ * bytes; when *out is NULL, a heap copy the caller frees) and *len. */
+static int json_str(const char *v, const char *key, struct where w,
+		    char **out, size_t *len, char *err, size_t err_len)
+{
+	int rc = json_want(v, key, APB_JSON_STRING, w, err, err_len);
+
+	if (rc)
+		return rc;
+	if (!*out) {
+		*out = malloc(apb_json_raw_len(v) + 1);
+		if (!*out)
+			return apb_fail(-ENOMEM, err, err_len, "out of memory");
+	}
+	*len = apb_json_string(v, *out);
+	return 0;
+}
+
+/* Why apb_json_check() stopped, at byte pos. */
+static int json_error(const char *text, size_t len, enum apb_json_error e,
+		      size_t pos, char *err, size_t err_len)
+{
+	char q[APB_QUOTE_MAX];
+
+	if (e == APB_JSON_ESCAPED_NUL || e == APB_JSON_RAW_NUL)
+		return apb_errf(err, err_len,
+				"manifest contains %s at byte %zu; NUL is not allowed in manifest strings",
+				e == APB_JSON_RAW_NUL ? "a NUL byte"
+						      : "an escaped NUL (\\u0000)",
+				pos);
+	if (e == APB_JSON_DEPTH)
+		return apb_errf(err, err_len,
+				"manifest is not valid JSON: nested too deeply at byte %zu of the manifest (limit %d)",
+				pos, APB_JSON_DEPTH_MAX);
+	/* Cut short: the last byte is where it went wrong. */
+	if (pos >= len && len > 0)
+		pos = len - 1;
+	return apb_errf(err, err_len,
+			"manifest is not valid JSON: syntax error at byte %zu of the manifest (near '%s')",
+			pos, apb_name_quote(text + pos, len - pos, q, 24));
+}
+
+static bool is_json_space(char c)
+{
+	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* Check text (NUL terminated at len) as one JSON object and whitespace;
+ * *root: its first byte. */
+static int parse_json(const char *text, size_t len, const char **root,
+		      char *err, size_t err_len)
+{
+	enum apb_json_error e;
+	size_t end, start = 0, values;
+
+	e = apb_json_check(text, len, &end, &values);
+	if (e != APB_JSON_OK)
+		return json_error(text, len, e, end, err, err_len);
+	if (values > JSON_VALUES_MAX)
+		return apb_errf(err, err_len,
+				"manifest has more than %u JSON values (the limit)",
+				JSON_VALUES_MAX);
+	for (size_t i = end; i < len; i++)
+		if (!is_json_space(text[i]))
+			return apb_errf(err, err_len,
+					"manifest has unexpected bytes after the JSON value at byte %zu",
+					i);
+	while (is_json_space(text[start]))
+		start++;
+	if (apb_json_type(text + start) != APB_JSON_OBJECT)
+		return apb_errf(err, err_len,
+				"manifest top level is not a JSON object");
+	*root = text + start;
+	return 0;
+}
+
+/* The version 2 "chunk_table" object: where the table is, how many
+ * entries, and the XXH3 of its bytes. */
+/* "checksum" v of what w names: "xxh3-64:" and 16 lower-case hex digits,
+ * into *xxh3. */
+static int json_checksum(const char *v, struct where w, uint64_t *xxh3,
+			 char *err, size_t err_len)
+{
+	char buf[64], *s = buf, ws[WHERE_MAX], q[APB_QUOTE_MAX];
+	size_t len;
+	int rc;
+
+	if (v && apb_json_type(v) == APB_JSON_STRING &&
+	    apb_json_raw_len(v) >= sizeof buf)
+		s = NULL; /* a long one, only for the message */
+	rc = json_str(v, "checksum", w, &s, &len, err, err_len);
+	if (rc)
+		return rc;
+	if (len != strlen(s) || apb_checksum_parse(s, xxh3) != 0)
+		rc = apb_errf(err, err_len,
+			      "%s: checksum '%s' is not \"xxh3-64:\" followed by 16 lower-case hex digits",
+			      where_str(w, ws), apb_name_quote(s, len, q, 64));
+	if (s != buf)
+		free(s);
+	return rc;
+}
+
+static int v2_chunk_table(const char *obj, struct apb_v2_table_ref *t, char *err,
+			  size_t err_len)
+{
+	static const char *const keys[] = {"offset", "count", "checksum"};
+	const char *v[3];
+	int rc;
+
+	if (!obj)
+		return apb_errf(err, err_len,
+				"manifest: 'chunk_table' is missing");
+	if (apb_json_type(obj) != APB_JSON_OBJECT)
+		return apb_errf(err, err_len,
+				"manifest: 'chunk_table' is not a JSON object");
+	rc = pick_keys(obj, keys, v, 3, TABLE, NULL, err, err_len);
+	if (!rc)
+		rc = json_u64(v[0], "offset", TABLE, &t->offset, err, err_len);
+	if (!rc)
+		rc = json_u64(v[1], "count", TABLE, &t->count, err, err_len);
+	if (!rc)
+		rc = json_checksum(v[2], TABLE, &t->xxh3, err, err_len);
+	return rc;
+}
+
+/* model_count, models and (version 2) chunk_table; returns the array and
+ * its checked length. */
+static int top_level(const char *root, unsigned version, const char **models,
+		     size_t *count, struct apb_v2_table_ref *table, char *err,
+		     size_t err_len)
+{
+	static const char *const keys[] = {"model_count", "models",
+					   "chunk_table"};
+	const struct where top = {NULL, TOP_LEVEL};
+	const char *v[3];
+	uint64_t n;
+	size_t len;
+	int rc;
+
+	rc = pick_keys(root, keys, v, version == 2 ? 3 : 2, top, NULL, err,
+		       err_len);
+	if (rc)
+		return rc;
+	rc = json_u64(v[0], "model_count", top, &n, err, err_len);
+	if (rc)
+		return rc;
+	if (n > APB_MODELS_MAX)
+		return apb_errf(err, err_len,
+				"manifest: 'model_count' %llu exceeds the limit of %u",
+				(unsigned long long)n, APB_MODELS_MAX);
+	if (!v[1])
+		return apb_errf(err, err_len, "manifest: 'models' is missing");
+	if (apb_json_type(v[1]) != APB_JSON_ARRAY)
+		return apb_errf(err, err_len,
+				"manifest: 'models' is not an array");
+	len = apb_json_count(v[1]);
+	if (len != n)
+		return apb_errf(err, err_len,
+				"manifest: 'model_count' is %llu but 'models' has %zu entries",
+				(unsigned long long)n, len);
+	if (version == 2) {
+		rc = v2_chunk_table(v[2], table, err, err_len);
+		if (rc)
+			return rc;
+	}
+	*models = v[1];
+	*count = (size_t)n;
+	return 0;
+}
+
+/* A version 2 model's "compression", "chunk_size", "stored_size" and
+ * "first_chunk" (v[0 .. 4)). */
+static int v2_model_fields(const char *const *v, struct where w,
+			   struct apb_model *m, char *err, size_t err_len)
+{
+	char ws[WHERE_MAX], q[APB_QUOTE_MAX], *s = NULL;
+	size_t len;
+	int rc;
+
+	if (v[0] && apb_json_type(v[0]) == APB_JSON_STRING &&
+	    apb_json_string_is(v[0], "none")) {
+		m->compression = APB_COMPRESSION_NONE;
+	} else if (v[0] && apb_json_type(v[0]) == APB_JSON_STRING &&
+		   apb_json_string_is(v[0], "zstd")) {
+		m->compression = APB_COMPRESSION_ZSTD;
+	} else {
+		rc = json_str(v[0], "compression", w, &s, &len, err, err_len);
+		if (rc)
+			return rc;
+		rc = apb_errf(err, err_len,
+			      "%s: unknown compression '%s' (this apbundlefs reads none and zstd)",
+			      where_str(w, ws), apb_name_quote(s, len, q, 64));
+		free(s);
+		return rc;
+	}
+	rc = json_u64(v[1], "chunk_size", w, &m->chunk_size, err, err_len);
+	if (!rc)
+		rc = json_u64(v[2], "stored_size", w, &m->stored_size, err,
+			      err_len);
+	if (!rc)
+		rc = json_u64(v[3], "first_chunk", w, &m->first_chunk, err,
+			      err_len);
+	if (rc)
+		return rc;
+	if (m->chunk_size < APB_CHUNK_SIZE_MIN ||
+	    m->chunk_size > APB_CHUNK_SIZE_MAX)
+		return apb_errf(err, err_len,
+				"%s: chunk_size %llu is outside %u .. %u",
+				where_str(w, ws),
+				(unsigned long long)m->chunk_size,
+				APB_CHUNK_SIZE_MIN, APB_CHUNK_SIZE_MAX);
+	if (m->chunk_size % APB_ALIGN)
+		return apb_errf(err, err_len,
+				"%s: chunk_size %llu is not a multiple of %u",
+				where_str(w, ws),
+				(unsigned long long)m->chunk_size, APB_ALIGN);
+	m->chunk_count = m->size / m->chunk_size +
+			 (m->size % m->chunk_size != 0);
+	if (m->size == 0 && m->stored_size != 0)
+		return apb_errf(err, err_len,
+				"%s: size is 0 but stored_size is %llu (an empty model stores nothing)",
+				where_str(w, ws),
+				(unsigned long long)m->stored_size);
+	return 0;
+}
+
+/* One entry of "models", which ends at *end; its name is decoded at *pool,
+ * which then moves past it. */
+static int parse_model(const char *obj, size_t i, unsigned version,
+		       struct apb_model *m, char **pool, const char **end,
+		       char *err, size_t err_len)
+{
+	static const char *const keys[] = {"name", "offset", "size",
+					   "checksum", "compression",
+					   "chunk_size", "stored_size",
+					   "first_chunk"};
+	struct where w = {NULL, i};
+	const char *v[8];
+	char ws[WHERE_MAX];
+	size_t len;
+	int rc;
+
+	if (apb_json_type(obj) != APB_JSON_OBJECT)
+		return apb_errf(err, err_len, "%s is not a JSON object",
+				where_str(w, ws));
+	rc = pick_keys(obj, keys, v, version == 2 ? 8 : 4, w, end, err,
+		       err_len);
+	if (!rc)
+		rc = json_str(v[0], "name", w, pool, &len, err, err_len);
+	if (!rc)
+		rc = apb_name_check(*pool, len, err, err_len);
+	if (rc)
+		return rc;
+	m->name = w.name = *pool;
+	*pool += len + 1;
+	rc = json_u64(v[1], "offset", w, &m->offset, err, err_len);
+	if (!rc)
+		rc = json_u64(v[2], "size", w, &m->size, err, err_len);
+	if (!rc)
+		rc = json_checksum(v[3], w, &m->xxh3, err, err_len);
+	if (rc)
+		return rc;
+	m->stored_size = m->size;
+	m->has_checksum = true;
+	/* Version 2 places chunks, not models: a zstd model may start
+	 * anywhere, and raw chunks carry the alignment rule. */
+	if (version == 2)
+		return v2_model_fields(v + 4, w, m, err, err_len);
+	if (m->offset % APB_ALIGN)
+		return apb_errf(err, err_len,
+				"%s: offset %llu is not a multiple of %u",
+				where_str(w, ws), (unsigned long long)m->offset,
+				APB_ALIGN);
+	return 0;
+}
+
+/* Names are decoded into a pool as large as the manifest (no name decodes
+ * longer than it is spelled), then copied into one of their size. */
+static int json_models(const char *root, size_t text_len, unsigned version,
+		       struct apb_manifest *m, struct apb_v2_table_ref *table,
+		       char *err, size_t err_len)
+{
+	struct apb_json_iter it;
+	const char *arr = NULL, *key, *val, *end = NULL;
+	char *pool, *at;
+	size_t n = 0, i = 0;
+	int rc;
+
+	rc = top_level(root, version, &arr, &n, table, err, err_len);
+	if (rc)
+		return rc;
+	m->models = calloc(n ? n : 1, sizeof *m->models);
+	pool = at = malloc(text_len + 1);
+	if (!m->models || !pool) {
+		free(pool);
+		return apb_fail(-ENOMEM, err, err_len,
+				"out of memory for %zu models", n);
+	}
+	m->count = n;
+	apb_json_iter(&it, arr);
+	for (; rc == 0 && apb_json_next(&it, &key, &val); i++) {
+		rc = parse_model(val, i, version, &m->models[i], &at, &end,
+				 err, err_len);
+		if (rc == 0)
+			apb_json_resume(&it, end);
+	}
+	if (rc == 0) {
+		m->names = malloc(at > pool ? (size_t)(at - pool) : 1);
+		if (!m->names)
+			rc = apb_fail(-ENOMEM, err, err_len,
+				      "out of memory for model names");
+	}
+	if (rc == 0) {
+		memcpy(m->names, pool, (size_t)(at - pool));
+		for (i = 0; i < n; i++)
+			m->models[i].name = m->names +
+					    (m->models[i].name - pool);
+	}
+	free(pool);
+	return rc;
+}
+
+int apb_json_manifest_parse(const struct apb_source *src, unsigned version,
+			    struct apb_manifest *m,
+			    struct apb_v2_table_ref *table, char *err,
+			    size_t err_len)
+{
+	size_t head_len;
+	uint64_t len = apb_le32(apb_source_head(src, &head_len) +
+				APB_MAGIC_LEN + 4);
+	struct apb_v2_table_ref ref = {0};
+	uint8_t *text = NULL;
+	const char *root = NULL;
+	int rc;
+
+	rc = apb_manifest_read(src, APB_V1_HEADER_LEN, len, &text, err,
+			       err_len);
+	if (rc)
+		goto out;
+	m->data_start = APB_V1_HEADER_LEN + len;
+	rc = parse_json((const char *)text, (size_t)len, &root, err, err_len);
+	if (rc)
+		goto out;
+	rc = json_models(root, (size_t)len, version, m, &ref, err, err_len);
+	if (rc == 0 && table)
+		*table = ref;
+out:
+	free(text);
+	if (rc)
+		apb_manifest_free(m);
+	return rc;
+}
