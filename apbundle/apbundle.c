@@ -251,10 +251,10 @@ static int create_options(const struct apb_cmd *c, int argc, char **argv,
 					optarg, ZSTD_LEVEL_MAX);
 			break;
 		case 's':
-			if (apb_size_parse(optarg, &o->chunk_size) != 0 ||
-			    o->chunk_size < APB_CHUNK_SIZE_MIN ||
-			    o->chunk_size > APB_CHUNK_SIZE_MAX ||
-			    o->chunk_size % APB_CHUNK_SIZE_MIN)
+			if (apb_size_parse(optarg, &o->block_size) != 0 ||
+			    o->block_size < APB_BLOCK_SIZE_MIN ||
+			    o->block_size > APB_BLOCK_SIZE_MAX ||
+			    o->block_size % APB_BLOCK_SIZE_MIN)
 				return usage_error(c, "--chunk-size: '%s' is not "
 					"a multiple of 4096 bytes from 4K to 16M",
 					optarg);
@@ -491,7 +491,7 @@ static const char *verify_reason(const struct verify_ctx *v,
 	return err + strspn(err, ": ");
 }
 
-/* Read model i through the library, which checks every chunk of a
+/* Read model i through the library, which checks every block of a
  * version 2 model and then the model's checksum, and print its verdict:
  * "OK NAME", "BAD NAME: REASON" or, without a checksum, "SKIP NAME: ...".
  * The first failure also goes to stderr, whole. Returns false for BAD. */
@@ -668,16 +668,16 @@ static const struct apb_cmd commands[] = {
 	 "\n"
 	 "Options:\n"
 	 "  --format 1|2             bundle format (default 2)\n"
-	 "  --compress zstd[:LEVEL]  zstd-compress each chunk (format 2; LEVEL\n"
-	 "                           1-22, default 3); a chunk that does not\n"
+	 "  --compress zstd[:LEVEL]  zstd-compress each block (format 2; LEVEL\n"
+	 "                           1-22, default 3); a block that does not\n"
 	 "                           shrink is stored as it is\n"
 	 "  --compress none          store the bytes as they are (default)\n"
-	 "  --chunk-size BYTES       chunk size (format 2): a multiple of 4096\n"
+	 "  --chunk-size BYTES       block size (format 2): a multiple of 4096\n"
 	 "                           from 4K to 16M, K and M suffixes; default\n"
 	 "                           64K\n"
 	 "  -h, --help               show this help\n"
 	 "\n"
-	 "Format 2 cuts every model into chunks, each with its own checksum,\n"
+	 "Format 2 cuts every model into blocks, each with its own checksum,\n"
 	 "compressed on one thread per CPU. The same INPUTs and options always\n"
 	 "give the same bytes.\n",
 	 run_create},
@@ -688,11 +688,11 @@ static const struct apb_cmd commands[] = {
 	 "printed as \\xNN, a backslash as \\\\.\n",
 	 run_list},
 	{"verify", "apbundle verify BUNDLE\n",
-	 "\nRecompute the XXH3-64 checksum of every chunk (format 2) and of\n"
+	 "\nRecompute the XXH3-64 checksum of every block (format 2) and of\n"
 	 "every model and print 'OK NAME', or 'BAD NAME: REASON', e.g.\n"
-	 "'BAD NAME: chunk K: checksum mismatch' (K counts from 0). The first\n"
+	 "'BAD NAME: block K: checksum mismatch' (K counts from 0). The first\n"
 	 "failure is also printed to stderr as\n"
-	 "'apbundle: BUNDLE: model 'NAME' chunk K: checksum mismatch'.\n"
+	 "'apbundle: BUNDLE: model 'NAME' block K: checksum mismatch'.\n"
 	 "Exit status 0 when every model matches, 1 otherwise. Bundles in\n"
 	 "aprender's layout carry no checksums: every model is read and\n"
 	 "reported as 'SKIP NAME: ...'.\n",
@@ -700,7 +700,7 @@ static const struct apb_cmd commands[] = {
 	{"extract", "apbundle extract BUNDLE NAME [-o PATH]\n",
 	 "\nCopy model NAME to PATH (default: the last component of NAME in\n"
 	 "the current directory; into PATH when it is a directory),\n"
-	 "decompressed. Every chunk (format 2) and the whole copy are checked\n"
+	 "decompressed. Every block (format 2) and the whole copy are checked\n"
 	 "against their checksums and the copy is written atomically; on a\n"
 	 "mismatch nothing is left behind. An existing file keeps its mode\n"
 	 "and owner; a symbolic link, FIFO or device at PATH is refused.\n"

@@ -6,7 +6,7 @@
  *   1. fixed header: at least 16 bytes, magic "APBUNDLE", u32 LE version.
  *      Versions 1 and 2 are read; anything else is refused by number.
  *      Version 2 has one layout: byte 16 must be '{' (JSON manifest, u32
- *      length), then its chunk table is read and checksummed (v2.c).
+ *      length), then its block table is read and checksummed (v2.c).
  *   2. layout: byte 16 is '{' for the JSON manifest of docs/FORMAT.md
  *      "Version 1" (and a file
  *      of exactly 16 bytes is judged as that layout, so its error speaks
@@ -20,12 +20,12 @@
  *      after the manifest and, with overflow-safe arithmetic, ends inside
  *      the file; the name set has no duplicate and no file that is also a
  *      directory; no two non-empty models share a byte. Version 2 then
- *      checks every chunk table entry against its model (v2.c lists the
+ *      checks every block table entry against its model (v2.c lists the
  *      rules: flags, alignment, lengths, order, containment, coverage).
  *   4. models are sorted by name (strcmp order); index = identity.
  *
  * The JSON manifests' own rules are listed in manifest_json.c, aprender's
- * in aprender.c, version 2's chunk table's in v2.c.
+ * in aprender.c, version 2's block table's in v2.c.
  *
  * Cost: O(n log n) in the number of models (one sort by name, one by
  * offset, binary searches for the name set); allocations are bounded by
@@ -34,8 +34,8 @@
  *
  * Layers, each using only those below it: bundle.c (this file: open,
  * dispatch, the shared checks, reads by model) -> the parsers
- * (manifest_json.c, aprender.c) and v2.c (the chunk table and chunked
- * reads) -> manifest.c (reading a manifest, freeing the table) ->
+ * (manifest_json.c, aprender.c) and v2.c (the block table and reads by
+ * block) -> manifest.c (reading a manifest, freeing the table) ->
  * source.c (the file's bytes), with json.c, name.c and checksum.c beside.
  *
  * Thread safety: a bundle never changes after open (apb_bundle_direct_io()
@@ -63,8 +63,8 @@ struct apb_bundle {
 	struct apb_model *models; /* count entries, sorted by name */
 	size_t count;
 	char *names;              /* pool the model names point into */
-	struct apb_chunk_entry *chunks; /* version 2: the chunk table */
-	uint64_t chunk_count;
+	struct apb_block_entry *blocks; /* version 2: the block table */
+	uint64_t block_count;
 	struct apb_v2_reader *reader;   /* version 2: scratch, zstd contexts */
 };
 
@@ -201,7 +201,7 @@ static int finish_models(struct apb_manifest *m, uint64_t file_size,
 /* ---- open / close ----------------------------------------------------- */
 
 /* Magic and version; picks the layout parser, and for version 2 reads the
- * chunk table the manifest points at. */
+ * block table the manifest points at. */
 static int parse_any(const struct apb_source *src, enum apb_layout *layout,
 		     struct apb_manifest *m, char *err, size_t err_len)
 {
@@ -277,7 +277,7 @@ int apb_bundle_open(const char *path, struct apb_bundle **out, char *err,
 		goto out;
 	rc = finish_models(&m, apb_source_size(src), err, err_len);
 	if (rc == 0 && layout == APB_LAYOUT_V2)
-		rc = apb_v2_check_chunks(&m, err, err_len);
+		rc = apb_v2_check_blocks(&m, err, err_len);
 	if (rc)
 		goto out;
 	if (layout == APB_LAYOUT_V2 && apb_v2_reader_new(&reader) != 0) {
@@ -291,8 +291,8 @@ int apb_bundle_open(const char *path, struct apb_bundle **out, char *err,
 	}
 	*b = (struct apb_bundle){.src = src, .layout = layout,
 				 .models = m.models, .count = m.count,
-				 .names = m.names, .chunks = m.chunks,
-				 .chunk_count = m.chunk_count,
+				 .names = m.names, .blocks = m.blocks,
+				 .block_count = m.block_count,
 				 .reader = reader};
 	*out = b;
 	return 0;
@@ -311,7 +311,7 @@ void apb_bundle_close(struct apb_bundle *b)
 	apb_v2_reader_free(b->reader);
 	free(b->models);
 	free(b->names);
-	free(b->chunks);
+	free(b->blocks);
 	free(b);
 }
 
@@ -364,7 +364,7 @@ long apb_bundle_read(const struct apb_bundle *b, size_t index, uint64_t off,
 
 long apb_bundle_preadv(const struct apb_bundle *b, size_t index, uint64_t off,
 		       const struct iovec *iov, int iovcnt,
-		       uint64_t *bad_chunk)
+		       uint64_t *bad_block)
 {
 	const struct apb_model *m;
 	uint64_t want = 0;
@@ -388,8 +388,8 @@ long apb_bundle_preadv(const struct apb_bundle *b, size_t index, uint64_t off,
 		return apb_source_preadv(b->src, m->offset + off, iov, iovcnt,
 					 0, (size_t)want);
 	case APB_LAYOUT_V2:
-		return apb_v2_preadv(b->src, b->reader, m, b->chunks, off, iov,
-				     iovcnt, (size_t)want, bad_chunk);
+		return apb_v2_preadv(b->src, b->reader, m, b->blocks, off, iov,
+				     iovcnt, (size_t)want, bad_block);
 	}
 	return -EINVAL;
 }

@@ -2,7 +2,7 @@
  * format.h - internal contract between the bundle reader (bundle.c) and the
  * layers under it: the per-layout manifest parsers (manifest_json.c for the
  * JSON manifests of versions 1 and 2, aprender.c for aprender's binary
- * manifest), version 2's chunk table and chunked reads (v2.c), and what
+ * manifest), version 2's block table and reads by block (v2.c), and what
  * they share (manifest.c). All of them read the file through source.h.
  *
  * Division of labour:
@@ -40,16 +40,17 @@
 #define APB_V1_HEADER_LEN 16u       /* magic, u32 version, u32 manifest length (versions 1 and 2) */
 #define APB_APRENDER_HEADER_LEN 20u /* magic, u32 version, u64 manifest length */
 
-/* One entry of the version 2 chunk table, decoded (24 bytes on disk). */
-struct apb_chunk_entry {
+/* One entry of the version 2 block table (the manifest's "chunk_table"),
+ * decoded (24 bytes on disk). */
+struct apb_block_entry {
 	uint64_t offset; /* absolute file offset of the stored bytes */
 	uint32_t length; /* stored bytes */
-	uint32_t flags;  /* APB_CHUNK_ZSTD or 0 */
-	uint64_t xxh3;   /* of the chunk's uncompressed bytes */
+	uint32_t flags;  /* APB_BLOCK_ZSTD or 0 */
+	uint64_t xxh3;   /* of the block's uncompressed bytes */
 };
 
 #define APB_V2_ENTRY_LEN 24u
-#define APB_CHUNK_ZSTD 1u
+#define APB_BLOCK_ZSTD 1u
 #define APB_V2_TABLE_ALIGN 8u
 
 /* What a parser hands back. On success the caller owns both arrays and
@@ -60,22 +61,22 @@ struct apb_manifest {
 	size_t count;
 	char *names;              /* pool every models[i].name points into */
 	uint64_t data_start;      /* first file byte after header + manifest */
-	/* Version 2: the chunk table, read and checksummed by the parser,
-	 * checked against the models by apb_v2_check_chunks(). */
-	struct apb_chunk_entry *chunks;
-	uint64_t chunk_count;
+	/* Version 2: the block table, read and checksummed by the parser,
+	 * checked against the models by apb_v2_check_blocks(). */
+	struct apb_block_entry *blocks;
+	uint64_t block_count;
 	uint64_t table_offset;
 };
 
 void apb_manifest_free(struct apb_manifest *m);
 
-/* Where the manifest of version 2 says its chunk table is. */
+/* Where the manifest of version 2 says its block table is. */
 struct apb_v2_table_ref {
 	uint64_t offset, count, xxh3;
 };
 
 /* The JSON manifest of versions 1 and 2 (manifest_json.c); for version 2
- * *table (when not NULL) gets the chunk table's place, which the caller
+ * *table (when not NULL) gets the block table's place, which the caller
  * reads with apb_v2_table_read(). */
 int apb_json_manifest_parse(const struct apb_source *src, unsigned version,
 			    struct apb_manifest *m,
@@ -97,7 +98,7 @@ int apb_manifest_read(const struct apb_source *src, uint64_t off, uint64_t len,
 /*
  * Version 2 (v2.c). apb_v2_table_read() checks the table's place against
  * the file and data_start, reads it with one pread(), verifies its XXH3
- * and decodes it into m->chunks. apb_v2_check_chunks() runs after the
+ * and decodes it into m->blocks. apb_v2_check_blocks() runs after the
  * shared checks (extents are then known not to overflow) and enforces every
  * per-entry rule of the format. Both return 0 or a negative errno with one
  * line in err.
@@ -105,10 +106,10 @@ int apb_manifest_read(const struct apb_source *src, uint64_t off, uint64_t len,
 int apb_v2_table_read(const struct apb_source *src,
 		      const struct apb_v2_table_ref *table,
 		      struct apb_manifest *m, char *err, size_t err_len);
-int apb_v2_check_chunks(const struct apb_manifest *m, char *err,
+int apb_v2_check_blocks(const struct apb_manifest *m, char *err,
 			size_t err_len);
 
-/* Reusable decompression contexts and scratch buffers for chunked reads:
+/* Reusable decompression contexts and scratch buffers for reads by block:
  * thread-safe, with a bounded number kept while idle and a bound on the
  * scratch all reads hold at once (v2.c). */
 struct apb_v2_reader;
@@ -116,14 +117,14 @@ int apb_v2_reader_new(struct apb_v2_reader **out);
 void apb_v2_reader_free(struct apb_v2_reader *r);
 
 /* Bytes [off, off + want) of model m (want already clipped to its size),
- * whose chunk table is table, from src into iov, verified chunk by chunk:
- * want or a negative errno, -EBADMSG with *bad_chunk set (when not NULL)
- * for a chunk that failed twice. */
+ * whose block table is table, from src into iov, verified block by block:
+ * want or a negative errno, -EBADMSG with *bad_block set (when not NULL)
+ * for a block that failed twice. */
 long apb_v2_preadv(const struct apb_source *src, struct apb_v2_reader *r,
 		   const struct apb_model *m,
-		   const struct apb_chunk_entry *table, uint64_t off,
+		   const struct apb_block_entry *table, uint64_t off,
 		   const struct iovec *iov, int iovcnt, size_t want,
-		   uint64_t *bad_chunk);
+		   uint64_t *bad_block);
 
 /* apb_name_quote() of a model's name; q holds APB_QUOTE_MAX bytes. */
 static inline const char *apb_mq(const struct apb_model *m, char *q)

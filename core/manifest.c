@@ -48,6 +48,6 @@ void apb_manifest_free(struct apb_manifest *m)
 {
 	free(m->models);
 	free(m->names);
-	free(m->chunks);
+	free(m->blocks);
 	memset(m, 0, sizeof *m);
 }

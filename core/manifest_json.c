@@ -26,7 +26,10 @@
  *   - every model also has "stored_size", "compression" ("none" or "zstd";
  *     anything else is refused by name), "chunk_size" (a multiple of 4096
  *     in 4096 .. 16 MiB) and "first_chunk"; an empty model stores 0 bytes;
- *   - model offsets need not be aligned: raw chunks are (v2.c), frames of
+ *   - those keys keep the spelling of the format: "chunk_table" is the
+ *     block table, "chunk_size" a model's block size, "first_chunk" its
+ *     first entry in the block table (docs/FORMAT.md);
+ *   - model offsets need not be aligned: raw blocks are (v2.c), frames of
  *     a "zstd" model may start anywhere;
  *   - keys of version 2 inside a version 1 manifest are unknown keys:
  *     ignored, as before.
@@ -272,7 +275,7 @@ static int json_checksum(const char *v, struct where w, uint64_t *xxh3,
 	return rc;
 }
 
-static int v2_chunk_table(const char *obj, struct apb_v2_table_ref *t, char *err,
+static int v2_block_table(const char *obj, struct apb_v2_table_ref *t, char *err,
 			  size_t err_len)
 {
 	static const char *const keys[] = {"offset", "count", "checksum"};
@@ -331,7 +334,7 @@ static int top_level(const char *root, unsigned version, const char **models,
 				"manifest: 'model_count' is %llu but 'models' has %zu entries",
 				(unsigned long long)n, len);
 	if (version == 2) {
-		rc = v2_chunk_table(v[2], table, err, err_len);
+		rc = v2_block_table(v[2], table, err, err_len);
 		if (rc)
 			return rc;
 	}
@@ -365,29 +368,29 @@ static int v2_model_fields(const char *const *v, struct where w,
 		free(s);
 		return rc;
 	}
-	rc = json_u64(v[1], "chunk_size", w, &m->chunk_size, err, err_len);
+	rc = json_u64(v[1], "chunk_size", w, &m->block_size, err, err_len);
 	if (!rc)
 		rc = json_u64(v[2], "stored_size", w, &m->stored_size, err,
 			      err_len);
 	if (!rc)
-		rc = json_u64(v[3], "first_chunk", w, &m->first_chunk, err,
+		rc = json_u64(v[3], "first_chunk", w, &m->first_block, err,
 			      err_len);
 	if (rc)
 		return rc;
-	if (m->chunk_size < APB_CHUNK_SIZE_MIN ||
-	    m->chunk_size > APB_CHUNK_SIZE_MAX)
+	if (m->block_size < APB_BLOCK_SIZE_MIN ||
+	    m->block_size > APB_BLOCK_SIZE_MAX)
 		return apb_errf(err, err_len,
 				"%s: chunk_size %llu is outside %u .. %u",
 				where_str(w, ws),
-				(unsigned long long)m->chunk_size,
-				APB_CHUNK_SIZE_MIN, APB_CHUNK_SIZE_MAX);
-	if (m->chunk_size % APB_ALIGN)
+				(unsigned long long)m->block_size,
+				APB_BLOCK_SIZE_MIN, APB_BLOCK_SIZE_MAX);
+	if (m->block_size % APB_ALIGN)
 		return apb_errf(err, err_len,
 				"%s: chunk_size %llu is not a multiple of %u",
 				where_str(w, ws),
-				(unsigned long long)m->chunk_size, APB_ALIGN);
-	m->chunk_count = m->size / m->chunk_size +
-			 (m->size % m->chunk_size != 0);
+				(unsigned long long)m->block_size, APB_ALIGN);
+	m->block_count = m->size / m->block_size +
+			 (m->size % m->block_size != 0);
 	if (m->size == 0 && m->stored_size != 0)
 		return apb_errf(err, err_len,
 				"%s: size is 0 but stored_size is %llu (an empty model stores nothing)",
@@ -434,8 +437,8 @@ static int parse_model(const char *obj, size_t i, unsigned version,
 		return rc;
 	m->stored_size = m->size;
 	m->has_checksum = true;
-	/* Version 2 places chunks, not models: a zstd model may start
-	 * anywhere, and raw chunks carry the alignment rule. */
+	/* Version 2 places blocks, not models: a zstd model may start
+	 * anywhere, and raw blocks carry the alignment rule. */
 	if (version == 2)
 		return v2_model_fields(v + 4, w, m, err, err_len);
 	if (m->offset % APB_ALIGN)

@@ -1,52 +1,59 @@
 /*
- * v2.c - format version 2: the chunk table and verified chunked reads.
+ * v2.c - format version 2: the block table and verified reads by block.
  *
  * bundle.c parses the JSON manifest (versions 1 and 2 share it) and calls
  * in here twice at open: apb_v2_table_read() to load the table (one pread)
- * and apb_v2_check_chunks() after the checks every layout shares. The
+ * and apb_v2_check_blocks() after the checks every layout shares. The
  * table rules, each with its own message:
  *
- *   - count <= APB_CHUNKS_MAX; offset a multiple of 8, after the manifest,
+ *   - count <= APB_BLOCKS_MAX; offset a multiple of 8, after the manifest,
  *     count * 24 bytes inside the file; the XXH3 of those bytes matches
  *     "chunk_table"."checksum" (checked before any entry is believed);
- *   - a model's entries first_chunk .. first_chunk + chunk_count - 1 lie in
- *     the table (an empty model's first_chunk is at most the count);
+ *   - a model's entries "first_chunk" .. "first_chunk" + block_count - 1
+ *     lie in the table (an empty model's "first_chunk" is at most the
+ *     count; the manifest keys keep their on-disk spelling);
  *   - flags: bit 0 (zstd) only, and only in a "zstd" model;
  *   - a raw entry starts on a multiple of 4096 and stores exactly the
- *     chunk's uncompressed length; a zstd entry is 1 ..
+ *     block's uncompressed length; a zstd entry is 1 ..
  *     ZSTD_compressBound(uncompressed length) bytes;
  *   - a model's entries lie inside its stored bytes, in increasing offset
  *     order, without overlap; a "none" model's entry i is at offset +
- *     i * chunk_size (the model is one contiguous range);
+ *     i * block_size (the model is one contiguous range);
  *   - every entry belongs to exactly one model;
  *   - the table does not overlap any model's stored bytes.
  *
  * What cannot be seen without reading the data (a frame that decodes to
  * the wrong length, a checksum that does not match) is found by reads:
- * every chunk a read touches is read whole, decompressed if it is a frame,
+ * every block a read touches is read whole, decompressed if it is a frame,
  * and hashed; a failure is read once more (a transient fault of the
  * storage should not fail the reader) and then reported as -EBADMSG.
  *
- * Reads: a run of whole raw chunks adjacent in the file goes into the
- * destination with one preadv() and is hashed there, with no context: the
- * daemon's page-ins of raw chunks take no lock of ours. Any other chunk (a
- * frame, or a raw chunk only partly wanted) goes through a context taken
- * from a small pool for that chunk: its stored bytes are streamed through
- * a PIECE-byte buffer, a raw chunk's hashed piece by piece, a frame's fed
- * to zstd, which decodes into the whole chunk's bytes: straight into the
- * destination when the chunk is wanted whole there in one buffer, else
- * into scratch of the chunk's size.
+ * Words: a block is the bundle's stored unit (a model's bytes are cut
+ * into blocks of its block_size, each one table entry); a chunk is the
+ * daemon cache's unit, which it asks for through apb_bundle_preadv(). The
+ * two sizes are independent: one cache chunk may span several blocks or
+ * part of one, and the destination iovec here is the cache's chunk slots.
  *
- * The memory bound: a chunk may be up to APB_CHUNK_SIZE_MAX (16 MiB), and
+ * Reads: a run of whole raw blocks adjacent in the file goes into the
+ * destination with one preadv() and is hashed there, with no context: the
+ * daemon's page-ins of raw blocks take no lock of ours. Any other block (a
+ * frame, or a raw block only partly wanted) goes through a context taken
+ * from a small pool for that block: its stored bytes are streamed through
+ * a PIECE-byte buffer, a raw block's hashed piece by piece, a frame's fed
+ * to zstd, which decodes into the whole block's bytes: straight into the
+ * destination when the block is wanted whole there in one buffer, else
+ * into scratch of the block's size.
+ *
+ * The memory bound: a block may be up to APB_BLOCK_SIZE_MAX (16 MiB), and
  * every concurrent page-in might want a part of a different frame. So each
- * chunk read through a context first reserves what it will hold
- * (CTX_BYTES, plus the chunk's size when it needs scratch) against
+ * block read through a context first reserves what it will hold
+ * (CTX_BYTES, plus the block's size when it needs scratch) against
  * SCRATCH_MAX for the whole reader, and waits while the reservations of
  * the page-ins running now leave no room; one always runs. Scratch bytes
  * in flight are therefore at most max(SCRATCH_MAX, CTX_BYTES +
- * APB_CHUNK_SIZE_MAX) = 16.5 MiB, whatever the number of readers, plus at
+ * APB_BLOCK_SIZE_MAX) = 16.5 MiB, whatever the number of readers, plus at
  * most POOL_IDLE_MAX idle contexts of CTX_BYTES + SCRATCH_KEEP each.
- * Scratch above SCRATCH_KEEP is its own mapping, unmapped after the chunk.
+ * Scratch above SCRATCH_KEEP is its own mapping, unmapped after the block.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -65,8 +72,8 @@
 #include "lock.h"
 
 #define PIECE (128u << 10)        /* stored bytes read at a time */
-#define SCRATCH_KEEP (256u << 10) /* chunk scratch a context keeps */
-/* What a context in use holds besides chunk scratch: the piece buffer and
+#define SCRATCH_KEEP (256u << 10) /* block scratch a context keeps */
+/* What a context in use holds besides block scratch: the piece buffer and
  * a ZSTD_DCtx with its one block of input (222 KiB with zstd 1.5). */
 #define CTX_BYTES (512u << 10)
 #define SCRATCH_MAX (16u << 20)   /* reserved by all page-ins at once */
@@ -84,10 +91,10 @@ int apb_v2_table_read(const struct apb_source *src,
 	uint8_t *raw;
 	int rc;
 
-	if (count > APB_CHUNKS_MAX)
+	if (count > APB_BLOCKS_MAX)
 		return apb_errf(err, err_len,
 				"chunk_table: 'count' %llu exceeds the limit of %u",
-				(unsigned long long)count, APB_CHUNKS_MAX);
+				(unsigned long long)count, APB_BLOCKS_MAX);
 	if (off % APB_V2_TABLE_ALIGN)
 		return apb_errf(err, err_len,
 				"chunk_table: offset %llu is not a multiple of %u",
@@ -106,18 +113,18 @@ int apb_v2_table_read(const struct apb_source *src,
 				(unsigned long long)off,
 				(unsigned long long)size);
 	raw = malloc(len ? (size_t)len : 1);
-	m->chunks = calloc(count ? (size_t)count : 1, sizeof *m->chunks);
-	if (!raw || !m->chunks) {
+	m->blocks = calloc(count ? (size_t)count : 1, sizeof *m->blocks);
+	if (!raw || !m->blocks) {
 		free(raw);
 		return apb_fail(-ENOMEM, err, err_len,
-				"out of memory for %llu chunk table entries",
+				"out of memory for %llu block table entries",
 				(unsigned long long)count);
 	}
 	rc = apb_source_pread(src, raw, (size_t)len, off);
 	if (rc) {
 		free(raw);
 		return apb_fail(rc, err, err_len,
-				"cannot read the chunk table: %s",
+				"cannot read the block table: %s",
 				strerror(-rc));
 	}
 	got = XXH3_64bits(raw, (size_t)len);
@@ -132,28 +139,28 @@ int apb_v2_table_read(const struct apb_source *src,
 	for (uint64_t i = 0; i < count; i++) {
 		const uint8_t *p = raw + i * APB_V2_ENTRY_LEN;
 
-		m->chunks[i] = (struct apb_chunk_entry){
+		m->blocks[i] = (struct apb_block_entry){
 			.offset = apb_le64(p), .length = apb_le32(p + 8),
 			.flags = apb_le32(p + 12), .xxh3 = apb_le64(p + 16)};
 	}
 	free(raw);
-	m->chunk_count = count;
+	m->block_count = count;
 	m->table_offset = off;
 	return 0;
 }
 
 /* ---- the rules that tie entries to models ------------------------------ */
 
-/* Uncompressed bytes of chunk i of m. */
-static size_t chunk_len(const struct apb_model *m, uint64_t i)
+/* Uncompressed bytes of block i of m. */
+static size_t block_len(const struct apb_model *m, uint64_t i)
 {
-	uint64_t left = m->size - i * m->chunk_size;
+	uint64_t left = m->size - i * m->block_size;
 
-	return (size_t)(left < m->chunk_size ? left : m->chunk_size);
+	return (size_t)(left < m->block_size ? left : m->block_size);
 }
 
-/* Put "model 'x' chunk i (table entry j): " before the message in err.
- * Only an entry that is wrong pays for it: a bundle of a million chunks
+/* Put "model 'x' block i (table entry j): " before the message in err.
+ * Only an entry that is wrong pays for it: a bundle of a million blocks
  * would otherwise format a million prefixes at every open. */
 static int entry_err(const struct apb_model *m, uint64_t i, char *err,
 		     size_t err_len, int rc)
@@ -162,35 +169,35 @@ static int entry_err(const struct apb_model *m, uint64_t i, char *err,
 
 	snprintf(what, sizeof what, "%s", err ? err : "");
 	return apb_fail(rc, err, err_len,
-			"model '%s' chunk %llu (table entry %llu): %s",
+			"model '%s' block %llu (table entry %llu): %s",
 			apb_mq(m, q), (unsigned long long)i,
-			(unsigned long long)(m->first_chunk + i), what);
+			(unsigned long long)(m->first_block + i), what);
 }
 
-/* One entry of m, chunk i; prev_end: where the previous chunk ended. */
+/* One entry of m, block i; prev_end: where the previous block ended. */
 static int check_entry(const struct apb_model *m, uint64_t i,
-		       const struct apb_chunk_entry *e, uint64_t prev_end,
+		       const struct apb_block_entry *e, uint64_t prev_end,
 		       char *err, size_t err_len)
 {
 	uint64_t end = m->offset + m->stored_size; /* checked at open */
-	size_t ulen = chunk_len(m, i);
+	size_t ulen = block_len(m, i);
 
-	if (e->flags & ~APB_CHUNK_ZSTD)
+	if (e->flags & ~APB_BLOCK_ZSTD)
 		return apb_errf(err, err_len, "unknown flags 0x%08x",
 				e->flags);
-	if ((e->flags & APB_CHUNK_ZSTD) &&
+	if ((e->flags & APB_BLOCK_ZSTD) &&
 	    m->compression != APB_COMPRESSION_ZSTD)
 		return apb_errf(err, err_len,
 				"a zstd frame in a model whose compression is 'none'");
-	if (!(e->flags & APB_CHUNK_ZSTD)) {
+	if (!(e->flags & APB_BLOCK_ZSTD)) {
 		if (e->offset % APB_ALIGN)
 			return apb_errf(err, err_len,
-					"raw chunk offset %llu is not a multiple of %u",
+					"raw block offset %llu is not a multiple of %u",
 					(unsigned long long)e->offset,
 					APB_ALIGN);
 		if (e->length != ulen)
 			return apb_errf(err, err_len,
-					"raw chunk stores %u bytes, not the chunk's %zu",
+					"raw block stores %u bytes, not the block's %zu",
 					e->length, ulen);
 	} else if (e->length == 0 || e->length > ZSTD_compressBound(ulen)) {
 		return apb_errf(err, err_len,
@@ -203,7 +210,7 @@ static int check_entry(const struct apb_model *m, uint64_t i,
 					 (unsigned long long)e->offset,
 					 (unsigned long long)m->offset)
 			      : apb_errf(err, err_len,
-					 "offset %llu is before the end of chunk %llu (%llu); chunks must be in offset order without overlap",
+					 "offset %llu is before the end of block %llu (%llu); blocks must be in offset order without overlap",
 					 (unsigned long long)e->offset,
 					 (unsigned long long)(i - 1),
 					 (unsigned long long)prev_end);
@@ -213,30 +220,30 @@ static int check_entry(const struct apb_model *m, uint64_t i,
 				e->length, (unsigned long long)e->offset,
 				(unsigned long long)end);
 	if (m->compression == APB_COMPRESSION_NONE &&
-	    e->offset != m->offset + i * m->chunk_size)
+	    e->offset != m->offset + i * m->block_size)
 		return apb_errf(err, err_len,
-				"offset %llu is not %llu: a 'none' model's chunks lie back to back from its offset",
+				"offset %llu is not %llu: a 'none' model's blocks lie back to back from its offset",
 				(unsigned long long)e->offset,
-				(unsigned long long)(m->offset + i * m->chunk_size));
+				(unsigned long long)(m->offset + i * m->block_size));
 	return 0;
 }
 
 static int check_model(const struct apb_manifest *mf,
 		       const struct apb_model *m, char *err, size_t err_len)
 {
-	uint64_t n = mf->chunk_count, prev_end = m->offset;
+	uint64_t n = mf->block_count, prev_end = m->offset;
 	char q[APB_QUOTE_MAX];
 	int rc;
 
-	if (m->first_chunk > n || m->chunk_count > n - m->first_chunk)
+	if (m->first_block > n || m->block_count > n - m->first_block)
 		return apb_errf(err, err_len,
-				"model '%s': its %llu chunks from table entry %llu run past the chunk table (%llu entries)",
+				"model '%s': its %llu blocks from table entry %llu run past the block table (%llu entries)",
 				apb_mq(m, q),
-				(unsigned long long)m->chunk_count,
-				(unsigned long long)m->first_chunk,
+				(unsigned long long)m->block_count,
+				(unsigned long long)m->first_block,
 				(unsigned long long)n);
-	for (uint64_t i = 0; i < m->chunk_count; i++) {
-		const struct apb_chunk_entry *e = &mf->chunks[m->first_chunk + i];
+	for (uint64_t i = 0; i < m->block_count; i++) {
+		const struct apb_block_entry *e = &mf->blocks[m->first_block + i];
 
 		rc = check_entry(m, i, e, prev_end, err, err_len);
 		if (rc)
@@ -246,13 +253,13 @@ static int check_model(const struct apb_manifest *mf,
 	return 0;
 }
 
-static int cmp_by_first_chunk(const void *a, const void *b)
+static int cmp_by_first_block(const void *a, const void *b)
 {
 	const struct apb_model *x = *(const struct apb_model *const *)a;
 	const struct apb_model *y = *(const struct apb_model *const *)b;
 
-	if (x->first_chunk != y->first_chunk)
-		return x->first_chunk < y->first_chunk ? -1 : 1;
+	if (x->first_block != y->first_block)
+		return x->first_block < y->first_block ? -1 : 1;
 	return strcmp(x->name, y->name);
 }
 
@@ -271,39 +278,39 @@ static int check_coverage(const struct apb_manifest *mf, char *err,
 	if (!by)
 		return apb_fail(-ENOMEM, err, err_len, "out of memory");
 	for (size_t i = 0; i < mf->count; i++)
-		if (mf->models[i].chunk_count)
+		if (mf->models[i].block_count)
 			by[n++] = &mf->models[i];
-	qsort(by, n, sizeof *by, cmp_by_first_chunk);
+	qsort(by, n, sizeof *by, cmp_by_first_block);
 	for (size_t i = 0; i < n && rc == 0; i++) {
 		const struct apb_model *cur = by[i];
 
-		if (cur->first_chunk < next)
+		if (cur->first_block < next)
 			rc = apb_errf(err, err_len,
-				      "chunk table entry %llu is used by models '%s' and '%s'",
-				      (unsigned long long)cur->first_chunk,
+				      "block table entry %llu is used by models '%s' and '%s'",
+				      (unsigned long long)cur->first_block,
 				      apb_mq(far, qa), apb_mq(cur, qb));
-		else if (cur->first_chunk > next)
+		else if (cur->first_block > next)
 			rc = apb_errf(err, err_len,
-				      "chunk table entries %llu .. %llu are used by no model",
+				      "block table entries %llu .. %llu are used by no model",
 				      (unsigned long long)next,
-				      (unsigned long long)(cur->first_chunk - 1));
+				      (unsigned long long)(cur->first_block - 1));
 		far = cur;
-		next = cur->first_chunk + cur->chunk_count;
+		next = cur->first_block + cur->block_count;
 	}
-	if (rc == 0 && next < mf->chunk_count)
+	if (rc == 0 && next < mf->block_count)
 		rc = apb_errf(err, err_len,
-			      "chunk table entries %llu .. %llu are used by no model",
+			      "block table entries %llu .. %llu are used by no model",
 			      (unsigned long long)next,
-			      (unsigned long long)(mf->chunk_count - 1));
+			      (unsigned long long)(mf->block_count - 1));
 	free(by);
 	return rc;
 }
 
-int apb_v2_check_chunks(const struct apb_manifest *mf, char *err,
+int apb_v2_check_blocks(const struct apb_manifest *mf, char *err,
 			size_t err_len)
 {
 	uint64_t t = mf->table_offset;
-	uint64_t tlen = mf->chunk_count * APB_V2_ENTRY_LEN;
+	uint64_t tlen = mf->block_count * APB_V2_ENTRY_LEN;
 	char q[APB_QUOTE_MAX];
 	int rc;
 
@@ -316,7 +323,7 @@ int apb_v2_check_chunks(const struct apb_manifest *mf, char *err,
 		if (tlen && m->stored_size && m->offset < t + tlen &&
 		    t < m->offset + m->stored_size)
 			return apb_errf(err, err_len,
-					"chunk table (bytes %llu to %llu) overlaps model '%s' (bytes %llu to %llu)",
+					"block table (bytes %llu to %llu) overlaps model '%s' (bytes %llu to %llu)",
 					(unsigned long long)t,
 					(unsigned long long)(t + tlen),
 					apb_mq(m, q),
@@ -331,7 +338,7 @@ int apb_v2_check_chunks(const struct apb_manifest *mf, char *err,
 struct ctx {
 	ZSTD_DCtx *z;   /* made at the first frame this context decodes */
 	uint8_t *piece; /* PIECE bytes, 4096-aligned: stored bytes in transit */
-	uint8_t *out;   /* SCRATCH_KEEP bytes for small chunks, kept */
+	uint8_t *out;   /* SCRATCH_KEEP bytes for small blocks, kept */
 };
 
 struct apb_v2_reader {
@@ -384,9 +391,9 @@ void apb_v2_reader_free(struct apb_v2_reader *r)
 }
 
 /*
- * A context for one chunk, with need bytes of scratch reserved for it: the
+ * A context for one block, with need bytes of scratch reserved for it: the
  * caller waits until the reservation fits under SCRATCH_MAX next to those
- * of the page-ins running now, or until none runs (so a chunk whose need
+ * of the page-ins running now, or until none runs (so a block whose need
  * alone exceeds the bound still proceeds, alone). Reservations are granted
  * in arrival order, so a large one is not starved by a stream of small
  * ones. A page-in holds one reservation at a time and waits for nothing
@@ -438,7 +445,7 @@ static void ctx_give(struct apb_v2_reader *r, struct ctx *c, size_t need)
 	ctx_free(c);
 }
 
-/* A ZSTD_DCtx whose output is always the whole chunk (stable): it then
+/* A ZSTD_DCtx whose output is always the whole block (stable): it then
  * allocates no window buffer of its own, only one block of input. */
 static int ctx_dctx(struct ctx *c)
 {
@@ -461,8 +468,8 @@ static int ctx_dctx(struct ctx *c)
 	return 0;
 }
 
-/* Scratch for a whole chunk of ulen bytes: the context's own buffer for a
- * small chunk (kept for the next), else a mapping of its own, unmapped by
+/* Scratch for a whole block of ulen bytes: the context's own buffer for a
+ * small block (kept for the next), else a mapping of its own, unmapped by
  * scratch_put() so its pages return to the system at once (freed heap
  * memory may stay resident; see docs/DESIGN.md, "Memory of the process"). */
 static uint8_t *scratch_get(struct ctx *c, size_t ulen)
@@ -555,7 +562,7 @@ static uint64_t dest_hash(struct dest d, size_t n)
 
 /* Stored bytes [at, at + n) of e into c's piece buffer (n <= PIECE). */
 static int read_piece(const struct apb_source *src, struct ctx *c,
-		      const struct apb_chunk_entry *e, size_t at, size_t n)
+		      const struct apb_block_entry *e, size_t at, size_t n)
 {
 	struct iovec v = {.iov_base = c->piece, .iov_len = n};
 	long r = apb_source_preadv(src, e->offset + at, &v, 1, 0, n);
@@ -563,12 +570,12 @@ static int read_piece(const struct apb_source *src, struct ctx *c,
 	return r < 0 ? (int)r : 0;
 }
 
-/* One try at frame e into out (ulen bytes, the whole chunk), its stored
+/* One try at frame e into out (ulen bytes, the whole block), its stored
  * bytes streamed through the piece buffer: 0 when it is exactly one frame
  * that decodes to exactly ulen bytes with the right hash, 1 when not, or
  * the read errno. */
 static int try_frame(const struct apb_source *src, struct ctx *c,
-		     const struct apb_chunk_entry *e, size_t ulen,
+		     const struct apb_block_entry *e, size_t ulen,
 		     uint8_t *out)
 {
 	ZSTD_outBuffer o = {.dst = out, .size = ulen, .pos = 0};
@@ -603,12 +610,12 @@ static int try_frame(const struct apb_source *src, struct ctx *c,
 	return XXH3_64bits(out, ulen) == e->xxh3 ? 0 : 1;
 }
 
-/* One try at bytes [in, in + len) of raw chunk e (ulen bytes) into d:
- * the whole chunk is read piece by piece and hashed, the wanted bytes
+/* One try at bytes [in, in + len) of raw block e (ulen bytes) into d:
+ * the whole block is read piece by piece and hashed, the wanted bytes
  * copied out of the pieces. 0 when the hash matches (d moved past the
  * bytes), 1 when not, or the read errno. */
 static int try_raw_part(const struct apb_source *src, struct ctx *c,
-			const struct apb_chunk_entry *e, size_t ulen,
+			const struct apb_block_entry *e, size_t ulen,
 			size_t in, size_t len, struct dest *d)
 {
 	XXH3_state_t st;
@@ -630,18 +637,18 @@ static int try_raw_part(const struct apb_source *src, struct ctx *c,
 	return XXH3_64bits_digest(&st) == e->xxh3 ? 0 : 1;
 }
 
-/* Bytes [in, in + len) of chunk ci into d, verified, with one more try
+/* Bytes [in, in + len) of block bi into d, verified, with one more try
  * after a failure: 0, -EBADMSG, -ENOMEM or the read errno. A frame wanted
  * whole whose destination is one buffer is decoded straight into it;
- * another frame needs scratch of the chunk's size, reserved before it is
+ * another frame needs scratch of the block's size, reserved before it is
  * allocated (ctx_take()). */
 static int read_one(const struct apb_source *src, struct apb_v2_reader *r,
 		    const struct apb_model *m,
-		    const struct apb_chunk_entry *e, uint64_t ci, size_t in,
+		    const struct apb_block_entry *e, uint64_t bi, size_t in,
 		    size_t len, struct dest *d)
 {
-	size_t ulen = chunk_len(m, ci);
-	bool frame = e->flags & APB_CHUNK_ZSTD;
+	size_t ulen = block_len(m, bi);
+	bool frame = e->flags & APB_BLOCK_ZSTD;
 	uint8_t *flat = in == 0 && len == ulen ? dest_flat(d, ulen) : NULL;
 	size_t need = CTX_BYTES + (frame && !flat ? ulen : 0);
 	struct dest at = *d;
@@ -672,20 +679,20 @@ static int read_one(const struct apb_source *src, struct apb_v2_reader *r,
 	return rc == 1 ? -EBADMSG : rc;
 }
 
-/* Whole raw chunks from ci on that lie back to back in the file and end
+/* Whole raw blocks from bi on that lie back to back in the file and end
  * at or before byte end of the model: their count, and *bytes. */
 static uint64_t raw_run(const struct apb_model *m,
-			const struct apb_chunk_entry *t, uint64_t ci,
+			const struct apb_block_entry *t, uint64_t bi,
 			uint64_t end, size_t *bytes)
 {
-	uint64_t n = 0, pos = ci * m->chunk_size;
+	uint64_t n = 0, pos = bi * m->block_size;
 
 	*bytes = 0;
-	while (ci + n < m->chunk_count) {
-		const struct apb_chunk_entry *e = &t[ci + n];
-		size_t ulen = chunk_len(m, ci + n);
+	while (bi + n < m->block_count) {
+		const struct apb_block_entry *e = &t[bi + n];
+		size_t ulen = block_len(m, bi + n);
 
-		if ((e->flags & APB_CHUNK_ZSTD) || end - pos < ulen ||
+		if ((e->flags & APB_BLOCK_ZSTD) || end - pos < ulen ||
 		    (n > 0 && e->offset != e[-1].offset + e[-1].length))
 			break;
 		pos += ulen;
@@ -695,19 +702,19 @@ static uint64_t raw_run(const struct apb_model *m,
 	return n;
 }
 
-/* A run of n whole raw chunks from ci straight into d, hashed there; a
- * chunk that fails is read again on its own. */
+/* A run of n whole raw blocks from bi straight into d, hashed there; a
+ * block that fails is read again on its own. */
 static int read_run(const struct apb_source *src, const struct apb_model *m,
-		    const struct apb_chunk_entry *t, uint64_t ci, uint64_t n,
+		    const struct apb_block_entry *t, uint64_t bi, uint64_t n,
 		    size_t bytes, struct dest *d, uint64_t *bad)
 {
-	long got = apb_source_preadv(src, t[ci].offset, d->iov + d->i,
+	long got = apb_source_preadv(src, t[bi].offset, d->iov + d->i,
 					   d->cnt - d->i, d->skip, bytes);
 
 	if (got < 0)
 		return (int)got;
-	for (uint64_t k = ci; k < ci + n; k++) {
-		size_t ulen = chunk_len(m, k);
+	for (uint64_t k = bi; k < bi + n; k++) {
+		size_t ulen = block_len(m, k);
 
 		if (dest_hash(*d, ulen) != t[k].xxh3) {
 			got = apb_source_preadv(src, t[k].offset,
@@ -728,36 +735,36 @@ static int read_run(const struct apb_source *src, const struct apb_model *m,
 
 long apb_v2_preadv(const struct apb_source *src, struct apb_v2_reader *r,
 		   const struct apb_model *m,
-		   const struct apb_chunk_entry *table, uint64_t off,
+		   const struct apb_block_entry *table, uint64_t off,
 		   const struct iovec *iov, int iovcnt, size_t want,
-		   uint64_t *bad_chunk)
+		   uint64_t *bad_block)
 {
-	const struct apb_chunk_entry *t = table + m->first_chunk;
+	const struct apb_block_entry *t = table + m->first_block;
 	struct dest d = {.iov = iov, .cnt = iovcnt};
 	uint64_t pos = off, end = off + want, bad = 0;
 	int rc = 0;
 
 	dest_advance(&d, 0);
 	while (pos < end && rc == 0) {
-		uint64_t ci = pos / m->chunk_size, start = ci * m->chunk_size;
-		size_t ulen = chunk_len(m, ci), bytes;
-		uint64_t n = pos == start ? raw_run(m, t, ci, end, &bytes) : 0;
+		uint64_t bi = pos / m->block_size, start = bi * m->block_size;
+		size_t ulen = block_len(m, bi), bytes;
+		uint64_t n = pos == start ? raw_run(m, t, bi, end, &bytes) : 0;
 
 		if (n > 0) {
-			rc = read_run(src, m, t, ci, n, bytes, &d, &bad);
+			rc = read_run(src, m, t, bi, n, bytes, &d, &bad);
 			pos += bytes;
 		} else {
 			size_t in = (size_t)(pos - start);
 			size_t len = end - pos < ulen - in ? (size_t)(end - pos)
 							   : ulen - in;
 
-			rc = read_one(src, r, m, &t[ci], ci, in, len, &d);
+			rc = read_one(src, r, m, &t[bi], bi, in, len, &d);
 			if (rc == -EBADMSG)
-				bad = ci;
+				bad = bi;
 			pos += len;
 		}
 	}
-	if (rc == -EBADMSG && bad_chunk)
-		*bad_chunk = bad;
+	if (rc == -EBADMSG && bad_block)
+		*bad_block = bad;
 	return rc ? rc : (long)want;
 }

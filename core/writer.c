@@ -25,23 +25,24 @@
  * overwrites the placeholder at offset 16.
  *
  * Version 2 (docs/FORMAT.md) keeps the header and the JSON manifest, cuts
- * every model into chunks of chunk_size uncompressed bytes and describes
- * each chunk in a table of 24-byte entries after all model data. Stored
+ * every model into blocks of block_size uncompressed bytes ("chunk_size"
+ * in the manifest, which keeps the format's key names) and describes
+ * each block in a table of 24-byte entries after all model data. Stored
  * sizes of compressed models are known only after compressing, so the
  * manifest length N is fixed before any data from an upper bound: the same
  * iteration as above, laid out with every model at its largest possible
- * stored size (each chunk raw, plus up to 4095 bytes of padding before
+ * stored size (each block raw, plus up to 4095 bytes of padding before
  * it). JSON numbers never get wider as values get smaller, so the final
  * manifest is at most N bytes; it is padded with spaces to exactly N.
  * Models still start at multiples of 4096; in a compressed model the
- * frames follow each other and a chunk that does not shrink is stored raw
+ * frames follow each other and a block that does not shrink is stored raw
  * at the next multiple of 4096. The table follows the data at the next
  * multiple of 8 and ends the file.
  *
- * Chunks are compressed and hashed by a pool of worker threads (one per
+ * Blocks are compressed and hashed by a pool of worker threads (one per
  * online CPU unless told otherwise) while this thread reads inputs ahead
  * and writes results strictly in order, so the bytes do not depend on the
- * number of threads. Work moves in batches of whole chunks (about 1 MiB)
+ * number of threads. Work moves in batches of whole blocks (about 1 MiB)
  * through a fixed window of slots, which bounds memory.
  *
  * Invariants:
@@ -94,7 +95,7 @@
 
 #define COPY_BUF_BYTES (1u << 20)
 #define LAYOUT_ROUNDS_MAX 64
-#define V2_CHUNK_DEFAULT (64u << 10)
+#define V2_BLOCK_DEFAULT (64u << 10)
 #define BATCH_BYTES (1u << 20)   /* input bytes per unit of pool work */
 #define WINDOW_BYTES (64u << 20) /* soft cap on the slots' buffers */
 
@@ -110,7 +111,7 @@ static uint64_t align_up(uint64_t v)
 	return (v + APB_ALIGN - 1) / APB_ALIGN * APB_ALIGN;
 }
 
-/* Where a format 2 chunk table may start: the next multiple of 8. */
+/* Where a format 2 block table may start: the next multiple of 8. */
 static uint64_t table_align(uint64_t v)
 {
 	return (v + APB_V2_TABLE_ALIGN - 1) / APB_V2_TABLE_ALIGN *
@@ -183,12 +184,12 @@ int apb_writer_options_check(const struct apb_writer_options *o, char *err,
 		apb_fail(0, err, err_len, "unknown compression");
 		return -EINVAL;
 	}
-	if (o->chunk_size != 0 &&
-	    (o->chunk_size % APB_CHUNK_SIZE_MIN != 0 ||
-	     o->chunk_size > APB_CHUNK_SIZE_MAX)) {
+	if (o->block_size != 0 &&
+	    (o->block_size % APB_BLOCK_SIZE_MIN != 0 ||
+	     o->block_size > APB_BLOCK_SIZE_MAX)) {
 		apb_fail(0, err, err_len,
-			"chunk size %llu is not a multiple of 4096 from 4096 "
-			"to 16 MiB", (unsigned long long)o->chunk_size);
+			"block size %llu is not a multiple of 4096 from 4096 "
+			"to 16 MiB", (unsigned long long)o->block_size);
 		return -EINVAL;
 	}
 	if (o->compression_level < 0 ||
@@ -198,9 +199,9 @@ int apb_writer_options_check(const struct apb_writer_options *o, char *err,
 		return -EINVAL;
 	}
 	if (o->format == 1 &&
-	    (o->compression != APB_WRITER_STORE || o->chunk_size != 0)) {
+	    (o->compression != APB_WRITER_STORE || o->block_size != 0)) {
 		apb_fail(0, err, err_len,
-			"compression and chunk size need format 2");
+			"compression and block size need format 2");
 		return -EINVAL;
 	}
 	return 0;
@@ -218,7 +219,7 @@ struct entry {
 	uint64_t stored;      /* bytes in the file; format 2: an upper bound
 			       * until the model is written */
 	uint64_t xxh3;        /* 0 (placeholder) until copied */
-	uint64_t first_chunk; /* format 2: its first chunk table entry */
+	uint64_t first_block; /* format 2: its first block table entry */
 };
 
 struct pool;
@@ -231,12 +232,12 @@ struct job {
 	uint64_t total, done;   /* model bytes, for progress */
 	size_t manifest_len;    /* L (format 1) or N (format 2), by layout() */
 	uint64_t pos;           /* output offset being written */
-	uint64_t chunk_size;    /* format 2 */
-	uint64_t entries;       /* format 2: chunk table entries */
+	uint64_t block_size;    /* format 2 */
+	uint64_t entries;       /* format 2: block table entries */
 	uint64_t table_off;     /* format 2: T */
 	uint64_t table_xxh3;    /* format 2: 0 (placeholder) until written */
 	unsigned char *table;   /* format 2: entries * 24 bytes */
-	struct pool *pool;      /* format 2: chunk workers */
+	struct pool *pool;      /* format 2: block workers */
 	dev_t out_dev;          /* the bundle being replaced, if any, */
 	ino_t out_ino;          /* so it is not packed into itself */
 	struct apb_atomic_file af;
@@ -358,8 +359,8 @@ static bool render_model(const struct job *j, const struct entry *e, cJSON *m)
 	       cJSON_AddStringToObject(m, "compression",
 				       j->o->compression == APB_WRITER_ZSTD
 					       ? "zstd" : "none") &&
-	       add_u64(m, "chunk_size", j->chunk_size) &&
-	       add_u64(m, "first_chunk", e->first_chunk);
+	       add_u64(m, "chunk_size", j->block_size) &&
+	       add_u64(m, "first_chunk", e->first_block);
 }
 
 /* Print the manifest for the current offsets and checksums. */
@@ -583,26 +584,26 @@ static int copy_model(struct job *j, struct entry *e, int in)
 }
 
 /* ================================================================== */
-/* Format 2: the chunk pool                                            */
+/* Format 2: the block pool                                            */
 /* ================================================================== */
 
 enum slot_state { SLOT_FREE, SLOT_QUEUED, SLOT_DONE };
 
-/* One chunk of a batch as a worker leaves it: what to store. */
+/* One block of a batch as a worker leaves it: what to store. */
 struct piece {
 	const unsigned char *p; /* into the slot's in (raw) or out (zstd) */
 	size_t len;
 	uint32_t flags;
-	uint64_t xxh3;          /* of the uncompressed chunk */
+	uint64_t xxh3;          /* of the uncompressed block */
 };
 
-/* A batch of consecutive chunks of one model. The main thread owns a slot
+/* A batch of consecutive blocks of one model. The main thread owns a slot
  * while it is FREE or DONE, the workers while it is QUEUED. */
 struct slot {
 	unsigned char *in;  /* the batch's input bytes */
 	unsigned char *out; /* frames, back to back (zstd only) */
 	size_t len;         /* input bytes */
-	size_t count;       /* chunks */
+	size_t count;       /* blocks */
 	struct piece *pc;
 	enum slot_state state;
 	int rc;             /* 0, or -ENOMEM / -EIO from the worker */
@@ -616,7 +617,7 @@ struct pool {
 	size_t nslots;
 	size_t *ring;        /* queued slot numbers, in batch order */
 	size_t head, tail;
-	size_t chunk_size, batch_chunks;
+	size_t block_size, batch_blocks;
 	bool compress;
 	int level;
 	bool stop;
@@ -624,8 +625,8 @@ struct pool {
 	unsigned started;
 };
 
-/* Hash and, when asked, compress each chunk of s. A chunk is stored as
- * a frame only when the frame is shorter than the chunk: the capacity of
+/* Hash and, when asked, compress each block of s. A block is stored as
+ * a frame only when the frame is shorter than the block: the capacity of
  * len - 1 makes zstd refuse anything else. */
 static void batch_run(struct pool *pl, struct slot *s, ZSTD_CCtx **cctx)
 {
@@ -640,12 +641,12 @@ static void batch_run(struct pool *pl, struct slot *s, ZSTD_CCtx **cctx)
 		}
 	}
 	for (size_t c = 0; c < s->count; c++) {
-		const unsigned char *src = s->in + c * pl->chunk_size;
-		size_t len = s->len - c * pl->chunk_size, r;
+		const unsigned char *src = s->in + c * pl->block_size;
+		size_t len = s->len - c * pl->block_size, r;
 		struct piece *pc = &s->pc[c];
 
-		if (len > pl->chunk_size)
-			len = pl->chunk_size;
+		if (len > pl->block_size)
+			len = pl->block_size;
 		pc->p = src;
 		pc->len = len;
 		pc->flags = 0;
@@ -664,7 +665,7 @@ static void batch_run(struct pool *pl, struct slot *s, ZSTD_CCtx **cctx)
 		}
 		pc->p = s->out + used;
 		pc->len = r;
-		pc->flags = APB_CHUNK_ZSTD;
+		pc->flags = APB_BLOCK_ZSTD;
 		used += r;
 	}
 }
@@ -722,7 +723,7 @@ static void pool_free(struct pool *pl)
 /* Workers and a window of slots: batches of about BATCH_BYTES, between
  * threads + 1 slots (each worker busy while one is written) and
  * 2 * threads + 2, fewer than that when WINDOW_BYTES would be exceeded. */
-static int pool_new(unsigned threads, size_t chunk_size, bool compress,
+static int pool_new(unsigned threads, size_t block_size, bool compress,
 		    int level, struct pool **out)
 {
 	struct pool *pl = calloc(1, sizeof(*pl));
@@ -736,12 +737,12 @@ static int pool_new(unsigned threads, size_t chunk_size, bool compress,
 	apb_mutex_init(&pl->mu);
 	pthread_cond_init(&pl->work, NULL);
 	pthread_cond_init(&pl->done, NULL);
-	pl->chunk_size = chunk_size;
-	pl->batch_chunks = chunk_size < BATCH_BYTES ? BATCH_BYTES / chunk_size
+	pl->block_size = block_size;
+	pl->batch_blocks = block_size < BATCH_BYTES ? BATCH_BYTES / block_size
 						    : 1;
 	pl->compress = compress;
 	pl->level = level;
-	batch = pl->batch_chunks * chunk_size;
+	batch = pl->batch_blocks * block_size;
 	per_slot = compress ? 2 * batch : batch;
 	pl->nslots = WINDOW_BYTES / per_slot;
 	if (pl->nslots > 2 * (size_t)threads + 2)
@@ -758,7 +759,7 @@ static int pool_new(unsigned threads, size_t chunk_size, bool compress,
 
 		s->in = malloc(batch);
 		s->out = compress ? malloc(batch) : NULL;
-		s->pc = calloc(pl->batch_chunks, sizeof(*s->pc));
+		s->pc = calloc(pl->batch_blocks, sizeof(*s->pc));
 		if (!s->in || (compress && !s->out) || !s->pc)
 			goto fail;
 	}
@@ -810,12 +811,12 @@ static unsigned worker_count(const struct apb_writer_options *o)
 }
 
 /* ================================================================== */
-/* Format 2: writing models and the chunk table                        */
+/* Format 2: writing models and the block table                        */
 /* ================================================================== */
 
-/* Store the chunks of a finished batch from j->pos on, chunk table entries
- * from number first on. A raw chunk goes to the next multiple of 4096 (a
- * no-op in a "none" model, whose chunks are all raw and whole). Runs of
+/* Store the blocks of a finished batch from j->pos on, block table entries
+ * from number first on. A raw block goes to the next multiple of 4096 (a
+ * no-op in a "none" model, whose blocks are all raw and whole). Runs of
  * pieces adjacent in memory and in the file are one write. */
 static int write_batch(struct job *j, const struct slot *s, uint64_t first)
 {
@@ -853,7 +854,7 @@ static int write_batch(struct job *j, const struct slot *s, uint64_t first)
 static int pack_model(struct job *j, struct entry *e, int in)
 {
 	struct pool *pl = j->pool;
-	uint64_t batch = pl->batch_chunks * pl->chunk_size;
+	uint64_t batch = pl->batch_blocks * pl->block_size;
 	uint64_t nb = (e->size + batch - 1) / batch, r = 0, w = 0;
 
 	XXH3_64bits_reset(j->xxh);
@@ -872,14 +873,14 @@ static int pack_model(struct job *j, struct entry *e, int in)
 			if (rc)
 				return in_err(j, e, rc);
 			XXH3_64bits_update(j->xxh, s->in, s->len);
-			s->count = (s->len + pl->chunk_size - 1) / pl->chunk_size;
+			s->count = (s->len + pl->block_size - 1) / pl->block_size;
 			pool_submit(pl, r % pl->nslots);
 		}
 		s = pool_wait(pl, w % pl->nslots);
 		s->state = SLOT_FREE;
 		if (s->rc)
 			return out_err(j, s->rc);
-		rc = write_batch(j, s, e->first_chunk + w * pl->batch_chunks);
+		rc = write_batch(j, s, e->first_block + w * pl->batch_blocks);
 		if (rc)
 			return rc;
 		j->done += s->len;
@@ -963,27 +964,27 @@ static int write_bundle(struct job *j)
 	return 0;
 }
 
-/* Format 2: chunk counts, table entries and the stored-size bounds. */
-static int count_chunks(struct job *j)
+/* Format 2: block counts, table entries and the stored-size bounds. */
+static int count_blocks(struct job *j)
 {
 	bool zstd = j->o->compression == APB_WRITER_ZSTD;
 
-	j->chunk_size = j->o->chunk_size ? j->o->chunk_size : V2_CHUNK_DEFAULT;
+	j->block_size = j->o->block_size ? j->o->block_size : V2_BLOCK_DEFAULT;
 	for (size_t i = 0; i < j->n; i++) {
 		struct entry *e = &j->e[i];
-		uint64_t chunks = (e->size + j->chunk_size - 1) / j->chunk_size;
+		uint64_t blocks = (e->size + j->block_size - 1) / j->block_size;
 
-		e->first_chunk = j->entries;
-		j->entries += chunks;
-		if (zstd) /* each chunk raw behind up to 4095 bytes of padding */
-			e->stored += chunks * (APB_ALIGN - 1);
+		e->first_block = j->entries;
+		j->entries += blocks;
+		if (zstd) /* each block raw behind up to 4095 bytes of padding */
+			e->stored += blocks * (APB_ALIGN - 1);
 	}
-	if (j->entries > (uint64_t)APB_CHUNKS_MAX) {
+	if (j->entries > (uint64_t)APB_BLOCKS_MAX) {
 		apb_fail(0, j->err, j->err_len,
-			"%s: %llu chunks (at most %llu); a larger chunk size "
+			"%s: %llu blocks (at most %llu); a larger block size "
 			"makes fewer", j->out_path,
 			(unsigned long long)j->entries,
-			(unsigned long long)APB_CHUNKS_MAX);
+			(unsigned long long)APB_BLOCKS_MAX);
 		return -EFBIG;
 	}
 	return 0;
@@ -1024,7 +1025,7 @@ static int prepare(struct job *j, const struct apb_input_list *inputs)
 	if (rc == 0)
 		rc = stat_inputs(j);
 	if (rc == 0 && j->o->format == 2)
-		rc = count_chunks(j);
+		rc = count_blocks(j);
 	if (rc == 0)
 		rc = layout(j);
 	return rc;
@@ -1044,7 +1045,7 @@ static int start(struct job *j)
 	if (!j->xxh || (!j->buf && !j->table))
 		return out_err(j, -ENOMEM);
 	if (o->format == 2)
-		rc = pool_new(worker_count(o), j->chunk_size,
+		rc = pool_new(worker_count(o), j->block_size,
 			      o->compression == APB_WRITER_ZSTD,
 			      o->compression_level ? o->compression_level
 						   : ZSTD_CLEVEL_DEFAULT,
@@ -1098,18 +1099,18 @@ out:
 /* Extracting a model                                                  */
 /* ================================================================== */
 
-/* The buffer for reading model m: about COPY_BUF_BYTES of whole chunks,
- * so no chunk is verified (and decompressed) twice. */
+/* The buffer for reading model m: about COPY_BUF_BYTES of whole blocks,
+ * so no block is verified (and decompressed) twice. */
 static size_t read_piece(const struct apb_model *m)
 {
-	if (m->chunk_size == 0)
+	if (m->block_size == 0)
 		return COPY_BUF_BYTES;
-	if (m->chunk_size >= COPY_BUF_BYTES)
-		return (size_t)m->chunk_size;
-	return COPY_BUF_BYTES / (size_t)m->chunk_size * (size_t)m->chunk_size;
+	if (m->block_size >= COPY_BUF_BYTES)
+		return (size_t)m->block_size;
+	return COPY_BUF_BYTES / (size_t)m->block_size * (size_t)m->block_size;
 }
 
-/* Read model index through apb_bundle_preadv() (each version 2 chunk
+/* Read model index through apb_bundle_preadv() (each version 2 block
  * against its XXH3), copying it to out_fd (named out_label in messages)
  * when out_fd >= 0, then check the model's checksum against what was
  * read. */
@@ -1145,7 +1146,7 @@ static int model_check(const struct apb_bundle *b, const char *label,
 		if (n == -EBADMSG) {
 			rc = -EBADMSG;
 			apb_fail(0, err, err_len,
-				"%s: model '%s' chunk %llu: checksum mismatch",
+				"%s: model '%s' block %llu: checksum mismatch",
 				label, m->name, (unsigned long long)bad);
 			goto out;
 		}

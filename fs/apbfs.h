@@ -147,7 +147,7 @@ int apbfs_models_control(struct apbfs *fs, const char *cmd, uint32_t model);
 
 /* pagein.c: the page-in path (see its header). init before anything can
  * fail, fini at teardown. load is the
- * cache's loader (ctx: fs); a chunk that fails verification fails its
+ * cache's loader (ctx: fs); a bundle block that fails verification fails its
  * load with -EBADMSG. read_failed: a model read failed on cache chunk
  * chunk with rc; counts it in io.errors, names it in the read log unless
  * the load already did, and returns the errno to reply with. */

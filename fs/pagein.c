@@ -9,9 +9,9 @@
  *  1. The chunk memory is claimed (the fault hook below).
  *  2. The run is read from the source. Today the one source is local: the
  *     bundle file, read with apb_bundle_preadv() (core/bundle.c, which for
- *     version 2 verifies every bundle chunk and reports a mismatch as
- *     -EBADMSG with its index).
- *  3. A bundle chunk that failed verification is counted
+ *     version 2 verifies every bundle block the run of cache chunks
+ *     covers and reports a mismatch as -EBADMSG with the block's index).
+ *  3. A bundle block that failed verification is counted
  *     (io.checksum_errors) and named in the read log; the load fails with
  *     -EBADMSG, which the cache hands to every get waiting for it and keeps
  *     nothing of.
@@ -19,12 +19,13 @@
  *     was mounted (backing.c). Once it is not, every load fails with -EIO.
  *
  * A read that fails ends in apbfs_read_failed(), whatever the cause; the
- * reader sees EIO for a bad chunk (EBADMSG is the daemon's own name for it,
+ * reader sees EIO for a bad block (EBADMSG is the daemon's own name for it,
  * so that the read log can tell that the load already named it).
  *
  * The read log: one policy for every line the daemon writes about a failed
  * read. A line names one distinct (model, byte offset, error): the bundle
- * chunk that failed its checksum, or the cache chunk a read failed on for
+ * block that failed its checksum (its bytes, which need not match a cache
+ * chunk's), or the cache chunk a read failed on for
  * another reason. Each is named once per mount, and at most
  * APBFS_READ_LOG_MAX of them; then one line says that further ones are not
  * named. So a bundle rotting under a busy mount can neither flood the log
@@ -108,18 +109,19 @@ static void read_log_full(void)
 		 APBFS_READ_LOG_MAX);
 }
 
-/* Bundle chunk k of model failed its checksum: count it, name it once. */
-static void bad_chunk(struct apbfs *fs, uint32_t model, uint64_t k)
+/* Bundle block k of model failed its checksum: count it, name it once,
+ * with the model bytes it covers (k counts blocks, not cache chunks). */
+static void bad_block(struct apbfs *fs, uint32_t model, uint64_t k)
 {
 	const struct apb_model *m = apb_bundle_model(fs->bundle, model);
-	uint64_t start = k * m->chunk_size;
-	uint64_t end = start + m->chunk_size < m->size ? start + m->chunk_size
+	uint64_t start = k * m->block_size;
+	uint64_t end = start + m->block_size < m->size ? start + m->block_size
 						       : m->size;
 	bool full;
 
 	atomic_fetch_add(&fs->io.checksum_errors, 1);
 	if (read_log_first(fs, model, start, EBADMSG, &full))
-		fuse_log(FUSE_LOG_ERR, "apbundlefs: model '%s' chunk %llu "
+		fuse_log(FUSE_LOG_ERR, "apbundlefs: model '%s' block %llu "
 			 "(bytes %llu to %llu): checksum mismatch after a "
 			 "second read; reads of it fail with EIO\n", m->name,
 			 (unsigned long long)k, (unsigned long long)start,
@@ -180,7 +182,7 @@ long apbfs_pagein_load(void *ctx, uint32_t model, uint64_t first,
 		got = apb_bundle_preadv(fs->bundle, model, first * cap, iov,
 					(int)n, &bad);
 	if (got == -EBADMSG)
-		bad_chunk(fs, model, bad);
+		bad_block(fs, model, bad);
 	else if (got == -EFAULT) /* our slot, valid: its page could not be had */
 		got = -ENOMEM;
 	if (got >= 0)

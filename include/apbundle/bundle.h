@@ -27,21 +27,21 @@
 #define APB_ALIGN 4096u                    /* v1 model offsets are multiples */
 #define APB_MANIFEST_MAX (256u << 20)      /* cap on manifest bytes */
 #define APB_MODELS_MAX (1u << 20)          /* cap on model_count */
-#define APB_CHUNK_SIZE_MIN 4096u           /* v2 chunk_size bounds */
-#define APB_CHUNK_SIZE_MAX (16u << 20)
-#define APB_CHUNKS_MAX (1u << 24)          /* cap on v2 chunk table entries */
+#define APB_BLOCK_SIZE_MIN 4096u           /* v2 block_size bounds */
+#define APB_BLOCK_SIZE_MAX (16u << 20)
+#define APB_BLOCKS_MAX (1u << 24)          /* cap on v2 block table entries */
 
 /* The on-disk layouts this library understands. */
 enum apb_layout {
 	APB_LAYOUT_V1 = 1,       /* version 1: JSON manifest */
-	APB_LAYOUT_V2 = 2,       /* version 2: chunked, checksummed, zstd */
+	APB_LAYOUT_V2 = 2,       /* version 2: checksummed blocks, zstd */
 	APB_LAYOUT_APRENDER = 1001, /* aprender's binary manifest, u64 length */
 };
 
-/* How a version 2 model's chunks may be stored. */
+/* How a version 2 model's blocks may be stored. */
 enum apb_compression {
-	APB_COMPRESSION_NONE = 0, /* every chunk raw, back to back */
-	APB_COMPRESSION_ZSTD = 1, /* each chunk a zstd frame, or raw if it
+	APB_COMPRESSION_NONE = 0, /* every block raw, back to back */
+	APB_COMPRESSION_ZSTD = 1, /* each block a zstd frame, or raw if it
 				   * did not shrink */
 };
 
@@ -56,9 +56,9 @@ struct apb_model {
 	bool has_checksum;    /* false for the aprender layout */
 	/* Version 2 only; zero (NONE, 0, 0, 0) for the other layouts. */
 	enum apb_compression compression;
-	uint64_t chunk_size;  /* uncompressed bytes per chunk but the last */
-	uint64_t chunk_count; /* ceil(size / chunk_size) */
-	uint64_t first_chunk; /* its first entry in the bundle's chunk table */
+	uint64_t block_size;  /* uncompressed bytes per block but the last */
+	uint64_t block_count; /* ceil(size / block_size) */
+	uint64_t first_block; /* its first entry in the bundle's block table */
 };
 
 struct apb_bundle;
@@ -88,7 +88,7 @@ int apb_bundle_find(const struct apb_bundle *b, const char *name,
  * Read up to len bytes of model index starting at byte off of the model's
  * uncompressed data. Returns the number of bytes read (short only at the end
  * of the model, 0 at or past it) or a negative errno; a backing file that is
- * shorter than the manifest promised gives -EIO; a version 2 chunk that
+ * shorter than the manifest promised gives -EIO; a version 2 block that
  * fails its checksum twice gives -EBADMSG (see apb_bundle_preadv()).
  */
 long apb_bundle_read(const struct apb_bundle *b, size_t index, uint64_t off,
@@ -96,25 +96,26 @@ long apb_bundle_read(const struct apb_bundle *b, size_t index, uint64_t off,
 
 /*
  * As apb_bundle_read(), scattering the bytes into iov[0 .. iovcnt) in order
- * (preadv(), so a run of adjacent chunks is one read of the file where the
- * kernel allows). The length read is the sum of the iov_len, clipped at the
- * end of the model; the buffers past that are left untouched. Returns the
+ * (preadv(), so a run of the caller's buffers adjacent in the file is one
+ * read where the kernel allows; for the daemon they are cache chunks).
+ * The length read is the sum of the iov_len, clipped at the end of the
+ * model; the buffers past that are left untouched. Returns the
  * bytes read, -EINVAL for a bad index or a negative iovcnt, -EIO if the file
  * ends before the manifest said, or the preadv() errno.
  *
- * For version 2 every chunk the read touches is read whole, decompressed
+ * For version 2 every block the read touches is read whole, decompressed
  * when it is a zstd frame, and checked against its XXH3 before any of its
- * bytes count as read; whole raw chunks go straight into iov, the rest
- * through a scratch buffer. A chunk that fails (a wrong checksum, or a
- * frame that does not decode to exactly the chunk's length) is read once
- * more; failing again, the call returns -EBADMSG and, when bad_chunk is not
- * NULL, stores the chunk's index within the model there. Bytes of iov up
- * to that chunk may have been written. Other layouts have no per-chunk
+ * bytes count as read; whole raw blocks go straight into iov, the rest
+ * through a scratch buffer. A block that fails (a wrong checksum, or a
+ * frame that does not decode to exactly the block's length) is read once
+ * more; failing again, the call returns -EBADMSG and, when bad_block is not
+ * NULL, stores the block's index within the model there. Bytes of iov up
+ * to that block may have been written. Other layouts have no per-block
  * checksums.
  */
 long apb_bundle_preadv(const struct apb_bundle *b, size_t index, uint64_t off,
 		       const struct iovec *iov, int iovcnt,
-		       uint64_t *bad_chunk);
+		       uint64_t *bad_block);
 
 /*
  * Read stored bytes with O_DIRECT wherever a request allows it: file

@@ -50,7 +50,7 @@ struct apb_bundle;
 
 enum apb_writer_compression {
 	APB_WRITER_STORE = 0, /* bytes stored as they are */
-	APB_WRITER_ZSTD = 1,  /* zstd per chunk (format 2 only) */
+	APB_WRITER_ZSTD = 1,  /* zstd per block (format 2 only) */
 };
 
 /* Called with bytes done so far and the total; total may be 0. */
@@ -61,7 +61,7 @@ struct apb_writer_options {
 	unsigned format;                          /* 1 or 2 */
 	enum apb_writer_compression compression;
 	int compression_level;                    /* zstd 1..22; 0 = 3 */
-	uint64_t chunk_size;                      /* format 2; 0 = 64 KiB */
+	uint64_t block_size;                      /* format 2; 0 = 64 KiB */
 	unsigned threads;                         /* format 2 workers;
 						   * 0 = online CPUs */
 	apb_writer_progress_fn progress;          /* may be NULL */
@@ -78,8 +78,8 @@ void apb_writer_options_init(struct apb_writer_options *o);
 /*
  * Check options without writing anything, so a command can reject them as
  * a usage error. Returns 0 or -EINVAL: a value out of range (format not 1
- * or 2, chunk size not a multiple of 4096 up to 16 MiB, zstd level not
- * 0..22), or compression or a chunk size asked of format 1.
+ * or 2, block size not a multiple of 4096 up to 16 MiB, zstd level not
+ * 0..22), or compression or a block size asked of format 1.
  */
 int apb_writer_options_check(const struct apb_writer_options *o, char *err,
 			     size_t err_len);
@@ -90,12 +90,12 @@ int apb_writer_options_check(const struct apb_writer_options *o, char *err,
  * name passes apb_name_check(), the sorted names pass apb_names_check_set()
  * (a name given twice is reported with both paths), and every input is opened
  * and must be a regular file. Then each input is read exactly once: its bytes
- * are copied (format 2: chunked, hashed per chunk and compressed by
+ * are copied (format 2: cut into blocks, hashed per block and compressed by
  * o->threads workers) and hashed (XXH3-64) in the same pass. An input whose
  * size changes between listing and copying fails the write. Zero inputs give
  * a valid empty bundle (model_count 0). The bytes written depend only on the
  * names, the inputs' bytes, the format, the compression, its level and the
- * chunk size, never on o->threads.
+ * block size, never on o->threads.
  *
  * Errors: those of apb_writer_options_check(), -EINVAL for names, the
  * errno of a failing open/read/write/fsync/rename (e.g. -ENOSPC), -EIO for
@@ -104,7 +104,7 @@ int apb_writer_options_check(const struct apb_writer_options *o, char *err,
  * when out_path is a directory, -ELOOP for a symbolic link and -EINVAL
  * for a FIFO, device or socket at out_path, -EFBIG for sizes a JSON manifest cannot
  * hold exactly (over 2^53 bytes), too many models or (format 2) more than
- * 2^24 chunks, -ENOMEM, -EINTR when cancelled.
+ * 2^24 blocks, -ENOMEM, -EINTR when cancelled.
  */
 int apb_writer_create_bundle(const char *out_path,
 			     const struct apb_input_list *inputs,
@@ -113,12 +113,12 @@ int apb_writer_create_bundle(const char *out_path,
 
 /*
  * Copy model index of b to out_path, atomically, hashing while copying.
- * Reads go through apb_bundle_preadv(), so every version 2 chunk is
+ * Reads go through apb_bundle_preadv(), so every version 2 block is
  * checked against its own XXH3 (and decompressed) on the way.
  * label is how messages name the bundle (usually its path): a read error
  * reads "LABEL: model 'NAME': Input/output error", a write error names
- * out_path. A chunk that fails its checksum gives -EBADMSG and
- * "LABEL: model 'NAME' chunk K: checksum mismatch" (K counts from 0 within
+ * out_path. A block that fails its checksum gives -EBADMSG and
+ * "LABEL: model 'NAME' block K: checksum mismatch" (K counts from 0 within
  * the model). When the model has a checksum and the bytes do not match
  * it, -EBADMSG with both checksums in err ("LABEL: model 'NAME': checksum
  * xxh3-64:... expected xxh3-64:..."). On any failure nothing is left at

@@ -193,7 +193,9 @@ def model_bytes_v1(path, entry) -> bytes:
 
 
 # --------------------------------------------------------------------------
-# version 2: chunked, per-chunk XXH3, optional zstd per model (docs/FORMAT.md)
+# version 2: blocks, an XXH3 per block, optional zstd per model (docs/FORMAT.md).
+# The manifest keys keep the format's spelling: "chunk_table" is the block
+# table, "chunk_size" a model's block size, "first_chunk" its first entry.
 
 HEADER_V2 = 16
 ENTRY_V2 = 24
@@ -246,24 +248,24 @@ class V2Bundle(_Bundle):
     """A version 2 bundle under construction.
 
     models: list of (name, bytes) or (name, bytes, {"compression": ...,
-    "chunk_size": ...}); the keyword arguments are the defaults. Models are
+    "block_size": ...}); the keyword arguments are the defaults. Models are
     laid out in name order from data_start (first 4096 boundary after the
-    reserved manifest plus `slack`). A "zstd" model stores each chunk as a
+    reserved manifest plus `slack`). A "zstd" model stores each block as a
     frame when that is smaller, else raw and 4096-aligned; `force_raw` /
-    `force_zstd` (sets of (name, chunk index)) override that choice.
+    `force_zstd` (sets of (name, block index)) override that choice.
 
     Ready for mutation before to_bytes():
       entries  the manifest's model dicts (doc["models"])
       doc      the whole manifest document
-      chunks   the table entries: dicts offset, length, flags, xxh3
-      blobs    [(file offset, bytes)] of every stored chunk
+      blocks   the table entries: dicts offset, length, flags, xxh3
+      blobs    [(file offset, bytes)] of every stored block
     """
 
-    def __init__(self, models, compression="none", chunk_size=65536, level=3,
+    def __init__(self, models, compression="none", block_size=65536, level=3,
                  force_raw=(), force_zstd=(), data_start=None, slack=256):
         ms = []
         for m in models:
-            opt = dict(compression=compression, chunk_size=chunk_size)
+            opt = dict(compression=compression, block_size=block_size)
             if len(m) > 2:
                 opt.update(m[2])
             ms.append((m[0], bytes(m[1]), opt))
@@ -278,13 +280,13 @@ class V2Bundle(_Bundle):
         self.reserved = len(json.dumps(probe, ensure_ascii=False).encode()) + slack
         self.data_start = (align_up(HEADER_V2 + self.reserved) if data_start is None
                            else data_start)
-        self.entries, self.chunks, self.blobs = [], [], []
+        self.entries, self.blocks, self.blobs = [], [], []
         pos = self.data_start
         for name, data, o in ms:
-            cs, comp = o["chunk_size"], o["compression"]
-            first, start = len(self.chunks), None
-            for i in range(0, (len(data) + cs - 1) // cs):
-                raw = data[i * cs:(i + 1) * cs]
+            bs, comp = o["block_size"], o["compression"]
+            first, start = len(self.blocks), None
+            for i in range(0, (len(data) + bs - 1) // bs):
+                raw = data[i * bs:(i + 1) * bs]
                 frame = zstd_compress(raw, level) if comp == "zstd" else None
                 use_zstd = frame is not None and len(frame) < len(raw)
                 if (name, i) in force_raw:
@@ -296,7 +298,7 @@ class V2Bundle(_Bundle):
                 stored = frame if use_zstd else raw
                 if start is None:
                     start = pos
-                self.chunks.append({"offset": pos, "length": len(stored),
+                self.blocks.append({"offset": pos, "length": len(stored),
                                     "flags": FLAG_ZSTD if use_zstd else 0,
                                     "xxh3": xxh3_64(raw)})
                 self.blobs.append((pos, stored))
@@ -305,12 +307,12 @@ class V2Bundle(_Bundle):
                 start = align_up(pos) if comp == "none" else pos
             self.entries.append({"name": name, "size": len(data), "checksum": checksum_str(data),
                                  "offset": start, "stored_size": pos - start if data else 0,
-                                 "compression": comp, "chunk_size": cs, "first_chunk": first})
+                                 "compression": comp, "chunk_size": bs, "first_chunk": first})
             if comp == "none":
                 pos = align_up(pos)
         self.table_offset = align_up(pos, 8)
         self.doc = {"model_count": len(ms),
-                    "chunk_table": {"offset": self.table_offset, "count": len(self.chunks),
+                    "chunk_table": {"offset": self.table_offset, "count": len(self.blocks),
                                     "checksum": None},
                     "models": self.entries}
 
@@ -319,12 +321,12 @@ class V2Bundle(_Bundle):
         return next(e for e in self.entries if e["name"] == name)
 
     def entry(self, name, k):
-        """The table entry (dict) of chunk k of model name."""
-        return self.chunks[self.model(name)["first_chunk"] + k]
+        """The table entry (dict) of block k of model name."""
+        return self.blocks[self.model(name)["first_chunk"] + k]
 
     def table_bytes(self):
         return b"".join(struct.pack("<QIIQ", c["offset"], c["length"], c["flags"], c["xxh3"])
-                        for c in self.chunks)
+                        for c in self.blocks)
 
     def manifest_bytes(self, pad=True):
         doc = json.loads(json.dumps(self.doc))
@@ -361,13 +363,13 @@ class V2Bundle(_Bundle):
         return bytes(out)
 
 
-def write_v2(path, models, compression="none", chunk_size=65536, **knobs):
+def write_v2(path, models, compression="none", block_size=65536, **knobs):
     """Write a v2 bundle of models [(name, bytes)] to path. knobs: those of
     V2Bundle() (level, force_raw, force_zstd, data_start, slack) and of
     V2Bundle.to_bytes(); returns the V2Bundle (its layout is what tests
-    need to aim at a chunk)."""
+    need to aim at a block)."""
     init = {k: knobs.pop(k) for k in ("level", "force_raw", "force_zstd", "data_start", "slack")
             if k in knobs}
-    b = V2Bundle(models, compression, chunk_size, **init)
+    b = V2Bundle(models, compression, block_size, **init)
     b.write(path, **knobs)
     return b

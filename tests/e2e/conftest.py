@@ -181,8 +181,8 @@ def run_apbundle(*args, check=False, timeout=120, **kw):
     return p
 
 
-def pack(out, *inputs, fmt=None, compress=None, chunk_size=None, threads=None):
-    """`apbundle create [--format FMT] [--compress C] [--chunk-size N] OUT INPUT...`
+def pack(out, *inputs, fmt=None, compress=None, block_size=None, threads=None):
+    """`apbundle create [--format FMT] [--compress C] [--block-size N] OUT INPUT...`
     (APB_THREADS=threads when given); fails the test on error. Without fmt
     the default format (2) is written."""
     args = ["create"]
@@ -190,8 +190,8 @@ def pack(out, *inputs, fmt=None, compress=None, chunk_size=None, threads=None):
         args += ["--format", str(fmt)]
     if compress is not None:
         args += ["--compress", compress]
-    if chunk_size is not None:
-        args += ["--chunk-size", str(chunk_size)]
+    if block_size is not None:
+        args += ["--chunk-size", str(block_size)]
     env = None
     if threads is not None:
         env = dict(os.environ, APB_THREADS=str(threads))

@@ -195,13 +195,13 @@ def test_extract_to_stdout_refuses_a_terminal(tmp_path, binaries, bundle):
                         b"or give -o PATH\n")
 
 
-def test_extract_to_stdout_reports_a_bad_chunk(tmp_path, binaries):
-    """Not atomic: the pieces before the bad chunk are out already (the
-    writer reads 1 MiB of 4 KiB chunks at a time), so the failure must show
+def test_extract_to_stdout_reports_a_bad_block(tmp_path, binaries):
+    """Not atomic: the pieces before the bad block are out already (the
+    writer reads 1 MiB of 4 KiB blocks at a time), so the failure must show
     in the exit status and on stderr."""
     model = apbformat.random_bytes(3 * MiB, 72)
     (tmp_path / "m.bin").write_bytes(model)
-    b = pack(tmp_path / "b.apbundle", "m.bin=%s" % (tmp_path / "m.bin"), chunk_size="4K")
+    b = pack(tmp_path / "b.apbundle", "m.bin=%s" % (tmp_path / "m.bin"), block_size="4K")
     bad = 2 * MiB // 4096 + 5
     data = bytearray(b.read_bytes())
     at = data.find(model[bad * 4096:bad * 4096 + 64])
@@ -211,7 +211,7 @@ def test_extract_to_stdout_reports_a_bad_chunk(tmp_path, binaries):
     p = subprocess.run([str(APBUNDLE), "extract", b, "m.bin", "-o", "-"],
                        capture_output=True, timeout=60, cwd=tmp_path)
     assert p.returncode == 1
-    assert p.stderr == b"apbundle: %s: model 'm.bin' chunk %d: checksum mismatch\n" % (
+    assert p.stderr == b"apbundle: %s: model 'm.bin' block %d: checksum mismatch\n" % (
         str(b).encode(), bad)
     assert p.stdout == model[:2 * MiB]
     assert sorted(x.name for x in tmp_path.iterdir()) == ["b.apbundle", "m.bin"]

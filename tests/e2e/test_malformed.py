@@ -283,20 +283,20 @@ CASES = [
 ]
 
 
-# ---- version 2 (docs/FORMAT.md): chunked models, the chunk table ----------
+# ---- version 2 (docs/FORMAT.md): models in blocks, the block table -------
 
-R1 = apbformat.random_bytes(10000, 11)             # 3 chunks of 4096, random
-Z1 = apbformat.compressible_bytes(9000, 12)         # 3 chunks, zstd shrinks them
+R1 = apbformat.random_bytes(10000, 11)             # 3 blocks of 4096, random
+Z1 = apbformat.compressible_bytes(9000, 12)         # 3 blocks, zstd shrinks them
 
 
 def v2b():
     """A valid v2 bundle: a.bin 'none', b.bin 'zstd' (frames), c.bin 'zstd'
-    with random bytes (every chunk stored raw), all at 4096-byte chunks."""
+    with random bytes (every block stored raw), all at 4096-byte blocks."""
     return apbformat.V2Bundle([
         ("a.bin", R1, {"compression": "none"}),
         ("b.bin", Z1, {"compression": "zstd"}),
         ("c.bin", apbformat.random_bytes(5000, 13), {"compression": "zstd"}),
-    ], chunk_size=4096)
+    ], block_size=4096)
 
 
 def v2(mutate=None, **kw):
@@ -334,7 +334,7 @@ def v2t(key, value):
 
 
 def v2c(name, k, key, value):
-    """Set a key of chunk k of model name (the table checksum follows)."""
+    """Set a key of block k of model name (the table checksum follows)."""
     def f(b):
         b.entry(name, k)[key] = value(b.entry(name, k)) if callable(value) else value
     return f
@@ -361,12 +361,12 @@ def v2_table_over_model():
 
 def v2_unused_entry():
     b = v2b()
-    b.chunks.append(dict(b.chunks[-1]))
-    b.doc["chunk_table"]["count"] = len(b.chunks)
+    b.blocks.append(dict(b.blocks[-1]))
+    b.doc["chunk_table"]["count"] = len(b.blocks)
     return b.to_bytes()
 
 
-def v2_swapped_chunks():
+def v2_swapped_blocks():
     b = v2b()
     e0, e1 = b.entry("b.bin", 0), b.entry("b.bin", 1)
     e0["offset"], e1["offset"] = e1["offset"], e0["offset"]
@@ -374,12 +374,12 @@ def v2_swapped_chunks():
 
 
 def v2_none_gap():
-    # a.bin alone, its last chunk one page further on (inside a grown
+    # a.bin alone, its last block one page further on (inside a grown
     # stored_size, the table moved past it): aligned, in order, in range
-    b = apbformat.V2Bundle([("a.bin", R1)], chunk_size=4096)
+    b = apbformat.V2Bundle([("a.bin", R1)], block_size=4096)
     e = b.entries[0]
     e["stored_size"] += 4096
-    b.chunks[2]["offset"] += 4096
+    b.blocks[2]["offset"] += 4096
     t = apbformat.align_up(e["offset"] + e["stored_size"], 8)
     b.doc["chunk_table"]["offset"] = t
     return b.to_bytes(table_offset=t)
@@ -393,9 +393,9 @@ def v2_padding_not_spaces():
 
 
 def v2_empty_model_stores_bytes():
-    b = apbformat.V2Bundle([("a.bin", R1), ("e", b"")], chunk_size=4096)
+    b = apbformat.V2Bundle([("a.bin", R1), ("e", b"")], block_size=4096)
     b.entries[1]["stored_size"] = 4096
-    b.entries[1]["offset"] = apbformat.align_up(b.table_offset + 24 * len(b.chunks))
+    b.entries[1]["offset"] = apbformat.align_up(b.table_offset + 24 * len(b.blocks))
     return b.to_bytes(extra_tail=bytes(8192))
 
 
@@ -405,9 +405,9 @@ V2_CASES = [
      "manifest: 'chunk_table' is missing"),
     ("v2 chunk_table not an object", lambda: v2_doc(lambda d: d.__setitem__("chunk_table", [1, 2])),
      "'chunk_table' is not a JSON object"),
-    ("v2 chunk count above limit", lambda: v2(v2t("count", 2**24 + 1)),
+    ("v2 block count above limit", lambda: v2(v2t("count", 2**24 + 1)),
      "chunk_table: 'count' 16777217 exceeds the limit of 16777216"),
-    ("v2 chunk count past EOF", lambda: v2(v2t("count", 2**24)),
+    ("v2 block count past EOF", lambda: v2(v2t("count", 2**24)),
      "chunk_table: 16777216 entries (402653184 bytes at offset"),
     ("v2 table offset not a multiple of 8", v2_table_misaligned,
      "is not a multiple of 8"),
@@ -439,28 +439,28 @@ V2_CASES = [
      "model 'c.bin': 'first_chunk' is missing"),
     ("v2 empty model stores bytes", v2_empty_model_stores_bytes,
      "size is 0 but stored_size is 4096"),
-    ("v2 chunks past the table", lambda: v2(v2m("c.bin", "first_chunk", 7)),
-     "run past the chunk table"),
+    ("v2 blocks past the table", lambda: v2(v2m("c.bin", "first_chunk", 7)),
+     "run past the block table"),
     ("v2 table entry used by no model", v2_unused_entry, "are used by no model"),
-    ("v2 unknown chunk flags", lambda: v2(v2c("b.bin", 1, "flags", 3)), "unknown flags 0x00000003"),
+    ("v2 unknown block flags", lambda: v2(v2c("b.bin", 1, "flags", 3)), "unknown flags 0x00000003"),
     ("v2 zstd frame in a 'none' model", lambda: v2(v2c("a.bin", 0, "flags", 1)),
      "a zstd frame in a model whose compression is 'none'"),
-    ("v2 raw chunk misaligned", lambda: v2(v2c("c.bin", 0, "offset", lambda e: e["offset"] + 8)),
+    ("v2 raw block misaligned", lambda: v2(v2c("c.bin", 0, "offset", lambda e: e["offset"] + 8)),
      "is not a multiple of 4096"),
-    ("v2 raw chunk short", lambda: v2(v2c("c.bin", 0, "length", 4095)),
-     "raw chunk stores 4095 bytes, not the chunk's 4096"),
+    ("v2 raw block short", lambda: v2(v2c("c.bin", 0, "length", 4095)),
+     "raw block stores 4095 bytes, not the block's 4096"),
     ("v2 zstd frame of 0 bytes", lambda: v2(v2c("b.bin", 0, "length", 0)),
      "zstd frame of 0 bytes is outside 1 .."),
     ("v2 zstd frame past the bound", lambda: v2(v2c("b.bin", 2, "length", 10**6)),
      "zstd frame of 1000000 bytes is outside 1 .."),
-    ("v2 chunk before its model", lambda: v2(v2c("b.bin", 0, "offset", lambda e: e["offset"] - 8)),
+    ("v2 block before its model", lambda: v2(v2c("b.bin", 0, "offset", lambda e: e["offset"] - 8)),
      "is before the model's stored bytes"),
-    ("v2 chunks out of order", v2_swapped_chunks, "chunks must be in offset order"),
-    ("v2 chunk past the model's bytes", lambda: v2(v2m("b.bin", "stored_size", 10)),
+    ("v2 blocks out of order", v2_swapped_blocks, "blocks must be in offset order"),
+    ("v2 block past the model's bytes", lambda: v2(v2m("b.bin", "stored_size", 10)),
      "run past the model's stored bytes"),
-    ("v2 'none' chunks not back to back",
+    ("v2 'none' blocks not back to back",
      v2_none_gap,
-     "a 'none' model's chunks lie back to back"),
+     "a 'none' model's blocks lie back to back"),
     ("v2 padding not spaces", v2_padding_not_spaces, "unexpected bytes after the JSON value"),
     ("v2 model_count mismatch", lambda: v2(lambda b: b.doc.__setitem__("model_count", 2)),
      "'model_count' is 2 but 'models' has 3 entries"),

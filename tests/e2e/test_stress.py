@@ -46,7 +46,7 @@ OPTS = {"max_memory": "%dK" % (BUDGET_CHUNKS * CHUNK // KiB), "chunk_size": "16K
         "prefetch": "on", "readahead": "256K", "prefetch_count": "2"}
 
 
-# version 1; version 2 with zstd, whose 64 KiB chunks (raw where random,
+# version 1; version 2 with zstd, whose 64 KiB blocks (raw where random,
 # compressed elsewhere) each page-in of a 16 KiB cache chunk decodes
 BUNDLES = {"v1": {"fmt": 1}, "v2-zstd": {"fmt": 2, "compress": "zstd:1"}}
 

@@ -1,7 +1,7 @@
-"""`apbundle create` in format 2 (and 1): round trips of sizes around chunk
+"""`apbundle create` in format 2 (and 1): round trips of sizes around block
 boundaries through `extract` and a real mount, the bytes on disk checked
 against the design (docs/FORMAT.md) without the reader, determinism across
-thread counts, a corrupt chunk named by `verify` and `extract`, usage errors,
+thread counts, a corrupt block named by `verify` and `extract`, usage errors,
 and that a failed or interrupted create leaves nothing behind."""
 
 import json
@@ -19,13 +19,13 @@ from conftest import APBUNDLE, KiB, MiB, mount, pack, run_apbundle, wait_until, 
 ENTRY = struct.Struct("<QIIQ")      # offset, length, flags, xxh3
 
 
-def sizes_for(cs):
-    return [0, 1, 4095, 4096, 4097, cs - 1, cs, cs + 1, 3 * cs + 5]
+def sizes_for(bs):
+    return [0, 1, 4095, 4096, 4097, bs - 1, bs, bs + 1, 3 * bs + 5]
 
 
 def data_for(size, seed):
     """Half text-like (zstd shrinks it), half random (it does not), so a
-    compressed model holds both frames and raw chunks."""
+    compressed model holds both frames and raw blocks."""
     half = size // 2
     text = (b"layer.%d.weight " % seed) * (half // 14 + 1)
     return text[:half] + apbformat.random_bytes(size - half, seed)
@@ -43,9 +43,9 @@ def read_v2(path):
     return doc, [ENTRY.unpack_from(table, 24 * i) for i in range(t["count"])], raw
 
 
-def check_v2_bytes(path, models, compression, cs):
+def check_v2_bytes(path, models, compression, bs):
     """What the writer must have stored for models {name: bytes}: the keys,
-    each chunk's XXH3 of its uncompressed bytes, raw chunks 4096-aligned and
+    each block's XXH3 of its uncompressed bytes, raw blocks 4096-aligned and
     equal to the source, frames only in zstd models and only when shorter."""
     doc, entries, raw = read_v2(path)
     assert doc["model_count"] == len(models)
@@ -55,16 +55,16 @@ def check_v2_bytes(path, models, compression, cs):
         data = models[m["name"]]
         assert m["size"] == len(data)
         assert m["checksum"] == apbformat.checksum_str(data)
-        assert (m["compression"], m["chunk_size"]) == (compression, cs)
-        count = -(-len(data) // cs)
+        assert (m["compression"], m["chunk_size"]) == (compression, bs)
+        count = -(-len(data) // bs)
         for i, (off, length, flags, xxh) in enumerate(entries[m["first_chunk"]:][:count]):
-            chunk = data[i * cs:(i + 1) * cs]
-            assert xxh == apbformat.xxh3_64(chunk), (m["name"], i)
+            block = data[i * bs:(i + 1) * bs]
+            assert xxh == apbformat.xxh3_64(block), (m["name"], i)
             assert m["offset"] <= off and off + length <= m["offset"] + m["stored_size"]
             if flags == 0:
-                assert off % 4096 == 0 and raw[off:off + length] == chunk, (m["name"], i)
+                assert off % 4096 == 0 and raw[off:off + length] == block, (m["name"], i)
             else:
-                assert flags == 1 and compression == "zstd" and length < len(chunk)
+                assert flags == 1 and compression == "zstd" and length < len(block)
         if compression == "none":
             assert m["stored_size"] == m["size"]
         used += count
@@ -73,24 +73,24 @@ def check_v2_bytes(path, models, compression, cs):
 
 
 CONFIGS = [
-    # id, create options, chunk size the sizes are built around
+    # id, create options, block size the sizes are built around
     ("v1", dict(fmt=1), 64 * KiB),
-    ("none-4k", dict(chunk_size=4096), 4096),
-    ("zstd-4k", dict(compress="zstd", chunk_size="4K"), 4096),
+    ("none-4k", dict(block_size=4096), 4096),
+    ("zstd-4k", dict(compress="zstd", block_size="4K"), 4096),
     ("none-default", dict(), 64 * KiB),
     ("zstd-default", dict(compress="zstd"), 64 * KiB),
-    ("zstd9-1m", dict(compress="zstd:9", chunk_size="1M"), MiB),
+    ("zstd9-1m", dict(compress="zstd:9", block_size="1M"), MiB),
 ]
 
 
-@pytest.mark.parametrize("opts,cs", [c[1:] for c in CONFIGS], ids=[c[0] for c in CONFIGS])
-def test_round_trip_through_extract_and_mount(tmp_path, binaries, opts, cs):
-    models = {"m%02d_%d" % (i, n): data_for(n, i) for i, n in enumerate(sizes_for(cs))}
+@pytest.mark.parametrize("opts,bs", [c[1:] for c in CONFIGS], ids=[c[0] for c in CONFIGS])
+def test_round_trip_through_extract_and_mount(tmp_path, binaries, opts, bs):
+    models = {"m%02d_%d" % (i, n): data_for(n, i) for i, n in enumerate(sizes_for(bs))}
     write_sources(tmp_path / "src", models)
     out = pack(tmp_path / "o.apbundle", tmp_path / "src", **opts)
     compression = "zstd" if "compress" in opts else "none"
     if opts.get("fmt") != 1:
-        doc, entries = check_v2_bytes(out, models, compression, cs)
+        doc, entries = check_v2_bytes(out, models, compression, bs)
         if compression == "zstd":
             assert any(e[2] == 1 for e in entries) and any(e[2] == 0 for e in entries)
 
@@ -118,13 +118,13 @@ def test_round_trip_through_extract_and_mount(tmp_path, binaries, opts, cs):
         for name, data in models.items():
             with open(d.path(name), "rb") as f:
                 assert f.read() == data, name
-            if len(data) > 4097:                 # a read across a chunk boundary
+            if len(data) > 4097:                 # a read across a block boundary
                 with open(d.path(name), "rb") as f:
-                    f.seek(cs - 3)
-                    assert f.read(4103) == data[cs - 3:cs + 4100], name
+                    f.seek(bs - 3)
+                    assert f.read(4103) == data[bs - 3:bs + 4100], name
 
 
-@pytest.mark.parametrize("opts", [dict(compress="zstd", chunk_size="4K"), dict(), dict(fmt=1)],
+@pytest.mark.parametrize("opts", [dict(compress="zstd", block_size="4K"), dict(), dict(fmt=1)],
                          ids=["zstd-4k", "none", "v1"])
 def test_same_inputs_same_bytes_whatever_the_threads(tmp_path, binaries, opts):
     src = tmp_path / "src"
@@ -138,10 +138,10 @@ def test_same_inputs_same_bytes_whatever_the_threads(tmp_path, binaries, opts):
 
 
 @pytest.mark.parametrize("compress", [None, "zstd"])
-def test_flipped_byte_names_model_and_chunk(tmp_path, binaries, compress):
+def test_flipped_byte_names_model_and_block(tmp_path, binaries, compress):
     src = tmp_path / "src"
     write_sources(src, {"victim": data_for(6 * 4096 + 10, 5), "intact": data_for(3 * 4096, 6)})
-    out = pack(tmp_path / "o.apbundle", src, compress=compress, chunk_size=4096)
+    out = pack(tmp_path / "o.apbundle", src, compress=compress, block_size=4096)
     doc, entries, raw = read_v2(out)
     m = next(m for m in doc["models"] if m["name"] == "victim")
     off, length, flags, _ = entries[m["first_chunk"] + 3]
@@ -151,14 +151,14 @@ def test_flipped_byte_names_model_and_chunk(tmp_path, binaries, compress):
 
     v = run_apbundle("verify", out)
     assert v.returncode == 1, v.stdout + v.stderr
-    assert "BAD victim: chunk 3: checksum mismatch" in v.stdout.splitlines(), v.stdout
+    assert "BAD victim: block 3: checksum mismatch" in v.stdout.splitlines(), v.stdout
     assert "OK intact" in v.stdout.splitlines(), v.stdout
-    assert "%s: model 'victim' chunk 3: checksum mismatch" % out in v.stderr, v.stderr
+    assert "%s: model 'victim' block 3: checksum mismatch" % out in v.stderr, v.stderr
     assert "1 of 2 models failed verification" in v.stderr, v.stderr
 
     p = run_apbundle("extract", out, "victim", "-o", tmp_path / "v.out")
     assert p.returncode == 1
-    assert "model 'victim' chunk 3: checksum mismatch" in p.stderr, p.stderr
+    assert "model 'victim' block 3: checksum mismatch" in p.stderr, p.stderr
     assert not (tmp_path / "v.out").exists()
     run_apbundle("extract", out, "intact", "-o", tmp_path / "i.out", check=True)
     assert (tmp_path / "i.out").read_bytes() == data_for(3 * 4096, 6)

@@ -1,14 +1,14 @@
 """The daemon's memory with version 2 bundles (README.md, "Memory";
 docs/DESIGN.md, "Memory of the process").
 
-Page-ins of large chunks stay inside the memory bound:
+Page-ins from large bundle blocks stay inside the memory bound:
 
 A bundle written by `apbundle create --compress zstd --chunk-size 16M` (the
-largest chunk the format allows) holds a 64 MiB model whose first three
-chunks are zstd frames and whose last, partial chunk does not shrink and is
+largest block the format allows) holds a 64 MiB model whose first three
+blocks are zstd frames and whose last, partial block does not shrink and is
 stored raw. Mounted with max_memory=8M (64 KiB cache chunks), every page-in
-wants a small part of a 16 MiB chunk, so each one needs scratch memory of
-the size of a whole chunk outside the cache. 1 and 8 threads read random
+wants a small part of a 16 MiB block, so each one needs scratch memory of
+the size of a whole block outside the cache. 1 and 8 threads read random
 ranges and compare every byte with the source; the daemon's peak RSS
 (VmHWM) must stay within the budget + 32 MiB.
 
@@ -28,21 +28,21 @@ import pytest
 import apbformat
 from conftest import MiB, mount, pack, vm_status
 
-CHUNK = 16 * MiB
-MODEL_SIZE = 4 * CHUNK - 5000
+BLOCK = 16 * MiB
+MODEL_SIZE = 4 * BLOCK - 5000
 BUDGET = 8 * MiB
-SLACK = 32 * MiB          # the bound README.md states for any chunk size
+SLACK = 32 * MiB          # the bound README.md states for any block size
 RUN_SECONDS = 6.0
 
 
 @pytest.fixture(scope="module")
-def big_chunks(tmp_path_factory):
+def big_blocks(tmp_path_factory):
     d = tmp_path_factory.mktemp("v2mem")
     src = d / "model.bin"
     with open(src, "wb") as f:
-        f.write(apbformat.compressible_bytes(3 * CHUNK, 7))
-        f.write(apbformat.random_bytes(MODEL_SIZE - 3 * CHUNK, 8))
-    bundle = pack(d / "b.apbundle", src, compress="zstd", chunk_size="16M")
+        f.write(apbformat.compressible_bytes(3 * BLOCK, 7))
+        f.write(apbformat.random_bytes(MODEL_SIZE - 3 * BLOCK, 8))
+    bundle = pack(d / "b.apbundle", src, compress="zstd", block_size="16M")
     return bundle, src
 
 
@@ -65,8 +65,8 @@ def reader(path, src, seed, deadline, errors, counts):
 @pytest.mark.perf
 @pytest.mark.timeout_s(240)
 @pytest.mark.parametrize("readers", [1, 8])
-def test_peak_rss_within_bound_for_16m_chunks(big_chunks, binaries, readers):
-    bundle, src = big_chunks
+def test_peak_rss_within_bound_for_16m_blocks(big_blocks, binaries, readers):
+    bundle, src = big_blocks
     with mount(bundle, {"max_memory": "8M"}) as d:
         name = os.listdir(d.mnt)[0]
         assert d.stats()["cache"]["memory_limit"] == BUDGET

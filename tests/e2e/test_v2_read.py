@@ -1,12 +1,13 @@
 """Reading format version 2 through the mount (docs/FORMAT.md, docs/USAGE.md).
 
 Bundles come from apbformat.write_v2 (independent of the C writer). Every
-byte of models sized around chunk boundaries, stored raw ("none"), as zstd
-frames, and raw inside a "zstd" model (incompressible chunks), must read
-back exactly, whatever the mount's cache chunk size is against the bundle's.
+byte of models sized around block boundaries, stored raw ("none"), as zstd
+frames, and raw inside a "zstd" model (incompressible blocks), must read
+back exactly, whatever the mount's cache chunk size is against the bundle's
+block size.
 
-A byte flipped inside chunk k of a model must fail exactly the reads whose
-cache chunk touches chunk k with EIO, count one io.checksum_errors per
+A byte flipped inside block k of a model must fail exactly the reads whose
+cache chunk touches block k with EIO, count one io.checksum_errors per
 failed page-in, never be cached, and be named in the log once; every other
 byte, of that model and of others, is still served exactly.
 """
@@ -20,8 +21,8 @@ import pytest
 import apbformat
 from conftest import KiB, direct_read, mount, read_all
 
-CS = 64 * KiB
-SIZES = (0, 1, 4095, 4096, 4097, CS - 1, CS, CS + 1, 3 * CS + 5)
+BS = 64 * KiB     # the bundle's block size (apbformat's default)
+SIZES = (0, 1, 4095, 4096, 4097, BS - 1, BS, BS + 1, 3 * BS + 5)
 KINDS = ("none", "zstd-text", "zstd-random")
 
 
@@ -31,8 +32,8 @@ def model_data(kind, size, seed):
     return apbformat.random_bytes(size, seed)
 
 
-def boundary_models(cs):
-    sizes = sorted(set(s for s in SIZES if s < CS) | {cs - 1, cs, cs + 1, 3 * cs + 5})
+def boundary_models(bs):
+    sizes = sorted(set(s for s in SIZES if s < BS) | {bs - 1, bs, bs + 1, 3 * bs + 5})
     out = []
     for k, kind in enumerate(KINDS):
         for i, size in enumerate(sizes):
@@ -45,24 +46,24 @@ def boundary_models(cs):
 def check_every_byte(d, models):
     for name, data, _ in models:
         assert read_all(d.path(name)) == data, name
-        # Reads that start and end inside chunks, across boundaries.
+        # Reads that start and end inside blocks, across boundaries.
         with open(d.path(name), "rb", buffering=0) as f:
-            for off in (0, 1, 4095, CS - 3, CS, 2 * CS + 4097):
-                for n in (1, 4096, CS + 2):
+            for off in (0, 1, 4095, BS - 3, BS, 2 * BS + 4097):
+                for n in (1, 4096, BS + 2):
                     assert os.pread(f.fileno(), n, off) == data[off:off + n], (name, off, n)
 
 
-@pytest.mark.parametrize("bundle_cs,mount_cs", [
+@pytest.mark.parametrize("bundle_bs,mount_cs", [
     (64 * KiB, "64K"), (64 * KiB, "4K"), (64 * KiB, "256K"), (4 * KiB, "64K"), (12 * KiB, "8K")])
-def test_every_byte_of_models_around_chunk_boundaries(tmp_path, binaries, bundle_cs, mount_cs):
-    models = boundary_models(bundle_cs)
-    b = apbformat.write_v2(tmp_path / "b.apbundle", models, chunk_size=bundle_cs)
+def test_every_byte_of_models_around_block_boundaries(tmp_path, binaries, bundle_bs, mount_cs):
+    models = boundary_models(bundle_bs)
+    b = apbformat.write_v2(tmp_path / "b.apbundle", models, block_size=bundle_bs)
     # The layouts the test means to cover are really there.
-    flags = {c["flags"] for c in b.chunks}
+    flags = {c["flags"] for c in b.blocks}
     assert flags == {0, apbformat.FLAG_ZSTD}
     raw_in_zstd = [e for e in b.entries if e["compression"] == "zstd"
-                   and e["size"] and b.chunks[e["first_chunk"]]["flags"] == 0]
-    assert raw_in_zstd, "no raw chunk inside a zstd model"
+                   and e["size"] and b.blocks[e["first_chunk"]]["flags"] == 0]
+    assert raw_in_zstd, "no raw block inside a zstd model"
     with mount(tmp_path / "b.apbundle", {"max_memory": "4M", "chunk_size": mount_cs}) as d:
         check_every_byte(d, models)
         s = d.stats()
@@ -70,15 +71,15 @@ def test_every_byte_of_models_around_chunk_boundaries(tmp_path, binaries, bundle
         assert d.log().count("checksum") == 0, d.log()
 
 
-N_CHUNKS = 8
-A = apbformat.random_bytes(N_CHUNKS * CS + 300, 7)         # "none"
-Z = apbformat.compressible_bytes(N_CHUNKS * CS + 300, 8)   # "zstd", frames
-OTHER = apbformat.random_bytes(3 * CS, 9)
+N_BLOCKS = 8
+A = apbformat.random_bytes(N_BLOCKS * BS + 300, 7)         # "none"
+Z = apbformat.compressible_bytes(N_BLOCKS * BS + 300, 8)   # "zstd", frames
+OTHER = apbformat.random_bytes(3 * BS, 9)
 
 
 def corrupt_bundle(path, bad):
-    """a.bin (none), z.bin (zstd), other.bin; bad: {name: chunk index} of
-    chunks with one byte flipped in their stored bytes."""
+    """a.bin (none), z.bin (zstd), other.bin; bad: {name: block index} of
+    blocks with one byte flipped in their stored bytes."""
     models = [("a.bin", A, {"compression": "none"}), ("z.bin", Z, {"compression": "zstd"}),
               ("other.bin", OTHER)]
     b = apbformat.V2Bundle(models)
@@ -92,7 +93,7 @@ def corrupt_bundle(path, bad):
 
 
 @pytest.mark.parametrize("mount_cs", [4 * KiB, 64 * KiB, 256 * KiB])
-def test_flipped_byte_fails_only_reads_of_its_chunk(tmp_path, binaries, mount_cs):
+def test_flipped_byte_fails_only_reads_of_its_block(tmp_path, binaries, mount_cs):
     bad = {"a.bin": 2, "z.bin": 5}
     corrupt_bundle(tmp_path / "c.apbundle", bad)
     data = {"a.bin": A, "z.bin": Z}
@@ -100,13 +101,13 @@ def test_flipped_byte_fails_only_reads_of_its_chunk(tmp_path, binaries, mount_cs
             "prefetch_count": "0"}
     with mount(tmp_path / "c.apbundle", opts) as d:
         failed = 0
-        step = min(mount_cs, CS)   # one FUSE read each (the kernel splits above 128K)
+        step = min(mount_cs, BS)   # one FUSE read each (the kernel splits above 128K)
         for name, k in bad.items():
             src = data[name]
             for off in range(0, len(src), step):
                 n = min(step, len(src) - off)
                 j = off // mount_cs     # the cache chunk this read pages in
-                if j * mount_cs < (k + 1) * CS and (j + 1) * mount_cs > k * CS:
+                if j * mount_cs < (k + 1) * BS and (j + 1) * mount_cs > k * BS:
                     with pytest.raises(OSError) as ei:
                         direct_read(d.path(name), n, off)
                     assert ei.value.errno == errno.EIO, os.strerror(ei.value.errno)
@@ -115,7 +116,7 @@ def test_flipped_byte_fails_only_reads_of_its_chunk(tmp_path, binaries, mount_cs
                     assert direct_read(d.path(name), n, off) == src[off:off + n], (name, off)
         # Nothing bad was cached: the same read fails (and counts) again.
         with pytest.raises(OSError) as ei:
-            direct_read(d.path("a.bin"), 4096, 2 * CS)
+            direct_read(d.path("a.bin"), 4096, 2 * BS)
         assert ei.value.errno == errno.EIO
         failed += 1
         assert read_all(d.path("other.bin")) == OTHER
@@ -124,29 +125,29 @@ def test_flipped_byte_fails_only_reads_of_its_chunk(tmp_path, binaries, mount_cs
         assert s["io"]["errors"] == failed
         m = d.metrics()
         assert re.search(r"^apbundlefs_io_checksum_errors_total %d$" % failed, m, re.M), m
-        # The cache chunks holding chunk 2 stayed out of the cache.
-        assert s["models"]["a.bin"]["resident_bytes"] == len(A) - max(CS, mount_cs)
+        # The cache chunks holding block 2 stayed out of the cache.
+        assert s["models"]["a.bin"]["resident_bytes"] == len(A) - max(BS, mount_cs)
         log = d.log()
         for name, k in bad.items():
-            line = "model '%s' chunk %d (bytes %d to %d): checksum mismatch" % (
-                name, k, k * CS, (k + 1) * CS)
+            line = "model '%s' block %d (bytes %d to %d): checksum mismatch" % (
+                name, k, k * BS, (k + 1) * BS)
             assert log.count(line) == 1, log
         assert log.count("checksum mismatch") == 2, log
 
 
 def test_other_models_of_a_corrupt_bundle_read_exactly(tmp_path, binaries):
-    corrupt_bundle(tmp_path / "c.apbundle", {"a.bin": 0, "z.bin": N_CHUNKS})
+    corrupt_bundle(tmp_path / "c.apbundle", {"a.bin": 0, "z.bin": N_BLOCKS})
     with mount(tmp_path / "c.apbundle", {"max_memory": "8M"}) as d:
         assert read_all(d.path("other.bin")) == OTHER
-        # z.bin's last (short) chunk is bad: everything before it reads.
-        assert direct_read(d.path("z.bin"), N_CHUNKS * CS, 0) == Z[:N_CHUNKS * CS]
+        # z.bin's last (short) block is bad: everything before it reads.
+        assert direct_read(d.path("z.bin"), N_BLOCKS * BS, 0) == Z[:N_BLOCKS * BS]
         with pytest.raises(OSError) as ei:
-            direct_read(d.path("z.bin"), 4096, N_CHUNKS * CS)
+            direct_read(d.path("z.bin"), 4096, N_BLOCKS * BS)
         assert ei.value.errno == errno.EIO
-        assert direct_read(d.path("a.bin"), 2 * CS, CS) == A[CS:3 * CS]
-        # prefetch (on here) may page in a.bin's bad chunk 0 too
+        assert direct_read(d.path("a.bin"), 2 * BS, BS) == A[BS:3 * BS]
+        # prefetch (on here) may page in a.bin's bad block 0 too
         assert d.stats()["io"]["checksum_errors"] >= 1
-        assert d.log().count("model 'z.bin' chunk %d (" % N_CHUNKS) == 1, d.log()
+        assert d.log().count("model 'z.bin' block %d (" % N_BLOCKS) == 1, d.log()
 
 
 def test_corrupt_zstd_frame_header(tmp_path, binaries):
@@ -157,12 +158,12 @@ def test_corrupt_zstd_frame_header(tmp_path, binaries):
     opts = {"max_memory": "8M", "prefetch": "off", "prefetch_count": "0"}
     with mount(tmp_path / "f.apbundle", opts) as d:
         with pytest.raises(OSError) as ei:
-            direct_read(d.path("z.bin"), CS, 3 * CS)
+            direct_read(d.path("z.bin"), BS, 3 * BS)
         assert ei.value.errno == errno.EIO
-        assert direct_read(d.path("z.bin"), CS, 2 * CS) == Z[2 * CS:3 * CS]
-        assert direct_read(d.path("z.bin"), CS, 4 * CS) == Z[4 * CS:5 * CS]
+        assert direct_read(d.path("z.bin"), BS, 2 * BS) == Z[2 * BS:3 * BS]
+        assert direct_read(d.path("z.bin"), BS, 4 * BS) == Z[4 * BS:5 * BS]
         assert d.stats()["io"]["checksum_errors"] == 1
-        assert d.log().count("model 'z.bin' chunk 3 (") == 1, d.log()
+        assert d.log().count("model 'z.bin' block 3 (") == 1, d.log()
 
 
 def log_lines(d):
@@ -170,11 +171,11 @@ def log_lines(d):
     return [line for line in d.log().splitlines() if line.startswith("apbundlefs:")]
 
 
-def bad_bundle(path, nchunks):
-    """One model of nchunks 4 KiB chunks, every one with a byte flipped."""
-    data = apbformat.random_bytes(nchunks * 4096, 3)
-    b = apbformat.V2Bundle([("m.bin", data)], chunk_size=4096)
-    b.write(path, flip=[(c["offset"] + 1, 1) for c in b.chunks])
+def bad_bundle(path, nblocks):
+    """One model of nblocks 4 KiB blocks, every one with a byte flipped."""
+    data = apbformat.random_bytes(nblocks * 4096, 3)
+    b = apbformat.V2Bundle([("m.bin", data)], block_size=4096)
+    b.write(path, flip=[(c["offset"] + 1, 1) for c in b.blocks])
 
 
 BAD_OPTS = {"max_memory": "1M", "chunk_size": "4K", "prefetch": "off", "prefetch_count": "0"}
@@ -186,8 +187,8 @@ def read_fails(d, k):
     assert ei.value.errno == errno.EIO, (k, os.strerror(ei.value.errno))
 
 
-def test_bad_chunk_log_is_bounded(tmp_path, binaries):
-    """40 bad chunks, read 3 times each: the log names each once, in one
+def test_bad_block_log_is_bounded(tmp_path, binaries):
+    """40 bad blocks, read 3 times each: the log names each once, in one
     line (each failed read was a line of its own as well: 160 lines); the
     counters count every failed read."""
     bad_bundle(tmp_path / "m.apbundle", 40)
@@ -201,13 +202,13 @@ def test_bad_chunk_log_is_bounded(tmp_path, binaries):
         lines = log_lines(d)
         assert len(lines) == 40, "\n".join(lines)
         assert all("checksum mismatch" in line for line in lines), lines
-        assert lines.count("apbundlefs: model 'm.bin' chunk 39 (bytes 159744 to 163840): "
+        assert lines.count("apbundlefs: model 'm.bin' block 39 (bytes 159744 to 163840): "
                            "checksum mismatch after a second read; reads of it fail "
                            "with EIO") == 1, lines
 
 
 def test_read_error_log_has_a_cap(tmp_path, binaries):
-    """More distinct bad chunks than the log names (1024): one line each up
+    """More distinct bad blocks than the log names (1024): one line each up
     to the cap, then one line saying so, then nothing; counting goes on."""
     n = 1030
     bad_bundle(tmp_path / "m.apbundle", n)
@@ -222,4 +223,4 @@ def test_read_error_log_has_a_cap(tmp_path, binaries):
         assert len(lines) == 1025, (len(lines), lines[-3:])
         assert lines[-1] == ("apbundlefs: more than 1024 read errors; not naming further "
                              "ones (see io.errors and io.checksum_errors)"), lines[-1]
-        assert "chunk 1023 (" in lines[-2] and "chunk 1024 (" not in d.log()
+        assert "block 1023 (" in lines[-2] and "block 1024 (" not in d.log()

@@ -1,6 +1,6 @@
 /*
  * fuzz_bundle.c - libFuzzer target for the bundle reader: header, manifest
- * (v1 JSON, aprender binary, v2 JSON + chunk table) and the reads that
+ * (v1 JSON, aprender binary, v2 JSON + block table) and the reads that
  * follow from them.
  *
  * Each input is written to one memfd and opened through the public API by
@@ -18,8 +18,8 @@
  *     built from them has one file per model;
  *   - reads return exactly the requested length (clipped at the model's
  *     end), and for v1, aprender and v2 'none' models the file's bytes; a
- *     v2 read may instead fail with -EBADMSG (a chunk that fails its
- *     checksum or does not decompress), naming a chunk it touched; nothing
+ *     v2 read may instead fail with -EBADMSG (a block that fails its
+ *     checksum or does not decompress), naming a block it touched; nothing
  *     else (no -EIO: every stored byte was promised inside the file).
  *
  * Build: meson setup build-fuzz -Dfuzz=true (clang only); run:
@@ -43,7 +43,7 @@
 
 #define READ_HEAD (256u << 10) /* bytes read from each model's start */
 #define READ_TAIL (64u << 10)  /* and from its end */
-#define CHUNK (48u << 10)      /* one apb_bundle_read(); not a power of 2 */
+#define READ_LEN (48u << 10)   /* one apb_bundle_read(); not a power of 2 */
 
 static inline uint32_t le32(const uint8_t *p)
 {
@@ -58,7 +58,7 @@ static inline uint64_t le64(const uint8_t *p)
 
 static int fd = -1;
 static char path[64];
-static uint8_t buf[CHUNK];
+static uint8_t buf[READ_LEN];
 
 #define require(cond)                                                     \
 	do {                                                              \
@@ -99,7 +99,7 @@ static void put_input(const uint8_t *data, size_t size)
 }
 
 /* The model's bytes are the file's bytes at its offset: v1, aprender and
- * v2 'none' models (whose chunks lie back to back). */
+ * v2 'none' models (whose blocks lie back to back). */
 static bool stored_raw(const struct apb_bundle *b, const struct apb_model *m)
 {
 	return apb_bundle_layout(b) != APB_LAYOUT_V2 ||
@@ -107,8 +107,8 @@ static bool stored_raw(const struct apb_bundle *b, const struct apb_model *m)
 }
 
 /* Check a read of want bytes at off that returned r into out; bad is the
- * chunk apb_bundle_preadv() blamed (UINT64_MAX if not asked). Only v2 has
- * chunk checksums, so only v2 may answer -EBADMSG, and then for a chunk
+ * block apb_bundle_preadv() blamed (UINT64_MAX if not asked). Only v2 has
+ * block checksums, so only v2 may answer -EBADMSG, and then for a block
  * the read touched. */
 static void check_read(const struct apb_bundle *b, const struct apb_model *m,
 		       const uint8_t *data, uint64_t off, size_t want, long r,
@@ -121,9 +121,9 @@ static void check_read(const struct apb_bundle *b, const struct apb_model *m,
 	if (r == -EBADMSG && apb_bundle_layout(b) == APB_LAYOUT_V2) {
 		require(expect > 0);
 		if (bad != UINT64_MAX)
-			require(bad < m->chunk_count &&
-				bad * m->chunk_size < off + expect &&
-				(bad + 1) * m->chunk_size > off);
+			require(bad < m->block_count &&
+				bad * m->block_size < off + expect &&
+				(bad + 1) * m->block_size > off);
 		return;
 	}
 	require(r >= 0 && (uint64_t)r == expect);
@@ -137,7 +137,7 @@ static void read_range(const struct apb_bundle *b, size_t i,
 	const struct apb_model *m = apb_bundle_model(b, i);
 
 	while (len > 0) {
-		size_t n = len < CHUNK ? (size_t)len : CHUNK;
+		size_t n = len < READ_LEN ? (size_t)len : READ_LEN;
 		long r = apb_bundle_read(b, i, off, buf, n);
 
 		check_read(b, m, data, off, n, r, buf, UINT64_MAX);
@@ -177,17 +177,17 @@ static void check_model(const struct apb_bundle *b, size_t i,
 	require(m->offset >= 16 && m->offset <= size &&
 		m->stored_size <= size - m->offset);
 	if (apb_bundle_layout(b) == APB_LAYOUT_V2) {
-		require(m->chunk_size >= APB_CHUNK_SIZE_MIN &&
-			m->chunk_size <= APB_CHUNK_SIZE_MAX &&
-			m->chunk_size % 4096 == 0);
-		require(m->chunk_count ==
-			m->size / m->chunk_size + !!(m->size % m->chunk_size));
+		require(m->block_size >= APB_BLOCK_SIZE_MIN &&
+			m->block_size <= APB_BLOCK_SIZE_MAX &&
+			m->block_size % 4096 == 0);
+		require(m->block_count ==
+			m->size / m->block_size + !!(m->size % m->block_size));
 		if (m->compression == APB_COMPRESSION_NONE)
 			require(m->size == 0 ||
 				(m->offset % 4096 == 0 && m->stored_size >= m->size));
 	} else {
-		require(m->stored_size == m->size && m->chunk_size == 0 &&
-			m->chunk_count == 0);
+		require(m->stored_size == m->size && m->block_size == 0 &&
+			m->block_count == 0);
 	}
 	require(apb_bundle_find(b, m->name, &found) == 0 && found == i);
 
@@ -254,9 +254,9 @@ static void run_one(const uint8_t *data, size_t size)
 }
 
 /* ---- version 2 checksum fix-up ------------------------------------------
- * A mutated chunk table almost never matches the XXH3 the manifest gives
+ * A mutated block table almost never matches the XXH3 the manifest gives
  * for it, so without help the fuzzer would stop at that check and never
- * reach the per-entry rules or the chunked reads. A v2 input is therefore
+ * reach the per-entry rules or the reads by block. A v2 input is therefore
  * run twice: as it is, and with the checksums recomputed - each entry's
  * XXH3 from its bytes (raw) or from its decoded frame (zstd), then the
  * table's, written over the manifest's 16 hex digits. The parse here is

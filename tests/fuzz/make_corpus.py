@@ -38,18 +38,18 @@ def seeds():
     # aprender's binary layout
     yield "apr-two", aprender_bytes([("enc.bin", A), ("dec.bin", B)])
     yield "apr-empty-desc", aprender_bytes([("m", B), ("n/o", EMPTY)], description=b"")
-    # version 2: chunked, per-chunk XXH3, zstd; 4096-byte chunks so that
+    # version 2: blocks, an XXH3 per block, zstd; 4096-byte blocks so that
     # small models still have several
     R = apbformat.random_bytes(10000, 3)
     Z = apbformat.compressible_bytes(9000, 4)
-    yield "v2-none", V2Bundle([("a.bin", R), ("e", EMPTY)], chunk_size=4096,
+    yield "v2-none", V2Bundle([("a.bin", R), ("e", EMPTY)], block_size=4096,
                               slack=0).to_bytes()
     yield "v2-zstd", V2Bundle([("b.bin", Z), ("c.bin", A)], compression="zstd",
-                              chunk_size=4096, slack=0).to_bytes()
+                              block_size=4096, slack=0).to_bytes()
     mixed = V2Bundle([("d/a.bin", R, {"compression": "none"}),
                       ("d/z.bin", Z + R[:3000], {"compression": "zstd"}),
                       ("e", EMPTY, {"compression": "zstd"})],
-                     chunk_size=8192, slack=0, force_raw={("d/z.bin", 1)})
+                     block_size=8192, slack=0, force_raw={("d/z.bin", 1)})
     yield "v2-mixed", mixed.to_bytes()
     # broken on purpose: the paths that refuse
     good = V1Bundle([("a.bin", A), ("b.bin", B)], slack=0)
@@ -62,15 +62,15 @@ def seeds():
     yield "bad-apr-count", data[:count_at] + struct.pack("<I", 0xffffffff) + data[count_at + 4:]
     yield "bad-header-only", apbformat.MAGIC + struct.pack("<II", 1, 0)
     def zstd_one():
-        return V2Bundle([("b.bin", Z)], compression="zstd", chunk_size=4096, slack=0)
+        return V2Bundle([("b.bin", Z)], compression="zstd", block_size=4096, slack=0)
     b = zstd_one()
     yield "bad-v2-table-sum", b.to_bytes(flip=[(b.table_offset + 3, 1)])
     b = zstd_one()
-    b.chunks[1]["flags"] = 2
+    b.blocks[1]["flags"] = 2
     yield "bad-v2-flags", b.to_bytes()
     b = zstd_one()
-    b.chunks[0]["xxh3"] ^= 1
-    yield "bad-v2-chunk-sum", b.to_bytes()       # opens; its reads fail
+    b.blocks[0]["xxh3"] ^= 1
+    yield "bad-v2-block-sum", b.to_bytes()       # opens; its reads fail
 
 
 def _overlap(good):

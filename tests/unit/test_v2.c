@@ -1,13 +1,13 @@
 /*
- * test_v2.c - format version 2 (docs/FORMAT.md): the chunk table, its
+ * test_v2.c - format version 2 (docs/FORMAT.md): the block table, its
  * rules, and verified reads through apb_bundle_preadv().
  *
  * struct v2 describes a bundle as fields a test may change before
- * v2_bytes() lays it out: models (data, compression, chunk size), the
+ * v2_bytes() lays it out: models (data, compression, block size), the
  * table entries the layout computed, the manifest numbers, and JSON text
  * overrides. Round trips compare every byte read with the source; every
  * rule has a test asserting -EINVAL and the distinctive part of its
- * message; corrupt chunks must give -EBADMSG and their index.
+ * message; corrupt blocks must give -EBADMSG and their index.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -83,7 +83,7 @@ static void v2_add(struct v2 *v, const char *name, const uint8_t *data,
 	v->cs[i] = cs;
 }
 
-/* Place models from 4096 on, in the order added: raw chunks aligned, zstd
+/* Place models from 4096 on, in the order added: raw blocks aligned, zstd
  * frames wherever they fall; the table after the data. */
 static void v2_layout(struct v2 *v)
 {
@@ -234,8 +234,8 @@ static void text(uint8_t *d, size_t n, unsigned seed)
 		d[i] = (uint8_t)("abcdefgh"[(i / 7 + seed) % 8]);
 }
 
-/* A valid two-model bundle most rule tests start from: "a" zstd (chunks
- * compressed), "b" none, both 3 chunks of 4096 + 100 bytes. */
+/* A valid two-model bundle most rule tests start from: "a" zstd (blocks
+ * compressed), "b" none, both 3 blocks of 4096 + 100 bytes. */
 static void base(struct v2 *v)
 {
 	static uint8_t a[3 * 4096 + 100], b[3 * 4096 + 100];
@@ -323,7 +323,7 @@ static void round_trip(struct v2 *v)
 	v2_free(v);
 }
 
-static void v2_exposes_compression_chunk_size_and_count(void)
+static void v2_exposes_compression_block_size_and_count(void)
 {
 	struct v2 v;
 	struct buf file;
@@ -337,17 +337,17 @@ static void v2_exposes_compression_chunk_size_and_count(void)
 	m = apb_bundle_model(b, 0);
 	CHECK(strcmp(m->name, "a") == 0);
 	CHECK_EQ(m->compression, APB_COMPRESSION_ZSTD);
-	CHECK_EQ(m->chunk_size, 4096);
-	CHECK_EQ(m->chunk_count, 4);
-	CHECK_EQ(m->first_chunk, 0);
+	CHECK_EQ(m->block_size, 4096);
+	CHECK_EQ(m->block_count, 4);
+	CHECK_EQ(m->first_block, 0);
 	CHECK_EQ(m->size, 3 * 4096 + 100);
 	CHECK(m->stored_size < m->size); /* it did compress */
 	CHECK(m->has_checksum);
 	CHECK(m->xxh3 == XXH3_64bits(v.data[0], v.size[0]));
 	m = apb_bundle_model(b, 1);
 	CHECK_EQ(m->compression, APB_COMPRESSION_NONE);
-	CHECK_EQ(m->chunk_count, 4);
-	CHECK_EQ(m->first_chunk, 4);
+	CHECK_EQ(m->block_count, 4);
+	CHECK_EQ(m->first_block, 4);
 	CHECK_EQ(m->stored_size, m->size);
 	CHECK_EQ(m->offset % 4096, 0);
 	apb_bundle_close(b);
@@ -355,8 +355,8 @@ static void v2_exposes_compression_chunk_size_and_count(void)
 	v2_free(&v);
 }
 
-/* Sizes around chunk boundaries, each compression, several chunk sizes. */
-static void v2_round_trip_at_chunk_boundaries(void)
+/* Sizes around block boundaries, each compression, several block sizes. */
+static void v2_round_trip_at_block_boundaries(void)
 {
 	const uint64_t css[] = {4096, 65536, 3 * 4096};
 	static uint8_t src[3 * 65536 + 5];
@@ -394,9 +394,9 @@ static void v2_bundle_with_no_models_opens(void)
 	free(file.p);
 }
 
-/* A run of whole raw chunks read straight into many small iovecs (the
- * daemon's 4 KiB cache slots over a 64 KiB-chunk model). */
-static void v2_run_of_raw_chunks_into_small_iovecs(void)
+/* A run of whole raw blocks read straight into many small iovecs (the
+ * daemon's 4 KiB cache slots over a 64 KiB-block model). */
+static void v2_run_of_raw_blocks_into_small_iovecs(void)
 {
 	static uint8_t src[5 * 65536 + 7], out[5 * 65536 + 7];
 	struct iovec iov[100];
@@ -420,7 +420,7 @@ static void v2_run_of_raw_chunks_into_small_iovecs(void)
 }
 
 /* Threads sharing one bundle share its pool of zstd contexts and scratch
- * buffers: every read must still return its own chunk's bytes. */
+ * buffers: every read must still return its own block's bytes. */
 struct reader_arg {
 	struct apb_bundle *b;
 	const uint8_t *src;
@@ -461,7 +461,7 @@ static void v2_concurrent_reads_share_the_context_pool(void)
 
 	text(src, sizeof src, 5);
 	for (size_t i = 0; i < sizeof src; i += 4096 * 3)
-		pattern(src + i, 4096, (unsigned)i); /* some chunks stay raw */
+		pattern(src + i, 4096, (unsigned)i); /* some blocks stay raw */
 	v2_add(&v, "m", src, sizeof src, "zstd", 4096);
 	v2_layout(&v);
 	file = v2_bytes(&v);
@@ -479,17 +479,17 @@ static void v2_concurrent_reads_share_the_context_pool(void)
 	v2_free(&v);
 }
 
-/* Chunks larger than the 128 KiB pieces the reader streams stored bytes
- * in: frames and raw chunks spanning several pieces, read whole, in part,
+/* Blocks larger than the 128 KiB pieces the reader streams stored bytes
+ * in: frames and raw blocks spanning several pieces, read whole, in part,
  * and across piece boundaries; a byte flipped in the last piece of a raw
- * chunk or of a frame still fails the read. */
+ * block or of a frame still fails the read. */
 #define BIG_CS (75 * 4096) /* 2.3 pieces */
 
-static void big_chunks(struct v2 *v, uint8_t *src, size_t size)
+static void big_blocks(struct v2 *v, uint8_t *src, size_t size)
 {
 	memset(v, 0, sizeof *v);
-	/* Chunk 0: half random, half text, a frame of over 128 KiB; chunk 1
-	 * random, raw; chunk 2 text; chunk 3 short. */
+	/* Block 0: half random, half text, a frame of over 128 KiB; block 1
+	 * random, raw; block 2 text; block 3 short. */
 	pattern(src, size, 3);
 	text(src + BIG_CS / 2, BIG_CS / 2, 4);
 	text(src + 2 * BIG_CS, BIG_CS, 5);
@@ -499,7 +499,7 @@ static void big_chunks(struct v2 *v, uint8_t *src, size_t size)
 	CHECK(v->e[1].flags == 0 && v->e[2].flags == 1);
 }
 
-static void v2_chunks_larger_than_a_piece(void)
+static void v2_blocks_larger_than_a_piece(void)
 {
 	static uint8_t src[3 * BIG_CS + 777], out[BIG_CS + 10];
 	const size_t at[] = {0, 1, (128 << 10) - 1, 128 << 10, (256 << 10) + 5,
@@ -510,7 +510,7 @@ static void v2_chunks_larger_than_a_piece(void)
 	struct apb_bundle *b;
 	uint64_t bad = 99;
 
-	big_chunks(&v, src, sizeof src);
+	big_blocks(&v, src, sizeof src);
 	file = v2_bytes(&v);
 	CHECK_EQ(open_buf(&file, &b), 0);
 	for (size_t k = 0; k < 4; k++)
@@ -529,9 +529,9 @@ static void v2_chunks_larger_than_a_piece(void)
 	free(file.p);
 	round_trip(&v);
 
-	/* The last piece of raw chunk 1, of frame 0. */
+	/* The last piece of raw block 1, of frame 0. */
 	for (size_t k = 0; k < 2; k++) {
-		big_chunks(&v, src, sizeof src);
+		big_blocks(&v, src, sizeof src);
 		v.blob[1 - k][v.e[1 - k].len - 10] ^= 0x40;
 		file = v2_bytes(&v);
 		CHECK_EQ(open_buf(&file, &b), 0);
@@ -547,9 +547,9 @@ static void v2_chunks_larger_than_a_piece(void)
 	}
 }
 
-/* ---- corrupt chunks ---------------------------------------------------- */
+/* ---- corrupt blocks ---------------------------------------------------- */
 
-/* Flip one byte of the stored bytes of chunk k of model. */
+/* Flip one byte of the stored bytes of block k of model. */
 static void flip_stored(struct v2 *v, size_t model, uint64_t k, size_t at)
 {
 	size_t i = v->first[model] + k;
@@ -557,9 +557,9 @@ static void flip_stored(struct v2 *v, size_t model, uint64_t k, size_t at)
 	v->blob[i][at % v->e[i].len] ^= 0x40;
 }
 
-/* Chunk k of model is bad: reads of it fail with -EBADMSG and its index,
+/* Block k of model is bad: reads of it fail with -EBADMSG and its index,
  * others succeed with the right bytes. */
-static void check_bad_chunk(struct v2 *v, size_t model, uint64_t k)
+static void check_bad_block(struct v2 *v, size_t model, uint64_t k)
 {
 	uint64_t cs = v->cs[model], bad = 99;
 	struct buf file;
@@ -570,7 +570,7 @@ static void check_bad_chunk(struct v2 *v, size_t model, uint64_t k)
 	file = v2_bytes(v);
 	CHECK_EQ(open_buf(&file, &b), 0);
 	CHECK_EQ(apb_bundle_find(b, v->name[model], &idx), 0);
-	/* The chunk alone, one byte of it, and a read spanning it. */
+	/* The block alone, one byte of it, and a read spanning it. */
 	CHECK_EQ(apb_bundle_preadv(b, idx, k * cs,
 				   &(struct iovec){out, cs}, 1, &bad), -EBADMSG);
 	CHECK_EQ(bad, k);
@@ -593,13 +593,13 @@ static void check_bad_chunk(struct v2 *v, size_t model, uint64_t k)
 	v2_free(v);
 }
 
-static void v2_flipped_byte_in_raw_chunk_is_ebadmsg(void)
+static void v2_flipped_byte_in_raw_block_is_ebadmsg(void)
 {
 	struct v2 v;
 
 	base(&v);
 	flip_stored(&v, 1, 2, 17);
-	check_bad_chunk(&v, 1, 2);
+	check_bad_block(&v, 1, 2);
 }
 
 static void v2_flipped_byte_in_zstd_frame_is_ebadmsg(void)
@@ -609,10 +609,10 @@ static void v2_flipped_byte_in_zstd_frame_is_ebadmsg(void)
 	base(&v);
 	CHECK_EQ(v.e[v.first[0] + 1].flags, 1);
 	flip_stored(&v, 0, 1, 30); /* inside the compressed data */
-	check_bad_chunk(&v, 0, 1);
+	check_bad_block(&v, 0, 1);
 	base(&v);
 	flip_stored(&v, 0, 1, 4); /* frame header */
-	check_bad_chunk(&v, 0, 1);
+	check_bad_block(&v, 0, 1);
 }
 
 /* A frame that decodes fine to other bytes than the table's hash says. */
@@ -623,11 +623,11 @@ static void v2_frame_with_wrong_content_is_ebadmsg(void)
 	base(&v);
 	CHECK_EQ(v.e[v.first[0] + 2].flags, 1);
 	v.e[v.first[0] + 2].xxh3 ^= 1;
-	check_bad_chunk(&v, 0, 2);
+	check_bad_block(&v, 0, 2);
 }
 
 /* Right hash of the frame's content, but the frame holds fewer bytes than
- * the chunk (or has trailing bytes): -EBADMSG, not short data. */
+ * the block (or has trailing bytes): -EBADMSG, not short data. */
 static void v2_frame_of_wrong_length_is_ebadmsg(void)
 {
 	struct v2 v;
@@ -710,7 +710,7 @@ static void rejects_v2_manifest_that_does_not_begin_with_brace(void)
 	v2_free(&v);
 }
 
-static void rejects_missing_chunk_table(void)
+static void rejects_missing_block_table(void)
 {
 	struct v2 v;
 
@@ -725,16 +725,16 @@ static void rejects_missing_chunk_table(void)
 	expect_v2_error(&v, "manifest: 'chunk_table' is not a JSON object");
 }
 
-static void rejects_chunk_table_count_above_limit(void)
+static void rejects_block_table_count_above_limit(void)
 {
 	struct v2 v;
 
 	base(&v);
-	v.table_count = APB_CHUNKS_MAX + 1ull;
+	v.table_count = APB_BLOCKS_MAX + 1ull;
 	expect_v2_error(&v, "chunk_table: 'count' 16777217 exceeds the limit of 16777216");
 }
 
-static void rejects_unaligned_chunk_table(void)
+static void rejects_unaligned_block_table(void)
 {
 	struct v2 v;
 
@@ -743,7 +743,7 @@ static void rejects_unaligned_chunk_table(void)
 	expect_v2_error(&v, "chunk_table: offset 4100 is not a multiple of 8");
 }
 
-static void rejects_chunk_table_inside_manifest(void)
+static void rejects_block_table_inside_manifest(void)
 {
 	struct v2 v;
 
@@ -752,7 +752,7 @@ static void rejects_chunk_table_inside_manifest(void)
 	expect_v2_error(&v, "chunk_table: offset 16 is inside the header and manifest");
 }
 
-static void rejects_chunk_table_past_end_of_file(void)
+static void rejects_block_table_past_end_of_file(void)
 {
 	struct v2 v;
 
@@ -761,7 +761,7 @@ static void rejects_chunk_table_past_end_of_file(void)
 	expect_v2_error(&v, "chunk_table: 9 entries (216 bytes at offset");
 }
 
-static void rejects_malformed_chunk_table_checksum(void)
+static void rejects_malformed_block_table_checksum(void)
 {
 	struct v2 v;
 
@@ -770,7 +770,7 @@ static void rejects_malformed_chunk_table_checksum(void)
 	expect_v2_error(&v, "chunk_table: checksum 'xxh3-64:XYZ' is not");
 }
 
-static void rejects_chunk_table_checksum_mismatch(void)
+static void rejects_block_table_checksum_mismatch(void)
 {
 	struct v2 v;
 
@@ -817,7 +817,7 @@ static void rejects_unknown_compression(void)
 	expect_v2_error(&v, "model 'b': unknown compression 'lz4' (this apbundlefs reads none and zstd)");
 }
 
-static void rejects_missing_chunk_size(void)
+static void rejects_missing_block_size(void)
 {
 	struct v2 v;
 
@@ -825,7 +825,7 @@ static void rejects_missing_chunk_size(void)
 	expect_v2_error(&v, "model 'a': 'chunk_size' is missing");
 }
 
-static void rejects_chunk_size_out_of_range(void)
+static void rejects_block_size_out_of_range(void)
 {
 	struct v2 v;
 
@@ -837,7 +837,7 @@ static void rejects_chunk_size_out_of_range(void)
 	expect_v2_error(&v, "model 'b': chunk_size 16781312 is outside 4096 .. 16777216");
 }
 
-static void rejects_chunk_size_not_multiple_of_4096(void)
+static void rejects_block_size_not_multiple_of_4096(void)
 {
 	struct v2 v;
 
@@ -854,7 +854,7 @@ static void rejects_missing_stored_size(void)
 	expect_v2_error(&v, "model 'a': 'stored_size' is missing");
 }
 
-static void rejects_missing_first_chunk(void)
+static void rejects_missing_first_block(void)
 {
 	struct v2 v;
 
@@ -880,15 +880,15 @@ static void rejects_duplicate_v2_key(void)
 
 /* ---- entry rules ------------------------------------------------------- */
 
-static void rejects_chunks_past_the_table(void)
+static void rejects_blocks_past_the_table(void)
 {
 	struct v2 v;
 
 	base(&v);
 	v.first[1] = 5;
-	expect_v2_error(&v, "model 'b': its 4 chunks from table entry 5 run past the chunk table (8 entries)");
+	expect_v2_error(&v, "model 'b': its 4 blocks from table entry 5 run past the block table (8 entries)");
 	empty_model(&v, MODEL_A(",'compression':'none','chunk_size':4096,'stored_size':0,'first_chunk':1"));
-	expect_v2_error(&v, "model 'a': its 0 chunks from table entry 1 run past the chunk table (0 entries)");
+	expect_v2_error(&v, "model 'a': its 0 blocks from table entry 1 run past the block table (0 entries)");
 }
 
 static void rejects_unknown_flags(void)
@@ -897,36 +897,36 @@ static void rejects_unknown_flags(void)
 
 	base(&v);
 	v.e[5].flags |= 4;
-	expect_v2_error(&v, "model 'b' chunk 1 (table entry 5): unknown flags 0x00000004");
+	expect_v2_error(&v, "model 'b' block 1 (table entry 5): unknown flags 0x00000004");
 }
 
-static void rejects_zstd_chunk_in_none_model(void)
+static void rejects_zstd_block_in_none_model(void)
 {
 	struct v2 v;
 
 	base(&v);
 	v.e[6].flags = 1;
-	expect_v2_error(&v, "model 'b' chunk 2 (table entry 6): a zstd frame in a model whose compression is 'none'");
+	expect_v2_error(&v, "model 'b' block 2 (table entry 6): a zstd frame in a model whose compression is 'none'");
 }
 
-static void rejects_unaligned_raw_chunk(void)
+static void rejects_unaligned_raw_block(void)
 {
 	struct v2 v;
 
 	base(&v);
-	v.e[3].flags = 0; /* a's last chunk, raw at the frame's offset */
+	v.e[3].flags = 0; /* a's last block, raw at the frame's offset */
 	v.e[3].len = 100;
 	drop_blob(&v, 3);
-	expect_v2_error(&v, "model 'a' chunk 3 (table entry 3): raw chunk offset");
+	expect_v2_error(&v, "model 'a' block 3 (table entry 3): raw block offset");
 }
 
-static void rejects_raw_chunk_of_wrong_length(void)
+static void rejects_raw_block_of_wrong_length(void)
 {
 	struct v2 v;
 
 	base(&v);
 	v.e[7].len = 99;
-	expect_v2_error(&v, "model 'b' chunk 3 (table entry 7): raw chunk stores 99 bytes, not the chunk's 100");
+	expect_v2_error(&v, "model 'b' block 3 (table entry 7): raw block stores 99 bytes, not the block's 100");
 }
 
 static void rejects_zstd_frame_of_bad_length(void)
@@ -935,24 +935,24 @@ static void rejects_zstd_frame_of_bad_length(void)
 
 	base(&v);
 	v.e[1].len = 0;
-	expect_v2_error(&v, "model 'a' chunk 1 (table entry 1): zstd frame of 0 bytes is outside 1 .. ");
+	expect_v2_error(&v, "model 'a' block 1 (table entry 1): zstd frame of 0 bytes is outside 1 .. ");
 	base(&v);
 	v.e[1].len = (uint32_t)ZSTD_compressBound(4096) + 1;
 	drop_blob(&v, 1);
 	expect_v2_error(&v, "(the bound for 4096 bytes)");
 }
 
-static void rejects_chunk_before_model_offset(void)
+static void rejects_block_before_model_offset(void)
 {
 	struct v2 v;
 
 	base(&v);
 	v.off[0] += 1;
 	v.stored[0] -= 1;
-	expect_v2_error(&v, "model 'a' chunk 0 (table entry 0): offset 4096 is before the model's stored bytes (offset 4097)");
+	expect_v2_error(&v, "model 'a' block 0 (table entry 0): offset 4096 is before the model's stored bytes (offset 4097)");
 }
 
-static void rejects_chunks_out_of_order(void)
+static void rejects_blocks_out_of_order(void)
 {
 	struct v2 v;
 	struct v2_entry t;
@@ -961,23 +961,23 @@ static void rejects_chunks_out_of_order(void)
 	base(&v);
 	t = v.e[1], v.e[1] = v.e[2], v.e[2] = t;
 	p = v.blob[1], v.blob[1] = v.blob[2], v.blob[2] = p;
-	expect_v2_errorf(&v, "model 'a' chunk 2 (table entry 2): offset %llu is before the end of chunk 1 (%llu); chunks must be in offset order without overlap",
+	expect_v2_errorf(&v, "model 'a' block 2 (table entry 2): offset %llu is before the end of block 1 (%llu); blocks must be in offset order without overlap",
 			 (unsigned long long)v.e[2].off,
 			 (unsigned long long)(v.e[1].off + v.e[1].len));
 	base(&v);
-	v.e[2].off = v.e[1].off + 1; /* overlaps chunk 1 */
-	expect_v2_errorf(&v, "model 'a' chunk 2 (table entry 2): offset %llu is before the end of chunk 1 (%llu)",
+	v.e[2].off = v.e[1].off + 1; /* overlaps block 1 */
+	expect_v2_errorf(&v, "model 'a' block 2 (table entry 2): offset %llu is before the end of block 1 (%llu)",
 			 (unsigned long long)v.e[2].off,
 			 (unsigned long long)(v.e[1].off + v.e[1].len));
 }
 
-static void rejects_chunk_past_model_stored_bytes(void)
+static void rejects_block_past_model_stored_bytes(void)
 {
 	struct v2 v;
 
 	base(&v);
 	v.stored[0] -= 1;
-	expect_v2_errorf(&v, "model 'a' chunk 3 (table entry 3): %u bytes at offset %llu run past the model's stored bytes (which end at %llu)",
+	expect_v2_errorf(&v, "model 'a' block 3 (table entry 3): %u bytes at offset %llu run past the model's stored bytes (which end at %llu)",
 			 v.e[3].len, (unsigned long long)v.e[3].off,
 			 (unsigned long long)(v.off[0] + v.stored[0]));
 }
@@ -987,10 +987,10 @@ static void rejects_none_model_with_gap(void)
 	struct v2 v;
 
 	base(&v);
-	/* Move b's last chunk one page on: aligned, in order, inside. */
+	/* Move b's last block one page on: aligned, in order, inside. */
 	v.e[7].off += 4096;
 	v.stored[1] += 4096;
-	expect_v2_errorf(&v, "model 'b' chunk 3 (table entry 7): offset %llu is not %llu: a 'none' model's chunks lie back to back from its offset",
+	expect_v2_errorf(&v, "model 'b' block 3 (table entry 7): offset %llu is not %llu: a 'none' model's blocks lie back to back from its offset",
 			 (unsigned long long)v.e[7].off,
 			 (unsigned long long)(v.off[1] + 3 * 4096));
 }
@@ -1005,7 +1005,7 @@ static void rejects_model_naming_another_models_entries(void)
 
 	base(&v);
 	v.first[1] = 3;
-	expect_v2_error(&v, "model 'b' chunk 0 (table entry 3)");
+	expect_v2_error(&v, "model 'b' block 0 (table entry 3)");
 }
 
 static void rejects_unused_entries(void)
@@ -1016,15 +1016,15 @@ static void rejects_unused_entries(void)
 	v.e[v.ne] = v.e[v.ne - 1]; /* a spare copy of b's last entry */
 	v.blob[v.ne++] = NULL;
 	v.table_count++;
-	expect_v2_error(&v, "chunk table entries 8 .. 8 are used by no model");
+	expect_v2_error(&v, "block table entries 8 .. 8 are used by no model");
 	memset(&v, 0, sizeof v);
 	v2_layout(&v);
 	v.e[0] = (struct v2_entry){.off = 4096, .len = 4096};
 	v.ne = v.table_count = 1;
-	expect_v2_error(&v, "chunk table entries 0 .. 0 are used by no model");
+	expect_v2_error(&v, "block table entries 0 .. 0 are used by no model");
 }
 
-/* An empty model's first_chunk may be any index up to the count. */
+/* An empty model's first_block may be any index up to the count. */
 static void empty_model_may_name_any_entry(void)
 {
 	static uint8_t d[4096];
@@ -1051,51 +1051,51 @@ static void rejects_table_overlapping_a_model(void)
 	struct v2 v;
 
 	base(&v);
-	v.table_off = v.e[7].off; /* b's last chunk */
+	v.table_off = v.e[7].off; /* b's last block */
 	expect_v2_error(&v, "overlaps model 'b'");
 }
 
 int main(void)
 {
-	RUN(v2_exposes_compression_chunk_size_and_count);
-	RUN(v2_round_trip_at_chunk_boundaries);
+	RUN(v2_exposes_compression_block_size_and_count);
+	RUN(v2_round_trip_at_block_boundaries);
 	RUN(v2_bundle_with_no_models_opens);
-	RUN(v2_run_of_raw_chunks_into_small_iovecs);
+	RUN(v2_run_of_raw_blocks_into_small_iovecs);
 	RUN(v2_concurrent_reads_share_the_context_pool);
-	RUN(v2_chunks_larger_than_a_piece);
-	RUN(v2_flipped_byte_in_raw_chunk_is_ebadmsg);
+	RUN(v2_blocks_larger_than_a_piece);
+	RUN(v2_flipped_byte_in_raw_block_is_ebadmsg);
 	RUN(v2_flipped_byte_in_zstd_frame_is_ebadmsg);
 	RUN(v2_frame_with_wrong_content_is_ebadmsg);
 	RUN(v2_frame_of_wrong_length_is_ebadmsg);
 	RUN(v2_truncated_file_is_eio);
 
 	RUN(rejects_v2_manifest_that_does_not_begin_with_brace);
-	RUN(rejects_missing_chunk_table);
-	RUN(rejects_chunk_table_count_above_limit);
-	RUN(rejects_unaligned_chunk_table);
-	RUN(rejects_chunk_table_inside_manifest);
-	RUN(rejects_chunk_table_past_end_of_file);
-	RUN(rejects_malformed_chunk_table_checksum);
-	RUN(rejects_chunk_table_checksum_mismatch);
+	RUN(rejects_missing_block_table);
+	RUN(rejects_block_table_count_above_limit);
+	RUN(rejects_unaligned_block_table);
+	RUN(rejects_block_table_inside_manifest);
+	RUN(rejects_block_table_past_end_of_file);
+	RUN(rejects_malformed_block_table_checksum);
+	RUN(rejects_block_table_checksum_mismatch);
 	RUN(rejects_missing_compression);
 	RUN(rejects_compression_that_is_not_a_string);
 	RUN(rejects_unknown_compression);
-	RUN(rejects_missing_chunk_size);
-	RUN(rejects_chunk_size_out_of_range);
-	RUN(rejects_chunk_size_not_multiple_of_4096);
+	RUN(rejects_missing_block_size);
+	RUN(rejects_block_size_out_of_range);
+	RUN(rejects_block_size_not_multiple_of_4096);
 	RUN(rejects_missing_stored_size);
-	RUN(rejects_missing_first_chunk);
+	RUN(rejects_missing_first_block);
 	RUN(rejects_empty_model_with_stored_bytes);
 	RUN(rejects_duplicate_v2_key);
-	RUN(rejects_chunks_past_the_table);
+	RUN(rejects_blocks_past_the_table);
 	RUN(rejects_unknown_flags);
-	RUN(rejects_zstd_chunk_in_none_model);
-	RUN(rejects_unaligned_raw_chunk);
-	RUN(rejects_raw_chunk_of_wrong_length);
+	RUN(rejects_zstd_block_in_none_model);
+	RUN(rejects_unaligned_raw_block);
+	RUN(rejects_raw_block_of_wrong_length);
 	RUN(rejects_zstd_frame_of_bad_length);
-	RUN(rejects_chunk_before_model_offset);
-	RUN(rejects_chunks_out_of_order);
-	RUN(rejects_chunk_past_model_stored_bytes);
+	RUN(rejects_block_before_model_offset);
+	RUN(rejects_blocks_out_of_order);
+	RUN(rejects_block_past_model_stored_bytes);
 	RUN(rejects_none_model_with_gap);
 	RUN(rejects_model_naming_another_models_entries);
 	RUN(rejects_unused_entries);

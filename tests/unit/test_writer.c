@@ -142,7 +142,7 @@ static int create_with(const char *out, struct apb_input_list *l,
 	apb_writer_options_init(&o);
 	o.format = format;
 	o.compression = comp;
-	o.chunk_size = cs;
+	o.block_size = cs;
 	o.threads = threads;
 	return apb_writer_create_bundle(at(out), l, &o, err, sizeof(err));
 }
@@ -240,7 +240,7 @@ static void reads_back(unsigned format, enum apb_writer_compression comp,
 		CHECK_EQ(m->compression, comp == APB_WRITER_ZSTD
 						 ? APB_COMPRESSION_ZSTD
 						 : APB_COMPRESSION_NONE);
-		CHECK_EQ(m->chunk_size, format == 1 ? 0 : cs ? cs : 65536);
+		CHECK_EQ(m->block_size, format == 1 ? 0 : cs ? cs : 65536);
 		CHECK(m->has_checksum);
 		CHECK(m->xxh3 == XXH3_64bits(want, sizes[i]));
 		CHECK_EQ(apb_bundle_read(b, idx, 0, got, sizes[i] + 1),
@@ -673,22 +673,22 @@ static void options_are_checked(void)
 	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), 0);
 	o.compression = APB_WRITER_ZSTD;
 	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), -EINVAL);
-	CHECK(strcmp(err, "compression and chunk size need format 2") == 0);
+	CHECK(strcmp(err, "compression and block size need format 2") == 0);
 	o.compression = APB_WRITER_STORE;
-	o.chunk_size = 65536;
+	o.block_size = 65536;
 	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), -EINVAL);
 	o.format = 2;
 	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), 0);
-	o.chunk_size = 4096;
+	o.block_size = 4096;
 	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), 0);
-	o.chunk_size = 16u << 20;
+	o.block_size = 16u << 20;
 	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), 0);
-	o.chunk_size = (16u << 20) + 4096;
+	o.block_size = (16u << 20) + 4096;
 	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), -EINVAL);
-	o.chunk_size = 5000;
+	o.block_size = 5000;
 	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), -EINVAL);
-	CHECK_STR_CONTAINS(err, "chunk size 5000 is not a multiple of 4096");
-	o.chunk_size = 0;
+	CHECK_STR_CONTAINS(err, "block size 5000 is not a multiple of 4096");
+	o.block_size = 0;
 	o.compression_level = 23;
 	CHECK_EQ(apb_writer_options_check(&o, err, sizeof(err)), -EINVAL);
 	o.compression_level = 22;
@@ -739,21 +739,21 @@ static uint64_t sum_of(const cJSON *o, const char *key)
 	return x;
 }
 
-/* Check one model's chunks against its source; marks the stored bytes. */
-static void check_v2_chunks(const unsigned char *f, unsigned char *used,
+/* Check one model's blocks against its source; marks the stored bytes. */
+static void check_v2_blocks(const unsigned char *f, unsigned char *used,
 			    const unsigned char *table, const cJSON *m,
 			    const struct v2_source *src, const char *comp,
 			    uint64_t cs, struct v2_counts *n)
 {
 	uint64_t off = num(m, "offset"), stored = num(m, "stored_size");
 	uint64_t first = num(m, "first_chunk");
-	uint64_t chunks = (src->size + cs - 1) / cs, end = off;
+	uint64_t blocks = (src->size + cs - 1) / cs, end = off;
 	bool zstd = strcmp(comp, "zstd") == 0;
 	unsigned char *buf = malloc(cs);
 
 	CHECK(buf);
 	CHECK_EQ(off % 4096, 0);
-	for (uint64_t i = 0; i < chunks; i++) {
+	for (uint64_t i = 0; i < blocks; i++) {
 		const unsigned char *e = table + (first + i) * 24;
 		uint64_t at = le64(e), len = le32(e + 8), flags = le32(e + 12);
 		const unsigned char *want = src->data + i * cs;
@@ -780,16 +780,16 @@ static void check_v2_chunks(const unsigned char *f, unsigned char *used,
 		memset(used + at, 1, len);
 		end = at + len;
 	}
-	CHECK_EQ(stored, end - off); /* nothing stored past the last chunk */
+	CHECK_EQ(stored, end - off); /* nothing stored past the last block */
 	free(buf);
 }
 
 /*
  * Check a format 2 file against the design, independently of the reader:
  * header, space-padded manifest with exactly the documented keys, models
- * in name order matching src (sorted the same way), each chunk's entry,
+ * in name order matching src (sorted the same way), each block's entry,
  * bytes and XXH3, the table's place and checksum, and zeros everywhere
- * else. Returns how many chunks are raw and how many zstd.
+ * else. Returns how many blocks are raw and how many zstd.
  */
 static struct v2_counts check_v2_layout(const char *path,
 					const struct v2_source *src, int count,
@@ -798,7 +798,7 @@ static struct v2_counts check_v2_layout(const char *path,
 	size_t len, jlen;
 	unsigned char *f = slurp(path, &len), *used = calloc(len + 1, 1);
 	struct v2_counts n = {0, 0};
-	uint64_t mlen, t, entries, next_chunk = 0;
+	uint64_t mlen, t, entries, next_block = 0;
 	cJSON *root, *table, *models;
 
 	CHECK(used);
@@ -840,13 +840,13 @@ static struct v2_counts check_v2_layout(const char *path,
 		CHECK(strcmp(cJSON_GetObjectItemCaseSensitive(m, "compression")
 				     ->valuestring, comp) == 0);
 		CHECK_EQ(num(m, "chunk_size"), cs);
-		CHECK_EQ(num(m, "first_chunk"), next_chunk);
+		CHECK_EQ(num(m, "first_chunk"), next_block);
 		CHECK(num(m, "offset") >= 16 + mlen);
 		CHECK(num(m, "offset") + num(m, "stored_size") <= t);
-		check_v2_chunks(f, used, f + t, m, &src[i], comp, cs, &n);
-		next_chunk += (src[i].size + cs - 1) / cs;
+		check_v2_blocks(f, used, f + t, m, &src[i], comp, cs, &n);
+		next_block += (src[i].size + cs - 1) / cs;
 	}
-	CHECK_EQ(entries, next_chunk); /* every entry belongs to a model */
+	CHECK_EQ(entries, next_block); /* every entry belongs to a model */
 	for (size_t k = 0; k < len; k++) /* padding is zeros */
 		CHECK(used[k] || f[k] == 0);
 	cJSON_Delete(root);
@@ -855,18 +855,18 @@ static struct v2_counts check_v2_layout(const char *path,
 	return n;
 }
 
-/* Sizes around chunk boundaries, in both compressions and two chunk
- * sizes; a model whose second half is random gets raw chunks between
+/* Sizes around block boundaries, in both compressions and two block
+ * sizes; a model whose second half is random gets raw blocks between
  * frames, 4096-aligned. */
 static void v2_bytes_follow_the_design(void)
 {
-	static const uint64_t chunk_sizes[] = {4096, 65536};
+	static const uint64_t block_sizes[] = {4096, 65536};
 	static const char *const names[] = {"a0", "a1", "a4095", "a4096",
 					    "a4097", "b0_cs-1", "b1_cs", "b2_cs+1",
 					    "c_3cs+5", "d_mixed"};
 
 	for (int k = 0; k < 2; k++) {
-		uint64_t cs = chunk_sizes[k];
+		uint64_t cs = block_sizes[k];
 		size_t sizes[] = {0, 1, 4095, 4096, 4097, cs - 1, cs, cs + 1,
 				  3 * cs + 5, 6 * cs + 100};
 		struct v2_source src[10];
@@ -911,7 +911,7 @@ static void v2_bytes_follow_the_design(void)
 	}
 }
 
-static void v2_default_chunk_size_and_empty_bundle(void)
+static void v2_default_block_size_and_empty_bundle(void)
 {
 	static const char *const p[] = {"m", "fm"};
 	struct v2_source src;
@@ -959,8 +959,8 @@ static void v2_bytes_do_not_depend_on_threads(void)
 }
 
 /* The cap on table entries is checked before anything is allocated or
- * created: a sparse 64 GiB input in 4 KiB chunks is 2^24 + 1 of them. */
-static void v2_too_many_chunks_is_refused_up_front(void)
+ * created: a sparse 64 GiB input in 4 KiB blocks is 2^24 + 1 of them. */
+static void v2_too_many_blocks_is_refused_up_front(void)
 {
 	static const char *const p[] = {"huge", "huge"};
 	struct apb_input_list *l;
@@ -974,7 +974,7 @@ static void v2_too_many_chunks_is_refused_up_front(void)
 	l = list_of(1, p);
 	CHECK_EQ(create_v2("out.apbundle", l, APB_WRITER_STORE, 4096, 1),
 		 -EFBIG);
-	CHECK_STR_CONTAINS(err, "16777217 chunks (at most 16777216)");
+	CHECK_STR_CONTAINS(err, "16777217 blocks (at most 16777216)");
 	nothing_left("out.apbundle");
 	apb_input_list_free(l);
 }
@@ -1090,8 +1090,8 @@ static void a_walked_directory_makes_a_bundle(void)
 
 /* ---- extract ---------------------------------------------------------- */
 
-/* Format 1 has only the whole-model checksum; format 2 names the chunk
- * (the flipped byte is in chunk 1 of 64 KiB). Check reports the same. */
+/* Format 1 has only the whole-model checksum; format 2 names the block
+ * (the flipped byte is in block 1 of 64 KiB). Check reports the same. */
 static void extract_and_check_refuse_corrupt_bytes(unsigned format)
 {
 	static const char *const p[] = {"w/model.bin", "f"};
@@ -1142,7 +1142,7 @@ static void extract_and_check_refuse_corrupt_bytes(unsigned format)
 			CHECK_STR_CONTAINS(err, " expected xxh3-64:");
 		} else {
 			CHECK(strcmp(err, "x.apbundle: model 'w/model.bin' "
-				     "chunk 1: checksum mismatch") == 0);
+				     "block 1: checksum mismatch") == 0);
 		}
 		nothing_left("bad.bin");
 	}
@@ -1223,9 +1223,9 @@ int main(void)
 	RUN(progress_reaches_the_total);
 	RUN(options_are_checked);
 	RUN(v2_bytes_follow_the_design);
-	RUN(v2_default_chunk_size_and_empty_bundle);
+	RUN(v2_default_block_size_and_empty_bundle);
 	RUN(v2_bytes_do_not_depend_on_threads);
-	RUN(v2_too_many_chunks_is_refused_up_front);
+	RUN(v2_too_many_blocks_is_refused_up_front);
 	RUN(file_and_name_equals_file_arguments);
 	RUN(directory_arguments_walk_regular_files);
 	RUN(a_walked_directory_makes_a_bundle);
