@@ -232,7 +232,10 @@ static int create_options(const struct apb_cmd *c, int argc, char **argv,
 {
 	static const struct option longs[] = {
 		{"compress", required_argument, NULL, 'c'},
-		{"chunk-size", required_argument, NULL, 's'},
+		{"block-size", required_argument, NULL, 's'},
+		/* The old spelling, from before the bundle's unit was named
+		 * a block (a chunk is the daemon cache's): scripts pass it. */
+		{"chunk-size", required_argument, NULL, 'S'},
 		{"format", required_argument, NULL, 'f'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
@@ -251,12 +254,14 @@ static int create_options(const struct apb_cmd *c, int argc, char **argv,
 					optarg, ZSTD_LEVEL_MAX);
 			break;
 		case 's':
+		case 'S':
 			if (apb_size_parse(optarg, &o->block_size) != 0 ||
 			    o->block_size < APB_BLOCK_SIZE_MIN ||
 			    o->block_size > APB_BLOCK_SIZE_MAX ||
 			    o->block_size % APB_BLOCK_SIZE_MIN)
-				return usage_error(c, "--chunk-size: '%s' is not "
+				return usage_error(c, "--%s: '%s' is not "
 					"a multiple of 4096 bytes from 4K to 16M",
+					opt == 'S' ? "chunk-size" : "block-size",
 					optarg);
 			break;
 		case 'f':
@@ -650,7 +655,7 @@ static int run_help(int argc, char **argv);
 
 static const struct apb_cmd commands[] = {
 	{"create",
-	 "apbundle create [--compress zstd[:LEVEL]] [--chunk-size BYTES] "
+	 "apbundle create [--compress zstd[:LEVEL]] [--block-size BYTES] "
 	 "[--format 1|2]\n                OUT.apbundle INPUT...\n",
 	 "\nPack the INPUTs into OUT.apbundle. The bundle is written to a\n"
 	 "temporary file next to OUT and renamed into place once complete;\n"
@@ -672,9 +677,9 @@ static const struct apb_cmd commands[] = {
 	 "                           1-22, default 3); a block that does not\n"
 	 "                           shrink is stored as it is\n"
 	 "  --compress none          store the bytes as they are (default)\n"
-	 "  --chunk-size BYTES       block size (format 2): a multiple of 4096\n"
+	 "  --block-size BYTES       block size (format 2): a multiple of 4096\n"
 	 "                           from 4K to 16M, K and M suffixes; default\n"
-	 "                           64K\n"
+	 "                           64K (--chunk-size is the old spelling)\n"
 	 "  -h, --help               show this help\n"
 	 "\n"
 	 "Format 2 cuts every model into blocks, each with its own checksum,\n"

@@ -191,7 +191,7 @@ def pack(out, *inputs, fmt=None, compress=None, block_size=None, threads=None):
     if compress is not None:
         args += ["--compress", compress]
     if block_size is not None:
-        args += ["--chunk-size", str(block_size)]
+        args += ["--block-size", str(block_size)]
     env = None
     if threads is not None:
         env = dict(os.environ, APB_THREADS=str(threads))

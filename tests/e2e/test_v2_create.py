@@ -166,11 +166,13 @@ def test_flipped_byte_names_model_and_block(tmp_path, binaries, compress):
 
 @pytest.mark.parametrize("args", [
     ["--format", "1", "--compress", "zstd"],
-    ["--format", "1", "--chunk-size", "64K"],
+    ["--format", "1", "--block-size", "64K"],
+    ["--block-size", "5000"],
+    ["--block-size", "0"],
+    ["--block-size", "2K"],
+    ["--block-size", "32M"],
     ["--chunk-size", "5000"],
-    ["--chunk-size", "0"],
-    ["--chunk-size", "2K"],
-    ["--chunk-size", "32M"],
+    ["--format", "1", "--chunk-size", "64K"],
     ["--compress", "lz4"],
     ["--compress", "zstd:23"],
 ])
@@ -180,6 +182,23 @@ def test_bad_options_are_usage_errors(tmp_path, binaries, args):
     assert p.returncode == 2, p.stderr
     assert "Usage: apbundle create" in p.stderr, p.stderr
     assert sorted(x.name for x in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_chunk_size_is_the_old_spelling_of_block_size(tmp_path, binaries):
+    """--chunk-size, the spelling from before the bundle's unit was named a
+    block, still works: the same bytes as --block-size, and a bad value is
+    reported under the spelling given."""
+    src = tmp_path / "src"
+    write_sources(src, {"m": data_for(70001, 4)})
+    new = pack(tmp_path / "new.apbundle", src, block_size="8K")
+    run_apbundle("create", "--chunk-size", "8K", tmp_path / "old.apbundle", src, check=True)
+    assert (tmp_path / "old.apbundle").read_bytes() == new.read_bytes()
+    doc, _, _ = read_v2(new)
+    assert doc["models"][0]["chunk_size"] == 8192
+    for spelling in ("--block-size", "--chunk-size"):
+        p = run_apbundle("create", spelling, "5000", tmp_path / "o.apbundle", src)
+        assert p.returncode == 2, p.stderr
+        assert "%s: '5000' is not a multiple of 4096 bytes" % spelling in p.stderr, p.stderr
 
 
 def test_failed_create_leaves_nothing(tmp_path, binaries):

@@ -3,7 +3,7 @@ docs/DESIGN.md, "Memory of the process").
 
 Page-ins from large bundle blocks stay inside the memory bound:
 
-A bundle written by `apbundle create --compress zstd --chunk-size 16M` (the
+A bundle written by `apbundle create --compress zstd --block-size 16M` (the
 largest block the format allows) holds a 64 MiB model whose first three
 blocks are zstd frames and whose last, partial block does not shrink and is
 stored raw. Mounted with max_memory=8M (64 KiB cache chunks), every page-in
