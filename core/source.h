@@ -1,7 +1,7 @@
 /*
  * source.h - where a bundle's bytes come from: the lowest layer of the
  * reader. The bundle (bundle.c), its manifest parsers (manifest.c,
- * manifest_json.c, aprender.c) and version 2's chunked reads (v2.c) read
+ * manifest_json.c, aprender.c) and version 2's reads by block (v2.c) read
  * the file only through these calls, so nothing above this layer knows
  * whether the bytes come from a local file - today the only kind - or,
  * later, from a server.
@@ -40,7 +40,7 @@ const struct stat *apb_source_stat(const struct apb_source *s);
 
 /* Exactly len bytes at off into buf, through the page cache: 0, -EIO if
  * the source ends first, or the read's negative errno. For metadata
- * (header, manifest, chunk table). */
+ * (header, manifest, block table). */
 int apb_source_pread(const struct apb_source *s, void *buf, size_t len,
 		     uint64_t off);
 

@@ -74,7 +74,7 @@
 #define PIECE (128u << 10)        /* stored bytes read at a time */
 #define SCRATCH_KEEP (256u << 10) /* block scratch a context keeps */
 /* What a context in use holds besides block scratch: the piece buffer and
- * a ZSTD_DCtx with its one block of input (222 KiB with zstd 1.5). */
+ * a ZSTD_DCtx with its one zstd block of input (222 KiB with zstd 1.5). */
 #define CTX_BYTES (512u << 10)
 #define SCRATCH_MAX (16u << 20)   /* reserved by all page-ins at once */
 #define POOL_IDLE_MAX 4
@@ -446,7 +446,7 @@ static void ctx_give(struct apb_v2_reader *r, struct ctx *c, size_t need)
 }
 
 /* A ZSTD_DCtx whose output is always the whole block (stable): it then
- * allocates no window buffer of its own, only one block of input. */
+ * allocates no window buffer of its own, only one zstd block of input. */
 static int ctx_dctx(struct ctx *c)
 {
 	if (c->z)

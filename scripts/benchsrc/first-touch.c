@@ -1,7 +1,7 @@
 /*
  * first-touch.c - what it costs user space to read, for the first time,
  * memory that an O_DIRECT read has just filled: the daemon's position when
- * it checks a version 2 chunk's XXH3 in a slot that `clear` gave back
+ * it checks a version 2 block's XXH3 in a slot that `clear` gave back
  * (docs/PERFORMANCE.md, "Huge pages for version 2").
  *
  * Reads 1 GiB of FILE from byte 4096 on with O_DIRECT in 1 MiB requests
@@ -34,7 +34,7 @@
 
 #define TOTAL (1ul << 30)
 #define REQUEST (1ul << 20)
-#define CHUNK (64ul << 10)
+#define BLOCK (64ul << 10)  /* a version 2 block, hashed as a unit */
 #define HUGE (2ul << 20)
 
 static double now(void)
@@ -88,8 +88,8 @@ int main(int argc, char **argv)
 		}
 		reading += now() - t;
 		t = now();
-		for (size_t c = 0; c < REQUEST; c += CHUNK)
-			sum += XXH3_64bits(buf + off + c, CHUNK);
+		for (size_t c = 0; c < REQUEST; c += BLOCK)
+			sum += XXH3_64bits(buf + off + c, BLOCK);
 		hashing += now() - t;
 	}
 	printf("%s: read %.2f s, hash %.2f s (%.1f GB/s) [%016llx]\n", argv[1],
