@@ -2142,7 +2142,10 @@ static void prefetch_stress(enum apb_eviction policy, bool runs)
 	/* Every load is a prefetch's or a missing get's. */
 	CHECK(source_calls(&s) - st.prefetch_issued <= st.misses);
 	CHECK(st.prefetch_issued > 0);
-	CHECK(st.prefetch_hits > 0);
+	/* Whether any prefetched chunk is read before 6 threads' churn evicts
+	 * it is up to the scheduler (under load, none was in 5 of 20 runs):
+	 * the accounting below must hold either way, and the tests above
+	 * pin exact prefetch hits. */
 	CHECK(st.prefetch_unused_chunks <= 4);
 	CHECK_EQ(st.prefetch_issued, st.prefetch_hits + st.prefetch_wasted +
 				     st.prefetch_unused_chunks);
