@@ -261,6 +261,13 @@ static int parse_any(const struct apb_source *src, enum apb_layout *layout,
 int apb_bundle_open(const char *path, struct apb_bundle **out, char *err,
 		    size_t err_len)
 {
+	return apb_bundle_open_ex(path, NULL, out, err, err_len);
+}
+
+int apb_bundle_open_ex(const char *path_or_url,
+		       const struct apb_bundle_options *o,
+		       struct apb_bundle **out, char *err, size_t err_len)
+{
 	struct apb_manifest m = {0};
 	struct apb_v2_reader *reader = NULL;
 	struct apb_bundle *b = NULL;
@@ -269,7 +276,7 @@ int apb_bundle_open(const char *path, struct apb_bundle **out, char *err,
 	int rc;
 
 	*out = NULL;
-	rc = apb_source_open_file(path, &src, err, err_len);
+	rc = apb_source_open(path_or_url, o, &src, err, err_len);
 	if (rc)
 		goto out;
 	rc = parse_any(src, &layout, &m, err, err_len);
@@ -402,4 +409,10 @@ int apb_bundle_direct_io(struct apb_bundle *b)
 const struct stat *apb_bundle_stat(const struct apb_bundle *b)
 {
 	return apb_source_stat(b->src);
+}
+
+int apb_bundle_remote_stats(const struct apb_bundle *b,
+			    struct apb_bundle_remote_stats *st)
+{
+	return apb_source_remote_stats(b->src, st);
 }

@@ -64,14 +64,78 @@ struct apb_model {
 struct apb_bundle;
 
 /*
- * Open and validate PATH. On success *out owns an open file descriptor and
- * the manifest. On failure returns a negative errno (-EINVAL for a malformed
- * bundle, the open()/read() errno otherwise) and writes one line describing
- * exactly what is wrong into err (no trailing newline, no path prefix).
+ * Open and validate PATH: a local file, or a URL (apb_bundle_is_url()) read
+ * with the default settings (apb_bundle_open_ex()). On success *out owns an
+ * open file descriptor (or the URL's connections) and the manifest. On
+ * failure returns a negative errno (-EINVAL for a malformed bundle, the
+ * open()/read() errno otherwise; for a URL -ENOENT for HTTP 404, -EACCES
+ * for 401/403, -EIO for the rest) and writes one line describing exactly
+ * what is wrong into err (no trailing newline, no path or URL prefix).
  */
 int apb_bundle_open(const char *path, struct apb_bundle **out, char *err,
 		    size_t err_len);
 void apb_bundle_close(struct apb_bundle *b);
+
+/* Whether apb_bundle_open() reads s over the network: it begins with
+ * http://, https:// or s3:// (the scheme in any case). A local file whose
+ * path begins so is written ./http:... */
+bool apb_bundle_is_url(const char *s);
+
+/* How S3 requests name the object. */
+enum apb_s3_style {
+	APB_S3_STYLE_AUTO = 0, /* path-style when an endpoint is set, else virtual-hosted */
+	APB_S3_STYLE_PATH,     /* ENDPOINT/BUCKET/KEY (Ceph RGW, MinIO) */
+	APB_S3_STYLE_VIRTUAL,  /* https://BUCKET.ENDPOINT-HOST/KEY (AWS) */
+};
+
+enum apb_log_level {
+	APB_LOG_ERROR = 0, /* a read failed: the one line about it */
+	APB_LOG_WARN,      /* worth knowing once (a server that ignores Range) */
+	APB_LOG_RETRY,     /* a transient failure about to be retried */
+};
+
+/* Settings for a bundle behind a URL; every field may be zero (NULL) and
+ * none matters for a local file. The S3 ones override the environment and
+ * the AWS profile files (docs/USAGE.md, "Remote bundles"). */
+struct apb_bundle_options {
+	const char *s3_endpoint; /* e.g. http://127.0.0.1:7480 */
+	const char *s3_region;
+	const char *s3_profile;
+	enum apb_s3_style s3_style;
+	/* Where messages about failed reads go (the error a read returns is
+	 * EIO or EACCES; the line says why); NULL: stderr, retries not shown.
+	 * Called from the reading thread, with no lock of the bundle held. */
+	void (*log)(void *arg, enum apb_log_level level, const char *msg);
+	void *log_arg;
+};
+
+/*
+ * As apb_bundle_open(), with settings o (NULL: the defaults). A bundle read
+ * from a URL costs one request at open when its header, manifest and block
+ * table lie in the object's first 64 KiB (one more otherwise); every read
+ * is then a ranged GET carrying the object's ETag, so a changed object
+ * fails reads with -EIO (and a log line) and never returns bytes of two
+ * versions. apb_bundle_direct_io() does not apply (-EINVAL) and
+ * apb_bundle_stat() is synthesized (see there).
+ */
+int apb_bundle_open_ex(const char *path_or_url,
+		       const struct apb_bundle_options *o,
+		       struct apb_bundle **out, char *err, size_t err_len);
+
+/* What a bundle read from a URL has cost so far. */
+struct apb_bundle_remote_stats {
+	uint64_t requests; /* HTTP requests, the open's and retries included */
+	uint64_t retries;  /* of them, repeats after a transient failure */
+	uint64_t connects; /* TCP connections made */
+	uint64_t bytes;    /* bytes read after the open's first request */
+	uint64_t errors;   /* reads that failed */
+	bool changed;      /* a read found the object changed or gone: every
+			    * read fails with -EIO from then on */
+};
+
+/* 0 and *st for a bundle read from a URL; -ENOENT for a local file. */
+int apb_bundle_remote_stats(const struct apb_bundle *b,
+			    struct apb_bundle_remote_stats *st);
 
 enum apb_layout apb_bundle_layout(const struct apb_bundle *b);
 size_t apb_bundle_count(const struct apb_bundle *b);
@@ -129,7 +193,9 @@ long apb_bundle_preadv(const struct apb_bundle *b, size_t index, uint64_t off,
  */
 int apb_bundle_direct_io(struct apb_bundle *b);
 
-/* stat() of the bundle file taken at open time (times, owner, size). */
+/* stat() of the bundle file taken at open time (times, owner, size). For
+ * a URL: a regular file of mode 0444 and the object's size, its times
+ * those of the open; device and inode 0. */
 const struct stat *apb_bundle_stat(const struct apb_bundle *b);
 
 #endif
