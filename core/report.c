@@ -98,6 +98,20 @@ static cJSON *io_json(const struct apb_report_source *src,
 	return o;
 }
 
+/* A bundle read from a URL: what its requests cost (bundle.h). */
+static cJSON *remote_json(const struct apb_bundle_remote_stats *rs)
+{
+	cJSON *o = cJSON_CreateObject();
+
+	cJSON_AddNumberToObject(o, "requests", (double)rs->requests);
+	cJSON_AddNumberToObject(o, "retries", (double)rs->retries);
+	cJSON_AddNumberToObject(o, "connects", (double)rs->connects);
+	cJSON_AddNumberToObject(o, "bytes", (double)rs->bytes);
+	cJSON_AddNumberToObject(o, "errors", (double)rs->errors);
+	cJSON_AddBoolToObject(o, "changed", rs->changed);
+	return o;
+}
+
 static cJSON *model_json(const struct apb_report_source *src, size_t i)
 {
 	struct apb_cache_model_stats ms;
@@ -144,6 +158,7 @@ static int put_json(FILE *f, cJSON *item)
  */
 char *apb_report_json(const struct apb_report_source *src, size_t *len)
 {
+	struct apb_bundle_remote_stats rs;
 	struct apb_cache_stats cs;
 	char *text = NULL;
 	size_t size = 0;
@@ -156,8 +171,11 @@ char *apb_report_json(const struct apb_report_source *src, size_t *len)
 	rc = fputs("{\"cache\":", f) < 0 || put_json(f, cache_json(src, &cs)) ||
 	     fputs(",\n\"prefetch\":", f) < 0 ||
 	     put_json(f, prefetch_json(src, &cs)) ||
-	     fputs(",\n\"io\":", f) < 0 || put_json(f, io_json(src, &cs)) ||
-	     fputs(",\n\"models\":{", f) < 0;
+	     fputs(",\n\"io\":", f) < 0 || put_json(f, io_json(src, &cs));
+	if (!rc && apb_bundle_remote_stats(src->bundle, &rs) == 0)
+		rc = fputs(",\n\"remote\":", f) < 0 ||
+		     put_json(f, remote_json(&rs));
+	rc = rc || fputs(",\n\"models\":{", f) < 0;
 	for (size_t i = 0; !rc && i < apb_bundle_count(src->bundle); i++)
 		rc = fputs(i ? ",\n" : "\n", f) < 0 ||
 		     put_json(f, cJSON_CreateString(
