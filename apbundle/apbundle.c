@@ -380,11 +380,23 @@ int apb_cmd_operands(const struct apb_cmd *c, int argc, char **argv, int nargs,
 	return -1;
 }
 
+/* A bundle behind a URL says why a read failed in a line of its own (the
+ * read itself fails with EIO); retries are not shown. */
+static void remote_log(void *arg, enum apb_log_level level, const char *msg)
+{
+	(void)arg;
+	if (level != APB_LOG_RETRY)
+		fprintf(stderr, "apbundle: %s\n", msg);
+}
+
+/* path may be a URL (S3 settings from the environment and the AWS
+ * profile files; docs/USAGE.md). */
 static struct apb_bundle *open_bundle(const char *path)
 {
+	struct apb_bundle_options o = {.log = remote_log};
 	struct apb_bundle *b = NULL;
 	char err[ERR_LEN] = "";
-	int rc = apb_bundle_open(path, &b, err, sizeof(err));
+	int rc = apb_bundle_open_ex(path, &o, &b, err, sizeof(err));
 
 	if (rc) {
 		fprintf(stderr, "apbundle: %s: %s\n", path,

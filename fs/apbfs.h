@@ -104,6 +104,9 @@ struct apbfs {
 	struct apb_cache *cache;
 	struct apb_prefetcher *prefetcher; /* NULL with prefetch=off */
 	struct apbfs_backing *backing; /* backing.c: the local source's checks */
+	const char *bundle_name;       /* the BUNDLE argument, path or URL */
+	bool remote;                   /* the bundle is a URL: no backing.c */
+	atomic_bool remote_changed;    /* pagein.c: the object changed */
 	struct apbfs_options opt;
 	uid_t owner;                   /* the mounting user: may write .control */
 	uint64_t special_ino[APBFS_NSPECIAL];
@@ -157,6 +160,10 @@ long apbfs_pagein_load(void *ctx, uint32_t model, uint64_t first,
 		       void *const *bufs, size_t n, size_t cap, size_t *lens);
 int apbfs_read_failed(struct apbfs *fs, uint32_t model, uint64_t chunk,
 		      int rc);
+/* Whether the bundle changed since mount (a local file: backing.c; a URL:
+ * a read found the object changed or gone): model reads, hits included,
+ * must fail with EIO. Thread-safe. */
+bool apbfs_source_changed(struct apbfs *fs);
 
 /* backing.c: the local source's part of the page-in path - the bundle
  * file itself, under the mount. open (at setup; 0 or a negative errno,

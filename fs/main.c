@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <syslog.h>
 #include <unistd.h>
@@ -47,6 +48,10 @@ struct cmdline {
 	char *backing_io;
 	char *trace;
 	char *trace_max;
+	char *s3_endpoint;
+	char *s3_region;
+	char *s3_profile;
+	char *s3_style;
 	int kernel_cache;
 	int allow_other;
 };
@@ -68,6 +73,10 @@ static const struct fuse_opt option_spec[] = {
 	OPT("backing_io=%s", backing_io),
 	OPT("trace=%s", trace),
 	OPT("trace_max=%s", trace_max),
+	OPT("s3_endpoint=%s", s3_endpoint),
+	OPT("s3_region=%s", s3_region),
+	OPT("s3_profile=%s", s3_profile),
+	OPT("s3_style=%s", s3_style),
 	OPT("kernel_cache", kernel_cache),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	FUSE_OPT_END
@@ -80,6 +89,7 @@ static void usage(FILE *f)
 "\n"
 "Mount the models of an .apbundle file as read-only files whose reads are\n"
 "served from a memory-budgeted chunk cache. Unmount with fusermount3 -u.\n"
+"BUNDLE is a path, or a URL: http://..., https://... or s3://BUCKET/KEY.\n"
 "\n"
 "apbundlefs options:\n"
 "    -o max_memory=SIZE     budget for cached chunks (default 256M)\n"
@@ -106,6 +116,16 @@ static void usage(FILE *f)
 "                           (docs/FORMAT.md, \"Trace files\")\n"
 "    -o trace_max=SIZE      most bytes of the trace file; then recording\n"
 "                           stops (default 1G)\n"
+"    -o s3_endpoint=URL     S3 endpoint for an s3:// BUNDLE, e.g.\n"
+"                           http://127.0.0.1:7480 (default: AWS_ENDPOINT_URL_S3,\n"
+"                           AWS_ENDPOINT_URL, the profile's, else AWS)\n"
+"    -o s3_region=R         S3 region (default: AWS_REGION, AWS_DEFAULT_REGION,\n"
+"                           the profile's, else us-east-1)\n"
+"    -o s3_profile=NAME     AWS profile of ~/.aws/credentials and config\n"
+"                           (default: AWS_PROFILE, else default)\n"
+"    -o s3_style=path|virtual\n"
+"                           S3 addressing (default: path with an endpoint,\n"
+"                           virtual-hosted without)\n"
 "Sizes take K, M and G suffixes (powers of 1024).\n"
 "-o allow_other adds -o default_permissions: others may read the models\n"
 "and .stats, only the mounting user may write .control.\n"
@@ -277,6 +297,31 @@ static int resolve_options(const struct cmdline *cl, struct apbfs_options *o)
 	return 0;
 }
 
+/* The s3_* options, for an s3:// bundle only: given with another, they
+ * would be ignored without a word. */
+static int resolve_s3(const struct cmdline *cl, struct apb_bundle_options *b)
+{
+	const char *given = cl->s3_endpoint ? "s3_endpoint" :
+			    cl->s3_region ? "s3_region" :
+			    cl->s3_profile ? "s3_profile" :
+			    cl->s3_style ? "s3_style" : NULL;
+	bool path = true;
+
+	if (given && (!cl->bundle || strncasecmp(cl->bundle, "s3://", 5))) {
+		fprintf(stderr, "apbundlefs: %s= is for an s3://BUCKET/KEY "
+			"bundle, not %s\n", given, cl->bundle);
+		return -1;
+	}
+	if (parse_choice("s3_style", cl->s3_style, "path", "virtual", &path))
+		return -1;
+	b->s3_endpoint = cl->s3_endpoint;
+	b->s3_region = cl->s3_region;
+	b->s3_profile = cl->s3_profile;
+	b->s3_style = !cl->s3_style ? APB_S3_STYLE_AUTO
+		      : path ? APB_S3_STYLE_PATH : APB_S3_STYLE_VIRTUAL;
+	return 0;
+}
+
 /* Test hook (docs/USAGE.md), read once: fail every Nth chunk's memory
  * (pagein.c). */
 static int read_fault_env(struct apbfs_options *o)
@@ -406,7 +451,8 @@ static bool same_file(const char *a, const char *b)
  * refuses the bundle itself, on the file it opened.) */
 static int distinct_files(const struct cmdline *cl)
 {
-	if (cl->state && same_file(cl->state, cl->bundle)) {
+	if (cl->state && !apb_bundle_is_url(cl->bundle) &&
+	    same_file(cl->state, cl->bundle)) {
 		fprintf(stderr, "apbundlefs: state=%s: is the bundle being "
 			"mounted; the state file is replaced at unmount\n",
 			cl->state);
@@ -477,26 +523,44 @@ static int load_state(struct apbfs *fs)
 	return rc;
 }
 
-/* Open the bundle and build everything the operations need. */
-static int setup(struct apbfs *fs, const char *path)
+/* A bundle behind a URL says why a read failed (remote.c); before the
+ * mount that is stderr, after it the daemon's log. Retries are not shown:
+ * the line that matters is the one after the last. */
+static void remote_log(void *arg, enum apb_log_level level, const char *msg)
+{
+	(void)arg;
+	if (level != APB_LOG_RETRY)
+		fuse_log(level == APB_LOG_ERROR ? FUSE_LOG_ERR
+						: FUSE_LOG_WARNING,
+			 "apbundlefs: %s\n", msg);
+}
+
+/* Open the bundle and build everything the operations need. A URL has no
+ * file to watch: its reads carry the ETag instead (pagein.c). */
+static int setup(struct apbfs *fs, const char *path,
+		 struct apb_bundle_options *bo)
 {
 	char err[512] = "";
 	int rc;
 	size_t n;
 
-	rc = apb_bundle_open(path, &fs->bundle, err, sizeof(err));
+	bo->log = remote_log;
+	fs->bundle_name = path;
+	fs->remote = apb_bundle_is_url(path);
+	rc = apb_bundle_open_ex(path, bo, &fs->bundle, err, sizeof(err));
 	if (rc) {
 		fprintf(stderr, "apbundlefs: %s: %s\n", path,
 			err[0] ? err : strerror(-rc));
 		return rc;
 	}
-	rc = apbfs_backing_open(fs, path, err, sizeof(err));
+	rc = fs->remote ? 0 : apbfs_backing_open(fs, path, err, sizeof(err));
 	if (rc) {
 		fprintf(stderr, "apbundlefs: %s: %s\n", path, err);
 		return rc;
 	}
 	/* Where the filesystem cannot do O_DIRECT (tmpfs), reads stay
-	 * buffered: correct, only slower and cached twice. */
+	 * buffered: correct, only slower and cached twice. A URL has no page
+	 * cache to bypass (-EINVAL). */
 	if (fs->opt.backing_direct && apb_bundle_direct_io(fs->bundle) != 0)
 		fs->opt.backing_direct = false;
 	rc = load_state(fs); /* a refused state= leaves no trace= file */
@@ -688,6 +752,7 @@ int main(int argc, char *argv[])
 	struct fuse_cmdline_opts o = {0};
 	struct cmdline cl = {0};
 	struct apbfs fs = {0};
+	struct apb_bundle_options bo = {0};
 	bool mounted = false;
 	int ret = 1;
 
@@ -719,11 +784,13 @@ int main(int argc, char *argv[])
 	if (make_absolute("state=", &cl.state) ||
 	    make_absolute("trace=", &cl.trace))
 		goto out;
-	if (resolve_options(&cl, &fs.opt) != 0 || read_fault_env(&fs.opt)) {
+	if (resolve_options(&cl, &fs.opt) != 0 || read_fault_env(&fs.opt) ||
+	    resolve_s3(&cl, &bo) != 0) {
 		ret = 2;
 		goto out;
 	}
-	if (outside_mount("", cl.bundle, o.mountpoint) ||
+	if ((!apb_bundle_is_url(cl.bundle) &&
+	     outside_mount("", cl.bundle, o.mountpoint)) ||
 	    outside_mount("state=", cl.state, o.mountpoint) ||
 	    outside_mount("trace=", cl.trace, o.mountpoint) ||
 	    distinct_files(&cl))
@@ -734,7 +801,8 @@ int main(int argc, char *argv[])
 	if (cl.allow_other &&
 	    fuse_opt_add_arg(&args, "-odefault_permissions") != 0)
 		goto out;
-	if (setup(&fs, cl.bundle) != 0 || add_fsname(&args, cl.bundle) != 0)
+	if (setup(&fs, cl.bundle, &bo) != 0 ||
+	    add_fsname(&args, cl.bundle) != 0)
 		goto out;
 	ret = serve(&fs, &args, &o, &mounted);
 out:
@@ -758,6 +826,10 @@ out:
 	free(cl.backing_io);
 	free(cl.trace);
 	free(cl.trace_max);
+	free(cl.s3_endpoint);
+	free(cl.s3_region);
+	free(cl.s3_profile);
+	free(cl.s3_style);
 	fuse_opt_free_args(&args);
 	return ret;
 }

@@ -526,7 +526,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		return;
 	}
 	atomic_fetch_add(&fs->io.read_requests, 1);
-	if (apbfs_backing_changed(fs)) { /* the log said why, once */
+	if (apbfs_source_changed(fs)) { /* the log said why, once */
 		atomic_fetch_add(&fs->io.errors, 1);
 		fuse_reply_err(req, EIO);
 		return;

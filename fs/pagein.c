@@ -7,16 +7,23 @@
  * held. One load, in order:
  *
  *  1. The chunk memory is claimed (the fault hook below).
- *  2. The run is read from the source. Today the one source is local: the
- *     bundle file, read with apb_bundle_preadv() (core/bundle.c, which for
- *     version 2 verifies every bundle block the run of cache chunks
- *     covers and reports a mismatch as -EBADMSG with the block's index).
+ *  2. The run is read from the source with apb_bundle_preadv()
+ *     (core/bundle.c, which for version 2 verifies every bundle block the
+ *     run of cache chunks covers and reports a mismatch as -EBADMSG with
+ *     the block's index): the bundle file, or the object behind the
+ *     bundle's URL (core/source.c), alike.
  *  3. A bundle block that failed verification is counted
  *     (io.checksum_errors) and named in the read log; the load fails with
  *     -EBADMSG, which the cache hands to every get waiting for it and keeps
  *     nothing of.
- *  4. The local source's own check: is the bundle file still the one that
- *     was mounted (backing.c). Once it is not, every load fails with -EIO.
+ *  4. The source's own check (source_check()). A local file: is it still
+ *     the one that was mounted (backing.c)? A URL has nothing to stat:
+ *     every request carried the ETag seen at mount (If-Match), so a read
+ *     of a changed or removed object failed, and the source says so
+ *     (apb_bundle_remote_stats().changed). Either way, once the bundle
+ *     changed every load fails with -EIO and apbfs_source_changed() turns
+ *     every model read, hits included, to EIO: cached bytes of a version
+ *     that is gone must not be served beside errors for the rest.
  *
  * A read that fails ends in apbfs_read_failed(), whatever the cause; the
  * reader sees EIO for a bad block (EBADMSG is the daemon's own name for it,
@@ -152,6 +159,40 @@ int apbfs_read_failed(struct apbfs *fs, uint32_t model, uint64_t chunk,
 	return -rc;
 }
 
+/* A read of the URL found the object changed or removed: say so once,
+ * fail every read from now on, give the cache's memory back (as backing.c
+ * does for a local file). Pinned chunks stay until unpinned. */
+static void remote_changed(struct apbfs *fs)
+{
+	if (atomic_exchange(&fs->remote_changed, true))
+		return;
+	fuse_log(FUSE_LOG_ERR, "apbundlefs: %s changed since mount (or was "
+		 "removed); every model read fails with EIO until it is "
+		 "remounted\n", fs->bundle_name);
+	apb_cache_clear(fs->cache);
+}
+
+/* Step 4 (see the top): 0, or -EIO once the bundle changed since mount.
+ * got is what the read of the load returned. */
+static int source_check(struct apbfs *fs, long got)
+{
+	struct apb_bundle_remote_stats st;
+
+	if (!fs->remote)
+		return apbfs_backing_check(fs);
+	if (got >= 0 && !atomic_load(&fs->remote_changed))
+		return 0;
+	if (apb_bundle_remote_stats(fs->bundle, &st) == 0 && st.changed)
+		remote_changed(fs);
+	return atomic_load(&fs->remote_changed) ? -EIO : 0;
+}
+
+bool apbfs_source_changed(struct apbfs *fs)
+{
+	return fs->remote ? atomic_load(&fs->remote_changed)
+			  : apbfs_backing_changed(fs);
+}
+
 /* Run lengths from what one read of the run returned: full chunks, then
  * the model's last, short one, then nothing. */
 static void run_lens(long got, size_t n, size_t cap, size_t *lens)
@@ -187,9 +228,9 @@ long apbfs_pagein_load(void *ctx, uint32_t model, uint64_t first,
 		got = -ENOMEM;
 	if (got >= 0)
 		run_lens(got, n, cap, lens);
-	/* The local source's check comes last: a load that raced a change
-	 * of the file must not be served (backing.c). */
-	if (apbfs_backing_check(fs) != 0)
+	/* The source's check comes last: a load that raced a change of the
+	 * file must not be served (backing.c). */
+	if (source_check(fs, got) != 0)
 		return -EIO;
 	return got < 0 ? got : 0;
 }
