@@ -22,16 +22,16 @@ struct check {
 	const char *s;
 	size_t len, pos, values;
 	enum apb_json_error err;
+	struct apb_json_hints *hints; /* or NULL */
 };
 
-static bool is_space(char c)
-{
-	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
-}
+#define is_space apb_json_is_space
 
-static void skip_space(struct check *c)
+/* The text's NUL at len is no space and no ch: the scans below stop at
+ * it without a bounds test. */
+static inline void skip_space(struct check *c)
 {
-	while (c->pos < c->len && is_space(c->s[c->pos]))
+	while (is_space(c->s[c->pos]))
 		c->pos++;
 }
 
@@ -41,9 +41,9 @@ static bool fail(struct check *c, enum apb_json_error e)
 	return false;
 }
 
-static bool at(const struct check *c, char ch)
+static inline bool at(const struct check *c, char ch)
 {
-	return c->pos < c->len && c->s[c->pos] == ch;
+	return c->s[c->pos] == ch;
 }
 
 static int hex(char ch)
@@ -96,22 +96,30 @@ static bool check_u(struct check *c)
 	return true;
 }
 
+/* The bytes a string's check stops at. */
+static const unsigned char string_stop[256] = {
+	['"'] = 1, ['\\'] = 1, ['\0'] = 1,
+};
+
 static bool check_string(struct check *c)
 {
 	c->pos++; /* the opening quote */
 	while (c->pos < c->len) {
-		char ch = c->s[c->pos];
+		char ch;
 
+		/* The text is NUL terminated at len: the stop table
+		 * ends this loop there at the latest. */
+		while (!string_stop[(unsigned char)c->s[c->pos]])
+			c->pos++;
+		if (c->pos >= c->len)
+			break;
+		ch = c->s[c->pos];
 		if (ch == '"') {
 			c->pos++;
 			return true;
 		}
 		if (ch == '\0')
 			return fail(c, APB_JSON_RAW_NUL);
-		if (ch != '\\') {
-			c->pos++;
-			continue;
-		}
 		if (c->pos + 1 >= c->len)
 			break;
 		ch = c->s[c->pos + 1];
@@ -181,18 +189,36 @@ static bool check_word(struct check *c, const char *w)
 
 static bool check_value(struct check *c, int depth);
 
+/* A member of the top level's value that is a container: where it ends
+ * and how many members it has, for the cursors (json.h). */
+static void hint(struct check *c, size_t start, size_t count)
+{
+	struct apb_json_hints *h = c->hints;
+
+	if (!h || h->n == APB_JSON_HINTS_MAX)
+		return;
+	h->at[h->n] = (struct apb_json_hint){
+		.v = c->s + start, .end = c->s + c->pos, .count = count};
+	h->n++;
+}
+
 /* An object (close '}') or an array (close ']') at c->pos. */
 static bool check_container(struct check *c, int depth, char close)
 {
+	size_t start = c->pos, count = 0;
+
 	if (depth >= APB_JSON_DEPTH_MAX)
 		return fail(c, APB_JSON_DEPTH);
 	c->pos++;
 	skip_space(c);
 	if (at(c, close)) {
 		c->pos++;
+		if (depth == 1)
+			hint(c, start, 0);
 		return true;
 	}
 	for (;;) {
+		count++;
 		if (close == '}') {
 			if (!at(c, '"'))
 				return fail(c, APB_JSON_SYNTAX);
@@ -208,6 +234,8 @@ static bool check_container(struct check *c, int depth, char close)
 		skip_space(c);
 		if (at(c, close)) {
 			c->pos++;
+			if (depth == 1)
+				hint(c, start, count);
 			return true;
 		}
 		if (!at(c, ','))
@@ -242,10 +270,13 @@ static bool check_value(struct check *c, int depth)
 }
 
 enum apb_json_error apb_json_check(const char *text, size_t len, size_t *pos,
-				   size_t *values)
+				   size_t *values, struct apb_json_hints *hints)
 {
-	struct check c = {.s = text, .len = len, .err = APB_JSON_OK};
+	struct check c = {.s = text, .len = len, .err = APB_JSON_OK,
+			  .hints = hints};
 
+	if (hints)
+		hints->n = 0;
 	check_value(&c, 0);
 	*pos = c.pos;
 	*values = c.values;
@@ -254,68 +285,21 @@ enum apb_json_error apb_json_check(const char *text, size_t len, size_t *pos,
 
 /* ---- cursors over checked text ----------------------------------------- */
 
-static const char *ws(const char *p)
-{
-	while (is_space(*p))
-		p++;
-	return p;
-}
-
-enum apb_json_type apb_json_type(const char *v)
-{
-	switch (*v) {
-	case '{':
-		return APB_JSON_OBJECT;
-	case '[':
-		return APB_JSON_ARRAY;
-	case '"':
-		return APB_JSON_STRING;
-	case 't':
-	case 'f':
-	case 'n':
-		return APB_JSON_OTHER;
-	default:
-		return APB_JSON_NUMBER;
-	}
-}
-
-/* Past string v. */
-static const char *skip_string(const char *v)
-{
-	v++;
-	for (;;) {
-		while (*v != '"' && *v != '\\')
-			v++;
-		if (*v == '"')
-			return v + 1;
-		v += 2; /* and the escaped byte; a \uXXXX's digits are plain */
-	}
-}
-
-/* Past value v: strings skipped whole, so brackets inside them do not
- * count. This is the reader's inner loop: the bytes it looks at are
- * found through a table. */
-static const char *skip(const char *v)
+/* This is the reader's walk over whatever it skips: the bytes it looks at
+ * are found through a table. */
+const char *apb_json_skip_container(const char *v)
 {
 	static const unsigned char stop[256] = {
 		['"'] = 1, ['{'] = 2, ['['] = 2, ['}'] = 3, [']'] = 3,
 	};
 	int depth = 0;
 
-	if (*v == '"')
-		return skip_string(v);
-	if (*v != '{' && *v != '[') { /* a number or a word */
-		while (*v && !is_space(*v) && *v != ',' && *v != '}' &&
-		       *v != ']')
-			v++;
-		return v;
-	}
 	for (;;) {
 		while (!stop[(unsigned char)*v])
 			v++;
 		switch (stop[(unsigned char)*v]) {
 		case 1:
-			v = skip_string(v);
+			v = apb_json_skip_string(v);
 			continue;
 		case 2:
 			depth++;
@@ -326,42 +310,6 @@ static const char *skip(const char *v)
 		}
 		v++;
 	}
-}
-
-void apb_json_iter(struct apb_json_iter *it, const char *v)
-{
-	it->p = ws(v + 1);
-	it->pending = NULL;
-	it->object = *v == '{';
-}
-
-void apb_json_resume(struct apb_json_iter *it, const char *end)
-{
-	const char *p = ws(end);
-
-	it->p = *p == ',' ? ws(p + 1) : p;
-	it->pending = NULL;
-}
-
-bool apb_json_next(struct apb_json_iter *it, const char **key,
-		   const char **val)
-{
-	const char *p;
-
-	if (it->pending)
-		apb_json_resume(it, skip(it->pending));
-	p = it->p;
-	if (*p == '}' || *p == ']')
-		return false;
-	if (it->object) { /* a member: "key" : value */
-		*key = p;
-		p = ws(skip_string(p));
-		p = ws(p + 1); /* the ':' */
-	} else {
-		*key = NULL;
-	}
-	*val = it->pending = p;
-	return true;
 }
 
 size_t apb_json_count(const char *v)
@@ -376,9 +324,18 @@ size_t apb_json_count(const char *v)
 	return n;
 }
 
+const struct apb_json_hint *apb_json_hint(const struct apb_json_hints *h,
+					  const char *v)
+{
+	for (size_t i = 0; h && i < h->n; i++)
+		if (h->at[i].v == v)
+			return &h->at[i];
+	return NULL;
+}
+
 size_t apb_json_raw_len(const char *v)
 {
-	return (size_t)(skip_string(v) - v) - 2;
+	return (size_t)(apb_json_skip_string(v) - v) - 2;
 }
 
 /* UTF-8 of code point u into out: its length. */
@@ -463,7 +420,8 @@ double apb_json_number(const char *v)
 	while (v[len] >= '0' && v[len] <= '9')
 		n = n * 10 + (uint64_t)(v[len++] - '0');
 	/* Plain digits, 15 at most: exact, and the common case. */
-	if (len > 0 && len <= 15 && !strchr("-.eE", v[len]))
+	if (len > 0 && len <= 15 && v[len] != '-' && v[len] != '.' &&
+	    v[len] != 'e' && v[len] != 'E')
 		return (double)n;
 	/* strtod() reads the decimal point of the C library's locale. */
 	point = localeconv()->decimal_point[0];

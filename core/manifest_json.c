@@ -83,36 +83,96 @@ static const char *where_str(struct where w, char *buf)
 	return buf;
 }
 
+/* A key a reader looks for, with its length: keys are told apart by
+ * length and bytes, the open's inner loop (a model's 8 keys against its
+ * 8 members). */
+struct key {
+	const char *s;
+	size_t len;
+};
+
+#define KEY(s) {s, sizeof s - 1}
+
+/* Whether member key, spelled without escapes (raw bytes up to key_end's
+ * quote), is k. */
+static bool key_is(const char *key, const char *key_end, const struct key *k)
+{
+	size_t raw = (size_t)(key_end - key) - 2;
+
+	if (raw != k->len)
+		return false;
+	for (size_t i = 0; i < raw; i++) /* short: no call to memcmp() */
+		if (key[1 + i] != k->s[i])
+			return false;
+	return true;
+}
+
+/* keys[] index of key, or nkeys. The escaped spelling of a key is legal
+ * and rare: only a key that matches none as spelled is decoded. */
+static size_t key_find(const char *key, const char *key_end,
+		       const struct key *keys, size_t nkeys)
+{
+	size_t k;
+
+	for (k = 0; k < nkeys; k++)
+		if (key_is(key, key_end, &keys[k]))
+			return k;
+	if (!memchr(key + 1, '\\', (size_t)(key_end - key) - 2))
+		return nkeys;
+	for (k = 0; k < nkeys; k++)
+		if (apb_json_string_is(key, keys[k].s))
+			break;
+	return k;
+}
+
+#define ORDER_MAX 8 /* members whose key order is remembered */
+
 /*
  * Find the keys[] members of object obj, vals[k] = NULL if absent; *end
  * (when not NULL): where obj ends. A key seen twice is an error: JSON
- * tools disagree on which copy wins.
+ * tools disagree on which copy wins. hints: the check's, to skip the
+ * members it measured without walking them again. order (ORDER_MAX
+ * entries, or NULL): which key each of the first members was in the
+ * previous object, tried first; the models of a manifest all spell their
+ * keys in one order, so that is one comparison a member.
  */
-static int pick_keys(const char *obj, const char *const *keys,
+static int pick_keys(const char *obj, const struct key *keys,
 		     const char **vals, size_t nkeys, struct where w,
-		     const char **end, char *err, size_t err_len)
+		     const struct apb_json_hints *hints,
+		     unsigned char *order, const char **end, char *err,
+		     size_t err_len)
 {
 	struct apb_json_iter it;
 	const char *key, *val;
 	char ws[WHERE_MAX];
+	size_t j = 0;
 
 	for (size_t k = 0; k < nkeys; k++)
 		vals[k] = NULL;
 	apb_json_iter(&it, obj);
-	while (apb_json_next(&it, &key, &val)) {
-		for (size_t k = 0; k < nkeys; k++) {
-			/* The first byte tells most keys apart: a model's
-			 * 8 keys against its 8 members is the open's inner
-			 * loop. */
-			if ((key[1] != keys[k][0] && key[1] != '\\') ||
-			    !apb_json_string_is(key, keys[k]))
-				continue;
+	for (; apb_json_next(&it, &key, &val); j++) {
+		const struct apb_json_hint *h;
+		size_t k;
+
+		if (order && j < ORDER_MAX && order[j] < nkeys &&
+		    key_is(key, it.key_end, &keys[order[j]])) {
+			k = order[j];
+		} else {
+			k = key_find(key, it.key_end, keys, nkeys);
+			if (order && j < ORDER_MAX)
+				order[j] = (unsigned char)k;
+		}
+
+		if (k < nkeys) {
 			if (vals[k])
 				return apb_errf(err, err_len,
 						"%s: key '%s' appears twice",
-						where_str(w, ws), keys[k]);
+						where_str(w, ws), keys[k].s);
 			vals[k] = val;
 		}
+		if (hints && (*val == '{' || *val == '[') &&
+		    (h = apb_json_hint(hints, val)))
+			apb_json_resume(&it, h->end);
 	}
 	if (end)
 		*end = it.p + 1;
@@ -150,8 +210,20 @@ static int json_u64(const char *v, const char *key, struct where w,
 {
 	char ws[WHERE_MAX], num[40];
 	double d;
-	int rc = json_want(v, key, APB_JSON_NUMBER, w, err, err_len);
+	uint64_t n = 0;
+	int rc, len = 0;
 
+	/* Up to 15 plain digits: exact, and the common case. */
+	if (v) {
+		while (v[len] >= '0' && v[len] <= '9' && len < 16)
+			n = n * 10 + (uint64_t)(v[len++] - '0');
+		if (len > 0 && len <= 15 && v[len] != '.' && v[len] != 'e' &&
+		    v[len] != 'E') {
+			*out = n;
+			return 0;
+		}
+	}
+	rc = json_want(v, key, APB_JSON_NUMBER, w, err, err_len);
 	if (rc)
 		return rc;
 	d = apb_json_number(v);
@@ -223,12 +295,12 @@ static bool is_json_space(char c)
 /* Check text (NUL terminated at len) as one JSON object and whitespace;
  * *root: its first byte. */
 static int parse_json(const char *text, size_t len, const char **root,
-		      char *err, size_t err_len)
+		      struct apb_json_hints *hints, char *err, size_t err_len)
 {
 	enum apb_json_error e;
 	size_t end, start = 0, values;
 
-	e = apb_json_check(text, len, &end, &values);
+	e = apb_json_check(text, len, &end, &values, hints);
 	if (e != APB_JSON_OK)
 		return json_error(text, len, e, end, err, err_len);
 	if (values > JSON_VALUES_MAX)
@@ -251,6 +323,32 @@ static int parse_json(const char *text, size_t len, const char **root,
 
 /* The version 2 "chunk_table" object: where the table is, how many
  * entries, and the XXH3 of its bytes. */
+/* String v is spelled "xxh3-64:" and 16 lower-case hex digits, no
+ * escapes: its value into *xxh3, without decoding a copy. Anything else
+ * (escaped spellings included) takes json_checksum()'s general path. */
+static bool checksum_plain(const char *v, uint64_t *xxh3)
+{
+	static const char prefix[] = APB_CHECKSUM_PREFIX;
+	uint64_t x = 0;
+	const char *p = v + 1;
+
+	for (size_t i = 0; i < sizeof prefix - 1; i++)
+		if (*p++ != prefix[i])
+			return false;
+	for (int i = 0; i < 16; i++, p++) {
+		if (*p >= '0' && *p <= '9')
+			x = x << 4 | (uint64_t)(*p - '0');
+		else if (*p >= 'a' && *p <= 'f')
+			x = x << 4 | (uint64_t)(*p - 'a' + 10);
+		else
+			return false;
+	}
+	if (*p != '"')
+		return false;
+	*xxh3 = x;
+	return true;
+}
+
 /* "checksum" v of what w names: "xxh3-64:" and 16 lower-case hex digits,
  * into *xxh3. */
 static int json_checksum(const char *v, struct where w, uint64_t *xxh3,
@@ -260,6 +358,8 @@ static int json_checksum(const char *v, struct where w, uint64_t *xxh3,
 	size_t len;
 	int rc;
 
+	if (v && *v == '"' && checksum_plain(v, xxh3))
+		return 0;
 	if (v && apb_json_type(v) == APB_JSON_STRING &&
 	    apb_json_raw_len(v) >= sizeof buf)
 		s = NULL; /* a long one, only for the message */
@@ -278,7 +378,8 @@ static int json_checksum(const char *v, struct where w, uint64_t *xxh3,
 static int v2_block_table(const char *obj, struct apb_v2_table_ref *t, char *err,
 			  size_t err_len)
 {
-	static const char *const keys[] = {"offset", "count", "checksum"};
+	static const struct key keys[] = {KEY("offset"), KEY("count"),
+					  KEY("checksum")};
 	const char *v[3];
 	int rc;
 
@@ -288,7 +389,8 @@ static int v2_block_table(const char *obj, struct apb_v2_table_ref *t, char *err
 	if (apb_json_type(obj) != APB_JSON_OBJECT)
 		return apb_errf(err, err_len,
 				"manifest: 'chunk_table' is not a JSON object");
-	rc = pick_keys(obj, keys, v, 3, TABLE, NULL, err, err_len);
+	rc = pick_keys(obj, keys, v, 3, TABLE, NULL, NULL, NULL, err,
+		       err_len);
 	if (!rc)
 		rc = json_u64(v[0], "offset", TABLE, &t->offset, err, err_len);
 	if (!rc)
@@ -300,20 +402,22 @@ static int v2_block_table(const char *obj, struct apb_v2_table_ref *t, char *err
 
 /* model_count, models and (version 2) chunk_table; returns the array and
  * its checked length. */
-static int top_level(const char *root, unsigned version, const char **models,
+static int top_level(const char *root, unsigned version,
+		     const struct apb_json_hints *hints, const char **models,
 		     size_t *count, struct apb_v2_table_ref *table, char *err,
 		     size_t err_len)
 {
-	static const char *const keys[] = {"model_count", "models",
-					   "chunk_table"};
+	static const struct key keys[] = {KEY("model_count"), KEY("models"),
+					  KEY("chunk_table")};
+	const struct apb_json_hint *h;
 	const struct where top = {NULL, TOP_LEVEL};
 	const char *v[3];
 	uint64_t n;
 	size_t len;
 	int rc;
 
-	rc = pick_keys(root, keys, v, version == 2 ? 3 : 2, top, NULL, err,
-		       err_len);
+	rc = pick_keys(root, keys, v, version == 2 ? 3 : 2, top, hints, NULL,
+		       NULL, err, err_len);
 	if (rc)
 		return rc;
 	rc = json_u64(v[0], "model_count", top, &n, err, err_len);
@@ -328,7 +432,8 @@ static int top_level(const char *root, unsigned version, const char **models,
 	if (apb_json_type(v[1]) != APB_JSON_ARRAY)
 		return apb_errf(err, err_len,
 				"manifest: 'models' is not an array");
-	len = apb_json_count(v[1]);
+	h = apb_json_hint(hints, v[1]);
+	len = h ? h->count : apb_json_count(v[1]);
 	if (len != n)
 		return apb_errf(err, err_len,
 				"manifest: 'model_count' is %llu but 'models' has %zu entries",
@@ -402,13 +507,13 @@ static int v2_model_fields(const char *const *v, struct where w,
 /* One entry of "models", which ends at *end; its name is decoded at *pool,
  * which then moves past it. */
 static int parse_model(const char *obj, size_t i, unsigned version,
-		       struct apb_model *m, char **pool, const char **end,
-		       char *err, size_t err_len)
+		       unsigned char *order, struct apb_model *m, char **pool,
+		       const char **end, char *err, size_t err_len)
 {
-	static const char *const keys[] = {"name", "offset", "size",
-					   "checksum", "compression",
-					   "chunk_size", "stored_size",
-					   "first_chunk"};
+	static const struct key keys[] = {
+		KEY("name"),	    KEY("offset"),     KEY("size"),
+		KEY("checksum"),    KEY("compression"), KEY("chunk_size"),
+		KEY("stored_size"), KEY("first_chunk")};
 	struct where w = {NULL, i};
 	const char *v[8];
 	char ws[WHERE_MAX];
@@ -418,8 +523,8 @@ static int parse_model(const char *obj, size_t i, unsigned version,
 	if (apb_json_type(obj) != APB_JSON_OBJECT)
 		return apb_errf(err, err_len, "%s is not a JSON object",
 				where_str(w, ws));
-	rc = pick_keys(obj, keys, v, version == 2 ? 8 : 4, w, end, err,
-		       err_len);
+	rc = pick_keys(obj, keys, v, version == 2 ? 8 : 4, w, NULL, order,
+		       end, err, err_len);
 	if (!rc)
 		rc = json_str(v[0], "name", w, pool, &len, err, err_len);
 	if (!rc)
@@ -452,16 +557,18 @@ static int parse_model(const char *obj, size_t i, unsigned version,
 /* Names are decoded into a pool as large as the manifest (no name decodes
  * longer than it is spelled), then copied into one of their size. */
 static int json_models(const char *root, size_t text_len, unsigned version,
+		       const struct apb_json_hints *hints,
 		       struct apb_manifest *m, struct apb_v2_table_ref *table,
 		       char *err, size_t err_len)
 {
 	struct apb_json_iter it;
 	const char *arr = NULL, *key, *val, *end = NULL;
 	char *pool, *at;
+	unsigned char order[ORDER_MAX];
 	size_t n = 0, i = 0;
 	int rc;
 
-	rc = top_level(root, version, &arr, &n, table, err, err_len);
+	rc = top_level(root, version, hints, &arr, &n, table, err, err_len);
 	if (rc)
 		return rc;
 	m->models = calloc(n ? n : 1, sizeof *m->models);
@@ -472,10 +579,11 @@ static int json_models(const char *root, size_t text_len, unsigned version,
 				"out of memory for %zu models", n);
 	}
 	m->count = n;
+	memset(order, 0xff, sizeof order); /* no guess yet */
 	apb_json_iter(&it, arr);
 	for (; rc == 0 && apb_json_next(&it, &key, &val); i++) {
-		rc = parse_model(val, i, version, &m->models[i], &at, &end,
-				 err, err_len);
+		rc = parse_model(val, i, version, order, &m->models[i], &at,
+				 &end, err, err_len);
 		if (rc == 0)
 			apb_json_resume(&it, end);
 	}
@@ -504,6 +612,7 @@ int apb_json_manifest_parse(const struct apb_source *src, unsigned version,
 	uint64_t len = apb_le32(apb_source_head(src, &head_len) +
 				APB_MAGIC_LEN + 4);
 	struct apb_v2_table_ref ref = {0};
+	struct apb_json_hints hints;
 	uint8_t *text = NULL;
 	const char *root = NULL;
 	int rc;
@@ -513,10 +622,12 @@ int apb_json_manifest_parse(const struct apb_source *src, unsigned version,
 	if (rc)
 		goto out;
 	m->data_start = APB_V1_HEADER_LEN + len;
-	rc = parse_json((const char *)text, (size_t)len, &root, err, err_len);
+	rc = parse_json((const char *)text, (size_t)len, &root, &hints, err,
+			err_len);
 	if (rc)
 		goto out;
-	rc = json_models(root, (size_t)len, version, m, &ref, err, err_len);
+	rc = json_models(root, (size_t)len, version, &hints, m, &ref, err,
+			 err_len);
 	if (rc == 0 && table)
 		*table = ref;
 out:
