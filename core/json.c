@@ -31,8 +31,11 @@ struct check {
  * it without a bounds test. */
 static inline void skip_space(struct check *c)
 {
-	while (is_space(c->s[c->pos]))
-		c->pos++;
+	size_t p = c->pos;
+
+	while (is_space(c->s[p]))
+		p++;
+	c->pos = p;
 }
 
 static bool fail(struct check *c, enum apb_json_error e)
@@ -101,16 +104,18 @@ static const unsigned char string_stop[256] = {
 	['"'] = 1, ['\\'] = 1, ['\0'] = 1,
 };
 
-static bool check_string(struct check *c)
+static inline bool check_string(struct check *c)
 {
 	c->pos++; /* the opening quote */
 	while (c->pos < c->len) {
+		size_t p = c->pos; /* in a register, not in *c */
 		char ch;
 
 		/* The text is NUL terminated at len: the stop table
 		 * ends this loop there at the latest. */
-		while (!string_stop[(unsigned char)c->s[c->pos]])
-			c->pos++;
+		while (!string_stop[(unsigned char)c->s[p]])
+			p++;
+		c->pos = p;
 		if (c->pos >= c->len)
 			break;
 		ch = c->s[c->pos];
@@ -143,7 +148,7 @@ static size_t digits(const struct check *c, size_t p)
 }
 
 /* -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
-static bool check_number(struct check *c)
+static inline bool check_number(struct check *c)
 {
 	size_t p = c->pos, q;
 
@@ -229,8 +234,16 @@ static bool check_container(struct check *c, int depth, char close)
 				return fail(c, APB_JSON_SYNTAX);
 			c->pos++;
 		}
-		if (!check_value(c, depth + 1))
+		/* Strings and numbers, most of a manifest's values, are
+		 * checked here without the recursive call. */
+		skip_space(c);
+		if (at(c, '"') || (c->s[c->pos] >= '0' && c->s[c->pos] <= '9')) {
+			c->values++;
+			if (!(at(c, '"') ? check_string(c) : check_number(c)))
+				return false;
+		} else if (!check_value(c, depth + 1)) {
 			return false;
+		}
 		skip_space(c);
 		if (at(c, close)) {
 			c->pos++;

@@ -329,20 +329,27 @@ static int parse_json(const char *text, size_t len, const char **root,
 static bool checksum_plain(const char *v, uint64_t *xxh3)
 {
 	static const char prefix[] = APB_CHECKSUM_PREFIX;
+	/* Digit value + 1, 0 for any other byte: a table, as random hex
+	 * digits would mispredict a branch on digit or letter. */
+	static const unsigned char hex1[256] = {
+		['0'] = 1,  ['1'] = 2,	['2'] = 3,  ['3'] = 4,	['4'] = 5,
+		['5'] = 6,  ['6'] = 7,	['7'] = 8,  ['8'] = 9,	['9'] = 10,
+		['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15,
+		['f'] = 16};
 	uint64_t x = 0;
 	const char *p = v + 1;
 
 	for (size_t i = 0; i < sizeof prefix - 1; i++)
 		if (*p++ != prefix[i])
 			return false;
-	for (int i = 0; i < 16; i++, p++) {
-		if (*p >= '0' && *p <= '9')
-			x = x << 4 | (uint64_t)(*p - '0');
-		else if (*p >= 'a' && *p <= 'f')
-			x = x << 4 | (uint64_t)(*p - 'a' + 10);
-		else
+	for (int i = 0; i < 16; i++) {
+		unsigned d = hex1[(unsigned char)p[i]];
+
+		if (!d) /* p[i] may be the string's end: stop there */
 			return false;
+		x = x << 4 | (d - 1);
 	}
+	p += 16;
 	if (*p != '"')
 		return false;
 	*xxh3 = x;
@@ -457,8 +464,14 @@ static int v2_model_fields(const char *const *v, struct where w,
 	size_t len;
 	int rc;
 
-	if (v[0] && apb_json_type(v[0]) == APB_JSON_STRING &&
-	    apb_json_string_is(v[0], "none")) {
+	/* The plain spellings first, straight from the text (strncmp()
+	 * stops at the NUL after it). */
+	if (v[0] && strncmp(v[0], "\"none\"", 6) == 0) {
+		m->compression = APB_COMPRESSION_NONE;
+	} else if (v[0] && strncmp(v[0], "\"zstd\"", 6) == 0) {
+		m->compression = APB_COMPRESSION_ZSTD;
+	} else if (v[0] && apb_json_type(v[0]) == APB_JSON_STRING &&
+		   apb_json_string_is(v[0], "none")) {
 		m->compression = APB_COMPRESSION_NONE;
 	} else if (v[0] && apb_json_type(v[0]) == APB_JSON_STRING &&
 		   apb_json_string_is(v[0], "zstd")) {
