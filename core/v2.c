@@ -58,6 +58,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -80,6 +81,20 @@
 #define POOL_IDLE_MAX 4
 
 /* ---- the table at open ------------------------------------------------- */
+
+/* Whether struct apb_block_entry is laid out as a table entry's 24 bytes
+ * (docs/FORMAT.md): little-endian, no padding. A constant the compiler
+ * folds. */
+static bool entries_are_raw(void)
+{
+	const uint16_t one = 1;
+
+	return sizeof(struct apb_block_entry) == APB_V2_ENTRY_LEN &&
+	       offsetof(struct apb_block_entry, length) == 8 &&
+	       offsetof(struct apb_block_entry, flags) == 12 &&
+	       offsetof(struct apb_block_entry, xxh3) == 16 &&
+	       *(const uint8_t *)&one == 1;
+}
 
 int apb_v2_table_read(const struct apb_source *src,
 		      const struct apb_v2_table_ref *table,
@@ -112,30 +127,37 @@ int apb_v2_table_read(const struct apb_source *src,
 				(unsigned long long)len,
 				(unsigned long long)off,
 				(unsigned long long)size);
-	raw = malloc(len ? (size_t)len : 1);
-	m->blocks = calloc(count ? (size_t)count : 1, sizeof *m->blocks);
+	m->blocks = malloc(count ? (size_t)count * sizeof *m->blocks : 1);
+	/* Where the table's bytes are the entries' (a little-endian host
+	 * with no padding) they are read straight into them: a copy of the
+	 * table would cost its pages' first touch again. */
+	raw = entries_are_raw() ? (uint8_t *)m->blocks
+				: malloc(len ? (size_t)len : 1);
 	if (!raw || !m->blocks) {
-		free(raw);
+		if (raw != (uint8_t *)m->blocks)
+			free(raw);
 		return apb_fail(-ENOMEM, err, err_len,
 				"out of memory for %llu block table entries",
 				(unsigned long long)count);
 	}
 	rc = apb_source_pread(src, raw, (size_t)len, off);
 	if (rc) {
-		free(raw);
-		return apb_fail(rc, err, err_len,
-				"cannot read the block table: %s",
-				strerror(-rc));
+		rc = apb_fail(rc, err, err_len,
+			      "cannot read the block table: %s",
+			      strerror(-rc));
+		goto out;
 	}
 	got = XXH3_64bits(raw, (size_t)len);
 	if (got != xxh3) {
-		free(raw);
-		return apb_errf(err, err_len,
-				"chunk_table: checksum mismatch: the manifest says xxh3-64:%016llx, the table's %llu bytes hash to xxh3-64:%016llx",
-				(unsigned long long)xxh3,
-				(unsigned long long)len,
-				(unsigned long long)got);
+		rc = apb_errf(err, err_len,
+			      "chunk_table: checksum mismatch: the manifest says xxh3-64:%016llx, the table's %llu bytes hash to xxh3-64:%016llx",
+			      (unsigned long long)xxh3,
+			      (unsigned long long)len,
+			      (unsigned long long)got);
+		goto out;
 	}
+	if (raw == (uint8_t *)m->blocks)
+		goto out;
 	for (uint64_t i = 0; i < count; i++) {
 		const uint8_t *p = raw + i * APB_V2_ENTRY_LEN;
 
@@ -143,7 +165,11 @@ int apb_v2_table_read(const struct apb_source *src,
 			.offset = apb_le64(p), .length = apb_le32(p + 8),
 			.flags = apb_le32(p + 12), .xxh3 = apb_le64(p + 16)};
 	}
-	free(raw);
+out:
+	if (raw != (uint8_t *)m->blocks)
+		free(raw);
+	if (rc)
+		return rc;
 	m->block_count = count;
 	m->table_offset = off;
 	return 0;
