@@ -601,16 +601,19 @@ static int json_models(const char *root, size_t text_len, unsigned version,
 			apb_json_resume(&it, end);
 	}
 	if (rc == 0) {
-		m->names = malloc(at > pool ? (size_t)(at - pool) : 1);
-		if (!m->names)
-			rc = apb_fail(-ENOMEM, err, err_len,
-				      "out of memory for model names");
-	}
-	if (rc == 0) {
-		memcpy(m->names, pool, (size_t)(at - pool));
-		for (i = 0; i < n; i++)
-			m->models[i].name = m->names +
-					    (m->models[i].name - pool);
+		/* Shrunk in place (a large block is remapped), the names
+		 * keep their pages: no copy, no first touch of new ones. A
+		 * shrink that fails leaves the pool as it was. */
+		uintptr_t was = (uintptr_t)pool;
+		char *names = realloc(pool, at > pool ? (size_t)(at - pool) : 1);
+
+		m->names = names ? names : pool;
+		pool = NULL;
+		if ((uintptr_t)m->names != was)
+			for (i = 0; i < n; i++)
+				m->models[i].name =
+					m->names +
+					((uintptr_t)m->models[i].name - was);
 	}
 	free(pool);
 	return rc;
