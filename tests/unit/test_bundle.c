@@ -632,6 +632,47 @@ static void json_escapes_and_unknown_values_are_read(void)
 	free(b.p);
 }
 
+/* The reader tries each member's key as the previous model spelled it
+ * there, reads plain checksums and counts from the check's notes: models
+ * in other orders, escaped spellings and a "models" behind nine other
+ * containers must read as the general path does. */
+static void keys_in_any_order_and_spelling_across_models(void)
+{
+	struct buf b = v1_file(
+		"{'a':{},'b':[],'c':{},'d':[],'e':{},'f':[],'g':{},'h':[],'i':{},"
+		"'model_count':3,'models':["
+		"{'name':'m0','offset':4096,'size':1,'checksum':'xxh3-64:000000000000000a'},"
+		"{'checksum':'xxh3-64:\\u0030\\u00300000000000000b','size':2,'offset':8192,'name':'m1'},"
+		"{'n\\u0061me':'m2','of\\u0066set':12288,'siz\\u0065':3,'check\\u0073um':'xxh3-64:000000000000000c'}"
+		"],'z':[[]]}",
+		16384);
+	static const char *const names[] = {"m0", "m1", "m2"};
+	struct apb_bundle *bundle;
+	size_t idx;
+
+	CHECK_EQ(open_buf(&b, &bundle), 0);
+	for (unsigned i = 0; i < 3; i++) {
+		const struct apb_model *m;
+
+		CHECK_EQ(apb_bundle_find(bundle, names[i], &idx), 0);
+		m = apb_bundle_model(bundle, idx);
+		CHECK_EQ(m->offset, 4096u * (i + 1));
+		CHECK_EQ(m->size, i + 1);
+		CHECK_EQ(m->xxh3, 0xau + i);
+	}
+	apb_bundle_close(bundle);
+	free(b.p);
+	expect_v1_error("{'model_count':2,'models':["
+			"{'name':'m0','offset':4096,'size':1," OK_CHECKSUM "},"
+			"{'name':'m1','offset':8192,'offs\\u0065t':8192,'size':1," OK_CHECKSUM "}]}",
+			16384, "models[1]: key 'offset' appears twice");
+	expect_v1_error("{'a':{},'b':[],'c':{},'d':[],'e':{},'f':[],'g':{},'h':[],'i':{},"
+			"'model_count':2,'models':[{'name':'m0','offset':4096,'size':1," OK_CHECKSUM "}]}",
+			8192, "manifest: 'model_count' is 2 but 'models' has 1 entries");
+	expect_v1_error("{'model_count':0,'models':[],'x':{},'mod\\u0065ls':[]}", 0,
+			"manifest: key 'models' appears twice");
+}
+
 static void rejects_json_that_is_not_rfc_8259(void)
 {
 	/* A lone surrogate, a leading zero, a bare word, a comma too many. */
@@ -1043,6 +1084,7 @@ int main(void)
 	RUN(rejects_raw_nul_in_manifest);
 	RUN(json_nesting_is_limited_with_its_own_message);
 	RUN(json_escapes_and_unknown_values_are_read);
+	RUN(keys_in_any_order_and_spelling_across_models);
 	RUN(rejects_json_that_is_not_rfc_8259);
 	RUN(rejects_missing_offset);
 	RUN(rejects_missing_size);
