@@ -136,14 +136,13 @@ static inline const char *apb_json_skip(const char *v)
 struct apb_json_iter {
 	const char *p;    /* the next member, when pending is NULL */
 	const char *pending; /* the value last returned, to skip first */
-	const char *key_end; /* just past the last key's closing quote */
 	bool object;         /* members have keys */
 };
 
 static inline void apb_json_iter(struct apb_json_iter *it, const char *v)
 {
 	it->p = apb_json_ws(v + 1);
-	it->pending = it->key_end = NULL;
+	it->pending = NULL;
 	it->object = *v == '{';
 }
 
@@ -171,8 +170,7 @@ static inline bool apb_json_next(struct apb_json_iter *it, const char **key,
 		return false;
 	if (it->object) { /* a member: "key" : value */
 		*key = p;
-		p = it->key_end = apb_json_skip_string(p);
-		p = apb_json_ws(apb_json_ws(p) + 1); /* past the ':' */
+		p = apb_json_ws(apb_json_ws(apb_json_skip_string(p)) + 1);
 	} else {
 		*key = NULL;
 	}

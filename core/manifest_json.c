@@ -93,34 +93,32 @@ struct key {
 
 #define KEY(s) {s, sizeof s - 1}
 
-/* Whether member key, spelled without escapes (raw bytes up to key_end's
- * quote), is k. */
-static bool key_is(const char *key, const char *key_end, const struct key *k)
+/* Whether the key at p (its opening quote) is k spelled without escapes;
+ * the bytes are compared up to the first that differs, at most k's and
+ * the closing quote (the text is checked and NUL terminated). */
+static bool key_is(const char *p, const struct key *k)
 {
-	size_t raw = (size_t)(key_end - key) - 2;
-
-	if (raw != k->len)
-		return false;
-	for (size_t i = 0; i < raw; i++) /* short: no call to memcmp() */
-		if (key[1 + i] != k->s[i])
+	for (size_t i = 0; i < k->len; i++) /* short: no call to memcmp() */
+		if (p[1 + i] != k->s[i])
 			return false;
-	return true;
+	return p[1 + k->len] == '"';
 }
 
-/* keys[] index of key, or nkeys. The escaped spelling of a key is legal
- * and rare: only a key that matches none as spelled is decoded. */
-static size_t key_find(const char *key, const char *key_end,
+/* keys[] index of the key at p, ending at key_end, or nkeys. The escaped
+ * spelling of a key is legal and rare: only a key that matches none as
+ * spelled is decoded. */
+static size_t key_find(const char *p, const char *key_end,
 		       const struct key *keys, size_t nkeys)
 {
 	size_t k;
 
 	for (k = 0; k < nkeys; k++)
-		if (key_is(key, key_end, &keys[k]))
+		if (key_is(p, &keys[k]))
 			return k;
-	if (!memchr(key + 1, '\\', (size_t)(key_end - key) - 2))
+	if (!memchr(p + 1, '\\', (size_t)(key_end - p) - 2))
 		return nkeys;
 	for (k = 0; k < nkeys; k++)
-		if (apb_json_string_is(key, keys[k].s))
+		if (apb_json_string_is(p, keys[k].s))
 			break;
 	return k;
 }
@@ -142,40 +140,44 @@ static int pick_keys(const char *obj, const struct key *keys,
 		     unsigned char *order, const char **end, char *err,
 		     size_t err_len)
 {
-	struct apb_json_iter it;
-	const char *key, *val;
+	const char *p = apb_json_ws(obj + 1), *key_end;
 	char ws[WHERE_MAX];
-	size_t j = 0;
 
 	for (size_t k = 0; k < nkeys; k++)
 		vals[k] = NULL;
-	apb_json_iter(&it, obj);
-	for (; apb_json_next(&it, &key, &val); j++) {
+	/* The members by hand rather than with apb_json_next(): a key
+	 * that is the one guessed is compared and passed in one go. */
+	for (size_t j = 0; *p != '}'; j++) {
 		const struct apb_json_hint *h;
-		size_t k;
+		size_t k = order && j < ORDER_MAX ? order[j] : nkeys;
 
-		if (order && j < ORDER_MAX && order[j] < nkeys &&
-		    key_is(key, it.key_end, &keys[order[j]])) {
-			k = order[j];
+		if (k < nkeys && key_is(p, &keys[k])) {
+			key_end = p + keys[k].len + 2;
 		} else {
-			k = key_find(key, it.key_end, keys, nkeys);
+			key_end = apb_json_skip_string(p);
+			k = key_find(p, key_end, keys, nkeys);
 			if (order && j < ORDER_MAX)
 				order[j] = (unsigned char)k;
 		}
-
+		p = apb_json_ws(apb_json_ws(key_end) + 1); /* past the ':' */
 		if (k < nkeys) {
 			if (vals[k])
 				return apb_errf(err, err_len,
 						"%s: key '%s' appears twice",
 						where_str(w, ws), keys[k].s);
-			vals[k] = val;
+			vals[k] = p;
 		}
-		if (hints && (*val == '{' || *val == '[') &&
-		    (h = apb_json_hint(hints, val)))
-			apb_json_resume(&it, h->end);
+		if (hints && (*p == '{' || *p == '[') &&
+		    (h = apb_json_hint(hints, p)))
+			p = h->end;
+		else
+			p = apb_json_skip(p);
+		p = apb_json_ws(p);
+		if (*p == ',')
+			p = apb_json_ws(p + 1);
 	}
 	if (end)
-		*end = it.p + 1;
+		*end = p + 1;
 	return 0;
 }
 
