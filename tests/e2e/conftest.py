@@ -16,6 +16,16 @@ Guards against leaks and hangs:
   FUSE syscall fail (ENOTCONN) so the test errors out instead of hanging CI.
 
 Binaries come from $APB_BUILD_DIR (default: <repo>/build).
+
+Where a mounted bundle comes from: $APB_E2E_SOURCE, `local` (default: the
+file itself), `nginx` or `rgw`. With a server, every daemon started on a
+bundle file (start_daemon, hence mount() and run_daemon_expect_failure)
+mounts that file's URL instead: the file is first published to the
+session's server (nginx: hard-linked into its directory; RGW: PUT, and the
+s3_endpoint/s3_region options and the gateway's keys given to the daemon),
+under a name derived from its path, and withdrawn when the last daemon on
+it stops. Tests that need the bundle to be a local file carry the marker
+`local_only(reason)` and are skipped there.
 """
 
 import contextlib
@@ -23,6 +33,7 @@ import errno
 import json
 import mmap
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +59,9 @@ TEST_TIMEOUT_S = 180.0      # per-test watchdog, see marker timeout_s
 
 KiB = 1024
 MiB = 1024 * 1024
+
+SOURCE = os.environ.get("APB_E2E_SOURCE", "local")
+SOURCES = ("local", "nginx", "rgw")
 
 _BASE = None                # session temp root, set by _session_guard
 _LIVE = set()               # Daemon objects not yet stopped
@@ -214,8 +228,11 @@ def write_sources(directory, models):
 # the daemon
 
 class Daemon:
-    def __init__(self, bundle, mnt, proc, log_path):
+    def __init__(self, bundle, mnt, proc, log_path, source=None, unpublish=None):
         self.bundle, self.mnt, self.proc, self.log_path = Path(bundle), Path(mnt), proc, log_path
+        self.source = source if source is not None else str(bundle)   # what was mounted
+        self._unpublish = unpublish  # withdraws the published bundle (remote sources)
+        self.started_ns = self.mounted_ns = None   # wall clock before start, once mounted
         self.killed = False          # needed SIGKILL to go away
         self.stop_note = ""
         self.persistent = False      # owned by a module-scoped fixture
@@ -271,6 +288,9 @@ class Daemon:
                 self.stop_note = "daemon exited but left its mount behind"
             if fusermount_u(self.mnt) != 0:
                 fusermount_u(self.mnt, lazy=True)
+        unpublish, self._unpublish = self._unpublish, None
+        if unpublish is not None:
+            unpublish()
         with _LIVE_LOCK:
             _LIVE.discard(self)
 
@@ -284,18 +304,122 @@ def _opts_string(options):
     return ",".join(parts)
 
 
+# --------------------------------------------------------------------------
+# remote sources (APB_E2E_SOURCE=nginx|rgw): a bundle file published to the
+# session's server and mounted by URL
+
+_SERVER = None              # the session's nginx or RGW, set by _remote_source
+_PUBLISHED = {}             # key -> [daemons using it, file identity]
+_PUBLISHED_LOCK = threading.Lock()
+
+
+def _identity(st):
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _publish_key(path):
+    """A name on the server unique to the file's path in this session, the
+    same on every mount (state files and learned orders key on the URL)."""
+    path = os.path.realpath(str(path))
+    if _under(path, _BASE):
+        path = os.path.relpath(path, os.path.realpath(str(_BASE)))
+    return path.strip(os.sep).replace(os.sep, "__")
+
+
+def _publish(bundle):
+    """Publish the bundle file on the session's server; returns (url, extra
+    mount options, daemon environment, unpublish). An argument that is not
+    a regular file (already a URL, a missing path) is mounted as given."""
+    if _SERVER is None or not os.path.isfile(str(bundle)):
+        return str(bundle), {}, None, None
+    key = _publish_key(bundle)
+    ident = _identity(os.stat(str(bundle)))
+    with _PUBLISHED_LOCK:
+        entry = _PUBLISHED.get(key)
+        if entry is None or entry[1] != ident:
+            if SOURCE == "nginx":
+                # a hard link serves the file as it is (nginx's ETag is its
+                # mtime and size); a copy only across file systems
+                dst = os.path.join(str(_SERVER.root), key)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(dst)
+                try:
+                    os.link(str(bundle), dst)
+                except OSError as e:
+                    if e.errno != errno.EXDEV:
+                        raise
+                    shutil.copy2(str(bundle), dst)
+            else:
+                _SERVER.put_object(key, str(bundle))
+            entry = _PUBLISHED[key] = [0, ident]
+        entry[0] += 1
+
+    def unpublish():
+        with _PUBLISHED_LOCK:
+            entry[0] -= 1
+            if entry[0] > 0 or _PUBLISHED.get(key) is not entry:
+                return
+            del _PUBLISHED[key]
+            with contextlib.suppress(Exception):   # a stopping server
+                if SOURCE == "nginx":
+                    os.unlink(os.path.join(str(_SERVER.root), key))
+                else:
+                    _SERVER.delete_object(key)     # memstore space back for later tests
+
+    if SOURCE == "nginx":
+        return _url(key), {}, None, unpublish
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ACCESS_KEY_ID=_SERVER.access_key, AWS_SECRET_ACCESS_KEY=_SERVER.secret_key,
+               AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_CONFIG_FILE=os.devnull)
+    return (_url(key), {"s3_endpoint": _SERVER.endpoint, "s3_region": _SERVER.region},
+            env, unpublish)
+
+
+def _url(key):
+    if SOURCE == "nginx":
+        return _SERVER.url(key)
+    return "s3://%s/%s" % (_SERVER.bucket, key)
+
+
+def source_of(bundle):
+    """What the daemon mounts for bundle, and names in its messages: the
+    path, or with a server the URL it is published under."""
+    if _SERVER is None or not os.path.isfile(str(bundle)):
+        return str(bundle)
+    return _url(_publish_key(bundle))
+
+
+def check_bundle_mtime(d, st):
+    """A mounted file's mtime is its bundle's: the local file's, or for a
+    URL the time of the open (docs/DESIGN.md, "Remote reads"), which lies
+    between the daemon's start and its mount."""
+    if d.source == str(d.bundle):
+        assert st.st_mtime_ns == os.stat(str(d.bundle)).st_mtime_ns
+    else:
+        assert d.started_ns <= st.st_mtime_ns <= (d.mounted_ns or time.time_ns()), (
+            d.started_ns, st.st_mtime_ns, d.mounted_ns)
+
+
 def start_daemon(bundle, mnt, options=None, extra_args=(), foreground=True):
     log_path = Path(tempfile.mkstemp(prefix="apbundlefs-", suffix=".log",
                                      dir=str(_BASE or tempfile.gettempdir()))[1])
+    source, source_opts, env, unpublish = _publish(bundle)
     cmd = [str(APBUNDLEFS)] + (["-f"] if foreground else [])
-    o = _opts_string(options)
+    o = _opts_string(dict(options or {}, **source_opts))
     if o:
         cmd += ["-o", o]
-    cmd += list(extra_args) + [str(bundle), str(mnt)]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True)
-    d = Daemon(bundle, mnt, proc, log_path)
+    cmd += list(extra_args) + [source, str(mnt)]
+    started_ns = time.time_ns()
+    try:
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=True, env=env)
+    except BaseException:
+        if unpublish is not None:
+            unpublish()
+        raise
+    d = Daemon(bundle, mnt, proc, log_path, source, unpublish)
+    d.started_ns = started_ns
     with _LIVE_LOCK:
         _LIVE.add(d)
     return d
@@ -328,6 +452,7 @@ def mount(bundle, options=None, mnt=None, extra_args=(), expect_clean_exit=True,
         if not is_mounted(mnt):
             pytest.fail("apbundlefs exited with status %s before mounting\ndaemon log:\n%s"
                         % (d.proc.returncode, d.log()))
+        d.mounted_ns = time.time_ns()
         try:
             yield d
         except BaseException:
@@ -435,11 +560,28 @@ def stop_under_readers(d, sig, readers, held=()):
 # fixtures
 
 def pytest_configure(config):
+    if SOURCE not in SOURCES:
+        raise pytest.UsageError("APB_E2E_SOURCE=%s: expected one of %s"
+                                % (SOURCE, ", ".join(SOURCES)))
     config.addinivalue_line("markers", "timeout_s(seconds): per-test watchdog limit")
+    config.addinivalue_line(
+        "markers", "local_only(reason): needs the mounted bundle to be a local file (changed "
+        "under the mount, its page cache, state or trace files naming it); skipped when "
+        "APB_E2E_SOURCE mounts bundles from a server")
     config.addinivalue_line(
         "markers", "perf: measures the daemon's RSS or a timing-dependent hit rate, which "
         "sanitizer builds change (shadow memory, quarantine, 2-15x slower threads); "
         "scripts/test.sh deselects it there (-m 'not perf')")
+
+
+def pytest_collection_modifyitems(config, items):
+    if SOURCE == "local":
+        return
+    for item in items:
+        m = item.get_closest_marker("local_only")
+        if m is not None:
+            item.add_marker(pytest.mark.skip(reason="APB_E2E_SOURCE=%s: needs a local bundle "
+                                             "file: %s" % (SOURCE, m.args[0] if m.args else "")))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -471,6 +613,21 @@ def _session_guard(tmp_path_factory):
             if fusermount_u(m) != 0:
                 fusermount_u(m, lazy=True)
     assert not problems, "leaked resources at end of session:\n" + "\n".join(problems)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remote_source(request, _session_guard):
+    """With APB_E2E_SOURCE=nginx|rgw, the session's server that start_daemon
+    publishes bundles to (started once, by its fixture in remote.py)."""
+    global _SERVER
+    if SOURCE == "local":
+        yield None
+        return
+    _SERVER = request.getfixturevalue("%s_server" % SOURCE)
+    try:
+        yield _SERVER
+    finally:
+        _SERVER = None
 
 
 @pytest.fixture(autouse=True)

@@ -44,6 +44,10 @@ def bump_mtime(path):
 
 # ---------------------------------------------------------------- changes
 
+# Changing a served object under the mount is test_remote_mount.py's.
+CHANGES_THE_FILE = pytest.mark.local_only("changes the bundle file under the mount")
+
+
 def rewrite_in_place(b, path):
     """cp-like: same size, other bytes in b.bin."""
     off = b.entries[1]["offset"]
@@ -73,6 +77,7 @@ def rewrite_smaller(b, path):
     return "(size %d -> %d)" % (size, len(data))
 
 
+@CHANGES_THE_FILE
 @pytest.mark.parametrize("change", [rewrite_in_place, append, rewrite_smaller])
 def test_bundle_changed_in_place_fails_every_read(bundle, binaries, change):
     b, path = bundle
@@ -100,6 +105,7 @@ def test_bundle_changed_in_place_fails_every_read(bundle, binaries, change):
         assert line in log, log
 
 
+@CHANGES_THE_FILE
 @pytest.mark.parametrize("how", ["replace", "remove"])
 def test_bundle_replaced_or_removed_is_noticed(bundle, tmp_path, binaries, how):
     b, path = bundle
@@ -134,6 +140,7 @@ def test_bundle_replaced_or_removed_is_noticed(bundle, tmp_path, binaries, how):
         assert "%s changed since mount %s" % (path, why) in d.log(), d.log()
 
 
+@CHANGES_THE_FILE
 def test_truncated_then_rewritten_is_a_change(bundle, binaries):
     """A truncation keeps the rest served (test_io_errors.py); growing back
     with other bytes afterwards is a change like any other."""

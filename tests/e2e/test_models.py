@@ -13,7 +13,8 @@ import random
 import pytest
 
 import apbformat
-from conftest import KiB, MiB, direct_read, mount, odirect_pread, open_direct, run_daemon_expect_failure, wait_until
+from conftest import (KiB, MiB, direct_read, mount, odirect_pread, open_direct,
+                      run_daemon_expect_failure, source_of, wait_until)
 
 A = apbformat.random_bytes(256 * KiB, 61)
 B = apbformat.random_bytes(256 * KiB, 62)
@@ -95,7 +96,7 @@ def test_pins_over_the_budget_are_refused(bundle, tmp_path):
     rc, err, mounted = run_daemon_expect_failure(bundle, mnt,
                                                  {"max_memory": "2M", "pin": "pinned.bin"})
     assert rc == 1 and not mounted
-    assert err.startswith("apbundlefs: %s: pin: " % bundle) and "max_memory" in err, err
+    assert err.startswith("apbundlefs: %s: pin: " % source_of(bundle)) and "max_memory" in err, err
     with mount(bundle, {"max_memory": "2M"}) as d:
         with pytest.raises(OSError) as e:
             d.control("pin pinned.bin")

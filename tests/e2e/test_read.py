@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import apbformat
-from conftest import KiB, MiB, mount, open_direct, odirect_pread, pack, read_all, write_sources
+from conftest import (KiB, MiB, check_bundle_mtime, mount, open_direct, odirect_pread, pack,
+                      read_all, write_sources)
 
 SIZES = {
     "size0.bin": 0,
@@ -90,12 +91,12 @@ def test_subdirectory_listing(mounted, directory, entries):
 
 @pytest.mark.parametrize("name", sorted(SIZES))
 def test_stat_file(mounted, name):
-    d, _, bundle = mounted
+    d, _, _ = mounted
     st = os.stat(d.path(name))
     assert stat.S_ISREG(st.st_mode)
     assert stat.S_IMODE(st.st_mode) == 0o444
     assert st.st_size == SIZES[name]
-    assert st.st_mtime_ns == os.stat(bundle).st_mtime_ns
+    check_bundle_mtime(d, st)
 
 
 @pytest.mark.parametrize("directory", ["", "a", "a/b", "z/deep/er"])
