@@ -26,7 +26,7 @@ import time
 import pytest
 
 import apbformat
-from conftest import MiB, mount, pack, vm_status
+from conftest import SOURCE, MiB, mount, pack, vm_status
 
 BLOCK = 16 * MiB
 MODEL_SIZE = 4 * BLOCK - 5000
@@ -93,6 +93,9 @@ def test_peak_rss_within_bound_for_16m_blocks(big_blocks, binaries, readers):
 
 MANY = 100_000
 MANY_RSS_MAX = 24 * MiB   # README.md: about 18 MiB right after mounting 100,000 models
+# A bundle mounted by URL (APB_E2E_SOURCE) also holds libcurl's and TLS's
+# state: README.md measures 4.2 MiB more peak RSS than the local file.
+URL_RSS_EXTRA = 5 * MiB if SOURCE != "local" else 0
 
 
 @pytest.mark.perf
@@ -109,5 +112,6 @@ def test_rss_after_mounting_100k_models(tmp_path, binaries):
         assert d.stats()["cache"]["memory_used"] == 0
         assert os.path.getsize(d.path("dir000/model-000000.bin")) == 37
         print("RSS right after mounting %d models: %.1f MiB" % (MANY, rss / MiB))
-        assert rss <= MANY_RSS_MAX, "RSS %.1f MiB after mounting %d models > %.0f MiB" % (
-            rss / MiB, MANY, MANY_RSS_MAX / MiB)
+        bound = MANY_RSS_MAX + URL_RSS_EXTRA
+        assert rss <= bound, "RSS %.1f MiB after mounting %d models > %.0f MiB" % (
+            rss / MiB, MANY, bound / MiB)
