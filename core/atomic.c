@@ -62,10 +62,11 @@ static void random_suffix(char out[7])
 	out[6] = '\0';
 }
 
-/* What a non-regular file is, for "PATH: is a FIFO, not a regular file". */
-static const char *file_kind(mode_t mode)
+const char *apb_file_kind(mode_t mode)
 {
 	switch (mode & S_IFMT) {
+	case S_IFDIR:
+		return "a directory";
 	case S_IFIFO:
 		return "a FIFO";
 	case S_IFCHR:
@@ -109,7 +110,7 @@ int apb_atomic_check_target(const char *target, struct stat *st, char *err,
 	}
 	return apb_fail(-EINVAL, err, err_len,
 			"%s: is %s, not a regular file; nothing was written",
-			target, file_kind(st->st_mode));
+			target, apb_file_kind(st->st_mode));
 }
 
 /* Give the temporary file fd what the regular file st it replaces had:

@@ -41,6 +41,9 @@ struct apb_atomic_file {
 int apb_atomic_check_target(const char *target, struct stat *st, char *err,
 			    size_t err_len);
 
+/* What a non-regular file is, for "PATH: is a FIFO, not a regular file". */
+const char *apb_file_kind(mode_t mode);
+
 /*
  * Check target (apb_atomic_check_target), then create the temporary file
  * for it (O_EXCL, mode 0666 less the umask, like any newly created file)

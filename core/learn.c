@@ -338,8 +338,7 @@ static int read_state(const char *path, char **buf, size_t *len, char *err,
 	if (!S_ISREG(st.st_mode)) {
 		rc = apb_fail(S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL, err,
 			      err_len, "%s: is %s, not a regular file", path,
-			      S_ISDIR(st.st_mode) ? "a directory"
-			      : S_ISFIFO(st.st_mode) ? "a FIFO" : "a device");
+			      apb_file_kind(st.st_mode));
 		goto out;
 	}
 	if (st.st_size > STATE_MAX_BYTES)
