@@ -12,20 +12,27 @@ installed() {   # dpkg -s alone also succeeds for removed-but-not-purged package
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
 }
 
+# missing_of PKG...: sets MISSING to those of PKG not installed yet.
+missing_of() {
+    local p
+    MISSING=()
+    for p in "$@"; do
+        installed "$p" || MISSING+=("$p")
+    done
+}
+
 # install_missing PKG...: the packages not installed yet, after an update
 # of the package lists (a fresh machine has none).
 install_missing() {
-    local p missing=()
-    for p in "$@"; do
-        installed "$p" || missing+=("$p")
-    done
-    if [ ${#missing[@]} -eq 0 ]; then
+    local MISSING
+    missing_of "$@"
+    if [ ${#MISSING[@]} -eq 0 ]; then
         echo "all $# packages present"
         return
     fi
-    echo "installing: ${missing[*]}"
+    echo "installing: ${MISSING[*]}"
     as_root apt-get update -qq
-    as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    as_root apt-get install -y -qq --no-install-recommends "${MISSING[@]}"
 }
 
 # install_clang_runtime: clang's sanitizer and libFuzzer runtimes and its
@@ -69,22 +76,20 @@ install_llama() {
 # An existing policy-rc.d (Docker images ship one) is left as it is. The
 # package lists are updated only if an install from the current ones fails.
 install_servers() {
-    local p missing=() policy=/usr/sbin/policy-rc.d ours=0 rc=0
-    for p in nginx-light ceph-mon ceph-osd ceph-mgr radosgw ceph-common curl; do
-        installed "$p" || missing+=("$p")
-    done
-    if [ ${#missing[@]} -eq 0 ]; then
+    local MISSING policy=/usr/sbin/policy-rc.d ours=0 rc=0
+    missing_of nginx-light ceph-mon ceph-osd ceph-mgr radosgw ceph-common curl
+    if [ ${#MISSING[@]} -eq 0 ]; then
         echo "server packages present"
         return
     fi
-    echo "installing: ${missing[*]}"
+    echo "installing: ${MISSING[*]}"
     if [ ! -e "$policy" ]; then
         printf '#!/bin/sh\n# apbundlefs scripts/deps.sh install_servers: start no service\nexit 101\n' |
             as_root tee "$policy" >/dev/null && as_root chmod 755 "$policy" && ours=1
     fi
-    as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" ||
+    as_root apt-get install -y -qq --no-install-recommends "${MISSING[@]}" ||
         { as_root apt-get update -qq &&
-          as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"; } || rc=$?
+          as_root apt-get install -y -qq --no-install-recommends "${MISSING[@]}"; } || rc=$?
     [ "$ours" -eq 0 ] || as_root rm -f "$policy"
     if [ "$rc" -eq 0 ] && [ -d /run/systemd/system ]; then
         as_root systemctl disable --now nginx >/dev/null 2>&1 || true
