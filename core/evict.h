@@ -63,19 +63,22 @@ struct apb_evict_node {
 
 struct apb_evict;
 
-/* The hash of a chunk key (model, index): splitmix64's finalizer, every
- * input bit reaching the low bits. For the cache's table and auto's
- * ghosts. */
-static inline uint64_t apb_key_hash(uint32_t model, uint64_t index)
+/* splitmix64's finalizer: every input bit reaches the low bits. */
+static inline uint64_t apb_mix64(uint64_t h)
 {
-	uint64_t h = index * 0x9e3779b97f4a7c15ull + model;
-
 	h ^= h >> 30;
 	h *= 0xbf58476d1ce4e5b9ull;
 	h ^= h >> 27;
 	h *= 0x94d049bb133111ebull;
 	h ^= h >> 31;
 	return h;
+}
+
+/* The hash of a chunk key (model, index), for the cache's table and
+ * auto's ghosts. */
+static inline uint64_t apb_key_hash(uint32_t model, uint64_t index)
+{
+	return apb_mix64(index * 0x9e3779b97f4a7c15ull + model);
 }
 
 /* A set of at most cap nodes (cap >= 1) under policy. Returns 0, -EINVAL

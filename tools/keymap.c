@@ -5,6 +5,8 @@
  */
 #include "keymap.h"
 
+#include "../core/evict.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -23,14 +25,11 @@ struct keymap {
 	uint64_t max_keys;
 };
 
-/* SplitMix64's finalizer: adjacent chunk keys land far apart. */
+/* SplitMix64's finalizer (the library's): adjacent chunk keys land far
+ * apart. */
 static uint64_t hash(uint64_t k)
 {
-	k ^= k >> 30;
-	k *= UINT64_C(0xbf58476d1ce4e5b9);
-	k ^= k >> 27;
-	k *= UINT64_C(0x94d049bb133111eb);
-	return k ^ (k >> 31);
+	return apb_mix64(k);
 }
 
 int keymap_new(uint64_t max_keys, struct keymap **out)
