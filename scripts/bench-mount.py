@@ -11,18 +11,10 @@ import shutil
 import subprocess
 import tempfile
 
-from benchlib import DAEMON, PACKER, median, mount_apb, start
+from benchlib import DAEMON, MIB, PACKER, median, mount_apb, start
 
 COUNT = int(os.environ.get("COUNT", "10000"))
 RUNS = int(os.environ.get("RUNS", "11"))
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def main():
@@ -53,11 +45,11 @@ def main():
                 with mount_apb(f"{work}/v{fmt}.apbundle", f"{work}/mnt",
                                "max_memory=64M") as m:
                     secs[fmt].append(m.mount_seconds)
-                    rss[fmt].append(rss_kib(m.proc.pid))
+                    rss[fmt].append(m.rss())
         for fmt in fmts:
             print(f"| {fmt} | {median(secs[fmt]) * 1e3:.1f} "
                   f"| {min(secs[fmt]) * 1e3:.1f} "
-                  f"| {median(rss[fmt]) / 1024:.1f} |")
+                  f"| {median(rss[fmt]) / MIB:.1f} |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

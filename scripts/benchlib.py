@@ -189,13 +189,20 @@ class Mount:
         with open(f"/proc/{self.proc.pid}/clear_refs", "w") as f:
             f.write("5\n")  # VmHWM back to the current RSS
 
-    def peak_rss(self):
-        """VmHWM of the daemon in bytes."""
+    def _status_bytes(self, field):
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
         return None
+
+    def peak_rss(self):
+        """VmHWM of the daemon in bytes."""
+        return self._status_bytes("VmHWM")
+
+    def rss(self):
+        """VmRSS of the daemon in bytes."""
+        return self._status_bytes("VmRSS")
 
     def read_ahead_kb(self):
         try:
