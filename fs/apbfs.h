@@ -106,7 +106,9 @@ struct apbfs {
 	struct apbfs_backing *backing; /* backing.c: the local source's checks */
 	const char *bundle_name;       /* the BUNDLE argument, path or URL */
 	bool remote;                   /* the bundle is a URL: no backing.c */
-	atomic_bool remote_changed;    /* pagein.c: the object changed */
+	atomic_bool source_changed;    /* the bundle changed since mount: set
+					 * once, by backing.c (a file) or
+					 * pagein.c (a URL) */
 	struct apbfs_options opt;
 	uid_t owner;                   /* the mounting user: may write .control */
 	uint64_t special_ino[APBFS_NSPECIAL];
@@ -169,13 +171,11 @@ bool apbfs_source_changed(struct apbfs *fs);
  * file itself, under the mount. open (at setup; 0 or a negative errno,
  * the reason in err) and close. check, after every load from the file:
  * 0, or -EIO once the file changed since mount (see backing.c for what
- * counts). changed: model reads, hits included, must fail with EIO.
- * Thread-safe. */
+ * counts; it then sets fs->source_changed). Thread-safe. */
 int apbfs_backing_open(struct apbfs *fs, const char *path, char *err,
 		       size_t err_len);
 void apbfs_backing_close(struct apbfs *fs);
 int apbfs_backing_check(struct apbfs *fs);
-bool apbfs_backing_changed(const struct apbfs *fs);
 
 /* trace.c: -o trace=FILE. open creates fs->opt.trace_path (a regular
  * file, not the bundle; 0 or a negative errno, the reason in err) before

@@ -64,7 +64,7 @@
  *
  * Locking: the reference size and mtime are atomics read without a lock on
  * the fast path; any difference is judged again under mu, which alone
- * updates the reference and the state. mu is held across the one hash of
+ * updates the reference and sets fs->source_changed. mu is held across the one hash of
  * the header when a truncation is judged, and across the SETTLE_NS wait;
  * nothing else takes it.
  */
@@ -86,8 +86,6 @@
 #define PATH_CHECK_NS 100000000ull /* 100 ms */
 #define SETTLE_NS 50000000ull      /* 50 ms */
 
-enum backing_state { BACKING_OK, BACKING_CHANGED };
-
 struct apbfs_backing {
 	char *path;                 /* absolute: the daemon moves to / */
 	int fd;                     /* on the mounted inode */
@@ -99,7 +97,6 @@ struct apbfs_backing {
 	atomic_uint_fast64_t next_path_check_ns;
 	atomic_uint_fast64_t size;  /* reference; mu to change */
 	atomic_uint_fast64_t mtime_ns;
-	atomic_int state;           /* enum backing_state; mu to change */
 	struct apb_mutex mu;
 };
 
@@ -187,21 +184,15 @@ void apbfs_backing_close(struct apbfs *fs)
 	fs->backing = NULL;
 }
 
-bool apbfs_backing_changed(const struct apbfs *fs)
-{
-	return fs->backing &&
-	       atomic_load(&fs->backing->state) == BACKING_CHANGED;
-}
-
 /* Mark the bundle changed (mu held), say why once, free the cache. */
 static void mark_changed(struct apbfs *fs, const char *why)
 {
 	struct apbfs_backing *bk = fs->backing;
 
 	apb_assert_held(&bk->mu);
-	if (atomic_load(&bk->state) == BACKING_CHANGED)
+	if (atomic_load(&fs->source_changed))
 		return;
-	atomic_store(&bk->state, BACKING_CHANGED);
+	atomic_store(&fs->source_changed, true);
 	fuse_log(FUSE_LOG_ERR, "apbundlefs: %s changed since mount (%s); "
 		 "every model read fails with EIO until it is remounted\n",
 		 bk->path, why);
@@ -321,13 +312,13 @@ int apbfs_backing_check(struct apbfs *fs)
 
 	if (!bk)
 		return 0;
-	if (atomic_load(&bk->state) == BACKING_OK && fstat(bk->fd, &st) == 0 &&
+	if (!atomic_load(&fs->source_changed) && fstat(bk->fd, &st) == 0 &&
 	    to_judge(bk, &st)) {
 		apb_mutex_lock(&bk->mu);
 		judge_fd(fs, &st);
 		apb_mutex_unlock(&bk->mu);
 	}
-	if (atomic_load(&bk->state) == BACKING_OK)
+	if (!atomic_load(&fs->source_changed))
 		check_path(fs);
-	return atomic_load(&bk->state) == BACKING_CHANGED ? -EIO : 0;
+	return atomic_load(&fs->source_changed) ? -EIO : 0;
 }

@@ -164,7 +164,7 @@ int apbfs_read_failed(struct apbfs *fs, uint32_t model, uint64_t chunk,
  * does for a local file). Pinned chunks stay until unpinned. */
 static void remote_changed(struct apbfs *fs)
 {
-	if (atomic_exchange(&fs->remote_changed, true))
+	if (atomic_exchange(&fs->source_changed, true))
 		return;
 	fuse_log(FUSE_LOG_ERR, "apbundlefs: %s changed since mount (or was "
 		 "removed); every model read fails with EIO until it is "
@@ -180,17 +180,16 @@ static int source_check(struct apbfs *fs, long got)
 
 	if (!fs->remote)
 		return apbfs_backing_check(fs);
-	if (got >= 0 && !atomic_load(&fs->remote_changed))
+	if (got >= 0 && !atomic_load(&fs->source_changed))
 		return 0;
 	if (apb_bundle_remote_stats(fs->bundle, &st) == 0 && st.changed)
 		remote_changed(fs);
-	return atomic_load(&fs->remote_changed) ? -EIO : 0;
+	return atomic_load(&fs->source_changed) ? -EIO : 0;
 }
 
 bool apbfs_source_changed(struct apbfs *fs)
 {
-	return fs->remote ? atomic_load(&fs->remote_changed)
-			  : apbfs_backing_changed(fs);
+	return atomic_load(&fs->source_changed);
 }
 
 /* Run lengths from what one read of the run returned: full chunks, then
