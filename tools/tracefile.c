@@ -6,6 +6,8 @@
  */
 #include "tracefile.h"
 
+#include <apbundle/name.h>
+
 #include <errno.h>
 #include <stdarg.h>
 #include <fcntl.h>
@@ -15,8 +17,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#define NAME_MAX_BYTES 4096u /* a model name's limit (docs/USAGE.md) */
 
 static int fail(char *err, size_t err_len, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -135,7 +135,7 @@ static int check_models(struct trace *t, char *err, size_t err_len)
 			return fail(err, err_len, "model table: model %u size "
 				    "%llu is above 2^53", i,
 				    (unsigned long long)t->model_size[i]);
-		if (len > NAME_MAX_BYTES || (!names && len))
+		if (len > APB_NAME_MAX || (!names && len))
 			return fail(err, err_len, "model table: model %u has a "
 				    "name of %u bytes%s", i, len, names ?
 				    " (the limit is 4096)" :
