@@ -64,9 +64,9 @@
  *
  * Locking: the reference size and mtime are atomics read without a lock on
  * the fast path; any difference is judged again under mu, which alone
- * updates the reference and sets fs->source_changed. mu is held across the one hash of
- * the header when a truncation is judged, and across the SETTLE_NS wait;
- * nothing else takes it.
+ * updates the reference and sets fs->source_changed. mu is held across
+ * the one hash of the header when a truncation is judged, and across the
+ * SETTLE_NS wait; nothing else takes it.
  */
 #include "apbfs.h"
 
