@@ -1192,11 +1192,6 @@ const void *apb_remote_head(const struct apb_remote *r, size_t *len)
 	return r->head;
 }
 
-size_t apb_remote_max_request(const struct apb_remote *r)
-{
-	return r->max_request;
-}
-
 ssize_t apb_remote_preadv(struct apb_remote *r, const struct iovec *iov, int iovcnt,
 			  uint64_t off)
 {

@@ -83,9 +83,6 @@ const char *apb_remote_identity(const struct apb_remote *r);
 /* The object's first min(head_bytes, size) bytes, fetched at open. */
 const void *apb_remote_head(const struct apb_remote *r, size_t *len);
 
-/* The bound apb_remote_preadv() splits requests at. */
-size_t apb_remote_max_request(const struct apb_remote *r);
-
 /* Read exactly len bytes at off into buf: len, or a negative errno (see
  * above); buf's content is unspecified after an error. Thread-safe. */
 ssize_t apb_remote_pread(struct apb_remote *r, void *buf, size_t len, uint64_t off);
