@@ -200,6 +200,15 @@ static int finish_models(struct apb_manifest *m, uint64_t file_size,
 
 /* ---- open / close ----------------------------------------------------- */
 
+/* A file whose byte 16 does not open a JSON manifest, said in terms of
+ * the JSON manifest, the documented format. */
+static int not_json(const uint8_t *head, char *err, size_t err_len)
+{
+	return apb_errf(err, err_len,
+			"manifest must begin with '{' (found byte 0x%02x at offset %u)",
+			head[APB_V1_HEADER_LEN], APB_V1_HEADER_LEN);
+}
+
 /* Magic and version; picks the layout parser, and for version 2 reads the
  * block table the manifest points at. */
 static int parse_any(const struct apb_source *src, enum apb_layout *layout,
@@ -228,10 +237,7 @@ static int parse_any(const struct apb_source *src, enum apb_layout *layout,
 		/* Version 2 has one layout: the JSON manifest, u32 length. */
 		if (head_len > APB_V1_HEADER_LEN &&
 		    head[APB_V1_HEADER_LEN] != '{')
-			return apb_errf(err, err_len,
-					"manifest must begin with '{' (found byte 0x%02x at offset %u)",
-					head[APB_V1_HEADER_LEN],
-					APB_V1_HEADER_LEN);
+			return not_json(head, err, err_len);
 		*layout = APB_LAYOUT_V2;
 		rc = apb_json_manifest_parse(src, 2, m, &table, err, err_len);
 		if (rc == 0)
@@ -247,10 +253,7 @@ static int parse_any(const struct apb_source *src, enum apb_layout *layout,
 		 * in terms of the JSON manifest, the documented format. */
 		if (head_len >= APB_APRENDER_HEADER_LEN &&
 		    apb_le32(head + APB_V1_HEADER_LEN) != 0)
-			return apb_errf(err, err_len,
-					"manifest must begin with '{' (found byte 0x%02x at offset %u)",
-					head[APB_V1_HEADER_LEN],
-					APB_V1_HEADER_LEN);
+			return not_json(head, err, err_len);
 		*layout = APB_LAYOUT_APRENDER;
 		return apb_aprender_parse(src, m, err, err_len);
 	}
