@@ -64,23 +64,23 @@ static cJSON *prefetch_json(const struct apb_report_source *src,
 	cJSON_AddNumberToObject(o, "unused_chunks",
 				(double)cs->prefetch_unused_chunks);
 	cJSON_AddNumberToObject(o, "reads_sequential",
-				(double)atomic_load(&src->io->reads_sequential));
+				(double)src->io->reads_sequential);
 	cJSON_AddNumberToObject(o, "reads_random",
-				(double)atomic_load(&src->io->reads_random));
+				(double)src->io->reads_random);
 	return o;
 }
 
 static cJSON *io_json(const struct apb_report_source *src,
 		      const struct apb_cache_stats *cs)
 {
-	uint64_t served = atomic_load(&src->io->bytes_served);
+	uint64_t served = src->io->bytes_served;
 	cJSON *o = cJSON_CreateObject();
 	if (!o)
 		return NULL;
 	cJSON_AddNumberToObject(o, "backing_bytes_read",
 				(double)cs->loaded_bytes);
 	cJSON_AddNumberToObject(o, "read_requests",
-				(double)atomic_load(&src->io->read_requests));
+				(double)src->io->read_requests);
 	cJSON_AddNumberToObject(o, "bytes_served", (double)served);
 	/* Below 1 the cache saved reads of the bundle; 1 or more, it saved
 	 * none. null, not 0, before any byte is served: 0 would read as
@@ -92,9 +92,9 @@ static cJSON *io_json(const struct apb_report_source *src,
 	else
 		cJSON_AddNullToObject(o, "backing_bytes_per_byte_served");
 	cJSON_AddNumberToObject(o, "errors",
-				(double)atomic_load(&src->io->errors));
+				(double)src->io->errors);
 	cJSON_AddNumberToObject(o, "checksum_errors",
-				(double)atomic_load(&src->io->checksum_errors));
+				(double)src->io->checksum_errors);
 	return o;
 }
 
@@ -127,7 +127,7 @@ static cJSON *model_json(const struct apb_report_source *src, size_t i)
 	cJSON_AddNumberToObject(o, "reuse_hits", (double)ms.reuse_hits);
 	cJSON_AddNumberToObject(o, "evictions", (double)ms.evictions);
 	cJSON_AddNumberToObject(o, "opens",
-				(double)atomic_load(&src->opens[i]));
+				(double)src->opens[i]);
 	cJSON_AddNumberToObject(o, "prefetch_issued", (double)ms.prefetch_issued);
 	cJSON_AddNumberToObject(o, "prefetch_hits", (double)ms.prefetch_hits);
 	cJSON_AddNumberToObject(o, "prefetch_wasted", (double)ms.prefetch_wasted);
@@ -240,7 +240,7 @@ static void put_model_family(FILE *f, const struct apb_report_source *src,
 		case MODEL_MISSES: v = ms.misses; break;
 		case MODEL_EVICTIONS: v = ms.evictions; break;
 		case MODEL_RESIDENT_BYTES: v = ms.resident_bytes; break;
-		case MODEL_OPENS: v = atomic_load(&src->opens[i]); break;
+		case MODEL_OPENS: v = src->opens[i]; break;
 		}
 		fprintf(f, "%s{model=\"", name);
 		put_label(f, apb_bundle_model(src->bundle, i)->name);
@@ -291,22 +291,22 @@ char *apb_report_metrics(const struct apb_report_source *src, size_t *len)
 		 cs.prefetch_wasted_bytes},
 		{"apbundlefs_reads_sequential_total", "counter",
 		 "Reads that continued a sequential stream.",
-		 atomic_load(&io->reads_sequential)},
+		 io->reads_sequential},
 		{"apbundlefs_reads_random_total", "counter",
 		 "Reads that did not continue a stream.",
-		 atomic_load(&io->reads_random)},
+		 io->reads_random},
 		{"apbundlefs_io_backing_bytes_read_total", "counter",
 		 "Bytes read from the bundle file.", cs.loaded_bytes},
 		{"apbundlefs_io_read_requests_total", "counter",
 		 "Read requests for model files that reached the daemon.",
-		 atomic_load(&io->read_requests)},
+		 io->read_requests},
 		{"apbundlefs_io_bytes_served_total", "counter",
-		 "Bytes returned to readers.", atomic_load(&io->bytes_served)},
+		 "Bytes returned to readers.", io->bytes_served},
 		{"apbundlefs_io_errors_total", "counter",
-		 "Reads answered with an error.", atomic_load(&io->errors)},
+		 "Reads answered with an error.", io->errors},
 		{"apbundlefs_io_checksum_errors_total", "counter",
 		 "Chunks that failed checksum verification.",
-		 atomic_load(&io->checksum_errors)},
+		 io->checksum_errors},
 	};
 	for (size_t i = 0; i < sizeof(global) / sizeof(global[0]); i++)
 		put_metric(f, &global[i]);

@@ -97,6 +97,17 @@ struct apbfs_read_log {
 	bool full;                     /* the "not naming further" line is out */
 };
 
+/* The daemon's counters behind .stats' "io" (struct apb_io_counters, which
+ * docs.c fills from these just before rendering). */
+struct apbfs_io_counters {
+	atomic_uint_fast64_t read_requests;
+	atomic_uint_fast64_t bytes_served;
+	atomic_uint_fast64_t errors;
+	atomic_uint_fast64_t checksum_errors;
+	atomic_uint_fast64_t reads_sequential;
+	atomic_uint_fast64_t reads_random;
+};
+
 /* Immutable after setup, except the atomics and what the cache guards. */
 struct apbfs {
 	struct apb_bundle *bundle;
@@ -112,7 +123,7 @@ struct apbfs {
 	struct apbfs_options opt;
 	uid_t owner;                   /* the mounting user: may write .control */
 	uint64_t special_ino[APBFS_NSPECIAL];
-	struct apb_io_counters io;
+	struct apbfs_io_counters io;
 	atomic_uint_fast64_t *opens;   /* per model */
 	char bdi[32];                  /* set before the loop starts; "" if unknown */
 	/* models.c; set up before the loop starts, then only read. */

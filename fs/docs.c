@@ -56,15 +56,33 @@ void apbfs_docs_destroy(struct apbfs *fs)
 
 static char *render(struct apbfs *fs, enum apbfs_special kind, size_t *len)
 {
+	size_t n = apb_bundle_count(fs->bundle);
+	struct apb_io_counters io = {
+		.read_requests = atomic_load(&fs->io.read_requests),
+		.bytes_served = atomic_load(&fs->io.bytes_served),
+		.errors = atomic_load(&fs->io.errors),
+		.checksum_errors = atomic_load(&fs->io.checksum_errors),
+		.reads_sequential = atomic_load(&fs->io.reads_sequential),
+		.reads_random = atomic_load(&fs->io.reads_random),
+	};
 	struct apb_report_source src = {
 		.bundle = fs->bundle, .cache = fs->cache,
 		.policy = apb_eviction_name(fs->opt.eviction),
-		.chunk_size = fs->opt.chunk_size, .io = &fs->io,
-		.opens = fs->opens,
+		.chunk_size = fs->opt.chunk_size, .io = &io,
 	};
+	uint64_t *opens = malloc((n ? n : 1) * sizeof(*opens));
+	char *text;
 
-	return kind == APBFS_STATS ? apb_report_json(&src, len)
+	if (!opens)
+		return NULL;
+	for (size_t i = 0; i < n; i++)
+		opens[i] = atomic_load(&fs->opens[i]);
+	src.opens = opens;
+
+	text = kind == APBFS_STATS ? apb_report_json(&src, len)
 				   : apb_report_metrics(&src, len);
+	free(opens);
+	return text;
 }
 
 /* Share newest[kind] if it holds text, else admit text as a new document

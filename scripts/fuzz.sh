@@ -37,7 +37,7 @@ if [ ! -f "$BUILD_DIR/build.ninja" ]; then
     rm -rf "$BUILD_DIR"
     # b_lundef=false: clang links the ASan runtime into executables only,
     # so the shared library has undefined __asan_* symbols until then.
-    CC=clang meson setup "$BUILD_DIR" -Dfuzz=true -Dwerror=true \
+    CC=clang CXX=clang++ meson setup "$BUILD_DIR" -Dfuzz=true -Dwerror=true \
         -Db_sanitize=address,undefined -Db_lundef=false
 fi
 

@@ -48,7 +48,7 @@ REMOTE_TESTS=${REMOTE_TESTS:-tests/e2e/test_read.py tests/e2e/test_v2_read.py
 PYTEST_TIMEOUT=${PYTEST_TIMEOUT:-540}
 PYTHON=/usr/bin/python3          # the Debian interpreter that sees python3-* packages
 
-PACKAGES=(meson ninja-build pkg-config gcc clang libfuse3-dev fuse3 libcjson-dev
+PACKAGES=(meson ninja-build pkg-config gcc g++ clang libfuse3-dev fuse3 libcjson-dev
           libxxhash-dev libzstd-dev libcurl4-openssl-dev python3 python3-pytest python3-psutil
           python3-numpy python3-pil fonts-dejavu-core tesseract-ocr
           tesseract-ocr-eng squashfuse squashfs-tools fio python3-matplotlib)
@@ -116,7 +116,10 @@ configure() {
     fi
     if [ ! -f "$dir/build.ninja" ]; then
         rm -rf "$dir"
-        CC=$cc meson setup "$dir" "${@/#/-D}" || return
+        # the C++ compiler of the same family (tests/abi/cxx_headers.cpp
+        # links the sanitizer runtime of the C build)
+        CC=$cc CXX=$([ "$cc" = clang ] && echo clang++ || echo g++) \
+            meson setup "$dir" "${@/#/-D}" || return
         echo "$cc" >"$dir/apb-cc"
         return
     fi

@@ -22,6 +22,12 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 
+#include "api.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define APB_MAGIC "APBUNDLE"
 #define APB_MAGIC_LEN 8
 #define APB_ALIGN 4096u                    /* v1 model offsets are multiples */
@@ -72,13 +78,16 @@ struct apb_bundle;
  * for 401/403, -EIO for the rest) and writes one line describing exactly
  * what is wrong into err (no trailing newline, no path or URL prefix).
  */
+APB_API
 int apb_bundle_open(const char *path, struct apb_bundle **out, char *err,
 		    size_t err_len);
+APB_API
 void apb_bundle_close(struct apb_bundle *b);
 
 /* Whether apb_bundle_open() reads s over the network: it begins with
  * http://, https:// or s3:// (the scheme in any case). A local file whose
  * path begins so is written ./http:... */
+APB_API
 bool apb_bundle_is_url(const char *s);
 
 /* How S3 requests name the object. */
@@ -118,6 +127,7 @@ struct apb_bundle_options {
  * versions. apb_bundle_direct_io() does not apply (-EINVAL) and
  * apb_bundle_stat() is synthesized (see there).
  */
+APB_API
 int apb_bundle_open_ex(const char *path_or_url,
 		       const struct apb_bundle_options *o,
 		       struct apb_bundle **out, char *err, size_t err_len);
@@ -134,17 +144,22 @@ struct apb_bundle_remote_stats {
 };
 
 /* 0 and *st for a bundle read from a URL; -ENOENT for a local file. */
+APB_API
 int apb_bundle_remote_stats(const struct apb_bundle *b,
 			    struct apb_bundle_remote_stats *st);
 
+APB_API
 enum apb_layout apb_bundle_layout(const struct apb_bundle *b);
+APB_API
 size_t apb_bundle_count(const struct apb_bundle *b);
 
 /* Model number index (0 <= index < count), in name order. */
+APB_API
 const struct apb_model *apb_bundle_model(const struct apb_bundle *b,
 					 size_t index);
 
 /* Binary search by exact name. Returns 0 and sets *index, or -ENOENT. */
+APB_API
 int apb_bundle_find(const struct apb_bundle *b, const char *name,
 		    size_t *index);
 
@@ -155,6 +170,7 @@ int apb_bundle_find(const struct apb_bundle *b, const char *name,
  * shorter than the manifest promised gives -EIO; a version 2 block that
  * fails its checksum twice gives -EBADMSG (see apb_bundle_preadv()).
  */
+APB_API
 long apb_bundle_read(const struct apb_bundle *b, size_t index, uint64_t off,
 		     void *buf, size_t len);
 
@@ -177,6 +193,7 @@ long apb_bundle_read(const struct apb_bundle *b, size_t index, uint64_t off,
  * to that block may have been written. Other layouts have no per-block
  * checksums.
  */
+APB_API
 long apb_bundle_preadv(const struct apb_bundle *b, size_t index, uint64_t off,
 		       const struct iovec *iov, int iovcnt,
 		       uint64_t *bad_block);
@@ -191,11 +208,17 @@ long apb_bundle_preadv(const struct apb_bundle *b, size_t index, uint64_t off,
  * errno of reopening the file with O_DIRECT (-EINVAL where the filesystem
  * does not support it, such as tmpfs); reads then stay buffered.
  */
+APB_API
 int apb_bundle_direct_io(struct apb_bundle *b);
 
 /* stat() of the bundle file taken at open time (times, owner, size). For
  * a URL: a regular file of mode 0444 and the object's size, its times
  * those of the open; device and inode 0. */
+APB_API
 const struct stat *apb_bundle_stat(const struct apb_bundle *b);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -33,6 +33,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "api.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum apb_eviction {
 	APB_EVICT_LRU = 0,
 	APB_EVICT_LFU = 1, /* LFU with dynamic aging (see evict.c) */
@@ -41,8 +47,10 @@ enum apb_eviction {
 #define APB_EVICT_COUNT 3
 
 /* "lru", "lfu", "auto"; NULL for a value outside the enum. */
+APB_API
 const char *apb_eviction_name(enum apb_eviction policy);
 /* The policy named name; 0, or -EINVAL for an unknown name. */
+APB_API
 int apb_eviction_parse(const char *name, enum apb_eviction *out);
 
 /* What a traced cache access was (struct apb_cache_config.trace). */
@@ -148,7 +156,9 @@ struct apb_cache;
 struct apb_chunk;
 
 /* Returns 0, -EINVAL for a bad config, or -ENOMEM. */
+APB_API
 int apb_cache_new(const struct apb_cache_config *cfg, struct apb_cache **out);
+APB_API
 void apb_cache_free(struct apb_cache *c);
 
 /*
@@ -159,6 +169,7 @@ void apb_cache_free(struct apb_cache *c);
  * more than cap bytes fails the load with -EIO. model >= model_count gives
  * -EINVAL and counts nothing.
  */
+APB_API
 int apb_cache_get(struct apb_cache *c, uint32_t model, uint64_t index,
 		  struct apb_chunk **out);
 /*
@@ -167,6 +178,7 @@ int apb_cache_get(struct apb_cache *c, uint32_t model, uint64_t index,
  * returns -EAGAIN and counts nothing. It does wait for another thread's
  * load of the same chunk, which needs no slot and always finishes.
  */
+APB_API
 int apb_cache_tryget(struct apb_cache *c, uint32_t model, uint64_t index,
 		     struct apb_chunk **out);
 /*
@@ -177,8 +189,10 @@ int apb_cache_tryget(struct apb_cache *c, uint32_t model, uint64_t index,
  * the backing store). Those chunks are not referenced; each counts one miss
  * at its first get.
  */
+APB_API
 int apb_cache_get_ahead(struct apb_cache *c, uint32_t model, uint64_t index,
 			uint32_t ahead, bool may_wait, struct apb_chunk **out);
+APB_API
 void apb_cache_put(struct apb_cache *c, struct apb_chunk *chunk);
 
 /*
@@ -197,6 +211,7 @@ void apb_cache_put(struct apb_cache *c, struct apb_chunk *chunk);
  * prefetch_hits; a prefetched chunk evicted before any get counts
  * prefetch_wasted.
  */
+APB_API
 int apb_cache_prefetch(struct apb_cache *c, uint32_t model, uint64_t index);
 
 /*
@@ -213,11 +228,14 @@ int apb_cache_prefetch(struct apb_cache *c, uint32_t model, uint64_t index);
  * them is cached). A failed load call counts one load error, however many
  * chunks it fails.
  */
+APB_API
 int apb_cache_prefetch_run(struct apb_cache *c, uint32_t model, uint64_t first,
 			   uint32_t count, uint32_t *loaded);
 
 /* Valid bytes of a referenced chunk. */
+APB_API
 const void *apb_chunk_data(const struct apb_chunk *chunk);
+APB_API
 size_t apb_chunk_len(const struct apb_chunk *chunk);
 
 /*
@@ -232,10 +250,13 @@ size_t apb_chunk_len(const struct apb_chunk *chunk);
  * pinned then), -EINVAL for a bad model, or a loader errno (the pin is
  * undone). model_size is the model's size in bytes.
  */
+APB_API
 int apb_cache_pin_model(struct apb_cache *c, uint32_t model,
 			uint64_t model_size);
 /* Make the model's chunks evictable again; 0, or -EINVAL if not pinned. */
+APB_API
 int apb_cache_unpin_model(struct apb_cache *c, uint32_t model);
+APB_API
 bool apb_cache_model_pinned(struct apb_cache *c, uint32_t model);
 
 /* Slots that pins must leave free for reads of everything else: an eighth
@@ -249,17 +270,26 @@ bool apb_cache_model_pinned(struct apb_cache *c, uint32_t model);
  * (counted as evicted; the next get loads it afresh) and its memory goes
  * back when the last reference is put. Chunks still loading stay, and so
  * do the chunks of a pinned model. */
+APB_API
 void apb_cache_evict_model(struct apb_cache *c, uint32_t model);
+APB_API
 void apb_cache_clear(struct apb_cache *c);
 
 /* Zero every counter, global and per model (prefetch counters included);
  * state stays: memory, resident chunks and bytes, prefetch_unused_chunks,
  * pinned_bytes. */
+APB_API
 void apb_cache_reset_stats(struct apb_cache *c);
 
+APB_API
 void apb_cache_stats(struct apb_cache *c, struct apb_cache_stats *out);
 /* All zero for a model >= model_count. */
+APB_API
 void apb_cache_model_stats(struct apb_cache *c, uint32_t model,
 			   struct apb_cache_model_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -23,21 +23,33 @@
 
 #include <stddef.h>
 
+#include "api.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 struct apb_input_list;
 
 /* Returns 0 or -ENOMEM. */
+APB_API
 int apb_input_list_new(struct apb_input_list **out);
+APB_API
 void apb_input_list_free(struct apb_input_list *l);
 
+APB_API
 size_t apb_input_list_count(const struct apb_input_list *l);
 
 /* Name and path of entry i, in the order added. Owned by the list. */
+APB_API
 const char *apb_input_list_name(const struct apb_input_list *l, size_t i);
+APB_API
 const char *apb_input_list_path(const struct apb_input_list *l, size_t i);
 
 /* Add one (name, path) pair; both are copied. Nothing is checked here:
  * names and files are checked when the bundle is written. Returns 0 or
  * -ENOMEM. */
+APB_API
 int apb_input_list_add(struct apb_input_list *l, const char *name,
 		       const char *path);
 
@@ -61,7 +73,12 @@ int apb_input_list_add(struct apb_input_list *l, const char *name,
  * Returns 0, -ENOENT/-EACCES/... (the failing call's errno) or -EINVAL
  * (empty name, not a regular file or directory).
  */
+APB_API
 int apb_input_list_add_arg(struct apb_input_list *l, const char *arg,
 			   char *err, size_t err_len);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

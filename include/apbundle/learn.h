@@ -24,29 +24,40 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "api.h"
 #include "bundle.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 #define APB_LEARN_SUCCESSORS 8
 
 struct apb_learn;
 
 /* For the models of bundle (names are matched in state files). */
+APB_API
 int apb_learn_new(const struct apb_bundle *bundle, struct apb_learn **out);
+APB_API
 void apb_learn_free(struct apb_learn *l);
 
 /* Record an open of model: opens[model]++, and the transition from the
  * previously opened model (if any, and if different) to this one. */
+APB_API
 void apb_learn_opened(struct apb_learn *l, uint32_t model);
 
 /* Up to max models that most often followed model, most frequent first
  * (ties: lower model index first); returns how many. */
+APB_API
 size_t apb_learn_successors(struct apb_learn *l, uint32_t model,
 			    uint32_t *out, size_t max);
 
 /* Up to max models by open count, most opened first, models never opened
  * left out (ties: lower index first); returns how many. */
+APB_API
 size_t apb_learn_popular(struct apb_learn *l, uint32_t *out, size_t max);
 
+APB_API
 uint64_t apb_learn_opens(struct apb_learn *l, uint32_t model);
 
 /*
@@ -58,13 +69,19 @@ uint64_t apb_learn_opens(struct apb_learn *l, uint32_t model);
  * errno. On error err holds one line that starts with path, and nothing
  * is merged.
  */
+APB_API
 int apb_learn_load(struct apb_learn *l, const char *path, char *err,
 		   size_t err_len);
 
 /* Write the state file atomically (temporary file, fsync, rename); counts
  * above 2^53 are written as 2^53 so that JSON keeps them exact.
  * Returns 0 or a negative errno with the reason in err. */
+APB_API
 int apb_learn_save(struct apb_learn *l, const char *path, char *err,
 		   size_t err_len);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

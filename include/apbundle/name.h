@@ -9,6 +9,12 @@
 
 #include <stddef.h>
 
+#include "api.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define APB_NAME_MAX 4096      /* bytes in a whole name */
 #define APB_COMPONENT_MAX 255  /* bytes in one '/'-separated component */
 
@@ -20,6 +26,7 @@ enum apb_reserved {
 	APB_RESERVED_CONTROL,
 	APB_NRESERVED
 };
+APB_API
 extern const char *const apb_reserved_names[APB_NRESERVED];
 
 /*
@@ -28,6 +35,7 @@ extern const char *const apb_reserved_names[APB_NRESERVED];
  * component not one of the reserved root entries (.stats .metrics .control).
  * Returns 0 or -EINVAL with the reason in err.
  */
+APB_API
 int apb_name_check(const char *name, size_t len, char *err, size_t err_len);
 
 /*
@@ -35,6 +43,7 @@ int apb_name_check(const char *name, size_t len, char *err, size_t err_len);
  * is also a directory of another ("a" and "a/b"). Returns 0 or -EINVAL with
  * the offending names in err.
  */
+APB_API
 int apb_names_check_set(const char *const *sorted, size_t n, char *err,
 			size_t err_len);
 
@@ -49,7 +58,12 @@ int apb_names_check_set(const char *const *sorted, size_t n, char *err,
  * not fit buf_len, it is cut at a character boundary and ends in "...";
  * 4 * len + 4 bytes always suffice. Returns buf, NUL terminated.
  */
+APB_API
 const char *apb_name_quote(const char *s, size_t len, char *buf,
 			   size_t buf_len);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -36,7 +36,12 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "api.h"
 #include "cache.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 #define APB_READAHEAD_STREAMS 4
 
@@ -49,7 +54,9 @@ struct apb_ra_stats {
 };
 
 /* chunk_size as the cache's. Returns 0 or -ENOMEM. */
+APB_API
 int apb_readahead_new(uint32_t chunk_size, struct apb_readahead **out);
+APB_API
 void apb_readahead_free(struct apb_readahead *ra);
 
 /*
@@ -60,37 +67,49 @@ void apb_readahead_free(struct apb_readahead *ra);
  * returns true if it was sequential. A read at offset 0 starts a
  * sequential stream; readahead.c explains the rules.
  */
+APB_API
 bool apb_readahead_note(struct apb_readahead *ra, uint64_t off, uint64_t len,
 			uint64_t model_size, uint64_t window_limit_bytes,
 			uint64_t *first, uint32_t *count);
+APB_API
 void apb_readahead_stats(struct apb_readahead *ra, struct apb_ra_stats *out);
 
 /* threads >= 1; chunk_size as the cache's. Returns 0, -EINVAL, -ENOMEM,
  * or a pthread_create errno. */
+APB_API
 int apb_prefetcher_new(struct apb_cache *cache, unsigned threads,
 		       uint32_t chunk_size, struct apb_prefetcher **out);
 
 /* Chunks per job for chunk_size: 1 MiB of them, at least 1 and at most
  * APB_CACHE_RUN_MAX (one load each). */
+APB_API
 uint32_t apb_prefetch_job_chunks(uint32_t chunk_size);
 /* Stops the workers (abandoning queued work) and joins them; a worker in
  * the middle of a load finishes that load first. */
+APB_API
 void apb_prefetcher_free(struct apb_prefetcher *p);
 
 /* Queue chunks [first, first + count) of model as one range. 0, or
  * -EAGAIN when the queue is full (nothing queued). A job that fails (the
  * cache's prefetch share is full, a load error) drops what is left of its
  * range. */
+APB_API
 int apb_prefetcher_submit(struct apb_prefetcher *p, uint32_t model,
 			  uint64_t first, uint32_t count);
 
 /* The readahead window to allow now: max_bytes, reduced while recent
  * prefetches are being wasted; never below 1 byte (readahead rounds it up
  * to one chunk). */
+APB_API
 uint64_t apb_prefetcher_window(struct apb_prefetcher *p, uint64_t max_bytes);
 
 /* Wait until the queue is empty and no worker is loading (for tests and
  * orderly shutdown). */
+APB_API
 void apb_prefetcher_drain(struct apb_prefetcher *p);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -14,6 +14,12 @@
 
 #include <stdint.h>
 
+#include "api.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define APB_TRACE_MAGIC "APBTRACE"     /* 8 bytes, no NUL */
 #define APB_TRACE_VERSION 1u
 #define APB_TRACE_HEADER_FIXED 64u     /* then the model table */
@@ -111,5 +117,9 @@ static inline void apb_trace_unpack(const unsigned char in[APB_TRACE_RECORD_BYTE
 	r->chunk = w1 & APB_TRACE_CHUNK_MAX;
 	r->model = (uint32_t)(w1 >> APB_TRACE_CHUNK_BITS);
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

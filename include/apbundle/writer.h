@@ -38,7 +38,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "api.h"
 #include "apbundle/inputs.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 struct apb_bundle;
 
@@ -73,6 +78,7 @@ struct apb_writer_options {
 };
 
 /* Defaults: format APB_WRITER_FORMAT_DEFAULT, stored, no callbacks. */
+APB_API
 void apb_writer_options_init(struct apb_writer_options *o);
 
 /*
@@ -81,6 +87,7 @@ void apb_writer_options_init(struct apb_writer_options *o);
  * or 2, block size not a multiple of 4096 up to 16 MiB, zstd level not
  * 0..22), or compression or a block size asked of format 1.
  */
+APB_API
 int apb_writer_options_check(const struct apb_writer_options *o, char *err,
 			     size_t err_len);
 
@@ -106,6 +113,7 @@ int apb_writer_options_check(const struct apb_writer_options *o, char *err,
  * hold exactly (over 2^53 bytes), too many models or (format 2) more than
  * 2^24 blocks, -ENOMEM, -EINTR when cancelled.
  */
+APB_API
 int apb_writer_create_bundle(const char *out_path,
 			     const struct apb_input_list *inputs,
 			     const struct apb_writer_options *o, char *err,
@@ -126,6 +134,7 @@ int apb_writer_create_bundle(const char *out_path,
  * may be NULL). Returns 0, -EBADMSG, -EINTR, or the errno of a failing
  * read or write.
  */
+APB_API
 int apb_writer_extract_model(const struct apb_bundle *b, const char *label,
 			     size_t index, const char *out_path,
 			     const struct apb_writer_options *o, char *err,
@@ -139,6 +148,7 @@ int apb_writer_extract_model(const struct apb_bundle *b, const char *label,
  * bytes before the failing piece have been written already and only the
  * return value says the copy is bad. fd is neither synced nor closed.
  */
+APB_API
 int apb_writer_extract_model_fd(const struct apb_bundle *b, const char *label,
 				size_t index, int fd, const char *out_label,
 				const struct apb_writer_options *o, char *err,
@@ -149,8 +159,13 @@ int apb_writer_extract_model_fd(const struct apb_bundle *b, const char *label,
  * apb_writer_extract_model() does, with the same checks, results and
  * messages. A model without a checksum (aprender's layout) is only read.
  */
+APB_API
 int apb_writer_check_model(const struct apb_bundle *b, const char *label,
 			   size_t index, const struct apb_writer_options *o,
 			   char *err, size_t err_len);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
