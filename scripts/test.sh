@@ -71,6 +71,7 @@ install_llama ||        # node-llama-cpp for tests/e2e/test_llama.py
     echo "warning: node-llama-cpp did not install; tests/e2e/test_llama.py will skip" >&2
 install_onnx ||         # onnxruntime-node and ONNX models for tests/e2e/test_onnx.py
     echo "warning: onnxruntime-node did not install; tests/e2e/test_onnx.py will skip" >&2
+install_torch           # PyTorch for tests/e2e/test_torch.py
 if [ ! -e /dev/fuse ]; then
     echo "error: /dev/fuse is missing; the end-to-end tests need FUSE" >&2
     exit 1
