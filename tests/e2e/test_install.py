@@ -58,6 +58,14 @@ def test_installed_files(installed):
     headers = sorted(p.name for p in (REPO / "include" / "apbundle").glob("*.h"))
     inst = sorted(p.name for p in (root / opts["includedir"] / "apbundle").glob("*.h"))
     assert inst == headers, "every public header is installed, and only those"
+    datadir = root / opts["datadir"]
+    mandir = root / opts["mandir"]
+    for page in ("man1/apbundle.1", "man8/apbundlefs.8"):
+        text = (mandir / page).read_text()
+        assert text.startswith(".\\\" "), page
+        assert "@VERSION@" not in text, f"{page}: version not filled in"
+    comp = datadir / "bash-completion" / "completions" / "apbundle"
+    assert "complete -F _apbundle apbundle" in comp.read_text()
 
 
 @pytest.mark.parametrize("prog,expect", [("apbundle", "apbundle "),
