@@ -414,6 +414,12 @@ const struct stat *apb_bundle_stat(const struct apb_bundle *b)
 	return apb_source_stat(b->src);
 }
 
+int apb_bundle_disk_tier_stats(const struct apb_bundle *b,
+			       struct apb_bundle_disk_tier_stats *st)
+{
+	return apb_source_disk_tier_stats(b->src, st);
+}
+
 int apb_bundle_remote_stats(const struct apb_bundle *b,
 			    struct apb_bundle_remote_stats *st)
 {

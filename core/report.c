@@ -112,6 +112,23 @@ static cJSON *remote_json(const struct apb_bundle_remote_stats *rs)
 	return o;
 }
 
+/* A bundle with a disk tier (cache_dir=): what the tier did. */
+static cJSON *disk_tier_json(const struct apb_bundle_disk_tier_stats *ts)
+{
+	cJSON *o = cJSON_CreateObject();
+
+	cJSON_AddNumberToObject(o, "hits", (double)ts->hits);
+	cJSON_AddNumberToObject(o, "misses", (double)ts->misses);
+	cJSON_AddNumberToObject(o, "bytes_read", (double)ts->bytes_read);
+	cJSON_AddNumberToObject(o, "bytes_written", (double)ts->bytes_written);
+	cJSON_AddNumberToObject(o, "evictions", (double)ts->evictions);
+	cJSON_AddNumberToObject(o, "errors", (double)ts->errors);
+	cJSON_AddNumberToObject(o, "bytes_used", (double)ts->bytes_used);
+	cJSON_AddNumberToObject(o, "capacity", (double)ts->capacity);
+	cJSON_AddBoolToObject(o, "writing", ts->writing);
+	return o;
+}
+
 static cJSON *model_json(const struct apb_report_source *src, size_t i)
 {
 	struct apb_cache_model_stats ms;
@@ -159,6 +176,7 @@ static int put_json(FILE *f, cJSON *item)
 char *apb_report_json(const struct apb_report_source *src, size_t *len)
 {
 	struct apb_bundle_remote_stats rs;
+	struct apb_bundle_disk_tier_stats ts;
 	struct apb_cache_stats cs;
 	char *text = NULL;
 	size_t size = 0;
@@ -175,6 +193,9 @@ char *apb_report_json(const struct apb_report_source *src, size_t *len)
 	if (!rc && apb_bundle_remote_stats(src->bundle, &rs) == 0)
 		rc = fputs(",\n\"remote\":", f) < 0 ||
 		     put_json(f, remote_json(&rs));
+	if (!rc && apb_bundle_disk_tier_stats(src->bundle, &ts) == 0)
+		rc = fputs(",\n\"disk_tier\":", f) < 0 ||
+		     put_json(f, disk_tier_json(&ts));
 	rc = rc || fputs(",\n\"models\":{", f) < 0;
 	for (size_t i = 0; !rc && i < apb_bundle_count(src->bundle); i++)
 		rc = fputs(i ? ",\n" : "\n", f) < 0 ||
@@ -248,6 +269,40 @@ static void put_model_family(FILE *f, const struct apb_report_source *src,
 	}
 }
 
+/* The disk tier's series, for a bundle with one (cache_dir=). */
+static void put_disk_tier_metrics(FILE *f, const struct apb_report_source *src)
+{
+	struct apb_bundle_disk_tier_stats ts;
+
+	if (apb_bundle_disk_tier_stats(src->bundle, &ts) != 0)
+		return;
+	const struct metric m[] = {
+		{"apbundlefs_disk_tier_hits_total", "counter",
+		 "Extent reads served from the disk tier.", ts.hits},
+		{"apbundlefs_disk_tier_misses_total", "counter",
+		 "Extents fetched from the server for want of a file.",
+		 ts.misses},
+		{"apbundlefs_disk_tier_read_bytes_total", "counter",
+		 "Bytes read from the disk tier for readers.", ts.bytes_read},
+		{"apbundlefs_disk_tier_written_bytes_total", "counter",
+		 "Bytes of extent files written.", ts.bytes_written},
+		{"apbundlefs_disk_tier_evictions_total", "counter",
+		 "Extent files deleted for room.", ts.evictions},
+		{"apbundlefs_disk_tier_errors_total", "counter",
+		 "Extent files that failed their check, and failed writes.",
+		 ts.errors},
+		{"apbundlefs_disk_tier_used_bytes", "gauge",
+		 "Bytes of extent files in cache_dir.", ts.bytes_used},
+		{"apbundlefs_disk_tier_capacity_bytes", "gauge",
+		 "The disk tier's bound (cache_dir_size).", ts.capacity},
+		{"apbundlefs_disk_tier_writing", "gauge",
+		 "1 while the tier writes extents, 0 after a write failed.",
+		 ts.writing},
+	};
+	for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
+		put_metric(f, &m[i]);
+}
+
 char *apb_report_metrics(const struct apb_report_source *src, size_t *len)
 {
 	struct apb_cache_stats cs;
@@ -310,6 +365,7 @@ char *apb_report_metrics(const struct apb_report_source *src, size_t *len)
 	};
 	for (size_t i = 0; i < sizeof(global) / sizeof(global[0]); i++)
 		put_metric(f, &global[i]);
+	put_disk_tier_metrics(f, src);
 	put_model_family(f, src, "apbundlefs_model_hits_total", "counter",
 			 "Chunk hits per model.", MODEL_HITS);
 	put_model_family(f, src, "apbundlefs_model_reuse_hits_total",

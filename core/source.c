@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "apbundle/bundle.h"
+#include "disktier.h"
 #include "error.h"
 #include "remote.h"
 
@@ -35,6 +36,7 @@ enum source_kind { SOURCE_FILE, SOURCE_REMOTE };
  * which readers see as const. */
 struct remote_part {
 	struct apb_remote *r;
+	struct apb_disktier *tier; /* cache_dir=, or NULL */
 	atomic_bool changed;       /* a read saw -ESTALE or -ENOENT */
 	/* the caller's log (apb_bundle_options), copied: its struct may not
 	 * outlive the open */
@@ -120,8 +122,16 @@ static long remote_error(const struct apb_source *s, long rc)
 	return rc == -EINVAL ? -EIO : rc;
 }
 
-/* want bytes at pos into iov from byte skip of iov[0] on, from the remote:
- * the iovecs trimmed to those bytes, READV_BATCH at a time. */
+/* The disk tier's way to the server. */
+static ssize_t tier_fetch(void *arg, const struct iovec *iov, int iovcnt,
+			  uint64_t off)
+{
+	return apb_remote_preadv(arg, iov, iovcnt, off);
+}
+
+/* want bytes at pos into iov from byte skip of iov[0] on, from the remote
+ * (through the disk tier when there is one): the iovecs trimmed to those
+ * bytes, READV_BATCH at a time. */
 static long remote_preadv(const struct apb_source *s, uint64_t pos,
 			  const struct iovec *iov, int iovcnt, size_t skip,
 			  size_t want)
@@ -144,7 +154,10 @@ static long remote_preadv(const struct apb_source *s, uint64_t pos,
 			batch += v[k].iov_len;
 		if (batch == 0)
 			return -EIO; /* iovecs shorter than want */
-		r = apb_remote_preadv(s->rem->r, v, n, pos + done);
+		r = s->rem->tier ? apb_disktier_preadv(s->rem->tier, tier_fetch,
+						       s->rem->r, pos + done,
+						       v, n, 0, batch)
+				 : apb_remote_preadv(s->rem->r, v, n, pos + done);
 		if (r < 0)
 			return remote_error(s, r);
 		done += batch;
@@ -263,6 +276,23 @@ static int open_remote(struct apb_source *s, const char *url,
 			memmove(err, err + n + 2, strlen(err + n + 2) + 1);
 		return rc;
 	}
+	if (o && o->cache_dir) {
+		/* An S3 URL names its object only with the endpoint. */
+		const char *scope = o->s3_endpoint ? o->s3_endpoint
+				    : getenv("AWS_ENDPOINT_URL_S3");
+		struct apb_disktier_config tc = {
+			.dir = o->cache_dir, .capacity = o->cache_dir_size,
+			.policy = o->cache_dir_eviction, .url = url,
+			.scope = scope ? scope : getenv("AWS_ENDPOINT_URL"),
+			.identity = apb_remote_identity(s->rem->r),
+			.size = apb_remote_size(s->rem->r),
+			.log = s->rem->log, .log_arg = s->rem->log_arg,
+		};
+
+		rc = apb_disktier_open(&tc, &s->rem->tier, err, err_len);
+		if (rc)
+			return rc;
+	}
 	head = apb_remote_head(s->rem->r, &s->head_len);
 	s->headp = head;
 	clock_gettime(CLOCK_REALTIME, &now);
@@ -310,8 +340,10 @@ void apb_source_close(struct apb_source *s)
 		close(s->fd);
 	if (s->dfd >= 0)
 		close(s->dfd);
-	if (s->rem)
+	if (s->rem) {
+		apb_disktier_close(s->rem->tier);
 		apb_remote_close(s->rem->r);
+	}
 	free(s->rem);
 	free(s);
 }
@@ -350,6 +382,15 @@ int apb_source_remote_stats(const struct apb_source *s,
 		return 0;
 	}
 	return -ENOENT;
+}
+
+int apb_source_disk_tier_stats(const struct apb_source *s,
+			       struct apb_bundle_disk_tier_stats *st)
+{
+	if (s->kind != SOURCE_REMOTE || !s->rem->tier)
+		return -ENOENT;
+	apb_disktier_stats(s->rem->tier, st);
+	return 0;
 }
 
 /* The file's reads: the leading iovecs O_DIRECT can take through dfd, the

@@ -72,6 +72,12 @@ struct apb_bundle_remote_stats;
 int apb_source_remote_stats(const struct apb_source *s,
 			    struct apb_bundle_remote_stats *st);
 
+/* A remote source's disk tier's counters (disktier.h): 0, or -ENOENT
+ * without one (a local file, or no cache_dir). */
+struct apb_bundle_disk_tier_stats;
+int apb_source_disk_tier_stats(const struct apb_source *s,
+			       struct apb_bundle_disk_tier_stats *st);
+
 /* Exactly len bytes at off into buf, through the page cache: 0, -EIO if
  * the source ends first, or the read's negative errno. For metadata
  * (header, manifest, block table). */

@@ -9,6 +9,8 @@
 
 #include <apbundle/size.h>
 
+#include "../core/disktier.h"
+
 #include <errno.h>
 #include <libgen.h>
 #include <limits.h>
@@ -30,6 +32,7 @@
 #define DEFAULT_READAHEAD (4ull << 20)
 #define MIN_DEFAULT_READAHEAD (128ull << 10)
 #define DEFAULT_TRACE_MAX (1ull << 30)
+#define DEFAULT_CACHE_DIR_SIZE (1ull << 30)
 #define PREFETCH_THREADS 4 /* loads mostly wait on I/O; 2 fell behind (docs/DESIGN.md) */
 
 struct cmdline {
@@ -52,6 +55,8 @@ struct cmdline {
 	char *s3_region;
 	char *s3_profile;
 	char *s3_style;
+	char *cache_dir;
+	char *cache_dir_size;
 	int kernel_cache;
 	int allow_other;
 };
@@ -77,6 +82,8 @@ static const struct fuse_opt option_spec[] = {
 	OPT("s3_region=%s", s3_region),
 	OPT("s3_profile=%s", s3_profile),
 	OPT("s3_style=%s", s3_style),
+	OPT("cache_dir=%s", cache_dir),
+	OPT("cache_dir_size=%s", cache_dir_size),
 	OPT("kernel_cache", kernel_cache),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	FUSE_OPT_END
@@ -126,6 +133,9 @@ static void usage(FILE *f)
 "    -o s3_style=path|virtual\n"
 "                           S3 addressing (default: path with an endpoint,\n"
 "                           virtual-hosted without)\n"
+"    -o cache_dir=DIR       keep the bytes fetched for a URL in files under\n"
+"                           DIR, for later reads and later mounts\n"
+"    -o cache_dir_size=SIZE most bytes of files under cache_dir (default 1G)\n"
 "Sizes take K, M and G suffixes (powers of 1024).\n"
 "-o allow_other adds -o default_permissions: others may read the models\n"
 "and .stats, only the mounting user may write .control.\n"
@@ -319,6 +329,54 @@ static int resolve_s3(const struct cmdline *cl, struct apb_bundle_options *b)
 	b->s3_profile = cl->s3_profile;
 	b->s3_style = !cl->s3_style ? APB_S3_STYLE_AUTO
 		      : path ? APB_S3_STYLE_PATH : APB_S3_STYLE_VIRTUAL;
+	return 0;
+}
+
+/* cache_dir= and cache_dir_size=: the disk tier, for a bundle behind a URL
+ * (a local file has nothing to keep a second copy of); the directory must
+ * exist, and hold at least one extent. */
+static int resolve_cache_dir(const struct cmdline *cl,
+			     const struct apbfs_options *fo,
+			     struct apb_bundle_options *b)
+{
+	uint64_t min = APB_DISKTIER_HEADER + APB_DISKTIER_EXTENT;
+	struct stat st;
+
+	if (!cl->cache_dir) {
+		if (!cl->cache_dir_size)
+			return 0;
+		fprintf(stderr, "apbundlefs: cache_dir_size= needs "
+			"cache_dir=DIR (the directory it bounds)\n");
+		return -1;
+	}
+	if (cl->bundle && !apb_bundle_is_url(cl->bundle)) {
+		fprintf(stderr, "apbundlefs: cache_dir= is for a bundle behind "
+			"a URL (http://, https://, s3://), not %s\n",
+			cl->bundle);
+		return -1;
+	}
+	if (stat(cl->cache_dir, &st) != 0) {
+		fprintf(stderr, "apbundlefs: bad option cache_dir=%s: %s\n",
+			cl->cache_dir, strerror(errno));
+		return -1;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "apbundlefs: bad option cache_dir=%s: not a "
+			"directory\n", cl->cache_dir);
+		return -1;
+	}
+	b->cache_dir = cl->cache_dir;
+	b->cache_dir_size = DEFAULT_CACHE_DIR_SIZE;
+	b->cache_dir_eviction = fo->eviction;
+	if (parse_size_opt("cache_dir_size", cl->cache_dir_size,
+			   &b->cache_dir_size))
+		return -1;
+	if (b->cache_dir_size < min) {
+		fprintf(stderr, "apbundlefs: bad option cache_dir_size=%s: "
+			"below one extent and its header (%lluK)\n",
+			cl->cache_dir_size, (unsigned long long)(min >> 10));
+		return -1;
+	}
 	return 0;
 }
 
@@ -782,10 +840,12 @@ int main(int argc, char *argv[])
 		goto out;
 	}
 	if (make_absolute("state=", &cl.state) ||
-	    make_absolute("trace=", &cl.trace))
+	    make_absolute("trace=", &cl.trace) ||
+	    make_absolute("cache_dir=", &cl.cache_dir))
 		goto out;
 	if (resolve_options(&cl, &fs.opt) != 0 || read_fault_env(&fs.opt) ||
-	    resolve_s3(&cl, &bo) != 0) {
+	    resolve_s3(&cl, &bo) != 0 ||
+	    resolve_cache_dir(&cl, &fs.opt, &bo) != 0) {
 		ret = 2;
 		goto out;
 	}
@@ -793,6 +853,7 @@ int main(int argc, char *argv[])
 	     outside_mount("", cl.bundle, o.mountpoint)) ||
 	    outside_mount("state=", cl.state, o.mountpoint) ||
 	    outside_mount("trace=", cl.trace, o.mountpoint) ||
+	    outside_mount("cache_dir=", cl.cache_dir, o.mountpoint) ||
 	    distinct_files(&cl))
 		goto out;
 	/* Others may then reach the files: let the kernel apply their modes
@@ -830,6 +891,8 @@ out:
 	free(cl.s3_region);
 	free(cl.s3_profile);
 	free(cl.s3_style);
+	free(cl.cache_dir);
+	free(cl.cache_dir_size);
 	fuse_opt_free_args(&args);
 	return ret;
 }

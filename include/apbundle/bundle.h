@@ -23,6 +23,7 @@
 #include <sys/uio.h>
 
 #include "api.h"
+#include "cache.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -111,6 +112,12 @@ struct apb_bundle_options {
 	const char *s3_region;
 	const char *s3_profile;
 	enum apb_s3_style s3_style;
+	/* The disk tier (docs/USAGE.md, "The disk tier"): bytes fetched are
+	 * kept in files under cache_dir, at most cache_dir_size bytes of
+	 * them, evicted under cache_dir_eviction. NULL: no tier. */
+	const char *cache_dir;
+	uint64_t cache_dir_size;
+	enum apb_eviction cache_dir_eviction;
 	/* Where messages about failed reads go (the error a read returns is
 	 * EIO or EACCES; the line says why); NULL: stderr, retries not shown.
 	 * Called from the reading thread, with no lock of the bundle held. */
@@ -147,6 +154,26 @@ struct apb_bundle_remote_stats {
 APB_API
 int apb_bundle_remote_stats(const struct apb_bundle *b,
 			    struct apb_bundle_remote_stats *st);
+
+/* What the disk tier (cache_dir=) of a bundle read from a URL did; its
+ * extents are 1 MiB of the object. */
+struct apb_bundle_disk_tier_stats {
+	uint64_t hits;          /* extent reads served from disk */
+	uint64_t misses;        /* extents fetched from the server */
+	uint64_t bytes_read;    /* bytes read from disk for readers */
+	uint64_t bytes_written; /* bytes of extent files written */
+	uint64_t evictions;     /* extent files deleted for room */
+	uint64_t errors;        /* files that failed their check, and writes
+				 * that failed */
+	uint64_t bytes_used;    /* extent files' bytes now (this mount's view) */
+	uint64_t capacity;      /* cache_dir_size */
+	bool writing;           /* false once a write failed: no more writes */
+};
+
+/* 0 and *st for a bundle with a disk tier; -ENOENT without one. */
+APB_API
+int apb_bundle_disk_tier_stats(const struct apb_bundle *b,
+			       struct apb_bundle_disk_tier_stats *st);
 
 APB_API
 enum apb_layout apb_bundle_layout(const struct apb_bundle *b);

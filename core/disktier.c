@@ -1,0 +1,1181 @@
+/*
+ * disktier.c - the disk tier (disktier.h): an object's bytes kept in files
+ * under cache_dir, bounded by size, verified when read back.
+ *
+ * LAYOUT
+ *
+ * The object is cut into extents of APB_DISKTIER_EXTENT (1 MiB) bytes, the
+ * last one shorter. Extent k lives in
+ *
+ *     cache_dir/<U>-<V>/<k as 16 hex digits>
+ *
+ * where U is the XXH3-64 of the URL without credentials and the scope (the
+ * S3 endpoint), and V the XXH3-64 of U, the identity (ETag, or
+ * Last-Modified) and the size: a changed object gets a new directory, so
+ * the bytes of one version are never read as another's. At open, the
+ * directories of the same U with another V (older versions of this URL)
+ * are deleted: nothing can read them any more. Directories of other URLs
+ * are left in place (another mount may be using them) but count toward the
+ * bound and are evicted like this object's extents.
+ *
+ * An extent file is a header of APB_DISKTIER_HEADER (4 KiB, so the payload
+ * stays page-aligned) and the extent's bytes. The header (struct header)
+ * holds a magic, the version, the XXH3-128 of the whole key (U, identity,
+ * size), the extent's index and length, the XXH3-64 of each
+ * APB_DISKTIER_BLOCK (64 KiB) of the payload, and its own XXH3-64. A read
+ * checks the header and the blocks it reads, so a 64 KiB read of a cached
+ * extent reads and hashes 64 KiB, not the whole megabyte.
+ *
+ * CRASHES AND CORRUPTION
+ *
+ * A file is written whole under a temporary name (.tmp-PID-N, unique per
+ * call) and renamed onto its name: a reader sees no file or a complete
+ * one. There is no fsync: after a power loss a renamed file may hold
+ * zeros or be short; the checks catch that like any corruption. A file
+ * that fails a check (or cannot be read) is unlinked, counted in errors
+ * and its bytes fetched again: its bytes never reach a reader. At open a
+ * file of the wrong size is dropped the same way (counted), and temporary
+ * files of processes that no longer exist are deleted.
+ *
+ * BOUND AND EVICTION
+ *
+ * cache_dir_size bounds the bytes of extent files (header and payload,
+ * rounded up to 4 KiB) this mount knows of: its own and those it found at
+ * open. Room is made before a file is written by evicting files chosen by
+ * core/evict.c under the mount's eviction= policy; each extent embeds a
+ * struct apb_evict_node, as a cache chunk does. A read in progress holds
+ * its extent out of the set (refs), as the cache's gets hold chunks. An
+ * extent larger than what eviction can free is not written. At open the
+ * files found enter the set oldest first (by mtime).
+ *
+ * WRITE FAILURES
+ *
+ * A write that fails (ENOSPC, EDQUOT, EROFS, EACCES, EIO, ...) counts one
+ * error, logs one line and stops the tier writing for the rest of the
+ * mount: what is on disk is still read, missing extents are fetched from
+ * the server straight into the reader's buffers. Reads never fail because
+ * of the tier.
+ *
+ * LOCKING
+ *
+ * One mutex, mu, guards the extents' states, refs and generations, the
+ * evictable set, the byte count, the counters and the directory fd's
+ * creation. No I/O on extent files happens under it, except the unlink of
+ * a victim (one syscall) and the mkdir of the object's directory (once).
+ * An extent being fetched is LOADING: a second reader of it waits on cv
+ * instead of fetching it again, and takes it from disk after (or fetches it
+ * itself if the load failed). A file unlinked while another thread reads
+ * it stays readable through its open descriptor. Two mounts sharing a
+ * cache_dir at once do not corrupt each other (each file is written under
+ * a unique name and renamed, and verified when read), but each bounds only
+ * the files it knows of: together they may hold up to the sum of their
+ * sizes until the next open re-indexes the directory.
+ *
+ * MEMORY
+ *
+ * One struct extent (96 bytes on LP64) per extent of the object: 96 KiB
+ * per GiB of object; plus one per file of another object found at open,
+ * plus the set's own (LFU: 8 bytes per entry). A read allocates its bounce
+ * buffers (at most two extents) and an iovec array.
+ */
+#include "disktier.h"
+
+#include <assert.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define XXH_STATIC_LINKING_ONLY
+#include <xxhash.h>
+
+#include "error.h"
+#include "evict.h"
+#include "lock.h"
+
+#define EXTENT APB_DISKTIER_EXTENT
+#define BLOCK APB_DISKTIER_BLOCK
+#define HEADER APB_DISKTIER_HEADER
+#define BLOCKS_PER_EXTENT (EXTENT / BLOCK)
+#define RUN_MAX 8u        /* extents fetched in one call */
+#define MAGIC "APBTIER"   /* 8 bytes with its NUL */
+#define VERSION 1u
+#define LOG_BAD_MAX 8u    /* bad files named in the log, per mount */
+#define DIRNAME_LEN 34u   /* "%016x-%016x" and its NUL */
+#define SMALL_IOV 64
+
+_Static_assert(EXTENT % BLOCK == 0, "an extent is whole blocks");
+
+enum ext_state { EXT_EMPTY = 0, EXT_LOADING, EXT_PRESENT };
+
+struct header {
+	char magic[8];
+	uint32_t version;
+	uint32_t header_len;
+	uint64_t key_lo, key_hi;  /* XXH3-128 of the whole key */
+	uint64_t index;
+	uint32_t extent_size;
+	uint32_t len;             /* payload bytes */
+	uint32_t block_size;
+	uint32_t nblocks;
+	uint64_t block_sum[BLOCKS_PER_EXTENT];
+	uint64_t header_sum;      /* XXH3-64 of everything above */
+};
+_Static_assert(sizeof(struct header) <= HEADER, "the header fits its block");
+
+struct extent {
+	struct apb_evict_node node;
+	uint64_t index;           /* the file's extent index */
+	uint32_t bytes;           /* its size on disk while PRESENT */
+	uint32_t dir;             /* 0: this object's; else foreign dir + 1 */
+	uint32_t gen;             /* bumped on every load: a stale holder's
+				   * drop must not drop a newer file */
+	uint16_t refs;            /* readers holding it out of the set */
+	uint8_t state;
+};
+
+struct foreign_dir {
+	char name[DIRNAME_LEN];
+	uint32_t files;           /* its files still indexed */
+};
+
+struct apb_disktier {
+	int rootfd;               /* cache_dir */
+	int dirfd;                /* this object's directory; -1 until made */
+	char *dir;                /* cache_dir as given, for messages */
+	char dirname[DIRNAME_LEN];
+	XXH128_hash_t key;
+	uint64_t size;
+	uint64_t nextents;
+	struct extent *ext;       /* nextents of them */
+	struct extent *foreign;   /* nforeign files of other objects */
+	uint32_t nforeign;
+	struct foreign_dir *fdirs;
+	uint32_t nfdirs;
+	atomic_uint_fast64_t tmp_seq;
+	void (*log)(void *arg, enum apb_log_level level, const char *msg);
+	void *log_arg;
+
+	struct apb_mutex mu;
+	pthread_cond_t cv;        /* an extent left LOADING */
+	struct apb_evict *set;
+	uint64_t used;
+	uint64_t capacity;
+	uint32_t files;           /* PRESENT extents, in the set or held */
+	uint32_t slots;           /* the set's cap: files of a whole extent
+				   * that fit the capacity */
+	bool writing;
+	uint32_t bad_logged;
+	struct apb_bundle_disk_tier_stats st;
+};
+
+/* ---- messages --------------------------------------------------------- */
+
+static void tier_log(const struct apb_disktier *t, enum apb_log_level level,
+		     const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void tier_log(const struct apb_disktier *t, enum apb_log_level level,
+		     const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (t->log)
+		t->log(t->log_arg, level, msg);
+	else
+		fprintf(stderr, "%s\n", msg);
+}
+
+/* ---- iovec arithmetic ------------------------------------------------- */
+
+/* The iovecs covering bytes [off, off + len) of iov (which starts at byte
+ * skip of iov[0]) into out, which has room for cnt entries. Returns the
+ * count. */
+static int iov_slice(const struct iovec *iov, int cnt, size_t skip,
+		     size_t off, size_t len, struct iovec *out)
+{
+	int n = 0;
+
+	off += skip;
+	for (int i = 0; i < cnt && len > 0; i++) {
+		size_t l = iov[i].iov_len;
+
+		if (off >= l) {
+			off -= l;
+			continue;
+		}
+		size_t take = l - off < len ? l - off : len;
+		out[n].iov_base = (char *)iov[i].iov_base + off;
+		out[n].iov_len = take;
+		n++;
+		len -= take;
+		off = 0;
+	}
+	return n;
+}
+
+static uint64_t iov_xxh3(const struct iovec *iov, int cnt)
+{
+	XXH3_state_t st;
+
+	if (cnt == 1)
+		return XXH3_64bits(iov[0].iov_base, iov[0].iov_len);
+	XXH3_64bits_reset(&st);
+	for (int i = 0; i < cnt; i++)
+		XXH3_64bits_update(&st, iov[i].iov_base, iov[i].iov_len);
+	return XXH3_64bits_digest(&st);
+}
+
+/* Exactly the bytes of iov at off, resuming short transfers and EINTR,
+ * IOV_MAX iovecs at a time; iov is consumed (modified). 0, -EIO for a
+ * file that ends first, or the negative errno. */
+static int io_full(int fd, struct iovec *iov, int cnt, off_t off, bool write)
+{
+	while (cnt > 0) {
+		int n = cnt < IOV_MAX ? cnt : IOV_MAX;
+		ssize_t r = write ? pwritev(fd, iov, n, off)
+				  : preadv(fd, iov, n, off);
+
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (r == 0)
+			return write ? -ENOSPC : -EIO;
+		off += r;
+		while (cnt > 0 && (size_t)r >= iov[0].iov_len) {
+			r -= (ssize_t)iov[0].iov_len;
+			iov++;
+			cnt--;
+		}
+		if (cnt > 0) {
+			iov[0].iov_base = (char *)iov[0].iov_base + r;
+			iov[0].iov_len -= (size_t)r;
+		}
+		while (cnt > 0 && iov[0].iov_len == 0)
+			iov++, cnt--;
+	}
+	return 0;
+}
+
+/* ---- names and keys --------------------------------------------------- */
+
+int apb_disktier_url_key(const char *url, char *out, size_t out_len)
+{
+	const char *auth = strstr(url, "://");
+	const char *at, *end;
+	size_t pre, n = strlen(url);
+
+	if (auth) {
+		auth += 3;
+		end = auth + strcspn(auth, "/?#");
+		at = memchr(auth, '@', (size_t)(end - auth));
+		/* the last '@' of the authority ends the userinfo */
+		while (at) {
+			const char *more = memchr(at + 1, '@',
+						  (size_t)(end - at - 1));
+			if (!more)
+				break;
+			at = more;
+		}
+		if (at) {
+			pre = (size_t)(auth - url);
+			if (pre + strlen(at + 1) + 1 > out_len)
+				return -ENAMETOOLONG;
+			memcpy(out, url, pre);
+			strcpy(out + pre, at + 1);
+			return 0;
+		}
+	}
+	if (n + 1 > out_len)
+		return -ENAMETOOLONG;
+	memcpy(out, url, n + 1);
+	return 0;
+}
+
+static void extent_name(uint64_t index, char out[17])
+{
+	snprintf(out, 17, "%016" PRIx64, index);
+}
+
+/* 16 lower-case hex digits, and nothing else, into *v. */
+static bool parse_hex16(const char *s, uint64_t *v)
+{
+	uint64_t x = 0;
+
+	for (int i = 0; i < 16; i++) {
+		char c = s[i];
+		int d = c >= '0' && c <= '9' ? c - '0'
+			: c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+		if (d < 0)
+			return false;
+		x = x << 4 | (uint64_t)d;
+	}
+	*v = x;
+	return s[16] == '\0' || s[16] == '-';
+}
+
+static uint32_t extent_len(const struct apb_disktier *t, uint64_t k)
+{
+	uint64_t start = k * EXTENT;
+
+	return (uint32_t)(t->size - start < EXTENT ? t->size - start : EXTENT);
+}
+
+static uint32_t file_bytes(uint32_t len)
+{
+	return HEADER + (len + 4095u) / 4096u * 4096u;
+}
+
+/* ---- the evictable set (mu held) -------------------------------------- */
+
+static struct extent *extent_of(struct apb_evict_node *n)
+{
+	return (struct extent *)((char *)n - offsetof(struct extent, node));
+}
+
+/* Unlink the file of e, popped from the set as a victim. */
+static void evict_one(struct apb_disktier *t, struct extent *e)
+{
+	char path[DIRNAME_LEN + 18];
+	char name[17];
+
+	apb_assert_held(&t->mu);
+	extent_name(e->index, name);
+	if (e->dir == 0) {
+		if (t->dirfd >= 0)
+			unlinkat(t->dirfd, name, 0);
+	} else {
+		struct foreign_dir *fd = &t->fdirs[e->dir - 1];
+
+		snprintf(path, sizeof(path), "%s/%s", fd->name, name);
+		unlinkat(t->rootfd, path, 0);
+		if (--fd->files == 0)
+			unlinkat(t->rootfd, fd->name, AT_REMOVEDIR);
+	}
+	t->used -= e->bytes;
+	t->files--;
+	e->state = EXT_EMPTY;
+	t->st.evictions++;
+}
+
+/* Make room for one file of bytes more: true and the file counted, or
+ * false when evicting everything evictable would not be enough. */
+static bool reserve(struct apb_disktier *t, uint32_t bytes)
+{
+	apb_assert_held(&t->mu);
+	while (t->used + bytes > t->capacity || t->files >= t->slots) {
+		struct apb_evict_node *n = apb_evict_pop_victim(t->set);
+
+		if (!n)
+			return false;
+		evict_one(t, extent_of(n));
+	}
+	t->used += bytes;
+	t->files++;
+	return true;
+}
+
+/* e (this object's extent) now has a file on disk of bytes bytes, its
+ * room already reserved. */
+static void set_present(struct apb_disktier *t, struct extent *e,
+			uint32_t bytes)
+{
+	apb_assert_held(&t->mu);
+	e->state = EXT_PRESENT;
+	e->bytes = bytes;
+	e->gen++;
+	apb_evict_node_init(t->set, &e->node, 0, e->index);
+	apb_evict_touch(t->set, &e->node);
+	if (e->refs == 0)
+		apb_evict_insert(t->set, &e->node);
+}
+
+/* Take a reader's hold on PRESENT e. */
+static void hold(struct apb_disktier *t, struct extent *e)
+{
+	apb_assert_held(&t->mu);
+	if (e->refs++ == 0)
+		apb_evict_remove(t->set, &e->node);
+	apb_evict_touch(t->set, &e->node);
+}
+
+/* Let go of e: back into the set if it is still on disk; if it was
+ * dropped meanwhile, its history goes too. */
+static void unhold(struct apb_disktier *t, struct extent *e)
+{
+	apb_assert_held(&t->mu);
+	if (--e->refs > 0)
+		return;
+	if (e->state == EXT_PRESENT)
+		apb_evict_insert(t->set, &e->node);
+	else
+		apb_evict_forget(t->set, &e->node);
+}
+
+/* The file of held e (generation gen) is gone or bad: e is EMPTY, unless a
+ * newer file replaced it meanwhile. Returns whether it was this one. */
+static bool drop(struct apb_disktier *t, struct extent *e, uint32_t gen)
+{
+	apb_assert_held(&t->mu);
+	assert(e->refs > 0);
+	if (e->state != EXT_PRESENT || e->gen != gen)
+		return false;
+	t->used -= e->bytes;
+	t->files--;
+	e->state = EXT_EMPTY;
+	return true;
+}
+
+/* The file of held e (generation gen) failed a check with rc: count it,
+ * say so (a few times per mount), drop it unless a newer one replaced it
+ * meanwhile. */
+static void drop_bad(struct apb_disktier *t, struct extent *e, uint32_t gen,
+		     int rc)
+{
+	char name[17];
+	bool log;
+
+	apb_assert_held(&t->mu);
+	t->st.errors++;
+	log = t->bad_logged < LOG_BAD_MAX;
+	t->bad_logged += log;
+	if (drop(t, e, gen)) {
+		extent_name(e->index, name);
+		unlinkat(t->dirfd, name, 0);
+	}
+	if (log)
+		tier_log(t, APB_LOG_WARN,
+			 "disk tier %s: extent file %s/%016" PRIx64 " %s; "
+			 "dropped, its bytes fetched again%s",
+			 t->dir, t->dirname, e->index,
+			 rc == -EBADMSG ? "failed its check"
+					: "could not be read",
+			 t->bad_logged == LOG_BAD_MAX
+				 ? " (further bad files not logged)" : "");
+}
+
+/* A write failed with rc: stop writing, say so once. */
+static void write_failed(struct apb_disktier *t, int rc)
+{
+	apb_assert_held(&t->mu);
+	t->st.errors++;
+	if (!t->writing)
+		return;
+	t->writing = false;
+	tier_log(t, APB_LOG_ERROR,
+		 "disk tier %s: cannot write: %s; no more extents are written "
+		 "to it by this mount (reads go to the server)", t->dir,
+		 strerror(-rc));
+}
+
+/* ---- reading an extent from disk -------------------------------------- */
+
+static int check_header(const struct apb_disktier *t, const struct header *h,
+			uint64_t k)
+{
+	uint32_t len = extent_len(t, k);
+
+	if (memcmp(h->magic, MAGIC, sizeof(h->magic)) != 0 ||
+	    h->version != VERSION || h->header_len != HEADER ||
+	    h->header_sum != XXH3_64bits(h, offsetof(struct header,
+						    header_sum)) ||
+	    h->key_lo != t->key.low64 || h->key_hi != t->key.high64 ||
+	    h->index != k || h->extent_size != EXTENT || h->len != len ||
+	    h->block_size != BLOCK ||
+	    h->nblocks != (len + BLOCK - 1) / BLOCK)
+		return -EBADMSG;
+	return 0;
+}
+
+/* Bytes [lo, hi) of the object, inside extent k, from its file into the
+ * reader's iovecs rv (rcnt of them, byte 0 of which is the object's byte
+ * lo): the whole blocks around them are read (the parts outside [lo, hi)
+ * into a bounce buffer) and checked. 0, -EBADMSG for a file that fails a
+ * check, -ENOENT for no file (evicted meanwhile), another negative errno
+ * for a read that failed. */
+static int read_extent(struct apb_disktier *t, uint64_t k, uint64_t lo,
+		       uint64_t hi, const struct iovec *rv, int rcnt,
+		       struct iovec *scratch)
+{
+	uint64_t ks = k * EXTENT;
+	uint32_t len = extent_len(t, k);
+	uint64_t b0 = (lo - ks) / BLOCK;
+	uint64_t b1 = (hi - ks + BLOCK - 1) / BLOCK;
+	uint64_t rs = ks + b0 * BLOCK;
+	uint64_t re = ks + b1 * BLOCK < ks + len ? ks + b1 * BLOCK : ks + len;
+	size_t head = (size_t)(lo - rs), tail = (size_t)(re - hi);
+	struct header h;
+	char name[17];
+	char *bounce = NULL;
+	int fd, n = 0, rc;
+
+	extent_name(k, name);
+	fd = t->dirfd >= 0 ? openat(t->dirfd, name, O_RDONLY | O_CLOEXEC)
+			   : -1;
+	if (fd < 0)
+		return t->dirfd < 0 || errno == ENOENT ? -ENOENT : -errno;
+	struct iovec hv = {.iov_base = &h, .iov_len = sizeof(h)};
+	rc = io_full(fd, &hv, 1, 0, false);
+	if (rc == 0)
+		rc = check_header(t, &h, k);
+	if (rc)
+		goto out;
+	if (head + tail > 0) {
+		bounce = malloc(head + tail);
+		if (!bounce) {
+			rc = -ENOMEM;
+			goto out;
+		}
+	}
+	/* scratch has rcnt + 2 entries */
+	if (head)
+		scratch[n++] = (struct iovec){bounce, head};
+	for (int i = 0; i < rcnt; i++)
+		scratch[n++] = rv[i];
+	if (tail)
+		scratch[n++] = (struct iovec){bounce + head, tail};
+	{
+		struct iovec io[n];
+
+		memcpy(io, scratch, sizeof(io));
+		rc = io_full(fd, io, n, (off_t)(HEADER + (rs - ks)), false);
+	}
+	for (uint64_t b = b0; rc == 0 && b < b1; b++) {
+		uint64_t bs = ks + b * BLOCK;
+		uint64_t bl = ks + len - bs < BLOCK ? ks + len - bs : BLOCK;
+		struct iovec piece[n];
+		int m = iov_slice(scratch, n, 0, (size_t)(bs - rs), (size_t)bl,
+				  piece);
+
+		if (iov_xxh3(piece, m) != h.block_sum[b])
+			rc = -EBADMSG;
+	}
+out:
+	free(bounce);
+	close(fd);
+	return rc;
+}
+
+/* ---- fetching and writing extents ------------------------------------- */
+
+/* Write extent k's file from its bytes in iov (cnt entries, len bytes),
+ * its room reserved: 0 or a negative errno. */
+static int write_extent(struct apb_disktier *t, uint64_t k,
+			const struct iovec *iov, int cnt, uint32_t len)
+{
+	_Alignas(64) char hbuf[HEADER];
+	struct header *h = (struct header *)hbuf;
+	char tmp[64], name[17];
+	struct iovec v[cnt + 1];
+	int fd, rc;
+
+	memset(hbuf, 0, sizeof(hbuf));
+	memcpy(h->magic, MAGIC, sizeof(h->magic));
+	h->version = VERSION;
+	h->header_len = HEADER;
+	h->key_lo = t->key.low64;
+	h->key_hi = t->key.high64;
+	h->index = k;
+	h->extent_size = EXTENT;
+	h->len = len;
+	h->block_size = BLOCK;
+	h->nblocks = (len + BLOCK - 1) / BLOCK;
+	for (uint32_t b = 0; b < h->nblocks; b++) {
+		uint32_t bl = len - b * BLOCK < BLOCK ? len - b * BLOCK : BLOCK;
+		struct iovec piece[cnt];
+		int m = iov_slice(iov, cnt, 0, (size_t)b * BLOCK, bl, piece);
+
+		h->block_sum[b] = iov_xxh3(piece, m);
+	}
+	h->header_sum = XXH3_64bits(h, offsetof(struct header, header_sum));
+
+	snprintf(tmp, sizeof(tmp), ".tmp-%ld-%" PRIuFAST64, (long)getpid(),
+		 atomic_fetch_add(&t->tmp_seq, 1));
+	extent_name(k, name);
+	fd = openat(t->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+		    0600);
+	if (fd < 0)
+		return -errno;
+	v[0] = (struct iovec){hbuf, HEADER};
+	memcpy(v + 1, iov, sizeof(*iov) * (size_t)cnt);
+	rc = io_full(fd, v, cnt + 1, 0, true);
+	if (close(fd) != 0 && rc == 0)
+		rc = -errno;
+	if (rc == 0 && renameat(t->dirfd, tmp, t->dirfd, name) != 0)
+		rc = -errno;
+	if (rc)
+		unlinkat(t->dirfd, tmp, 0);
+	return rc;
+}
+
+/* This object's directory, made on the first write. mu held. */
+static int ensure_dir(struct apb_disktier *t)
+{
+	apb_assert_held(&t->mu);
+	if (t->dirfd >= 0)
+		return 0;
+	if (mkdirat(t->rootfd, t->dirname, 0700) != 0 && errno != EEXIST)
+		return -errno;
+	t->dirfd = openat(t->rootfd, t->dirname,
+			  O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	return t->dirfd >= 0 ? 0 : -errno;
+}
+
+/* Extents [k0, k1) are LOADING, claimed by this call: fetch them whole in
+ * one call, the reader's bytes [lo, hi) straight into rv (rcnt entries),
+ * the rest into a bounce buffer; write each to disk while the tier
+ * writes; then each is PRESENT (written) or EMPTY again. The fetch's
+ * result. */
+static long load_run(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
+		     void *arg, uint64_t k0, uint64_t k1, uint64_t lo,
+		     uint64_t hi, const struct iovec *rv, int rcnt,
+		     struct iovec *scratch)
+{
+	uint64_t rs = k0 * EXTENT;
+	uint64_t re = k1 * EXTENT < t->size ? k1 * EXTENT : t->size;
+	size_t head = (size_t)(lo - rs), tail = (size_t)(re - hi);
+	char *bounce = NULL;
+	long r;
+	int n = 0;
+
+	if (head + tail > 0) {
+		bounce = malloc(head + tail);
+		if (!bounce) {
+			r = -ENOMEM;
+			goto out;
+		}
+	}
+	if (head)
+		scratch[n++] = (struct iovec){bounce, head};
+	for (int i = 0; i < rcnt; i++)
+		scratch[n++] = rv[i];
+	if (tail)
+		scratch[n++] = (struct iovec){bounce + head, tail};
+	r = fetch(arg, scratch, n, rs);
+	if (r < 0)
+		goto out;
+	for (uint64_t k = k0; k < k1; k++) {
+		struct extent *e = &t->ext[k];
+		uint32_t len = extent_len(t, k);
+		uint32_t bytes = file_bytes(len);
+		struct iovec piece[n];
+		int m = iov_slice(scratch, n, 0, (size_t)(k * EXTENT - rs), len,
+				  piece);
+		int rc = 0;
+		bool room;
+
+		apb_mutex_lock(&t->mu);
+		room = t->writing && (rc = ensure_dir(t)) == 0 &&
+		       reserve(t, bytes);
+		if (rc)
+			write_failed(t, rc);
+		apb_mutex_unlock(&t->mu);
+		if (room)
+			rc = write_extent(t, k, piece, m, len);
+		apb_mutex_lock(&t->mu);
+		t->st.misses++;
+		if (room && rc == 0) {
+			set_present(t, e, bytes);
+			t->st.bytes_written += bytes;
+		} else {
+			if (room) {
+				t->used -= bytes;
+				t->files--;
+				write_failed(t, rc);
+			}
+			e->state = EXT_EMPTY;
+		}
+		apb_mutex_unlock(&t->mu);
+	}
+out:
+	if (r < 0) {
+		apb_mutex_lock(&t->mu);
+		for (uint64_t k = k0; k < k1; k++)
+			t->ext[k].state = EXT_EMPTY;
+		apb_mutex_unlock(&t->mu);
+	}
+	apb_mutex_lock(&t->mu);
+	pthread_cond_broadcast(&t->cv);
+	apb_mutex_unlock(&t->mu);
+	free(bounce);
+	return r;
+}
+
+long apb_disktier_preadv(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
+			 void *fetch_arg, uint64_t pos, const struct iovec *iov,
+			 int iovcnt, size_t skip, size_t want)
+{
+	struct iovec small[2 * (SMALL_IOV + 2)];
+	struct iovec *rv = small, *scratch;
+	uint64_t end = pos + want;
+	uint64_t k = pos / EXTENT;
+	long rc = (long)want;
+
+	if (want == 0)
+		return 0;
+	if (pos > t->size || want > t->size - pos)
+		return -EINVAL; /* as the remote answers it */
+	if (iovcnt > SMALL_IOV) {
+		rv = malloc(sizeof(*rv) * 2 * ((size_t)iovcnt + 2));
+		if (!rv)
+			return -ENOMEM;
+	}
+	scratch = rv + iovcnt + 2;
+	while (k * EXTENT < end) {
+		struct extent *e = &t->ext[k];
+		uint64_t lo = k * EXTENT > pos ? k * EXTENT : pos;
+		uint64_t hi = (k + 1) * EXTENT < end ? (k + 1) * EXTENT : end;
+		uint64_t k1;
+		uint32_t gen;
+		int rcnt, r;
+
+		apb_mutex_lock(&t->mu);
+		while (e->state == EXT_LOADING)
+			apb_cond_wait(&t->cv, &t->mu);
+		if (e->state == EXT_PRESENT) {
+			hold(t, e);
+			gen = e->gen;
+			apb_mutex_unlock(&t->mu);
+			rcnt = iov_slice(iov, iovcnt, skip, (size_t)(lo - pos),
+					 (size_t)(hi - lo), rv);
+			r = read_extent(t, k, lo, hi, rv, rcnt, scratch);
+			apb_mutex_lock(&t->mu);
+			if (r == 0) {
+				t->st.hits++;
+				t->st.bytes_read += hi - lo;
+				unhold(t, e);
+				apb_mutex_unlock(&t->mu);
+				k++;
+				continue;
+			}
+			if (r == -ENOENT) /* evicted by another mount */
+				drop(t, e, gen);
+			else
+				drop_bad(t, e, gen, r);
+			unhold(t, e);
+			apb_mutex_unlock(&t->mu);
+			continue; /* EMPTY, or loaded by another meanwhile */
+		}
+		/* EMPTY: this run of missing extents */
+		k1 = k;
+		while (k1 * EXTENT < end && k1 - k < RUN_MAX &&
+		       t->ext[k1].state == EXT_EMPTY) {
+			if (t->writing)
+				t->ext[k1].state = EXT_LOADING;
+			k1++;
+		}
+		if (!t->writing) {
+			/* straight from the server into the reader's buffers */
+			t->st.misses += k1 - k;
+			apb_mutex_unlock(&t->mu);
+			hi = k1 * EXTENT < end ? k1 * EXTENT : end;
+			rcnt = iov_slice(iov, iovcnt, skip, (size_t)(lo - pos),
+					 (size_t)(hi - lo), rv);
+			rc = fetch(fetch_arg, rv, rcnt, lo);
+		} else {
+			apb_mutex_unlock(&t->mu);
+			hi = k1 * EXTENT < end ? k1 * EXTENT : end;
+			rcnt = iov_slice(iov, iovcnt, skip, (size_t)(lo - pos),
+					 (size_t)(hi - lo), rv);
+			rc = load_run(t, fetch, fetch_arg, k, k1, lo, hi, rv,
+				      rcnt, scratch);
+		}
+		if (rc < 0)
+			break;
+		rc = (long)want;
+		k = k1;
+	}
+	if (rv != small)
+		free(rv);
+	return rc;
+}
+
+/* ---- open: index the directory ---------------------------------------- */
+
+struct found {
+	struct extent *e;
+	struct timespec mtime;
+};
+
+struct scan {
+	struct found *v;
+	size_t n, cap;
+};
+
+static int scan_push(struct scan *s, struct extent *e, struct timespec mt)
+{
+	if (s->n == s->cap) {
+		size_t cap = s->cap ? 2 * s->cap : 256;
+		struct found *v = realloc(s->v, cap * sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		s->v = v;
+		s->cap = cap;
+	}
+	s->v[s->n++] = (struct found){e, mt};
+	return 0;
+}
+
+static int by_mtime(const void *a, const void *b)
+{
+	const struct found *x = a, *y = b;
+
+	if (x->mtime.tv_sec != y->mtime.tv_sec)
+		return x->mtime.tv_sec < y->mtime.tv_sec ? -1 : 1;
+	if (x->mtime.tv_nsec != y->mtime.tv_nsec)
+		return x->mtime.tv_nsec < y->mtime.tv_nsec ? -1 : 1;
+	return x->e->index < y->e->index ? -1 : x->e->index > y->e->index;
+}
+
+/* A temporary file of a process that no longer exists: a write that
+ * crashed. One of a live process (another mount writing) stays. */
+static bool stale_tmp(const char *name)
+{
+	long pid;
+	char *end;
+
+	if (strncmp(name, ".tmp-", 5) != 0)
+		return false;
+	pid = strtol(name + 5, &end, 10);
+	if (end == name + 5 || *end != '-' || pid <= 0)
+		return false;
+	return kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
+/* Delete the directory name (an older version of this URL). */
+static void remove_dir(int rootfd, const char *name)
+{
+	int fd = openat(rootfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *de;
+
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	while ((de = readdir(d)))
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+			unlinkat(fd, de->d_name, 0);
+	closedir(d);
+	unlinkat(rootfd, name, AT_REMOVEDIR);
+}
+
+/* Index the files of directory name: this object's (fdir 0) or another's
+ * (fdir > 0, its index + 1 in t->fdirs). Files of this object of the
+ * wrong size are dropped and counted. */
+static int scan_dir(struct apb_disktier *t, const char *name, uint32_t fdir,
+		    struct scan *s, size_t *foreign_cap)
+{
+	int fd = openat(t->rootfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d;
+	struct dirent *de;
+	int rc = 0;
+
+	if (fd < 0)
+		return 0; /* gone meanwhile, or unreadable: nothing to index */
+	if (fdir == 0) {
+		t->dirfd = dup(fd);
+		if (t->dirfd < 0) {
+			close(fd);
+			return -errno;
+		}
+	}
+	d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return -ENOMEM;
+	}
+	while (rc == 0 && (de = readdir(d))) {
+		struct stat sb;
+		uint64_t k;
+		struct extent *e;
+
+		if (stale_tmp(de->d_name)) {
+			unlinkat(fd, de->d_name, 0);
+			continue;
+		}
+		if (strlen(de->d_name) != 16 || !parse_hex16(de->d_name, &k) ||
+		    fstatat(fd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 ||
+		    !S_ISREG(sb.st_mode))
+			continue;
+		if (fdir == 0) {
+			if (k >= t->nextents || t->ext[k].state != EXT_EMPTY ||
+			    (uint64_t)sb.st_size != HEADER + extent_len(t, k)) {
+				unlinkat(fd, de->d_name, 0);
+				t->st.errors++;
+				if (t->bad_logged++ < LOG_BAD_MAX)
+					tier_log(t, APB_LOG_WARN,
+						 "disk tier %s: extent file "
+						 "%s/%s is torn (%lld bytes); "
+						 "dropped", t->dir, name,
+						 de->d_name,
+						 (long long)sb.st_size);
+				continue;
+			}
+			e = &t->ext[k];
+			e->bytes = file_bytes(extent_len(t, k));
+		} else {
+			if (t->nforeign == *foreign_cap) {
+				size_t cap = *foreign_cap ? 2 * *foreign_cap
+							  : 256;
+				struct extent *v;
+
+				/* s points into t->foreign: rebase after */
+				v = realloc(t->foreign, cap * sizeof(*v));
+				if (!v) {
+					rc = -ENOMEM;
+					break;
+				}
+				for (size_t i = 0; i < s->n; i++)
+					if (s->v[i].e->dir != 0)
+						s->v[i].e = v + (s->v[i].e -
+								 t->foreign);
+				t->foreign = v;
+				*foreign_cap = cap;
+			}
+			e = &t->foreign[t->nforeign++];
+			memset(e, 0, sizeof(*e));
+			e->index = k;
+			e->dir = fdir;
+			e->bytes = (uint32_t)((sb.st_size + 4095) / 4096 * 4096);
+			t->fdirs[fdir - 1].files++;
+		}
+		e->state = EXT_PRESENT;
+		rc = scan_push(s, e, sb.st_mtim);
+	}
+	closedir(d);
+	return rc;
+}
+
+/* Index cache_dir into s: this object's files, other objects' (whose
+ * directories go into t->fdirs), deleting older versions of this URL. */
+static int scan(struct apb_disktier *t, uint64_t url_hash, struct scan *s)
+{
+	int fd = dup(t->rootfd);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *de;
+	size_t foreign_cap = 0, fdir_cap = 0;
+	uint32_t stale = 0;
+	int rc = 0;
+
+	if (!d) {
+		rc = fd >= 0 ? -ENOMEM : -errno;
+		if (fd >= 0)
+			close(fd);
+		return rc;
+	}
+	while (rc == 0 && (de = readdir(d))) {
+		uint64_t u, v;
+
+		if (strlen(de->d_name) != DIRNAME_LEN - 1 ||
+		    de->d_name[16] != '-' || !parse_hex16(de->d_name, &u) ||
+		    !parse_hex16(de->d_name + 17, &v))
+			continue;
+		if (strcmp(de->d_name, t->dirname) == 0) {
+			rc = scan_dir(t, de->d_name, 0, s, &foreign_cap);
+			continue;
+		}
+		if (u == url_hash) {
+			remove_dir(t->rootfd, de->d_name);
+			stale++;
+			continue;
+		}
+		if (t->nfdirs == fdir_cap) {
+			size_t cap = fdir_cap ? 2 * fdir_cap : 16;
+			struct foreign_dir *fv =
+				realloc(t->fdirs, cap * sizeof(*fv));
+
+			if (!fv) {
+				rc = -ENOMEM;
+				break;
+			}
+			t->fdirs = fv;
+			fdir_cap = cap;
+		}
+		memset(&t->fdirs[t->nfdirs], 0, sizeof(*t->fdirs));
+		memcpy(t->fdirs[t->nfdirs].name, de->d_name, DIRNAME_LEN);
+		t->nfdirs++;
+		rc = scan_dir(t, de->d_name, t->nfdirs, s, &foreign_cap);
+	}
+	closedir(d);
+	if (stale)
+		tier_log(t, APB_LOG_WARN,
+			 "disk tier %s: deleted the extents of %u older "
+			 "version(s) of this URL", t->dir, stale);
+	return rc;
+}
+
+/* The set, with the files found entering it oldest first; then evict down
+ * to the capacity (a smaller cache_dir_size than last time). */
+static int build_set(struct apb_disktier *t, enum apb_eviction policy,
+		     struct scan *s)
+{
+	int rc;
+
+	rc = apb_evict_new(policy, t->slots, &t->set);
+	if (rc)
+		return rc;
+	qsort(s->v, s->n, sizeof(*s->v), by_mtime);
+	apb_mutex_lock(&t->mu);
+	for (size_t i = 0; i < s->n; i++) {
+		struct extent *e = s->v[i].e;
+
+		e->state = EXT_EMPTY;
+		if (!reserve(t, e->bytes))
+			continue; /* larger than the capacity: left alone */
+		e->state = EXT_PRESENT;
+		apb_evict_node_init(t->set, &e->node, e->dir, e->index);
+		apb_evict_touch(t->set, &e->node);
+		apb_evict_insert(t->set, &e->node);
+	}
+	apb_mutex_unlock(&t->mu);
+	return 0;
+}
+
+static XXH64_hash_t hash_parts(const char *const *parts, size_t n,
+			       uint64_t size, XXH128_hash_t *whole)
+{
+	XXH3_state_t st;
+	XXH64_hash_t h;
+
+	XXH3_64bits_reset(&st);
+	for (size_t i = 0; i < n; i++)
+		XXH3_64bits_update(&st, parts[i], strlen(parts[i]) + 1);
+	XXH3_64bits_update(&st, &size, sizeof(size));
+	h = XXH3_64bits_digest(&st);
+	if (whole) {
+		XXH3_128bits_reset(&st);
+		for (size_t i = 0; i < n; i++)
+			XXH3_128bits_update(&st, parts[i],
+					    strlen(parts[i]) + 1);
+		XXH3_128bits_update(&st, &size, sizeof(size));
+		*whole = XXH3_128bits_digest(&st);
+	}
+	return h;
+}
+
+int apb_disktier_open(const struct apb_disktier_config *cfg,
+		      struct apb_disktier **out, char *err, size_t err_len)
+{
+	struct apb_disktier *t;
+	struct scan s = {0};
+	char url[4096];
+	const char *scope = cfg->scope ? cfg->scope : "";
+	uint64_t u, v;
+	int rc;
+
+	*out = NULL;
+	if (cfg->capacity < HEADER + EXTENT)
+		return apb_fail(-EINVAL, err, err_len, "cache_dir_size is "
+				"below one extent (%u bytes)", HEADER + EXTENT);
+	if (apb_disktier_url_key(cfg->url, url, sizeof(url)) != 0)
+		return apb_fail(-ENAMETOOLONG, err, err_len, "URL too long "
+				"for the disk tier");
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return apb_fail(-ENOMEM, err, err_len, "out of memory");
+	t->rootfd = t->dirfd = -1;
+	t->size = cfg->size;
+	t->capacity = cfg->capacity;
+	t->slots = cfg->capacity / file_bytes(EXTENT) < UINT32_MAX
+			   ? (uint32_t)(cfg->capacity / file_bytes(EXTENT))
+			   : UINT32_MAX;
+	t->st.capacity = cfg->capacity;
+	t->writing = true;
+	t->log = cfg->log;
+	t->log_arg = cfg->log_arg;
+	if (apb_mutex_init(&t->mu) != 0) {
+		free(t);
+		return apb_fail(-ENOMEM, err, err_len, "out of memory");
+	}
+	pthread_cond_init(&t->cv, NULL);
+	{
+		const char *up[] = {url, scope};
+		const char *vp[] = {url, scope, cfg->identity};
+		char uhex[17];
+
+		u = hash_parts(up, 2, 0, NULL);
+		snprintf(uhex, sizeof(uhex), "%016" PRIx64, u);
+		const char *vp2[] = {uhex, cfg->identity};
+		v = hash_parts(vp2, 2, cfg->size, NULL);
+		hash_parts(vp, 3, cfg->size, &t->key);
+	}
+	snprintf(t->dirname, sizeof(t->dirname), "%016" PRIx64 "-%016" PRIx64,
+		 u, v);
+	t->dir = strdup(cfg->dir);
+	t->nextents = (cfg->size + EXTENT - 1) / EXTENT;
+	t->ext = calloc(t->nextents ? t->nextents : 1, sizeof(*t->ext));
+	if (!t->dir || !t->ext) {
+		rc = apb_fail(-ENOMEM, err, err_len, "out of memory");
+		goto fail;
+	}
+	for (uint64_t k = 0; k < t->nextents; k++)
+		t->ext[k].index = k;
+	t->rootfd = open(cfg->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (t->rootfd < 0) {
+		rc = apb_fail(-errno, err, err_len, "cache_dir=%s: %s",
+			      cfg->dir, strerror(errno));
+		goto fail;
+	}
+	rc = scan(t, u, &s);
+	if (rc == 0)
+		rc = build_set(t, cfg->policy, &s);
+	if (rc) {
+		apb_fail(rc, err, err_len, "cache_dir=%s: cannot index it: %s",
+			 cfg->dir, strerror(-rc));
+		goto fail;
+	}
+	free(s.v);
+	*out = t;
+	return 0;
+fail:
+	free(s.v);
+	apb_disktier_close(t);
+	return rc;
+}
+
+void apb_disktier_close(struct apb_disktier *t)
+{
+	if (!t)
+		return;
+	if (t->rootfd >= 0)
+		close(t->rootfd);
+	if (t->dirfd >= 0)
+		close(t->dirfd);
+	apb_evict_free(t->set);
+	pthread_cond_destroy(&t->cv);
+	apb_mutex_destroy(&t->mu);
+	free(t->ext);
+	free(t->foreign);
+	free(t->fdirs);
+	free(t->dir);
+	free(t);
+}
+
+void apb_disktier_stats(struct apb_disktier *t,
+			struct apb_bundle_disk_tier_stats *st)
+{
+	apb_mutex_lock(&t->mu);
+	*st = t->st;
+	st->bytes_used = t->used;
+	st->capacity = t->capacity;
+	st->writing = t->writing;
+	apb_mutex_unlock(&t->mu);
+}
