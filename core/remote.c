@@ -50,7 +50,9 @@
  * and only read afterwards (the URL, the identity, the header lists
  * libcurl reads, the head bytes); the counters are atomics. A handle is
  * used by one thread at a time, which is all libcurl asks (with
- * CURLOPT_NOSIGNAL); curl_global_init() runs once, under pthread_once.
+ * CURLOPT_NOSIGNAL). libcurl itself is loaded, and curl_global_init()
+ * run, by the first apb_remote_open() of the process (core/curl_dl.c); r->curl
+ * is its function table, which never changes.
  *
  * MEMORY
  *
@@ -65,7 +67,6 @@
 #include "remote.h"
 
 #include <ctype.h>
-#include <curl/curl.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -76,6 +77,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "curl_dl.h"
 #include "error.h"
 #include "lock.h"
 
@@ -97,6 +99,7 @@
 
 struct apb_remote {
 	/* set by apb_remote_open(), read-only afterwards */
+	const struct apb_curl *curl; /* libcurl's functions (curl_dl.h) */
 	char *url;                 /* the request URL */
 	char *name;                /* the URL as the user wrote it, for messages */
 	bool s3_signed;
@@ -155,14 +158,6 @@ struct xfer {
 	char errbody[ERRBODY];
 	size_t errbody_len;
 };
-
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static CURLcode curl_init_rc = CURLE_FAILED_INIT;
-
-static void curl_init(void)
-{
-	curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
 
 static void default_log(void *arg, enum apb_remote_log_level level, const char *msg)
 {
@@ -508,38 +503,38 @@ static size_t on_body(char *data, size_t size, size_t n, void *arg);
 
 static CURL *new_handle(struct apb_remote *r)
 {
-	CURL *h = curl_easy_init();
+	CURL *h = r->curl->easy_init();
 	if (!h)
 		return NULL;
-	bool ok = curl_easy_setopt(h, CURLOPT_URL, r->url) == CURLE_OK &&
-		  curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https") == CURLE_OK &&
-		  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
-		  curl_easy_setopt(h, CURLOPT_MAXCONNECTS, 1L) == CURLE_OK &&
-		  curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L) == CURLE_OK &&
-		  curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)r->connect_timeout_ms) ==
+	bool ok = r->curl->easy_setopt(h, CURLOPT_URL, r->url) == CURLE_OK &&
+		  r->curl->easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https") == CURLE_OK &&
+		  r->curl->easy_setopt(h, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
+		  r->curl->easy_setopt(h, CURLOPT_MAXCONNECTS, 1L) == CURLE_OK &&
+		  r->curl->easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L) == CURLE_OK &&
+		  r->curl->easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)r->connect_timeout_ms) ==
 			  CURLE_OK &&
 		  /* a stall, not a slow server, is a timeout: < 1 byte/s for the period */
-		  curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L) == CURLE_OK &&
-		  curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME,
+		  r->curl->easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L) == CURLE_OK &&
+		  r->curl->easy_setopt(h, CURLOPT_LOW_SPEED_TIME,
 				   (long)((r->stall_timeout_ms + 999) / 1000)) == CURLE_OK &&
-		  curl_easy_setopt(h, CURLOPT_BUFFERSIZE, (long)r->recv_buffer) == CURLE_OK &&
-		  curl_easy_setopt(h, CURLOPT_USERAGENT, "apbundlefs/" APB_VERSION) == CURLE_OK &&
-		  curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header) == CURLE_OK &&
-		  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body) == CURLE_OK;
+		  r->curl->easy_setopt(h, CURLOPT_BUFFERSIZE, (long)r->recv_buffer) == CURLE_OK &&
+		  r->curl->easy_setopt(h, CURLOPT_USERAGENT, "apbundlefs/" APB_VERSION) == CURLE_OK &&
+		  r->curl->easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header) == CURLE_OK &&
+		  r->curl->easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body) == CURLE_OK;
 	if (ok && r->s3_signed) {
 		char sigv4[128];
 		snprintf(sigv4, sizeof(sigv4), "aws:amz:%s:s3", r->region);
-		ok = curl_easy_setopt(h, CURLOPT_AWS_SIGV4, sigv4) == CURLE_OK &&
-		     curl_easy_setopt(h, CURLOPT_USERNAME, r->access_key) == CURLE_OK &&
-		     curl_easy_setopt(h, CURLOPT_PASSWORD, r->secret_key) == CURLE_OK;
+		ok = r->curl->easy_setopt(h, CURLOPT_AWS_SIGV4, sigv4) == CURLE_OK &&
+		     r->curl->easy_setopt(h, CURLOPT_USERNAME, r->access_key) == CURLE_OK &&
+		     r->curl->easy_setopt(h, CURLOPT_PASSWORD, r->secret_key) == CURLE_OK;
 	} else if (ok) {
 		/* plain HTTP(S): a CDN may redirect; a signed request would not
 		 * survive one (the signature covers the host) */
-		ok = curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L) == CURLE_OK &&
-		     curl_easy_setopt(h, CURLOPT_MAXREDIRS, 5L) == CURLE_OK;
+		ok = r->curl->easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L) == CURLE_OK &&
+		     r->curl->easy_setopt(h, CURLOPT_MAXREDIRS, 5L) == CURLE_OK;
 	}
 	if (!ok) {
-		curl_easy_cleanup(h);
+		r->curl->easy_cleanup(h);
 		return NULL;
 	}
 	return h;
@@ -819,18 +814,18 @@ static int transfer(struct apb_remote *r, CURL *h, struct xfer *x, char *msg, si
 			 (unsigned long long)(x->want_off + x->want_len - 1));
 	else
 		snprintf(range, sizeof(range), "0-0");
-	curl_easy_setopt(h, CURLOPT_RANGE, range);
-	curl_easy_setopt(h, CURLOPT_HTTPHEADER, x->learn ? r->open_hdrs : r->read_hdrs);
-	curl_easy_setopt(h, CURLOPT_HEADERDATA, x);
-	curl_easy_setopt(h, CURLOPT_WRITEDATA, x);
+	r->curl->easy_setopt(h, CURLOPT_RANGE, range);
+	r->curl->easy_setopt(h, CURLOPT_HTTPHEADER, x->learn ? r->open_hdrs : r->read_hdrs);
+	r->curl->easy_setopt(h, CURLOPT_HEADERDATA, x);
+	r->curl->easy_setopt(h, CURLOPT_WRITEDATA, x);
 	char cerr[CURL_ERROR_SIZE] = "";
-	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, cerr);
+	r->curl->easy_setopt(h, CURLOPT_ERRORBUFFER, cerr);
 
 	atomic_fetch_add(&r->n_requests, 1);
-	CURLcode c = curl_easy_perform(h);
-	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
+	CURLcode c = r->curl->easy_perform(h);
+	r->curl->easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
 	long conns = 0;
-	if (curl_easy_getinfo(h, CURLINFO_NUM_CONNECTS, &conns) == CURLE_OK && conns > 0)
+	if (r->curl->easy_getinfo(h, CURLINFO_NUM_CONNECTS, &conns) == CURLE_OK && conns > 0)
 		atomic_fetch_add(&r->n_connects, (uint64_t)conns);
 
 	if (x->fail) {
@@ -850,7 +845,7 @@ static int transfer(struct apb_remote *r, CURL *h, struct xfer *x, char *msg, si
 		return -EAGAIN;
 	}
 	if (c != CURLE_OK) {
-		snprintf(msg, msg_len, "%s", cerr[0] ? cerr : curl_easy_strerror(c));
+		snprintf(msg, msg_len, "%s", cerr[0] ? cerr : r->curl->easy_strerror(c));
 		return transient_curl(c) ? -EAGAIN : -EIO;
 	}
 	char code[80];
@@ -966,12 +961,12 @@ static int fetch(struct apb_remote *r, const struct iovec *iov, int iovcnt, uint
 
 /* ---- open, close, reads ---- */
 
-static struct curl_slist *add_header(struct curl_slist *l, const char *fmt, const char *v,
-				     bool *ok)
+static struct curl_slist *add_header(const struct apb_remote *r, struct curl_slist *l,
+				     const char *fmt, const char *v, bool *ok)
 {
 	char h[IDENT_MAX + 64];
 	snprintf(h, sizeof(h), fmt, v);
-	struct curl_slist *n = curl_slist_append(l, h);
+	struct curl_slist *n = r->curl->slist_append(l, h);
 	if (!n) {
 		*ok = false;
 		return l;
@@ -1016,11 +1011,11 @@ static int set_identity(struct apb_remote *r, const struct xfer *x, char *err, s
 	bool ok = true;
 	struct curl_slist *l = NULL;
 	if (r->etag[0])
-		l = add_header(l, "If-Match: %s", r->etag, &ok);
+		l = add_header(r, l, "If-Match: %s", r->etag, &ok);
 	else if (r->last_modified[0])
-		l = add_header(l, "If-Unmodified-Since: %s", r->last_modified, &ok);
+		l = add_header(r, l, "If-Unmodified-Since: %s", r->last_modified, &ok);
 	for (struct curl_slist *s = r->open_hdrs; s; s = s->next)
-		l = add_header(l, "%s", s->data, &ok);
+		l = add_header(r, l, "%s", s->data, &ok);
 	r->read_hdrs = l;
 	return ok ? 0 : apb_fail(-ENOMEM, err, err_len, "out of memory");
 }
@@ -1040,13 +1035,15 @@ int apb_remote_open(const char *url, const struct apb_remote_options *o, struct 
 	rc = apb_remote_parse_url(url, &u, err, err_len);
 	if (rc < 0)
 		return rc;
-	pthread_once(&curl_once, curl_init);
-	if (curl_init_rc != CURLE_OK)
-		return apb_fail(-EIO, err, err_len, "libcurl: %s", curl_easy_strerror(curl_init_rc));
+	const struct apb_curl *curl;
+	rc = apb_curl_get(&curl, err, err_len);
+	if (rc < 0)
+		return rc;
 
 	r = calloc(1, sizeof(*r));
 	if (!r)
 		return apb_fail(-ENOMEM, err, err_len, "out of memory");
+	r->curl = curl;
 	if (apb_mutex_init(&r->mu) < 0 || pthread_cond_init(&r->pool_cv, NULL) != 0) {
 		free(r);
 		return apb_fail(-ENOMEM, err, err_len, "out of memory");
@@ -1107,12 +1104,12 @@ int apb_remote_open(const char *url, const struct apb_remote_options *o, struct 
 			r->s3_signed = true;
 			strcpy(r->access_key, c->key);
 			strcpy(r->secret_key, c->secret);
-			r->open_hdrs = add_header(r->open_hdrs, "%s",
+			r->open_hdrs = add_header(r, r->open_hdrs, "%s",
 						  "x-amz-content-sha256: UNSIGNED-PAYLOAD", &ok);
 			if (c->token[0]) {
 				char h[sizeof(c->token) + 32];
 				snprintf(h, sizeof(h), "x-amz-security-token: %s", c->token);
-				struct curl_slist *n = curl_slist_append(r->open_hdrs, h);
+				struct curl_slist *n = r->curl->slist_append(r->open_hdrs, h);
 				ok = ok && n;
 				if (n)
 					r->open_hdrs = n;
@@ -1163,9 +1160,9 @@ void apb_remote_close(struct apb_remote *r)
 		return;
 	assert(r->nidle == r->nhandles); /* no read running */
 	for (unsigned i = 0; i < r->nidle; i++)
-		curl_easy_cleanup(r->idle[i]);
-	curl_slist_free_all(r->open_hdrs);
-	curl_slist_free_all(r->read_hdrs);
+		r->curl->easy_cleanup(r->idle[i]);
+	r->curl->slist_free_all(r->open_hdrs);
+	r->curl->slist_free_all(r->read_hdrs);
 	explicit_bzero(r->secret_key, sizeof(r->secret_key));
 	apb_mutex_destroy(&r->mu);
 	pthread_cond_destroy(&r->pool_cv);

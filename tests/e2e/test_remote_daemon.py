@@ -1,0 +1,128 @@
+"""What the daemon does around a bundle behind a URL, beyond reading it
+(test_remote_mount.py): libcurl loaded only for a URL (core/curl_dl.c), and
+a clear refusal of a URL where it cannot be loaded."""
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+import apbformat
+from conftest import (APBUNDLE, APBUNDLEFS, MOUNT_TIMEOUT_S, SOURCE, mount, pack, read_all,
+                      run_apbundle, wait_until, write_sources)
+
+KiB = 1024
+MODELS = {
+    "a.bin": apbformat.random_bytes(200 * KiB + 7, 31),
+    "b.bin": apbformat.compressible_bytes(5000, 32),
+}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    d = tmp_path_factory.mktemp("remote-daemon")
+    src = write_sources(d / "src", MODELS)
+    return pack(d / "small.apbundle", *["%s=%s" % (n, src[n]) for n in sorted(MODELS)], fmt=2,
+                compress="zstd")
+
+
+def served(nginx_server, bundle, key):
+    with open(bundle, "rb") as f, open(os.path.join(nginx_server.root, key), "wb") as g:
+        g.write(f.read())
+    return nginx_server.url(key)
+
+
+def mapped_libraries(pid):
+    """The shared objects /proc/PID/maps lists."""
+    with open("/proc/%d/maps" % pid) as f:
+        return {p[5].strip() for p in (line.split(None, 5) for line in f)
+                if len(p) == 6 and ".so" in os.path.basename(p[5].strip())}
+
+
+def libcurl_path():
+    """The path dlopen("libcurl.so.4") finds (ld.so's cache)."""
+    out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        if line.strip().startswith("libcurl.so.4 ") and "=>" in line:
+            return line.split("=>")[1].strip()
+    pytest.fail("ldconfig -p lists no libcurl.so.4 (Debian libcurl4)")
+
+
+# --------------------------------------------------------------------------
+# libcurl only for URLs
+
+
+@pytest.mark.skipif(SOURCE != "local", reason="mounts a local file; APB_E2E_SOURCE=%s" % SOURCE)
+def test_local_mount_does_not_map_libcurl(bundle):
+    with mount(bundle, {"max_memory": "4M"}) as d:
+        assert read_all(d.path("a.bin")) == MODELS["a.bin"]
+        libs = mapped_libraries(d.pid)
+        assert not [lib for lib in libs if "libcurl" in os.path.basename(lib)], sorted(libs)
+        assert any("libfuse3" in lib for lib in libs), sorted(libs)
+
+
+def test_url_mount_maps_libcurl(nginx_server, bundle):
+    url = served(nginx_server, bundle, "maps.apbundle")
+    with mount(url, {"max_memory": "4M"}) as d:
+        assert read_all(d.path("a.bin")) == MODELS["a.bin"]
+        libs = mapped_libraries(d.pid)
+        assert [lib for lib in libs if os.path.basename(lib).startswith("libcurl.so.4")], \
+            sorted(libs)
+
+
+def _without_libcurl(argv, **kw):
+    """argv run in a mount namespace of its own where libcurl.so.4 is an
+    empty file (/dev/null bound over it): dlopen() fails there, as on a
+    machine without libcurl4, while the rest of the system sees nothing."""
+    script = 'mount --bind /dev/null "$1" && shift && exec "$@"'
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
+            libcurl_path()] + [str(a) for a in argv]
+
+
+def test_url_without_libcurl_is_refused_local_still_served(nginx_server, bundle, tmp_path):
+    """No libcurl: a URL is refused with one line naming the library and the
+    package, exit 1, no mount; a local file still mounts and serves exact
+    bytes, and apbundle reads it."""
+    url = served(nginx_server, bundle, "nocurl.apbundle")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    p = subprocess.run(_without_libcurl([APBUNDLEFS, "-f", url, mnt]), capture_output=True,
+                       text=True, timeout=60)
+    assert (p.returncode, p.stdout) == (1, ""), p.stderr
+    assert p.stderr == ("apbundlefs: %s: remote URLs need libcurl (Debian libcurl4): "
+                        "%s: file too short\n" % (url, libcurl_path()))
+    p = subprocess.run(_without_libcurl([APBUNDLE, "list", url]), capture_output=True,
+                       text=True, timeout=60)
+    assert (p.returncode, p.stdout) == (1, "")
+    assert "remote URLs need libcurl (Debian libcurl4)" in p.stderr, p.stderr
+    p = subprocess.run(_without_libcurl([APBUNDLE, "list", bundle]), capture_output=True,
+                       text=True, timeout=60)
+    assert (p.returncode, p.stdout, p.stderr) == (0, run_apbundle("list", bundle).stdout, "")
+
+    # The daemon on the local file, in the namespace: its mount is seen
+    # through /proc/PID/root, and goes away with the namespace.
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(_without_libcurl([APBUNDLEFS, "-f", bundle, mnt]),
+                                stdout=f, stderr=f, stdin=subprocess.DEVNULL)
+    try:
+        def mounted():
+            with open("/proc/%d/mountinfo" % proc.pid) as m:
+                return any(line.split()[4] == str(mnt) for line in m)
+        wait_until(lambda: proc.poll() is not None or mounted(), MOUNT_TIMEOUT_S,
+                   what="the mount in the namespace")
+        assert proc.poll() is None, log.read_text()
+        inside = "/proc/%d/root%s" % (proc.pid, mnt)
+        for name, data in MODELS.items():
+            assert read_all(os.path.join(inside, name)) == data, name
+        assert not [lib for lib in mapped_libraries(proc.pid) if "libcurl" in lib]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, log.read_text()
