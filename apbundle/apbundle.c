@@ -390,17 +390,26 @@ static void remote_log(void *arg, enum apb_log_level level, const char *msg)
 }
 
 /* path may be a URL (S3 settings from the environment and the AWS
- * profile files; docs/USAGE.md). */
-static struct apb_bundle *open_bundle(const char *path)
+ * profile files; docs/USAGE.md). *shown gets path as messages show it (a
+ * URL without its password, apb_bundle_redact()), for the caller to free. */
+static struct apb_bundle *open_bundle(const char *path, char **shown)
 {
 	struct apb_bundle_options o = {.log = remote_log};
 	struct apb_bundle *b = NULL;
 	char err[ERR_LEN] = "";
-	int rc = apb_bundle_open_ex(path, &o, &b, err, sizeof(err));
+	int rc;
 
+	*shown = apb_bundle_redact(path);
+	if (!*shown) {
+		fprintf(stderr, "apbundle: %s\n", strerror(ENOMEM));
+		return NULL;
+	}
+	rc = apb_bundle_open_ex(path, &o, &b, err, sizeof(err));
 	if (rc) {
-		fprintf(stderr, "apbundle: %s: %s\n", path,
+		fprintf(stderr, "apbundle: %s: %s\n", *shown,
 			err[0] ? err : strerror(-rc));
+		free(*shown);
+		*shown = NULL;
 		return NULL;
 	}
 	return b;
@@ -442,13 +451,15 @@ static int run_list(int argc, char **argv)
 	int status = apb_cmd_operands(c, argc, argv, 1, NULL);
 	int wname = 4, wsize = 4, wstored = 6;
 	struct apb_bundle *b;
+	char *shown;
 	size_t n;
 
 	if (status >= 0)
 		return status;
-	b = open_bundle(argv[optind]);
+	b = open_bundle(argv[optind], &shown);
 	if (!b)
 		return EXIT_FAILURE;
+	free(shown);
 	n = apb_bundle_count(b);
 	for (size_t i = 0; i < n; i++) {
 		const struct apb_model *m = apb_bundle_model(b, i);
@@ -548,14 +559,15 @@ static int run_verify(int argc, char **argv)
 	int status = apb_cmd_operands(c, argc, argv, 1, NULL);
 	struct verify_ctx v = {.failed = false};
 	struct apb_bundle *b;
+	char *shown;
 	size_t n, bad = 0;
 
 	if (status >= 0)
 		return status;
-	v.path = argv[optind];
-	b = open_bundle(v.path);
+	b = open_bundle(argv[optind], &shown);
 	if (!b)
 		return EXIT_FAILURE;
+	v.path = shown;
 	n = apb_bundle_count(b);
 	progress_init(&v.p);
 	for (size_t i = 0; i < n; i++)
@@ -571,6 +583,7 @@ static int run_verify(int argc, char **argv)
 		fprintf(stderr, "apbundle: %s: aprender layout has no checksums; "
 			"every model was read, none could be verified\n", v.path);
 	apb_bundle_close(b);
+	free(shown);
 	return bad ? EXIT_FAILURE : EXIT_SUCCESS;
 }
 
@@ -603,7 +616,7 @@ static int run_extract(int argc, char **argv)
 	struct apb_writer_options o;
 	struct apb_bundle *b;
 	struct progress p;
-	char err[ERR_LEN], *target = NULL;
+	char err[ERR_LEN], *target = NULL, *shown;
 	bool to_stdout;
 	size_t index;
 	int rc;
@@ -611,11 +624,11 @@ static int run_extract(int argc, char **argv)
 	if (status >= 0)
 		return status;
 	to_stdout = out && strcmp(out, "-") == 0;
-	path = argv[optind];
 	name = argv[optind + 1];
-	b = open_bundle(path);
+	b = open_bundle(argv[optind], &shown);
 	if (!b)
 		return EXIT_FAILURE;
+	path = shown; /* from here on, for messages only */
 	status = EXIT_FAILURE;
 	if (apb_bundle_find(b, name, &index) != 0) {
 		fprintf(stderr, "apbundle: %s: no model named '%s'\n", path, name);
@@ -656,6 +669,7 @@ static int run_extract(int argc, char **argv)
 out:
 	free(target);
 	apb_bundle_close(b);
+	free(shown);
 	return status;
 }
 

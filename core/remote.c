@@ -66,6 +66,8 @@
  */
 #include "remote.h"
 
+#include <apbundle/bundle.h>
+
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -101,7 +103,7 @@ struct apb_remote {
 	/* set by apb_remote_open(), read-only afterwards */
 	const struct apb_curl *curl; /* libcurl's functions (curl_dl.h) */
 	char *url;                 /* the request URL */
-	char *name;                /* the URL as the user wrote it, for messages */
+	char *name;                /* the URL as messages show it: apb_bundle_redact() */
 	bool s3_signed;
 	char region[64];
 	char access_key[128];
@@ -179,6 +181,33 @@ __attribute__((format(printf, 3, 4))) static void logf_(struct apb_remote *r,
 }
 
 /* ---- URLs ---- */
+
+/* The authority ends at the first '/', '?' or '#'; its userinfo at the
+ * last '@' in it (an unescaped '@' in a password is the user's mistake,
+ * but hiding too much is the safe side of it). */
+char *apb_bundle_redact(const char *where)
+{
+	const char *auth = strstr(where, "://");
+	const char *at, *colon;
+	size_t head;
+	char *out;
+
+	if (!apb_bundle_is_url(where) || !auth)
+		return strdup(where);
+	auth += 3;
+	at = memrchr(auth, '@', strcspn(auth, "/?#"));
+	colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+	if (!colon)
+		return strdup(where);
+	head = (size_t)(colon + 1 - where);
+	out = malloc(head + 3 + strlen(at) + 1);
+	if (!out)
+		return NULL;
+	memcpy(out, where, head);
+	memcpy(out + head, "***", 3);
+	strcpy(out + head + 3, at);
+	return out;
+}
 
 static bool prefix_ci(const char *s, const char *p)
 {
@@ -1065,7 +1094,7 @@ int apb_remote_open(const char *url, const struct apb_remote_options *o, struct 
 		head_bytes = MAX_HEAD;
 	r->log = o->log ? o->log : default_log;
 	r->log_arg = o->log ? o->log_arg : NULL;
-	r->name = strdup(url);
+	r->name = apb_bundle_redact(url); /* what messages show: no password */
 	r->idle = calloc(r->pool_size, sizeof(*r->idle));
 	r->head = malloc(head_bytes);
 	if (!r->name || !r->idle || !r->head) {
@@ -1131,7 +1160,7 @@ int apb_remote_open(const char *url, const struct apb_remote_options *o, struct 
 	struct xfer x = {0};
 	rc = fetch(r, &iov, 1, 0, head_bytes, true, &x, msg, sizeof(msg));
 	if (rc < 0 && x.status != 416) {
-		apb_fail(rc, err, err_len, "%s: %s", url, msg);
+		apb_fail(rc, err, err_len, "%s: %s", r->name, msg);
 		goto out;
 	}
 	rc = set_identity(r, &x, err, err_len);
@@ -1139,7 +1168,7 @@ int apb_remote_open(const char *url, const struct apb_remote_options *o, struct 
 		goto out;
 	r->head_len = r->size < head_bytes ? (size_t)r->size : head_bytes;
 	if (x.status != 416 && x.got < r->head_len) {
-		rc = apb_fail(-EIO, err, err_len, "%s: %llu of the first %zu bytes at open", url,
+		rc = apb_fail(-EIO, err, err_len, "%s: %llu of the first %zu bytes at open", r->name,
 			      (unsigned long long)x.got, r->head_len);
 		goto out;
 	}

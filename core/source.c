@@ -250,7 +250,7 @@ static int open_remote(struct apb_source *s, const char *url,
 {
 	struct apb_remote_options ro = {0};
 	struct timespec now;
-	size_t n = strlen(url);
+	size_t n;
 	const void *head;
 	int rc;
 
@@ -271,9 +271,14 @@ static int open_remote(struct apb_source *s, const char *url,
 	}
 	rc = apb_remote_open(url, &ro, &s->rem->r, err, err_len);
 	if (rc) {
-		/* The remote names the URL; the caller does (bundle.h). */
-		if (err && strncmp(err, url, n) == 0 && err[n] == ':')
+		/* The remote names the URL (redacted); the caller does
+		 * (bundle.h). */
+		char *shown = apb_bundle_redact(url);
+
+		n = shown ? strlen(shown) : 0;
+		if (shown && err && strncmp(err, shown, n) == 0 && err[n] == ':')
 			memmove(err, err + n + 2, strlen(err + n + 2) + 1);
+		free(shown);
 		return rc;
 	}
 	if (o && o->cache_dir) {

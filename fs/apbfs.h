@@ -115,7 +115,7 @@ struct apbfs {
 	struct apb_cache *cache;
 	struct apb_prefetcher *prefetcher; /* NULL with prefetch=off */
 	struct apbfs_backing *backing; /* backing.c: the local source's checks */
-	const char *bundle_name;       /* the BUNDLE argument, path or URL */
+	const char *bundle_name;       /* BUNDLE, path or URL, as shown: no password */
 	bool remote;                   /* the bundle is a URL: no backing.c */
 	atomic_bool source_changed;    /* the bundle changed since mount: set
 					 * once, by backing.c (a file) or

@@ -37,6 +37,7 @@
 
 struct cmdline {
 	char *bundle;
+	char *shown;	/* bundle as the mount table and messages show it */
 	int nonopts;
 	char *max_memory;
 	char *chunk_size;
@@ -319,7 +320,7 @@ static int resolve_s3(const struct cmdline *cl, struct apb_bundle_options *b)
 
 	if (given && (!cl->bundle || strncasecmp(cl->bundle, "s3://", 5))) {
 		fprintf(stderr, "apbundlefs: %s= is for an s3://BUCKET/KEY "
-			"bundle, not %s\n", given, cl->bundle);
+			"bundle, not %s\n", given, cl->shown);
 		return -1;
 	}
 	if (parse_choice("s3_style", cl->s3_style, "path", "virtual", &path))
@@ -594,26 +595,27 @@ static void remote_log(void *arg, enum apb_log_level level, const char *msg)
 }
 
 /* Open the bundle and build everything the operations need. A URL has no
- * file to watch: its reads carry the ETag instead (pagein.c). */
+ * file to watch: its reads carry the ETag instead (pagein.c). Messages name
+ * the bundle as fs->bundle_name shows it (a URL without its password). */
 static int setup(struct apbfs *fs, const char *path,
 		 struct apb_bundle_options *bo)
 {
+	const char *shown = fs->bundle_name;
 	char err[512] = "";
 	int rc;
 	size_t n;
 
 	bo->log = remote_log;
-	fs->bundle_name = path;
 	fs->remote = apb_bundle_is_url(path);
 	rc = apb_bundle_open_ex(path, bo, &fs->bundle, err, sizeof(err));
 	if (rc) {
-		fprintf(stderr, "apbundlefs: %s: %s\n", path,
+		fprintf(stderr, "apbundlefs: %s: %s\n", shown,
 			err[0] ? err : strerror(-rc));
 		return rc;
 	}
 	rc = fs->remote ? 0 : apbfs_backing_open(fs, path, err, sizeof(err));
 	if (rc) {
-		fprintf(stderr, "apbundlefs: %s: %s\n", path, err);
+		fprintf(stderr, "apbundlefs: %s: %s\n", shown, err);
 		return rc;
 	}
 	/* Where the filesystem cannot do O_DIRECT (tmpfs), reads stay
@@ -663,12 +665,12 @@ static int setup(struct apbfs *fs, const char *path,
 	}
 
 	if (rc) {
-		fprintf(stderr, "apbundlefs: %s: %s\n", path, strerror(-rc));
+		fprintf(stderr, "apbundlefs: %s: %s\n", shown, strerror(-rc));
 		return rc;
 	}
 	rc = apbfs_models_check(fs, err, sizeof(err));
 	if (rc) {
-		fprintf(stderr, "apbundlefs: %s: %s\n", path, err);
+		fprintf(stderr, "apbundlefs: %s: %s\n", shown, err);
 		return rc;
 	}
 	for (int i = 0; i < APBFS_NSPECIAL; i++)
@@ -721,6 +723,25 @@ static int add_fsname(struct fuse_args *args, const char *bundle)
 	rc = fuse_opt_add_arg(args, o);
 	free(o);
 	return rc ? rc : fuse_opt_add_arg(args, "-osubtype=apbundlefs");
+}
+
+/* A password in the bundle's URL would stay readable by every user in
+ * /proc/PID/cmdline (ps): once the bundle is open, the argument is
+ * overwritten in place with the redacted URL (cut to the argument's length
+ * for a password shorter than "***": the cut falls after it). */
+static void hide_password(int argc, char *argv[], const char *bundle,
+			  const char *shown)
+{
+	size_t n = strlen(bundle), m = strlen(shown);
+
+	if (strcmp(bundle, shown) == 0)
+		return;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], bundle) == 0) {
+			memset(argv[i], 0, n);
+			memcpy(argv[i], shown, m < n ? m : n);
+		}
+	}
 }
 
 /* Mount, daemonize, run the loop, unmount; *mounted tells whether the
@@ -839,6 +860,11 @@ int main(int argc, char *argv[])
 		ret = 2;
 		goto out;
 	}
+	cl.shown = apb_bundle_redact(cl.bundle);
+	if (!cl.shown) {
+		fprintf(stderr, "apbundlefs: %s\n", strerror(ENOMEM));
+		goto out;
+	}
 	if (make_absolute("state=", &cl.state) ||
 	    make_absolute("trace=", &cl.trace) ||
 	    make_absolute("cache_dir=", &cl.cache_dir))
@@ -862,9 +888,11 @@ int main(int argc, char *argv[])
 	if (cl.allow_other &&
 	    fuse_opt_add_arg(&args, "-odefault_permissions") != 0)
 		goto out;
+	fs.bundle_name = cl.shown;
 	if (setup(&fs, cl.bundle, &bo) != 0 ||
-	    add_fsname(&args, cl.bundle) != 0)
+	    add_fsname(&args, cl.shown) != 0)
 		goto out;
+	hide_password(argc, argv, cl.bundle, cl.shown);
 	ret = serve(&fs, &args, &o, &mounted);
 out:
 	if (!mounted) { /* nothing was learned: leave the state file be */
@@ -874,6 +902,7 @@ out:
 	teardown(&fs);
 	free(o.mountpoint);
 	free(cl.bundle);
+	free(cl.shown);
 	free(cl.max_memory);
 	free(cl.chunk_size);
 	free(cl.eviction);

@@ -91,6 +91,12 @@ void apb_bundle_close(struct apb_bundle *b);
 APB_API
 bool apb_bundle_is_url(const char *s);
 
+/* where as it may be shown (the mount table, logs, messages): a URL's
+ * password (scheme://USER:PASSWORD@HOST/...) replaced by "***", anything
+ * else as it is. A new string to free(), or NULL without memory. */
+APB_API
+char *apb_bundle_redact(const char *where);
+
 /* How S3 requests name the object. */
 enum apb_s3_style {
 	APB_S3_STYLE_AUTO = 0, /* path-style when an endpoint is set, else virtual-hosted */

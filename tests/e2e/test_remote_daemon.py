@@ -126,3 +126,69 @@ def test_url_without_libcurl_is_refused_local_still_served(nginx_server, bundle,
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, log.read_text()
+
+
+# --------------------------------------------------------------------------
+# a password in the URL stays out of sight
+
+PASSWORD = "s3cr3t-pw"
+
+
+def with_password(url):
+    """url with user:PASSWORD@ in it (nginx ignores the Authorization
+    header libcurl then sends)."""
+    scheme, rest = url.split("://", 1)
+    return "%s://reader:%s@%s" % (scheme, PASSWORD, rest)
+
+
+def redacted(url):
+    return url.replace(":%s@" % PASSWORD, ":***@")
+
+
+def test_password_in_url_is_not_shown(nginx_server, bundle, tmp_path):
+    """/proc/mounts (fsname), the daemon's /proc/PID/cmdline, .stats,
+    .metrics and the daemon's log name the URL as user:***@; the bytes
+    still come."""
+    url = with_password(served(nginx_server, bundle, "creds.apbundle"))
+    shown = redacted(url)
+    with mount(url, {"max_memory": "4M", "prefetch": "off"}) as d:
+        assert read_all(d.path("a.bin")) == MODELS["a.bin"]
+        with open("/proc/self/mounts") as f:
+            line = next(x for x in f if x.split()[1] == str(d.mnt))
+        assert line.split()[0] == shown and line.split()[2] == "fuse.apbundlefs", line
+        with open("/proc/%d/cmdline" % d.pid, "rb") as f:
+            cmdline = f.read()
+        assert PASSWORD.encode() not in cmdline and shown.encode() in cmdline, cmdline
+        with open(d.path(".stats")) as f:
+            assert PASSWORD not in f.read()
+        assert PASSWORD not in d.metrics()
+        # the object replaced: a failed read, logged by the reader and the mount
+        src = os.path.join(nginx_server.root, "creds.apbundle")
+        with open(src, "r+b") as f:
+            f.seek(os.path.getsize(src) - 1)
+            f.write(b"\xff")
+        os.utime(src, ns=(0, 0))           # nginx's ETag: mtime and size
+        with pytest.raises(OSError):
+            read_all(d.path("b.bin"))
+    log = d.log()
+    assert "%s changed since mount" % shown in log, log
+    assert "%s bytes=" % shown in log, log
+    assert PASSWORD not in log, log
+
+
+def test_password_in_url_not_in_refusals(nginx_server, tmp_path):
+    url = with_password(nginx_server.url("no-such-creds.apbundle"))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    p = subprocess.run([APBUNDLEFS, "-f", url, mnt], capture_output=True, text=True,
+                       timeout=60)
+    assert (p.returncode, p.stderr) == (1, "apbundlefs: %s: not found (HTTP 404)\n"
+                                        % redacted(url))
+    p = subprocess.run([APBUNDLEFS, "-f", "-o", "s3_region=x", url, mnt], capture_output=True,
+                       text=True, timeout=60)
+    assert (p.returncode, p.stderr) == (2, "apbundlefs: s3_region= is for an s3://BUCKET/KEY "
+                                        "bundle, not %s\n" % redacted(url))
+    for cmd in (["list", url], ["verify", url], ["extract", url, "a.bin", "-o", "/dev/null"]):
+        p = run_apbundle(*cmd)
+        assert (p.returncode, p.stderr) == (1, "apbundle: %s: not found (HTTP 404)\n"
+                                            % redacted(url)), cmd

@@ -7,6 +7,7 @@
 #include "test.h"
 
 #include "../../core/remote.h"
+#include <apbundle/bundle.h>
 
 #include <errno.h>
 #include <stdlib.h>
@@ -164,6 +165,35 @@ static void test_open_errors(void)
 	unsetenv("AWS_PROFILE");
 }
 
+static void check_redact(const char *in, const char *want)
+{
+	char *got = apb_bundle_redact(in);
+
+	CHECK(got != NULL);
+	if (strcmp(got, want) != 0) {
+		fprintf(stderr, "apb_bundle_redact(\"%s\") = \"%s\", expected \"%s\"\n", in, got,
+			want);
+		exit(1);
+	}
+	free(got);
+}
+
+/* The password of a URL's userinfo, and only it, is hidden. */
+static void test_redact(void)
+{
+	check_redact("http://u:secret@h:8080/x.apbundle", "http://u:***@h:8080/x.apbundle");
+	check_redact("HTTPS://user:p%40ss@host/a/b?q=1", "HTTPS://user:***@host/a/b?q=1");
+	check_redact("http://u:a@b@h/x", "http://u:***@h/x");      /* the last '@' ends it */
+	check_redact("http://u:@h/x", "http://u:***@h/x");         /* an empty password */
+	check_redact("http://user@h/x", "http://user@h/x");        /* no password */
+	check_redact("http://h:80/x@y:z", "http://h:80/x@y:z");    /* '@' in the path */
+	check_redact("http://h/x?a=b:c@d", "http://h/x?a=b:c@d");  /* ... and the query */
+	check_redact("s3://bucket/key:x@y", "s3://bucket/key:x@y");
+	check_redact("./http://u:p@h/x", "./http://u:p@h/x");      /* a local path */
+	check_redact("/srv/u:p@h.apbundle", "/srv/u:p@h.apbundle");
+	check_redact("", "");
+}
+
 int main(void)
 {
 	CHECK(mkdtemp(dir) != NULL);
@@ -171,6 +201,7 @@ int main(void)
 	RUN(test_s3_url);
 	RUN(test_ini);
 	RUN(test_open_errors);
+	RUN(test_redact);
 	char cmd[300];
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	CHECK(system(cmd) == 0);
