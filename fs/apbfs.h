@@ -83,6 +83,7 @@ struct apbfs_docs {
  * (then one line saying so), so a bundle rotting under a busy mount can
  * neither flood the log nor grow memory. */
 #define APBFS_READ_LOG_MAX 1024
+#define APBFS_READ_LOG_REMOTE UINT32_MAX /* model of a remote reason's entry */
 
 struct apbfs_read_error {
 	uint32_t model;
@@ -171,6 +172,10 @@ void apbfs_pagein_init(struct apbfs *fs);
 void apbfs_pagein_fini(struct apbfs *fs);
 long apbfs_pagein_load(void *ctx, uint32_t model, uint64_t first,
 		       void *const *bufs, size_t n, size_t cap, size_t *lens);
+/* The bundle's log callback (apb_bundle_options.log, arg the struct
+ * apbfs): the remote reader's lines, each distinct reason once, under the
+ * read log's bound (pagein.c). */
+void apbfs_remote_log(void *arg, enum apb_log_level level, const char *msg);
 int apbfs_read_failed(struct apbfs *fs, uint32_t model, uint64_t chunk,
 		      int rc);
 /* Whether the bundle changed since mount (a local file: backing.c; a URL:

@@ -582,18 +582,6 @@ static int load_state(struct apbfs *fs)
 	return rc;
 }
 
-/* A bundle behind a URL says why a read failed (remote.c); before the
- * mount that is stderr, after it the daemon's log. Retries are not shown:
- * the line that matters is the one after the last. */
-static void remote_log(void *arg, enum apb_log_level level, const char *msg)
-{
-	(void)arg;
-	if (level != APB_LOG_RETRY)
-		fuse_log(level == APB_LOG_ERROR ? FUSE_LOG_ERR
-						: FUSE_LOG_WARNING,
-			 "apbundlefs: %s\n", msg);
-}
-
 /* Open the bundle and build everything the operations need. A URL has no
  * file to watch: its reads carry the ETag instead (pagein.c). Messages name
  * the bundle as fs->bundle_name shows it (a URL without its password). */
@@ -605,7 +593,11 @@ static int setup(struct apbfs *fs, const char *path,
 	int rc;
 	size_t n;
 
-	bo->log = remote_log;
+	/* A bundle behind a URL says why a read failed (remote.c); before
+	 * the mount that is stderr, after it the daemon's log, each reason
+	 * once (pagein.c). */
+	bo->log = apbfs_remote_log;
+	bo->log_arg = fs;
 	fs->remote = apb_bundle_is_url(path);
 	rc = apb_bundle_open_ex(path, bo, &fs->bundle, err, sizeof(err));
 	if (rc) {

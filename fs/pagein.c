@@ -39,6 +39,19 @@
  * nor grow memory, while io.errors and io.checksum_errors in .stats keep
  * counting every failure.
  *
+ * A bundle behind a URL: the remote reader (core/remote.c) writes a line of
+ * its own for a request that failed for good, naming the URL, the range
+ * and why (apbfs_remote_log(), the bundle's log callback). The read log
+ * names each failed chunk already; the remote's line adds the why, which a
+ * server that is down repeats for every chunk. So each distinct reason is
+ * named once: the line with its numbers (range, attempts, milliseconds,
+ * port) left out is the key, kept in the same table (model
+ * APBFS_READ_LOG_REMOTE, offset a hash of the key) under the same bound and
+ * the same closing line. A server down under N reads of different chunks
+ * gives one remote line and N read log lines (at most APBFS_READ_LOG_MAX in
+ * all, then one more). Its warnings, once per open, pass; retries are not
+ * shown: the line that matters is the one after the last.
+ *
  * Chunk memory: the cache's slots are pages of one MAP_NORESERVE region,
  * allocated by the kernel when the load first writes them. When that
  * allocation fails inside pread() (a fault taken by the kernel on behalf of
@@ -114,6 +127,44 @@ static void read_log_full(void)
 	fuse_log(FUSE_LOG_ERR, "apbundlefs: more than %d read errors; not "
 		 "naming further ones (see io.errors and io.checksum_errors)\n",
 		 APBFS_READ_LOG_MAX);
+}
+
+/* FNV-1a of msg with every run of digits taken as one '#'. */
+static uint64_t reason_key(const char *msg)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	bool digits = false;
+
+	for (const unsigned char *p = (const unsigned char *)msg; *p; p++) {
+		bool d = *p >= '0' && *p <= '9';
+
+		if (d && digits)
+			continue;
+		digits = d;
+		h = (h ^ (d ? '#' : *p)) * 0x100000001b3ull;
+	}
+	return h;
+}
+
+void apbfs_remote_log(void *arg, enum apb_log_level level, const char *msg)
+{
+	struct apbfs *fs = arg;
+	bool full = false;
+
+	switch (level) {
+	case APB_LOG_RETRY:
+		return;
+	case APB_LOG_WARN:
+		fuse_log(FUSE_LOG_WARNING, "apbundlefs: %s\n", msg);
+		return;
+	case APB_LOG_ERROR:
+		break;
+	}
+	if (read_log_first(fs, APBFS_READ_LOG_REMOTE, reason_key(msg), 0,
+			   &full))
+		fuse_log(FUSE_LOG_ERR, "apbundlefs: %s\n", msg);
+	if (full)
+		read_log_full();
 }
 
 /* Bundle block k of model failed its checksum: count it, name it once,

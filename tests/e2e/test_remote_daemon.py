@@ -2,6 +2,7 @@
 (test_remote_mount.py): libcurl loaded only for a URL (core/curl_dl.c), and
 a clear refusal of a URL where it cannot be loaded."""
 
+import errno
 import os
 import signal
 import subprocess
@@ -192,3 +193,55 @@ def test_password_in_url_not_in_refusals(nginx_server, tmp_path):
         p = run_apbundle(*cmd)
         assert (p.returncode, p.stderr) == (1, "apbundle: %s: not found (HTTP 404)\n"
                                             % redacted(url)), cmd
+
+
+# --------------------------------------------------------------------------
+# a server that is down does not flood the log
+
+def test_server_down_logs_each_reason_once(bundle, tmp_path):
+    """nginx stopped under the mount; N O_DIRECT reads of N different cold
+    chunks, at once: each fails with EIO after its retries and counts in
+    io.errors and remote.errors; the log has exactly one line from the
+    remote reader (the reason, the same for all) and one read log line per
+    chunk, nothing else."""
+    import threading
+    from conftest import direct_read
+    from remote import servers
+
+    n = 10
+    chunk = 64 * KiB
+    big = apbformat.random_bytes((n + 2) * chunk, 41)
+    src = write_sources(tmp_path / "src", {"big.bin": big})
+    root = tmp_path / "www"
+    root.mkdir()
+    pack(root / "down.apbundle", "big.bin=%s" % src["big.bin"], fmt=1)
+    with servers.Nginx(str(root)) as web:
+        with mount(web.url("down.apbundle"), {"max_memory": "4M", "chunk_size": "64K",
+                                              "prefetch": "off"}) as d:
+            assert direct_read(d.path("big.bin"), chunk, 0) == big[:chunk]
+            web.stop()
+            errs = []
+
+            def read(i):
+                try:
+                    direct_read(d.path("big.bin"), chunk, i * chunk)
+                    errs.append(None)
+                except OSError as e:
+                    errs.append(e.errno)
+            threads = [threading.Thread(target=read, args=(i,)) for i in range(1, n + 1)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            assert errs == [errno.EIO] * n
+            st = d.stats()
+            assert st["io"]["errors"] == n and st["remote"]["errors"] == n
+            assert st["remote"]["changed"] is False
+    lines = d.log().splitlines()
+    remote = [x for x in lines if " bytes=" in x]
+    chunks = [x for x in lines if x.startswith("apbundlefs: model 'big.bin' chunk ")]
+    assert len(remote) == 1 and "gave up after" in remote[0], lines
+    assert sorted(chunks) == sorted(
+        "apbundlefs: model 'big.bin' chunk %d (bytes %d to %d): Input/output error"
+        % (i, i * chunk, (i + 1) * chunk) for i in range(1, n + 1)), lines
+    assert len(lines) == n + 1, lines
