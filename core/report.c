@@ -269,6 +269,35 @@ static void put_model_family(FILE *f, const struct apb_report_source *src,
 	}
 }
 
+/* The remote counters, for a bundle read from a URL (as .stats' remote). */
+static void put_remote_metrics(FILE *f, const struct apb_report_source *src)
+{
+	struct apb_bundle_remote_stats rs;
+
+	if (apb_bundle_remote_stats(src->bundle, &rs) != 0)
+		return;
+	const struct metric m[] = {
+		{"apbundlefs_remote_requests_total", "counter",
+		 "HTTP requests sent for the bundle's URL, the mount's first "
+		 "one and retries included.", rs.requests},
+		{"apbundlefs_remote_retries_total", "counter",
+		 "Requests that repeated one after a transient failure.",
+		 rs.retries},
+		{"apbundlefs_remote_connects_total", "counter",
+		 "TCP connections made to the server.", rs.connects},
+		{"apbundlefs_remote_bytes_total", "counter",
+		 "Bytes fetched after the mount's first request.", rs.bytes},
+		{"apbundlefs_remote_errors_total", "counter",
+		 "Reads from the server that failed after their retries.",
+		 rs.errors},
+		{"apbundlefs_remote_changed", "gauge",
+		 "1 once a read found the object changed or removed since "
+		 "mount, else 0.", rs.changed ? 1 : 0},
+	};
+	for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
+		put_metric(f, &m[i]);
+}
+
 /* The disk tier's series, for a bundle with one (cache_dir=). */
 static void put_disk_tier_metrics(FILE *f, const struct apb_report_source *src)
 {
@@ -365,6 +394,7 @@ char *apb_report_metrics(const struct apb_report_source *src, size_t *len)
 	};
 	for (size_t i = 0; i < sizeof(global) / sizeof(global[0]); i++)
 		put_metric(f, &global[i]);
+	put_remote_metrics(f, src);
 	put_disk_tier_metrics(f, src);
 	put_model_family(f, src, "apbundlefs_model_hits_total", "counter",
 			 "Chunk hits per model.", MODEL_HITS);

@@ -237,6 +237,8 @@ def test_server_down_logs_each_reason_once(bundle, tmp_path):
             st = d.stats()
             assert st["io"]["errors"] == n and st["remote"]["errors"] == n
             assert st["remote"]["changed"] is False
+            got, _ = remote_metrics(d)
+            assert got["errors_total"] == n and got["changed"] == 0
     lines = d.log().splitlines()
     remote = [x for x in lines if " bytes=" in x]
     chunks = [x for x in lines if x.startswith("apbundlefs: model 'big.bin' chunk ")]
@@ -245,3 +247,53 @@ def test_server_down_logs_each_reason_once(bundle, tmp_path):
         "apbundlefs: model 'big.bin' chunk %d (bytes %d to %d): Input/output error"
         % (i, i * chunk, (i + 1) * chunk) for i in range(1, n + 1)), lines
     assert len(lines) == n + 1, lines
+
+
+# --------------------------------------------------------------------------
+# .metrics has the remote counters
+
+
+def remote_metrics(d):
+    from test_stats import parse_metrics
+    m, typed = parse_metrics(d.metrics())
+    got = {k[0][len("apbundlefs_remote_"):]: v for k, v in m.items()
+           if k[0].startswith("apbundlefs_remote_")}
+    kinds = {k: v for k, v in typed.items() if k.startswith("apbundlefs_remote_")}
+    return got, kinds
+
+
+def test_metrics_have_remote_counters(nginx_server, tmp_path):
+    """A fresh mount of a version 1 bundle, prefetch off, then O_DIRECT
+    reads: one chunk (one request), the same chunk again (a hit: none), two
+    adjacent cold chunks (one request). .metrics says exactly what .stats
+    says, and what the sequence costs."""
+    from conftest import direct_read
+    chunk = 64 * KiB
+    data = apbformat.random_bytes(6 * chunk, 43)
+    src = write_sources(tmp_path / "src", {"m.bin": data})
+    pack(os.path.join(nginx_server.root, "metrics.apbundle"), "m.bin=%s" % src["m.bin"], fmt=1)
+    url = nginx_server.url("metrics.apbundle")
+    with mount(url, {"max_memory": "4M", "chunk_size": "64K", "prefetch": "off"}) as d:
+        got, kinds = remote_metrics(d)
+        assert kinds == {"apbundlefs_remote_%s" % k: t for k, t in [
+            ("requests_total", "counter"), ("retries_total", "counter"),
+            ("connects_total", "counter"), ("bytes_total", "counter"),
+            ("errors_total", "counter"), ("changed", "gauge")]}
+        assert got == {"requests_total": 1, "retries_total": 0, "connects_total": 1,
+                       "bytes_total": 0, "errors_total": 0, "changed": 0}
+        assert direct_read(d.path("m.bin"), chunk, chunk) == data[chunk:2 * chunk]
+        assert direct_read(d.path("m.bin"), chunk, chunk) == data[chunk:2 * chunk]
+        assert direct_read(d.path("m.bin"), 2 * chunk, 2 * chunk) == data[2 * chunk:4 * chunk]
+        got, _ = remote_metrics(d)
+        assert got == {"requests_total": 3, "retries_total": 0, "connects_total": 1,
+                       "bytes_total": 3 * chunk, "errors_total": 0, "changed": 0}
+        r = d.stats()["remote"]
+        assert {k + ("" if k == "changed" else "_total"): v for k, v in r.items()} == \
+            dict(got, changed=False)
+
+
+@pytest.mark.skipif(SOURCE != "local", reason="mounts a local file; APB_E2E_SOURCE=%s" % SOURCE)
+def test_metrics_of_local_mount_have_no_remote_counters(bundle):
+    with mount(bundle, {"max_memory": "4M"}) as d:
+        assert "apbundlefs_remote_" not in d.metrics()
+        assert "remote" not in d.stats()
