@@ -37,6 +37,16 @@
  * the rest -EIO. A retry rewrites the caller's buffer from the start of
  * its range; the If-Match keeps it to the same version.
  *
+ * TLS
+ *
+ * https:// is verified as libcurl does by default: the server's certificate
+ * must chain to a trusted CA and name the host. The trusted CAs are
+ * libcurl's default bundle (Debian: the system's), unless the environment
+ * names a file of CA certificates: CURL_CA_BUNDLE (curl's own variable),
+ * else SSL_CERT_FILE (OpenSSL's). A file named there that cannot be read
+ * fails the open of an https URL, naming the variable; a certificate that
+ * is not trusted fails it naming the two variables, never retried.
+ *
  * CONNECTIONS AND LOCKING
  *
  * A bounded pool of curl easy handles; each keeps its one connection alive
@@ -78,6 +88,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "curl_dl.h"
 #include "error.h"
@@ -116,6 +127,7 @@ struct apb_remote {
 	char identity[IDENT_MAX + 16];
 	unsigned char *head;
 	size_t head_len;
+	char ca_file[1024];         /* CAINFO from the environment, or "" */
 	unsigned pool_size, max_retries, retry_total_ms, retry_base_ms;
 	unsigned connect_timeout_ms, stall_timeout_ms;
 	size_t max_request, recv_buffer;
@@ -550,6 +562,8 @@ static CURL *new_handle(struct apb_remote *r)
 		  r->curl->easy_setopt(h, CURLOPT_USERAGENT, "apbundlefs/" APB_VERSION) == CURLE_OK &&
 		  r->curl->easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header) == CURLE_OK &&
 		  r->curl->easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body) == CURLE_OK;
+	if (ok && r->ca_file[0])
+		ok = r->curl->easy_setopt(h, CURLOPT_CAINFO, r->ca_file) == CURLE_OK;
 	if (ok && r->s3_signed) {
 		char sigv4[128];
 		snprintf(sigv4, sizeof(sigv4), "aws:amz:%s:s3", r->region);
@@ -873,6 +887,13 @@ static int transfer(struct apb_remote *r, CURL *h, struct xfer *x, char *msg, si
 			 (unsigned long long)x->got, (unsigned long long)x->want_len);
 		return -EAGAIN;
 	}
+	if (c == CURLE_PEER_FAILED_VERIFICATION) {
+		snprintf(msg, msg_len,
+			 "%.300s: the server's certificate is not trusted (name the file of its CA's "
+			 "certificate in CURL_CA_BUNDLE or SSL_CERT_FILE)",
+			 cerr[0] ? cerr : r->curl->easy_strerror(c));
+		return -EIO;
+	}
 	if (c != CURLE_OK) {
 		snprintf(msg, msg_len, "%s", cerr[0] ? cerr : r->curl->easy_strerror(c));
 		return transient_curl(c) ? -EAGAIN : -EIO;
@@ -1049,6 +1070,25 @@ static int set_identity(struct apb_remote *r, const struct xfer *x, char *err, s
 	return ok ? 0 : apb_fail(-ENOMEM, err, err_len, "out of memory");
 }
 
+/* The CA file from the environment (see TLS at the top), for an https
+ * request URL (an s3:// one's endpoint included). */
+static int ca_settings(struct apb_remote *r, char *err, size_t err_len)
+{
+	const char *var = env("CURL_CA_BUNDLE") ? "CURL_CA_BUNDLE" : "SSL_CERT_FILE";
+	const char *path = env(var);
+
+	if (!path || !prefix_ci(r->url, "https://"))
+		return 0;
+	if (strlen(path) >= sizeof(r->ca_file))
+		return apb_fail(-ENAMETOOLONG, err, err_len, "%s: %s= is too long", r->name, var);
+	if (access(path, R_OK) != 0) {
+		int e = errno;
+		return apb_fail(-e, err, err_len, "%s: %s=%s: %s", r->name, var, path, strerror(e));
+	}
+	strcpy(r->ca_file, path);
+	return 0;
+}
+
 int apb_remote_open(const char *url, const struct apb_remote_options *o, struct apb_remote **out,
 		    char *err, size_t err_len)
 {
@@ -1155,6 +1195,10 @@ int apb_remote_open(const char *url, const struct apb_remote_options *o, struct 
 		rc = apb_fail(-ENOMEM, err, err_len, "out of memory");
 		goto out;
 	}
+
+	rc = ca_settings(r, err, err_len);
+	if (rc < 0)
+		goto out;
 
 	struct iovec iov = {r->head, head_bytes};
 	struct xfer x = {0};

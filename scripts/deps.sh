@@ -96,7 +96,8 @@ install_torch() {
 
 # install_servers: the real servers the remote e2e tests and benchmarks run
 # against (scripts/servers.py): nginx-light for HTTP, a single-node Ceph 16
-# RADOS Gateway for S3, curl to upload and to compare. About 300 MB, ~20 s.
+# RADOS Gateway for S3, curl to upload and to compare, openssl for the HTTPS
+# test's certificate. About 300 MB, ~20 s.
 # Package scripts would start the system nginx on port 80 (and enable it at
 # boot): a policy-rc.d that answers 101 ("action forbidden") keeps every
 # service these packages bring from being started during the install, and
@@ -106,7 +107,7 @@ install_torch() {
 # package lists are updated only if an install from the current ones fails.
 install_servers() {
     local MISSING policy=/usr/sbin/policy-rc.d ours=0 rc=0
-    missing_of nginx-light ceph-mon ceph-osd ceph-mgr radosgw ceph-common curl
+    missing_of nginx-light ceph-mon ceph-osd ceph-mgr radosgw ceph-common curl openssl
     if [ ${#MISSING[@]} -eq 0 ]; then
         echo "server packages present"
         return

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Real servers for the remote-source tests and benchmarks, on 127.0.0.1.
 
-    servers.py nginx DIR [--limit-rate BYTES] [--forbid PATH]... [--port N]
+    servers.py nginx DIR [--limit-rate BYTES] [--forbid PATH]... [--port N] [--tls]
     servers.py rgw [--memstore-bytes N] [--bucket NAME] [--mgr]
     servers.py proxy URL [--port N]
     servers.py -h | --help | COMMAND --help
@@ -13,7 +13,9 @@ everything it started and removes its scratch dir.
   nginx  Debian nginx-light serving DIR read-only (GET/HEAD) with byte
          ranges, ETag and keepalive; config, pid, logs and temp dirs in a
          scratch dir; --limit-rate caps each response's bytes/s, --forbid
-         PATH answers 403 for that URL path.
+         PATH answers 403 for that URL path; --tls serves HTTPS only, with
+         a self-signed certificate for 127.0.0.1 made by openssl in the
+         scratch dir (its path: "ca_file" in the JSON line).
   rgw    a single-node Ceph RADOS Gateway (S3): one mon, one memstore OSD,
          no mgr unless --mgr, beast frontend; a user with a fixed access key
          and secret, and one bucket. Everything (config, data, sockets,
@@ -51,6 +53,7 @@ import shutil
 import signal
 import socket
 import socketserver
+import ssl
 import struct
 import subprocess
 import sys
@@ -119,11 +122,16 @@ def tail(path, lines=LOG_TAIL_LINES):
     return "\n".join(text.splitlines()[-lines:]) or "(log %s is empty)" % path
 
 
-def http_ready(port, header, path="/"):
+def http_ready(port, header, path="/", tls=False):
     """True once an HTTP server on 127.0.0.1:port answers `HEAD path` with
     response header `header` (its own mark: another program that holds
-    the port would not send it)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    the port would not send it). tls: over HTTPS, whatever its
+    certificate (the mark is the check)."""
+    if tls:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=2,
+                                           context=ssl._create_unverified_context())
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
     try:
         conn.request("HEAD", path)
         r = conn.getresponse()
@@ -373,9 +381,9 @@ http {{
     keepalive_requests 100000;
     max_ranges 1;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{ssl};
         server_name localhost;
-        root {root};
+{tls}        root {root};
         autoindex off;
         limit_rate {limit_rate};
         # how start() knows that this nginx, not another server, has the port
@@ -392,9 +400,13 @@ class Nginx(_Server):
     """nginx serving `root` read-only on 127.0.0.1:port (a free one unless
     given). limit_rate: bytes/s per response (0: none); forbid: URL paths
     answered with 403. start() is called by __enter__; stop()/start() again
-    restart it on the same port (a server that goes away mid-read)."""
+    restart it on the same port (a server that goes away mid-read).
+    tls: HTTPS only, with a self-signed certificate for 127.0.0.1 and
+    localhost that openssl makes in the scratch dir at the first start
+    (`ca_file`: the file a client must trust)."""
 
-    def __init__(self, root, limit_rate=0, forbid=(), port=None, scratch=None):
+    def __init__(self, root, limit_rate=0, forbid=(), port=None, scratch=None, tls=False):
+        self.tls = bool(tls)
         self.root = os.path.abspath(root)
         self.limit_rate = int(limit_rate)
         self.forbid = list(forbid)
@@ -405,7 +417,26 @@ class Nginx(_Server):
 
     @property
     def endpoint(self):
-        return "http://127.0.0.1:%d" % self.port
+        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.port)
+
+    @property
+    def ca_file(self):
+        """The certificate (self-signed: its own CA) of a tls server."""
+        return os.path.join(self.scratch, "cert.pem") if self.tls else None
+
+    def _make_cert(self):
+        """A P-256 key and a self-signed certificate for 127.0.0.1 and
+        localhost, valid for two days (openssl; a few ms)."""
+        if os.path.exists(self.ca_file):
+            return
+        if shutil.which("openssl") is None:
+            raise ServerError("openssl is not installed; scripts/deps.sh install_servers")
+        run_tool(["openssl", "req", "-x509", "-newkey", "ec",
+                  "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+                  "-subj", "/CN=apbundlefs test nginx",
+                  "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                  "-keyout", os.path.join(self.scratch, "key.pem"), "-out", self.ca_file],
+                 timeout=60, what="openssl: making the test certificate")
 
     def url(self, path=""):
         return "%s/%s" % (self.endpoint, urllib.parse.quote(path.lstrip("/")))
@@ -413,8 +444,12 @@ class Nginx(_Server):
     def _write_conf(self):
         forbid = "".join("        location = %s { return 403; }\n" % json.dumps(p)
                          for p in self.forbid)
+        tls = ("        ssl_certificate %s;\n        ssl_certificate_key %s;\n" % (
+            json.dumps(self.ca_file), json.dumps(os.path.join(self.scratch, "key.pem")))
+               if self.tls else "")
         conf = _NGINX_CONF.format(scratch=self.scratch, port=self.port, root=json.dumps(self.root),
-                                  limit_rate=self.limit_rate, forbid=forbid)
+                                  limit_rate=self.limit_rate, forbid=forbid,
+                                  ssl=" ssl" if self.tls else "", tls=tls)
         path = os.path.join(self.scratch, "nginx.conf")
         with open(path, "w") as f:
             f.write(conf)
@@ -430,6 +465,8 @@ class Nginx(_Server):
         fixed_port = self.port is not None
         try:
             os.makedirs(os.path.join(self.scratch, "tmp"), exist_ok=True)
+            if self.tls:
+                self._make_cert()
             for attempt in range(5):
                 if not fixed_port:
                     self.port = free_port()
@@ -438,7 +475,7 @@ class Nginx(_Server):
                                                "-e", os.path.join(self.scratch, "error.log")],
                                      os.path.join(self.scratch, "nginx.out"))
                 try:
-                    wait_for(lambda: http_ready(self.port, "x-apb-nginx"), timeout,
+                    wait_for(lambda: http_ready(self.port, "x-apb-nginx", tls=self.tls), timeout,
                              "nginx to answer on 127.0.0.1:%d" % self.port,
                              alive=self.daemon.alive)
                     return self
@@ -474,6 +511,7 @@ class Nginx(_Server):
 
     def info(self):
         return {"server": "nginx", "endpoint": self.endpoint, "root": self.root,
+                "ca_file": self.ca_file,
                 "limit_rate": self.limit_rate, "pid": self.daemon.pid if self.daemon else None,
                 "scratch": self.scratch}
 
@@ -1127,6 +1165,8 @@ def main(argv=None):
     n.add_argument("--forbid", action="append", default=[], metavar="PATH",
                    help="URL path answered with 403 (repeatable)")
     n.add_argument("--port", type=int, help="default: a free one")
+    n.add_argument("--tls", action="store_true",
+                   help="HTTPS with a self-signed certificate (its file: ca_file in the JSON)")
     r = sub.add_parser("rgw", help="a single-node Ceph RADOS Gateway (S3)")
     r.add_argument("--memstore-bytes", type=int, default=1 << 30,
                    help="the OSD's in-memory store size (default 1 GiB)")
@@ -1138,7 +1178,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     try:
         if a.cmd == "nginx":
-            _serve(Nginx(a.dir, limit_rate=a.limit_rate, forbid=a.forbid, port=a.port))
+            _serve(Nginx(a.dir, limit_rate=a.limit_rate, forbid=a.forbid, port=a.port,
+                         tls=a.tls))
         elif a.cmd == "rgw":
             _serve(Rgw(memstore_bytes=a.memstore_bytes, bucket=a.bucket, mgr=a.mgr))
         else:

@@ -297,3 +297,64 @@ def test_metrics_of_local_mount_have_no_remote_counters(bundle):
     with mount(bundle, {"max_memory": "4M"}) as d:
         assert "apbundlefs_remote_" not in d.metrics()
         assert "remote" not in d.stats()
+
+
+# --------------------------------------------------------------------------
+# HTTPS: a certificate the mount is told to trust, or not
+
+
+@pytest.fixture
+def tls_nginx(tmp_path, bundle):
+    """nginx over HTTPS with a self-signed certificate (servers.py makes
+    it with openssl), serving the module's bundle."""
+    from remote import servers
+    root = tmp_path / "www-tls"
+    root.mkdir()
+    with open(bundle, "rb") as f:
+        (root / "tls.apbundle").write_bytes(f.read())
+    with servers.Nginx(str(root), tls=True) as web:
+        yield web
+
+
+def no_ca_env(monkeypatch):
+    for k in ("CURL_CA_BUNDLE", "SSL_CERT_FILE"):
+        monkeypatch.delenv(k, raising=False)
+
+
+def test_https_untrusted_certificate_is_refused(tls_nginx, tmp_path, monkeypatch):
+    url = tls_nginx.url("tls.apbundle")
+    assert url.startswith("https://127.0.0.1:")
+    no_ca_env(monkeypatch)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    p = subprocess.run([APBUNDLEFS, "-f", url, mnt], capture_output=True, text=True, timeout=60)
+    hint = ("the server's certificate is not trusted (name the file of its CA's certificate "
+            "in CURL_CA_BUNDLE or SSL_CERT_FILE)\n")
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.startswith("apbundlefs: %s: SSL certificate problem: " % url), p.stderr
+    assert p.stderr.endswith(hint) and p.stderr.count("\n") == 1, p.stderr
+    p = run_apbundle("list", url)
+    assert (p.returncode, p.stdout) == (1, "") and p.stderr.endswith(hint), p.stderr
+    # a CA file that is not there is named, not taken for "no CA"
+    monkeypatch.setenv("CURL_CA_BUNDLE", str(tmp_path / "no-such-ca.pem"))
+    p = subprocess.run([APBUNDLEFS, "-f", url, mnt], capture_output=True, text=True, timeout=60)
+    assert (p.returncode, p.stderr) == (1, "apbundlefs: %s: CURL_CA_BUNDLE=%s: No such file "
+                                        "or directory\n" % (url, tmp_path / "no-such-ca.pem"))
+
+
+@pytest.mark.parametrize("var", ["CURL_CA_BUNDLE", "SSL_CERT_FILE"])
+def test_https_with_its_ca_serves_exact_bytes(tls_nginx, monkeypatch, var):
+    from conftest import direct_read
+    url = tls_nginx.url("tls.apbundle")
+    no_ca_env(monkeypatch)
+    monkeypatch.setenv(var, tls_nginx.ca_file)
+    with mount(url, {"max_memory": "4M", "chunk_size": "64K"}) as d:
+        for name, data in MODELS.items():
+            assert read_all(d.path(name)) == data, name
+        a = MODELS["a.bin"]
+        assert direct_read(d.path("a.bin"), 3 * KiB, 70 * KiB) == a[70 * KiB:73 * KiB]
+        r = d.stats()["remote"]
+        assert r["errors"] == 0 and r["retries"] == 0 and r["connects"] >= 1
+    p = run_apbundle("verify", url)
+    assert p.returncode == 0, p.stderr
+    assert sorted(p.stdout.splitlines()) == sorted("OK " + n for n in MODELS)
