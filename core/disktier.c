@@ -134,6 +134,12 @@ struct header {
 };
 _Static_assert(sizeof(struct header) <= HEADER, "the header fits its block");
 
+/* A file's first HEADER bytes, aligned for O_DIRECT. */
+union header_block {
+	struct header h;
+	_Alignas(APB_ALIGN) char bytes[HEADER];
+};
+
 struct extent {
 	struct apb_evict_node node;
 	uint64_t index;           /* the file's extent index */
@@ -164,6 +170,7 @@ struct apb_disktier {
 	struct foreign_dir *fdirs;
 	uint32_t nfdirs;
 	atomic_uint_fast64_t tmp_seq;
+	atomic_bool direct;       /* O_DIRECT reads, until refused */
 	void (*log)(void *arg, enum apb_log_level level, const char *msg);
 	void *log_arg;
 
@@ -502,12 +509,74 @@ static int check_header(const struct apb_disktier *t, const struct header *h,
 	return 0;
 }
 
+/* Whether a read at file offset off of the iovecs v can bypass the page
+ * cache: O_DIRECT wants the offset, every buffer and every length aligned
+ * (APB_ALIGN, 4 KiB: what the cache's slots and a version 1 bundle's
+ * model offsets are). */
+static bool aligned_io(uint64_t off, const struct iovec *v, int n)
+{
+	if (off % APB_ALIGN)
+		return false;
+	for (int i = 0; i < n; i++)
+		if ((uintptr_t)v[i].iov_base % APB_ALIGN ||
+		    v[i].iov_len % APB_ALIGN)
+			return false;
+	return true;
+}
+
+/* Read the header (into hbuf) and the payload bytes [rs, re) of extent
+ * k's file into the iovecs v (n of them, n + 1 entries of room): one
+ * preadv when rs is the extent's start, else two. O_DIRECT when the tier
+ * may and everything is aligned, so a cold read is one large I/O per
+ * call and the page cache does not keep a second copy of what the chunk
+ * cache holds; buffered otherwise, or when the filesystem refuses it
+ * (tmpfs). 0, -ENOENT for no file, or a negative errno. */
+static int read_file(struct apb_disktier *t, uint64_t k, char *hbuf,
+		     uint64_t rs_off, struct iovec *v, int n)
+{
+	bool direct = atomic_load(&t->direct) && aligned_io(rs_off, v, n);
+	char name[17];
+	int fd, rc;
+
+	if (t->dirfd < 0)
+		return -ENOENT;
+	extent_name(k, name);
+	for (;;) {
+		fd = openat(t->dirfd, name,
+			    O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
+		if (fd < 0 && errno == EINVAL && direct) {
+			atomic_store(&t->direct, false); /* tmpfs */
+			direct = false;
+			continue;
+		}
+		if (fd < 0)
+			return errno == ENOENT ? -ENOENT : -errno;
+		if (rs_off == HEADER) {
+			memmove(v + 1, v, sizeof(*v) * (size_t)n);
+			v[0] = (struct iovec){hbuf, HEADER};
+			rc = io_full(fd, v, n + 1, 0, false);
+		} else {
+			struct iovec hv = {hbuf, HEADER};
+
+			rc = io_full(fd, &hv, 1, 0, false);
+			if (rc == 0)
+				rc = io_full(fd, v, n, (off_t)rs_off, false);
+		}
+		close(fd);
+		if (rc == -EINVAL && direct) { /* stricter than APB_ALIGN */
+			direct = false;
+			continue;
+		}
+		return rc;
+	}
+}
+
 /* Bytes [lo, hi) of the object, inside extent k, from its file into the
  * reader's iovecs rv (rcnt of them, byte 0 of which is the object's byte
  * lo): the whole blocks around them are read (the parts outside [lo, hi)
  * into a bounce buffer) and checked. 0, -EBADMSG for a file that fails a
  * check, -ENOENT for no file (evicted meanwhile), another negative errno
- * for a read that failed. */
+ * for a read that failed. scratch has room for rcnt + 2 entries. */
 static int read_extent(struct apb_disktier *t, uint64_t k, uint64_t lo,
 		       uint64_t hi, const struct iovec *rv, int rcnt,
 		       struct iovec *scratch)
@@ -519,42 +588,28 @@ static int read_extent(struct apb_disktier *t, uint64_t k, uint64_t lo,
 	uint64_t rs = ks + b0 * BLOCK;
 	uint64_t re = ks + b1 * BLOCK < ks + len ? ks + b1 * BLOCK : ks + len;
 	size_t head = (size_t)(lo - rs), tail = (size_t)(re - hi);
-	struct header h;
-	char name[17];
-	char *bounce = NULL;
-	int fd, n = 0, rc;
+	union header_block hb;
+	const struct header *h = &hb.h;
+	void *bounce = NULL;
+	int n = 0, rc;
 
-	extent_name(k, name);
-	fd = t->dirfd >= 0 ? openat(t->dirfd, name, O_RDONLY | O_CLOEXEC)
-			   : -1;
-	if (fd < 0)
-		return t->dirfd < 0 || errno == ENOENT ? -ENOENT : -errno;
-	struct iovec hv = {.iov_base = &h, .iov_len = sizeof(h)};
-	rc = io_full(fd, &hv, 1, 0, false);
-	if (rc == 0)
-		rc = check_header(t, &h, k);
-	if (rc)
-		goto out;
-	if (head + tail > 0) {
-		bounce = malloc(head + tail);
-		if (!bounce) {
-			rc = -ENOMEM;
-			goto out;
-		}
-	}
-	/* scratch has rcnt + 2 entries */
+	if (head + tail > 0 &&
+	    posix_memalign(&bounce, APB_ALIGN, head + tail) != 0)
+		return -ENOMEM;
 	if (head)
 		scratch[n++] = (struct iovec){bounce, head};
 	for (int i = 0; i < rcnt; i++)
 		scratch[n++] = rv[i];
 	if (tail)
-		scratch[n++] = (struct iovec){bounce + head, tail};
+		scratch[n++] = (struct iovec){(char *)bounce + head, tail};
 	{
-		struct iovec io[n];
+		struct iovec io[n + 1];
 
-		memcpy(io, scratch, sizeof(io));
-		rc = io_full(fd, io, n, (off_t)(HEADER + (rs - ks)), false);
+		memcpy(io, scratch, sizeof(*io) * (size_t)n);
+		rc = read_file(t, k, hb.bytes, HEADER + (rs - ks), io, n);
 	}
+	if (rc == 0)
+		rc = check_header(t, h, k);
 	for (uint64_t b = b0; rc == 0 && b < b1; b++) {
 		uint64_t bs = ks + b * BLOCK;
 		uint64_t bl = ks + len - bs < BLOCK ? ks + len - bs : BLOCK;
@@ -562,12 +617,10 @@ static int read_extent(struct apb_disktier *t, uint64_t k, uint64_t lo,
 		int m = iov_slice(scratch, n, 0, (size_t)(bs - rs), (size_t)bl,
 				  piece);
 
-		if (iov_xxh3(piece, m) != h.block_sum[b])
+		if (iov_xxh3(piece, m) != h->block_sum[b])
 			rc = -EBADMSG;
 	}
-out:
 	free(bounce);
-	close(fd);
 	return rc;
 }
 
@@ -578,13 +631,13 @@ out:
 static int write_extent(struct apb_disktier *t, uint64_t k,
 			const struct iovec *iov, int cnt, uint32_t len)
 {
-	_Alignas(64) char hbuf[HEADER];
-	struct header *h = (struct header *)hbuf;
+	union header_block hb;
+	struct header *h = &hb.h;
 	char tmp[64], name[17];
 	struct iovec v[cnt + 1];
 	int fd, rc;
 
-	memset(hbuf, 0, sizeof(hbuf));
+	memset(&hb, 0, sizeof(hb));
 	memcpy(h->magic, MAGIC, sizeof(h->magic));
 	h->version = VERSION;
 	h->header_len = HEADER;
@@ -611,7 +664,7 @@ static int write_extent(struct apb_disktier *t, uint64_t k,
 		    0600);
 	if (fd < 0)
 		return -errno;
-	v[0] = (struct iovec){hbuf, HEADER};
+	v[0] = (struct iovec){hb.bytes, HEADER};
 	memcpy(v + 1, iov, sizeof(*iov) * (size_t)cnt);
 	rc = io_full(fd, v, cnt + 1, 0, true);
 	if (close(fd) != 0 && rc == 0)
@@ -1099,6 +1152,7 @@ int apb_disktier_open(const struct apb_disktier_config *cfg,
 			   : UINT32_MAX;
 	t->st.capacity = cfg->capacity;
 	t->writing = true;
+	atomic_init(&t->direct, true);
 	t->log = cfg->log;
 	t->log_arg = cfg->log_arg;
 	if (apb_mutex_init(&t->mu) != 0) {

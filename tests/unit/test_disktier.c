@@ -119,6 +119,24 @@ static void read_check(struct apb_disktier *t, struct fake *f, uint64_t pos,
 	free(buf);
 }
 
+/* Page-aligned buffers, positions and lengths: the O_DIRECT path where the
+ * directory's filesystem has it. */
+static void read_check_aligned(struct apb_disktier *t, struct fake *f,
+			       uint64_t pos, size_t len)
+{
+	void *buf;
+	struct iovec v[2];
+
+	CHECK_EQ(posix_memalign(&buf, 4096, len), 0);
+	v[0] = (struct iovec){buf, len / 2};
+	v[1] = (struct iovec){(char *)buf + len / 2, len - len / 2};
+	memset(buf, 0xee, len);
+	CHECK_EQ(apb_disktier_preadv(t, fake_fetch, f, pos, v, 2, 0, len),
+		 (long)len);
+	CHECK(memcmp(buf, f->data + pos, len) == 0);
+	free(buf);
+}
+
 static char *make_dir(void)
 {
 	char tmpl[] = "/tmp/apb-disktier-XXXXXX";
@@ -217,11 +235,14 @@ static void test_cold_then_warm(void)
 	read_check(t, &f, 0, E - 100);
 	read_check(t, &f, E - 1, 2 * E + 2);
 	read_check(t, &f, SIZE - 1, 1);
+	read_check_aligned(t, &f, E, E);              /* header and payload */
+	read_check_aligned(t, &f, 2 * E + 65536, 65536 + 8192); /* two reads */
+	read_check_aligned(t, &f, E - 8192, 16384);   /* two extents */
 	CHECK_EQ(atomic_load(&f.calls), 0);
 	apb_disktier_stats(t, &st);
 	CHECK_EQ(st.misses, 0);
-	CHECK_EQ(st.hits, 1 + 4 + 1);
-	CHECK_EQ(st.bytes_read, (E - 100) + (2 * E + 2) + 1);
+	CHECK_EQ(st.hits, 1 + 4 + 1 + 1 + 1 + 2);
+	CHECK_EQ(st.bytes_read, (E - 100) + (2 * E + 2) + 1 + E + 73728 + 16384);
 	/* extent 4 was never read: missing, fetched */
 	read_check(t, &f, 4 * E, 100);
 	CHECK_EQ(f.fetched[4], 1);

@@ -1,0 +1,85 @@
+#!/usr/bin/python3
+"""The disk tier (-o cache_dir=) against native: a MODEL_MIB model (default
+1024) in a bundle served by nginx on loopback (scripts/servers.py). One
+mount with cache_dir= reads it whole (cold from the server, which fills the
+tier); then, RUNS times, side by side with the page cache dropped before
+each: `cat` of the original file (native cold read of the same disk), and a
+fresh mount with the same cache_dir= reading it with `cat` (warm from the
+tier, cold page cache: the tier's files are read from disk). Prints medians
+and the tier's counters of the last warm run. Run as root:
+
+    scripts/bench-disktier.py
+    MODEL_MIB=256 RUNS=3 CHUNK=1M scripts/bench-disktier.py
+
+Environment: MODEL_MIB, RUNS (default 5), CHUNK (chunk_size=, default the
+mount's 64K), MAX_MEMORY (default 256M), WORK (a directory on the disk to
+measure; default a fresh one under /var/tmp, removed after).
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from benchlib import (PACKER, DAEMON, drop_caches, median, mount_apb, start,
+                      timed, write_random, close_all)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import servers  # noqa: E402
+
+MIB = int(os.environ.get("MODEL_MIB", "1024"))
+RUNS = int(os.environ.get("RUNS", "5"))
+CHUNK = os.environ.get("CHUNK")
+MAX_MEMORY = os.environ.get("MAX_MEMORY", "256M")
+
+
+def main():
+    start(__doc__, "bench-disktier", "it drops the page cache", [PACKER, DAEMON])
+    given = os.environ.get("WORK")
+    work = given or tempfile.mkdtemp(prefix="apb-tier-", dir="/var/tmp")
+    www, cache, mnt = f"{work}/www", f"{work}/cache", f"{work}/mnt"
+    model = f"{work}/model.bin"
+    for d in (www, cache, mnt):
+        os.makedirs(d, exist_ok=True)
+    opts = f"max_memory={MAX_MEMORY},cache_dir={cache},cache_dir_size={MIB + 64}M"
+    if CHUNK:
+        opts += f",chunk_size={CHUNK}"
+    try:
+        write_random(model, MIB)
+        subprocess.run([PACKER, "create", f"{www}/b.apbundle", f"model={model}"],
+                       check=True, stdout=subprocess.DEVNULL)
+        with servers.Nginx(www) as web:
+            url = web.url("b.apbundle")
+            drop_caches()
+            with mount_apb(url, mnt, opts) as m:
+                fill = timed(["cat", f"{mnt}/model"])
+                t = m.stats()["disk_tier"]
+            print(f"fill (cold from nginx, writing the tier): {fill:.3f} s, "
+                  f"{MIB / fill:.0f} MiB/s; tier misses {t['misses']}, "
+                  f"written {t['bytes_written']} bytes", flush=True)
+            native, warm = [], []
+            for i in range(RUNS):
+                drop_caches()
+                native.append(timed(["cat", model]))
+                drop_caches()
+                with mount_apb(url, mnt, opts) as m:
+                    warm.append(timed(["cat", f"{mnt}/model"]))
+                    t = m.stats()
+                print(f"run {i + 1}: native cold {native[-1]:.3f} s, "
+                      f"tier warm {warm[-1]:.3f} s", flush=True)
+        n, w = median(native), median(warm)
+        print(f"{MIB} MiB model, {RUNS} runs, medians; options {opts}")
+        print(f"native cold read (cat of the file): {n:.3f} s, {MIB / n:.0f} MiB/s")
+        print(f"disk tier warm read (cat through a fresh mount): {w:.3f} s, "
+              f"{MIB / w:.0f} MiB/s")
+        print(f"tier / native throughput: {n / w:.2f}x")
+        print(f"last warm run: disk_tier {t['disk_tier']}; remote requests "
+              f"{t['remote']['requests']}")
+    finally:
+        close_all()
+        if not given:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
