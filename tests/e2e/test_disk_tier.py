@@ -44,6 +44,16 @@ def bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def bundle_v2(tmp_path_factory):
+    """MODELS in format 2 with zstd blocks: page-ins of one frame each, at
+    offsets no extent or page boundary lines up with."""
+    d = tmp_path_factory.mktemp("tier-bundles-v2")
+    src = write_sources(d / "src", MODELS)
+    return pack(d / "t2z.apbundle", *["%s=%s" % (n, src[n]) for n in sorted(MODELS)],
+                fmt=2, compress="zstd")
+
+
+@pytest.fixture(scope="module")
 def bundle2(tmp_path_factory):
     """The same names, other bytes: the object replaced on the server."""
     d = tmp_path_factory.mktemp("tier-bundles2")
@@ -204,6 +214,44 @@ def test_object_replaced_never_serves_old_bytes(request, bundle, bundle2, tmp_pa
     dirs = sorted(p.name for p in cache.iterdir())
     assert len(dirs) == 1 and dirs != old_dirs
     assert dirs[0][:16] == old_dirs[0][:16]     # the same URL, another version
+
+
+def test_v2_zstd_warm_second_mount(request, bundle_v2, tmp_path):
+    s = serve(request, "nginx", bundle_v2, "warm-v2.apbundle")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    opts = dict(cache_dir=str(cache), cache_dir_size="64M", **OPTS)
+    with mount(s.url, opts) as d:
+        read_models(d)
+        t = tier(d)
+        assert t["errors"] == 0 and t["misses"] == len(tier_files(cache)), t
+        assert d.stats()["io"]["checksum_errors"] == 0
+    n0 = len(s.proxy.requests)
+    with mount(s.url, opts) as d:
+        read_models(d)
+        t = tier(d)
+        assert (t["misses"], t["errors"]) == (0, 0), t
+        assert d.stats()["io"]["checksum_errors"] == 0
+    assert len(s.proxy.requests) - n0 == 1, ranges(s.proxy, n0)
+
+
+def test_two_mounts_at_once_share_a_cache_dir(request, bundle, tmp_path):
+    """Two mounts of one object on one cache_dir at the same time, both
+    reading everything twice: every byte right, no file ever fails its
+    check (each is written whole under its own name and renamed)."""
+    s = serve(request, "nginx", bundle, "shared.apbundle")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    opts = dict(cache_dir=str(cache), cache_dir_size="64M", **OPTS)
+    with mount(s.url, opts) as d1, mount(s.url, opts) as d2:
+        for _ in range(2):
+            read_models(d1)
+            read_models(d2)
+        assert tier(d1)["errors"] == tier(d2)["errors"] == 0
+    assert sorted(tier_files(cache)) == sorted(extents_of(bundle))
+    with mount(s.url, opts) as d:
+        read_models(d)
+        assert (tier(d)["misses"], tier(d)["errors"]) == (0, 0)
 
 
 # --------------------------------------------------------------------------
