@@ -7,6 +7,10 @@
 #
 # Stages, in order (each in its own build dir, reused when present):
 #   normal  build (-Dwerror=true), meson test, the whole e2e suite
+#   deb     the Debian packages: dpkg-buildpackage -us -uc -b in a copy of
+#           the tree, lintian (no errors), installed; the installed
+#           programs, man pages, a C and a C++ program built with
+#           pkg-config, a mount; then removed (~1.5 min)
 #   asan    AddressSanitizer + UBSan build: meson test and the e2e suite
 #           again, minus the `perf` tests (RSS, timing-dependent hit rates)
 #   tsan    ThreadSanitizer build: meson test and TSAN_TESTS (default
@@ -27,7 +31,7 @@
 # A sanitizer report anywhere (unit test, daemon, CLI) fails its stage.
 # PYTEST ARGS go to the e2e runs of normal and asan only.
 #
-# Environment: STAGES (default "normal asan tsan fuzz bench remote"; e.g.
+# Environment: STAGES (default "normal deb asan tsan fuzz bench remote"; e.g.
 # STAGES=normal for a quick loop), BUILD_DIR (build), ASAN_BUILD_DIR
 # (build-asan), TSAN_BUILD_DIR (build-tsan), TSAN_TESTS, REMOTE_TESTS,
 # PYTEST_TIMEOUT (seconds per e2e run, 540), FUZZ_SECONDS (60).
@@ -35,7 +39,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
 
-STAGES=${STAGES:-normal asan tsan fuzz bench remote}
+STAGES=${STAGES:-normal deb asan tsan fuzz bench remote}
 BUILD_DIR=${BUILD_DIR:-build}
 ASAN_BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
 TSAN_BUILD_DIR=${TSAN_BUILD_DIR:-build-tsan}
@@ -57,8 +61,8 @@ step() { printf '\n==> %s\n' "$*"; }
 
 for stage in $STAGES; do
     case "$stage" in
-    normal|asan|tsan|fuzz|bench|remote) ;;
-    *) echo "error: unknown stage '$stage' in STAGES (normal asan tsan fuzz bench remote)" >&2
+    normal|deb|asan|tsan|fuzz|bench|remote) ;;
+    *) echo "error: unknown stage '$stage' in STAGES (normal deb asan tsan fuzz bench remote)" >&2
        exit 2 ;;
     esac
 done
@@ -255,6 +259,88 @@ stage_bench() {
         echo "error: scripts/bench-llama.py left a cgroup, mount or loop device behind" >&2
         return 1
     fi
+}
+
+# deb: the Debian packages (debian/) as a user gets them. Built in a copy of
+# the tree (dpkg-buildpackage writes its .debs into the parent directory),
+# installed, used, and removed again whatever happened.
+stage_deb() {
+    local t src=0 start=$SECONDS pkgs=(apbundlefs libapbundle0 libapbundle-dev)
+    local -a lock=(-o DPkg::Lock::Timeout=300)
+    step "deb: tools"
+    install_missing debhelper dpkg-dev lintian man-db groff-base g++ pkg-config || return
+    t=$(mktemp -d "$E2E_TMP/deb.XXXXXX") || return
+    mkdir "$t/src"
+    if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        git ls-files -co --exclude-standard -z | tar --null -T - -c | tar -x -C "$t/src"
+    else
+        tar --exclude='./build*' --exclude='./obj-*' --exclude=./.git \
+            --exclude='node_modules' -c . | tar -x -C "$t/src"
+    fi || return
+    step "deb: dpkg-buildpackage -us -uc -b (log: $t/build.log)"
+    # nocheck: the normal stage runs meson test on the same sources
+    if ! (cd "$t/src" && DEB_BUILD_OPTIONS="nocheck noddebs parallel=$(nproc)" \
+            dpkg-buildpackage -us -uc -b) >"$t/build.log" 2>&1; then
+        tail -n 60 "$t/build.log" >&2
+        echo "error: dpkg-buildpackage failed (whole log: $t/build.log)" >&2
+        return 1
+    fi
+    echo "built in $((SECONDS - start)) s: $(cd "$t" && echo *.deb)"
+    step "deb: lintian"
+    lintian --fail-on error "$t"/apbundlefs_*.changes || return
+    echo "lintian done at $((SECONDS - start)) s"
+    step "deb: install, use, remove"
+    as_root apt-get install -y -qq --no-install-recommends "${lock[@]}" \
+        "$t"/apbundlefs_*.deb "$t"/libapbundle0_*.deb "$t"/libapbundle-dev_*.deb || return
+    deb_check "$t" || src=$?
+    as_root apt-get purge -y -qq "${lock[@]}" "${pkgs[@]}" >/dev/null || src=1
+    if dpkg-query -W -f='${Status}\n' "${pkgs[@]}" 2>/dev/null | grep -q ' installed$'; then
+        echo "error: the packages are still installed" >&2
+        src=1
+    fi
+    echo "deb stage: $((SECONDS - start)) s"
+    return "$src"
+}
+
+# deb_check DIR: what the installed packages must give, in DIR.
+deb_check() {
+    local t=$1 repo=$PWD v out
+    v=$(dpkg-parsechangelog -l debian/changelog -S Version) || return
+    v=${v%%-*}   # the upstream part, what --version prints
+    out=$(env -u LD_LIBRARY_PATH /usr/bin/apbundlefs --version) || return
+    [[ $out == "apbundlefs $v "* ]] ||
+        { echo "error: /usr/bin/apbundlefs --version says '$out', not $v" >&2; return 1; }
+    out=$(env -u LD_LIBRARY_PATH /usr/bin/apbundle --version) || return
+    [ "$out" = "apbundle $v" ] ||
+        { echo "error: /usr/bin/apbundle --version says '$out', not $v" >&2; return 1; }
+    [ "$(man -w apbundlefs)" = /usr/share/man/man8/apbundlefs.8.gz ] &&
+        [ "$(man -w apbundle)" = /usr/share/man/man1/apbundle.1.gz ] ||
+        { echo "error: man -w does not find apbundlefs(8) and apbundle(1)" >&2; return 1; }
+    [ -f /usr/share/bash-completion/completions/apbundle ] ||
+        { echo "error: no bash completion installed" >&2; return 1; }
+    # A C and a C++ program, built with pkg-config against the installed
+    # library (and only it: not this tree's include/).
+    (cd "$t" && cc -std=c11 -Wall -Werror "$repo/tests/deb/read_model.c" \
+        $(pkg-config --cflags --libs apbundle) -o read_model) || return
+    (cd "$t" && g++ -std=c++11 -Wall -Werror "$repo/tests/abi/cxx_headers.cpp" \
+        $(pkg-config --cflags --libs apbundle) -o cxx_headers) || return
+    out=$(ldd "$t/read_model") || return
+    [[ $out =~ libapbundle\.so\.0\ =\>\ (/usr)?/lib/[^/]+/libapbundle\.so\.0\  ]] ||
+        { echo "error: read_model does not use the installed libapbundle.so.0: $out" >&2
+          return 1; }
+    env -u LD_LIBRARY_PATH "$t/cxx_headers" || return
+    head -c 3000000 /dev/urandom >"$t/m.bin"
+    env -u LD_LIBRARY_PATH /usr/bin/apbundle create "$t/b.apbundle" "m=$t/m.bin" >/dev/null || return
+    env -u LD_LIBRARY_PATH "$t/read_model" "$t/b.apbundle" m "$t/m.bin" || return
+    # The installed daemon mounts and serves the same bytes (it detaches
+    # once the mount is up; the EXIT trap unmounts whatever is left).
+    mkdir "$t/mnt"
+    env -u LD_LIBRARY_PATH /usr/bin/apbundlefs -o max_memory=1M "$t/b.apbundle" "$t/mnt" || return
+    local crc=0
+    cmp "$t/mnt/m" "$t/m.bin" || crc=$?
+    fusermount3 -u "$t/mnt" || crc=1
+    [ "$crc" -eq 0 ] && echo "ok: the installed packages work (version $v)"
+    return "$crc"
 }
 
 stage_remote() {
