@@ -126,6 +126,30 @@ long apb_v2_preadv(const struct apb_source *src, struct apb_v2_reader *r,
 		   const struct iovec *iov, int iovcnt, size_t want,
 		   uint64_t *bad_block);
 
+/* Stored bytes a stage reads with one request from a remote source (v2.c:
+ * "Stages"). */
+#define APB_V2_STAGE_MAX (4u << 20)
+
+/* What one context reads through one window: blocks [pos / block_size,
+ * + blocks) of a read, whose stored bytes span span bytes from the first
+ * one's offset; scratch, the most block scratch one of them needs (a frame
+ * not decoded straight into its destination); window, the bytes of stored
+ * data each read of the source brings. */
+struct apb_v2_stage {
+	uint64_t blocks;
+	uint64_t span;
+	size_t scratch;
+	size_t window;
+};
+
+/* The stage that begins at byte pos of m (a read up to byte end into iov,
+ * whose first byte is pos's), for a remote source or a local one. Exposed
+ * for the unit test; apb_v2_preadv() plans its stages with it. */
+void apb_v2_stage_plan(const struct apb_model *m,
+		       const struct apb_block_entry *table, uint64_t pos,
+		       uint64_t end, const struct iovec *iov, int iovcnt,
+		       bool remote, struct apb_v2_stage *st);
+
 /* apb_name_quote() of a model's name; q holds APB_QUOTE_MAX bytes. */
 static inline const char *apb_mq(const struct apb_model *m, char *q)
 {

@@ -398,6 +398,11 @@ int apb_source_disk_tier_stats(const struct apb_source *s,
 	return 0;
 }
 
+bool apb_source_is_remote(const struct apb_source *s)
+{
+	return s->kind == SOURCE_REMOTE;
+}
+
 /* The file's reads: the leading iovecs O_DIRECT can take through dfd, the
  * rest through the page cache. */
 static long file_preadv(const struct apb_source *s, uint64_t pos,

@@ -78,6 +78,11 @@ struct apb_bundle_disk_tier_stats;
 int apb_source_disk_tier_stats(const struct apb_source *s,
 			       struct apb_bundle_disk_tier_stats *st);
 
+/* Whether s is remote: every read is a request, whose round trip costs
+ * more than the bytes of a few more adjacent blocks, so a reader of many
+ * small pieces (v2.c) does better to ask for their run at once. */
+bool apb_source_is_remote(const struct apb_source *s);
+
 /* Exactly len bytes at off into buf, through the page cache: 0, -EIO if
  * the source ends first, or the read's negative errno. For metadata
  * (header, manifest, block table). */

@@ -37,23 +37,42 @@
  * Reads: a run of whole raw blocks adjacent in the file goes into the
  * destination with one preadv() and is hashed there, with no context: the
  * daemon's page-ins of raw blocks take no lock of ours. Any other block (a
- * frame, or a raw block only partly wanted) goes through a context taken
- * from a small pool for that block: its stored bytes are streamed through
- * a PIECE-byte buffer, a raw block's hashed piece by piece, a frame's fed
- * to zstd, which decodes into the whole block's bytes: straight into the
- * destination when the block is wanted whole there in one buffer, else
- * into scratch of the block's size.
+ * frame, or a raw block only partly wanted) is read in a stage: a context
+ * taken from a small pool and a window on the stored bytes, refilled by one
+ * apb_source_preadv() at a time. A raw block's bytes are hashed and copied
+ * out of the window, a frame's fed to zstd, which decodes into the whole
+ * block's bytes: straight into the destination when the block is wanted
+ * whole there in one buffer, else into scratch of the block's size.
+ *
+ * Stages (apb_v2_stage_plan()). From a local file a stage is one block and
+ * its window the context's PIECE-byte buffer: the block's stored bytes are
+ * streamed through it, so reading a frame costs no memory of its stored
+ * size, and a read of a few more pieces costs no more than it did. From a
+ * remote source every read is a request with a round trip, and a block of
+ * 64 KiB is a request of its own that way, a large frame one per PIECE: so
+ * a stage there takes every further block of the read (frames, raw blocks
+ * whole or not) whose stored bytes follow the last one's with a gap of less
+ * than APB_ALIGN (a raw block's alignment), while the span of their stored
+ * bytes is at most APB_V2_STAGE_MAX and the span plus the largest scratch a
+ * block of them needs is at most APB_BLOCK_SIZE_MAX; its window is the
+ * span, at most APB_V2_STAGE_MAX and APB_BLOCK_SIZE_MAX less that scratch
+ * (never less than PIECE; at PIECE the context's buffer serves). A cache
+ * run of a zstd model is then one request, not one per block, and a block
+ * larger than the window a request per window. A block that fails its check
+ * is read once more on its own, not from the window's copy.
  *
  * The memory bound: a block may be up to APB_BLOCK_SIZE_MAX (16 MiB), and
  * every concurrent page-in might want a part of a different frame. So each
- * block read through a context first reserves what it will hold
- * (CTX_BYTES, plus the block's size when it needs scratch) against
+ * stage first reserves what it will hold (CTX_BYTES, plus a window larger
+ * than PIECE, plus the largest scratch a block of it needs) against
  * SCRATCH_MAX for the whole reader, and waits while the reservations of
- * the page-ins running now leave no room; one always runs. Scratch bytes
- * in flight are therefore at most max(SCRATCH_MAX, CTX_BYTES +
+ * the page-ins running now leave no room; one always runs. The rules above
+ * keep one stage's reservation at most CTX_BYTES + APB_BLOCK_SIZE_MAX, so
+ * scratch bytes in flight are at most max(SCRATCH_MAX, CTX_BYTES +
  * APB_BLOCK_SIZE_MAX) = 16.5 MiB, whatever the number of readers, plus at
  * most POOL_IDLE_MAX idle contexts of CTX_BYTES + SCRATCH_KEEP each.
- * Scratch above SCRATCH_KEEP is its own mapping, unmapped after the block.
+ * Scratch above SCRATCH_KEEP is its own mapping, unmapped after its
+ * block, and so is a window above PIECE, after its stage.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -72,7 +91,7 @@
 #include "format.h"
 #include "lock.h"
 
-#define PIECE (128u << 10)        /* stored bytes read at a time */
+#define PIECE (128u << 10)        /* stored bytes read at a time from a file */
 #define SCRATCH_KEEP (256u << 10) /* block scratch a context keeps */
 /* What a context in use holds besides block scratch: the piece buffer and
  * a ZSTD_DCtx with its one zstd block of input (222 KiB with zstd 1.5). */
@@ -423,9 +442,9 @@ void apb_v2_reader_free(struct apb_v2_reader *r)
 }
 
 /*
- * A context for one block, with need bytes of scratch reserved for it: the
+ * A context for one stage, with need bytes of scratch reserved for it: the
  * caller waits until the reservation fits under SCRATCH_MAX next to those
- * of the page-ins running now, or until none runs (so a block whose need
+ * of the page-ins running now, or until none runs (so a stage whose need
  * alone exceeds the bound still proceeds, alone). Reservations are granted
  * in arrival order, so a large one is not starved by a stream of small
  * ones. A page-in holds one reservation at a time and waits for nothing
@@ -590,23 +609,46 @@ static uint64_t dest_hash(struct dest d, size_t n)
 	return XXH3_64bits_digest(&st);
 }
 
-/* ---- reads ------------------------------------------------------------- */
+/* ---- reads through a window -------------------------------------------- */
 
-/* Stored bytes [at, at + n) of e into c's piece buffer (n <= PIECE). */
-static int read_piece(const struct apb_source *src, struct ctx *c,
-		      const struct apb_block_entry *e, size_t at, size_t n)
+/* A window on the stored bytes of a stage (see apb_v2_stage_plan()): the
+ * bytes [lo, hi) of the file are in buf; a read outside them refills it
+ * with the next min(cap, end - off) bytes, one apb_source_preadv(). */
+struct feed {
+	const struct apb_source *src;
+	uint8_t *buf;
+	size_t cap;
+	uint64_t lo, hi;
+	uint64_t end; /* no byte at or after this is read */
+};
+
+/* The stored bytes at off, at most n of them: *p and *got (> 0), or the
+ * read errno. off < f->end. */
+static int feed_at(struct feed *f, uint64_t off, uint64_t n,
+		   const uint8_t **p, size_t *got)
 {
-	struct iovec v = {.iov_base = c->piece, .iov_len = n};
-	long r = apb_source_preadv(src, e->offset + at, &v, 1, 0, n);
+	if (off < f->lo || off >= f->hi) {
+		size_t len = f->end - off < f->cap ? (size_t)(f->end - off)
+						   : f->cap;
+		struct iovec v = {.iov_base = f->buf, .iov_len = len};
+		long r = apb_source_preadv(f->src, off, &v, 1, 0, len);
 
-	return r < 0 ? (int)r : 0;
+		f->lo = f->hi = 0;
+		if (r < 0)
+			return (int)r;
+		f->lo = off;
+		f->hi = off + len;
+	}
+	*p = f->buf + (off - f->lo);
+	*got = f->hi - off < n ? (size_t)(f->hi - off) : (size_t)n;
+	return 0;
 }
 
 /* One try at frame e into out (ulen bytes, the whole block), its stored
- * bytes streamed through the piece buffer: 0 when it is exactly one frame
- * that decodes to exactly ulen bytes with the right hash, 1 when not, or
- * the read errno. */
-static int try_frame(const struct apb_source *src, struct ctx *c,
+ * bytes fed from the window: 0 when it is exactly one frame that decodes
+ * to exactly ulen bytes with the right hash, 1 when not, or the read
+ * errno. */
+static int try_frame(struct feed *f, struct ctx *c,
 		     const struct apb_block_entry *e, size_t ulen,
 		     uint8_t *out)
 {
@@ -616,13 +658,15 @@ static int try_frame(const struct apb_source *src, struct ctx *c,
 
 	if (ZSTD_isError(ZSTD_DCtx_reset(c->z, ZSTD_reset_session_only)))
 		return 1;
-	for (size_t at = 0; at < e->length;) {
-		size_t n = e->length - at < PIECE ? e->length - at : PIECE;
-		ZSTD_inBuffer i = {.src = c->piece, .size = n, .pos = 0};
+	for (uint64_t at = 0; at < e->length;) {
+		const uint8_t *p;
+		size_t n;
+		ZSTD_inBuffer i;
 
-		rc = read_piece(src, c, e, at, n);
+		rc = feed_at(f, e->offset + at, e->length - at, &p, &n);
 		if (rc)
 			return rc;
+		i = (ZSTD_inBuffer){.src = p, .size = n, .pos = 0};
 		while (i.pos < i.size) {
 			size_t was_in = i.pos, was_out = o.pos;
 
@@ -635,7 +679,7 @@ static int try_frame(const struct apb_source *src, struct ctx *c,
 			    (i.pos == was_in && o.pos == was_out && left))
 				return 1;
 		}
-		at += n;
+		at += i.size;
 	}
 	if (left != 0 || o.pos != ulen)
 		return 1;
@@ -643,61 +687,67 @@ static int try_frame(const struct apb_source *src, struct ctx *c,
 }
 
 /* One try at bytes [in, in + len) of raw block e (ulen bytes) into d:
- * the whole block is read piece by piece and hashed, the wanted bytes
- * copied out of the pieces. 0 when the hash matches (d moved past the
- * bytes), 1 when not, or the read errno. */
-static int try_raw_part(const struct apb_source *src, struct ctx *c,
-			const struct apb_block_entry *e, size_t ulen,
-			size_t in, size_t len, struct dest *d)
+ * the whole block is fed from the window and hashed, the wanted bytes
+ * copied out of it. 0 when the hash matches (d moved past the bytes), 1
+ * when not, or the read errno. */
+static int try_raw_part(struct feed *f, const struct apb_block_entry *e,
+			size_t ulen, size_t in, size_t len, struct dest *d)
 {
 	XXH3_state_t st;
 	int rc;
 
 	XXH3_64bits_reset(&st);
-	for (size_t at = 0; at < ulen; at += PIECE) {
-		size_t n = ulen - at < PIECE ? ulen - at : PIECE;
-		size_t lo = at > in ? at : in;
-		size_t hi = at + n < in + len ? at + n : in + len;
+	for (size_t at = 0; at < ulen;) {
+		const uint8_t *p;
+		size_t n, lo, hi;
 
-		rc = read_piece(src, c, e, at, n);
+		rc = feed_at(f, e->offset + at, ulen - at, &p, &n);
 		if (rc)
 			return rc;
-		XXH3_64bits_update(&st, c->piece, n);
+		lo = at > in ? at : in;
+		hi = at + n < in + len ? at + n : in + len;
+		XXH3_64bits_update(&st, p, n);
 		if (lo < hi)
-			dest_copy(d, c->piece + (lo - at), hi - lo);
+			dest_copy(d, p + (lo - at), hi - lo);
+		at += n;
 	}
 	return XXH3_64bits_digest(&st) == e->xxh3 ? 0 : 1;
 }
 
 /* Bytes [in, in + len) of block bi into d, verified, with one more try
- * after a failure: 0, -EBADMSG, -ENOMEM or the read errno. A frame wanted
- * whole whose destination is one buffer is decoded straight into it;
- * another frame needs scratch of the block's size, reserved before it is
- * allocated (ctx_take()). */
-static int read_one(const struct apb_source *src, struct apb_v2_reader *r,
-		    const struct apb_model *m,
-		    const struct apb_block_entry *e, uint64_t bi, size_t in,
-		    size_t len, struct dest *d)
+ * after a failure, which reads the block again on its own (not the
+ * window's copy of it): 0, -EBADMSG, -ENOMEM or the read errno. A frame
+ * wanted whole whose destination is one buffer is decoded straight into
+ * it; another frame needs scratch of the block's size, which the stage's
+ * reservation covers. */
+static int read_block(struct feed *f, struct ctx *c,
+		      const struct apb_model *m,
+		      const struct apb_block_entry *e, uint64_t bi, size_t in,
+		      size_t len, struct dest *d)
 {
 	size_t ulen = block_len(m, bi);
 	bool frame = e->flags & APB_BLOCK_ZSTD;
 	uint8_t *flat = in == 0 && len == ulen ? dest_flat(d, ulen) : NULL;
-	size_t need = CTX_BYTES + (frame && !flat ? ulen : 0);
+	uint64_t stage_end = f->end;
 	struct dest at = *d;
 	uint8_t *out = NULL;
-	struct ctx *c = ctx_take(r, need);
-	int rc = c ? 1 : -ENOMEM; /* 1: not read yet */
+	int rc = 1; /* 1: not read yet */
 
-	if (c && frame) {
+	if (frame) {
 		out = flat ? flat : scratch_get(c, ulen);
 		if (!out || ctx_dctx(c) != 0)
 			rc = -ENOMEM;
 	}
 	for (int tries = 0; tries < 2 && rc == 1; tries++) {
+		if (tries > 0) {
+			f->lo = f->hi = 0;
+			f->end = e->offset + e->length;
+		}
 		*d = at;
-		rc = frame ? try_frame(src, c, e, ulen, out)
-			   : try_raw_part(src, c, e, ulen, in, len, d);
+		rc = frame ? try_frame(f, c, e, ulen, out)
+			   : try_raw_part(f, e, ulen, in, len, d);
 	}
+	f->end = stage_end;
 	if (rc == 0 && frame) {
 		if (flat)
 			dest_advance(d, ulen);
@@ -706,9 +756,116 @@ static int read_one(const struct apb_source *src, struct apb_v2_reader *r,
 	}
 	if (out != flat)
 		scratch_put(out, ulen);
-	if (c)
-		ctx_give(r, c, need);
 	return rc == 1 ? -EBADMSG : rc;
+}
+
+/* The wanted bytes of block j from pos (inside it) up to end: *in, and
+ * the length. */
+static size_t wanted(const struct apb_model *m, uint64_t j, uint64_t pos,
+		     uint64_t end, size_t *in)
+{
+	size_t ulen = block_len(m, j);
+
+	*in = (size_t)(pos - j * m->block_size);
+	return end - pos < ulen - *in ? (size_t)(end - pos) : ulen - *in;
+}
+
+static void stage_plan(const struct apb_model *m,
+		       const struct apb_block_entry *t, uint64_t pos,
+		       uint64_t end, struct dest d, bool remote,
+		       struct apb_v2_stage *st)
+{
+	uint64_t bi = pos / m->block_size, prev_end = t[bi].offset;
+
+	*st = (struct apb_v2_stage){0};
+	for (uint64_t j = bi; j < m->block_count && pos < end; j++) {
+		const struct apb_block_entry *e = &t[j];
+		size_t in, len = wanted(m, j, pos, end, &in);
+		size_t ulen = block_len(m, j);
+		bool whole_flat = in == 0 && len == ulen && dest_flat(&d, ulen);
+		size_t need = (e->flags & APB_BLOCK_ZSTD) && !whole_flat ? ulen
+									 : 0;
+		size_t scratch = need > st->scratch ? need : st->scratch;
+		uint64_t span = e->offset + e->length - t[bi].offset;
+
+		if (j > bi && (!remote || e->offset - prev_end >= APB_ALIGN ||
+			       span > APB_V2_STAGE_MAX ||
+			       span + scratch > APB_BLOCK_SIZE_MAX))
+			break;
+		st->blocks++;
+		st->span = span;
+		st->scratch = scratch;
+		prev_end = e->offset + e->length;
+		dest_advance(&d, len);
+		pos += len;
+	}
+	st->window = PIECE;
+	if (remote) {
+		uint64_t w = st->span < APB_V2_STAGE_MAX ? st->span
+							 : APB_V2_STAGE_MAX;
+
+		if (w > APB_BLOCK_SIZE_MAX - st->scratch)
+			w = APB_BLOCK_SIZE_MAX - st->scratch;
+		if (w > PIECE)
+			st->window = (size_t)w;
+	}
+}
+
+void apb_v2_stage_plan(const struct apb_model *m,
+		       const struct apb_block_entry *table, uint64_t pos,
+		       uint64_t end, const struct iovec *iov, int iovcnt,
+		       bool remote, struct apb_v2_stage *st)
+{
+	struct dest d = {.iov = iov, .cnt = iovcnt};
+
+	dest_advance(&d, 0);
+	stage_plan(m, table + m->first_block, pos, end, d, remote, st);
+}
+
+/* A stage's own window: a mapping of its own, unmapped after the stage
+ * (as large scratch is, and for the same reason). */
+static uint8_t *window_get(size_t n)
+{
+	void *p = mmap(NULL, n, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	return p == MAP_FAILED ? NULL : p;
+}
+
+/* The stage st, which begins at *pos, into d: its blocks through one
+ * context and its window, *pos moved past them. 0, -EBADMSG with *bad
+ * set, -ENOMEM or the read errno. */
+static int read_stage(const struct apb_source *src, struct apb_v2_reader *r,
+		      const struct apb_model *m,
+		      const struct apb_block_entry *t,
+		      const struct apb_v2_stage *st, uint64_t *pos,
+		      uint64_t end, struct dest *d, uint64_t *bad)
+{
+	uint64_t bi = *pos / m->block_size;
+	bool own = st->window > PIECE; /* else the context's piece buffer */
+	size_t need = CTX_BYTES + st->scratch + (own ? st->window : 0);
+	struct feed f = {.src = src, .cap = st->window,
+			 .end = t[bi].offset + st->span};
+	struct ctx *c = ctx_take(r, need);
+	int rc = 0;
+
+	if (!c)
+		return -ENOMEM;
+	f.buf = own ? window_get(st->window) : c->piece;
+	if (!f.buf)
+		rc = -ENOMEM;
+	for (uint64_t j = bi; j < bi + st->blocks && rc == 0; j++) {
+		size_t in, len = wanted(m, j, *pos, end, &in);
+
+		rc = read_block(&f, c, m, &t[j], j, in, len, d);
+		if (rc == -EBADMSG)
+			*bad = j;
+		*pos += len;
+	}
+	if (own && f.buf)
+		munmap(f.buf, st->window);
+	ctx_give(r, c, need);
+	return rc;
 }
 
 /* Whole raw blocks from bi on that lie back to back in the file and end
@@ -774,26 +931,23 @@ long apb_v2_preadv(const struct apb_source *src, struct apb_v2_reader *r,
 	const struct apb_block_entry *t = table + m->first_block;
 	struct dest d = {.iov = iov, .cnt = iovcnt};
 	uint64_t pos = off, end = off + want, bad = 0;
+	bool remote = apb_source_is_remote(src);
 	int rc = 0;
 
 	dest_advance(&d, 0);
 	while (pos < end && rc == 0) {
-		uint64_t bi = pos / m->block_size, start = bi * m->block_size;
-		size_t ulen = block_len(m, bi), bytes;
-		uint64_t n = pos == start ? raw_run(m, t, bi, end, &bytes) : 0;
+		uint64_t bi = pos / m->block_size;
+		size_t bytes;
+		uint64_t n = pos == bi * m->block_size
+				     ? raw_run(m, t, bi, end, &bytes) : 0;
+		struct apb_v2_stage st;
 
 		if (n > 0) {
 			rc = read_run(src, m, t, bi, n, bytes, &d, &bad);
 			pos += bytes;
 		} else {
-			size_t in = (size_t)(pos - start);
-			size_t len = end - pos < ulen - in ? (size_t)(end - pos)
-							   : ulen - in;
-
-			rc = read_one(src, r, m, &t[bi], bi, in, len, &d);
-			if (rc == -EBADMSG)
-				bad = bi;
-			pos += len;
+			stage_plan(m, t, pos, end, d, remote, &st);
+			rc = read_stage(src, r, m, t, &st, &pos, end, &d, &bad);
 		}
 	}
 	if (rc == -EBADMSG && bad_block)
