@@ -7,7 +7,9 @@
  * table entries the layout computed, the manifest numbers, and JSON text
  * overrides. Round trips compare every byte read with the source; every
  * rule has a test asserting -EINVAL and the distinctive part of its
- * message; corrupt blocks must give -EBADMSG and their index.
+ * message; corrupt blocks must give -EBADMSG and their index. The stage
+ * plan (what one read of a remote source covers) is checked on crafted
+ * tables, its rules and the scratch bound on random ones.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -21,6 +23,7 @@
 #include <xxhash.h>
 #include <zstd.h>
 
+#include "../../core/format.h"
 #include "apbundle/bundle.h"
 #include "buf.h"
 #include "test.h"
@@ -1055,6 +1058,192 @@ static void rejects_table_overlapping_a_model(void)
 	expect_v2_error(&v, "overlaps model 'b'");
 }
 
+/* ---- stages: what one read of a remote source covers ------------------- */
+
+#define KiB 1024u
+#define MiB (1024u * 1024u)
+#define PIECE_BYTES (128u * KiB) /* v2.c's PIECE: a local stage's window */
+
+static struct apb_block_entry stage_t[64];
+
+/* A model of n blocks of bs bytes (the last one last bytes, 0: bs) whose
+ * entries are frames of len bytes back to back from 1 MiB on. */
+static struct apb_model stage_model(uint64_t bs, uint64_t n, uint32_t len)
+{
+	struct apb_model m = {.name = "m", .size = n * bs, .block_size = bs,
+			      .block_count = n,
+			      .compression = APB_COMPRESSION_ZSTD};
+
+	for (uint64_t i = 0; i < n; i++)
+		stage_t[i] = (struct apb_block_entry){
+			.offset = MiB + i * len, .length = len,
+			.flags = APB_BLOCK_ZSTD};
+	m.offset = MiB;
+	m.stored_size = n * len;
+	return m;
+}
+
+/* iovecs of each bytes covering [0, total) of a buffer that is not
+ * touched (the plan only looks at the lengths). */
+static int slots(struct iovec *iov, size_t total, size_t each)
+{
+	static uint8_t any;
+	int n = 0;
+
+	for (size_t at = 0; at < total; at += each)
+		iov[n++] = (struct iovec){&any, each};
+	return n;
+}
+
+static void plan(const struct apb_model *m, uint64_t pos, uint64_t end,
+		 size_t slot, bool remote, struct apb_v2_stage *st)
+{
+	static struct iovec iov[4096];
+	int n = slots(iov, end - pos, slot);
+
+	apb_v2_stage_plan(m, stage_t, pos, end, iov, n, remote, st);
+}
+
+/* A local file: a stage is one block through the context's piece buffer,
+ * as before stages (no read of a frame's stored size at once). */
+static void stage_local_is_one_block_through_a_piece(void)
+{
+	struct apb_model m = stage_model(64 * KiB, 32, 40000);
+	struct apb_v2_stage st;
+
+	plan(&m, 0, MiB, 64 * KiB, false, &st);
+	CHECK_EQ(st.blocks, 1);
+	CHECK_EQ(st.span, 40000);
+	CHECK_EQ(st.scratch, 0); /* decoded straight into its slot */
+	CHECK_EQ(st.window, PIECE_BYTES);
+	plan(&m, 0, MiB, 4 * KiB, false, &st);
+	CHECK_EQ(st.scratch, 64 * KiB); /* a frame over 16 slots */
+}
+
+/* Remote: a cache run of 16 adjacent frames is one stage, one window. */
+static void stage_remote_takes_the_run_of_adjacent_frames(void)
+{
+	struct apb_model m = stage_model(64 * KiB, 32, 40000);
+	struct apb_v2_stage st;
+
+	plan(&m, 0, MiB, 64 * KiB, true, &st);
+	CHECK_EQ(st.blocks, 16);
+	CHECK_EQ(st.span, 16 * 40000);
+	CHECK_EQ(st.scratch, 0);
+	CHECK_EQ(st.window, 16 * 40000);
+	/* From the middle of block 3 to 100 bytes into block 9. */
+	plan(&m, 3 * 64 * KiB + 5, 9 * 64 * KiB + 100, 4 * KiB, true, &st);
+	CHECK_EQ(st.blocks, 7);
+	CHECK_EQ(st.span, 7 * 40000);
+	CHECK_EQ(st.scratch, 64 * KiB);
+	CHECK_EQ(st.window, 7 * 40000);
+	/* The read's last byte ends the stage even where frames go on. */
+	plan(&m, 0, 64 * KiB, 64 * KiB, true, &st);
+	CHECK_EQ(st.blocks, 1);
+}
+
+/* A gap of a raw block's alignment or more between stored blocks ends a
+ * stage; less (the padding before an aligned raw block) does not. */
+static void stage_remote_stops_at_a_gap(void)
+{
+	struct apb_model m = stage_model(64 * KiB, 32, 40000);
+	struct apb_v2_stage st;
+
+	for (uint64_t i = 4; i < 32; i++)
+		stage_t[i].offset += 4095;
+	plan(&m, 0, MiB, 64 * KiB, true, &st);
+	CHECK_EQ(st.blocks, 16);
+	CHECK_EQ(st.span, 16 * 40000 + 4095);
+	for (uint64_t i = 4; i < 32; i++)
+		stage_t[i].offset += 1;
+	plan(&m, 0, MiB, 64 * KiB, true, &st);
+	CHECK_EQ(st.blocks, 4);
+	CHECK_EQ(st.span, 4 * 40000);
+	/* A raw block only partly wanted joins the stage like a frame. */
+	m = stage_model(64 * KiB, 32, 40000);
+	stage_t[2].flags = 0;
+	stage_t[2].length = 64 * KiB;
+	for (uint64_t i = 3; i < 32; i++)
+		stage_t[i].offset += 64 * KiB - 40000;
+	plan(&m, 0, 2 * 64 * KiB + 10, 64 * KiB, true, &st);
+	CHECK_EQ(st.blocks, 3);
+	CHECK_EQ(st.span, 2 * 40000 + 64 * KiB);
+}
+
+/* At most APB_V2_STAGE_MAX stored bytes per stage, and a window no
+ * larger; a first block larger than that is streamed through it. */
+static void stage_remote_is_bounded_by_the_stage_max(void)
+{
+	struct apb_model m = stage_model(MiB, 16, 1000000);
+	struct apb_v2_stage st;
+
+	plan(&m, 0, 16 * MiB, MiB, true, &st);
+	CHECK_EQ(APB_V2_STAGE_MAX, 4 * MiB);
+	CHECK_EQ(st.blocks, 4);
+	CHECK_EQ(st.span, 4000000);
+	CHECK_EQ(st.window, 4000000);
+	m = stage_model(8 * MiB, 2, 6 * MiB);
+	plan(&m, 0, 16 * MiB, 8 * MiB, true, &st);
+	CHECK_EQ(st.blocks, 1);
+	CHECK_EQ(st.span, 6 * MiB);
+	CHECK_EQ(st.window, APB_V2_STAGE_MAX);
+}
+
+/* The scratch bound (v2.c): a stage's window plus its block scratch stays
+ * within APB_BLOCK_SIZE_MAX, or its window is the context's own piece
+ * buffer. A 16 MiB frame decoded into scratch leaves no room for more. */
+static void stage_remote_keeps_the_scratch_bound(void)
+{
+	struct apb_model m = stage_model(16 * MiB, 3, 5 * MiB);
+	struct apb_v2_stage st;
+	uint64_t seed = 88172645463325252ull;
+
+	plan(&m, 0, 48 * MiB, 64 * KiB, true, &st);
+	CHECK_EQ(st.blocks, 1);
+	CHECK_EQ(st.scratch, 16 * MiB);
+	CHECK_EQ(st.window, PIECE_BYTES);
+	plan(&m, 0, 48 * MiB, 16 * MiB, true, &st); /* straight into a slot */
+	CHECK_EQ(st.blocks, 1);  /* two spans of 5 MiB exceed the stage max */
+	CHECK_EQ(st.scratch, 0);
+	CHECK_EQ(st.window, APB_V2_STAGE_MAX);
+	/* Random models and reads: the rules hold for each. */
+	for (int k = 0; k < 2000; k++) {
+		uint64_t bs, n, pos, end, last;
+		uint32_t len;
+		size_t slot;
+
+		seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
+		bs = 4096ull << (seed % 13);              /* 4 KiB .. 16 MiB */
+		n = 1 + (seed >> 8) % 40;
+		len = (uint32_t)(1 + (seed >> 16) % (bs + bs / 64));
+		slot = (size_t)4096 << ((seed >> 40) % 13);
+		m = stage_model(bs, n, len);
+		pos = (seed >> 24) % m.size;
+		end = pos + 1 + (seed >> 32) % (m.size - pos);
+		if ((end - pos) / slot > 4000)
+			end = pos + 4000 * (uint64_t)slot;
+		plan(&m, pos, end, slot, true, &st);
+		last = pos / bs + st.blocks - 1;
+		CHECK(st.blocks >= 1);
+		CHECK(last * bs < end);
+		CHECK_EQ(st.span, stage_t[last].offset + len -
+					  stage_t[pos / bs].offset);
+		CHECK(st.scratch <= bs);
+		CHECK(st.window >= PIECE_BYTES);
+		CHECK(st.window == PIECE_BYTES ||
+		      st.window + st.scratch <= APB_BLOCK_SIZE_MAX);
+		CHECK(st.window <= APB_V2_STAGE_MAX ||
+		      st.window == PIECE_BYTES);
+		CHECK(st.blocks == 1 ||
+		      (st.span <= APB_V2_STAGE_MAX &&
+		       st.span + st.scratch <= APB_BLOCK_SIZE_MAX));
+		/* Every block of the read up to the stage max is taken. */
+		CHECK((last + 1) * bs >= end ||
+		      st.span + len > APB_V2_STAGE_MAX ||
+		      st.span + len + bs > APB_BLOCK_SIZE_MAX);
+	}
+}
+
 int main(void)
 {
 	RUN(v2_exposes_compression_block_size_and_count);
@@ -1101,5 +1290,10 @@ int main(void)
 	RUN(rejects_unused_entries);
 	RUN(empty_model_may_name_any_entry);
 	RUN(rejects_table_overlapping_a_model);
+	RUN(stage_local_is_one_block_through_a_piece);
+	RUN(stage_remote_takes_the_run_of_adjacent_frames);
+	RUN(stage_remote_stops_at_a_gap);
+	RUN(stage_remote_is_bounded_by_the_stage_max);
+	RUN(stage_remote_keeps_the_scratch_bound);
 	return 0;
 }
