@@ -51,9 +51,9 @@ def torch_net():
 
 
 def torch_state():
-    """Seeded weights: the first layer normal floats (close to random bytes:
-    zstd stores its blocks raw), the others on a grid of 1/256 steps (their
-    low mantissa bits are zero: zstd compresses them)."""
+    """Seeded weights: the first layer normal floats (nearly random bytes,
+    which zstd barely compresses), the others 129 distinct values each
+    (scaled integers -64..64, which zstd compresses to about half)."""
     import torch
     g = torch.Generator().manual_seed(20261205)
     state = {}
@@ -131,8 +131,8 @@ def cmd_torch_from_file(path):
 
 
 def cmd_numpy_write(out):
-    """Half seeded integers on a 1/256 grid (compressible), half uniform
-    noise (nearly incompressible): both kinds of zstd block."""
+    """Half seeded integers on a 1/256 grid (compressible), half normal
+    noise (barely compressible): both kinds of zstd block."""
     import numpy as np
     rng = np.random.default_rng(20261205)
     half = NUMPY_ELEMENTS // 2
