@@ -34,10 +34,30 @@
  * Saturation. Counts stop at UINT32_MAX (successors) and UINT64_MAX
  * (opens) instead of wrapping, so a long-lived count never turns small.
  *
+ * Load orders. orders[m] is model m's learned load order (order.h) or
+ * NULL: an immutable, reference-counted array of runs. Replacing one
+ * swaps the pointer under mu; readers (apb_learn_order(), saving) take a
+ * reference under mu and copy or write it with no lock held, so no order
+ * is copied or freed under mu. Orders are in chunks of chunk_size, set
+ * once before loading.
+ *
  * State file. One JSON object, built and parsed with cJSON:
  *
  *   {"version": 1,
- *    "models": {"NAME": {"opens": N, "next": {"NAME2": COUNT, ...}}, ...}}
+ *    "models": {"NAME": {"opens": N, "next": {"NAME2": COUNT, ...},
+ *                        "order": {"chunk_size": CS, "size": BYTES,
+ *                                  "runs": [[FIRST, COUNT], ...]}}, ...}}
+ *
+ * "order" is optional (a file from before orders has none; a daemon from
+ * before them ignores the key, as any unknown one, so the version stays
+ * 1). Its runs are checked as apb_order_check() does against the size and
+ * chunk size the order itself names: COUNT >= 1, within the model, no
+ * chunk twice, APB_ORDER_CHUNKS chunks at most; a file that breaks that
+ * is not a state file. A checked order replaces the model's (orders are
+ * not merged: the file's is the most recent) if its chunk size and model
+ * size are this mount's, and is dropped otherwise: with another chunk
+ * size its runs name other bytes, and a model of another size is another
+ * model under the same name.
  *
  * Models are keyed by name (indexes change when the bundle does) in name
  * order; only models with opens > 0 or a successor are written, and each
@@ -61,9 +81,9 @@
  * writes it through atomic.h (temporary file in the same directory, fsync,
  * rename, fsync of the directory) with no lock held.
  *
- * Locking. One mutex, `mu`, protects opens, next and last. It is held only
- * for table work (no I/O, no allocation); it is the only lock here and no
- * other lock is taken under it.
+ * Locking. One mutex, `mu`, protects opens, next, last and the orders
+ * pointers. It is held only for table work (no I/O, no allocation, no
+ * free); it is the only lock here and no other lock is taken under it.
  */
 #include <apbundle/learn.h>
 
@@ -71,6 +91,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,6 +112,32 @@ struct succ {
 	uint32_t count; /* 0: empty slot */
 };
 
+/* An immutable load order, shared by reference (see "Load orders"). */
+struct learned_order {
+	atomic_uint refs;
+	uint32_t nruns;
+	struct apb_order_run runs[];
+};
+
+static struct learned_order *order_new(const struct apb_order_run *runs,
+				       size_t n)
+{
+	struct learned_order *o = malloc(sizeof(*o) + n * sizeof(*runs));
+
+	if (!o)
+		return NULL;
+	atomic_init(&o->refs, 1);
+	o->nruns = (uint32_t)n;
+	memcpy(o->runs, runs, n * sizeof(*runs));
+	return o;
+}
+
+static void order_put(struct learned_order *o)
+{
+	if (o && atomic_fetch_sub(&o->refs, 1) == 1)
+		free(o);
+}
+
 struct apb_learn {
 	const struct apb_bundle *bundle; /* immutable */
 	uint32_t count;                  /* immutable: models in bundle */
@@ -98,6 +145,8 @@ struct apb_learn {
 	uint64_t *opens;   /* mu: [count] */
 	struct succ *next; /* mu: [count * APB_LEARN_SUCCESSORS] */
 	uint32_t last;     /* mu: last opened model, NONE before any */
+	uint32_t chunk_size;             /* set before loading; 0: no orders */
+	struct learned_order **orders;   /* mu: [count], NULL: none */
 };
 
 int apb_learn_new(const struct apb_bundle *bundle, struct apb_learn **out)
@@ -117,9 +166,12 @@ int apb_learn_new(const struct apb_bundle *bundle, struct apb_learn **out)
 	/* calloc(0) may return NULL; one extra element keeps NULL an error. */
 	l->opens = calloc(n + 1, sizeof(*l->opens));
 	l->next = calloc(n * APB_LEARN_SUCCESSORS + 1, sizeof(*l->next));
-	if (!l->opens || !l->next || apb_mutex_init(&l->mu) != 0) {
+	l->orders = calloc(n + 1, sizeof(*l->orders));
+	if (!l->opens || !l->next || !l->orders ||
+	    apb_mutex_init(&l->mu) != 0) {
 		free(l->opens);
 		free(l->next);
+		free(l->orders);
 		free(l);
 		return -ENOMEM;
 	}
@@ -132,6 +184,9 @@ void apb_learn_free(struct apb_learn *l)
 	if (!l)
 		return;
 	apb_mutex_destroy(&l->mu);
+	for (uint32_t m = 0; m < l->count; m++)
+		order_put(l->orders[m]);
+	free(l->orders);
 	free(l->opens);
 	free(l->next);
 	free(l);
@@ -313,6 +368,82 @@ uint64_t apb_learn_opens(struct apb_learn *l, uint32_t model)
 	return n;
 }
 
+/* ---- load orders ------------------------------------------------------ */
+
+void apb_learn_set_chunk_size(struct apb_learn *l, uint32_t chunk_size)
+{
+	l->chunk_size = chunk_size;
+}
+
+static uint64_t model_chunks(const struct apb_learn *l, uint32_t model)
+{
+	uint64_t size = apb_bundle_model(l->bundle, model)->size;
+
+	return (size + l->chunk_size - 1) / l->chunk_size;
+}
+
+/* A reference to model's order, or NULL. */
+static struct learned_order *order_get(struct apb_learn *l, uint32_t model)
+{
+	struct learned_order *o;
+
+	apb_mutex_lock(&l->mu);
+	o = l->orders[model];
+	if (o)
+		atomic_fetch_add(&o->refs, 1);
+	apb_mutex_unlock(&l->mu);
+	return o;
+}
+
+int apb_learn_order(struct apb_learn *l, uint32_t model,
+		    struct apb_order_run **runs, size_t *n)
+{
+	struct learned_order *o;
+
+	*runs = NULL;
+	*n = 0;
+	if (model >= l->count || !(o = order_get(l, model)))
+		return 0;
+	*runs = malloc(o->nruns * sizeof(**runs));
+	if (!*runs) {
+		order_put(o);
+		return -ENOMEM;
+	}
+	memcpy(*runs, o->runs, o->nruns * sizeof(**runs));
+	*n = o->nruns;
+	order_put(o);
+	return 0;
+}
+
+int apb_learn_offer_order(struct apb_learn *l, uint32_t model,
+			  const struct apb_order_run *runs, size_t n)
+{
+	struct learned_order *o, *old = NULL;
+	uint64_t chunks = apb_order_chunks(runs, n);
+	bool replace;
+	int rc;
+
+	if (model >= l->count || l->chunk_size == 0)
+		return -EINVAL;
+	if (n == 0)
+		return 0;
+	rc = apb_order_check(runs, n, model_chunks(l, model));
+	if (rc)
+		return rc;
+	o = order_new(runs, n);
+	if (!o)
+		return -ENOMEM;
+	apb_mutex_lock(&l->mu);
+	old = l->orders[model];
+	replace = !old || chunks >= APB_ORDER_CHUNKS ||
+		  2 * chunks >= apb_order_chunks(old->runs, old->nruns);
+	if (replace)
+		l->orders[model] = o;
+	apb_mutex_unlock(&l->mu);
+	order_put(replace ? old : o);
+	return replace ? 1 : 0;
+}
+
 /* ---- loading ---------------------------------------------------------- */
 
 /* Read all of path into a NUL-terminated *buf (caller frees). */
@@ -405,6 +536,91 @@ static bool is_count(const cJSON *item)
 	return v >= 0 && v <= APB_JSON_EXACT_INT_MAX && (double)(uint64_t)v == v;
 }
 
+/* The runs of a model's "order" (checked by check_order()) into a new
+ * array; NULL if no memory. */
+static struct apb_order_run *order_runs(const cJSON *runs, size_t *n)
+{
+	struct apb_order_run *v;
+	const cJSON *r;
+	size_t i = 0;
+
+	*n = (size_t)cJSON_GetArraySize(runs);
+	v = calloc(*n + 1, sizeof(*v));
+	if (!v)
+		return NULL;
+	cJSON_ArrayForEach(r, runs) {
+		v[i].first = (uint64_t)cJSON_GetArrayItem(r, 0)->valuedouble;
+		v[i].count = (uint32_t)cJSON_GetArrayItem(r, 1)->valuedouble;
+		i++;
+	}
+	return v;
+}
+
+/* Check a model's optional "order" (see "State file"). */
+static int check_order(const cJSON *o, const char *name, char *err,
+		       size_t err_len)
+{
+	const cJSON *cs, *size, *runs, *r;
+	struct apb_order_run *v;
+	size_t i = 0, n;
+	int rc;
+
+	if (!o)
+		return 0;
+	if (!cJSON_IsObject(o))
+		return apb_fail(-EINVAL, err, err_len,
+				"'models.%s.order' is not an object", name);
+	cs = cJSON_GetObjectItemCaseSensitive(o, "chunk_size");
+	size = cJSON_GetObjectItemCaseSensitive(o, "size");
+	runs = cJSON_GetObjectItemCaseSensitive(o, "runs");
+	if (!is_count(cs) || cs->valuedouble < 1 ||
+	    cs->valuedouble > UINT32_MAX)
+		return apb_fail(-EINVAL, err, err_len,
+				"'models.%s.order.chunk_size' is missing or "
+				"not an integer from 1 to 2^32 - 1", name);
+	if (!is_count(size))
+		return apb_fail(-EINVAL, err, err_len,
+				"'models.%s.order.size' is missing or not a "
+				"non-negative integer", name);
+	if (!cJSON_IsArray(runs))
+		return apb_fail(-EINVAL, err, err_len,
+				"'models.%s.order.runs' is missing or not an "
+				"array", name);
+	if (cJSON_GetArraySize(runs) > (int)APB_ORDER_CHUNKS)
+		return apb_fail(-EINVAL, err, err_len,
+				"'models.%s.order.runs' has more than %u runs",
+				name, APB_ORDER_CHUNKS);
+	cJSON_ArrayForEach(r, runs) {
+		const cJSON *f = cJSON_GetArrayItem(r, 0);
+		const cJSON *c = cJSON_GetArrayItem(r, 1);
+
+		if (!cJSON_IsArray(r) || cJSON_GetArraySize(r) != 2 ||
+		    !is_count(f) || !is_count(c) || c->valuedouble < 1 ||
+		    c->valuedouble > APB_ORDER_CHUNKS)
+			return apb_fail(-EINVAL, err, err_len,
+					"'models.%s.order.runs[%zu]' is not "
+					"[FIRST, COUNT] with COUNT from 1 to "
+					"%u", name, i, APB_ORDER_CHUNKS);
+		i++;
+	}
+	v = order_runs(runs, &n);
+	if (!v)
+		return apb_fail(-ENOMEM, err, err_len, "%s", strerror(ENOMEM));
+	rc = apb_order_check(v, n,
+			     ((uint64_t)size->valuedouble +
+			      (uint64_t)cs->valuedouble - 1) /
+				     (uint64_t)cs->valuedouble);
+	free(v);
+	if (rc == -ENOMEM)
+		return apb_fail(rc, err, err_len, "%s", strerror(ENOMEM));
+	if (rc)
+		return apb_fail(rc, err, err_len,
+				"'models.%s.order.runs' names a chunk past "
+				"the model's size, a chunk twice, or more "
+				"than %u chunks", name, APB_ORDER_CHUNKS);
+	return 0;
+}
+
 /* Check one entry of "models" without touching any count. */
 static int check_model(const cJSON *m, char *err, size_t err_len)
 {
@@ -439,7 +655,8 @@ static int check_model(const cJSON *m, char *err, size_t err_len)
 					"not a non-negative integer",
 					m->string, s->string);
 	}
-	return 0;
+	return check_order(cJSON_GetObjectItemCaseSensitive(m, "order"),
+			   m->string, err, err_len);
 }
 
 /* Check the whole document; returns its "models" object through *models. */
@@ -480,13 +697,80 @@ static uint32_t clamp32(double v)
 	return v >= (double)UINT32_MAX ? UINT32_MAX : (uint32_t)v;
 }
 
-/* Add a checked document's counts to the tables (mu held). Cannot fail. */
-static void merge_state(struct apb_learn *l, const cJSON *models)
+/* The order of a checked model entry m of bundle model `model`, if this
+ * mount can use it (see "State file"); *out NULL if not. 0 or -ENOMEM. */
+static int usable_order(const struct apb_learn *l, const cJSON *m,
+			size_t model, struct learned_order **out)
+{
+	const cJSON *o = cJSON_GetObjectItemCaseSensitive(m, "order");
+	struct apb_order_run *v;
+	size_t n;
+
+	*out = NULL;
+	if (!o || l->chunk_size == 0 ||
+	    cJSON_GetObjectItemCaseSensitive(o, "chunk_size")->valuedouble !=
+		    (double)l->chunk_size ||
+	    cJSON_GetObjectItemCaseSensitive(o, "size")->valuedouble !=
+		    (double)apb_bundle_model(l->bundle, model)->size)
+		return 0;
+	v = order_runs(cJSON_GetObjectItemCaseSensitive(o, "runs"), &n);
+	if (!v)
+		return -ENOMEM;
+	if (n)
+		*out = order_new(v, n);
+	free(v);
+	return n && !*out ? -ENOMEM : 0;
+}
+
+/* The orders of a checked document, by bundle model (NULL: none), built
+ * before the lock is taken. 0 or -ENOMEM (nothing built). */
+static int build_orders(const struct apb_learn *l, const cJSON *models,
+			struct learned_order ***out)
+{
+	struct learned_order **v = calloc((size_t)l->count + 1, sizeof(*v));
+	const cJSON *m;
+	size_t idx;
+
+	*out = NULL;
+	if (!v)
+		return -ENOMEM;
+	cJSON_ArrayForEach(m, models) {
+		struct learned_order *o;
+
+		if (apb_bundle_find(l->bundle, m->string, &idx) != 0)
+			continue;
+		if (usable_order(l, m, idx, &o)) {
+			for (uint32_t i = 0; i < l->count; i++)
+				order_put(v[i]);
+			free(v);
+			return -ENOMEM;
+		}
+		if (o) { /* a name given twice: the last one's */
+			order_put(v[idx]);
+			v[idx] = o;
+		}
+	}
+	*out = v;
+	return 0;
+}
+
+/* Add a checked document's counts to the tables and swap in its orders
+ * (mu held): orders[m] and the replaced ones trade places, for the caller
+ * to put with no lock held. Cannot fail. */
+static void merge_state(struct apb_learn *l, const cJSON *models,
+			struct learned_order **orders)
 {
 	const cJSON *m, *s;
 	size_t from, to;
 
 	apb_assert_held(&l->mu);
+	for (uint32_t i = 0; i < l->count; i++) {
+		if (orders[i]) {
+			struct learned_order *old = l->orders[i];
+			l->orders[i] = orders[i];
+			orders[i] = old;
+		}
+	}
 	cJSON_ArrayForEach(m, models) {
 		if (apb_bundle_find(l->bundle, m->string, &from) != 0)
 			continue;
@@ -509,6 +793,7 @@ int apb_learn_load(struct apb_learn *l, const char *path, char *err,
 	char *buf = NULL, why[256];
 	const char *end = NULL;
 	const cJSON *models = NULL;
+	struct learned_order **orders = NULL;
 	cJSON *doc = NULL;
 	size_t len = 0;
 	int rc;
@@ -532,11 +817,23 @@ int apb_learn_load(struct apb_learn *l, const char *path, char *err,
 		goto not_state;
 	}
 	rc = check_state(doc, &models, why, sizeof(why));
+	if (rc == -ENOMEM) {
+		apb_fail(rc, err, err_len, "%s: %s", path, why);
+		goto out;
+	}
 	if (rc)
 		goto not_state;
+	rc = build_orders(l, models, &orders);
+	if (rc) {
+		apb_fail(rc, err, err_len, "%s: %s", path, strerror(-rc));
+		goto out;
+	}
 	apb_mutex_lock(&l->mu);
-	merge_state(l, models);
+	merge_state(l, models, orders);
 	apb_mutex_unlock(&l->mu);
+	for (uint32_t i = 0; i < l->count; i++)
+		order_put(orders[i]); /* the replaced ones */
+	free(orders);
 	goto out;
 not_state:
 	apb_fail(rc, err, err_len, "%s: not an apbundlefs state file: %s",
@@ -549,10 +846,44 @@ out:
 
 /* ---- saving ----------------------------------------------------------- */
 
-/* The "models" entry of model m from snapshot tables, or NULL (no memory). */
-static cJSON *model_json(const struct apb_learn *l, const uint64_t *opens,
-			 const struct succ *next, uint32_t m)
+/* The tables as saving found them (apb_learn_save()). */
+struct snapshot {
+	uint64_t *opens;
+	struct succ *next;
+	struct learned_order **orders; /* references */
+};
+
+/* m's "order" object added to o; false if no memory. */
+static bool add_order(const struct apb_learn *l, cJSON *o,
+		      const struct learned_order *ord, uint32_t m)
 {
+	cJSON *j = cJSON_AddObjectToObject(o, "order"), *runs;
+
+	if (!j || !cJSON_AddNumberToObject(j, "chunk_size", l->chunk_size) ||
+	    !cJSON_AddNumberToObject(
+		    j, "size", (double)apb_bundle_model(l->bundle, m)->size) ||
+	    !(runs = cJSON_AddArrayToObject(j, "runs")))
+		return false;
+	for (uint32_t i = 0; i < ord->nruns; i++) {
+		cJSON *r = cJSON_CreateArray();
+		if (!r)
+			return false;
+		cJSON_AddItemToArray(runs, r);
+		if (!cJSON_AddItemToArray(r, cJSON_CreateNumber(
+						     (double)ord->runs[i].first)) ||
+		    !cJSON_AddItemToArray(r, cJSON_CreateNumber(
+						     (double)ord->runs[i].count)))
+			return false;
+	}
+	return true;
+}
+
+/* The "models" entry of model m from a snapshot, or NULL (no memory). */
+static cJSON *model_json(const struct apb_learn *l, const struct snapshot *sn,
+			 uint32_t m)
+{
+	const uint64_t *opens = sn->opens;
+	const struct succ *next = sn->next;
 	struct succ t[APB_LEARN_SUCCESSORS];
 	cJSON *o = cJSON_CreateObject(), *nx;
 	size_t n;
@@ -573,6 +904,8 @@ static cJSON *model_json(const struct apb_learn *l, const uint64_t *opens,
 		if (!cJSON_AddNumberToObject(nx, name, (double)t[i].count))
 			goto fail;
 	}
+	if (sn->orders[m] && !add_order(l, o, sn->orders[m], m))
+		goto fail;
 	return o;
 fail:
 	cJSON_Delete(o);
@@ -587,9 +920,8 @@ static bool has_successor(const struct succ *next, uint32_t m)
 	return false;
 }
 
-/* The whole document from snapshot tables, unformatted; NULL if no memory. */
-static char *state_json(const struct apb_learn *l, const uint64_t *opens,
-			const struct succ *next)
+/* The whole document from a snapshot, unformatted; NULL if no memory. */
+static char *state_json(const struct apb_learn *l, const struct snapshot *sn)
 {
 	cJSON *doc = cJSON_CreateObject(), *models;
 	char *text = NULL;
@@ -602,9 +934,10 @@ static char *state_json(const struct apb_learn *l, const uint64_t *opens,
 	for (uint32_t m = 0; m < l->count; m++) {
 		cJSON *o;
 
-		if (opens[m] == 0 && !has_successor(next, m))
+		if (sn->opens[m] == 0 && !has_successor(sn->next, m) &&
+		    !sn->orders[m])
 			continue;
-		o = model_json(l, opens, next, m);
+		o = model_json(l, sn, m);
 		if (!o)
 			goto out;
 		cJSON_AddItemToObject(models,
@@ -635,22 +968,30 @@ int apb_learn_save(struct apb_learn *l, const char *path, char *err,
 {
 	struct apb_atomic_file af = {.fd = -1};
 	size_t nsucc = (size_t)l->count * APB_LEARN_SUCCESSORS;
-	uint64_t *opens = malloc(((size_t)l->count + 1) * sizeof(*opens));
-	struct succ *next = malloc((nsucc + 1) * sizeof(*next));
+	struct snapshot sn = {
+		.opens = malloc(((size_t)l->count + 1) * sizeof(*sn.opens)),
+		.next = malloc((nsucc + 1) * sizeof(*sn.next)),
+		.orders = calloc((size_t)l->count + 1, sizeof(*sn.orders)),
+	};
 	char *text = NULL;
 	int rc;
 
-	if (!opens || !next) {
+	if (!sn.opens || !sn.next || !sn.orders) {
 		rc = apb_fail(-ENOMEM, err, err_len, "%s: %s", path,
 			      strerror(ENOMEM));
 		goto out;
 	}
 	/* Snapshot, so the lock is not held while building or writing. */
 	apb_mutex_lock(&l->mu);
-	memcpy(opens, l->opens, (size_t)l->count * sizeof(*opens));
-	memcpy(next, l->next, nsucc * sizeof(*next));
+	memcpy(sn.opens, l->opens, (size_t)l->count * sizeof(*sn.opens));
+	memcpy(sn.next, l->next, nsucc * sizeof(*sn.next));
+	for (uint32_t m = 0; m < l->count; m++) {
+		sn.orders[m] = l->orders[m];
+		if (sn.orders[m])
+			atomic_fetch_add(&sn.orders[m]->refs, 1);
+	}
 	apb_mutex_unlock(&l->mu);
-	text = state_json(l, opens, next);
+	text = state_json(l, &sn);
 	if (!text) {
 		rc = apb_fail(-ENOMEM, err, err_len, "%s: %s", path,
 			      strerror(ENOMEM));
@@ -668,7 +1009,11 @@ int apb_learn_save(struct apb_learn *l, const char *path, char *err,
 out:
 	apb_atomic_abort(&af);
 	cJSON_free(text);
-	free(opens);
-	free(next);
+	if (sn.orders)
+		for (uint32_t m = 0; m < l->count; m++)
+			order_put(sn.orders[m]);
+	free(sn.orders);
+	free(sn.opens);
+	free(sn.next);
 	return rc;
 }

@@ -91,9 +91,16 @@
  * Sampling happens before a worker marks its job finished, so when
  * apb_prefetcher_drain() returns the backoff has seen every finished job.
  *
+ * CANCEL
+ *
+ * A range submitted with a tag (fs/order.c: a learned order's session)
+ * can be withdrawn: apb_prefetcher_cancel() removes every queued entry
+ * with that tag, the rest of a range a worker split included, keeping the
+ * others' order. A job already taken finishes (at most one per worker).
+ *
  * LOCKING
  *
- *   mu         the ring (head, len, jobs), busy, stop; work_cv and idle_cv
+ *   mu         the ring (head, len, jobs, their tags), busy, stop; work_cv and idle_cv
  *              wait on it. Never held while calling into the cache.
  *   sample_mu  the sampling state (last_*, jobs_since_sample, last_sample).
  *              Held across apb_cache_stats(), which takes the cache's lock:
@@ -136,6 +143,7 @@ struct job {
 	uint32_t count;
 	uint64_t first;
 	uint64_t id;             /* which submitted range */
+	uint64_t tag;            /* the submitter's, for cancel; 0: none */
 };
 
 struct apb_prefetcher {
@@ -453,6 +461,12 @@ uint32_t apb_prefetch_job_chunks(uint32_t chunk_size)
 int apb_prefetcher_submit(struct apb_prefetcher *p, uint32_t model,
 			  uint64_t first, uint32_t count)
 {
+	return apb_prefetcher_submit_tagged(p, model, first, count, 0);
+}
+
+int apb_prefetcher_submit_tagged(struct apb_prefetcher *p, uint32_t model,
+				 uint64_t first, uint32_t count, uint64_t tag)
+{
 	int rc = 0;
 
 	if (count == 0)
@@ -464,12 +478,35 @@ int apb_prefetcher_submit(struct apb_prefetcher *p, uint32_t model,
 	}
 	p->ring[(p->head + p->len) % QUEUE_JOBS] =
 		(struct job){.model = model, .count = count, .first = first,
-			     .id = p->next_id++};
+			     .id = p->next_id++, .tag = tag};
 	p->len++;
 	pthread_cond_signal(&p->work_cv);
 out:
 	apb_mutex_unlock(&p->mu);
 	return rc;
+}
+
+uint64_t apb_prefetcher_cancel(struct apb_prefetcher *p, uint64_t tag)
+{
+	uint64_t dropped = 0;
+	uint32_t kept = 0;
+
+	if (tag == 0)
+		return 0;
+	apb_mutex_lock(&p->mu);
+	/* Compact the ring in place, keeping order. */
+	for (uint32_t i = 0; i < p->len; i++) {
+		struct job j = p->ring[(p->head + i) % QUEUE_JOBS];
+		if (j.tag == tag)
+			dropped += j.count;
+		else
+			p->ring[(p->head + kept++) % QUEUE_JOBS] = j;
+	}
+	p->len = kept;
+	if (p->busy == 0 && p->len == 0)
+		pthread_cond_broadcast(&p->idle_cv);
+	apb_mutex_unlock(&p->mu);
+	return dropped;
 }
 
 uint64_t apb_prefetcher_window(struct apb_prefetcher *p, uint64_t max_bytes)

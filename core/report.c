@@ -67,6 +67,12 @@ static cJSON *prefetch_json(const struct apb_report_source *src,
 				(double)src->io->reads_sequential);
 	cJSON_AddNumberToObject(o, "reads_random",
 				(double)src->io->reads_random);
+	cJSON_AddNumberToObject(o, "order_chunks",
+				(double)src->io->order_chunks);
+	cJSON_AddNumberToObject(o, "order_hits",
+				(double)src->io->order_hits);
+	cJSON_AddNumberToObject(o, "order_stopped",
+				(double)src->io->order_stopped);
 	return o;
 }
 
@@ -379,6 +385,15 @@ char *apb_report_metrics(const struct apb_report_source *src, size_t *len)
 		{"apbundlefs_reads_random_total", "counter",
 		 "Reads that did not continue a stream.",
 		 io->reads_random},
+		{"apbundlefs_prefetch_order_chunks_total", "counter",
+		 "Chunks queued for prefetch by a learned load order.",
+		 io->order_chunks},
+		{"apbundlefs_prefetch_order_hits_total", "counter",
+		 "First reads of chunks a learned load order had queued.",
+		 io->order_hits},
+		{"apbundlefs_prefetch_order_stopped_total", "counter",
+		 "Learned-order replays stopped: the reader left the order.",
+		 io->order_stopped},
 		{"apbundlefs_io_backing_bytes_read_total", "counter",
 		 "Bytes read from the bundle file.", cs.loaded_bytes},
 		{"apbundlefs_io_read_requests_total", "counter",

@@ -14,6 +14,7 @@
 #include <apbundle/cache.h>
 #include <apbundle/learn.h>
 #include <apbundle/name.h>
+#include <apbundle/order.h>
 #include <apbundle/prefetch.h>
 #include <apbundle/report.h>
 #include <apbundle/tree.h>
@@ -48,6 +49,7 @@ struct apbfs_options {
 	const char *pin_list;          /* "a:b" as given, or NULL */
 	const char *preload_list;
 	const char *state_path;        /* access counts kept here, or NULL */
+	bool learn_order;              /* record and replay load orders */
 	const char *trace_path;        /* chunk accesses recorded here, or NULL */
 	uint64_t trace_max;            /* most bytes of the trace file */
 	uint32_t fault_alloc_every;    /* test hook: APBFS_FAULT_ALLOC_EVERY */
@@ -60,6 +62,8 @@ struct apbfs_handle {
 	struct apbfs_handle *prev, *next; /* apbfs.handles; handles_mu */
 	struct apbfs_doc *doc;
 	struct apb_readahead *ra;
+	struct apb_order *order;        /* the model's session (order.c) */
+	uint32_t model;                 /* with ra or order */
 	struct apbfs_control_line *ctl;
 };
 
@@ -107,6 +111,9 @@ struct apbfs_io_counters {
 	atomic_uint_fast64_t checksum_errors;
 	atomic_uint_fast64_t reads_sequential;
 	atomic_uint_fast64_t reads_random;
+	atomic_uint_fast64_t order_chunks;  /* order.c */
+	atomic_uint_fast64_t order_hits;
+	atomic_uint_fast64_t order_stopped;
 };
 
 /* Immutable after setup, except the atomics and what the cache guards. */
@@ -142,6 +149,10 @@ struct apbfs {
 	struct apbfs_read_log read_log; /* pagein.c: failed reads named */
 	atomic_uint_fast64_t fault_claims; /* pagein.c: for opt.fault_alloc_every */
 	struct apbfs_trace *trace;     /* trace.c; NULL without trace= */
+	/* order.c: the load-order session of each open model. */
+	struct apb_mutex order_mu;
+	struct apbfs_order_slot *order_slots; /* order_mu; NULL: off */
+	bool order_ready;              /* order_mu initialized */
 };
 
 extern const struct fuse_lowlevel_ops apbfs_ops;
@@ -205,6 +216,23 @@ int apbfs_trace_open(struct apbfs *fs, const char *bundle_path, char *err,
 void apbfs_trace_access(void *ctx, uint32_t model, uint64_t index,
 			uint32_t count, enum apb_cache_access kind);
 void apbfs_trace_close(struct apbfs *fs);
+
+/* order.c: learned load order (docs/USAGE.md). init at setup (0 or
+ * -ENOMEM), fini at teardown. open at a model's open: its session, shared
+ * by the model's open files, or NULL (off, no memory); close at the close
+ * of a file that open gave a session. read notes a read of the model
+ * through a file with session o, queues the prefetches the order calls
+ * for, and returns whether the order covers every chunk of the read.
+ * stop_all ends every session (their recordings go to fs->learn) before
+ * the state is saved. Thread-safe. */
+struct apbfs_order_slot;
+int apbfs_order_init(struct apbfs *fs);
+void apbfs_order_fini(struct apbfs *fs);
+struct apb_order *apbfs_order_open(struct apbfs *fs, uint32_t model);
+void apbfs_order_close(struct apbfs *fs, uint32_t model);
+bool apbfs_order_read(struct apbfs *fs, struct apb_order *o, uint32_t model,
+		      uint64_t off, size_t size);
+void apbfs_order_stop_all(struct apbfs *fs);
 
 /* ops.c: the list of open handles; init before the loop, free_all after. */
 void apbfs_handles_init(struct apbfs *fs);

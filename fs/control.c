@@ -68,6 +68,9 @@ static void reset_stats(struct apbfs *fs)
 	atomic_store(&fs->io.read_requests, 0);
 	atomic_store(&fs->io.reads_sequential, 0);
 	atomic_store(&fs->io.reads_random, 0);
+	atomic_store(&fs->io.order_chunks, 0);
+	atomic_store(&fs->io.order_hits, 0);
+	atomic_store(&fs->io.order_stopped, 0);
 	atomic_store(&fs->io.bytes_served, 0);
 	atomic_store(&fs->io.errors, 0);
 	atomic_store(&fs->io.checksum_errors, 0);

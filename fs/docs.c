@@ -64,6 +64,9 @@ static char *render(struct apbfs *fs, enum apbfs_special kind, size_t *len)
 		.checksum_errors = atomic_load(&fs->io.checksum_errors),
 		.reads_sequential = atomic_load(&fs->io.reads_sequential),
 		.reads_random = atomic_load(&fs->io.reads_random),
+		.order_chunks = atomic_load(&fs->io.order_chunks),
+		.order_hits = atomic_load(&fs->io.order_hits),
+		.order_stopped = atomic_load(&fs->io.order_stopped),
 	};
 	struct apb_report_source src = {
 		.bundle = fs->bundle, .cache = fs->cache,

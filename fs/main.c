@@ -48,6 +48,7 @@ struct cmdline {
 	char *pin;
 	char *preload;
 	char *state;
+	char *learn_order;
 	char *auto_preload;
 	char *backing_io;
 	char *trace;
@@ -75,6 +76,7 @@ static const struct fuse_opt option_spec[] = {
 	OPT("pin=%s", pin),
 	OPT("preload=%s", preload),
 	OPT("state=%s", state),
+	OPT("learn_order=%s", learn_order),
 	OPT("auto_preload=%s", auto_preload),
 	OPT("backing_io=%s", backing_io),
 	OPT("trace=%s", trace),
@@ -114,6 +116,9 @@ static void usage(FILE *f)
 "    -o pin=NAME[:NAME...]  load these models and never evict them\n"
 "    -o preload=NAME[:...]  load these models in the background at mount\n"
 "    -o state=PATH          keep access counts in PATH across mounts\n"
+"    -o learn_order=0|1     with state=, record the order each model's\n"
+"                           chunks are first read and prefetch in that\n"
+"                           order at its next open (default 1)\n"
 "    -o auto_preload=N      preload the N most opened models (needs state=)\n"
 "    -o kernel_cache        let the kernel page cache keep file pages\n"
 "                           across opens\n"
@@ -300,7 +305,10 @@ static int resolve_options(const struct cmdline *cl, struct apbfs_options *o)
 		return -1;
 	}
 	o->backing_direct = true;
+	o->learn_order = true;
 	if (parse_choice("prefetch", cl->prefetch, "on", "off", &o->prefetch) ||
+	    parse_choice("learn_order", cl->learn_order, "1", "0",
+			 &o->learn_order) ||
 	    parse_choice("backing_io", cl->backing_io, "direct", "buffered",
 			 &o->backing_direct) ||
 	    parse_eviction(cl->eviction, &o->eviction))
@@ -563,6 +571,8 @@ static int load_state(struct apbfs *fs)
 	}
 	if (!path)
 		return 0;
+	/* Also with learn_order=0: the file's orders are kept and saved. */
+	apb_learn_set_chunk_size(fs->learn, fs->opt.chunk_size);
 	rc = apb_learn_load(fs->learn, path, err, sizeof(err));
 	if (rc == -EINVAL) {
 		fprintf(stderr, "apbundlefs: state=%s; it would be overwritten "
@@ -669,13 +679,17 @@ static int setup(struct apbfs *fs, const char *path,
 		fs->special_ino[i] = apb_tree_count(fs->tree) + 1 + (uint64_t)i;
 	fs->owner = getuid();
 	apbfs_handles_init(fs);
-	return 0;
+	rc = apbfs_order_init(fs);
+	if (rc)
+		fprintf(stderr, "apbundlefs: %s: %s\n", path, strerror(-rc));
+	return rc;
 }
 
 static void teardown(struct apbfs *fs)
 {
 	apbfs_models_stop(fs); /* uses the prefetcher and the cache */
 	apbfs_handles_free_all(fs); /* files still open at unmount */
+	apbfs_order_fini(fs); /* no session left: models_stop ended them */
 	if (fs->prefetcher) /* its workers use the cache */
 		apb_prefetcher_free(fs->prefetcher);
 	if (fs->cache)
@@ -905,6 +919,7 @@ out:
 	free(cl.preload);
 	free(cl.state);
 	free(cl.auto_preload);
+	free(cl.learn_order);
 	free(cl.backing_io);
 	free(cl.trace);
 	free(cl.trace_max);

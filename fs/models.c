@@ -175,6 +175,7 @@ void apbfs_models_stop(struct apbfs *fs)
 	if (fs->startup_running)
 		pthread_join(fs->startup, NULL);
 	fs->startup_running = false;
+	apbfs_order_stop_all(fs); /* their recordings into fs->learn */
 	if (fs->learn && fs->opt.state_path &&
 	    apb_learn_save(fs->learn, fs->opt.state_path, err, sizeof(err)))
 		fuse_log(FUSE_LOG_ERR, "apbundlefs: %s\n", err);

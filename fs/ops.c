@@ -61,6 +61,8 @@ static void handle_free(struct apbfs *fs, struct apbfs_handle *h)
 	h->prev->next = h->next;
 	h->next->prev = h->prev;
 	apb_mutex_unlock(&fs->handles_mu);
+	if (h->order)
+		apbfs_order_close(fs, h->model);
 	apbfs_doc_put(fs, h->doc);
 	apb_readahead_free(h->ra);
 	apbfs_control_free(h->ctl);
@@ -313,10 +315,15 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (fs->opt.prefetch && fs->prefetcher &&
 	    apb_readahead_new(fs->opt.chunk_size, &ra) == 0) {
 		struct apbfs_handle *h = handle_new(fs, NULL, ra, NULL);
-		if (h)
+		if (h) {
 			fi->fh = (uint64_t)(uintptr_t)h;
-		else
+			h->model = n->model;
+			/* Before the reply: the order's first window is
+			 * loading by the time the first read arrives. */
+			h->order = apbfs_order_open(fs, n->model);
+		} else {
 			apb_readahead_free(ra);
+		}
 	}
 	/* An open interrupted before our reply gets no RELEASE: undo it
 	 * here, as libfuse's high-level layer does. */
@@ -493,9 +500,10 @@ static void read_model(fuse_req_t req, struct apbfs *fs, uint32_t model,
 /* Queue the readahead this read calls for before serving it, so that the
  * workers' loads overlap with the demand read's own. The prefetcher
  * splits the window into jobs for its workers; a full queue drops it:
- * prefetch is advice. */
+ * prefetch is advice. With queue false (the learned order covers the
+ * read) the stream still follows the read, but queues nothing. */
 static void read_ahead(struct apbfs *fs, struct apb_readahead *ra,
-		       uint32_t model, uint64_t off, size_t size)
+		       uint32_t model, uint64_t off, size_t size, bool queue)
 {
 	uint64_t first, msize = apb_bundle_model(fs->bundle, model)->size;
 	uint64_t window = apb_prefetcher_window(fs->prefetcher,
@@ -506,7 +514,9 @@ static void read_ahead(struct apbfs *fs, struct apb_readahead *ra,
 		atomic_fetch_add(&fs->io.reads_sequential, 1);
 	else
 		atomic_fetch_add(&fs->io.reads_random, 1);
-	(void)apb_prefetcher_submit(fs->prefetcher, model, first, count);
+	if (queue)
+		(void)apb_prefetcher_submit(fs->prefetcher, model, first,
+					    count);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -531,9 +541,15 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, EIO);
 		return;
 	}
-	if (fi->fh)
-		read_ahead(fs, handle_of(fi)->ra,
-			   n->model, (uint64_t)off, size);
+	if (fi->fh) {
+		struct apbfs_handle *h = handle_of(fi);
+		bool covered = h->order &&
+			       apbfs_order_read(fs, h->order, n->model,
+						(uint64_t)off, size);
+
+		read_ahead(fs, h->ra, n->model, (uint64_t)off, size,
+			   !covered);
+	}
 	read_model(req, fs, n->model, size, (uint64_t)off);
 }
 

@@ -22,7 +22,9 @@
  * apb_prefetch_job_chunks() chunks as they take them, a job at a time
  * from each queued range in turn, so one large range (a whole model) is
  * loaded by every worker at once. A full queue drops the request
- * (prefetch is advice). It backs off when prefetched chunks are being
+ * (prefetch is advice). A range may carry a tag, and cancelling the tag
+ * drops what is still queued of its ranges (a learned load order that
+ * the reader left). It backs off when prefetched chunks are being
  * evicted unread: the window limit it reports shrinks while waste is high
  * and grows back when it is not.
  *
@@ -96,6 +98,18 @@ void apb_prefetcher_free(struct apb_prefetcher *p);
 APB_API
 int apb_prefetcher_submit(struct apb_prefetcher *p, uint32_t model,
 			  uint64_t first, uint32_t count);
+
+/* As apb_prefetcher_submit(), with a tag (not 0) that
+ * apb_prefetcher_cancel() can name; the jobs split from the range keep it. */
+APB_API
+int apb_prefetcher_submit_tagged(struct apb_prefetcher *p, uint32_t model,
+				 uint64_t first, uint32_t count, uint64_t tag);
+
+/* Drop every queued range (and what is left of one) submitted with tag;
+ * a worker in the middle of a job of it finishes that job. Returns the
+ * chunks dropped. Tag 0 drops nothing. */
+APB_API
+uint64_t apb_prefetcher_cancel(struct apb_prefetcher *p, uint64_t tag);
 
 /* The readahead window to allow now: max_bytes, reduced while recent
  * prefetches are being wasted; never below 1 byte (readahead rounds it up

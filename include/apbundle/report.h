@@ -30,6 +30,9 @@ struct apb_io_counters {
 	uint64_t checksum_errors;  /* chunks failing verification */
 	uint64_t reads_sequential; /* reads continuing a stream */
 	uint64_t reads_random;     /* reads starting a stream */
+	uint64_t order_chunks;     /* queued by learned load orders */
+	uint64_t order_hits;       /* first reads an order queued before */
+	uint64_t order_stopped;    /* replays the reader left */
 };
 
 struct apb_report_source {

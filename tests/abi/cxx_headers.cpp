@@ -10,6 +10,7 @@
 #include <apbundle/inputs.h>
 #include <apbundle/learn.h>
 #include <apbundle/name.h>
+#include <apbundle/order.h>
 #include <apbundle/prefetch.h>
 #include <apbundle/report.h>
 #include <apbundle/size.h>

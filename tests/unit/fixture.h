@@ -1,6 +1,6 @@
 /* fixture.h - bundles for the unit tests that need a real one but not its
- * bytes: every model empty, placed at the first aligned offset after a
- * manifest of at most 64 KiB. */
+ * bytes: every model empty (or of a given size, zeros), placed at aligned
+ * offsets after a manifest of at most 64 KiB. */
 #ifndef APB_TEST_FIXTURE_H
 #define APB_TEST_FIXTURE_H
 
@@ -13,11 +13,14 @@
 
 #include <apbundle/bundle.h>
 
-/* Write a v1 bundle of empty models with these names to a new file made
- * from path_template (mkstemp: ends in XXXXXX, filled in); returns it. */
-static char *write_empty_models(char *path_template, const char *const *names,
-				size_t n)
+/* Write a v1 bundle of models with these names and sizes (NULL: all
+ * empty) to a new file made from path_template (mkstemp: ends in XXXXXX,
+ * filled in); returns it. The bytes are zeros and the checksums those of
+ * empty models: for tests that need a model's size, not its bytes. */
+static char *write_sized_models(char *path_template, const char *const *names,
+				const uint64_t *sizes, size_t n)
 {
+	uint64_t at = 65536;
 	char sum[32];
 	cJSON *root = cJSON_CreateObject(), *models;
 	unsigned char head[16] = "APBUNDLE";
@@ -30,8 +33,10 @@ static char *write_empty_models(char *path_template, const char *const *names,
 	for (size_t i = 0; i < n; i++) {
 		cJSON *m = cJSON_CreateObject();
 		cJSON_AddStringToObject(m, "name", names[i]);
-		cJSON_AddNumberToObject(m, "offset", 65536);
-		cJSON_AddNumberToObject(m, "size", 0);
+		uint64_t size = sizes ? sizes[i] : 0;
+		cJSON_AddNumberToObject(m, "offset", (double)at);
+		cJSON_AddNumberToObject(m, "size", (double)size);
+		at += (size + 4095) / 4096 * 4096;
 		cJSON_AddStringToObject(m, "checksum", sum);
 		cJSON_AddItemToArray(models, m);
 	}
@@ -44,7 +49,7 @@ static char *write_empty_models(char *path_template, const char *const *names,
 	CHECK(fd >= 0);
 	CHECK(write(fd, head, 16) == 16);
 	CHECK(write(fd, json, len) == (ssize_t)len);
-	CHECK(ftruncate(fd, 65536) == 0);
+	CHECK(ftruncate(fd, (off_t)at) == 0);
 	close(fd);
 	free(json);
 	cJSON_Delete(root);
@@ -53,12 +58,13 @@ static char *write_empty_models(char *path_template, const char *const *names,
 
 /* Open such a bundle (written from path_template) and unlink its file:
  * the open descriptor keeps it readable. */
-static struct apb_bundle *open_empty_models(char *path_template,
-					    const char *const *names, size_t n)
+static struct apb_bundle *open_sized_models(char *path_template,
+					    const char *const *names,
+					    const uint64_t *sizes, size_t n)
 {
 	struct apb_bundle *b;
 	char err[256];
-	char *path = write_empty_models(path_template, names, n);
+	char *path = write_sized_models(path_template, names, sizes, n);
 	int rc = apb_bundle_open(path, &b, err, sizeof(err));
 
 	if (rc)
@@ -66,6 +72,12 @@ static struct apb_bundle *open_empty_models(char *path_template,
 	CHECK_EQ(rc, 0);
 	unlink(path);
 	return b;
+}
+
+static struct apb_bundle *open_empty_models(char *path_template,
+					    const char *const *names, size_t n)
+{
+	return open_sized_models(path_template, names, NULL, n);
 }
 
 #endif

@@ -580,6 +580,193 @@ static void concurrent_opens_are_all_counted(void)
 	apb_bundle_close(b);
 }
 
+/* ---- load orders ------------------------------------------------------ */
+
+#define CS 65536u
+
+/* "a" of 10 chunks (the last one short), "b" of 3, "c" empty. */
+static struct apb_bundle *open_sized(uint64_t a_size)
+{
+	static const char *const names[] = {"a", "b", "c"};
+	const uint64_t sizes[] = {a_size, 3 * CS, 0};
+	char tmpl[sizeof(dir) + 16];
+
+	snprintf(tmpl, sizeof(tmpl), "%s/bundle-XXXXXX", dir);
+	return open_sized_models(tmpl, names, sizes, 3);
+}
+
+static void check_order(struct apb_learn *l, uint32_t model,
+			const struct apb_order_run *want, size_t wn)
+{
+	struct apb_order_run *got;
+	size_t n;
+
+	CHECK_EQ(apb_learn_order(l, model, &got, &n), 0);
+	CHECK_EQ(n, wn);
+	for (size_t i = 0; i < n; i++) {
+		CHECK_EQ(got[i].first, want[i].first);
+		CHECK_EQ(got[i].count, want[i].count);
+	}
+	free(got);
+}
+
+static void an_offered_order_replaces_one_at_most_twice_its_size(void)
+{
+	struct apb_bundle *b = open_sized(9 * CS + 100);
+	struct apb_learn *l = new_learn(b);
+	const struct apb_order_run ten[] = {{5, 5}, {0, 5}};
+	const struct apb_order_run four[] = {{0, 4}};
+	const struct apb_order_run five[] = {{9, 1}, {0, 4}};
+	const struct apb_order_run past[] = {{9, 2}};
+	const struct apb_order_run twice[] = {{0, 2}, {1, 1}};
+
+	CHECK_EQ(apb_learn_offer_order(l, 0, ten, 2), -EINVAL); /* no size */
+	apb_learn_set_chunk_size(l, CS);
+	check_order(l, 0, NULL, 0);
+	CHECK_EQ(apb_learn_offer_order(l, 0, ten, 2), 1);
+	check_order(l, 0, ten, 2);
+	CHECK_EQ(apb_learn_offer_order(l, 0, four, 1), 0);  /* 8 < 10 */
+	check_order(l, 0, ten, 2);
+	CHECK_EQ(apb_learn_offer_order(l, 0, five, 2), 1);  /* 10 <= 10 */
+	check_order(l, 0, five, 2);
+	CHECK_EQ(apb_learn_offer_order(l, 0, past, 1), -EINVAL);
+	CHECK_EQ(apb_learn_offer_order(l, 0, twice, 2), -EINVAL);
+	CHECK_EQ(apb_learn_offer_order(l, 2, four, 1), -EINVAL); /* empty */
+	CHECK_EQ(apb_learn_offer_order(l, 3, four, 1), -EINVAL); /* no model */
+	CHECK_EQ(apb_learn_offer_order(l, 1, four, 0), 0);
+	check_order(l, 1, NULL, 0);
+	check_order(l, 0, five, 2);
+	apb_learn_free(l);
+	apb_bundle_close(b);
+}
+
+static void orders_survive_a_save_and_load_of_the_same_chunk_size_only(void)
+{
+	struct apb_bundle *b = open_sized(9 * CS + 100);
+	struct apb_bundle *other = open_sized(9 * CS + 101); /* "a" changed */
+	struct apb_learn *l = new_learn(b), *same = new_learn(b);
+	struct apb_learn *bigger = new_learn(b), *changed = new_learn(other);
+	struct apb_learn *none = new_learn(b);
+	const struct apb_order_run a[] = {{7, 3}, {0, 2}, {4, 1}};
+	const struct apb_order_run bo[] = {{2, 1}, {0, 1}};
+	const char *path = path_in_dir("orders.json");
+	char err[256];
+
+	apb_learn_set_chunk_size(l, CS);
+	apb_learn_opened(l, 1);
+	CHECK_EQ(apb_learn_offer_order(l, 0, a, 3), 1); /* never opened */
+	CHECK_EQ(apb_learn_offer_order(l, 1, bo, 2), 1);
+	CHECK_EQ(apb_learn_save(l, path, err, sizeof(err)), 0);
+	CHECK_STR_CONTAINS(read_text(path),
+			   "\"a\":{\"opens\":0,\"next\":{},\"order\":"
+			   "{\"chunk_size\":65536,\"size\":589924,\"runs\":"
+			   "[[7,3],[0,2],[4,1]]}}");
+	CHECK_STR_CONTAINS(read_text(path),
+			   "\"b\":{\"opens\":1,\"next\":{},\"order\":"
+			   "{\"chunk_size\":65536,\"size\":196608,\"runs\":"
+			   "[[2,1],[0,1]]}}");
+	apb_learn_set_chunk_size(same, CS);
+	CHECK_EQ(apb_learn_load(same, path, err, sizeof(err)), 0);
+	check_order(same, 0, a, 3);
+	check_order(same, 1, bo, 2);
+	CHECK_EQ(apb_learn_opens(same, 1), 1);
+	/* Another chunk size, another model of the same name, no chunk
+	 * size at all: the orders are dropped, the counts still load. */
+	apb_learn_set_chunk_size(bigger, 2 * CS);
+	apb_learn_set_chunk_size(changed, CS);
+	CHECK_EQ(apb_learn_load(bigger, path, err, sizeof(err)), 0);
+	CHECK_EQ(apb_learn_load(changed, path, err, sizeof(err)), 0);
+	CHECK_EQ(apb_learn_load(none, path, err, sizeof(err)), 0);
+	check_order(bigger, 0, NULL, 0);
+	check_order(changed, 0, NULL, 0);
+	check_order(changed, 1, bo, 2);
+	check_order(none, 1, NULL, 0);
+	CHECK_EQ(apb_learn_opens(none, 1), 1);
+	/* Loading again replaces the order (not merged). */
+	CHECK_EQ(apb_learn_offer_order(same, 0, bo, 2), 0);
+	CHECK_EQ(apb_learn_offer_order(same, 0, a, 2), 1);
+	CHECK_EQ(apb_learn_load(same, path, err, sizeof(err)), 0);
+	check_order(same, 0, a, 3);
+	unlink(path);
+	apb_learn_free(l);
+	apb_learn_free(same);
+	apb_learn_free(bigger);
+	apb_learn_free(changed);
+	apb_learn_free(none);
+	apb_bundle_close(b);
+	apb_bundle_close(other);
+}
+
+static void corrupt_orders_are_refused_and_change_nothing(void)
+{
+#define HEAD "{\"version\":1,\"models\":{\"b\":{\"opens\":4,\"next\":{}," \
+	     "\"order\":"
+#define ORD(runs) HEAD "{\"chunk_size\":65536,\"size\":196608,\"runs\":" \
+		  runs "}}}}"
+	static const struct {
+		const char *text;
+		const char *msg;
+	} cases[] = {
+		{HEAD "[]}}}", "'models.b.order' is not an object"},
+		{HEAD "{\"size\":1,\"runs\":[]}}}}",
+		 "'models.b.order.chunk_size' is missing or not an integer"},
+		{HEAD "{\"chunk_size\":0,\"size\":1,\"runs\":[]}}}}",
+		 "'models.b.order.chunk_size' is missing or not an integer"},
+		{HEAD "{\"chunk_size\":4096,\"size\":-1,\"runs\":[]}}}}",
+		 "'models.b.order.size' is missing or not a non-negative"},
+		{HEAD "{\"chunk_size\":4096,\"size\":1}}}}",
+		 "'models.b.order.runs' is missing or not an array"},
+		{ORD("[[0,1],[1]]"), "'models.b.order.runs[1]' is not [FIRST, COUNT]"},
+		{ORD("[[0,1],{}]"), "'models.b.order.runs[1]' is not [FIRST, COUNT]"},
+		{ORD("[[0,0]]"), "'models.b.order.runs[0]' is not [FIRST, COUNT]"},
+		{ORD("[[0,1.5]]"), "'models.b.order.runs[0]' is not [FIRST, COUNT]"},
+		{ORD("[[-1,1]]"), "'models.b.order.runs[0]' is not [FIRST, COUNT]"},
+		{ORD("[[0,5000]]"), "'models.b.order.runs[0]' is not [FIRST, COUNT]"},
+		{ORD("[[2,2]]"), "'models.b.order.runs' names a chunk past"},
+		{ORD("[[3,1]]"), "'models.b.order.runs' names a chunk past"},
+		{ORD("[[0,2],[1,1]]"), "'models.b.order.runs' names a chunk past"},
+	};
+	struct apb_bundle *b = open_sized(9 * CS);
+	struct apb_learn *l = new_learn(b);
+	const struct apb_order_run kept[] = {{1, 2}};
+	const char *path = path_in_dir("bad-order.json");
+	char err[256];
+
+	apb_learn_set_chunk_size(l, CS);
+	CHECK_EQ(apb_learn_offer_order(l, 1, kept, 1), 1);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		write_text(path, cases[i].text, strlen(cases[i].text));
+		err[0] = '\0';
+		CHECK_EQ(apb_learn_load(l, path, err, sizeof(err)), -EINVAL);
+		CHECK_STR_CONTAINS(err, "not an apbundlefs state file: ");
+		CHECK_STR_CONTAINS(err, cases[i].msg);
+		CHECK_EQ(apb_learn_opens(l, 1), 0);
+		check_order(l, 1, kept, 1);
+	}
+	/* Too many runs: over APB_ORDER_CHUNKS entries. */
+	{
+		size_t cap = 16 * APB_ORDER_CHUNKS + 256, n;
+		char *t = malloc(cap);
+		CHECK(t);
+		n = (size_t)snprintf(t, cap, ORD("["));
+		n -= strlen("}}}}"); /* ORD put the tail after "[" */
+		for (unsigned i = 0; i <= APB_ORDER_CHUNKS; i++)
+			n += (size_t)snprintf(t + n, cap - n, "%s[0,1]",
+					      i ? "," : "");
+		snprintf(t + n, cap - n, "]}}}}");
+		write_text(path, t, strlen(t));
+		CHECK_EQ(apb_learn_load(l, path, err, sizeof(err)), -EINVAL);
+		CHECK_STR_CONTAINS(err, "'models.b.order.runs' has more than 4096 runs");
+		free(t);
+	}
+	check_order(l, 1, kept, 1);
+	unlink(path);
+	apb_learn_free(l);
+	apb_bundle_close(b);
+#undef ORD
+#undef HEAD
+}
+
 int main(void)
 {
 	CHECK(mkdtemp(dir) != NULL);
@@ -596,6 +783,9 @@ int main(void)
 	RUN(empty_files_count_as_new_and_non_regular_ones_are_refused);
 	RUN(failed_saves_report_the_path_and_leave_no_temporary);
 	RUN(concurrent_opens_are_all_counted);
+	RUN(an_offered_order_replaces_one_at_most_twice_its_size);
+	RUN(orders_survive_a_save_and_load_of_the_same_chunk_size_only);
+	RUN(corrupt_orders_are_refused_and_change_nothing);
 	CHECK_EQ(rmdir(dir), 0);
 	return 0;
 }

@@ -730,6 +730,38 @@ static void test_a_full_queue_refuses_the_job(void)
 	done(&s, c, p);
 }
 
+static void test_cancel_drops_the_queued_ranges_of_a_tag(void)
+{
+	struct source s;
+	struct apb_cache *c;
+	struct apb_prefetcher *p;
+	struct apb_cache_stats st;
+
+	source_init(&s, 1024 * PCS);
+	c = cache_make(&s, 1024, 0, 1);
+	p = prefetcher_make(c, 1);
+	/* The one worker takes an untagged job and blocks in the loader. */
+	source_gate(&s, true);
+	CHECK_EQ(apb_prefetcher_submit(p, 0, 0, 1), 0);
+	wait_for_calls(&s, 1);
+	/* Queued behind it: tag 7 (two ranges, one of them more than a job
+	 * long), an untagged range, tag 8. */
+	CHECK_EQ(apb_prefetcher_submit_tagged(p, 0, 10, 2, 7), 0);
+	CHECK_EQ(apb_prefetcher_submit(p, 0, 20, 1), 0);
+	CHECK_EQ(apb_prefetcher_submit_tagged(p, 0, 30, 40, 7), 0);
+	CHECK_EQ(apb_prefetcher_submit_tagged(p, 0, 100, 1, 8), 0);
+	CHECK_EQ(apb_prefetcher_cancel(p, 0), 0);  /* tag 0 is no tag */
+	CHECK_EQ(apb_prefetcher_cancel(p, 7), 42);
+	CHECK_EQ(apb_prefetcher_cancel(p, 7), 0);
+	source_gate(&s, false);
+	apb_prefetcher_drain(p);
+	apb_cache_stats(c, &st);
+	/* Chunk 0, the untagged 20 and tag 8's 100: loaded; tag 7's not. */
+	CHECK_EQ(st.prefetch_issued, 3);
+	CHECK_EQ(source_calls(&s), 3);
+	done(&s, c, p);
+}
+
 static void test_job_stops_at_the_prefetch_share(void)
 {
 	struct source s;
@@ -1026,5 +1058,6 @@ int main(void)
 	RUN(test_one_big_range_keeps_every_worker_busy);
 	RUN(test_queued_ranges_are_served_a_job_each_in_turn);
 	RUN(test_concurrent_submitters_and_workers);
+	RUN(test_cancel_drops_the_queued_ranges_of_a_tag);
 	return 0;
 }
