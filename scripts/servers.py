@@ -1022,7 +1022,7 @@ class _ProxyServer(socketserver.ThreadingTCPServer):
 
 
 class FaultProxy:
-    """An HTTP/1.1 proxy on 127.0.0.1 in front of `upstream` (an http URL
+    """An HTTP/1.1 proxy on 127.0.0.1 (or host) in front of `upstream` (an http URL
     or host:port), forwarding requests unchanged (a SigV4 signature, made
     for the proxy's Host, stays valid: the Host header passes as it is),
     keeping connections alive as the client does.
@@ -1036,9 +1036,10 @@ class FaultProxy:
     requests (ProxyRequest list: method, path, range, connection) and
     connections count what passed, for tests of coalescing and reuse."""
 
-    def __init__(self, upstream, port=0):
+    def __init__(self, upstream, port=0, host="127.0.0.1"):
         u = urllib.parse.urlsplit(upstream if "//" in upstream else "http://" + upstream)
         self.upstream_addr = (u.hostname, u.port or 80)
+        self._host = host       # another address: a benchmark's veth end
         self._port = port
         self._lock = threading.Lock()
         self._faults = []
@@ -1052,10 +1053,10 @@ class FaultProxy:
 
     @property
     def endpoint(self):
-        return "http://127.0.0.1:%d" % self.port
+        return "http://%s:%d" % (self._host, self.port)
 
     def start(self):
-        self._server = _ProxyServer(("127.0.0.1", self._port), _ProxyHandler)
+        self._server = _ProxyServer((self._host, self._port), _ProxyHandler)
         self._server.proxy = self
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05},
