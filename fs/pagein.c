@@ -45,7 +45,7 @@
  * names each failed chunk already; the remote's line adds the why, which a
  * server that is down repeats for every chunk. So each distinct reason is
  * named once: the line with its numbers (range, attempts, milliseconds,
- * port) left out is the key, kept in the same table (model
+ * port; not an HTTP status) left out is the key, kept in the same table (model
  * APBFS_READ_LOG_REMOTE, offset a hash of the key) under the same bound and
  * the same closing line. A server down under N reads of different chunks
  * gives one remote line and N read log lines (at most APBFS_READ_LOG_MAX in
@@ -129,19 +129,24 @@ static void read_log_full(void)
 		 APBFS_READ_LOG_MAX);
 }
 
-/* FNV-1a of msg with every run of digits taken as one '#'. */
+/* FNV-1a of msg with every run of digits taken as one '#', but an HTTP
+ * status ("HTTP 503"): a 503 and a 404 are different reasons, two ports or
+ * two ranges are not. */
 static uint64_t reason_key(const char *msg)
 {
 	uint64_t h = 0xcbf29ce484222325ull;
-	bool digits = false;
+	bool digits = false, status = false;
 
-	for (const unsigned char *p = (const unsigned char *)msg; *p; p++) {
+	for (const char *p = msg; *p; p++) {
 		bool d = *p >= '0' && *p <= '9';
 
-		if (d && digits)
+		if (d && !digits)
+			status = p - msg >= 5 && strncmp(p - 5, "HTTP ", 5) == 0;
+		if (d && digits && !status)
 			continue;
 		digits = d;
-		h = (h ^ (d ? '#' : *p)) * 0x100000001b3ull;
+		h = (h ^ (unsigned char)(d && !status ? '#' : *p)) *
+		    0x100000001b3ull;
 	}
 	return h;
 }

@@ -249,6 +249,36 @@ def test_server_down_logs_each_reason_once(bundle, tmp_path):
     assert len(lines) == n + 1, lines
 
 
+def test_distinct_http_statuses_are_distinct_reasons(nginx_server, fault_proxy, tmp_path):
+    """Through the fault proxy: two chunks fail with HTTP 500 and one with
+    HTTP 503, after their retries. The numbers that differ between the 500s
+    (range, milliseconds) do not make them two reasons, the status does:
+    two remote lines (one 500, one 503) and three read log lines."""
+    from conftest import direct_read
+    chunk = 64 * KiB
+    data = apbformat.random_bytes(5 * chunk, 45)
+    src = write_sources(tmp_path / "src", {"m.bin": data})
+    pack(os.path.join(nginx_server.root, "status.apbundle"), "m.bin=%s" % src["m.bin"], fmt=1)
+    proxy = fault_proxy(nginx_server.endpoint)
+    with mount(proxy.endpoint + "/status.apbundle",
+               {"max_memory": "4M", "chunk_size": "64K", "prefetch": "off"}) as d:
+        for i, code in ((1, 500), (2, 500), (3, 503)):
+            proxy.clear()
+            proxy.status(code, count=None)
+            with pytest.raises(OSError) as e:
+                direct_read(d.path("m.bin"), chunk, i * chunk)
+            assert e.value.errno == errno.EIO
+        proxy.clear()
+        assert direct_read(d.path("m.bin"), chunk, 4 * chunk) == data[4 * chunk:]
+        assert d.stats()["remote"]["errors"] == 3
+    lines = d.log().splitlines()
+    remote = [x for x in lines if " bytes=" in x]
+    assert len(remote) == 2, lines
+    assert remote[0].endswith(": HTTP 500") and remote[1].endswith(": HTTP 503"), remote
+    assert len([x for x in lines if x.startswith("apbundlefs: model 'm.bin' chunk ")]) == 3
+    assert len(lines) == 5, lines
+
+
 # --------------------------------------------------------------------------
 # .metrics has the remote counters
 
