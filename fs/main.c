@@ -732,9 +732,10 @@ static int add_fsname(struct fuse_args *args, const char *bundle)
 }
 
 /* A password in the bundle's URL would stay readable by every user in
- * /proc/PID/cmdline (ps): once the bundle is open, the argument is
- * overwritten in place with the redacted URL (cut to the argument's length
- * for a password shorter than "***": the cut falls after it). */
+ * /proc/PID/cmdline (ps): the argument is overwritten in place with the
+ * redacted URL as soon as the command line is parsed (cl.bundle is a copy),
+ * cut to the argument's length for a password shorter than "***" (the cut
+ * falls after it). */
 static void hide_password(int argc, char *argv[], const char *bundle,
 			  const char *shown)
 {
@@ -871,6 +872,7 @@ int main(int argc, char *argv[])
 		fprintf(stderr, "apbundlefs: %s\n", strerror(ENOMEM));
 		goto out;
 	}
+	hide_password(argc, argv, cl.bundle, cl.shown);
 	if (make_absolute("state=", &cl.state) ||
 	    make_absolute("trace=", &cl.trace) ||
 	    make_absolute("cache_dir=", &cl.cache_dir))
@@ -898,7 +900,6 @@ int main(int argc, char *argv[])
 	if (setup(&fs, cl.bundle, &bo) != 0 ||
 	    add_fsname(&args, cl.shown) != 0)
 		goto out;
-	hide_password(argc, argv, cl.bundle, cl.shown);
 	ret = serve(&fs, &args, &o, &mounted);
 out:
 	if (!mounted) { /* nothing was learned: leave the state file be */
