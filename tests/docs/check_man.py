@@ -2,12 +2,14 @@
 """The man pages and the bash completion keep up with the programs.
 
     check_man.py APBUNDLEFS APBUNDLE APBUNDLEFS_8 APBUNDLE_1 COMPLETION
+                 [PROGRAM MAN_PAGE]...
 
 Runs `apbundlefs --help`, `apbundle --help` and `apbundle help COMMAND` for
 every command listed, and fails when
   - an option they print (-x, --long, -o NAME) is not in the man page,
   - a command of apbundle has no section (.SS) in apbundle(1), or is not
     offered by the completion, or a --long option of a command is not,
+  - an option of `PROGRAM --help` (the other tools) is not in its man page,
   - a man page lacks EXIT STATUS (and apbundlefs(8) .stats, .metrics or
     .control),
   - groff, if installed, warns about a man page (-ww).
@@ -58,11 +60,22 @@ def has_flag(text, flag):
 
 
 def main():
-    if len(sys.argv) != 6:
+    if len(sys.argv) < 6 or len(sys.argv) % 2 != 0:
         print(__doc__, file=sys.stderr)
         return 2
-    fs_exe, cli_exe, fs_man, cli_man, completion = sys.argv[1:]
+    fs_exe, cli_exe, fs_man, cli_man, completion = sys.argv[1:6]
+    others = list(zip(sys.argv[6::2], sys.argv[7::2]))
     failures = []
+
+    for exe, page in others:
+        text = man_text(page)
+        dashed, _ = flags(run_help(exe, '--help'))
+        for f in sorted(dashed):
+            if not has_flag(text, f):
+                failures.append(f'{src(page)}: "{f}" of {Path(exe).name} '
+                                '--help is not in the man page')
+        if '.SH EXIT STATUS' not in text:
+            failures.append(f'{src(page)}: no ".SH EXIT STATUS"')
 
     fs_help = run_help(fs_exe, '--help')
     text = man_text(fs_man)
@@ -115,7 +128,7 @@ def main():
         failures.append(f'{src(cli_man)}: no ".SH EXIT STATUS"')
 
     if shutil.which('groff'):
-        for page in (fs_man, cli_man):
+        for page in [fs_man, cli_man] + [p for _, p in others]:
             r = subprocess.run(['groff', '-man', '-ww', '-z', '-Tutf8', page],
                                capture_output=True, text=True)
             if r.returncode != 0 or r.stderr.strip():
@@ -126,8 +139,9 @@ def main():
         print('FAIL: ' + f)
     if failures:
         return 1
-    print('ok: every option of apbundlefs --help and apbundle\'s help is in '
-          f'the man pages; {len(commands)} commands completed')
+    print('ok: every option of apbundlefs --help, apbundle\'s help and '
+          f'{len(others)} other program(s) is in the man pages; '
+          f'{len(commands)} commands completed')
     return 0
 
 

@@ -60,7 +60,7 @@ def test_installed_files(installed):
     assert inst == headers, "every public header is installed, and only those"
     datadir = root / opts["datadir"]
     mandir = root / opts["mandir"]
-    for page in ("man1/apbundle.1", "man8/apbundlefs.8"):
+    for page in ("man1/apbundle.1", "man8/apbundlefs.8", "man1/apbreplay.1"):
         text = (mandir / page).read_text()
         assert text.startswith(".\\\" "), page
         assert "@VERSION@" not in text, f"{page}: version not filled in"
