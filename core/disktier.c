@@ -1085,7 +1085,8 @@ static int build_set(struct apb_disktier *t, enum apb_eviction policy,
 	rc = apb_evict_new(policy, t->slots, &t->set);
 	if (rc)
 		return rc;
-	qsort(s->v, s->n, sizeof(*s->v), by_mtime);
+	if (s->n) /* an empty scan has no array, and qsort's may not be NULL */
+		qsort(s->v, s->n, sizeof(*s->v), by_mtime);
 	apb_mutex_lock(&t->mu);
 	for (size_t i = 0; i < s->n; i++) {
 		struct extent *e = s->v[i].e;
