@@ -22,9 +22,13 @@
  * stays page-aligned) and the extent's bytes. The header (struct header)
  * holds a magic, the version, the XXH3-128 of the whole key (U, identity,
  * size), the extent's index and length, the XXH3-64 of each
- * APB_DISKTIER_BLOCK (64 KiB) of the payload, and its own XXH3-64. A read
+ * APB_DISKTIER_BLOCK (4 KiB) of the payload, and its own XXH3-64. A read
  * checks the header and the blocks it reads, so a 64 KiB read of a cached
- * extent reads and hashes 64 KiB, not the whole megabyte.
+ * extent reads and hashes 64 KiB, not the whole megabyte; 4 KiB blocks,
+ * not larger ones, because page-ins start at cache chunks of a model,
+ * which are 4 KiB-aligned in the object but not aligned to anything
+ * larger: a larger block would make most page-ins read and hash bytes
+ * around them.
  *
  * CRASHES AND CORRUPTION
  *
@@ -110,7 +114,7 @@
 #define BLOCKS_PER_EXTENT (EXTENT / BLOCK)
 #define RUN_MAX 8u        /* extents fetched in one call */
 #define MAGIC "APBTIER"   /* 8 bytes with its NUL */
-#define VERSION 1u
+#define VERSION 2u        /* 1: 64 KiB blocks */
 #define LOG_BAD_MAX 8u    /* bad files named in the log, per mount */
 #define DIRNAME_LEN 34u   /* "%016x-%016x" and its NUL */
 #define SMALL_IOV 64
@@ -234,16 +238,45 @@ static int iov_slice(const struct iovec *iov, int cnt, size_t skip,
 	return n;
 }
 
-static uint64_t iov_xxh3(const struct iovec *iov, int cnt)
+/* The XXH3-64 of each BLOCK of the first len bytes of iov (the last block
+ * may be short) into out, walking the iovecs once. */
+static void block_sums(const struct iovec *iov, int n, size_t len,
+		       uint64_t *out)
 {
 	XXH3_state_t st;
+	size_t off = 0, done = 0; /* off: bytes of iov[i] passed */
+	int i = 0;
 
-	if (cnt == 1)
-		return XXH3_64bits(iov[0].iov_base, iov[0].iov_len);
-	XXH3_64bits_reset(&st);
-	for (int i = 0; i < cnt; i++)
-		XXH3_64bits_update(&st, iov[i].iov_base, iov[i].iov_len);
-	return XXH3_64bits_digest(&st);
+	while (done < len) {
+		size_t bl = len - done < BLOCK ? len - done : BLOCK;
+		size_t need = bl;
+
+		while (i < n && off == iov[i].iov_len)
+			i++, off = 0;
+		assert(i < n);
+		if (iov[i].iov_len - off >= bl) { /* the usual case */
+			*out++ = XXH3_64bits((char *)iov[i].iov_base + off, bl);
+			off += bl;
+			done += bl;
+			continue;
+		}
+		XXH3_64bits_reset(&st);
+		while (need > 0) {
+			size_t take;
+
+			while (i < n && off == iov[i].iov_len)
+				i++, off = 0;
+			assert(i < n);
+			take = iov[i].iov_len - off < need ? iov[i].iov_len - off
+							   : need;
+			XXH3_64bits_update(&st, (char *)iov[i].iov_base + off,
+					   take);
+			off += take;
+			need -= take;
+		}
+		*out++ = XXH3_64bits_digest(&st);
+		done += bl;
+	}
 }
 
 /* Exactly the bytes of iov at off, resuming short transfers and EINTR,
@@ -610,14 +643,12 @@ static int read_extent(struct apb_disktier *t, uint64_t k, uint64_t lo,
 	}
 	if (rc == 0)
 		rc = check_header(t, h, k);
-	for (uint64_t b = b0; rc == 0 && b < b1; b++) {
-		uint64_t bs = ks + b * BLOCK;
-		uint64_t bl = ks + len - bs < BLOCK ? ks + len - bs : BLOCK;
-		struct iovec piece[n];
-		int m = iov_slice(scratch, n, 0, (size_t)(bs - rs), (size_t)bl,
-				  piece);
+	if (rc == 0) {
+		uint64_t sums[BLOCKS_PER_EXTENT];
 
-		if (iov_xxh3(piece, m) != h->block_sum[b])
+		block_sums(scratch, n, (size_t)(re - rs), sums);
+		if (memcmp(sums, h->block_sum + b0,
+			   sizeof(*sums) * (size_t)(b1 - b0)) != 0)
 			rc = -EBADMSG;
 	}
 	free(bounce);
@@ -648,13 +679,7 @@ static int write_extent(struct apb_disktier *t, uint64_t k,
 	h->len = len;
 	h->block_size = BLOCK;
 	h->nblocks = (len + BLOCK - 1) / BLOCK;
-	for (uint32_t b = 0; b < h->nblocks; b++) {
-		uint32_t bl = len - b * BLOCK < BLOCK ? len - b * BLOCK : BLOCK;
-		struct iovec piece[cnt];
-		int m = iov_slice(iov, cnt, 0, (size_t)b * BLOCK, bl, piece);
-
-		h->block_sum[b] = iov_xxh3(piece, m);
-	}
+	block_sums(iov, cnt, len, h->block_sum);
 	h->header_sum = XXH3_64bits(h, offsetof(struct header, header_sum));
 
 	snprintf(tmp, sizeof(tmp), ".tmp-%ld-%" PRIuFAST64, (long)getpid(),

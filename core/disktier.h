@@ -28,7 +28,7 @@
 #include "apbundle/cache.h"
 
 #define APB_DISKTIER_EXTENT (1u << 20)   /* bytes of the object per file */
-#define APB_DISKTIER_BLOCK (64u << 10)   /* bytes per stored checksum */
+#define APB_DISKTIER_BLOCK 4096u         /* bytes per stored checksum */
 #define APB_DISKTIER_HEADER 4096u        /* a file's header, payload after */
 
 struct apb_disktier;

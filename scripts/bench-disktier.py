@@ -3,9 +3,11 @@
 1024) in a bundle served by nginx on loopback (scripts/servers.py). One
 mount with cache_dir= reads it whole (cold from the server, which fills the
 tier); then, RUNS times, side by side with the page cache dropped before
-each: `cat` of the original file (native cold read of the same disk), and a
+each: `cat` of the original file (native cold read of the same disk), a
 fresh mount with the same cache_dir= reading it with `cat` (warm from the
-tier, cold page cache: the tier's files are read from disk). Prints medians
+tier, cold page cache: the tier's files are read from disk), and, for
+reference, a mount of the bundle file itself (the local source, O_DIRECT:
+what the mount reads at from this disk without the tier). Prints medians
 and the tier's counters of the last warm run. Run as root:
 
     scripts/bench-disktier.py
@@ -57,7 +59,8 @@ def main():
             print(f"fill (cold from nginx, writing the tier): {fill:.3f} s, "
                   f"{MIB / fill:.0f} MiB/s; tier misses {t['misses']}, "
                   f"written {t['bytes_written']} bytes", flush=True)
-            native, warm = [], []
+            native, warm, local = [], [], []
+            lopts = f"max_memory={MAX_MEMORY}" + (f",chunk_size={CHUNK}" if CHUNK else "")
             for i in range(RUNS):
                 drop_caches()
                 native.append(timed(["cat", model]))
@@ -65,14 +68,21 @@ def main():
                 with mount_apb(url, mnt, opts) as m:
                     warm.append(timed(["cat", f"{mnt}/model"]))
                     t = m.stats()
+                drop_caches()
+                with mount_apb(f"{www}/b.apbundle", mnt, lopts):
+                    local.append(timed(["cat", f"{mnt}/model"]))
                 print(f"run {i + 1}: native cold {native[-1]:.3f} s, "
-                      f"tier warm {warm[-1]:.3f} s", flush=True)
-        n, w = median(native), median(warm)
+                      f"tier warm {warm[-1]:.3f} s, local bundle {local[-1]:.3f} s",
+                      flush=True)
+        n, w, lo = median(native), median(warm), median(local)
         print(f"{MIB} MiB model, {RUNS} runs, medians; options {opts}")
         print(f"native cold read (cat of the file): {n:.3f} s, {MIB / n:.0f} MiB/s")
         print(f"disk tier warm read (cat through a fresh mount): {w:.3f} s, "
               f"{MIB / w:.0f} MiB/s")
-        print(f"tier / native throughput: {n / w:.2f}x")
+        print(f"local bundle mounted (cat through the mount, cold): {lo:.3f} s, "
+              f"{MIB / lo:.0f} MiB/s")
+        print(f"tier / native throughput: {n / w:.2f}x; local mount / native: "
+              f"{n / lo:.2f}x; tier / local mount: {lo / w:.2f}x")
         print(f"last warm run: disk_tier {t['disk_tier']}; remote requests "
               f"{t['remote']['requests']}")
     finally:
