@@ -79,8 +79,10 @@
  *
  * One struct extent (96 bytes on LP64) per extent of the object: 96 KiB
  * per GiB of object; plus one per file of another object found at open,
- * plus the set's own (LFU: 8 bytes per entry). A read allocates its bounce
- * buffers (at most two extents) and an iovec array.
+ * plus the set's own (LFU: 8 bytes per entry), plus HCACHE (16) checked
+ * headers, 2.1 KiB each, so a sequential reader's next page-in in the
+ * same extent skips the header read. A read allocates its bounce buffers
+ * (at most two extents) and an iovec array.
  */
 #include "disktier.h"
 
@@ -118,6 +120,7 @@
 #define LOG_BAD_MAX 8u    /* bad files named in the log, per mount */
 #define DIRNAME_LEN 34u   /* "%016x-%016x" and its NUL */
 #define SMALL_IOV 64
+#define HCACHE 16         /* checked headers kept, 2.1 KiB each */
 
 _Static_assert(EXTENT % BLOCK == 0, "an extent is whole blocks");
 
@@ -155,6 +158,16 @@ struct extent {
 	uint8_t state;
 };
 
+/* A checked header, kept so that the next read of the same file (a
+ * sequential reader's next page-in starts in the extent its last one
+ * ended in) reads only the payload: one I/O instead of two. */
+struct header_slot {
+	uint64_t index;
+	uint32_t gen;             /* the extent's generation it was read at */
+	bool valid;
+	struct header h;
+};
+
 struct foreign_dir {
 	char name[DIRNAME_LEN];
 	uint32_t files;           /* its files still indexed */
@@ -189,6 +202,7 @@ struct apb_disktier {
 	bool writing;
 	uint32_t bad_logged;
 	struct apb_bundle_disk_tier_stats st;
+	struct header_slot hcache[HCACHE]; /* slot: index % HCACHE */
 };
 
 /* ---- messages --------------------------------------------------------- */
@@ -525,6 +539,32 @@ static void write_failed(struct apb_disktier *t, int rc)
 
 /* ---- reading an extent from disk -------------------------------------- */
 
+/* The checked header of extent k's file at generation gen, if kept. */
+static bool header_get(struct apb_disktier *t, uint64_t k, uint32_t gen,
+		       struct header *out)
+{
+	struct header_slot *hs = &t->hcache[k % HCACHE];
+	bool hit;
+
+	apb_mutex_lock(&t->mu);
+	hit = hs->valid && hs->index == k && hs->gen == gen;
+	if (hit)
+		*out = hs->h;
+	apb_mutex_unlock(&t->mu);
+	return hit;
+}
+
+static void header_put(struct apb_disktier *t, uint64_t k, uint32_t gen,
+		       const struct header *h)
+{
+	struct header_slot *hs = &t->hcache[k % HCACHE];
+
+	apb_mutex_lock(&t->mu);
+	*hs = (struct header_slot){.index = k, .gen = gen, .valid = true,
+				   .h = *h};
+	apb_mutex_unlock(&t->mu);
+}
+
 static int check_header(const struct apb_disktier *t, const struct header *h,
 			uint64_t k)
 {
@@ -557,9 +597,9 @@ static bool aligned_io(uint64_t off, const struct iovec *v, int n)
 	return true;
 }
 
-/* Read the header (into hbuf) and the payload bytes [rs, re) of extent
- * k's file into the iovecs v (n of them, n + 1 entries of room): one
- * preadv when rs is the extent's start, else two. O_DIRECT when the tier
+/* Read the header (into hbuf; NULL: not wanted) and the payload bytes
+ * [rs, re) of extent k's file into the iovecs v (n of them, n + 1 entries
+ * of room): one preadv when rs is the extent's start, else two. O_DIRECT when the tier
  * may and everything is aligned, so a cold read is one large I/O per
  * call and the page cache does not keep a second copy of what the chunk
  * cache holds; buffered otherwise, or when the filesystem refuses it
@@ -584,7 +624,9 @@ static int read_file(struct apb_disktier *t, uint64_t k, char *hbuf,
 		}
 		if (fd < 0)
 			return errno == ENOENT ? -ENOENT : -errno;
-		if (rs_off == HEADER) {
+		if (!hbuf) {
+			rc = io_full(fd, v, n, (off_t)rs_off, false);
+		} else if (rs_off == HEADER) {
 			memmove(v + 1, v, sizeof(*v) * (size_t)n);
 			v[0] = (struct iovec){hbuf, HEADER};
 			rc = io_full(fd, v, n + 1, 0, false);
@@ -610,9 +652,9 @@ static int read_file(struct apb_disktier *t, uint64_t k, char *hbuf,
  * into a bounce buffer) and checked. 0, -EBADMSG for a file that fails a
  * check, -ENOENT for no file (evicted meanwhile), another negative errno
  * for a read that failed. scratch has room for rcnt + 2 entries. */
-static int read_extent(struct apb_disktier *t, uint64_t k, uint64_t lo,
-		       uint64_t hi, const struct iovec *rv, int rcnt,
-		       struct iovec *scratch)
+static int read_extent(struct apb_disktier *t, uint64_t k, uint32_t gen,
+		       uint64_t lo, uint64_t hi, const struct iovec *rv,
+		       int rcnt, struct iovec *scratch)
 {
 	uint64_t ks = k * EXTENT;
 	uint32_t len = extent_len(t, k);
@@ -624,6 +666,7 @@ static int read_extent(struct apb_disktier *t, uint64_t k, uint64_t lo,
 	union header_block hb;
 	const struct header *h = &hb.h;
 	void *bounce = NULL;
+	bool cached;
 	int n = 0, rc;
 
 	if (head + tail > 0 &&
@@ -635,13 +678,15 @@ static int read_extent(struct apb_disktier *t, uint64_t k, uint64_t lo,
 		scratch[n++] = rv[i];
 	if (tail)
 		scratch[n++] = (struct iovec){(char *)bounce + head, tail};
+	cached = header_get(t, k, gen, &hb.h);
 	{
 		struct iovec io[n + 1];
 
 		memcpy(io, scratch, sizeof(*io) * (size_t)n);
-		rc = read_file(t, k, hb.bytes, HEADER + (rs - ks), io, n);
+		rc = read_file(t, k, cached ? NULL : hb.bytes,
+			       HEADER + (rs - ks), io, n);
 	}
-	if (rc == 0)
+	if (rc == 0 && !cached)
 		rc = check_header(t, h, k);
 	if (rc == 0) {
 		uint64_t sums[BLOCKS_PER_EXTENT];
@@ -651,6 +696,8 @@ static int read_extent(struct apb_disktier *t, uint64_t k, uint64_t lo,
 			   sizeof(*sums) * (size_t)(b1 - b0)) != 0)
 			rc = -EBADMSG;
 	}
+	if (rc == 0 && !cached)
+		header_put(t, k, gen, h);
 	free(bounce);
 	return rc;
 }
@@ -831,7 +878,7 @@ long apb_disktier_preadv(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
 			apb_mutex_unlock(&t->mu);
 			rcnt = iov_slice(iov, iovcnt, skip, (size_t)(lo - pos),
 					 (size_t)(hi - lo), rv);
-			r = read_extent(t, k, lo, hi, rv, rcnt, scratch);
+			r = read_extent(t, k, gen, lo, hi, rv, rcnt, scratch);
 			apb_mutex_lock(&t->mu);
 			if (r == 0) {
 				t->st.hits++;
