@@ -27,7 +27,8 @@
 #   remote  the e2e read checks (REMOTE_TESTS: bytes, budget, stats,
 #           prefetch, pinning, integrity) again with every bundle served by
 #           nginx (APB_E2E_SOURCE=nginx), then by a Ceph RGW (=rgw) and
-#           mounted by URL; tests marked local_only skip
+#           mounted by URL; tests marked local_only skip; then once more
+#           from nginx through the disk tier (APB_E2E_CACHE_DIR=1)
 # A sanitizer report anywhere (unit test, daemon, CLI) fails its stage.
 # PYTEST ARGS go to the e2e runs of normal and asan only.
 #
@@ -356,6 +357,10 @@ stage_remote() {
             --deselect tests/e2e/test_prefetch.py::test_sequential_scan_is_served_by_prefetch ||
             src=$?
     done
+    step "remote: the same read checks through the disk tier (cache_dir=), served by nginx"
+    APB_E2E_SOURCE=nginx APB_E2E_CACHE_DIR=1 e2e "remote-nginx-tier" "$BUILD_DIR" $REMOTE_TESTS \
+        --deselect tests/e2e/test_prefetch.py::test_sequential_scan_is_served_by_prefetch ||
+        src=$?
     return "$src"
 }
 

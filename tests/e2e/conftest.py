@@ -25,7 +25,10 @@ session's server (nginx: hard-linked into its directory; RGW: PUT, and the
 s3_endpoint/s3_region options and the gateway's keys given to the daemon),
 under a name derived from its path, and withdrawn when the last daemon on
 it stops. Tests that need the bundle to be a local file carry the marker
-`local_only(reason)` and are skipped there.
+`local_only(reason)` and are skipped there. With a server and
+$APB_E2E_CACHE_DIR=1, every such daemon also gets the disk tier
+(cache_dir= one directory for the session, cache_dir_size=256M), so the
+read checks run through it, warm for every mount after a bundle's first.
 """
 
 import contextlib
@@ -61,6 +64,7 @@ KiB = 1024
 MiB = 1024 * 1024
 
 SOURCE = os.environ.get("APB_E2E_SOURCE", "local")
+CACHE_DIR = os.environ.get("APB_E2E_CACHE_DIR") == "1"
 SOURCES = ("local", "nginx", "rgw")
 
 _BASE = None                # session temp root, set by _session_guard
@@ -366,12 +370,16 @@ def _publish(bundle):
                 else:
                     _SERVER.delete_object(key)     # memstore space back for later tests
 
+    tier = {}
+    if CACHE_DIR:
+        tier = {"cache_dir": os.path.join(str(_BASE), "disk-tier"), "cache_dir_size": "256M"}
+        os.makedirs(tier["cache_dir"], exist_ok=True)
     if SOURCE == "nginx":
-        return _url(key), {}, None, unpublish
+        return _url(key), tier, None, unpublish
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_ACCESS_KEY_ID=_SERVER.access_key, AWS_SECRET_ACCESS_KEY=_SERVER.secret_key,
                AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_CONFIG_FILE=os.devnull)
-    return (_url(key), {"s3_endpoint": _SERVER.endpoint, "s3_region": _SERVER.region},
+    return (_url(key), dict(tier, s3_endpoint=_SERVER.endpoint, s3_region=_SERVER.region),
             env, unpublish)
 
 
