@@ -156,6 +156,8 @@ struct extent {
 				   * drop must not drop a newer file */
 	uint16_t refs;            /* readers holding it out of the set */
 	uint8_t state;
+	bool fresh;               /* written by this mount: its pages may be
+				   * in the page cache, dirty */
 };
 
 /* A checked header, kept so that the next read of the same file (a
@@ -452,6 +454,7 @@ static void set_present(struct apb_disktier *t, struct extent *e,
 	apb_assert_held(&t->mu);
 	e->state = EXT_PRESENT;
 	e->bytes = bytes;
+	e->fresh = true;
 	e->gen++;
 	apb_evict_node_init(t->set, &e->node, 0, e->index);
 	apb_evict_touch(t->set, &e->node);
@@ -599,15 +602,20 @@ static bool aligned_io(uint64_t off, const struct iovec *v, int n)
 
 /* Read the header (into hbuf; NULL: not wanted) and the payload bytes
  * [rs, re) of extent k's file into the iovecs v (n of them, n + 1 entries
- * of room): one preadv when rs is the extent's start, else two. O_DIRECT when the tier
- * may and everything is aligned, so a cold read is one large I/O per
- * call and the page cache does not keep a second copy of what the chunk
- * cache holds; buffered otherwise, or when the filesystem refuses it
- * (tmpfs). 0, -ENOENT for no file, or a negative errno. */
-static int read_file(struct apb_disktier *t, uint64_t k, char *hbuf,
-		     uint64_t rs_off, struct iovec *v, int n)
+ * of room): one preadv when rs is the extent's start, else two. O_DIRECT
+ * when the tier may and everything is aligned, so a cold read is one large
+ * I/O per call and the page cache does not keep a second copy of what the
+ * chunk cache holds; buffered otherwise, or when the filesystem refuses it
+ * (tmpfs), or for a file this mount wrote (fresh): its pages are likely
+ * still in the page cache, dirty, and an O_DIRECT read would first wait
+ * for their writeback (a sequential reader's next page-in starts in the
+ * extent its last one fetched and wrote). 0, -ENOENT for no file, or a
+ * negative errno. */
+static int read_file(struct apb_disktier *t, uint64_t k, bool fresh,
+		     char *hbuf, uint64_t rs_off, struct iovec *v, int n)
 {
-	bool direct = atomic_load(&t->direct) && aligned_io(rs_off, v, n);
+	bool direct = !fresh && atomic_load(&t->direct) &&
+		      aligned_io(rs_off, v, n);
 	char name[17];
 	int fd, rc;
 
@@ -653,8 +661,8 @@ static int read_file(struct apb_disktier *t, uint64_t k, char *hbuf,
  * check, -ENOENT for no file (evicted meanwhile), another negative errno
  * for a read that failed. scratch has room for rcnt + 2 entries. */
 static int read_extent(struct apb_disktier *t, uint64_t k, uint32_t gen,
-		       uint64_t lo, uint64_t hi, const struct iovec *rv,
-		       int rcnt, struct iovec *scratch)
+		       bool fresh, uint64_t lo, uint64_t hi,
+		       const struct iovec *rv, int rcnt, struct iovec *scratch)
 {
 	uint64_t ks = k * EXTENT;
 	uint32_t len = extent_len(t, k);
@@ -683,7 +691,7 @@ static int read_extent(struct apb_disktier *t, uint64_t k, uint32_t gen,
 		struct iovec io[n + 1];
 
 		memcpy(io, scratch, sizeof(*io) * (size_t)n);
-		rc = read_file(t, k, cached ? NULL : hb.bytes,
+		rc = read_file(t, k, fresh, cached ? NULL : hb.bytes,
 			       HEADER + (rs - ks), io, n);
 	}
 	if (rc == 0 && !cached)
@@ -867,6 +875,7 @@ long apb_disktier_preadv(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
 		uint64_t hi = (k + 1) * EXTENT < end ? (k + 1) * EXTENT : end;
 		uint64_t k1;
 		uint32_t gen;
+		bool fresh;
 		int rcnt, r;
 
 		apb_mutex_lock(&t->mu);
@@ -875,10 +884,12 @@ long apb_disktier_preadv(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
 		if (e->state == EXT_PRESENT) {
 			hold(t, e);
 			gen = e->gen;
+			fresh = e->fresh;
 			apb_mutex_unlock(&t->mu);
 			rcnt = iov_slice(iov, iovcnt, skip, (size_t)(lo - pos),
 					 (size_t)(hi - lo), rv);
-			r = read_extent(t, k, gen, lo, hi, rv, rcnt, scratch);
+			r = read_extent(t, k, gen, fresh, lo, hi, rv, rcnt,
+					scratch);
 			apb_mutex_lock(&t->mu);
 			if (r == 0) {
 				t->st.hits++;
