@@ -899,6 +899,12 @@ long apb_disktier_preadv(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
 				k++;
 				continue;
 			}
+			if (r == -ENOMEM) { /* the file may be fine */
+				unhold(t, e);
+				apb_mutex_unlock(&t->mu);
+				rc = r;
+				break;
+			}
 			if (r == -ENOENT) /* evicted by another mount */
 				drop(t, e, gen);
 			else

@@ -342,6 +342,57 @@ static void test_bound_and_identity(void)
 	free(f.data);
 }
 
+/* Another object's files in the directory count toward the bound and are
+ * evicted, oldest first, for this one's; its emptied directory goes. */
+static void test_other_objects_share_the_bound(void)
+{
+	char *dir = make_dir();
+	struct fake f;
+	struct apb_bundle_disk_tier_stats st;
+	struct apb_disktier_config c = {
+		.dir = dir, .capacity = 64ull << 20, .policy = APB_EVICT_LRU,
+		.url = "http://example.test/other.apbundle",
+		.identity = "\"o\"", .size = SIZE, .log = test_log,
+	};
+	struct apb_disktier *t;
+	char err[256];
+
+	fake_init(&f, 6);
+	CHECK_EQ(apb_disktier_open(&c, &t, err, sizeof(err)), 0);
+	read_check(t, &f, 0, 3 * E);               /* 3 files of the other */
+	apb_disktier_close(t);
+	CHECK_EQ(count_files(dir), 3);
+
+	/* room for four whole extents: the other's three count */
+	t = open_tier(dir, 4ull * (H + E), "\"e\"");
+	apb_disktier_stats(t, &st);
+	CHECK_EQ(st.bytes_used, 3 * (uint64_t)(H + E));
+	read_check(t, &f, 0, 2 * E);    /* the second write evicts one of them */
+	apb_disktier_stats(t, &st);
+	CHECK_EQ(st.evictions, 1);
+	CHECK_EQ(count_files(dir), 4);
+	read_check(t, &f, 2 * E, 2 * E);           /* and the rest */
+	apb_disktier_stats(t, &st);
+	CHECK_EQ(st.evictions, 3);
+	CHECK_EQ(count_files(dir), 4);
+	CHECK(st.bytes_used <= 4ull * (H + E));
+	apb_disktier_close(t);
+	{
+		/* one directory left: the other's was emptied and removed */
+		DIR *d = opendir(dir);
+		struct dirent *de;
+		int n = 0;
+
+		while ((de = readdir(d)))
+			n += de->d_name[0] != '.';
+		closedir(d);
+		CHECK_EQ(n, 1);
+	}
+	remove_tree(dir);
+	free(dir);
+	free(f.data);
+}
+
 static void test_fetch_error_then_retry(void)
 {
 	char *dir = make_dir();
@@ -437,6 +488,7 @@ int main(void)
 	RUN(test_cold_then_warm);
 	RUN(test_damaged_files);
 	RUN(test_bound_and_identity);
+	RUN(test_other_objects_share_the_bound);
 	RUN(test_fetch_error_then_retry);
 	RUN(test_threads);
 	RUN(test_bad_config);
