@@ -126,3 +126,11 @@ install_servers() {
     fi
     return "$rc"
 }
+
+# install_bench_remote: what scripts/bench-remote.py compares apbundlefs
+# with: rclone (`rclone mount`, http backend, the peer) and python3-torch
+# (the framework load: torch.load of a state dict), besides the servers of
+# install_servers. About 400 MB; the bench stage of scripts/test.sh calls it.
+install_bench_remote() {
+    install_missing rclone python3-torch curl iproute2
+}

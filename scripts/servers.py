@@ -384,7 +384,7 @@ http {{
         listen 127.0.0.1:{port}{ssl};
         server_name localhost;
 {tls}        root {root};
-        autoindex off;
+        autoindex {autoindex};
         limit_rate {limit_rate};
         # how start() knows that this nginx, not another server, has the port
         add_header X-Apb-Nginx 1 always;
@@ -399,17 +399,21 @@ http {{
 class Nginx(_Server):
     """nginx serving `root` read-only on 127.0.0.1:port (a free one unless
     given). limit_rate: bytes/s per response (0: none); forbid: URL paths
-    answered with 403. start() is called by __enter__; stop()/start() again
+    answered with 403; autoindex: directories answer with an HTML listing
+    (what `rclone mount`'s http backend reads to find files; the benchmark
+    turns it on). start() is called by __enter__; stop()/start() again
     restart it on the same port (a server that goes away mid-read).
     tls: HTTPS only, with a self-signed certificate for 127.0.0.1 and
     localhost that openssl makes in the scratch dir at the first start
     (`ca_file`: the file a client must trust)."""
 
-    def __init__(self, root, limit_rate=0, forbid=(), port=None, scratch=None, tls=False):
+    def __init__(self, root, limit_rate=0, forbid=(), port=None, scratch=None, tls=False,
+                 autoindex=False):
         self.tls = bool(tls)
         self.root = os.path.abspath(root)
         self.limit_rate = int(limit_rate)
         self.forbid = list(forbid)
+        self.autoindex = bool(autoindex)
         self.port = port
         self._own_scratch = scratch is None
         self.scratch = scratch
@@ -449,7 +453,8 @@ class Nginx(_Server):
                if self.tls else "")
         conf = _NGINX_CONF.format(scratch=self.scratch, port=self.port, root=json.dumps(self.root),
                                   limit_rate=self.limit_rate, forbid=forbid,
-                                  ssl=" ssl" if self.tls else "", tls=tls)
+                                  ssl=" ssl" if self.tls else "", tls=tls,
+                                  autoindex="on" if self.autoindex else "off")
         path = os.path.join(self.scratch, "nginx.conf")
         with open(path, "w") as f:
             f.write(conf)

@@ -16,7 +16,11 @@
 #   tsan    ThreadSanitizer build: meson test and TSAN_TESTS (default
 #           tests/e2e/test_stress.py; tests/e2e for all, ~2 min more)
 #   fuzz    scripts/fuzz.sh FUZZ_SECONDS
-#   bench   QUICK=1 SMOKE=1 scripts/bench: every benchmark system and case at
+#   bench   QUICK=1 scripts/bench-remote.py (~35 s: a 16 MiB bundle from
+#           nginx over the shaped and the plain loopback link, through
+#           apbundlefs, curl and rclone mount, bytes compared; no RGW),
+#           which must leave no mount or run directory behind; then
+#           QUICK=1 SMOKE=1 scripts/bench: every benchmark system and case at
 #           tiny sizes, the bytes read compared with the source (~30 s; a
 #           check that the benchmark still runs, not numbers); then again
 #           with the data on a read-limited RAM disk (DISK=ram
@@ -236,6 +240,14 @@ stage_fuzz() {
 }
 
 stage_bench() {
+    step "bench: QUICK=1 scripts/bench-remote.py ($BUILD_DIR)"
+    install_bench_remote || return
+    QUICK=1 APB_BUILD=$BUILD_DIR $PYTHON scripts/bench-remote.py || return
+    if grep -q apb-bench-remote-quick /proc/self/mountinfo ||
+        [ -n "$(ls -A /var/tmp/apb-bench-remote-quick 2>/dev/null | grep -v -x -e data -e out)" ]; then
+        echo "error: scripts/bench-remote.py left a mount or its run directory behind" >&2
+        return 1
+    fi
     step "bench: QUICK=1 SMOKE=1 scripts/bench ($BUILD_DIR)"
     QUICK=1 SMOKE=1 APB_BUILD=$BUILD_DIR $PYTHON scripts/bench || return
     step "bench: the same on a RAM disk (DISK=ram DISK_MBPS=2000)"
