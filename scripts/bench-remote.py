@@ -42,7 +42,10 @@ tensor.
 
 Environment: QUICK=1; RUNS (3; QUICK 1); MODEL_MIB (1024; QUICK 16);
 TORCH_MIB (256; QUICK 8); LINK_MBPS (500); RTT_MS (1); RGW (1; QUICK 0:
-RGW's start takes ~20 s); CASES (default "seq ttfb torch tier");
+RGW's start takes ~20 s); RCLONE (0: leave rclone out); CASES (default
+"seq ttfb torch tier"); LINKS (the seq case's, default "shaped loopback");
+APB_OPTS (more -o options for every apbundlefs mount, for exploring:
+e.g. readahead=16M);
 BENCH_DIR (/var/tmp/apb-bench-remote, -quick for QUICK); OUT
 (docs/bench/remote; QUICK: BENCH_DIR/out); APB_BUILD (build).
 Writes OUT/results.md, OUT/results.json, OUT/remote.png.
@@ -57,7 +60,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import (BUILD, MIB, PACKER, DAEMON, ROOT, Mount, close_mounts, drop_caches,
+from benchlib import (MIB, PACKER, DAEMON, ROOT, Mount, close_mounts, drop_caches,
                       machine_summary, median, read_seq, source_tree, start)
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -78,11 +81,13 @@ LINK_MBPS = env_num("LINK_MBPS", 500, 500, float)
 RTT_MS = env_num("RTT_MS", 1.0, 1.0, float)
 USE_RGW = env_num("RGW", 1, 0) == 1
 CASES = os.environ.get("CASES", "seq ttfb torch tier").replace(",", " ").split()
+LINKS = os.environ.get("LINKS", "shaped loopback").replace(",", " ").split()
+APB_OPTS = os.environ.get("APB_OPTS", "")
 BENCH_DIR = os.environ.get("BENCH_DIR", "/var/tmp/apb-bench-remote" + ("-quick" if QUICK else ""))
 OUT = os.environ.get("OUT") or (os.path.join(BENCH_DIR, "out") if QUICK else
                                 os.path.join(ROOT, "docs", "bench", "remote"))
 PYTHON = "/usr/bin/python3"     # Debian's: it sees python3-torch
-RCLONE = shutil.which("rclone")
+RCLONE = None if os.environ.get("RCLONE") == "0" else shutil.which("rclone")
 
 # issue 16's targets
 TARGET_SHAPED_VS_CURL = 0.9
@@ -240,7 +245,7 @@ def torch_digest(path):
 # ---------------------------------------------------------------- clients
 
 def mount_apb(url, mnt, logdir, opts=""):
-    o = "max_memory=256M" + ("," + opts if opts else "")
+    o = ",".join(x for x in ("max_memory=256M", APB_OPTS, opts) if x)
     return Mount([DAEMON, "-f", "-o", o, url, mnt], mnt, logdir)
 
 
@@ -348,7 +353,7 @@ def stats_remote(m):
 
 def case_seq(b, model_src, model_size, bundle_name):
     """Cold sequential read over each link by each contender."""
-    links = ["shaped", "loopback"]
+    links = LINKS
     servers_ = ["nginx"] + (["rgw"] if "rgw" in b.servers else [])
     for i in range(RUNS):
         for link in links:
@@ -574,10 +579,13 @@ def case_tier(b, model_src, model_size, bundle_name):
         finally:
             m.close()
         rem = st.get("remote", {})
+        tier_st = st.get("disk_tier", {})
+        if not tier_st.get("hits") or tier_st.get("misses"):
+            raise RuntimeError(f"tier: the warm mount was not served by the tier: {tier_st}")
         b.add("tier", "local", "apbundlefs warm tier", dt, remote_bytes=rem.get("bytes"),
-              tier=st.get("tier") or st.get("disk_tier") or st.get("cache_dir"))
+              requests=rem.get("requests"), tier_hits=tier_st.get("hits"))
         log(f"tier: native {b.rows[('tier', 'local', 'native')]['runs'][-1]:.3f} s, "
-            f"warm tier {dt:.3f} s, remote bytes {rem.get('bytes')}")
+            f"warm tier {dt:.3f} s, remote bytes {rem.get('bytes')}, tier {tier_st}")
 
 
 # ---------------------------------------------------------------- report
@@ -635,7 +643,7 @@ def write_report(b, meta, crit, model_size):
                      **{k: v for k, v in r.items() if k != "runs"}})
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows, "criteria": crit, "notes": b.notes}, f, indent=1)
-    md = [f"# Remote bundles: apbundlefs against curl and rclone mount\n",
+    md = ["# Remote bundles: apbundlefs against curl and rclone mount\n",
           f"Command: `{meta['command']}`  ",
           f"Machine: {meta['machine']}  ",
           f"Source: {meta['source']}  ",
@@ -780,7 +788,10 @@ def main():
             case_torch(b, torch_src, "torch.apbundle")
         if "tier" in CASES:
             case_tier(b, model_src, model_size, "model.apbundle")
-        meta = {"command": ("QUICK=1 " if QUICK else "") +
+        envs = " ".join(f"{k}={os.environ[k]}" for k in
+                        ("QUICK", "RUNS", "MODEL_MIB", "TORCH_MIB", "LINK_MBPS", "RTT_MS", "RGW",
+                         "RCLONE", "CASES", "LINKS", "APB_OPTS") if os.environ.get(k))
+        meta = {"command": (envs + " " if envs else "") +
                 "/usr/bin/python3 scripts/bench-remote.py",
                 "machine": machine_summary(), "source": source_tree(),
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
