@@ -33,7 +33,9 @@ hands, the mount included), torch (torch.load of a state dict of TORCH_MIB
 the script writes, in a process that imported torch before the clock
 starts; mount or download included), tier (a warm read from apbundlefs's
 disk tier, -o cache_dir=, against a cold native read from the same disk;
-skipped with a message by a daemon that does not know cache_dir=). Before
+skipped with a message by a daemon that does not know cache_dir=; the
+bundle mounted from its local file on the same disk, cold, is shown beside
+them: what apbundlefs reads from that disk at best). Before
 every run the page cache is dropped, then the server's copy is read once
 so that the server answers from memory (the link is measured, not this
 machine's disk). Every read is checked: byte count, and the bytes against
@@ -558,6 +560,16 @@ def case_tier(b, model_src, model_size, bundle_name):
     for i in range(RUNS):
         drop_caches()
         b.add("tier", "local", "native", read_seq(model_src, model_size))
+        # what apbundlefs reads from that disk at best: the same bundle
+        # mounted from its local file, cold
+        drop_caches()
+        m = mount_apb(os.path.join(b.www, bundle_name), os.path.join(b.mntdir, "local"),
+                      b.logdir)
+        try:
+            b.add("tier", "local", "apbundlefs local file",
+                  read_seq(os.path.join(m.mnt, "model"), model_size))
+        finally:
+            m.close()
         shutil.rmtree(tier, ignore_errors=True)
         os.makedirs(tier)
         opts = f"cache_dir={tier},cache_dir_size={2 * model_size // MIB + 64}M"
