@@ -748,6 +748,7 @@ def main():
     t_start = time.monotonic()
     own_network()
     os.makedirs(BENCH_DIR, exist_ok=True)
+    leftovers(BENCH_DIR)
     work = tempfile.mkdtemp(prefix="run-", dir=BENCH_DIR)
     b = Bench(work)
     links = []
@@ -828,6 +829,20 @@ def main():
         servers.stop_all()
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def leftovers(base):
+    """What a run killed with SIGKILL left (its servers and proxies die
+    with it, their parent-death signal; its mounts do not): unmount them
+    and remove its run directories."""
+    with open("/proc/self/mountinfo") as f:
+        left = [p[4] for p in (line.split() for line in f) if p[4].startswith(base + "/run-")]
+    for mnt in sorted(left, reverse=True):
+        log("cleanup: unmounting leftover", mnt)
+        subprocess.run(["fusermount3", "-uz", mnt], capture_output=True)
+    for d in os.listdir(base):
+        if d.startswith("run-"):
+            shutil.rmtree(os.path.join(base, d), ignore_errors=True)
 
 
 def tool_version(argv):
