@@ -15,27 +15,45 @@ import threading
 import pytest
 
 import apbformat
-from conftest import KiB, MiB, mount, odirect_pread, open_direct, read_all
+from conftest import KiB, MiB, mount, odirect_pread, open_direct, read_all, wait_until
 
 SCAN = apbformat.random_bytes(64 * MiB, 41)
 CHUNK = 64 * KiB
 
 
-@pytest.mark.perf   # under TSan a slowed request arrives out of order: reads_random 1
 def test_sequential_scan_is_served_by_prefetch(tmp_path, binaries):
+    """A reader that scans in 1 MiB O_DIRECT reads and, between reads, lets
+    the daemon load its next read (it waits until the bundle bytes read
+    reach the next read's end: only prefetch can take them there): every
+    chunk after the first read is a hit that prefetch loaded. Without the pause the
+    share of hits depends on whether the prefetch workers get the CPU before
+    the reader's next request (the speed of it is scripts/bench-prefetch.py's
+    to measure, not a test's)."""
     bundle = apbformat.write_v1(tmp_path / "scan.apbundle", [("m.bin", SCAN)])
+    step = MiB
     # budget 8 x readahead (the issue asks for at least 4 x)
     with mount(bundle, {"max_memory": "32M", "readahead": "4M"}) as d:
-        assert apbformat.xxh3_64(read_all(d.path("m.bin"))) == apbformat.xxh3_64(SCAN)
+        fd = open_direct(d.path("m.bin"))
+        got = []
+        try:
+            for pos in range(0, len(SCAN), step):
+                got.append(odirect_pread(fd, step, pos))
+                ahead = min(len(SCAN), pos + 2 * step)
+                wait_until(lambda: d.stats()["io"]["backing_bytes_read"] >= ahead, 10,
+                           what="prefetch to load up to byte %d" % ahead)
+        finally:
+            os.close(fd)
+        assert b"".join(got) == SCAN
         s = d.stats()
     c, p = s["cache"], s["prefetch"]
-    touched = c["hits"] + c["misses"]
-    assert touched >= len(SCAN) // CHUNK
-    assert c["hits"] >= 0.95 * touched, "hit rate %.3f (%d misses, prefetch %r)" % (
-        c["hit_rate"], c["misses"], p)
-    assert p["issued"] > 0 and p["hits"] >= 0.95 * p["issued"]
-    assert p["wasted"] <= 0.02 * p["issued"], p
-    assert p["reads_random"] == 0 and p["reads_sequential"] > 0
+    first = step // CHUNK     # the first read's chunks: nothing was ahead of it
+    assert c["misses"] == first, (c, p)
+    assert c["hits"] == len(SCAN) // CHUNK - first, (c, p)
+    assert p["hits"] == c["hits"], p        # each of them one that prefetch loaded
+    assert p["issued"] == p["hits"] + p["wasted"] + p["unused_chunks"], p
+    assert p["wasted"] == 0 and p["unused_chunks"] == 0, p
+    assert s["io"]["backing_bytes_read"] == len(SCAN), s["io"]
+    assert p["reads_random"] == 0 and p["reads_sequential"] == len(SCAN) // step, p
 
 
 def test_prefetch_off_loads_nothing_ahead(tmp_path, binaries):
