@@ -361,18 +361,12 @@ stage_remote() {
     step "remote: configure and build ($BUILD_DIR)"
     configure gcc "$BUILD_DIR" werror=true || return
     ninja -C "$BUILD_DIR" || return
-    # Deselected, open (docs/TESTING.md): the sequential scan's 95% hit
-    # rate passes alone but fell to 0.92-0.94 at a load of 7-10.
     for server in nginx rgw; do
         step "remote: end-to-end read checks, bundles served by $server"
-        APB_E2E_SOURCE=$server e2e "remote-$server" "$BUILD_DIR" $REMOTE_TESTS \
-            --deselect tests/e2e/test_prefetch.py::test_sequential_scan_is_served_by_prefetch ||
-            src=$?
+        APB_E2E_SOURCE=$server e2e "remote-$server" "$BUILD_DIR" $REMOTE_TESTS || src=$?
     done
     step "remote: the same read checks through the disk tier (cache_dir=), served by nginx"
-    APB_E2E_SOURCE=nginx APB_E2E_CACHE_DIR=1 e2e "remote-nginx-tier" "$BUILD_DIR" $REMOTE_TESTS \
-        --deselect tests/e2e/test_prefetch.py::test_sequential_scan_is_served_by_prefetch ||
-        src=$?
+    APB_E2E_SOURCE=nginx APB_E2E_CACHE_DIR=1 e2e "remote-nginx-tier" "$BUILD_DIR" $REMOTE_TESTS || src=$?
     return "$src"
 }
 
