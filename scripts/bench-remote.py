@@ -35,7 +35,11 @@ starts; mount or download included), tier (a warm read from apbundlefs's
 disk tier, -o cache_dir=, against a cold native read from the same disk;
 skipped with a message by a daemon that does not know cache_dir=; the
 bundle mounted from its local file on the same disk, cold, is shown beside
-them: what apbundlefs reads from that disk at best). Before
+them: what apbundlefs reads from that disk at best), pipeline (on the
+shaped link: curl, build/tools/apbfetch reading the bundle in 1 MiB
+requests from 4 threads and in 8 MiB requests from 2, and apbundlefs with
+1, 2 and 4 threads each reading its part of the model: how much of a miss
+is the single stream's pipeline). Before
 every run the page cache is dropped, then the server's copy is read once
 so that the server answers from memory (the link is measured, not this
 machine's disk). Every read is checked: byte count, and the bytes against
@@ -45,7 +49,7 @@ tensor.
 Environment: QUICK=1; RUNS (3; QUICK 1); MODEL_MIB (1024; QUICK 16);
 TORCH_MIB (256; QUICK 8); LINK_MBPS (500); RTT_MS (1); RGW (1; QUICK 0:
 RGW's start takes ~20 s); RCLONE (0: leave rclone out); CASES (default
-"seq ttfb torch tier"); LINKS (the seq case's, default "shaped loopback");
+"seq ttfb torch tier pipeline"); LINKS (the seq case's, default "shaped loopback");
 APB_OPTS (more -o options for every apbundlefs mount, for exploring:
 e.g. readahead=16M);
 BENCH_DIR (/var/tmp/apb-bench-remote, -quick for QUICK); OUT
@@ -82,7 +86,7 @@ TORCH_MIB = env_num("TORCH_MIB", 256, 8)
 LINK_MBPS = env_num("LINK_MBPS", 500, 500, float)
 RTT_MS = env_num("RTT_MS", 1.0, 1.0, float)
 USE_RGW = env_num("RGW", 1, 0) == 1
-CASES = os.environ.get("CASES", "seq ttfb torch tier").replace(",", " ").split()
+CASES = os.environ.get("CASES", "seq ttfb torch tier pipeline").replace(",", " ").split()
 LINKS = os.environ.get("LINKS", "shaped loopback").replace(",", " ").split()
 APB_OPTS = os.environ.get("APB_OPTS", "")
 BENCH_DIR = os.environ.get("BENCH_DIR", "/var/tmp/apb-bench-remote" + ("-quick" if QUICK else ""))
@@ -534,6 +538,74 @@ def case_torch(b, torch_src, bundle_name):
         loader.close()
 
 
+def par_read(path, n, size):
+    """Seconds for n threads to read path together, thread i its i-th
+    part, with 1 MiB preads: n sequential streams on one open file."""
+    import threading
+    part = -(-size // n)
+    fd = os.open(path, os.O_RDONLY)
+    got = [0] * n
+
+    def worker(i):
+        buf = bytearray(MIB)
+        off, end = i * part, min(size, (i + 1) * part)
+        while off < end:
+            k = os.preadv(fd, [memoryview(buf)[:min(MIB, end - off)]], off)
+            if k <= 0:
+                break
+            off += k
+            got[i] += k
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    try:
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        dt = time.perf_counter() - t0
+    finally:
+        os.close(fd)
+    if sum(got) != size:
+        raise RuntimeError(f"{path}: {n} readers read {sum(got)} bytes, expected {size}")
+    return dt
+
+
+def case_pipeline(b, model_src, model_size, bundle_name):
+    """Why a single stream misses curl on the shaped link: the link with
+    apbfetch's requests of a fixed size from a fixed number of threads
+    (what any client could get with that pipeline), and apbundlefs with
+    one, two and four sequential readers of the same mount."""
+    url = b.url("nginx", "shaped", bundle_name)
+    apbfetch = os.path.join(os.path.dirname(os.path.dirname(DAEMON)), "tools", "apbfetch")
+    for i in range(RUNS):
+        b.warm_server(bundle_name)
+        t0 = time.perf_counter()
+        run(curl_argv(url) + ["-o", "/dev/null"])
+        b.add("pipeline", "shaped", "curl nginx", time.perf_counter() - t0)
+        for mib, threads in ((1, 4), (8, 2)):
+            who = f"apbfetch {mib} MiB x {threads} threads"
+            b.warm_server(bundle_name)
+            n0 = b.nginx_requests()
+            t0 = time.perf_counter()
+            run([apbfetch, "-t", str(threads), "-p", "8", url, f"all:{mib * MIB}"],
+                stdout=subprocess.DEVNULL)
+            b.add("pipeline", "shaped", who, time.perf_counter() - t0,
+                  requests=b.nginx_requests() - n0)
+        for readers in (1, 2, 4):
+            who = f"apbundlefs nginx, {readers} reader{'s' if readers > 1 else ''}"
+            b.warm_server(bundle_name)
+            m = mount_apb(url, os.path.join(b.mntdir, "apb"), b.logdir)
+            try:
+                dt = par_read(os.path.join(m.mnt, "model"), readers, model_size)
+                st = stats_remote(m)
+            finally:
+                m.close()
+            b.add("pipeline", "shaped", who, dt, requests=st.get("requests"),
+                  connects=st.get("connects"))
+        log("pipeline run", i + 1, {k[2]: round(v["runs"][-1], 3) for k, v in b.rows.items()
+                                    if k[0] == "pipeline"})
+
+
 def tier_supported(b, url):
     """None if the daemon takes cache_dir=, else why not (its message)."""
     mnt = os.path.join(b.mntdir, "probe")
@@ -674,8 +746,10 @@ def write_report(b, meta, crit, model_size):
               "ttfb": "Time to first byte: client start to the first 4 KiB (seconds)",
               "torch": "Cold torch.load of the state dict (seconds, mount or download "
                        "included)",
-              "tier": "Warm read from the disk tier against a cold native read (seconds)"}
-    for case in ("seq", "ttfb", "torch", "tier"):
+              "tier": "Warm read from the disk tier against a cold native read (seconds)",
+              "pipeline": "The shaped link's pipeline: fixed requests from fixed threads "
+                          "(apbfetch), apbundlefs with 1, 2 and 4 readers (seconds)"}
+    for case in ("seq", "ttfb", "torch", "tier", "pipeline"):
         keys = [k for k in b.rows if k[0] == case]
         if not keys and case not in b.notes:
             continue
@@ -688,7 +762,8 @@ def write_report(b, meta, crit, model_size):
         for k in keys:
             r = b.rows[k]
             m = median(r["runs"])
-            mbps = f"{model_size / m / 1e6:.0f}" if case in ("seq", "tier") and m else "—"
+            mbps = f"{model_size / m / 1e6:.0f}" if case in ("seq", "tier", "pipeline") and m \
+                else "—"
             mount = fmt(median(r["mount"])) if r.get("mount") else "—"
             reqs = median(r["requests"]) if r.get("requests") and None not in r["requests"] \
                 else None
@@ -709,26 +784,29 @@ def plot(b, model_size):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    panels = [c for c in ("seq", "ttfb", "torch", "tier") if any(k[0] == c for k in b.rows)]
+    panels = [c for c in ("seq", "ttfb", "torch", "tier", "pipeline")
+              if any(k[0] == c for k in b.rows)]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.5 * max(1, len(panels)), 4.2))
     if len(panels) <= 1:
         axes = [axes]
     for ax, case in zip(axes, panels):
         keys = [k for k in b.rows if k[0] == case]
         labels = [f"{k[2]}\n{k[1]}" for k in keys]
-        if case in ("seq", "tier"):
+        if case in ("seq", "tier", "pipeline"):
             vals = [model_size / median(b.rows[k]["runs"]) / 1e6 for k in keys]
             ax.set_ylabel("MB/s (higher is better)")
         else:
             vals = [median(b.rows[k]["runs"]) for k in keys]
             ax.set_ylabel("seconds (lower is better)")
         colors = ["tab:blue" if "apbundlefs" in k[2] else "tab:gray" if "curl" in k[2]
+                  else "tab:purple" if "apbfetch" in k[2]
                   else "tab:orange" if "rclone" in k[2] else "tab:green" for k in keys]
         ax.bar(range(len(keys)), vals, color=colors)
         ax.set_xticks(range(len(keys)))
         ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
         ax.set_title({"seq": "cold sequential read", "ttfb": "time to first 4 KiB",
-                      "torch": "cold torch.load", "tier": "disk tier vs native"}[case])
+                      "torch": "cold torch.load", "tier": "disk tier vs native",
+                      "pipeline": "shaped link: pipeline depth"}[case])
     fig.tight_layout()
     fig.savefig(os.path.join(OUT, "remote.png"), dpi=110)
     plt.close(fig)
@@ -801,6 +879,8 @@ def main():
             case_torch(b, torch_src, "torch.apbundle")
         if "tier" in CASES:
             case_tier(b, model_src, model_size, "model.apbundle")
+        if "pipeline" in CASES:
+            case_pipeline(b, model_src, model_size, "model.apbundle")
         envs = " ".join(f"{k}={os.environ[k]}" for k in
                         ("QUICK", "RUNS", "MODEL_MIB", "TORCH_MIB", "LINK_MBPS", "RTT_MS", "RGW",
                          "RCLONE", "CASES", "LINKS", "APB_OPTS") if os.environ.get(k))
