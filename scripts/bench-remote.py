@@ -704,6 +704,9 @@ def criteria(b, model_size):
                           "native read from the same disk (time ratio native / tier)",
                 "value": r, "pass": r is not None and r >= TARGET_TIER_VS_NATIVE,
                 "skipped": b.notes.get("tier")})
+    for c in out:
+        if c["value"] is None and not c.get("skipped"):
+            c["skipped"] = "not measured in this run (CASES, LINKS, RCLONE)"
     return out
 
 
