@@ -82,7 +82,10 @@
  * plus the set's own (LFU: 8 bytes per entry), plus HCACHE (16) checked
  * headers, 2.1 KiB each, so a sequential reader's next page-in in the
  * same extent skips the header read. A read allocates its bounce buffers
- * (at most two extents) and an iovec array.
+ * (a fetch's: the bytes of its extents outside the reader's range, at
+ * most BOUNCE_MAX, 8 MiB, for all fetches in flight together; a fetch
+ * that would go past it is not written to disk, only read into the
+ * reader's buffers; a read's: under two check blocks) and an iovec array.
  */
 #include "disktier.h"
 
@@ -121,6 +124,7 @@
 #define DIRNAME_LEN 34u   /* "%016x-%016x" and its NUL */
 #define SMALL_IOV 64
 #define HCACHE 16         /* checked headers kept, 2.1 KiB each */
+#define BOUNCE_MAX (8u << 20) /* bounce bytes of fetches in flight, at most */
 
 _Static_assert(EXTENT % BLOCK == 0, "an extent is whole blocks");
 
@@ -198,6 +202,7 @@ struct apb_disktier {
 	struct apb_evict *set;
 	uint64_t used;
 	uint64_t capacity;
+	size_t bounce;            /* bounce bytes of the fetches in flight */
 	uint32_t files;           /* PRESENT extents, in the set or held */
 	uint32_t slots;           /* the set's cap: files of a whole extent
 				   * that fit the capacity */
@@ -875,7 +880,8 @@ long apb_disktier_preadv(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
 		uint64_t hi = (k + 1) * EXTENT < end ? (k + 1) * EXTENT : end;
 		uint64_t k1;
 		uint32_t gen;
-		bool fresh;
+		size_t need;
+		bool fresh, claim;
 		int rcnt, r;
 
 		apb_mutex_lock(&t->mu);
@@ -916,26 +922,35 @@ long apb_disktier_preadv(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
 		/* EMPTY: this run of missing extents */
 		k1 = k;
 		while (k1 * EXTENT < end && k1 - k < RUN_MAX &&
-		       t->ext[k1].state == EXT_EMPTY) {
-			if (t->writing)
-				t->ext[k1].state = EXT_LOADING;
+		       t->ext[k1].state == EXT_EMPTY)
 			k1++;
-		}
-		if (!t->writing) {
-			/* straight from the server into the reader's buffers */
-			t->st.misses += k1 - k;
-			apb_mutex_unlock(&t->mu);
-			hi = k1 * EXTENT < end ? k1 * EXTENT : end;
-			rcnt = iov_slice(iov, iovcnt, skip, (size_t)(lo - pos),
-					 (size_t)(hi - lo), rv);
-			rc = fetch(fetch_arg, rv, rcnt, lo);
+		hi = k1 * EXTENT < end ? k1 * EXTENT : end;
+		/* the bytes of the run outside the reader's range */
+		need = (size_t)(lo - k * EXTENT) +
+		       (size_t)((k1 * EXTENT < t->size ? k1 * EXTENT : t->size) -
+				hi);
+		claim = t->writing && t->bounce + need <= BOUNCE_MAX;
+		if (claim) {
+			for (uint64_t j = k; j < k1; j++)
+				t->ext[j].state = EXT_LOADING;
+			t->bounce += need;
 		} else {
-			apb_mutex_unlock(&t->mu);
-			hi = k1 * EXTENT < end ? k1 * EXTENT : end;
-			rcnt = iov_slice(iov, iovcnt, skip, (size_t)(lo - pos),
-					 (size_t)(hi - lo), rv);
+			t->st.misses += k1 - k;
+		}
+		apb_mutex_unlock(&t->mu);
+		rcnt = iov_slice(iov, iovcnt, skip, (size_t)(lo - pos),
+				 (size_t)(hi - lo), rv);
+		if (claim) {
 			rc = load_run(t, fetch, fetch_arg, k, k1, lo, hi, rv,
 				      rcnt, scratch);
+			apb_mutex_lock(&t->mu);
+			t->bounce -= need;
+			apb_mutex_unlock(&t->mu);
+		} else {
+			/* not written (the tier stopped writing, or the fetches
+			 * in flight hold BOUNCE_MAX already): straight from the
+			 * server into the reader's buffers */
+			rc = fetch(fetch_arg, rv, rcnt, lo);
 		}
 		if (rc < 0)
 			break;
