@@ -83,7 +83,7 @@
  * headers, 2.1 KiB each, so a sequential reader's next page-in in the
  * same extent skips the header read. A read allocates its bounce buffers
  * (a fetch's: the bytes of its extents outside the reader's range, at
- * most BOUNCE_MAX, 8 MiB, for all fetches in flight together; a fetch
+ * most BOUNCE_MAX, 4 MiB, for all fetches in flight together; a fetch
  * that would go past it is not written to disk, only read into the
  * reader's buffers; a read's: under two check blocks) and an iovec array.
  */
@@ -124,7 +124,7 @@
 #define DIRNAME_LEN 34u   /* "%016x-%016x" and its NUL */
 #define SMALL_IOV 64
 #define HCACHE 16         /* checked headers kept, 2.1 KiB each */
-#define BOUNCE_MAX (8u << 20) /* bounce bytes of fetches in flight, at most */
+#define BOUNCE_MAX (4u << 20) /* bounce bytes of fetches in flight, at most */
 
 _Static_assert(EXTENT % BLOCK == 0, "an extent is whole blocks");
 
