@@ -65,7 +65,8 @@
  * One mutex, mu, guards the extents' states, refs and generations, the
  * evictable set, the byte count, the counters and the directory fd's
  * creation. No I/O on extent files happens under it, except the unlink of
- * a victim (one syscall) and the mkdir of the object's directory (once).
+ * a victim or of a bad file (one syscall), the mkdir of the object's
+ * directory (once) and the few log lines (bounded per mount).
  * An extent being fetched is LOADING: a second reader of it waits on cv
  * instead of fetching it again, and takes it from disk after (or fetches it
  * itself if the load failed). A file unlinked while another thread reads
