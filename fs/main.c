@@ -751,6 +751,80 @@ static void hide_password(int argc, char *argv[], const char *bundle,
 	}
 }
 
+/*
+ * What libfuse logs while check_fuse_options() runs. fuse_set_log_func()
+ * takes no argument to carry a buffer, hence a file-scope one; it is
+ * written only in main()'s thread before any other thread exists, and the
+ * default logger is back before check_fuse_options() returns.
+ */
+static char fuse_said[512];
+
+static void log_to_buffer(enum fuse_log_level level, const char *fmt,
+			  va_list ap)
+{
+	size_t n = strlen(fuse_said);
+
+	(void)level;
+	if (n < sizeof(fuse_said) - 1)
+		vsnprintf(fuse_said + n, sizeof(fuse_said) - n, fmt, ap);
+}
+
+/*
+ * Options neither apbundlefs nor fuse_parse_cmdline() took go to libfuse's
+ * session and mount parsers, whose tables are not public. Let a session
+ * that is never mounted parse a copy of them, before the bundle is opened
+ * (a URL's open may take seconds), and say which option is unknown in one
+ * line instead of libfuse's "fuse: unknown option(s): `-o foo=1'".
+ * Returns 0, or -1 after the message.
+ */
+static int check_fuse_options(const struct fuse_args *args)
+{
+	static const struct fuse_lowlevel_ops no_ops;
+	struct fuse_args copy = FUSE_ARGS_INIT(0, NULL);
+	struct fuse_session *se = NULL;
+	const char *prefix = "fuse: unknown option(s): `";
+	char *list, *tok, *save = NULL, names[sizeof(fuse_said)] = "";
+	int rc = -1, shown = 0;
+
+	for (int i = 0; i < args->argc; i++)
+		if (fuse_opt_add_arg(&copy, args->argv[i]) != 0)
+			goto out;
+	fuse_said[0] = '\0';
+	fuse_set_log_func(log_to_buffer);
+	se = fuse_session_new(&copy, &no_ops, sizeof(no_ops), NULL);
+	fuse_set_log_func(NULL);
+	if (se) {
+		rc = 0;
+		goto out;
+	}
+	fuse_said[strcspn(fuse_said, "\n")] = '\0';
+	if (strncmp(fuse_said, prefix, strlen(prefix)) != 0) {
+		/* Some other complaint (a bad value): as libfuse words it. */
+		fprintf(stderr, "apbundlefs: %s\n",
+			strncmp(fuse_said, "fuse: ", 6) ? fuse_said
+							: fuse_said + 6);
+		goto out;
+	}
+	/* "-o foo=1,bar --bogus'": name each option, without the -o. */
+	list = fuse_said + strlen(prefix);
+	list[strcspn(list, "'")] = '\0';
+	for (tok = strtok_r(list, " ,", &save); tok;
+	     tok = strtok_r(NULL, " ,", &save)) {
+		size_t n = strlen(names);
+
+		if (strcmp(tok, "-o") != 0)
+			snprintf(names + n, sizeof(names) - n, "%s'%s'",
+				 shown++ ? ", " : "", tok);
+	}
+	fprintf(stderr, "apbundlefs: unknown option%s %s (see apbundlefs "
+		"--help)\n", shown > 1 ? "s" : "", names);
+out:
+	if (se)
+		fuse_session_destroy(se);
+	fuse_opt_free_args(&copy);
+	return rc;
+}
+
 /* Mount, daemonize, run the loop, unmount; *mounted tells whether the
  * mount came up. */
 static int serve(struct apbfs *fs, struct fuse_args *args,
@@ -864,6 +938,10 @@ int main(int argc, char *argv[])
 	}
 	if (!cl.bundle || !o.mountpoint || cl.nonopts > 2) {
 		usage(stderr);
+		ret = 2;
+		goto out;
+	}
+	if (check_fuse_options(&args) != 0) {
 		ret = 2;
 		goto out;
 	}

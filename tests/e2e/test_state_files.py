@@ -222,14 +222,14 @@ def test_an_empty_state_file_counts_as_new(bundle, tmp_path):
 
 
 def test_a_refused_mount_leaves_a_good_state_file_alone(bundle, mnt, tmp_path):
-    """A mount refused after the state file was read (here: an unknown
-    option, refused by libfuse) does not write it back."""
+    """A refused mount (here: an unknown option, named before the bundle
+    or the state file is read) does not write the state file back."""
     state = tmp_path / "state.json"
     text = json.dumps(STATE, indent=1) + "\n"
     state.write_text(text)
     rc, log, mounted = refused(bundle, mnt, {"state": state, "no_such_option": True})
     assert (rc, mounted) == (2, False), log
-    assert "unknown option(s): `-o no_such_option'" in log, log
+    assert "unknown option 'no_such_option' (see apbundlefs --help)\n" in log, log
     assert state.read_text() == text
 
 
