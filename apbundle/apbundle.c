@@ -103,6 +103,24 @@ static void print_command_help(const struct apb_cmd *c)
 	printf("Usage: %s%s", c->synopsis, c->help);
 }
 
+/* See apbundle_cmd.h. */
+void apb_cmd_print_help(const struct apb_cmd *c)
+{
+	print_command_help(c);
+}
+
+/* See apbundle_cmd.h. */
+int apb_cmd_usage_error(const struct apb_cmd *c, const char *fmt, ...)
+{
+	char reason[ERR_LEN];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(reason, sizeof(reason), fmt, ap);
+	va_end(ap);
+	return usage_error(c, "%s", reason);
+}
+
 /* getopt_long over a subcommand's arguments; argv[0] is its name. The
  * options every subcommand has: -h/--help. Returns -1 at the end, 'h'
  * for help, '?' after printing a usage error, or the option's value. */
@@ -120,6 +138,14 @@ static int next_option(const struct apb_cmd *c, int argc, char **argv,
 		opt = '?';
 	}
 	return opt;
+}
+
+/* See apbundle_cmd.h. */
+int apb_cmd_next_option(const struct apb_cmd *c, int argc, char **argv,
+			const struct option *longs, const char *shorts,
+			int *status)
+{
+	return next_option(c, argc, argv, longs, shorts, status);
 }
 
 /* ================================================================== */
@@ -416,6 +442,12 @@ static struct apb_bundle *open_bundle(const char *path, char **shown)
 }
 
 /* See apbundle_cmd.h. */
+struct apb_bundle *apb_cmd_open_bundle(const char *path, char **shown)
+{
+	return open_bundle(path, shown);
+}
+
+/* See apbundle_cmd.h. */
 int apb_cmd_print_name(FILE *f, const char *name, int width)
 {
 	size_t len = strlen(name), cap = 4 * len + 4;
@@ -433,62 +465,6 @@ int apb_cmd_print_name(FILE *f, const char *name, int width)
 	free(big);
 	return cols;
 }
-
-static int digits(uint64_t v)
-{
-	int n = 1;
-
-	while (v >= 10) {
-		v /= 10;
-		n++;
-	}
-	return n;
-}
-
-static int run_list(int argc, char **argv)
-{
-	const struct apb_cmd *c = apb_cmd_find("list");
-	int status = apb_cmd_operands(c, argc, argv, 1, NULL);
-	int wname = 4, wsize = 4, wstored = 6;
-	struct apb_bundle *b;
-	char *shown;
-	size_t n;
-
-	if (status >= 0)
-		return status;
-	b = open_bundle(argv[optind], &shown);
-	if (!b)
-		return EXIT_FAILURE;
-	free(shown);
-	n = apb_bundle_count(b);
-	for (size_t i = 0; i < n; i++) {
-		const struct apb_model *m = apb_bundle_model(b, i);
-		int w = apb_cmd_print_name(NULL, m->name, 0);
-
-		wname = w > wname ? w : wname;
-		wsize = digits(m->size) > wsize ? digits(m->size) : wsize;
-		wstored = digits(m->stored_size) > wstored
-				  ? digits(m->stored_size) : wstored;
-	}
-	printf("%-*s  %*s  %*s  %-11s  %s\n", wname, "NAME", wsize, "SIZE",
-	       wstored, "STORED", "COMPRESSION", "CHECKSUM");
-	for (size_t i = 0; i < n; i++) {
-		const struct apb_model *m = apb_bundle_model(b, i);
-		char sum[APB_CHECKSUM_STRLEN + 1] = "-";
-
-		if (m->has_checksum)
-			apb_checksum_format(m->xxh3, sum);
-		apb_cmd_print_name(stdout, m->name, wname);
-		printf("  %*llu  %*llu  %-11s  %s\n", wsize,
-		       (unsigned long long)m->size, wstored,
-		       (unsigned long long)m->stored_size,
-		       m->compression == APB_COMPRESSION_ZSTD ? "zstd" : "none",
-		       sum);
-	}
-	apb_bundle_close(b);
-	return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-}
-
 
 struct verify_ctx {
 	struct progress p;
@@ -712,12 +688,22 @@ static const struct apb_cmd commands[] = {
 	 "compressed on one thread per CPU. The same INPUTs and options always\n"
 	 "give the same bytes.\n",
 	 run_create},
-	{"list", "apbundle list BUNDLE\n",
+	{"list", "apbundle list [--json | --tsv] BUNDLE\n",
 	 "\nPrint one line per model: NAME, SIZE and STORED (bytes),\n"
 	 "COMPRESSION and CHECKSUM ('-' when the bundle has none). Control\n"
 	 "characters, invalid UTF-8 and characters a terminal acts on are\n"
-	 "printed as \\xNN, a backslash as \\\\.\n",
-	 run_list},
+	 "printed as \\xNN, a backslash as \\\\.\n"
+	 "\n"
+	 "Options:\n"
+	 "  --json      one JSON document: the bundle's layout and version,\n"
+	 "              and per model name, size, stored_size, compression,\n"
+	 "              block_size, block_count and checksum\n"
+	 "  --tsv       per model one line of tab-separated fields, no\n"
+	 "              header: NAME SIZE STORED COMPRESSION BLOCK_SIZE\n"
+	 "              CHECKSUM; NAME escaped as above, so it holds no tab\n"
+	 "              or newline; '-' for a value the layout lacks\n"
+	 "  -h, --help  show this help\n",
+	 apb_cmd_list},
 	{"verify", "apbundle verify BUNDLE\n",
 	 "\nRecompute the XXH3-64 checksum of every block (format 2) and of\n"
 	 "every model and print 'OK NAME', or 'BAD NAME: REASON', e.g.\n"

@@ -14,7 +14,10 @@
 #ifndef APB_CORE_APBUNDLE_CMD_H
 #define APB_CORE_APBUNDLE_CMD_H
 
+#include <getopt.h>
 #include <stdio.h>
+
+struct apb_bundle;
 
 /* One subcommand: name, synopsis, help text and entry point (apbundle.c). */
 struct apb_cmd;
@@ -43,6 +46,35 @@ int apb_cmd_operands(const struct apb_cmd *c, int argc, char **argv, int nargs,
  * two on screen, and its row is off by one).
  */
 int apb_cmd_print_name(FILE *f, const char *name, int width);
+
+/* Print "Usage: SYNOPSIS HELP" of c to stdout (for -h/--help). */
+void apb_cmd_print_help(const struct apb_cmd *c);
+
+/* A usage error: "apbundle: REASON", c's synopsis, on stderr. Returns the
+ * exit status of a usage error, 2. */
+__attribute__((format(printf, 2, 3)))
+int apb_cmd_usage_error(const struct apb_cmd *c, const char *fmt, ...);
+
+/* getopt_long over a subcommand's arguments (argv[0] is its name; opterr
+ * is 0). Returns -1 at the end, '?' after printing a usage error (*status
+ * is then the exit status) or the option's value. */
+int apb_cmd_next_option(const struct apb_cmd *c, int argc, char **argv,
+			const struct option *longs, const char *shorts,
+			int *status);
+
+/* Open path (a file or a URL), or print "apbundle: PATH: reason" and
+ * return NULL. *shown is path as messages show it (a URL's password
+ * hidden), for the caller to free. */
+struct apb_bundle *apb_cmd_open_bundle(const char *path, char **shown);
+
+/* s as a JSON string, quotes included, to f: '"' and '\' escaped, the
+ * characters "How names are printed" escapes and U+2028/U+2029 as \uXXXX,
+ * a byte that is not part of valid UTF-8 as \ufffd (the replacement
+ * character), everything else as it is. */
+void apb_cmd_json_string(FILE *f, const char *s);
+
+/* `apbundle list [--json|--tsv] BUNDLE` (apbundle_list.c). */
+int apb_cmd_list(int argc, char **argv);
 
 /* `apbundle stats MOUNTPOINT` (apbundle_stats.c). */
 int apb_cmd_stats(int argc, char **argv);
