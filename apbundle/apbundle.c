@@ -726,9 +726,20 @@ static const struct apb_cmd commands[] = {
 	 "                     atomic: on a mismatch the exit status is 1\n"
 	 "                     but earlier bytes are out already)\n",
 	 run_extract},
-	{"stats", "apbundle stats MOUNTPOINT\n",
+	{"stats", "apbundle stats [--watch[=SECONDS] [--count N]] [--top N] "
+	 "MOUNTPOINT\n",
 	 "\nShow the cache statistics of a mounted bundle (MOUNTPOINT/.stats),\n"
-	 "models sorted by resident bytes.\n",
+	 "models sorted by resident bytes.\n"
+	 "\n"
+	 "Options:\n"
+	 "  --watch[=SECONDS]  show them again every SECONDS (default 2, from\n"
+	 "                     0.1), with what changed and the rates: hits/s\n"
+	 "                     and MB/s read from the bundle; on a terminal\n"
+	 "                     in place, otherwise one block per interval\n"
+	 "  --count N          with --watch: stop after N samples\n"
+	 "  --top N            only the N models with the most chunk lookups\n"
+	 "                     (with --watch: in the last interval)\n"
+	 "  -h, --help         show this help\n",
 	 apb_cmd_stats},
 	{"help", "apbundle help [COMMAND]\n",
 	 "\nShow the help of COMMAND, or the list of commands.\n",

@@ -15,6 +15,7 @@
 #define APB_CORE_APBUNDLE_CMD_H
 
 #include <getopt.h>
+#include <stdint.h>
 #include <stdio.h>
 
 struct apb_bundle;
@@ -76,7 +77,12 @@ void apb_cmd_json_string(FILE *f, const char *s);
 /* `apbundle list [--json|--tsv] BUNDLE` (apbundle_list.c). */
 int apb_cmd_list(int argc, char **argv);
 
-/* `apbundle stats MOUNTPOINT` (apbundle_stats.c). */
+/* delta per second over ms milliseconds, 0 for ms 0: the rates of
+ * `stats --watch` (apbundle_stats.c). */
+double apb_cmd_rate(uint64_t delta, uint64_t ms);
+
+/* `apbundle stats [--watch[=SECONDS] [--count N]] [--top N] MOUNTPOINT`
+ * (apbundle_stats.c). */
 int apb_cmd_stats(int argc, char **argv);
 
 #endif
