@@ -160,6 +160,24 @@ static cJSON *model_json(const struct apb_report_source *src, size_t i)
 }
 
 
+/* The mount: what .metrics puts in the labels of every series. */
+static cJSON *mount_json(const struct apb_report_source *src)
+{
+	cJSON *o = cJSON_CreateObject();
+
+	cJSON_AddStringToObject(o, "bundle", src->bundle_path);
+	cJSON_AddStringToObject(o, "mountpoint", src->mountpoint);
+	cJSON_AddNumberToObject(o, "format_version", src->format_version);
+	cJSON_AddNumberToObject(o, "uptime_seconds", src->uptime_seconds);
+	cJSON_AddStringToObject(o, "version", APB_VERSION);
+	if (src->metrics_listen)
+		cJSON_AddStringToObject(o, "metrics_listen",
+					src->metrics_listen);
+	else
+		cJSON_AddNullToObject(o, "metrics_listen");
+	return o;
+}
+
 /* Print item unformatted; a NULL item (allocation failed) fails. */
 static int put_json(FILE *f, cJSON *item)
 {
@@ -192,7 +210,12 @@ char *apb_report_json(const struct apb_report_source *src, size_t *len)
 	if (!f)
 		return NULL;
 	apb_cache_stats(src->cache, &cs);
-	rc = fputs("{\"cache\":", f) < 0 || put_json(f, cache_json(src, &cs)) ||
+	rc = fputs("{", f) < 0;
+	if (!rc && src->mountpoint)
+		rc = fputs("\"mount\":", f) < 0 || put_json(f, mount_json(src)) ||
+		     fputs(",\n", f) < 0;
+	rc = rc || fputs("\"cache\":", f) < 0 ||
+	     put_json(f, cache_json(src, &cs)) ||
 	     fputs(",\n\"prefetch\":", f) < 0 ||
 	     put_json(f, prefetch_json(src, &cs)) ||
 	     fputs(",\n\"io\":", f) < 0 || put_json(f, io_json(src, &cs));
@@ -231,15 +254,66 @@ static void put_label(FILE *f, const char *s)
 	}
 }
 
+/*
+ * The labels of a series: the mount's (bundle, mountpoint), so that one
+ * Prometheus scraping several mounts, or several textfile collectors'
+ * files, keeps their series apart, then name=value if name is not NULL.
+ * Nothing at all for a source without a mountpoint and no name.
+ */
+static void put_labels(FILE *f, const struct apb_report_source *src,
+		       const char *name, const char *value)
+{
+	if (!src->mountpoint && !name)
+		return;
+	fputc('{', f);
+	if (src->mountpoint) {
+		fputs("bundle=\"", f);
+		put_label(f, src->bundle_path ? src->bundle_path : "");
+		fputs("\",mountpoint=\"", f);
+		put_label(f, src->mountpoint);
+		fputc('"', f);
+	}
+	if (name) {
+		fprintf(f, "%s%s=\"", src->mountpoint ? "," : "", name);
+		put_label(f, value);
+		fputc('"', f);
+	}
+	fputc('}', f);
+}
+
 struct metric {
 	const char *name, *type, *help;
 	uint64_t value;
 };
 
-static void put_metric(FILE *f, const struct metric *m)
+static void put_metric(FILE *f, const struct apb_report_source *src,
+		       const struct metric *m)
 {
-	fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", m->name, m->help,
-		m->name, m->type, m->name, (unsigned long long)m->value);
+	fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s", m->name, m->help,
+		m->name, m->type, m->name);
+	put_labels(f, src, NULL, NULL);
+	fprintf(f, " %llu\n", (unsigned long long)m->value);
+}
+
+/* The build and the mount: who is serving, since when. */
+static void put_mount_metrics(FILE *f, const struct apb_report_source *src)
+{
+	const struct metric format = {
+		"apbundlefs_bundle_format_version", "gauge",
+		"Format version of the mounted bundle (docs/FORMAT.md).",
+		src->format_version};
+
+	fputs("# HELP apbundlefs_build_info The apbundlefs version serving "
+	      "the mount; always 1.\n# TYPE apbundlefs_build_info gauge\n"
+	      "apbundlefs_build_info", f);
+	put_labels(f, src, "version", APB_VERSION);
+	fputs(" 1\n", f);
+	put_metric(f, src, &format);
+	fputs("# HELP apbundlefs_uptime_seconds Seconds since the mount came "
+	      "up.\n# TYPE apbundlefs_uptime_seconds gauge\n"
+	      "apbundlefs_uptime_seconds", f);
+	put_labels(f, src, NULL, NULL);
+	fprintf(f, " %.3f\n", src->uptime_seconds);
 }
 
 /* The per-model series of .metrics: which value of a model each shows. */
@@ -269,9 +343,9 @@ static void put_model_family(FILE *f, const struct apb_report_source *src,
 		case MODEL_RESIDENT_BYTES: v = ms.resident_bytes; break;
 		case MODEL_OPENS: v = src->opens[i]; break;
 		}
-		fprintf(f, "%s{model=\"", name);
-		put_label(f, apb_bundle_model(src->bundle, i)->name);
-		fprintf(f, "\"} %llu\n", (unsigned long long)v);
+		fputs(name, f);
+		put_labels(f, src, "model", apb_bundle_model(src->bundle, i)->name);
+		fprintf(f, " %llu\n", (unsigned long long)v);
 	}
 }
 
@@ -301,7 +375,7 @@ static void put_remote_metrics(FILE *f, const struct apb_report_source *src)
 		 "mount, else 0.", rs.changed ? 1 : 0},
 	};
 	for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
-		put_metric(f, &m[i]);
+		put_metric(f, src, &m[i]);
 }
 
 /* The disk tier's series, for a bundle with one (cache_dir=). */
@@ -335,7 +409,7 @@ static void put_disk_tier_metrics(FILE *f, const struct apb_report_source *src)
 		 ts.writing},
 	};
 	for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
-		put_metric(f, &m[i]);
+		put_metric(f, src, &m[i]);
 }
 
 char *apb_report_metrics(const struct apb_report_source *src, size_t *len)
@@ -349,6 +423,8 @@ char *apb_report_metrics(const struct apb_report_source *src, size_t *len)
 		return NULL;
 	apb_cache_stats(src->cache, &cs);
 	const struct apb_io_counters *io = src->io;
+	if (src->mountpoint)
+		put_mount_metrics(f, src);
 	const struct metric global[] = {
 		{"apbundlefs_cache_hits_total", "counter",
 		 "Chunk lookups served from memory.", cs.hits},
@@ -408,7 +484,7 @@ char *apb_report_metrics(const struct apb_report_source *src, size_t *len)
 		 io->checksum_errors},
 	};
 	for (size_t i = 0; i < sizeof(global) / sizeof(global[0]); i++)
-		put_metric(f, &global[i]);
+		put_metric(f, src, &global[i]);
 	put_remote_metrics(f, src);
 	put_disk_tier_metrics(f, src);
 	put_model_family(f, src, "apbundlefs_model_hits_total", "counter",

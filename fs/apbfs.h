@@ -27,6 +27,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <sys/types.h>
+#include <time.h>
 
 /* The control files, named by name.h's reserved names. */
 enum apbfs_special {
@@ -124,6 +125,13 @@ struct apbfs {
 	struct apb_prefetcher *prefetcher; /* NULL with prefetch=off */
 	struct apbfs_backing *backing; /* backing.c: the local source's checks */
 	const char *bundle_name;       /* BUNDLE, path or URL, as shown: no password */
+	const char *bundle_label;      /* the same, a path made absolute: .stats
+					* and the labels of .metrics */
+	char *label_storage;           /* main.c's, behind bundle_label */
+	const char *mountpoint;        /* canonical (fuse_parse_cmdline) */
+	struct timespec mounted_at;    /* CLOCK_MONOTONIC; set before the loop */
+	struct apbfs_http *http;       /* http.c; NULL without metrics_listen= */
+	char metrics_listen[64];       /* "ADDR:PORT" bound; "" when off */
 	bool remote;                   /* the bundle is a URL: no backing.c */
 	atomic_bool source_changed;    /* the bundle changed since mount: set
 					 * once, by backing.c (a file) or
@@ -247,6 +255,18 @@ void apbfs_docs_init(struct apbfs *fs);
 void apbfs_docs_destroy(struct apbfs *fs);
 int apbfs_doc_open(struct apbfs *fs, enum apbfs_special kind,
 		   struct apbfs_doc **out);
+/* kind rendered now, as an open would read it, outside the snapshots' cap
+ * (http.c frees it once sent); NULL when memory runs out. */
+char *apbfs_doc_render(struct apbfs *fs, enum apbfs_special kind,
+		       size_t *len);
+
+/* http.c: metrics_listen=. prepare binds spec (before mounting; 0 or a
+ * negative errno with the reason in err, and fs->metrics_listen set to the
+ * bound address), start serves it (after daemonizing), stop ends it. */
+int apbfs_http_prepare(struct apbfs *fs, const char *spec, bool allow_remote,
+		       char *err, size_t err_len);
+int apbfs_http_start(struct apbfs *fs);
+void apbfs_http_stop(struct apbfs *fs);
 void apbfs_doc_put(struct apbfs *fs, struct apbfs_doc *d);
 const char *apbfs_doc_text(const struct apbfs_doc *d, size_t *len);
 

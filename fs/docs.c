@@ -22,6 +22,8 @@
  *
  * Renders run one at a time (render_mu): the copy being rendered is the
  * only memory the cap does not count, so at most one such copy exists.
+ * (metrics_listen='s scrapes render under render_mu too, apbfs_doc_render(),
+ * and hold their text until sent; fs/http.c bounds them.)
  * Documents then hold at most max(APBFS_DOCS_BYTES_MAX, one document)
  * plus the one being rendered.
  *
@@ -34,6 +36,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct apbfs_doc {
 	char *text;
@@ -68,16 +71,25 @@ static char *render(struct apbfs *fs, enum apbfs_special kind, size_t *len)
 		.order_hits = atomic_load(&fs->io.order_hits),
 		.order_stopped = atomic_load(&fs->io.order_stopped),
 	};
+	struct timespec now;
 	struct apb_report_source src = {
 		.bundle = fs->bundle, .cache = fs->cache,
 		.policy = apb_eviction_name(fs->opt.eviction),
 		.chunk_size = fs->opt.chunk_size, .io = &io,
+		.bundle_path = fs->bundle_label, .mountpoint = fs->mountpoint,
+		.format_version = apb_bundle_layout(fs->bundle) == APB_LAYOUT_V2
+				  ? 2 : 1,
+		.metrics_listen = fs->metrics_listen[0] ? fs->metrics_listen
+							: NULL,
 	};
 	uint64_t *opens = malloc((n ? n : 1) * sizeof(*opens));
 	char *text;
 
 	if (!opens)
 		return NULL;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	src.uptime_seconds = (double)(now.tv_sec - fs->mounted_at.tv_sec) +
+			     (double)(now.tv_nsec - fs->mounted_at.tv_nsec) / 1e9;
 	for (size_t i = 0; i < n; i++)
 		opens[i] = atomic_load(&fs->opens[i]);
 	src.opens = opens;
@@ -85,6 +97,17 @@ static char *render(struct apbfs *fs, enum apbfs_special kind, size_t *len)
 	text = kind == APBFS_STATS ? apb_report_json(&src, len)
 				   : apb_report_metrics(&src, len);
 	free(opens);
+	return text;
+}
+
+char *apbfs_doc_render(struct apbfs *fs, enum apbfs_special kind,
+		       size_t *len)
+{
+	char *text;
+
+	apb_mutex_lock(&fs->docs.render_mu);
+	text = render(fs, kind, len);
+	apb_mutex_unlock(&fs->docs.render_mu);
 	return text;
 }
 

@@ -59,11 +59,13 @@ struct cmdline {
 	char *s3_style;
 	char *cache_dir;
 	char *cache_dir_size;
+	char *metrics_listen;
+	int metrics_allow_remote;
 	int kernel_cache;
 	int allow_other;
 };
 
-enum { KEY_ALLOW_OTHER = 1 };
+enum { KEY_ALLOW_OTHER = 1, KEY_RO };
 
 #define OPT(t, field) {t, offsetof(struct cmdline, field), 1}
 static const struct fuse_opt option_spec[] = {
@@ -87,8 +89,11 @@ static const struct fuse_opt option_spec[] = {
 	OPT("s3_style=%s", s3_style),
 	OPT("cache_dir=%s", cache_dir),
 	OPT("cache_dir_size=%s", cache_dir_size),
+	OPT("metrics_listen=%s", metrics_listen),
+	OPT("metrics_allow_remote", metrics_allow_remote),
 	OPT("kernel_cache", kernel_cache),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
+	FUSE_OPT_KEY("ro", KEY_RO),
 	FUSE_OPT_END
 };
 
@@ -142,6 +147,15 @@ static void usage(FILE *f)
 "    -o cache_dir=DIR       keep the bytes fetched for a URL in files under\n"
 "                           DIR, for later reads and later mounts\n"
 "    -o cache_dir_size=SIZE most bytes of files under cache_dir (default 1G)\n"
+"    -o metrics_listen=ADDR:PORT\n"
+"                           serve .metrics over HTTP at\n"
+"                           http://ADDR:PORT/metrics (default off; a\n"
+"                           loopback ADDR such as 127.0.0.1 or [::1];\n"
+"                           port 0 picks a free one, .stats shows it)\n"
+"    -o metrics_allow_remote\n"
+"                           let metrics_listen= take a non-loopback ADDR\n"
+"    -o ro                  accepted, for fstab: the models are read-only\n"
+"                           in any case, and .control stays writable\n"
 "Sizes take K, M and G suffixes (powers of 1024).\n"
 "-o allow_other adds -o default_permissions: others may read the models\n"
 "and .stats, only the mounting user may write .control.\n"
@@ -161,6 +175,12 @@ static int take_arg(void *data, const char *arg, int key,
 		cl->allow_other = 1;
 		return 1;
 	}
+	/* ro (fstab's, mount -r) would make the kernel refuse every write,
+	 * the mounting user's commands to .control included, while the
+	 * daemon refuses writes to models itself (EROFS): dropped, so that
+	 * the mount behaves as ro promises and .control still works. */
+	if (key == KEY_RO)
+		return 0;
 	if (key != FUSE_OPT_KEY_NONOPT)
 		return 1;
 	if (cl->nonopts++ == 0) {
@@ -386,6 +406,47 @@ static int resolve_cache_dir(const struct cmdline *cl,
 			cl->cache_dir_size, (unsigned long long)(min >> 10));
 		return -1;
 	}
+	return 0;
+}
+
+static int resolve_metrics(const struct cmdline *cl)
+{
+	if (cl->metrics_allow_remote && !cl->metrics_listen) {
+		fprintf(stderr, "apbundlefs: metrics_allow_remote needs "
+			"metrics_listen=ADDR:PORT\n");
+		return -1;
+	}
+	return 0;
+}
+
+/* metrics_listen=: bound now, before the mount, so that a bad or busy
+ * address refuses the mount (fs/http.c). */
+static int listen_metrics(struct apbfs *fs, const struct cmdline *cl)
+{
+	char err[256];
+	int rc;
+
+	if (!cl->metrics_listen)
+		return 0;
+	rc = apbfs_http_prepare(fs, cl->metrics_listen,
+				cl->metrics_allow_remote, err, sizeof(err));
+	if (rc)
+		fprintf(stderr, "apbundlefs: bad option metrics_listen=%s: %s\n",
+			cl->metrics_listen, err);
+	return rc;
+}
+
+/* The bundle as .stats and the labels of .metrics name it: a URL as shown
+ * (no password), a path made absolute, as given otherwise (the mount table
+ * keeps what was typed). */
+static int label_bundle(struct apbfs *fs, const struct cmdline *cl)
+{
+	fs->bundle_label = cl->shown;
+	if (apb_bundle_is_url(cl->bundle))
+		return 0;
+	fs->label_storage = realpath(cl->bundle, NULL);
+	if (fs->label_storage)
+		fs->bundle_label = fs->label_storage;
 	return 0;
 }
 
@@ -687,6 +748,7 @@ static int setup(struct apbfs *fs, const char *path,
 
 static void teardown(struct apbfs *fs)
 {
+	apbfs_http_stop(fs); /* renders from everything below */
 	apbfs_models_stop(fs); /* uses the prefetcher and the cache */
 	apbfs_handles_free_all(fs); /* files still open at unmount */
 	apbfs_order_fini(fs); /* no session left: models_stop ended them */
@@ -703,10 +765,57 @@ static void teardown(struct apbfs *fs)
 	apbfs_pagein_fini(fs);
 }
 
+/* In the background, messages go to syslog, which adds "apbundlefs[PID]: "
+ * itself (openlog) and ends each record: the "apbundlefs: " the messages
+ * start with (for stderr, in the foreground) and their newline are cut.
+ * fuse_log's levels are syslog's. */
 static void log_to_syslog(enum fuse_log_level level, const char *fmt,
 			  va_list ap)
 {
-	vsyslog((int)level, fmt, ap);
+	static const char prefix[] = "apbundlefs: ";
+	char buf[1024];
+	const char *msg = buf;
+	size_t n;
+
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	if (strncmp(msg, prefix, sizeof(prefix) - 1) == 0)
+		msg += sizeof(prefix) - 1;
+	n = strlen(msg);
+	while (n > 0 && msg[n - 1] == '\n')
+		n--;
+	syslog((int)level, "%.*s", (int)n, msg);
+}
+
+/* One line at mount and one at unmount, for the system log: which bundle
+ * on which mountpoint, with what budget and policy. */
+static void log_mounted(const struct apbfs *fs)
+{
+	char mem[32], chunk[32];
+
+	fuse_log(FUSE_LOG_INFO, "apbundlefs: mounted %s on %s: max_memory=%s "
+		 "chunk_size=%s eviction=%s prefetch=%s%s%s\n", fs->bundle_label,
+		 fs->mountpoint,
+		 apb_size_format(fs->opt.max_memory, mem, sizeof(mem)),
+		 apb_size_format(fs->opt.chunk_size, chunk, sizeof(chunk)),
+		 apb_eviction_name(fs->opt.eviction),
+		 fs->opt.prefetch ? "on" : "off",
+		 fs->metrics_listen[0] ? " metrics_listen=" : "",
+		 fs->metrics_listen);
+}
+
+static void log_unmounted(const struct apbfs *fs, int loop_rc)
+{
+	char why[64];
+
+	if (loop_rc > 0)
+		snprintf(why, sizeof(why), "on signal %d (%s)", loop_rc,
+			 strsignal(loop_rc));
+	else if (loop_rc == 0)
+		snprintf(why, sizeof(why), "unmounted from outside");
+	else
+		snprintf(why, sizeof(why), "on error: %s", strerror(-loop_rc));
+	fuse_log(FUSE_LOG_INFO, "apbundlefs: unmounted %s from %s: %s\n",
+		 fs->bundle_label, fs->mountpoint, why);
 }
 
 /* Show the bundle in /proc/mounts; fuse_opt splits on unescaped commas. */
@@ -851,6 +960,7 @@ static int serve(struct apbfs *fs, struct fuse_args *args,
 		fuse_set_log_func(log_to_syslog);
 	}
 	fuse_daemonize(o->foreground);
+	clock_gettime(CLOCK_MONOTONIC, &fs->mounted_at);
 	/* Threads do not survive the fork in fuse_daemonize(): start the
 	 * workers after it. Without them the mount works, without prefetch,
 	 * pins or preloads. The workers serve readahead, preloads and
@@ -862,6 +972,12 @@ static int serve(struct apbfs *fs, struct fuse_args *args,
 	if (err)
 		fuse_log(FUSE_LOG_ERR, "apbundlefs: no prefetch, pins or "
 			 "preloads: %s\n", strerror(-err));
+	if (apbfs_http_start(fs) != 0) {
+		fuse_log(FUSE_LOG_ERR, "apbundlefs: metrics_listen=%s: the HTTP "
+			 "server did not start\n", fs->metrics_listen);
+		fs->metrics_listen[0] = '\0';
+	}
+	log_mounted(fs);
 	if (o->singlethread) {
 		rc = fuse_session_loop(se);
 	} else {
@@ -880,6 +996,7 @@ static int serve(struct apbfs *fs, struct fuse_args *args,
 	}
 	/* A signal (SIGINT, SIGTERM, SIGHUP) ends the loop with its number,
 	 * positive; that is the normal way to stop. Errors are negative. */
+	log_unmounted(fs, rc);
 	if (rc > 0)
 		rc = 0;
 	fuse_session_unmount(se);
@@ -956,6 +1073,7 @@ int main(int argc, char *argv[])
 	    make_absolute("cache_dir=", &cl.cache_dir))
 		goto out;
 	if (resolve_options(&cl, &fs.opt) != 0 || read_fault_env(&fs.opt) ||
+	    resolve_metrics(&cl) != 0 ||
 	    resolve_s3(&cl, &bo) != 0 ||
 	    resolve_cache_dir(&cl, &fs.opt, &bo) != 0) {
 		ret = 2;
@@ -975,8 +1093,10 @@ int main(int argc, char *argv[])
 	    fuse_opt_add_arg(&args, "-odefault_permissions") != 0)
 		goto out;
 	fs.bundle_name = cl.shown;
+	fs.mountpoint = o.mountpoint;
 	if (setup(&fs, cl.bundle, &bo) != 0 ||
-	    add_fsname(&args, cl.shown) != 0)
+	    add_fsname(&args, cl.shown) != 0 ||
+	    label_bundle(&fs, &cl) != 0 || listen_metrics(&fs, &cl) != 0)
 		goto out;
 	ret = serve(&fs, &args, &o, &mounted);
 out:
@@ -1008,6 +1128,8 @@ out:
 	free(cl.s3_style);
 	free(cl.cache_dir);
 	free(cl.cache_dir_size);
+	free(cl.metrics_listen);
+	free(fs.label_storage);
 	fuse_opt_free_args(&args);
 	return ret;
 }

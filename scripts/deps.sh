@@ -94,6 +94,29 @@ install_torch() {
     install_missing python3-torch
 }
 
+# install_promtool: promtool, which tests/e2e/test_metrics.py runs to check
+# .metrics and the metrics_listen= endpoint. Debian has it only in the
+# prometheus package: 19 MB to download, 96 MB installed with its 13
+# dependencies (JavaScript libraries of the web UI). The package's server is
+# not started (policy-rc.d, as install_servers) nor used.
+install_promtool() {
+    local policy=/usr/sbin/policy-rc.d ours=0 rc=0
+    if command -v promtool >/dev/null; then
+        echo "promtool present"
+        return
+    fi
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# apbundlefs scripts/deps.sh install_promtool: start no service\nexit 101\n' |
+            as_root tee "$policy" >/dev/null && as_root chmod 755 "$policy" && ours=1
+    fi
+    install_missing prometheus || rc=$?
+    [ "$ours" -eq 0 ] || as_root rm -f "$policy"
+    if [ "$rc" -eq 0 ] && [ -d /run/systemd/system ]; then
+        as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+    return "$rc"
+}
+
 # install_servers: the real servers the remote e2e tests and benchmarks run
 # against (scripts/servers.py): nginx-light for HTTP, a single-node Ceph 16
 # RADOS Gateway for S3, curl to upload and to compare, openssl for the HTTPS

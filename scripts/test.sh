@@ -58,7 +58,7 @@ PYTEST_TIMEOUT=${PYTEST_TIMEOUT:-540}
 PYTHON=/usr/bin/python3          # the Debian interpreter that sees python3-* packages
 
 PACKAGES=(meson ninja-build pkg-config gcc g++ clang libfuse3-dev fuse3 libcjson-dev
-          libxxhash-dev libzstd-dev libcurl4-openssl-dev python3 python3-pytest python3-psutil
+          libxxhash-dev libzstd-dev libcurl4-openssl-dev libmicrohttpd-dev python3 python3-pytest python3-psutil
           python3-numpy python3-pil fonts-dejavu-core tesseract-ocr
           tesseract-ocr-eng squashfuse squashfs-tools fio python3-matplotlib)
 
@@ -75,6 +75,7 @@ done
 step "dependencies"
 install_missing "${PACKAGES[@]}"
 install_clang_runtime   # the asan stage's runtime and symbolizer
+install_promtool        # promtool for tests/e2e/test_metrics.py
 install_servers         # nginx and Ceph RGW for the remote-source e2e tests
 install_llama ||        # node-llama-cpp for tests/e2e/test_llama.py
     echo "warning: node-llama-cpp did not install; tests/e2e/test_llama.py will skip" >&2

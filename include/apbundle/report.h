@@ -42,6 +42,13 @@ struct apb_report_source {
 	uint32_t chunk_size;
 	const struct apb_io_counters *io;
 	const uint64_t *opens;              /* per model, bundle order */
+	/* The mount, for .stats' "mount" section and the labels of every
+	 * .metrics series; NULL mountpoint: neither. */
+	const char *bundle_path;            /* as shown: a URL's password *** */
+	const char *mountpoint;
+	uint32_t format_version;            /* 1 or 2 (docs/FORMAT.md) */
+	double uptime_seconds;              /* since the mount came up */
+	const char *metrics_listen;         /* "ADDR:PORT" or NULL: off */
 };
 
 /* Each returns a malloc()ed NUL-terminated document the caller frees, and

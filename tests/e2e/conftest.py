@@ -36,6 +36,7 @@ import errno
 import json
 import mmap
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -231,6 +232,12 @@ def write_sources(directory, models):
 # --------------------------------------------------------------------------
 # the daemon
 
+# what the daemon logs at mount and at unmount (fs/main.c)
+_MOUNT_LOG_LINES = ("apbundlefs: mounted ", "apbundlefs: unmounted ")
+# the labels .metrics puts first on every series (docs/USAGE.md, ".metrics")
+_MOUNT_LABELS = re.compile(r'\{bundle="((?:[^"\\]|\\.)*)",mountpoint="((?:[^"\\]|\\.)*)"')
+
+
 class Daemon:
     def __init__(self, bundle, mnt, proc, log_path, source=None, unpublish=None):
         self.bundle, self.mnt, self.proc, self.log_path = Path(bundle), Path(mnt), proc, log_path
@@ -245,11 +252,17 @@ class Daemon:
     def pid(self):
         return self.proc.pid
 
-    def log(self):
+    def log_all(self):
         try:
             return Path(self.log_path).read_text(errors="replace")
         except OSError:
             return ""
+
+    def log(self):
+        """The daemon's stderr without the line every mount logs when it
+        comes up and the one at unmount (test_operate.py checks those)."""
+        return "".join(line for line in self.log_all().splitlines(True)
+                       if not line.startswith(_MOUNT_LOG_LINES))
 
     def path(self, name=""):
         return self.mnt / name if name else self.mnt
@@ -258,9 +271,31 @@ class Daemon:
         with open(self.mnt / ".stats") as f:
             return json.load(f)
 
-    def metrics(self):
+    def metrics_raw(self):
         with open(self.mnt / ".metrics") as f:
             return f.read()
+
+    def metrics(self):
+        """.metrics with the mount's labels taken out of every series, after
+        checking that every series carries them, first, the mountpoint this
+        one and the bundle one value throughout: `name value` and
+        `name{model="m"} value` as a single mount's text reads."""
+        out, bundles = [], set()
+        for line in self.metrics_raw().splitlines(True):
+            if line.startswith("#"):
+                out.append(line)
+                continue
+            mo = _MOUNT_LABELS.search(line)
+            assert mo, "series without the mount's labels: %r" % line
+            mnt = re.sub(r"\\(.)", lambda m: {"n": "\n"}.get(m.group(1), m.group(1)),
+                         mo.group(2))
+            assert mnt == os.path.realpath(self.mnt), line
+            bundles.add(mo.group(1))
+            rest = line[mo.end():]
+            out.append(line[:mo.start()] + ("{" + rest[1:] if rest.startswith(",")
+                                            else rest[1:]))
+        assert len(bundles) == 1, "several bundle labels: %r" % bundles
+        return "".join(out)
 
     def control(self, line):
         """Write one command line to .control; OSError carries the errno."""

@@ -3,6 +3,7 @@
 a clear refusal of a URL where it cannot be loaded."""
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -161,8 +162,10 @@ def test_password_in_url_is_not_shown(nginx_server, bundle, tmp_path):
             cmdline = f.read()
         assert PASSWORD.encode() not in cmdline and shown.encode() in cmdline, cmdline
         with open(d.path(".stats")) as f:
-            assert PASSWORD not in f.read()
-        assert PASSWORD not in d.metrics()
+            text = f.read()
+        assert PASSWORD not in text and json.loads(text)["mount"]["bundle"] == shown
+        raw = d.metrics_raw()
+        assert PASSWORD not in raw and 'bundle="%s"' % shown in raw
         # the object replaced: a failed read, logged by the reader and the mount
         src = os.path.join(nginx_server.root, "creds.apbundle")
         with open(src, "r+b") as f:
