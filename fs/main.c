@@ -773,7 +773,7 @@ static void log_to_syslog(enum fuse_log_level level, const char *fmt,
 			  va_list ap)
 {
 	static const char prefix[] = "apbundlefs: ";
-	char buf[1024];
+	char buf[8192]; /* a message names at most two 4096-byte names */
 	const char *msg = buf;
 	size_t n;
 
