@@ -80,7 +80,7 @@ def test_allow_other_control_is_the_mounting_users(open_dir, binaries):
         assert "allow_other" in opts and "default_permissions" in opts, opts
         got = as_nobody(NOBODY_TRIES, mnt)
         assert got["model"] == hashlib.sha256(DATA).hexdigest()
-        assert got["stats"] == ["cache", "io", "models", "prefetch"]
+        assert got["stats"] == ["cache", "io", "models", "mount", "prefetch"]
         assert got["listdir"] == [".control", ".metrics", ".stats", "d"]
         assert got["write_control"] == -errno.EACCES
         assert got["access_control"] is False
