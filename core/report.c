@@ -168,7 +168,7 @@ static cJSON *mount_json(const struct apb_report_source *src)
 	cJSON_AddStringToObject(o, "bundle", src->bundle_path);
 	cJSON_AddStringToObject(o, "mountpoint", src->mountpoint);
 	cJSON_AddNumberToObject(o, "format_version", src->format_version);
-	cJSON_AddNumberToObject(o, "uptime_seconds", src->uptime_seconds);
+	cJSON_AddNumberToObject(o, "start_time", src->start_time);
 	cJSON_AddStringToObject(o, "version", APB_VERSION);
 	if (src->metrics_listen)
 		cJSON_AddStringToObject(o, "metrics_listen",
@@ -309,11 +309,12 @@ static void put_mount_metrics(FILE *f, const struct apb_report_source *src)
 	put_labels(f, src, "version", APB_VERSION);
 	fputs(" 1\n", f);
 	put_metric(f, src, &format);
-	fputs("# HELP apbundlefs_uptime_seconds Seconds since the mount came "
-	      "up.\n# TYPE apbundlefs_uptime_seconds gauge\n"
-	      "apbundlefs_uptime_seconds", f);
+	fputs("# HELP apbundlefs_start_time_seconds When the mount came up, "
+	      "in seconds since the epoch.\n"
+	      "# TYPE apbundlefs_start_time_seconds gauge\n"
+	      "apbundlefs_start_time_seconds", f);
 	put_labels(f, src, NULL, NULL);
-	fprintf(f, " %.3f\n", src->uptime_seconds);
+	fprintf(f, " %.3f\n", src->start_time);
 }
 
 /* The per-model series of .metrics: which value of a model each shows. */

@@ -129,7 +129,7 @@ struct apbfs {
 					* and the labels of .metrics */
 	char *label_storage;           /* main.c's, behind bundle_label */
 	const char *mountpoint;        /* canonical (fuse_parse_cmdline) */
-	struct timespec mounted_at;    /* CLOCK_MONOTONIC; set before the loop */
+	struct timespec mounted_at;    /* CLOCK_REALTIME; set before the loop */
 	struct apbfs_http *http;       /* http.c; NULL without metrics_listen= */
 	char metrics_listen[64];       /* "ADDR:PORT" bound; "" when off */
 	bool remote;                   /* the bundle is a URL: no backing.c */

@@ -36,7 +36,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 struct apbfs_doc {
 	char *text;
@@ -71,7 +70,6 @@ static char *render(struct apbfs *fs, enum apbfs_special kind, size_t *len)
 		.order_hits = atomic_load(&fs->io.order_hits),
 		.order_stopped = atomic_load(&fs->io.order_stopped),
 	};
-	struct timespec now;
 	struct apb_report_source src = {
 		.bundle = fs->bundle, .cache = fs->cache,
 		.policy = apb_eviction_name(fs->opt.eviction),
@@ -81,15 +79,14 @@ static char *render(struct apbfs *fs, enum apbfs_special kind, size_t *len)
 				  ? 2 : 1,
 		.metrics_listen = fs->metrics_listen[0] ? fs->metrics_listen
 							: NULL,
+		.start_time = (double)fs->mounted_at.tv_sec +
+			      (double)(fs->mounted_at.tv_nsec / 1000000) / 1e3,
 	};
 	uint64_t *opens = malloc((n ? n : 1) * sizeof(*opens));
 	char *text;
 
 	if (!opens)
 		return NULL;
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	src.uptime_seconds = (double)(now.tv_sec - fs->mounted_at.tv_sec) +
-			     (double)(now.tv_nsec - fs->mounted_at.tv_nsec) / 1e9;
 	for (size_t i = 0; i < n; i++)
 		opens[i] = atomic_load(&fs->opens[i]);
 	src.opens = opens;

@@ -960,7 +960,7 @@ static int serve(struct apbfs *fs, struct fuse_args *args,
 		fuse_set_log_func(log_to_syslog);
 	}
 	fuse_daemonize(o->foreground);
-	clock_gettime(CLOCK_MONOTONIC, &fs->mounted_at);
+	clock_gettime(CLOCK_REALTIME, &fs->mounted_at);
 	/* Threads do not survive the fork in fuse_daemonize(): start the
 	 * workers after it. Without them the mount works, without prefetch,
 	 * pins or preloads. The workers serve readahead, preloads and

@@ -47,7 +47,10 @@ struct apb_report_source {
 	const char *bundle_path;            /* as shown: a URL's password *** */
 	const char *mountpoint;
 	uint32_t format_version;            /* 1 or 2 (docs/FORMAT.md) */
-	double uptime_seconds;              /* since the mount came up */
+	/* when the mount came up, in seconds since the epoch: a fixed value,
+	 * not an uptime, so that documents rendered with nothing happening
+	 * between them stay byte for byte the same (the daemon shares them) */
+	double start_time;
 	const char *metrics_listen;         /* "ADDR:PORT" or NULL: off */
 };
 
