@@ -127,17 +127,29 @@ static void replay_stays_a_window_ahead_and_counts_hits(void)
 
 static void a_reader_ahead_of_the_replay_skips_what_it_passed(void)
 {
-	const struct apb_order_run learned[] = {{0, 10}};
-	struct apb_order *o = new_order(10, learned, 1);
+	const struct apb_order_run learned[] = {{0, 100}};
+	struct apb_order *o = new_order(100, learned, 1);
 	struct apb_order_run out[64];
 	struct apb_order_note nt;
 	size_t n;
 
 	n = apb_order_start(o, 2, out, 64);
 	check_runs(out, n, (struct apb_order_run[]){{0, 2}}, 1);
-	n = note(o, 6, 6, 2, out, &nt);      /* position 6: not handed out */
-	CHECK(nt.covered && nt.hits == 0);
-	check_runs(out, n, (struct apb_order_run[]){{7, 2}}, 1);
+	/* A stray read far ahead moves nothing ... */
+	n = note(o, 50, 50, 2, out, &nt);
+	CHECK(nt.covered && nt.hits == 0 && n == 0);
+	/* ... and a read near the front resets the count of them. */
+	n = note(o, 0, 0, 2, out, &nt);
+	CHECK(nt.hits == 1);
+	check_runs(out, n, (struct apb_order_run[]){{2, 1}}, 1);
+	/* APB_ORDER_STOP_MIN far reads in a row: the reader is there, and
+	 * the replay skips what it passed. */
+	for (unsigned i = 0; i + 1 < APB_ORDER_STOP_MIN; i++) {
+		n = note(o, 60 + i, 60 + i, 2, out, &nt);
+		CHECK(n == 0 && !nt.stopped);
+	}
+	n = note(o, 80, 80, 2, out, &nt);
+	check_runs(out, n, (struct apb_order_run[]){{81, 2}}, 1);
 	n = note(o, 1, 1, 2, out, &nt);      /* behind: a hit, moves nothing */
 	CHECK(nt.hits == 1 && n == 0);
 	n = note(o, 3, 3, 2, out, &nt);      /* skipped over: no hit */
