@@ -31,14 +31,17 @@
  * hands out a position twice. Only first reads move the reader: a
  * re-read of an early chunk says nothing about where the load is.
  *
- * A first read at a position a window or more past what was handed out
- * moves the reader only when APB_ORDER_STOP_MIN such reads come in a row
- * (`far`): one stray read far ahead - the kernel reading ahead past the
- * end of one tensor into the next one in the file, which the loader wants
- * much later - would otherwise skip everything in between. Measured: a
- * torch.load of a 100 MiB state dict skipped a third of its order now and
- * then (scripts/bench-order.py). A loader that really jumped gets there
- * after that many reads.
+ * A read whose first-read chunks in the order all lie a window or more
+ * past what was handed out moves the reader only when APB_ORDER_STOP_MIN
+ * such reads come in a row (`far`, counted in reads, not chunks: one
+ * kernel readahead request is 16 chunks); a read with any chunk nearer
+ * resets the count and ignores its far chunks. One stray read far ahead
+ * - the kernel reading ahead past the end of one tensor into the next one
+ * in the file, which the loader wants much later - would otherwise skip
+ * everything in between. Measured: a torch.load of a 100 MiB state dict
+ * skipped a third to a half of its order now and then
+ * (scripts/bench-order.py). A loader that really jumped gets there after
+ * that many reads.
  *
  * A first read of a chunk that the replay handed out (`queued`, a bitmap
  * like `seen`; not every position below `issued`, which may have been
@@ -83,7 +86,7 @@ struct apb_order {
 	uint32_t reader, issued;       /* positions; see REPLAY */
 	size_t issue_run;              /* the run holding position issued */
 	uint32_t streak;               /* first reads outside the order */
-	uint32_t far;                  /* first reads far ahead, in a row */
+	uint32_t far;                  /* reads only far ahead, in a row */
 	bool replaying;
 };
 
@@ -330,7 +333,8 @@ size_t apb_order_note_read(struct apb_order *o, uint64_t first, uint64_t last,
 {
 	uint32_t w = window_of(window_chunks);
 	uint32_t stop_after = w > APB_ORDER_STOP_MIN ? w : APB_ORDER_STOP_MIN;
-	bool covered = true;
+	uint32_t far_to = 0; /* one past the furthest far position read */
+	bool covered = true, near = false;
 	size_t n = 0;
 
 	memset(note, 0, sizeof(*note));
@@ -356,13 +360,23 @@ size_t apb_order_note_read(struct apb_order *o, uint64_t first, uint64_t last,
 		o->streak = 0;
 		if (o->queued[c / 64] & (1ull << (c % 64)))
 			note->hits++; /* handed out before this read */
-		/* Far ahead of what was handed out: the reader moves there
-		 * only if it stays far (see REPLAY). */
-		if (p >= o->issued + w && ++o->far < APB_ORDER_STOP_MIN)
+		if (p >= o->issued + w) { /* far: see REPLAY */
+			if (p + 1 > far_to)
+				far_to = p + 1;
 			continue;
-		o->far = 0;
+		}
+		near = true;
 		if (p + 1 > o->reader)
 			o->reader = p + 1;
+	}
+	/* A read with a chunk near the front is where the reader is; a read
+	 * only far ahead moves it after APB_ORDER_STOP_MIN such reads. */
+	if (near) {
+		o->far = 0;
+	} else if (far_to && ++o->far >= APB_ORDER_STOP_MIN) {
+		o->far = 0;
+		if (far_to > o->reader)
+			o->reader = far_to;
 	}
 	if (o->replaying && o->streak > stop_after) {
 		o->replaying = false;

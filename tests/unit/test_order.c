@@ -135,25 +135,31 @@ static void a_reader_ahead_of_the_replay_skips_what_it_passed(void)
 
 	n = apb_order_start(o, 2, out, 64);
 	check_runs(out, n, (struct apb_order_run[]){{0, 2}}, 1);
-	/* A stray read far ahead moves nothing ... */
+	/* Reads only far ahead (a window or more past what was handed out)
+	 * move nothing, however many chunks they have ... */
 	n = note(o, 50, 50, 2, out, &nt);
 	CHECK(nt.covered && nt.hits == 0 && n == 0);
-	/* ... and a read near the front resets the count of them. */
+	n = note(o, 30, 30 + APB_ORDER_STOP_MIN, 2, out, &nt);
+	CHECK(nt.first_reads == APB_ORDER_STOP_MIN + 1 && n == 0);
+	/* ... and a read near the front resets their count. */
 	n = note(o, 0, 0, 2, out, &nt);
 	CHECK(nt.hits == 1);
 	check_runs(out, n, (struct apb_order_run[]){{2, 1}}, 1);
-	/* APB_ORDER_STOP_MIN far reads in a row: the reader is there, and
-	 * the replay skips what it passed. */
+	/* A read of near and far chunks is near: the reader is at its
+	 * furthest near chunk (4), and the replay skips from 3 to there. */
+	n = note(o, 1, 20, 2, out, &nt);
+	CHECK(nt.hits == 2 && nt.first_reads == 20);
+	check_runs(out, n, (struct apb_order_run[]){{5, 2}}, 1);
+	/* APB_ORDER_STOP_MIN reads only far ahead in a row: the reader is at
+	 * the furthest of the last one, and the replay skips up to it. */
 	for (unsigned i = 0; i + 1 < APB_ORDER_STOP_MIN; i++) {
 		n = note(o, 60 + i, 60 + i, 2, out, &nt);
 		CHECK(n == 0 && !nt.stopped);
 	}
-	n = note(o, 80, 80, 2, out, &nt);
+	n = note(o, 79, 80, 2, out, &nt);
 	check_runs(out, n, (struct apb_order_run[]){{81, 2}}, 1);
-	n = note(o, 1, 1, 2, out, &nt);      /* behind: a hit, moves nothing */
-	CHECK(nt.hits == 1 && n == 0);
-	n = note(o, 3, 3, 2, out, &nt);      /* skipped over: no hit */
-	CHECK(nt.hits == 0 && n == 0);
+	n = note(o, 25, 25, 2, out, &nt);    /* skipped over: no hit */
+	CHECK(nt.first_reads == 1 && nt.hits == 0 && n == 0);
 	apb_order_free(o);
 }
 
