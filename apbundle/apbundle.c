@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "apbundle/bundle.h"
@@ -230,6 +231,138 @@ static void progress_clear(struct progress *p)
 /* create                                                              */
 /* ================================================================== */
 
+/* What create says while and after it writes (--progress=). */
+enum create_progress {
+	CREATE_PROGRESS_AUTO, /* a line on stderr if it is a terminal */
+	CREATE_PROGRESS_JSON, /* JSON lines on stdout (docs/USAGE.md) */
+	CREATE_PROGRESS_NONE,
+};
+
+#define JSON_PROGRESS_EVERY_MS 200
+
+struct create_ctx {
+	enum create_progress mode;
+	struct progress p;       /* the terminal line */
+	uint64_t start_ms;       /* CLOCK_MONOTONIC */
+	uint64_t last_json_ms;
+	uint64_t total;          /* input bytes, from the writer's callback */
+	bool json_started;
+};
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* "0:07", "12:34", "1:02:03". */
+static char *clock_format(uint64_t secs, char *buf, size_t len)
+{
+	if (secs >= 3600)
+		snprintf(buf, len, "%llu:%02llu:%02llu",
+			 (unsigned long long)(secs / 3600),
+			 (unsigned long long)(secs / 60 % 60),
+			 (unsigned long long)(secs % 60));
+	else
+		snprintf(buf, len, "%llu:%02llu", (unsigned long long)(secs / 60),
+			 (unsigned long long)(secs % 60));
+	return buf;
+}
+
+/* The terminal line: "  37% 1.2 GiB / 3.2 GiB  85.3 MiB/s  ETA 0:23",
+ * the rate the mean since the start (steadier than the last interval's,
+ * which batches of compressed blocks make jumpy). */
+static void create_tty_line(struct create_ctx *x, uint64_t done, uint64_t total)
+{
+	struct progress *p = &x->p;
+	uint64_t ms = mono_ms() - x->start_ms;
+	char a[32], b[32], r[32], eta[32];
+	int permille;
+
+	if (!p->tty || total <= PROGRESS_MIN_BYTES)
+		return;
+	permille = (int)(done * 1000 / total);
+	if (permille == p->last_permille)
+		return;
+	p->last_permille = permille;
+	p->shown = true;
+	fprintf(stderr, "\r%4d%% %s / %s", permille / 10,
+		apb_size_format(done, a, sizeof(a)),
+		apb_size_format(total, b, sizeof(b)));
+	if (ms > 0 && done > 0) {
+		double rate = (double)done * 1000.0 / (double)ms;
+
+		fprintf(stderr, "  %s/s  ETA %s",
+			apb_size_format((uint64_t)rate, r, sizeof(r)),
+			clock_format((uint64_t)((double)(total - done) / rate + 0.5),
+				     eta, sizeof(eta)));
+	}
+	fputs("\033[K", stderr);
+	fflush(stderr);
+}
+
+static void create_progress_cb(void *arg, uint64_t done, uint64_t total)
+{
+	struct create_ctx *x = arg;
+	uint64_t now = mono_ms();
+
+	x->total = total;
+	if (x->mode == CREATE_PROGRESS_AUTO) {
+		create_tty_line(x, done, total);
+		return;
+	}
+	if (x->mode != CREATE_PROGRESS_JSON)
+		return;
+	/* The first and last calls always; between them at most one line
+	 * every JSON_PROGRESS_EVERY_MS. */
+	if (x->json_started && done != total &&
+	    now - x->last_json_ms < JSON_PROGRESS_EVERY_MS)
+		return;
+	x->json_started = true;
+	x->last_json_ms = now;
+	printf("{\"event\":\"progress\",\"done\":%llu,\"total\":%llu,"
+	       "\"seconds\":%.3f}\n", (unsigned long long)done,
+	       (unsigned long long)total, (double)(now - x->start_ms) / 1000.0);
+	fflush(stdout);
+}
+
+/* The one line said after a create that succeeded: on stderr as text
+ * always, and with --progress=json also as the last JSON line. */
+static void create_summary(const struct create_ctx *x, const char *out,
+			   size_t models)
+{
+	struct stat st;
+	uint64_t written = stat(out, &st) == 0 ? (uint64_t)st.st_size : 0;
+	uint64_t ms = mono_ms() - x->start_ms;
+	char a[32], b[32], ratio[32] = "-";
+
+	if (x->total)
+		snprintf(ratio, sizeof(ratio), "%.2f",
+			 (double)written / (double)x->total);
+	fputs("created ", stderr);
+	apb_cmd_print_name(stderr, out, 0);
+	fprintf(stderr, ": %zu model%s, %s in, %s written (ratio %s), "
+		"%llu.%03llu s\n", models, models == 1 ? "" : "s",
+		apb_size_format(x->total, a, sizeof(a)),
+		apb_size_format(written, b, sizeof(b)), ratio,
+		(unsigned long long)(ms / 1000), (unsigned long long)(ms % 1000));
+	if (x->mode != CREATE_PROGRESS_JSON)
+		return;
+	fputs("{\"event\":\"done\",\"bundle\":", stdout);
+	apb_cmd_json_string(stdout, out);
+	printf(",\"models\":%zu,\"bytes\":%llu,\"written\":%llu,\"ratio\":",
+	       models, (unsigned long long)x->total,
+	       (unsigned long long)written);
+	if (x->total)
+		printf("%.4f", (double)written / (double)x->total);
+	else
+		fputs("null", stdout);
+	printf(",\"seconds\":%.3f}\n", (double)ms / 1000.0);
+	fflush(stdout);
+}
+
 static int parse_compress(const char *s, struct apb_writer_options *o)
 {
 	char *end;
@@ -254,7 +387,8 @@ static int parse_compress(const char *s, struct apb_writer_options *o)
 
 /* Parse create's options into o; returns -1 to go on or an exit status. */
 static int create_options(const struct apb_cmd *c, int argc, char **argv,
-			  struct apb_writer_options *o)
+			  struct apb_writer_options *o,
+			  enum create_progress *progress)
 {
 	static const struct option longs[] = {
 		{"compress", required_argument, NULL, 'c'},
@@ -263,6 +397,7 @@ static int create_options(const struct apb_cmd *c, int argc, char **argv,
 		 * a block (a chunk is the daemon cache's): scripts pass it. */
 		{"chunk-size", required_argument, NULL, 'S'},
 		{"format", required_argument, NULL, 'f'},
+		{"progress", required_argument, NULL, 'p'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -296,6 +431,17 @@ static int create_options(const struct apb_cmd *c, int argc, char **argv,
 						   optarg);
 			o->format = (unsigned)(optarg[0] - '0');
 			break;
+		case 'p':
+			if (strcmp(optarg, "auto") == 0)
+				*progress = CREATE_PROGRESS_AUTO;
+			else if (strcmp(optarg, "json") == 0)
+				*progress = CREATE_PROGRESS_JSON;
+			else if (strcmp(optarg, "none") == 0)
+				*progress = CREATE_PROGRESS_NONE;
+			else
+				return usage_error(c, "--progress: '%s' is not "
+						   "auto, json or none", optarg);
+			break;
 		default:
 			return status;
 		}
@@ -323,14 +469,14 @@ static int run_create(int argc, char **argv)
 	const struct apb_cmd *c = apb_cmd_find("create");
 	struct apb_writer_options o;
 	struct apb_input_list *inputs = NULL;
-	struct progress p;
+	struct create_ctx x = {.mode = CREATE_PROGRESS_AUTO};
 	char err[ERR_LEN];
 	const char *out;
 	int status, rc;
 
 	apb_writer_options_init(&o);
 	o.threads = threads_from_env();
-	status = create_options(c, argc, argv, &o);
+	status = create_options(c, argc, argv, &o, &x.mode);
 	if (status >= 0)
 		return status;
 	if (argc - optind < 2)
@@ -350,12 +496,15 @@ static int run_create(int argc, char **argv)
 				: apb_input_list_add_arg(inputs, argv[optind],
 							 err, sizeof(err));
 	if (rc == 0) {
-		progress_init(&p);
-		o.progress = progress_show;
-		o.progress_arg = &p;
+		progress_init(&x.p);
+		x.start_ms = mono_ms();
+		o.progress = create_progress_cb;
+		o.progress_arg = &x;
 		o.cancel = &got_signal;
 		rc = apb_writer_create_bundle(out, inputs, &o, err, sizeof(err));
-		progress_clear(&p);
+		progress_clear(&x.p);
+		if (rc == 0)
+			create_summary(&x, out, apb_input_list_count(inputs));
 	}
 	apb_input_list_free(inputs);
 	if (rc && got_signal) { /* a signal after the rename changes nothing */
@@ -658,7 +807,8 @@ static int run_help(int argc, char **argv);
 static const struct apb_cmd commands[] = {
 	{"create",
 	 "apbundle create [--compress zstd[:LEVEL]] [--block-size BYTES] "
-	 "[--format 1|2]\n                OUT.apbundle INPUT...\n",
+	 "[--format 1|2]\n                [--progress auto|json|none] "
+	 "OUT.apbundle INPUT...\n",
 	 "\nPack the INPUTs into OUT.apbundle. The bundle is written to a\n"
 	 "temporary file next to OUT and renamed into place once complete;\n"
 	 "a failed or interrupted create leaves nothing behind. An existing\n"
@@ -682,11 +832,18 @@ static const struct apb_cmd commands[] = {
 	 "  --block-size BYTES       block size (format 2): a multiple of 4096\n"
 	 "                           from 4K to 16M, K and M suffixes; default\n"
 	 "                           64K (--chunk-size is the old spelling)\n"
+	 "  --progress auto|json|none\n"
+	 "                           auto (default): on a terminal, a line\n"
+	 "                           with rate and ETA on stderr; json: JSON\n"
+	 "                           lines on stdout, for tools; none: nothing\n"
+	 "                           while writing\n"
 	 "  -h, --help               show this help\n"
 	 "\n"
 	 "Format 2 cuts every model into blocks, each with its own checksum,\n"
 	 "compressed on one thread per CPU. The same INPUTs and options always\n"
-	 "give the same bytes.\n",
+	 "give the same bytes. At the end one line on stderr says what was\n"
+	 "written: 'created OUT: N models, SIZE in, SIZE written (ratio R),\n"
+	 "S s'.\n",
 	 run_create},
 	{"list", "apbundle list [--json | --tsv] BUNDLE\n",
 	 "\nPrint one line per model: NAME, SIZE and STORED (bytes),\n"

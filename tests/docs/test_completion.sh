@@ -37,10 +37,13 @@ mkdir "$tmp/sub"
 expect "create extract help list stats verify" apbundle ""
 expect "create" apbundle cr
 expect "--help --version" apbundle --
-expect "--block-size --compress --format --help" apbundle create --
+expect "--block-size --compress --format --help --progress" apbundle create --
 expect "--compress" apbundle create --comp
 expect "zstd zstd:1 zstd:19 zstd:3 zstd:9" apbundle create --compress z
 expect "1 2" apbundle create --format ""
+expect "auto json none" apbundle create --progress ""
+expect "--help --json --tsv" apbundle list --
+expect "--count --help --top --watch" apbundle stats --
 expect "$tmp/a.apbundle $tmp/sub" apbundle list "$tmp/"
 expect "$tmp/a.apbundle $tmp/b.txt $tmp/sub" apbundle create out.apbundle "$tmp/"
 expect "$tmp/a.apbundle $tmp/sub" apbundle extract "$tmp/"
