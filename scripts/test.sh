@@ -53,7 +53,8 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 REMOTE_TESTS=${REMOTE_TESTS:-tests/e2e/test_read.py tests/e2e/test_v2_read.py
     tests/e2e/test_readahead.py tests/e2e/test_budget.py tests/e2e/test_eviction.py
     tests/e2e/test_v2_memory.py tests/e2e/test_stats.py tests/e2e/test_prefetch.py
-    tests/e2e/test_models.py tests/e2e/test_faults.py tests/e2e/test_stress.py}
+    tests/e2e/test_models.py tests/e2e/test_faults.py tests/e2e/test_stress.py
+    tests/e2e/test_load_order.py}
 PYTEST_TIMEOUT=${PYTEST_TIMEOUT:-540}
 PYTHON=/usr/bin/python3          # the Debian interpreter that sees python3-* packages
 
