@@ -124,6 +124,36 @@ def test_second_mount_reads_hit_chunks_prefetched_in_the_learned_order(bundle, t
     assert saved_order(state)["runs"] == runs_of(ORDER)
 
 
+def test_evict_drops_chunks_not_the_replay(bundle, tmp_path):
+    """Lockstep up to read EVICT_AT, then `evict m.bin`, then the rest at
+    full speed: evict drops the WINDOW chunks the replay had loaded ahead,
+    not the order or the replay. Those WINDOW chunks were handed out once
+    and are read on demand (at least WINDOW misses); the replay goes on
+    handing out the rest, so every first read is still of a chunk it had
+    queued. (The evicted unread prefetches may shrink the window through
+    the prefetch backoff, by timing: the counts below hold for any
+    window.)"""
+    evict_at = N // 2
+    state = tmp_path / "state.json"
+    record(bundle, state)
+    with mount(bundle, dict(OPTS, state=state)) as d:
+        def settle(i):
+            if i <= evict_at:
+                want = i + WINDOW
+                wait_until(lambda: model_stats(d)["prefetch_issued"] >= want, WAIT_S,
+                           what="%d chunks prefetched before read %d" % (want, i))
+            if i == evict_at:
+                d.control("evict m.bin")
+
+        read_chunks(d, ORDER, settle)
+        s = d.stats()
+    m, p = s["models"]["m.bin"], s["prefetch"]
+    assert m["hits"] >= evict_at and m["misses"] >= WINDOW, m
+    assert m["prefetch_wasted"] >= WINDOW, m
+    assert (p["order_chunks"], p["order_hits"], p["order_stopped"]) == (N, N, 0), p
+    assert s["cache"]["memory_used"] <= s["cache"]["memory_limit"]
+
+
 def test_replay_keeps_ahead_of_a_reader_at_full_speed(bundle, tmp_path):
     """Without waiting, whether a read finds its chunk loaded is timing;
     what the replay hands out is not: positions are handed out in the read
