@@ -42,14 +42,13 @@ Writes OUT/results.md, OUT/results.json, OUT/llama.png.
 """
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
-from benchlib import (BUILD, MIB, PACKER, DAEMON, ROOT, Mount, RamDisk, close_disks,
-                      close_mounts, drop_caches, machine_summary, source_tree, start,
-                      v2_controllers)
+from benchlib import (BUILD, MIB, PACKER, DAEMON, ROOT, MemCgroup, Mount, RamDisk,
+                      close_cgroups, close_disks, close_mounts, drop_caches, machine_summary,
+                      source_tree, start)
 
 QUICK = os.environ.get("QUICK") == "1"
 
@@ -82,79 +81,11 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
-# ---------------------------------------------------------------- memory cgroups
-
-CG_MEM_V1 = "/sys/fs/cgroup/memory"
-CGROUPS = []  # every MemCgroup not yet removed
-
-
-class MemCgroup:
-    """A memory cgroup apb-llama-NAME with limit bytes (None: no limit);
-    argv(cmd) runs cmd inside it. v1 (memory.limit_in_bytes) where mounted,
-    else v2 (memory.max; io_max, "MAJ:MIN rbps=N", is written too, since a
-    v2 process has one cgroup for both). close() kills what is left in it
-    and removes it; a cgroup left by a killed run is removed on creation."""
-
-    def __init__(self, name, limit, io_max=None):
-        if os.path.exists(os.path.join(CG_MEM_V1, "memory.limit_in_bytes")):
-            self.path = os.path.join(CG_MEM_V1, "apb-llama-" + name)
-            self.limit_file, self.peak_file = "memory.limit_in_bytes", "memory.max_usage_in_bytes"
-        elif "memory" in v2_controllers():
-            with open("/sys/fs/cgroup/cgroup.subtree_control", "w") as f:
-                f.write("+memory" + (" +io" if io_max else ""))
-            self.path = "/sys/fs/cgroup/apb-llama-" + name
-            self.limit_file, self.peak_file = "memory.max", "memory.peak"
-        else:
-            raise RuntimeError("no memory cgroup (v1 memory or v2 memory controller)")
-        self.close()
-        os.mkdir(self.path)
-        CGROUPS.append(self)
-        if limit is not None:
-            self.write(self.limit_file, str(limit))
-        if io_max and self.limit_file == "memory.max":
-            self.write("io.max", io_max)
-
-    def write(self, name, text):
-        with open(os.path.join(self.path, name), "w") as f:
-            f.write(text + "\n")
-
-    def argv(self, cmd):
-        return ["sh", "-c", 'echo $$ > "$0" && exec "$@"',
-                os.path.join(self.path, "cgroup.procs")] + list(cmd)
-
-    def peak(self):
-        with open(os.path.join(self.path, self.peak_file)) as f:
-            return int(f.read())
-
-    def close(self):
-        if self in CGROUPS:
-            CGROUPS.remove(self)
-        if not os.path.isdir(self.path):
-            return
-        for _ in range(100):
-            with open(os.path.join(self.path, "cgroup.procs")) as f:
-                pids = [int(p) for p in f.read().split()]
-            if not pids:
-                break
-            for pid in pids:
-                log(f"cleanup: killing {pid} left in {self.path}")
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.05)  # the kernel takes a moment to empty the cgroup
-        os.rmdir(self.path)
-
-
 def cleanup():
     """Mounts first (their daemons live in a cgroup), then cgroups, then the
     RAM disk."""
     close_mounts()
-    for cg in list(CGROUPS):
-        try:
-            cg.close()
-        except OSError as e:
-            log("cleanup:", cg.path, e)
+    close_cgroups()
     close_disks()
 
 
@@ -179,7 +110,7 @@ def generate(cg, model, stats=None):
 
 def run_native(model, limit, io_max):
     drop_caches()
-    cg = MemCgroup("reader", limit, io_max)
+    cg = MemCgroup("apb-llama-reader", limit, io_max)
     try:
         r = generate(cg, model)
         peak = cg.peak()
@@ -205,8 +136,8 @@ def replay(policy, max_memory):
 def run_mount(bundle, mnt, policy, reader, daemon_limit, io_max):
     drop_caches()
     max_memory = daemon_limit - DAEMON_OVERHEAD
-    dcg = MemCgroup("daemon", daemon_limit, io_max)
-    rcg = MemCgroup("reader", reader, io_max)
+    dcg = MemCgroup("apb-llama-daemon", daemon_limit, io_max)
+    rcg = MemCgroup("apb-llama-reader", reader, io_max)
     try:
         opts = f"max_memory={max_memory // 1024}K,eviction={policy},prefetch={PREFETCH}"
         if TRACE:

@@ -392,6 +392,95 @@ def unlimit(procs, back):
         pass
 
 
+# ---------------------------------------------------------------- memory cgroups
+
+CG_MEM_V1 = "/sys/fs/cgroup/memory"
+CGROUPS = []  # every MemCgroup not yet removed
+
+
+class MemCgroup:
+    """A memory cgroup NAME (e.g. apb-llama-reader) with limit bytes (None: no limit);
+    argv(cmd) runs cmd inside it. v1 (memory.limit_in_bytes) where mounted,
+    else v2 (memory.max; io_max, "MAJ:MIN rbps=N", is written too, since a
+    v2 process has one cgroup for both). close() kills what is left in it
+    and removes it; a cgroup left by a killed run is removed on creation."""
+
+    def __init__(self, name, limit, io_max=None):
+        if os.path.exists(os.path.join(CG_MEM_V1, "memory.limit_in_bytes")):
+            self.path = os.path.join(CG_MEM_V1, name)
+            self.limit_file, self.peak_file = "memory.limit_in_bytes", "memory.max_usage_in_bytes"
+            self.usage_file = "memory.usage_in_bytes"
+        elif "memory" in v2_controllers():
+            with open("/sys/fs/cgroup/cgroup.subtree_control", "w") as f:
+                f.write("+memory" + (" +io" if io_max else ""))
+            self.path = os.path.join(CG_V2, name)
+            self.limit_file, self.peak_file = "memory.max", "memory.peak"
+            self.usage_file = "memory.current"
+        else:
+            raise RuntimeError("no memory cgroup (v1 memory or v2 memory controller)")
+        self.close()
+        os.mkdir(self.path)
+        CGROUPS.append(self)
+        if limit is not None:
+            self.write(self.limit_file, str(limit))
+        if io_max and self.limit_file == "memory.max":
+            self.write("io.max", io_max)
+
+    def write(self, name, text):
+        with open(os.path.join(self.path, name), "w") as f:
+            f.write(text + "\n")
+
+    def argv(self, cmd):
+        return ["sh", "-c", 'echo $$ > "$0" && exec "$@"',
+                os.path.join(self.path, "cgroup.procs")] + list(cmd)
+
+    def peak(self):
+        with open(os.path.join(self.path, self.peak_file)) as f:
+            return int(f.read())
+
+    def usage(self):
+        """Bytes charged to the cgroup now (its processes' memory and the
+        page cache they brought in)."""
+        with open(os.path.join(self.path, self.usage_file)) as f:
+            return int(f.read())
+
+    def reset_peak(self):
+        """peak() from now on: v1 only (v2's memory.peak cannot be reset
+        before Linux 6.12); False where it cannot."""
+        if self.peak_file != "memory.max_usage_in_bytes":
+            return False
+        self.write(self.peak_file, "0")
+        return True
+
+    def close(self):
+        if self in CGROUPS:
+            CGROUPS.remove(self)
+        if not os.path.isdir(self.path):
+            return
+        for _ in range(100):
+            with open(os.path.join(self.path, "cgroup.procs")) as f:
+                pids = [int(p) for p in f.read().split()]
+            if not pids:
+                break
+            for pid in pids:
+                print(f"cleanup: killing {pid} left in {self.path}", file=sys.stderr, flush=True)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)  # the kernel takes a moment to empty the cgroup
+        os.rmdir(self.path)
+
+
+def close_cgroups():
+    """Every MemCgroup not yet removed."""
+    for cg in list(CGROUPS):
+        try:
+            cg.close()
+        except OSError as e:
+            print("cleanup:", cg.path, e, file=sys.stderr, flush=True)
+
+
 def close_mounts():
     """Every mount not yet closed."""
     for m in list(LIVE):
@@ -411,6 +500,8 @@ def close_disks():
 
 
 def close_all():
-    """Every mount, then every RamDisk (mounts may read from them)."""
+    """Every mount, then every memory cgroup (daemons may live in one),
+    then every RamDisk (mounts may read from them)."""
     close_mounts()
+    close_cgroups()
     close_disks()
