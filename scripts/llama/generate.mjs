@@ -1,6 +1,8 @@
 // Greedy generation with llama.cpp (node-llama-cpp 3.21.1, CPU only): load a
 // GGUF, evaluate a fixed prompt, take the most likely token N times, print one
 // JSON line with the token ids, timings and the bytes this process read.
+// load_s runs from the start to the context created, libs_s (part of it)
+// until node-llama-cpp's native libraries are loaded, before the model is.
 //
 //   node scripts/llama/generate.mjs MODEL.gguf [--tokens N] [--threads T]
 //        [--warmup W] [--ctx C] [--prompt TEXT] [--stats MOUNT/.stats] [--log]
@@ -84,6 +86,7 @@ const llama = await getLlama({
         if (opt.log) process.stderr.write(`[${level}] ${message}\n`);
     },
 });
+const libs = point();  // the native libraries loaded: the model's load starts here
 const model = await llama.loadModel({modelPath, useMmap: true, gpuLayers: 0});
 const context = await model.createContext({contextSize: opt.ctx, threads: opt.threads});
 const loaded = point();
@@ -115,6 +118,7 @@ console.log(JSON.stringify({
     variant, amx,
     threads: opt.threads, warmup: opt.warmup, measured,
     load_s: loaded.t - start.t,
+    libs_s: libs.t - start.t,
     warmup_s: warm.t - loaded.t,
     measured_s: end.t - warm.t,
     tokens_per_s: measured / (end.t - warm.t),
