@@ -27,7 +27,10 @@
 #           DISK_MBPS=2000), which must be gone afterwards; then QUICK=1
 #           scripts/bench-llama.py (~15 s: llama.cpp on a 99 MiB model, native
 #           and mounted, the same tokens), whose cgroups, mounts and RAM disk
-#           must be gone afterwards
+#           must be gone afterwards; QUICK=1 scripts/lifecycle on numpy,
+#           llama and tesseract (~40 s: every mode, reclaim and the leak
+#           cycles; the outputs through the mount equal to the local ones),
+#           which must leave no cgroup, mount or RAM disk either
 #   remote  the e2e read checks (REMOTE_TESTS: bytes, budget, stats,
 #           prefetch, pinning, integrity) again with every bundle served by
 #           nginx (APB_E2E_SOURCE=nginx), then by a Ceph RGW (=rgw) and
@@ -260,6 +263,14 @@ stage_bench() {
         echo "error: the benchmark's RAM disk is still there:" >&2
         grep apb-bench-smoke/ram /proc/self/mountinfo >&2
         losetup -a >&2
+        return 1
+    fi
+    step "bench: QUICK=1 PROGRAMS=numpy,llama,tesseract scripts/lifecycle ($BUILD_DIR)"
+    QUICK=1 PROGRAMS=numpy,llama,tesseract APB_BUILD=$BUILD_DIR $PYTHON scripts/lifecycle ||
+        return
+    if ls -d /sys/fs/cgroup/memory/apb-lifecycle /sys/fs/cgroup/apb-lifecycle 2>/dev/null ||
+        grep -q apb-lifecycle /proc/self/mountinfo || losetup -a | grep -q apb-lifecycle; then
+        echo "error: scripts/lifecycle left a cgroup, mount or loop device behind" >&2
         return 1
     fi
     if [ ! -f scripts/llama/node_modules/node-llama-cpp/package.json ]; then
