@@ -28,7 +28,7 @@
 #           scripts/bench-llama.py (~15 s: llama.cpp on a 99 MiB model, native
 #           and mounted, the same tokens), whose cgroups, mounts and RAM disk
 #           must be gone afterwards; QUICK=1 scripts/lifecycle on numpy,
-#           llama and tesseract (~40 s: every mode, reclaim and the leak
+#           llama and tesseract (~40-65 s: every mode, reclaim and the leak
 #           cycles; the outputs through the mount equal to the local ones),
 #           which must leave no cgroup, mount or RAM disk either
 #   remote  the e2e read checks (REMOTE_TESTS: bytes, budget, stats,
