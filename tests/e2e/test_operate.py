@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -294,10 +295,12 @@ def exec_start(unit, conf):
 
 
 @pytest.mark.local_only("runs the unit on the bundle file")
-@pytest.mark.parametrize("options", ["", "max_memory=8M,eviction=lfu,ro"])
+@pytest.mark.parametrize("options", ["", "max_memory=8M,eviction=lfu,ro",
+                                     "max_memory=8M,metrics_listen=127.0.0.1:0"])
 def test_unit_exec_start(bundle, tmp_path, options):
     """Type=forking: ExecStart returns 0 with the mount there; SIGTERM to
-    the daemon (what systemctl stop sends) unmounts it, and it exits."""
+    the daemon (what systemctl stop sends) unmounts it, and it exits. The
+    HTTP endpoint serves from the daemon that fuse_daemonize() forked."""
     unit = unit_for_build(tmp_path)
     assert service_lines(unit)["Type"] == ["forking"]
     mnt = tmp_path / "mnt"
@@ -318,6 +321,12 @@ def test_unit_exec_start(bundle, tmp_path, options):
         assert read_all(mnt / "a.bin") == A
         d_stats = json.loads((mnt / ".stats").read_text())
         assert d_stats["cache"]["memory_limit"] == (8 * MiB if options else 256 * MiB)
+        if "metrics_listen" in options:
+            url = "http://%s/metrics" % d_stats["mount"]["metrics_listen"]
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                body = resp.read().decode()
+            assert body.startswith("# HELP apbundlefs_build_info ")
+            assert 'mountpoint="%s"' % mnt in body
         os.kill(pid, signal.SIGTERM)
         wait_until(lambda: not os.path.exists("/proc/%d" % pid), 10, what="daemon exit")
         pid = None
