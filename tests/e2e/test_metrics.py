@@ -6,7 +6,6 @@ HTTP", ".stats").
 """
 
 import errno
-import json
 import os
 import re
 import shutil
@@ -19,8 +18,7 @@ import urllib.request
 import pytest
 
 import apbformat
-from conftest import (APBUNDLEFS, KiB, direct_read, mount, run_daemon_expect_failure,
-                      wait_until)
+from conftest import APBUNDLEFS, KiB, direct_read, mount, run_daemon_expect_failure
 
 A = apbformat.random_bytes(3 * 64 * KiB + 17, 31)
 ODD = b"odd"

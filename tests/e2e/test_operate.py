@@ -16,12 +16,11 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 import apbformat
-from conftest import (APBUNDLEFS, BUILD, KiB, MiB, direct_read, is_mounted, mount, read_all,
+from conftest import (APBUNDLEFS, BUILD, KiB, MiB, is_mounted, mount, read_all,
                       wait_until)
 
 A = apbformat.random_bytes(5 * 64 * KiB + 3, 41)
