@@ -365,8 +365,25 @@ deb_check() {
     local crc=0
     cmp "$t/mnt/m" "$t/m.bin" || crc=$?
     fusermount3 -u "$t/mnt" || crc=1
-    [ "$crc" -eq 0 ] && echo "ok: the installed packages work (version $v)"
-    return "$crc"
+    [ "$crc" -eq 0 ] || return "$crc"
+    # The fstab way (docs/USAGE.md, "Mounting at boot"): mount(8) through
+    # mount.fuse3, which finds /usr/bin/apbundlefs on the PATH mount gives
+    # it; ro is accepted and .control still takes a command.
+    as_root mount -t fuse.apbundlefs -o ro,max_memory=1M "$t/b.apbundle" "$t/mnt" || return
+    cmp "$t/mnt/m" "$t/m.bin" || crc=$?
+    echo clear >"$t/mnt/.control" || crc=1
+    as_root umount "$t/mnt" || crc=1
+    [ "$crc" -eq 0 ] || { echo "error: mount -t fuse.apbundlefs of the installed package" >&2
+                          return "$crc"; }
+    # The systemd template unit, whose ExecStart and man page now exist.
+    [ -f /lib/systemd/system/apbundlefs@.service ] ||
+        { echo "error: no /lib/systemd/system/apbundlefs@.service" >&2; return 1; }
+    if command -v systemd-analyze >/dev/null; then
+        out=$(systemd-analyze verify /lib/systemd/system/apbundlefs@.service 2>&1) &&
+            [ -z "$out" ] ||
+            { echo "error: systemd-analyze verify apbundlefs@.service: $out" >&2; return 1; }
+    fi
+    echo "ok: the installed packages work (version $v)"
 }
 
 stage_remote() {
