@@ -767,6 +767,71 @@ static void corrupt_orders_are_refused_and_change_nothing(void)
 #undef HEAD
 }
 
+/* Random damage to a state file with orders (bytes flipped, replaced by
+ * JSON punctuation, cut short): each load is refused with one message or
+ * accepted, and whatever it accepts is an order apb_order_new() takes. */
+static void damaged_state_files_load_or_are_refused_cleanly(void)
+{
+	static const char punct[] = "[]{},:\"-0123456789e.";
+	struct apb_bundle *b = open_sized(9 * CS + 100);
+	struct apb_learn *l = new_learn(b);
+	const struct apb_order_run a[] = {{7, 3}, {0, 2}, {4, 1}};
+	const struct apb_order_run bo[] = {{2, 1}, {0, 1}};
+	const char *path = path_in_dir("damaged.json");
+	char err[256], good[4096], bad[4096];
+	size_t len;
+	unsigned accepted = 0;
+
+	apb_learn_set_chunk_size(l, CS);
+	apb_learn_opened(l, 0);
+	apb_learn_opened(l, 1);
+	CHECK_EQ(apb_learn_offer_order(l, 0, a, 3), 1);
+	CHECK_EQ(apb_learn_offer_order(l, 1, bo, 2), 1);
+	CHECK_EQ(apb_learn_save(l, path, err, sizeof(err)), 0);
+	snprintf(good, sizeof(good), "%s", read_text(path));
+	len = strlen(good);
+	srand(1616);
+	for (int i = 0; i < 3000; i++) {
+		struct apb_learn *fresh = new_learn(b);
+		size_t n = len;
+		int rc;
+
+		memcpy(bad, good, len);
+		for (int k = 0; k < 1 + rand() % 3; k++) {
+			size_t at = (size_t)rand() % len;
+			bad[at] = rand() % 2 ? punct[rand() % (sizeof(punct) - 1)]
+					     : (char)(rand() % 256);
+		}
+		if (rand() % 8 == 0)
+			n = (size_t)rand() % len;
+		write_text(path, bad, n);
+		apb_learn_set_chunk_size(fresh, CS);
+		err[0] = '\0';
+		rc = apb_learn_load(fresh, path, err, sizeof(err));
+		if (rc == 0) {
+			accepted++;
+			for (uint32_t m = 0; m < 3; m++) {
+				struct apb_order_run *runs;
+				size_t k;
+				uint64_t size = apb_bundle_model(b, m)->size;
+				CHECK_EQ(apb_learn_order(fresh, m, &runs, &k), 0);
+				CHECK_EQ(apb_order_check(runs, k, (size + CS - 1) / CS), 0);
+				free(runs);
+			}
+		} else {
+			CHECK(rc == -EINVAL);
+			CHECK(strncmp(err, path, strlen(path)) == 0);
+			CHECK(strchr(err, '\n') == NULL);
+		}
+		apb_learn_free(fresh);
+	}
+	/* Some damage leaves a valid file (a digit for a digit). */
+	CHECK(accepted > 0 && accepted < 3000);
+	unlink(path);
+	apb_learn_free(l);
+	apb_bundle_close(b);
+}
+
 int main(void)
 {
 	CHECK(mkdtemp(dir) != NULL);
@@ -786,6 +851,7 @@ int main(void)
 	RUN(an_offered_order_replaces_one_at_most_twice_its_size);
 	RUN(orders_survive_a_save_and_load_of_the_same_chunk_size_only);
 	RUN(corrupt_orders_are_refused_and_change_nothing);
+	RUN(damaged_state_files_load_or_are_refused_cleanly);
 	CHECK_EQ(rmdir(dir), 0);
 	return 0;
 }
