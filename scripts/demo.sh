@@ -6,11 +6,19 @@
 # osd ~10 MiB), renders an image with text, runs an unmodified tesseract
 # against the mount and shows what it read and what the cache did.
 # Installs what is missing and builds first. Always unmounts and cleans up.
+# Output: one line per step; what apt, dpkg, meson and ninja print goes to
+# a log whose last lines are shown only when a step fails. Colour only when
+# stdout is a terminal and NO_COLOR (https://no-color.org) is unset or empty.
+# BUILD_DIR may be relative to the repository or absolute.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
 
 BUILD_DIR=${BUILD_DIR:-build}
+case $BUILD_DIR in
+/*) ;;
+*) BUILD_DIR=$PWD/$BUILD_DIR ;;
+esac
 BUDGET=${BUDGET:-2M}
 TESSDATA=/usr/share/tesseract-ocr/5/tessdata
 PYTHON=/usr/bin/python3
@@ -18,16 +26,45 @@ PACKAGES=(meson ninja-build pkg-config gcc libfuse3-dev fuse3 libcjson-dev
           libxxhash-dev libzstd-dev libcurl4-openssl-dev python3 python3-pil fonts-dejavu-core
           tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd)
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then
+    BOLD=$'\033[1m' RED=$'\033[31m' OFF=$'\033[0m'
+else
+    BOLD='' RED='' OFF=''
+fi
+say() { printf '\n%s== %s%s\n' "$BOLD" "$*" "$OFF"; }
+
+# quietly WHAT CMD...: run CMD with its output in $LOG; one line saying
+# WHAT; on failure the last 25 lines of the log, and exit with CMD's status.
+LOG=$(mktemp /tmp/apbundlefs-demo-log.XXXXXX)
+quietly() {
+    local what=$1 rc=0
+    shift
+    printf '%s ... ' "$what"
+    "$@" >>"$LOG" 2>&1 || rc=$?
+    if [ "$rc" -eq 0 ]; then
+        echo "done"
+        return 0
+    fi
+    printf '%sfailed (exit %d)%s; the last lines of %s:\n' "$RED" "$rc" "$OFF" "$LOG"
+    tail -n 25 "$LOG" | sed 's/^/    /'
+    exit "$rc"   # the log stays for a look: the cleanup trap is not set yet
+}
 
 say "Packages"
-install_missing "${PACKAGES[@]}"
+missing_of "${PACKAGES[@]}"
+if [ ${#MISSING[@]} -eq 0 ]; then
+    echo "all ${#PACKAGES[@]} packages present"
+else
+    quietly "installing ${MISSING[*]}" install_missing "${MISSING[@]}"
+fi
 
-say "Building"
-[ -f "$BUILD_DIR/build.ninja" ] || meson setup "$BUILD_DIR" >/dev/null
-ninja -C "$BUILD_DIR" >/dev/null
-APBUNDLE=$PWD/$BUILD_DIR/apbundle/apbundle
-APBUNDLEFS=$PWD/$BUILD_DIR/fs/apbundlefs
+say "Building in $BUILD_DIR"
+if [ ! -f "$BUILD_DIR/build.ninja" ]; then
+    quietly "meson setup" meson setup "$BUILD_DIR"
+fi
+quietly "ninja" ninja -C "$BUILD_DIR"
+APBUNDLE=$BUILD_DIR/apbundle/apbundle
+APBUNDLEFS=$BUILD_DIR/fs/apbundlefs
 
 WORK=$(mktemp -d /tmp/apbundlefs-demo.XXXXXX)
 MNT=$WORK/mnt
@@ -42,14 +79,14 @@ cleanup() {
         kill -KILL "$DAEMON" 2>/dev/null || true
     fi
     rm -rf "$WORK"
+    rm -f "$LOG"
 }
 trap cleanup EXIT INT TERM
 mkdir -p "$MNT"
 
 say "Packing $TESSDATA"
-"$APBUNDLE" create "$WORK/tessdata.apbundle" "$TESSDATA"
+"$APBUNDLE" create --progress=none "$WORK/tessdata.apbundle" "$TESSDATA" 2>&1
 "$APBUNDLE" list "$WORK/tessdata.apbundle"
-ls -lh "$WORK/tessdata.apbundle" | awk '{print "bundle size: " $5}'
 
 say "Mounting with max_memory=$BUDGET, chunk_size=64K"
 "$APBUNDLEFS" -f -o "max_memory=$BUDGET,chunk_size=64K" \
@@ -84,7 +121,12 @@ OMP_THREAD_LIMIT=1 tesseract "$WORK/sample.png" stdout --tessdata-dir "$MNT" -l 
     | sed '/^\s*$/d; s/^/    /'
 
 say "What the cache did"
-"$APBUNDLE" stats "$MNT" || cat "$MNT/.stats"
+# The table shows the models tesseract read (those with chunk lookups),
+# most read first, not every model of the bundle by resident bytes.
+READ=$("$PYTHON" -c 'import json, sys
+m = json.load(open(sys.argv[1]))["models"].values()
+print(sum(1 for v in m if v.get("hits", 0) + v.get("misses", 0) > 0))' "$MNT/.stats")
+"$APBUNDLE" stats --top "$(( READ > 0 ? READ : 1 ))" "$MNT"
 
 say "Unmounting"
 kill -TERM "$DAEMON"
