@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 import apbformat
-from conftest import (APBUNDLEFS, KiB, fusermount_u, is_mounted, mount, start_daemon,
+from conftest import (APBUNDLEFS, SOURCE, KiB, fusermount_u, is_mounted, mount, start_daemon,
                       wait_until)
 
 A = apbformat.random_bytes(64 * KiB, 81)
@@ -181,12 +181,16 @@ def test_a_state_file_of_another_version_is_refused_and_kept(bundle, mnt, tmp_pa
 
 
 def test_the_bundle_as_state_is_refused_and_kept(bundle, mnt, tmp_path):
+    """From a local file the daemon sees that state= names the bundle; by URL
+    (APB_E2E_SOURCE) the same file, the one the server publishes, is not
+    the mounted bundle to it and is refused as no state file: kept either way."""
     before = bundle.read_bytes()
     link = tmp_path / "link.json"
     link.symlink_to(bundle)
     for state in (bundle, link):
-        assert_refused(bundle, mnt, {"state": state},
-                       "state=%s: is the bundle being mounted" % state)
+        why = ("is the bundle being mounted" if SOURCE == "local" else
+               "not an apbundlefs state file: not JSON")
+        assert_refused(bundle, mnt, {"state": state}, "state=%s: %s" % (state, why))
     assert bundle.read_bytes() == before
 
 
