@@ -6,7 +6,8 @@
  * "prefetch" and "io" counters and a "models" object keyed by model name.
  * This file prints two headline lines - the reuse hit rate and the bundle
  * bytes read per byte served, which say at once whether the cache saves
- * any reads - then a summary of the counters and a table of the models,
+ * any reads - then the mount (bundle, mountpoint, uptime; a daemon with a
+ * "mount" section), a summary of the counters and a table of the models,
  * most resident bytes first, ties by name so the output is stable.
  *
  * Invariants:
@@ -193,6 +194,60 @@ static void print_headline(const cJSON *root)
 	printf("\n");
 }
 
+/* A string of the document, escaped, or "?". */
+static void put_str(const cJSON *obj, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+
+	apb_cmd_print_name(stdout, cJSON_IsString(v) ? v->valuestring : "?", 0);
+}
+
+/*
+ * The mount (a daemon with a "mount" section): which bundle on which
+ * mountpoint, its format, the daemon's version, how long it has been up
+ * (from mount.start_time and this machine's clock: the daemon gives a
+ * fixed start time so that identical opens share one document) and where
+ * metrics_listen= serves. Nothing for an older daemon.
+ */
+static void print_mount(const cJSON *root)
+{
+	const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "mount");
+	const cJSON *start = cJSON_GetObjectItemCaseSensitive(m, "start_time");
+	const cJSON *listen = cJSON_GetObjectItemCaseSensitive(m,
+							       "metrics_listen");
+	struct timespec now;
+	double up = -1;
+
+	if (!cJSON_IsObject(m))
+		return;
+	clock_gettime(CLOCK_REALTIME, &now);
+	if (cJSON_IsNumber(start))
+		up = (double)now.tv_sec + (double)now.tv_nsec / 1e9 -
+		     start->valuedouble;
+	fputs("mount     ", stdout);
+	put_str(m, "bundle");
+	fputs(" on ", stdout);
+	put_str(m, "mountpoint");
+	printf(" (format %llu, apbundlefs ",
+	       (unsigned long long)num(m, "format_version"));
+	put_str(m, "version");
+	if (up >= 0 && up < 1e12) { /* else a clock set back, or garbage */
+		uint64_t t = (uint64_t)up;
+
+		printf(", up %llud %02llu:%02llu:%02llu",
+		       (unsigned long long)(t / 86400),
+		       (unsigned long long)(t / 3600 % 24),
+		       (unsigned long long)(t / 60 % 60),
+		       (unsigned long long)(t % 60));
+	}
+	if (cJSON_IsString(listen)) {
+		fputs(", metrics at http://", stdout);
+		apb_cmd_print_name(stdout, listen->valuestring, 0);
+		fputs("/metrics", stdout);
+	}
+	printf(")\n");
+}
+
 static void print_summary(const cJSON *root)
 {
 	const cJSON *cache = cJSON_GetObjectItemCaseSensitive(root, "cache");
@@ -202,6 +257,7 @@ static void print_summary(const cJSON *root)
 	uint64_t hits = num(cache, "hits"), misses = num(cache, "misses");
 	char a[32], b[32];
 
+	print_mount(root);
 	fputs("cache     ", stdout);
 	apb_cmd_print_name(stdout, cJSON_IsString(pol) ? pol->valuestring : "?",
 			   0);

@@ -6,6 +6,7 @@ HTTP", ".stats").
 """
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -18,7 +19,8 @@ import urllib.request
 import pytest
 
 import apbformat
-from conftest import APBUNDLEFS, KiB, direct_read, mount, run_daemon_expect_failure
+from conftest import (APBUNDLEFS, KiB, direct_read, mount, run_apbundle,
+                      run_daemon_expect_failure)
 
 A = apbformat.random_bytes(3 * 64 * KiB + 17, 31)
 ODD = b"odd"
@@ -264,3 +266,35 @@ def test_off_by_default_maps_no_libmicrohttpd(bundle):
     with mount(bundle, dict(OPTS, metrics_listen="127.0.0.1:0")) as d:
         with open("/proc/%d/maps" % d.pid) as f:
             assert "libmicrohttpd" in f.read()
+
+
+def test_apbundle_stats_prints_the_mount(bundle):
+    with mount(bundle, dict(OPTS, metrics_listen="127.0.0.1:0")) as d:
+        where = d.stats()["mount"]["metrics_listen"]
+        p = run_apbundle("stats", d.mnt)
+    assert p.returncode == 0, p.stderr
+    line = p.stdout.splitlines()[3]
+    assert re.fullmatch(r"mount     %s on %s \(format 1, apbundlefs %s, up 0d 00:00:\d\d, "
+                        r"metrics at http://%s/metrics\)" % (
+                            re.escape(str(bundle)), re.escape(str(d.mnt)),
+                            re.escape(version()), re.escape(where)), line), line
+
+
+def test_apbundle_stats_mount_line_of_a_crafted_document(tmp_path):
+    """Days and hours from start_time; the strings escaped; no metrics
+    part when metrics_listen is null; no line without a mount section."""
+    doc = {"mount": {"bundle": "\x1b[2Jb", "mountpoint": "/m", "format_version": 2,
+                     "start_time": time.time() - 90061.2, "version": "9",
+                     "metrics_listen": None},
+           "cache": {}, "io": {}, "models": {}}
+    (tmp_path / ".stats").write_text(json.dumps(doc))
+    p = run_apbundle("stats", tmp_path)
+    assert p.returncode == 0, p.stderr
+    line = p.stdout.splitlines()[3]
+    # 90061 s is 1d 01:01:01; a slow start of apbundle may add a second or so
+    assert re.fullmatch(r"mount     \\x1b\[2Jb on /m \(format 2, apbundlefs 9, "
+                        r"up 1d 01:01:0[1-5]\)", line), line
+    del doc["mount"]
+    (tmp_path / ".stats").write_text(json.dumps(doc))
+    p = run_apbundle("stats", tmp_path)
+    assert p.stdout.splitlines()[3].startswith("cache     "), p.stdout
