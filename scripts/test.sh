@@ -64,7 +64,7 @@ PYTHON=/usr/bin/python3          # the Debian interpreter that sees python3-* pa
 PACKAGES=(meson ninja-build pkg-config gcc g++ clang libfuse3-dev fuse3 libcjson-dev
           libxxhash-dev libzstd-dev libcurl4-openssl-dev libmicrohttpd-dev python3 python3-pytest python3-psutil
           python3-numpy python3-pil fonts-dejavu-core tesseract-ocr
-          tesseract-ocr-eng squashfuse squashfs-tools fio python3-matplotlib)
+          tesseract-ocr-eng tesseract-ocr-osd squashfuse squashfs-tools fio python3-matplotlib)
 
 step() { printf '\n==> %s\n' "$*"; }
 
