@@ -39,6 +39,8 @@ cores the limit; 0: no limit); BENCH_DIR
 (/var/tmp/apb-bench-llama, -quick for QUICK); OUT (docs/bench/llama;
 QUICK: BENCH_DIR/out); APB_BUILD (build).
 Writes OUT/results.md, OUT/results.json, OUT/llama.png.
+`scripts/bench-llama.py --replot OUT/results.json` only redraws the plot of
+a stored run.
 """
 import json
 import os
@@ -238,7 +240,7 @@ def plot(meta, rows):
         return
     done = [r for r in rows if r["result"] and r["reader_limit"]]  # at equal memory
     names = [r["system"] for r in done]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     bars = a.barh(names, [r["result"]["tokens_per_s"] for r in done])
     a.bar_label(bars, fmt="%.2f")
     a.set_xlabel("tokens/s")
@@ -250,14 +252,30 @@ def plot(meta, rows):
         ax.invert_yaxis()
         ax.margins(x=0.15)
     fig.suptitle(f"llama.cpp, {meta['model_bytes'] / MIB:.0f} MiB model, "
-                 f"{meta['total'] / MIB:.0f} MiB in all")
+                 f"{meta['total'] / MIB:.0f} MiB in all\n"
+                 f"disk {meta.get('disk', '?')}\n{meta.get('date', '?')}, "
+                 f"{meta.get('machine', '?')}, {meta.get('tree', '?')}", fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.join(OUT, "llama.png"), dpi=110)
 
 
 # ---------------------------------------------------------------- main
 
+def replot(path):
+    """`bench-llama.py --replot OUT/results.json`: redraw a stored run's plot
+    next to it, without measuring."""
+    global OUT
+    with open(path) as f:
+        doc = json.load(f)
+    OUT = os.path.dirname(os.path.abspath(path))
+    plot(doc["meta"], doc["rows"])
+    print(f"plot of {path} written to {OUT}")
+    return 0
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--replot":
+        return replot(sys.argv[2])
     start(__doc__, "bench-llama", "memory cgroups, drop_caches, mounts", (DAEMON, PACKER))
     t0 = time.monotonic()
     subprocess.run(["bash", "-c", ". scripts/deps.sh && install_llama"], cwd=ROOT, check=True)

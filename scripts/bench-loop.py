@@ -27,6 +27,8 @@ policy given each chunk's access count), with the criteria of issue 14
 evaluated on them.
 
 Writes OUT/results.md, OUT/results.json, OUT/loop.png, OUT/replay.png.
+`scripts/bench-loop.py --replot OUT/results.json` only redraws the plots of a
+stored run.
 
 Environment: QUICK=1 (budget 8 MiB), SMOKE=1 (budget 2 MiB, ratio 2 only,
 2 passes); BUDGET_MIB (64; QUICK 8; SMOKE 2); PASSES (5; SMOKE 2); RATIOS
@@ -328,67 +330,94 @@ def report(meta, loop, reps):
     return "\n".join(L)
 
 
-def plots(loop, reps):
+def plots(loop, reps, meta):
+    """loop.png and replay.png: bytes read per byte served (a hit rate would
+    count prefetched chunks as saved reads), titled by run, date and
+    machine, legends right of the axes, a measured 0 labelled "0" and a
+    missing value "n/a"."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    when = f"{meta.get('date', '?')}, {meta.get('machine', '?')}, {meta.get('tree', '?')}"
+
+    def draw(ax, groups, series, title, hatch):
+        x = np.arange(len(groups))
+        w = 0.8 / len(series)
+        for i, (label, vals) in enumerate(series):
+            xs = x + i * w - 0.4 + w / 2
+            ax.bar(xs, [v or 0 for v in vals], w, label=label, hatch=hatch(label))
+            for xi, v in zip(xs, vals):
+                if not v:
+                    ax.annotate("n/a" if v is None else "0", (xi, 0), xytext=(0, 2),
+                                textcoords="offset points", ha="center", va="bottom",
+                                fontsize=7, rotation=90 if v is None else 0)
+        ax.set_xticks(x)
+        ax.set_xticklabels(groups, fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("bytes read from the bundle per byte served\n(lower is better)")
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_ylim(0, max([v for _, vals in series for v in vals if v] + [1]) * 1.15)
+
     if loop:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
         for ax, prefetch in zip(axes, PREFETCH):
-            x = np.arange(len(RATIOS))
             series = [(p, [next((r["read_per_served"] for r in loop if r["ratio"] == q and
-                                 r["prefetch"] == prefetch and r["policy"] == p), 0)
+                                 r["prefetch"] == prefetch and r["policy"] == p), None)
                            for q in RATIOS]) for p in POLICIES]
             series.append(("OPT (best possible)",
                            [next((r["opt_read_per_served"] for r in loop if r["ratio"] == q and
-                                  r["prefetch"] == prefetch), 0) for q in RATIOS]))
-            w = 0.8 / len(series)
-            for i, (label, vals) in enumerate(series):
-                ax.bar(x + i * w - 0.4 + w / 2, vals, w, label=label,
-                       hatch="//" if label.startswith("OPT") else None)
-            ax.set_xticks(x)
-            ax.set_xticklabels([f"model {q:g} x memory budget" for q in RATIOS], fontsize=8)
-            ax.set_title(f"model read {PASSES} times in a loop, prefetch {prefetch}")
-            ax.set_ylabel("bytes read from the bundle per byte served\n(lower is better)")
-            ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-            ax.grid(axis="y", alpha=0.3)
-            ax.set_ylim(0, max(v for _, vals in series for v in vals) * 1.25)
-            ax.legend(fontsize=8, loc="upper center", ncol=len(series))
-        fig.suptitle(f"Layer loop through the mount, memory budget {BUDGET // MIB} MiB")
+                                  r["prefetch"] == prefetch), None) for q in RATIOS]))
+            draw(ax, [f"model {q:g} x memory budget" for q in RATIOS], series,
+                 f"model read {PASSES} times in a loop, prefetch {prefetch}",
+                 lambda label: "//" if label.startswith("OPT") else None)
+        axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        fig.suptitle(f"Layer loop through the mount, memory budget {BUDGET // MIB} MiB\n{when}",
+                     fontsize=11)
         fig.tight_layout()
         fig.savefig(os.path.join(OUT, "loop.png"), dpi=90)
         plt.close(fig)
     if reps:
         pols = columns(reps)
-        fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), sharey=True)
+        fig, axes = plt.subplots(1, 2, figsize=(15, 4.8), sharey=True)
         for ax, prefetch in zip(axes, PREFETCH):
             ts = [t for t in reps if t["prefetch"] == prefetch]
-            x = np.arange(len(ts))
-            w = 0.8 / len(pols)
-            for i, p in enumerate(pols):
-                vals = [t["policies"][p]["read_per_served"]
-                        if t["policies"].get(p, {}).get("available") else 0 for t in ts]
-                ax.bar(x + i * w - 0.4 + w / 2, vals, w, label=REFERENCE_LABEL.get(p, p),
-                       hatch=REFERENCE_HATCH.get(p))
-            ax.set_xticks(x)
-            ax.set_xticklabels([t["trace"] for t in ts], fontsize=8)
-            ax.set_title(f"reference traces, prefetch {prefetch}")
-            ax.set_ylabel("bytes read from the bundle per byte served\n(lower is better)")
-            ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-            ax.grid(axis="y", alpha=0.3)
-            ax.set_ylim(0, max(t["policies"][p]["read_per_served"] for t in reps
-                               for p in pols if t["policies"].get(p, {}).get("available")) * 1.2)
-            ax.legend(fontsize=8, loc="upper center", ncol=len(pols))
-        fig.suptitle(f"Replayed accesses, memory budget {BUDGET // MIB} MiB")
+            series = [(REFERENCE_LABEL.get(p, p),
+                       [t["policies"][p]["read_per_served"]
+                        if t["policies"].get(p, {}).get("available") else None for t in ts])
+                      for p in pols]
+            hatches = {REFERENCE_LABEL.get(p, p): REFERENCE_HATCH.get(p) for p in pols}
+            draw(ax, [t["trace"] for t in ts], series, f"reference traces, prefetch {prefetch}",
+                 hatches.get)
+        axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        fig.suptitle(f"Replayed accesses (apbreplay), memory budget {BUDGET // MIB} MiB\n{when}",
+                     fontsize=11)
         fig.tight_layout()
         fig.savefig(os.path.join(OUT, "replay.png"), dpi=90)
         plt.close(fig)
 
 
+def replot(path):
+    """`bench-loop.py --replot OUT/results.json`: redraw a stored run's plots
+    next to it, with the run's own budget, passes, ratios and policies."""
+    global OUT, BUDGET, PASSES, RATIOS, POLICIES
+    with open(path) as f:
+        doc = json.load(f)
+    meta = doc["meta"]
+    OUT = os.path.dirname(os.path.abspath(path))
+    BUDGET, PASSES = meta["budget"], meta["passes"]
+    RATIOS, POLICIES = meta["ratios"], meta["policies"]
+    plots(doc["loop"], doc["replay"], meta)
+    print(f"plots of {path} written to {OUT}")
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--replot":
+        return replot(sys.argv[2])
     start(__doc__, "bench-loop", "it mounts", (DAEMON, PACKER, REPLAY))
     t0 = time.monotonic()
     work = os.path.join(BENCH_DIR, "work")
@@ -438,7 +467,7 @@ def main():
         json.dump({"meta": meta, "loop": loop, "replay": reps, "criteria": criteria}, fh,
                   indent=1)
     print(report(meta, loop, reps))
-    plots(loop, reps)
+    plots(loop, reps, meta)
     print()
     for c in criteria:
         print(f"{verdict(c['pass']):4}  {f(c['value'], '+.3f'):>7}  {c['target']}")

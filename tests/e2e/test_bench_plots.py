@@ -119,3 +119,17 @@ def test_replot_a_stored_run(tmp_path):
     for name in ("seq.png", "fio.png", "tree.png", "scan.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert json.loads((tmp_path / "results.json").read_text())["meta"]["data_on"]
+
+
+@pytest.mark.parametrize("script,run,names", [
+    ("bench-loop.py", "loop", ("loop.png", "replay.png")),
+    ("bench-llama.py", "llama", ("llama.png",)),
+])
+def test_replot_other_benchmarks(tmp_path, script, run, names):
+    shutil.copy(REPO / "docs" / "bench" / run / "results.json", tmp_path / "results.json")
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--replot",
+                        str(tmp_path / "results.json")], capture_output=True, text=True,
+                       timeout=120, cwd=REPO)
+    assert p.returncode == 0, p.stderr
+    for name in names:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
