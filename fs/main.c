@@ -906,17 +906,23 @@ static int check_fuse_options(const struct fuse_args *args)
 		rc = 0;
 		goto out;
 	}
-	fuse_said[strcspn(fuse_said, "\n")] = '\0';
-	if (strncmp(fuse_said, prefix, strlen(prefix)) != 0) {
-		/* Some other complaint (a bad value): as libfuse words it. */
+	/* With -d libfuse first logs its version: look past it. */
+	list = strstr(fuse_said, prefix);
+	if (!list) {
+		/* Some other complaint (a bad value): its last line, as
+		 * libfuse words it. */
+		char *last = fuse_said, *nl;
+
+		while ((nl = strchr(last, '\n')) && nl[1])
+			last = nl + 1;
+		last[strcspn(last, "\n")] = '\0';
 		fprintf(stderr, "apbundlefs: %s\n",
-			strncmp(fuse_said, "fuse: ", 6) ? fuse_said
-							: fuse_said + 6);
+			strncmp(last, "fuse: ", 6) ? last : last + 6);
 		goto out;
 	}
 	/* "-o foo=1,bar --bogus'": name each option, without the -o. */
-	list = fuse_said + strlen(prefix);
-	list[strcspn(list, "'")] = '\0';
+	list += strlen(prefix);
+	list[strcspn(list, "'\n")] = '\0';
 	for (tok = strtok_r(list, " ,", &save); tok;
 	     tok = strtok_r(NULL, " ,", &save)) {
 		size_t n = strlen(names);
