@@ -276,7 +276,7 @@ def test_apbundle_stats_prints_the_mount(bundle):
     line = p.stdout.splitlines()[3]
     assert re.fullmatch(r"mount     %s on %s \(format 1, apbundlefs %s, up 0d 00:00:\d\d, "
                         r"metrics at http://%s/metrics\)" % (
-                            re.escape(str(bundle)), re.escape(str(d.mnt)),
+                            re.escape(d.source), re.escape(str(d.mnt)),
                             re.escape(version()), re.escape(where)), line), line
 
 

@@ -67,9 +67,9 @@ def test_mount_and_unmount_are_logged(bundle, tmp_path):
     lines = d.log_all().splitlines()
     assert lines == [
         "apbundlefs: mounted %s on %s: max_memory=8.0 MiB chunk_size=128.0 KiB "
-        "eviction=lru prefetch=off" % (bundle, d.mnt),
+        "eviction=lru prefetch=off" % (d.source, d.mnt),
         "apbundlefs: unmounted %s from %s: on signal %d (%s)" % (
-            bundle, d.mnt, signal.SIGTERM, signal.strsignal(signal.SIGTERM)),
+            d.source, d.mnt, signal.SIGTERM, signal.strsignal(signal.SIGTERM)),
     ], lines
 
 
@@ -78,7 +78,7 @@ def test_unmount_from_outside_is_logged(bundle):
         assert subprocess.run(["fusermount3", "-u", str(d.mnt)]).returncode == 0
         d.proc.wait(10)
     assert d.log_all().splitlines()[-1] == \
-        "apbundlefs: unmounted %s from %s: unmounted from outside" % (bundle, d.mnt)
+        "apbundlefs: unmounted %s from %s: unmounted from outside" % (d.source, d.mnt)
 
 
 # A script for a private mount namespace: /dev is a new tmpfs there holding
