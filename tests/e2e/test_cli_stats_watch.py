@@ -12,11 +12,10 @@ import pty
 import re
 import select
 import subprocess
-import threading
 
 import pytest
 
-from conftest import APBUNDLE, MiB, mount, open_direct, pack, wait_until
+from conftest import APBUNDLE, MiB, mount, open_direct, pack
 
 BASE = {"cache": {"policy": "auto", "chunk_size": 65536, "hits": 100, "misses": 10,
                   "reuse_hits": 50, "evictions": 0},

@@ -9,8 +9,6 @@ import re
 import select
 import subprocess
 
-import pytest
-
 from conftest import BUILD, REPO
 
 DEMO = REPO / "scripts" / "demo.sh"
