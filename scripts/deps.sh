@@ -100,19 +100,28 @@ install_torch() {
 # dependencies (JavaScript libraries of the web UI). The package's server is
 # not started (policy-rc.d, as install_servers) nor used.
 install_promtool() {
-    local policy=/usr/sbin/policy-rc.d ours=0 rc=0
     if command -v promtool >/dev/null; then
         echo "promtool present"
         return
     fi
+    without_services prometheus install_missing prometheus
+}
+
+# without_services UNIT CMD...: run CMD (an install) with a policy-rc.d that
+# answers 101 ("action forbidden"), so that no service the packages bring is
+# started, then disable UNIT at boot where systemd runs. An existing
+# policy-rc.d (Docker images ship one) is left as it is.
+without_services() {
+    local unit=$1 policy=/usr/sbin/policy-rc.d ours=0 rc=0
+    shift
     if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\n# apbundlefs scripts/deps.sh install_promtool: start no service\nexit 101\n' |
+        printf '#!/bin/sh\n# apbundlefs scripts/deps.sh: start no service while installing\nexit 101\n' |
             as_root tee "$policy" >/dev/null && as_root chmod 755 "$policy" && ours=1
     fi
-    install_missing prometheus || rc=$?
+    "$@" || rc=$?
     [ "$ours" -eq 0 ] || as_root rm -f "$policy"
     if [ "$rc" -eq 0 ] && [ -d /run/systemd/system ]; then
-        as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+        as_root systemctl disable --now "$unit" >/dev/null 2>&1 || true
     fi
     return "$rc"
 }
@@ -122,32 +131,25 @@ install_promtool() {
 # RADOS Gateway for S3, curl to upload and to compare, openssl for the HTTPS
 # test's certificate. About 300 MB, ~20 s.
 # Package scripts would start the system nginx on port 80 (and enable it at
-# boot): a policy-rc.d that answers 101 ("action forbidden") keeps every
-# service these packages bring from being started during the install, and
-# nginx is disabled at boot where systemd runs. scripts/servers.py never uses
+# boot): without_services keeps them from it. scripts/servers.py never uses
 # the system services: each server it starts runs from its own scratch dir.
-# An existing policy-rc.d (Docker images ship one) is left as it is. The
-# package lists are updated only if an install from the current ones fails.
 install_servers() {
-    local MISSING policy=/usr/sbin/policy-rc.d ours=0 rc=0
+    local MISSING
     missing_of nginx-light ceph-mon ceph-osd ceph-mgr radosgw ceph-common curl openssl
     if [ ${#MISSING[@]} -eq 0 ]; then
         echo "server packages present"
         return
     fi
     echo "installing: ${MISSING[*]}"
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\n# apbundlefs scripts/deps.sh install_servers: start no service\nexit 101\n' |
-            as_root tee "$policy" >/dev/null && as_root chmod 755 "$policy" && ours=1
-    fi
+    without_services nginx apt_install_missing
+}
+
+# The install of install_servers' MISSING, with the package lists updated
+# only if an install from the current ones fails.
+apt_install_missing() {
     as_root apt-get install -y -qq --no-install-recommends "${MISSING[@]}" ||
         { as_root apt-get update -qq &&
-          as_root apt-get install -y -qq --no-install-recommends "${MISSING[@]}"; } || rc=$?
-    [ "$ours" -eq 0 ] || as_root rm -f "$policy"
-    if [ "$rc" -eq 0 ] && [ -d /run/systemd/system ]; then
-        as_root systemctl disable --now nginx >/dev/null 2>&1 || true
-    fi
-    return "$rc"
+          as_root apt-get install -y -qq --no-install-recommends "${MISSING[@]}"; }
 }
 
 # install_bench_remote: what scripts/bench-remote.py compares apbundlefs
