@@ -268,8 +268,9 @@ stage_bench() {
     step "bench: QUICK=1 PROGRAMS=numpy,llama,tesseract scripts/lifecycle ($BUILD_DIR)"
     QUICK=1 PROGRAMS=numpy,llama,tesseract APB_BUILD=$BUILD_DIR $PYTHON scripts/lifecycle ||
         return
-    if ls -d /sys/fs/cgroup/memory/apb-lifecycle /sys/fs/cgroup/apb-lifecycle 2>/dev/null ||
-        grep -q apb-lifecycle /proc/self/mountinfo || losetup -a | grep -q apb-lifecycle; then
+    if ls -d /sys/fs/cgroup/memory/apb-lifecycle-quick /sys/fs/cgroup/apb-lifecycle-quick \
+        2>/dev/null || grep -q apb-lifecycle-quick /proc/self/mountinfo ||
+        losetup -a | grep -q apb-lifecycle-quick; then
         echo "error: scripts/lifecycle left a cgroup, mount or loop device behind" >&2
         return 1
     fi
