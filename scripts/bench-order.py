@@ -47,14 +47,12 @@ Environment: TENSORS, TENSOR_KIB, SHAPE, BUDGET, RATE_MBPS, LATENCY_MS, ROUNDS,
 EXTRA_OPTS (more -o options for every mount, e.g. readahead=16M),
 APB_BUILD (the build directory, default ./build).
 """
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib  # noqa: E402

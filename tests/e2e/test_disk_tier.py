@@ -17,7 +17,7 @@ import pytest
 
 import apbformat
 from conftest import (MiB, direct_read, mount, pack, read_all,
-                      run_daemon_expect_failure, wait_until, write_sources)
+                      run_daemon_expect_failure, write_sources)
 
 KiB = 1024
 EXTENT = MiB

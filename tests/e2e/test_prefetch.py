@@ -12,8 +12,6 @@ import os
 import random
 import threading
 
-import pytest
-
 import apbformat
 from conftest import KiB, MiB, mount, odirect_pread, open_direct, read_all, wait_until
 

@@ -21,8 +21,7 @@ import psutil
 import pytest
 
 import apbformat
-from conftest import (APBUNDLEFS, SOURCE, KiB, fusermount_u, is_mounted, mount, start_daemon,
-                      wait_until)
+from conftest import APBUNDLEFS, SOURCE, KiB, fusermount_u, is_mounted, mount, start_daemon
 
 A = apbformat.random_bytes(64 * KiB, 81)
 B = apbformat.random_bytes(64 * KiB, 82)
