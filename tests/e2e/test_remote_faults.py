@@ -24,7 +24,10 @@ import pytest
 import apbformat
 from conftest import MiB, direct_read, mount, pack, wait_until, write_sources
 from remote import servers
-from test_remote_mount import s3_env, serve  # noqa: F401 (s3_env: a fixture)
+import test_remote_mount
+
+serve = test_remote_mount.serve
+s3_env = test_remote_mount.s3_env        # the fixture: the RGW user's keys in the environment
 
 KiB = 1024
 CHUNK = 64 * KiB
