@@ -190,7 +190,8 @@
  * change in between. The share is therefore never exceeded:
  * prefetch_unused_chunks <= prefetch_share at every unlock.
  *
- * Runs. apb_cache_prefetch_run() is the same for up to APB_CACHE_RUN_MAX
+ * Runs. apb_cache_prefetch_run() is the same for up to run_max (the
+ * config's, APB_CACHE_RUN_MAX by default, at most APB_CACHE_RUN_LIMIT)
  * adjacent chunks, so that a store with high latency per read moves a run
  * per round trip, not a chunk: under mu it applies the rules above chunk
  * by chunk (prefetch_take()), stopping at the first chunk present or
@@ -330,6 +331,7 @@ struct apb_cache {
 	/* Immutable after apb_cache_new(). */
 	uint32_t chunk_size;
 	uint32_t nslots;
+	uint32_t run_max;        /* most chunks per load (config) */
 	uint32_t model_count;
 	uint32_t bucket_mask;
 	uint32_t prefetch_share;      /* most prefetched chunks not yet read */
@@ -750,8 +752,8 @@ static uint32_t ahead_take(struct apb_cache *c, uint32_t model, uint64_t first,
 static int miss_load(struct apb_cache *c, struct apb_chunk *ch, uint32_t model,
 		     uint64_t index, uint32_t ahead)
 {
-	struct apb_chunk *run[APB_CACHE_RUN_MAX];
-	long result[APB_CACHE_RUN_MAX];
+	struct apb_chunk *run[APB_CACHE_RUN_LIMIT];
+	long result[APB_CACHE_RUN_LIMIT];
 	uint32_t n = 1;
 	int rc;
 
@@ -763,8 +765,8 @@ static int miss_load(struct apb_cache *c, struct apb_chunk *ch, uint32_t model,
 	 * read (and load them twice). */
 	if (ahead > c->nslots / 8)
 		ahead = c->nslots / 8;
-	if (ahead > APB_CACHE_RUN_MAX - 1)
-		ahead = APB_CACHE_RUN_MAX - 1;
+	if (ahead > c->run_max - 1)
+		ahead = c->run_max - 1;
 	if (ahead > 0)
 		n += ahead_take(c, model, index + 1, ahead, run + 1);
 	unlock(c);
@@ -961,8 +963,8 @@ static uint32_t prefetch_take(struct apb_cache *c, uint32_t model,
 static void run_load(struct apb_cache *c, uint32_t model, uint64_t first,
 		     struct apb_chunk *const *run, uint32_t n, long *result)
 {
-	void *bufs[APB_CACHE_RUN_MAX] = {NULL};
-	size_t lens[APB_CACHE_RUN_MAX] = {0};
+	void *bufs[APB_CACHE_RUN_LIMIT] = {NULL};
+	size_t lens[APB_CACHE_RUN_LIMIT] = {0};
 	long rc;
 
 	for (uint32_t i = 0; i < n; i++)
@@ -983,16 +985,16 @@ static void run_load(struct apb_cache *c, uint32_t model, uint64_t first,
 int apb_cache_prefetch_run(struct apb_cache *c, uint32_t model, uint64_t first,
 			   uint32_t count, uint32_t *loaded)
 {
-	struct apb_chunk *run[APB_CACHE_RUN_MAX];
-	long result[APB_CACHE_RUN_MAX];
+	struct apb_chunk *run[APB_CACHE_RUN_LIMIT];
+	long result[APB_CACHE_RUN_LIMIT];
 	uint32_t n;
 	int rc = 0;
 
 	*loaded = 0;
 	if (model >= c->model_count)
 		return -EINVAL;
-	if (count > APB_CACHE_RUN_MAX)
-		count = APB_CACHE_RUN_MAX;
+	if (count > c->run_max)
+		count = c->run_max;
 	if (c->trace && count > 0)
 		c->trace(c->trace_ctx, model, first, count, APB_ACCESS_PREFETCH);
 	lock(c);
@@ -1310,6 +1312,11 @@ void apb_cache_reset_stats(struct apb_cache *c)
 	unlock(c);
 }
 
+uint32_t apb_cache_run_max(const struct apb_cache *c)
+{
+	return c->run_max;
+}
+
 void apb_cache_stats(struct apb_cache *c, struct apb_cache_stats *out)
 {
 	lock(c);
@@ -1371,6 +1378,8 @@ static int config_check(const struct apb_cache_config *cfg)
 	if (!apb_eviction_name(cfg->policy))
 		return -EINVAL;
 	if (cfg->prefetch_share_pct > 100)
+		return -EINVAL;
+	if (cfg->run_max > APB_CACHE_RUN_LIMIT)
 		return -EINVAL;
 	return 0;
 }
@@ -1511,6 +1520,7 @@ int apb_cache_new(const struct apb_cache_config *cfg, struct apb_cache **out)
 		return -ENOMEM;
 	c->chunk_size = cfg->chunk_size;
 	c->nslots = (uint32_t)(cfg->budget_bytes / cfg->chunk_size);
+	c->run_max = cfg->run_max ? cfg->run_max : APB_CACHE_RUN_MAX;
 	c->model_count = cfg->model_count;
 	c->bucket_mask = pow2_at_least(2 * c->nslots) - 1;
 	c->prefetch_share = prefetch_share_of(c->nslots,

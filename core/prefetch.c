@@ -17,7 +17,9 @@
  * first job_chunks chunks of the oldest range (about JOB_BYTES, at most
  * APB_CACHE_RUN_MAX: one read of the bundle each, large enough for a disk
  * that O_DIRECT leaves without kernel readahead, small enough that the
- * workers load a 4 MiB window in parallel) and puts the rest of the range
+ * workers load a 4 MiB window in parallel; on a cache whose run limit was
+ * raised above APB_CACHE_RUN_MAX, a whole run: that cache reads from a
+ * source where each load costs a round trip, fs/main.c) and puts the rest of the range
  * at the back of the ring, waking another worker for it. So one range -
  * a whole model's prefetch included - keeps every worker busy (one worker
  * reading a window alone fell behind the demand reads it should be ahead
@@ -423,6 +425,11 @@ int apb_prefetcher_new(struct apb_cache *cache, unsigned threads,
 	p->cache = cache;
 	p->nthreads = threads;
 	p->job_chunks = apb_prefetch_job_chunks(chunk_size);
+	/* A cache whose runs were made longer than the default reads from
+	 * a source that pays a round trip per load (a URL): a job is then a
+	 * whole run (see the top). */
+	if (apb_cache_run_max(cache) > APB_CACHE_RUN_MAX)
+		p->job_chunks = apb_cache_run_max(cache);
 	atomic_init(&p->stopping, false);
 	atomic_init(&p->shift, 0);
 	apb_cache_stats(cache, &st);

@@ -48,6 +48,14 @@
  * never names a chunk twice; in the steady state each read hands out as
  * many new chunks as it consumed.
  *
+ * Batches (apb_readahead_set_batch(), for a source behind a URL): when
+ * fewer than min(batch, w / 2) chunks are due and the range does not
+ * reach the model's last chunk, the read hands out nothing and
+ * next_unissued stays, so a later read hands out the lot. A stream then
+ * keeps between w - batch and w chunks ahead, in requests of batch
+ * chunks, instead of one request per read (a 1 MiB read paid a round
+ * trip per MiB; docs/PERFORMANCE.md, "Remote bundles").
+ *
  * A read that continues no stream replaces the least recently used stream
  * (an unused one first) by a fresh one: end = the read's end, next_unissued
  * = the chunk after the read. Such a read counts random and prefetches
@@ -96,6 +104,7 @@ struct apb_readahead {
 
 	struct apb_mutex mu;
 	/* Everything below: mu. */
+	uint32_t batch;         /* least chunks a continuation hands out */
 	struct stream streams[APB_READAHEAD_STREAMS];
 	uint64_t tick;          /* reads noted so far */
 	struct apb_ra_stats st;
@@ -202,6 +211,10 @@ static void continue_stream(struct apb_readahead *ra, struct stream *s,
 	if (to < from)
 		return;
 	n = to - from + 1;
+	/* Batching: too few due, and more of the model to come. */
+	if (n < ra->batch && n < w / 2 &&
+	    to < (model_size - 1) / ra->chunk_size)
+		return;
 	*first = from;
 	*count = n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
 	s->next_unissued = from + *count;
@@ -246,6 +259,13 @@ bool apb_readahead_note(struct apb_readahead *ra, uint64_t off, uint64_t len,
 	s->last_use = ra->tick;
 	apb_mutex_unlock(&ra->mu);
 	return sequential;
+}
+
+void apb_readahead_set_batch(struct apb_readahead *ra, uint32_t chunks)
+{
+	apb_mutex_lock(&ra->mu);
+	ra->batch = chunks;
+	apb_mutex_unlock(&ra->mu);
 }
 
 void apb_readahead_stats(struct apb_readahead *ra, struct apb_ra_stats *out)

@@ -30,6 +30,13 @@
 #define DEFAULT_CHUNK_SIZE (64u << 10) /* why: docs/DESIGN.md, "Choosing the default chunk size" */
 #define MAX_CHUNK_SIZE (64u << 20)
 #define DEFAULT_READAHEAD (4ull << 20)
+/* A bundle behind a URL: requests of REMOTE_RUN_BYTES (a cache run, a
+ * prefetch job, a readahead batch) and a window that keeps a few of them
+ * ahead of a sequential reader. Each request pays a round trip; with 1 MiB
+ * requests, one reader over a 500 MB/s, 1 ms link got 0.65-0.71x of curl
+ * (docs/PERFORMANCE.md, "Remote bundles"). */
+#define REMOTE_RUN_BYTES (4ull << 20)
+#define REMOTE_READAHEAD (16ull << 20)
 #define MIN_DEFAULT_READAHEAD (128ull << 10)
 #define DEFAULT_TRACE_MAX (1ull << 30)
 #define DEFAULT_CACHE_DIR_SIZE (1ull << 30)
@@ -114,8 +121,8 @@ static void usage(FILE *f)
 "                           of lru and lfu, and keeps part of a model read\n"
 "                           in a loop that is larger than max_memory)\n"
 "    -o prefetch=on|off     read ahead of sequential readers (default on)\n"
-"    -o readahead=SIZE      largest readahead window (default 4M, at most\n"
-"                           max_memory/16 unless given)\n"
+"    -o readahead=SIZE      largest readahead window (default 4M, 16M for a\n"
+"                           URL; at most max_memory/16 unless given)\n"
 "    -o prefetch_count=N    on open, prefetch the N models that most often\n"
 "                           followed it (default 1, 0 for none)\n"
 "    -o pin=NAME[:NAME...]  load these models and never evict them\n"
@@ -243,13 +250,26 @@ static int parse_choice(const char *name, const char *value, const char *a,
  * auto kept 0.87-0.89 of what OPT saves on loops 2x and 4x the budget,
  * with 2M 0.93-0.94 (docs/PERFORMANCE.md, "Models larger than the
  * budget"). */
-static uint64_t default_readahead(uint64_t max_memory)
+static uint64_t default_readahead(uint64_t max_memory, bool remote)
 {
 	uint64_t w = max_memory / 16 / 4096 * 4096;
+	uint64_t cap = remote ? REMOTE_READAHEAD : DEFAULT_READAHEAD;
 
 	if (w < MIN_DEFAULT_READAHEAD)
 		w = MIN_DEFAULT_READAHEAD;
-	return w < DEFAULT_READAHEAD ? w : DEFAULT_READAHEAD;
+	return w < cap ? w : cap;
+}
+
+/* The cache's run limit for a bundle behind a URL: REMOTE_RUN_BYTES of
+ * chunks, within [APB_CACHE_RUN_MAX, APB_CACHE_RUN_LIMIT]; 0 (the
+ * default runs) for a local file. */
+static uint32_t run_max_for(const struct apbfs *fs)
+{
+	uint64_t n = REMOTE_RUN_BYTES / fs->opt.chunk_size;
+
+	if (!fs->remote || n <= APB_CACHE_RUN_MAX)
+		return 0;
+	return n > APB_CACHE_RUN_LIMIT ? APB_CACHE_RUN_LIMIT : (uint32_t)n;
 }
 
 /* eviction=: one of the cache's policies; unset is the default. */
@@ -288,7 +308,9 @@ static int resolve_options(const struct cmdline *cl, struct apbfs_options *o)
 		return -1;
 	}
 	if (!cl->readahead)
-		o->readahead = default_readahead(o->max_memory);
+		o->readahead = default_readahead(o->max_memory,
+						 cl->bundle &&
+						 apb_bundle_is_url(cl->bundle));
 	if (chunk < 4096 || chunk % 4096 || chunk > MAX_CHUNK_SIZE) {
 		fprintf(stderr, "apbundlefs: bad option chunk_size=%s: must be "
 			"a multiple of 4K from 4K to 64M\n", cl->chunk_size);
@@ -719,6 +741,7 @@ static int setup(struct apbfs *fs, const char *path,
 			/* version 2 loads hash or decompress into the slots */
 			.huge_pages = apb_bundle_layout(fs->bundle) ==
 				      APB_LAYOUT_V2,
+			.run_max = run_max_for(fs),
 		};
 		rc = apb_cache_new(&cfg, &fs->cache);
 		if (rc == -ENOMEM) {

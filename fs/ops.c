@@ -314,7 +314,12 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	 * readahead; that is slower, not wrong. */
 	if (fs->opt.prefetch && fs->prefetcher &&
 	    apb_readahead_new(fs->opt.chunk_size, &ra) == 0) {
-		struct apbfs_handle *h = handle_new(fs, NULL, ra, NULL);
+		struct apbfs_handle *h;
+
+		/* A URL: prefetch in whole runs, one request each (main.c) */
+		if (fs->remote)
+			apb_readahead_set_batch(ra, apb_cache_run_max(fs->cache));
+		h = handle_new(fs, NULL, ra, NULL);
 		if (h) {
 			fi->fh = (uint64_t)(uintptr_t)h;
 			h->model = n->model;

@@ -264,11 +264,11 @@ long apbfs_pagein_load(void *ctx, uint32_t model, uint64_t first,
 		       void *const *bufs, size_t n, size_t cap, size_t *lens)
 {
 	struct apbfs *fs = ctx;
-	struct iovec iov[APB_CACHE_RUN_MAX] = {{NULL, 0}};
+	struct iovec iov[APB_CACHE_RUN_LIMIT] = {{NULL, 0}};
 	uint64_t bad = 0;
 	long got = 0;
 
-	if (n > APB_CACHE_RUN_MAX)
+	if (n > APB_CACHE_RUN_LIMIT)
 		return -EINVAL;
 	for (size_t i = 0; i < n && got == 0; i++) {
 		got = claim_memory(fs);

@@ -63,7 +63,8 @@ enum apb_cache_access {
  * Called at the end of every apb_cache_get*() that counted a hit or a miss
  * (kind DEMAND, count 1; a tryget refused with -EAGAIN counts nothing and
  * is not traced) and at the start of every apb_cache_prefetch_run() (kind
- * PREFETCH, count as asked but at most APB_CACHE_RUN_MAX), with no cache
+ * PREFETCH, count as asked but at most the cache's run limit,
+ * struct apb_cache_config.run_max), with no cache
  * lock held, from any thread.
  * For recording traces to replay; NULL (the default) costs one branch.
  */
@@ -75,7 +76,9 @@ typedef void (*apb_cache_trace_fn)(void *ctx, uint32_t model, uint64_t index,
  * into bufs[i] (cap bytes each, cap == chunk_size), ideally with one read,
  * and set lens[i] to its valid bytes (<= cap; less only for a model's last
  * chunk, 0 for a chunk past its end). Returns 0, or a negative errno that
- * fails every chunk of the run. 1 <= n <= APB_CACHE_RUN_MAX: every load is
+ * fails every chunk of the run. 1 <= n <= the cache's run limit
+ * (struct apb_cache_config.run_max, APB_CACHE_RUN_MAX unless set; never
+ * over APB_CACHE_RUN_LIMIT): every load is
  * a run (a prefetch run, a get's miss and the chunks after it, a miss
  * alone). Called with no cache lock held, possibly from several threads at
  * once for different chunks.
@@ -84,8 +87,13 @@ typedef long (*apb_cache_load_fn)(void *ctx, uint32_t model, uint64_t first,
 				  void *const *bufs, size_t n, size_t cap,
 				  size_t *lens);
 
-/* Most chunks one apb_cache_prefetch_run() call loads. */
+/* Most chunks one apb_cache_prefetch_run() call loads, unless the config's
+ * run_max says otherwise: a local file's default. */
 #define APB_CACHE_RUN_MAX 16u
+/* The largest run_max a cache takes: 4 MiB of the default 64 KiB chunks (a
+ * remote source's requests; fs/main.c). Within a trace record's 7-bit
+ * count (trace.h), so a traced prefetch run is recorded whole. */
+#define APB_CACHE_RUN_LIMIT 64u
 
 /* Most slots (budget_bytes / chunk_size) a cache may have: 2 * nslots hash
  * buckets must fit in a uint32_t. */
@@ -110,6 +118,11 @@ struct apb_cache_config {
 	 * them (O_DIRECT), where huge pages' zeroing and compaction cost more
 	 * than they save (cache.c, MEMORY). */
 	bool huge_pages;
+	/* Most chunks one load reads (a prefetch run, a miss and the chunks
+	 * after it): 0 means APB_CACHE_RUN_MAX, over APB_CACHE_RUN_LIMIT is
+	 * -EINVAL. A source with a high cost per read (a URL) takes larger
+	 * runs, so that a round trip is paid per run. */
+	uint32_t run_max;
 };
 
 struct apb_cache_stats {
@@ -217,7 +230,7 @@ int apb_cache_prefetch(struct apb_cache *c, uint32_t model, uint64_t index);
 /*
  * Prefetch a run of adjacent chunks with one load: as apb_cache_prefetch()
  * for each of first, first + 1, ... in order, but for the longest prefix
- * of [first, first + min(count, APB_CACHE_RUN_MAX)) whose chunks are all
+ * of [first, first + min(count, run_max)) whose chunks are all
  * absent and all get a slot under the prefetch rules; the run stops before
  * the first chunk that is present (any state) or gets no slot. The run is
  * loaded with one call of the load function and each chunk then counts,
@@ -283,6 +296,10 @@ void apb_cache_reset_stats(struct apb_cache *c);
 
 APB_API
 void apb_cache_stats(struct apb_cache *c, struct apb_cache_stats *out);
+
+/* Most chunks one load reads: the config's run_max, or APB_CACHE_RUN_MAX. */
+APB_API
+uint32_t apb_cache_run_max(const struct apb_cache *c);
 /* All zero for a model >= model_count. */
 APB_API
 void apb_cache_model_stats(struct apb_cache *c, uint32_t model,

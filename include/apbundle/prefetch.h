@@ -76,6 +76,14 @@ bool apb_readahead_note(struct apb_readahead *ra, uint64_t off, uint64_t len,
 APB_API
 void apb_readahead_stats(struct apb_readahead *ra, struct apb_ra_stats *out);
 
+/* Hand out prefetch in batches of at least chunks (but at most half the
+ * stream's window, and less at a model's end): a continuation that would
+ * hand out fewer hands out nothing and leaves them for a later read, so
+ * that a source that pays a round trip per request gets few large ones.
+ * 0 or 1 (the default): every read hands out what it is due. */
+APB_API
+void apb_readahead_set_batch(struct apb_readahead *ra, uint32_t chunks);
+
 /* threads >= 1; chunk_size as the cache's. Returns 0, -EINVAL, -ENOMEM,
  * or a pthread_create errno. */
 APB_API
@@ -83,7 +91,9 @@ int apb_prefetcher_new(struct apb_cache *cache, unsigned threads,
 		       uint32_t chunk_size, struct apb_prefetcher **out);
 
 /* Chunks per job for chunk_size: 1 MiB of them, at least 1 and at most
- * APB_CACHE_RUN_MAX (one load each). */
+ * APB_CACHE_RUN_MAX (one load each). A prefetcher on a cache whose run
+ * limit was raised (apb_cache_run_max() > APB_CACHE_RUN_MAX) takes jobs
+ * of that limit instead. */
 APB_API
 uint32_t apb_prefetch_job_chunks(uint32_t chunk_size);
 /* Stops the workers (abandoning queued work) and joins them; a worker in

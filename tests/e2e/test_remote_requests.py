@@ -23,7 +23,8 @@ from conftest import MiB, direct_read, mount, pack, wait_until, write_sources
 KiB = 1024
 WAIT_S = 60.0
 CHUNK = 64 * KiB           # the default chunk_size
-RUN = 16                   # APB_CACHE_RUN_MAX: chunks one load reads at most
+RUN = 64                   # a URL's runs (fs/main.c REMOTE_RUN_BYTES, 4 MiB):
+                           # chunks one load reads at most (a file's: 16)
 POOL = 8                   # remote.c's default pool_size
 ALIGN = 4096
 STAGE_MAX = 4 * MiB        # APB_V2_STAGE_MAX
@@ -175,7 +176,7 @@ def cat_requests(served, fmt):
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_sequential_cat_requests(served, fmt):
     """A sequential read's requests lie on unit boundaries, are at most a
-    cache run (16 chunks) each, do not overlap and cover the model's stored
+    cache run (a URL's: 64 chunks, 4 MiB) each, do not overlap and cover the model's stored
     bytes exactly once (1 MiB blocks: a block shared by two runs twice)."""
     lay, ranges = cat_requests(served, fmt)
     units = check_units(lay, ranges)
@@ -188,7 +189,7 @@ def test_sequential_cat_requests(served, fmt):
             "requests overlap or leave a gap: units %d-%d then %d" % (a, b, c)
     assert covered[0][0] == 0 and covered[-1][1] == len(lay.units) - 1
     chunks_per_unit = max(1, lay.unit // CHUNK)
-    for a, b in units:          # a run of cache chunks: blocks of at most 16 chunks
+    for a, b in units:          # a run of cache chunks: blocks of at most RUN chunks
         n_chunks = (b - a + 1) * chunks_per_unit
         assert n_chunks <= RUN + (chunks_per_unit if lay.unit > CHUNK else 0), (a, b)
 
@@ -197,8 +198,8 @@ def test_sequential_cat_requests(served, fmt):
 @pytest.mark.timeout_s(240)
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_sequential_cat_requests_per_mib(served, fmt):
-    """One request per cache run of 1 MiB, plus a few: the readahead's
-    first windows (128 KiB doubling) and a reader's miss that overtakes it
+    """One request per cache run of 4 MiB, plus a few: the readahead's
+    first windows (1 MiB doubling) and a reader's miss that overtakes it
     cut a run short. (Once a zstd model sent one request per block, 16 per
     MiB.) Timing decides the few: perf."""
     _, ranges = cat_requests(served, fmt)
@@ -209,8 +210,8 @@ def test_sequential_cat_requests_per_mib(served, fmt):
 @pytest.mark.timeout_s(240)
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_preload_requests_run_by_run_in_parallel(served, fmt):
-    """preload= loads the model in 1 MiB jobs on the prefetch workers: one
-    request per job, exactly, on kept-alive connections, never more than
+    """preload= loads the model in jobs of a run (a URL's: 4 MiB) on the
+    prefetch workers: one request per job, exactly, on kept-alive connections, never more than
     the pool; while one answer is held back the other workers' requests go
     out on connections of their own (parallel). The read afterwards sends
     nothing."""
@@ -227,7 +228,8 @@ def test_preload_requests_run_by_run_in_parallel(served, fmt):
         assert d.stats()["remote"]["requests"] == st["remote"]["requests"]
     assert 2 <= st["remote"]["connects"] <= POOL
     got = sorted(ranges_of(reqs, path.stat().st_size))
-    per_job = MiB // lay.unit if lay.unit < MiB else 1
+    job = RUN * CHUNK
+    per_job = job // lay.unit if lay.unit < job else 1
     want = sorted(lay.span(i, i + per_job - 1) for i in range(0, len(lay.units), per_job))
     assert got == sorted(want + lay.metadata)
 

@@ -320,6 +320,8 @@ static void test_config_rejects_invalid_values(void)
 	CHECK_EQ(apb_cache_new(&bad, &c), -EINVAL);
 	bad = ok, bad.prefetch_share_pct = 101;
 	CHECK_EQ(apb_cache_new(&bad, &c), -EINVAL);
+	bad = ok, bad.run_max = APB_CACHE_RUN_LIMIT + 1;
+	CHECK_EQ(apb_cache_new(&bad, &c), -EINVAL);
 	CHECK(c == NULL);
 
 	/* A budget that is not a multiple of the chunk rounds down. */
@@ -1250,6 +1252,32 @@ static void test_prefetch_run_loads_chunks_with_one_load_run(void)
 	CHECK_EQ(apb_cache_prefetch_run(c, 0, 40, 0, &loaded), 0);
 	CHECK_EQ(loaded, 0);
 	CHECK_EQ(source_runs(&s), 1);
+	CHECK_EQ(apb_cache_run_max(c), APB_CACHE_RUN_MAX);
+	cache_done(&s, c);
+
+	/* A config's run_max (a URL's runs, fs/main.c): that many, in one
+	 * load call, up to APB_CACHE_RUN_LIMIT; a get's miss with the rest
+	 * of its read too. */
+	source_init(&s, 200 * CS);
+	c = cache_start(&s, (struct apb_cache_config){
+		.budget_bytes = 1024 * CS, .prefetch_share_pct = 100,
+		.chunk_size = CS, .policy = APB_EVICT_LRU, .model_count = 1,
+		.run_max = APB_CACHE_RUN_LIMIT,
+	});
+	CHECK_EQ(apb_cache_run_max(c), APB_CACHE_RUN_LIMIT);
+	CHECK_EQ(apb_cache_prefetch_run(c, 0, 0, 100, &loaded), 0);
+	CHECK_EQ(loaded, APB_CACHE_RUN_LIMIT);
+	CHECK_EQ(source_runs(&s), 1);
+	CHECK_EQ(source_calls(&s), APB_CACHE_RUN_LIMIT);
+	struct apb_chunk *ch = NULL;
+	CHECK_EQ(apb_cache_get_ahead(c, 0, 100, 99, true, &ch), 0);
+	apb_cache_put(c, ch);
+	CHECK_EQ(source_runs(&s), 2);        /* one load: 100 .. 163 */
+	CHECK_EQ(source_calls(&s), 2 * APB_CACHE_RUN_LIMIT);
+	CHECK_EQ(apb_cache_prefetch_run(c, 0, 163, 2, &loaded), 0);
+	CHECK_EQ(loaded, 0);                 /* 163 is present */
+	CHECK_EQ(apb_cache_prefetch_run(c, 0, 164, 2, &loaded), 0);
+	CHECK_EQ(loaded, 2);
 	cache_done(&s, c);
 }
 

@@ -180,6 +180,37 @@ static void test_sequential_windows_double_to_the_limit_without_repeats(void)
 	apb_readahead_free(ra);
 }
 
+/* Batches of 64 chunks (a URL's 4 MiB runs): 1 MiB reads of 16 chunks
+ * under a 256-chunk (16 MiB) limit. The ramp hands out as before (each
+ * range at least half the window); then a read hands out nothing until
+ * 64 chunks are due, and the last ones go out short at the model's end. */
+static void test_batches_hand_out_whole_runs(void)
+{
+	const uint64_t rd = MIB, lim = 16 * MIB, size = 40 * MIB; /* 640 chunks */
+	struct apb_readahead *ra = ra_make(CS);
+
+	apb_readahead_set_batch(ra, 64);
+	EXPECT_SEQ(ra, 0, rd, size, lim, 16, 16);
+	EXPECT_SEQ(ra, 1 * rd, rd, size, lim, 32, 32);
+	EXPECT_SEQ(ra, 2 * rd, rd, size, lim, 64, 48);
+	EXPECT_SEQ(ra, 3 * rd, rd, size, lim, 112, 80);
+	EXPECT_SEQ(ra, 4 * rd, rd, size, lim, 192, 144);  /* up to 79 + 256 */
+	/* Read i is due up to 16i + 15 + 256: every fourth read 64 more. */
+	for (uint64_t i = 5; i < 23; i++) {
+		if (i % 4 == 0)
+			EXPECT_SEQ(ra, i * rd, rd, size, lim,
+				   336 + 64 * ((i - 8) / 4), 64);
+		else
+			EXPECT_SEQ(ra, i * rd, rd, size, lim, 0, 0);
+	}
+	/* Read 23 is due 592 .. 639: 48 chunks, short, but the model ends
+	 * there. */
+	EXPECT_SEQ(ra, 23 * rd, rd, size, lim, 592, 48);
+	EXPECT_SEQ(ra, 24 * rd, rd, size, lim, 0, 0);
+	expect_ra_stats(ra, 25, 0);
+	apb_readahead_free(ra);
+}
+
 static void test_prefetch_is_clipped_at_the_end_of_the_model(void)
 {
 	const uint64_t size = 10 * CS + 1000; /* chunks 0 .. 10 */
@@ -917,6 +948,33 @@ static void test_jobs_are_1mib_of_chunks_at_most_one_run(void)
 	CHECK_EQ(apb_prefetch_job_chunks(16 * MIB), 1);
 }
 
+/* A cache whose runs were raised (a URL's) gets jobs of a whole run. */
+static void test_jobs_are_whole_runs_on_a_cache_of_longer_runs(void)
+{
+	struct apb_cache_config cfg = {
+		.budget_bytes = 256ull * PCS, .prefetch_share_pct = 100,
+		.chunk_size = PCS, .policy = APB_EVICT_LRU, .model_count = 1,
+		.load = source_load_run, .run_max = APB_CACHE_RUN_LIMIT,
+	};
+	struct apb_cache *c = NULL;
+	struct apb_prefetcher *p;
+	struct source s;
+
+	source_init(&s, 150 * PCS);
+	cfg.load_ctx = &s;
+	CHECK_EQ(apb_cache_new(&cfg, &c), 0);
+	p = prefetcher_make(c, 1);
+	CHECK_EQ(apb_prefetcher_submit(p, 0, 0, 150), 0);
+	apb_prefetcher_drain(p);
+	CHECK_EQ(source_calls(&s), 150);
+	CHECK_EQ(s.nruns, 3);
+	for (unsigned i = 0; i < 3; i++) {
+		CHECK_EQ(s.runs[i].first, 64 * i);
+		CHECK_EQ(s.runs[i].n, i < 2 ? 64 : 22);
+	}
+	done(&s, c, p);
+}
+
 static int cmp_runs(const void *a, const void *b)
 {
 	const struct load_run *x = a, *y = b;
@@ -1037,6 +1095,7 @@ int main(void)
 	RUN(test_a_first_read_elsewhere_is_random_and_prefetches_nothing);
 	RUN(test_sequential_windows_double_to_the_limit_without_repeats);
 	RUN(test_prefetch_is_clipped_at_the_end_of_the_model);
+	RUN(test_batches_hand_out_whole_runs);
 	RUN(test_random_jump_starts_a_new_stream_with_no_prefetch);
 	RUN(test_random_small_reads_never_prefetch);
 	RUN(test_two_interleaved_sequential_readers_are_both_detected);
@@ -1056,6 +1115,7 @@ int main(void)
 	RUN(test_free_abandons_queued_jobs);
 	RUN(test_jobs_are_1mib_of_chunks_at_most_one_run);
 	RUN(test_one_big_range_keeps_every_worker_busy);
+	RUN(test_jobs_are_whole_runs_on_a_cache_of_longer_runs);
 	RUN(test_queued_ranges_are_served_a_job_each_in_turn);
 	RUN(test_concurrent_submitters_and_workers);
 	RUN(test_cancel_drops_the_queued_ranges_of_a_tag);
