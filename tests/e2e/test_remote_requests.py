@@ -199,12 +199,14 @@ def test_sequential_cat_requests(served, fmt):
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_sequential_cat_requests_per_mib(served, fmt):
     """One request per cache run of 4 MiB, plus a few: the readahead's
-    first windows (1 MiB doubling) and a reader's miss that overtakes it
-    cut a run short. (Once a zstd model sent one request per block, 16 per
-    MiB.) Timing decides the few: perf."""
+    first windows (doubling to 16 MiB, handed out in pieces smaller than
+    a run until the window holds two) and a reader's miss that overtakes
+    it cut a run short: 23-25 requests for the 16 runs, at loads of 2-8.
+    With 1 MiB runs it would be 64 or more. (Once a zstd model sent one
+    request per block, 16 per MiB.) Timing decides the few: perf."""
     _, ranges = cat_requests(served, fmt)
     runs = M_SIZE // (RUN * CHUNK)
-    assert runs <= len(ranges) <= runs + 8, len(ranges)
+    assert runs <= len(ranges) <= runs + 16, len(ranges)
 
 
 @pytest.mark.timeout_s(240)
