@@ -22,7 +22,7 @@ import time
 import pytest
 
 import apbformat
-from conftest import MiB, direct_read, mount, pack, wait_until, write_sources
+from conftest import MiB, direct_read, mount, pack, read_all, wait_until, write_sources
 from remote import servers
 import test_remote_mount
 
@@ -245,9 +245,37 @@ def test_cut_responses(request, bundle, fault_proxy, server, fault):
     lines = d.log().splitlines()
     gave_up = reader_lines(d.log())
     assert len(gave_up) == 1, lines
-    assert re.search(r" bytes=\d+-\d+: gave up after %d attempts in \d+ ms: " % (1 + RETRIES),
-                     gave_up[0]), gave_up
+    at = model_offset(bundle) + 9 * CHUNK
+    why = {"truncate": "transfer closed with %d bytes remaining to read" % (CHUNK - 1000),
+           "reset": "Recv failure: Connection reset by peer"}[fault]       # libcurl's words
+    assert re.fullmatch(r"apbundlefs: %s bytes=%d-%d: gave up after %d attempts in \d+ ms: %s"
+                        % (re.escape(s.url), at, at + CHUNK - 1, 1 + RETRIES, re.escape(why)),
+                        gave_up[0]), gave_up
     assert chunk_line(9 * CHUNK) in lines and len(lines) == 2, lines
+
+
+@pytest.mark.parametrize("server", ["nginx", "rgw"])
+def test_cut_responses_under_a_prefetching_reader(request, bundle, fault_proxy, server):
+    """The model read whole, start to end, with prefetch on (the defaults
+    but the budget), while the first four requests after the mount are cut
+    (two reset after 5000 body bytes, two truncated after 100), whichever
+    reads or prefetch jobs they belong to: the bytes are the model's,
+    remote.retries is exactly 4 (one per cut), errors 0, and the proxy saw
+    every request .stats counts, the cut ones among them."""
+    proxy, s = proxied(request, fault_proxy, bundle, server, "cut-seq")
+    with mount(s.url, dict(s.options, max_memory="1M", chunk_size="64K")) as d:
+        proxy.reset_after(5000, count=2)
+        proxy.truncate_after(100, count=2)
+        assert read_all(d.path("m.bin")) == DATA
+
+        def settled():
+            r = remote(d)
+            return r["requests"] == len(proxy.requests) and r
+        r = wait_until(settled, WAIT_S, what="remote counters to match the proxy's")
+        assert (r["retries"], r["errors"]) == (4, 0), r
+        assert [q.fault for q in proxy.requests if q.fault] == ["reset"] * 2 + ["truncate"] * 2
+        assert d.stats()["io"]["errors"] == 0
+    assert reader_lines(d.log()) == [] and d.log() == "", d.log()
 
 
 # --------------------------------------------------------------------------
