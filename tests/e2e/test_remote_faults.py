@@ -93,7 +93,7 @@ def model_offset(path):
 def chunk_line(off):
     i = off // CHUNK
     return ("apbundlefs: model 'm.bin' chunk %d (bytes %d to %d): Input/output error"
-            % (i, i * CHUNK, (i + 1) * CHUNK))
+            % (i, i * CHUNK, min((i + 1) * CHUNK, len(DATA))))
 
 
 # --------------------------------------------------------------------------
@@ -181,6 +181,53 @@ def test_server_killed_mid_read_then_restarted(request, bundle, tmp_path, server
             restart()
         if web is not None:
             web.close()
+
+
+def test_server_down_disk_tier_serves_what_it_holds(bundle, tmp_path):
+    """With cache_dir=, nginx killed after the model's first 2 MiB were read:
+    those bytes read again exact though memory holds only 1 MiB of them
+    (from the extent files, no request sent), a read of an extent never
+    fetched fails with EIO (remote.errors 1); nginx back on its port, it is
+    exact too."""
+    from test_disk_tier import EXTENT, tier_files
+    root = tmp_path / "www"
+    root.mkdir()
+    os.link(bundle, root / "tier.apbundle")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    start = model_offset(bundle)
+    held = set(range(start // EXTENT, (start + 2 * MiB - 1) // EXTENT + 1))
+    cold = 3 * MiB                                  # in an extent not in held
+    assert (start + cold) // EXTENT not in held
+    web = servers.Nginx(str(root)).start()
+    killed = False
+    try:
+        with mount(web.url("tier.apbundle"), dict(OPTS, cache_dir=str(cache))) as d:
+            exact(d, 0, 2 * MiB)
+            wait_until(lambda: set(tier_files(cache)) >= held, WAIT_S,
+                       what="the extent files of the bytes read")
+            assert set(tier_files(cache)) == held
+            web.kill()
+            killed = True
+            r0, t0 = remote(d), d.stats()["disk_tier"]
+            exact(d, 0, 2 * MiB)
+            assert delta(d, r0) == {"requests": 0, "retries": 0, "errors": 0}
+            assert d.stats()["disk_tier"]["hits"] > t0["hits"]
+            assert read_errno(d, cold) == errno.EIO
+            assert delta(d, r0) == {"requests": 1 + RETRIES, "retries": RETRIES, "errors": 1}
+            web.start()
+            killed = False
+            exact(d, cold)
+            exact(d, 0, 2 * MiB)
+            assert delta(d, r0)["errors"] == 1 and d.stats()["disk_tier"]["errors"] == 0
+        lines = d.log().splitlines()
+        (line,) = reader_lines(d.log())
+        assert "gave up after %d attempts" % (1 + RETRIES) in line, lines
+        assert chunk_line(cold) in lines and len(lines) == 2, lines
+    finally:
+        if killed:
+            web.start()
+        web.close()
 
 
 # --------------------------------------------------------------------------
