@@ -36,7 +36,10 @@
  * requests, one reader over a 500 MB/s, 1 ms link got 0.65-0.71x of curl
  * (docs/PERFORMANCE.md, "Remote bundles"). */
 #define REMOTE_RUN_BYTES (4ull << 20)
-#define REMOTE_READAHEAD (16ull << 20)
+/* 32M, at most max_memory/8: on that link one reader got 0.95-0.99x of
+ * curl with a 32M window, 0.75-0.87x with 16M and 0.70x with 64M
+ * (docs/PERFORMANCE.md). */
+#define REMOTE_READAHEAD (32ull << 20)
 #define MIN_DEFAULT_READAHEAD (128ull << 10)
 #define DEFAULT_TRACE_MAX (1ull << 30)
 #define DEFAULT_CACHE_DIR_SIZE (1ull << 30)
@@ -121,8 +124,9 @@ static void usage(FILE *f)
 "                           of lru and lfu, and keeps part of a model read\n"
 "                           in a loop that is larger than max_memory)\n"
 "    -o prefetch=on|off     read ahead of sequential readers (default on)\n"
-"    -o readahead=SIZE      largest readahead window (default 4M, 16M for a\n"
-"                           URL; at most max_memory/16 unless given)\n"
+"    -o readahead=SIZE      largest readahead window (default 4M, at most\n"
+"                           max_memory/16; for a URL 32M, at most\n"
+"                           max_memory/8; unless given)\n"
 "    -o prefetch_count=N    on open, prefetch the N models that most often\n"
 "                           followed it (default 1, 0 for none)\n"
 "    -o pin=NAME[:NAME...]  load these models and never evict them\n"
@@ -249,10 +253,11 @@ static int parse_choice(const char *name, const char *value, const char *a,
  * model read in a loop would keep (eviction=auto): with 4M of a 32M budget
  * auto kept 0.87-0.89 of what OPT saves on loops 2x and 4x the budget,
  * with 2M 0.93-0.94 (docs/PERFORMANCE.md, "Models larger than the
- * budget"). */
+ * budget"). A URL: REMOTE_READAHEAD, at most an eighth of the budget,
+ * since there a shallow window costs a round trip per request. */
 static uint64_t default_readahead(uint64_t max_memory, bool remote)
 {
-	uint64_t w = max_memory / 16 / 4096 * 4096;
+	uint64_t w = max_memory / (remote ? 8 : 16) / 4096 * 4096;
 	uint64_t cap = remote ? REMOTE_READAHEAD : DEFAULT_READAHEAD;
 
 	if (w < MIN_DEFAULT_READAHEAD)
