@@ -36,7 +36,9 @@ import errno
 import json
 import mmap
 import os
+import pty
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -163,6 +165,34 @@ def odirect_pread(fd, length, offset):
     finally:
         buf.close()
 
+
+
+def run_on_pty(argv, env=None, timeout=120):
+    """Run argv with stdin, stdout and stderr a new pseudo-terminal, as from
+    an interactive shell; (exit status, everything written to the
+    terminal). Fails if the terminal stays silent for timeout seconds."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: its terminal is the pty
+        try:
+            os.execve(argv[0], [str(a) for a in argv], os.environ if env is None else env)
+        finally:
+            os._exit(127)
+    out = b""
+    try:
+        while True:
+            r, _, _ = select.select([fd], [], [], timeout)
+            assert r, out
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out
 
 def read_all(path, bufsize=MiB):
     """Read a file start to end in bufsize reads, as a loader would."""

@@ -5,14 +5,12 @@ whatever stdout is."""
 
 import json
 import os
-import pty
 import re
-import select
 import subprocess
 
 import pytest
 
-from conftest import APBUNDLE, MiB
+from conftest import APBUNDLE, MiB, run_on_pty
 
 SUMMARY = re.compile(r"^created (.+): (\d+) models?, (\S+ \S+) in, (\S+ \S+) written "
                      r"\(ratio (\S+)\), (\d+)\.(\d{3}) s\n$")
@@ -80,33 +78,17 @@ def test_bad_progress_value(tmp_path, binaries, inputs):
     assert p.stderr.startswith("apbundle: --progress: 'loud' is not auto, json or none\n")
 
 
-def run_on_pty(args):
+def run_create_on_pty(args):
     """apbundle create ARGS with stdin, stdout and stderr a terminal."""
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execv(str(APBUNDLE), [str(APBUNDLE), "create", *map(str, args)])
-    out = b""
-    try:
-        while True:
-            r, _, _ = select.select([fd], [], [], 120)
-            assert r, out
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-    finally:
-        _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), out.decode()
+    rc, out = run_on_pty([str(APBUNDLE), "create", *args])
+    return rc, out.decode()
 
 
 def test_terminal_line_has_rate_and_eta(tmp_path, binaries):
     big = tmp_path / "big.bin"
     with open(big, "wb") as f:  # above the 64 MiB a line needs; sparse
         f.truncate(65 * MiB)
-    rc, text = run_on_pty([tmp_path / "b.apbundle", big])
+    rc, text = run_create_on_pty([tmp_path / "b.apbundle", big])
     assert rc == 0, text
     lines = text.split("\r")
     # The last update is 100% with the mean rate and ETA 0:00, then the
@@ -121,7 +103,7 @@ def test_terminal_none_shows_only_the_summary(tmp_path, binaries):
     big = tmp_path / "big.bin"
     with open(big, "wb") as f:
         f.truncate(65 * MiB)
-    rc, text = run_on_pty(["--progress=none", tmp_path / "b.apbundle", big])
+    rc, text = run_create_on_pty(["--progress=none", tmp_path / "b.apbundle", big])
     assert rc == 0, text
     assert "\033" not in text and "%" not in text
     assert SUMMARY.match(text.replace("\r\n", "\n")), text

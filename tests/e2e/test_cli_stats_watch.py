@@ -8,14 +8,13 @@ counters the test wrote."""
 
 import json
 import os
-import pty
 import re
 import select
 import subprocess
 
 import pytest
 
-from conftest import APBUNDLE, MiB, mount, open_direct, pack
+from conftest import APBUNDLE, MiB, mount, open_direct, pack, run_on_pty
 
 BASE = {"cache": {"policy": "auto", "chunk_size": 65536, "hits": 100, "misses": 10,
                   "reuse_hits": 50, "evictions": 0},
@@ -139,25 +138,9 @@ def test_top_without_watch(tmp_path, binaries):
 
 def test_terminal_redraws_in_place(tmp_path, binaries):
     (tmp_path / ".stats").write_bytes(doc())
-    pid, fd = pty.fork()
-    if pid == 0:  # child: stdout is the pty
-        os.execv(str(APBUNDLE), [str(APBUNDLE), "stats", "--watch=0.1", "--count=2",
-                                 str(tmp_path)])
-    out = b""
-    try:
-        while True:
-            r, _, _ = select.select([fd], [], [], 30)
-            assert r, out
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:  # EIO: the child closed the pty
-                break
-            if not chunk:
-                break
-            out += chunk
-    finally:
-        _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    rc, out = run_on_pty([str(APBUNDLE), "stats", "--watch=0.1", "--count=2", str(tmp_path)],
+                         timeout=30)
+    assert rc == 0
     text = out.decode().replace("\r\n", "\n")
     # Each block starts by going home and clearing the screen below.
     assert text.startswith("\033[H\033[Jstats of %s at " % tmp_path), text[:80]

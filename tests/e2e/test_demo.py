@@ -4,12 +4,10 @@ absolute BUILD_DIR and ends with the models tesseract read in the cache
 table. tesseract is installed by scripts/test.sh (see test_tesseract.py)."""
 
 import os
-import pty
 import re
-import select
 import subprocess
 
-from conftest import BUILD, REPO
+from conftest import BUILD, REPO, run_on_pty
 
 DEMO = REPO / "scripts" / "demo.sh"
 
@@ -26,25 +24,9 @@ def run_piped(**kw):
                           env=env(**kw), stdin=subprocess.DEVNULL)
 
 
-def run_on_pty(**kw):
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execve("/bin/bash", ["bash", str(DEMO)], env(**kw))
-    out = b""
-    try:
-        while True:
-            r, _, _ = select.select([fd], [], [], 300)
-            assert r, out
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-    finally:
-        _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), out.decode().replace("\r\n", "\n")
+def run_demo_on_pty(**kw):
+    rc, out = run_on_pty(["/bin/bash", str(DEMO)], env(**kw), timeout=300)
+    return rc, out.decode().replace("\r\n", "\n")
 
 
 def check_story(out):
@@ -69,14 +51,14 @@ def test_piped_absolute_build_dir_no_escapes(binaries):
 
 
 def test_terminal_gets_colour(binaries):
-    rc, out = run_on_pty()
+    rc, out = run_demo_on_pty()
     assert rc == 0, out
     assert "\n\033[1m== Packages\033[0m\n" in out
     check_story(re.sub(r"\033\[[01]m", "", out))
 
 
 def test_no_color_on_a_terminal(binaries):
-    rc, out = run_on_pty(NO_COLOR="1")
+    rc, out = run_demo_on_pty(NO_COLOR="1")
     assert rc == 0, out
     assert "\033" not in out
     check_story(out)
