@@ -52,7 +52,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import apbformat  # noqa: E402
-from remote import fault_proxy, nginx_server, rgw_server  # noqa: E402,F401 (real servers)
+from remote import fault_proxy, nginx_server, rgw_server, s3_env  # noqa: E402,F401 (real servers)
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("APB_BUILD_DIR", REPO / "build")).resolve()
@@ -193,6 +193,18 @@ def run_on_pty(argv, env=None, timeout=120):
         os.close(fd)
         _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), out
+
+
+def run_program(*args):
+    """tests/e2e/programs.py ARGS (a real program's load and inference, in
+    a process of its own): the JSON of its last line of output."""
+    programs = Path(__file__).resolve().parent / "programs.py"
+    p = subprocess.run([sys.executable, str(programs)] + [str(a) for a in args],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True, timeout=120)
+    assert p.returncode == 0, "programs.py %s failed (%d):\n%s" % (
+        " ".join(map(str, args)), p.returncode, p.stderr)
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 def read_all(path, bufsize=MiB):
     """Read a file start to end in bufsize reads, as a loader would."""

@@ -9,6 +9,9 @@ conftest.py:
   `put_object(key, path)`, signed `request(method, key, ...)`. Its memstore
   holds RGW_MEMSTORE_BYTES (env APB_RGW_MEMSTORE_BYTES): keep uploads well
   below it, a full memstore hangs PUTs.
+- `s3_env` (function): `rgw_server` with its user's keys in the environment
+  and none of the machine's own AWS settings (the daemon and apbundle
+  inherit os.environ).
 - `fault_proxy` (function): a factory, `fault_proxy(upstream_endpoint)` ->
   started servers.FaultProxy; every proxy made is stopped after the test.
 
@@ -70,6 +73,20 @@ def rgw_server():
     finally:
         s3.close()
         assert_groups_gone(pgids)
+
+
+@pytest.fixture
+def s3_env(monkeypatch, rgw_server, tmp_path):
+    """The RGW user's keys in the environment, no AWS settings of the
+    machine's own (the daemon and apbundle inherit os.environ)."""
+    for k in list(os.environ):
+        if k.startswith("AWS_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", rgw_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", rgw_server.secret_key)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    return rgw_server
 
 
 @pytest.fixture

@@ -100,18 +100,6 @@ class Served:
         self.url, self.options, self.replace, self.proxy = url, options, replace, proxy
 
 
-@pytest.fixture
-def s3_env(monkeypatch, rgw_server, tmp_path):
-    for k in list(os.environ):
-        if k.startswith("AWS_"):
-            monkeypatch.delenv(k)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", rgw_server.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", rgw_server.secret_key)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    return rgw_server
-
-
 def serve(request, server, path, key):
     """path on server ("nginx" or "rgw") under key, reached through a fault
     proxy that counts the requests."""

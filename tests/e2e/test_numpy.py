@@ -16,25 +16,11 @@ requests of 1 MiB, the strided pass), through a cache a sixth of its size:
 bundle.
 """
 
-import json
-import subprocess
-import sys
-
 import pytest
 
-from conftest import REPO, MiB, mount, pack, run_apbundle
+from conftest import MiB, mount, pack, run_apbundle, run_program as run
 
-PROGRAMS = REPO / "tests" / "e2e" / "programs.py"
 BUDGET = "8M"
-
-
-def run(*args):
-    p = subprocess.run([sys.executable, str(PROGRAMS)] + [str(a) for a in args],
-                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True, timeout=120)
-    assert p.returncode == 0, "programs.py %s failed (%d):\n%s" % (
-        " ".join(map(str, args)), p.returncode, p.stderr)
-    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,6 @@ from remote import servers
 import test_remote_mount
 
 serve = test_remote_mount.serve
-s3_env = test_remote_mount.s3_env        # the fixture: the RGW user's keys in the environment
 
 KiB = 1024
 CHUNK = 64 * KiB

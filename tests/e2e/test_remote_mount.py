@@ -46,20 +46,6 @@ class Served:
         self.url, self.options, self.replace = url, options, replace
 
 
-@pytest.fixture
-def s3_env(monkeypatch, rgw_server, tmp_path):
-    """The RGW user's keys in the environment, no AWS settings of the
-    machine's own (the daemon and apbundle inherit os.environ)."""
-    for k in list(os.environ):
-        if k.startswith("AWS_"):
-            monkeypatch.delenv(k)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", rgw_server.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", rgw_server.secret_key)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    return rgw_server
-
-
 def serve(request, server, path, key, endpoint=None):
     """Put the file at path on server ("nginx" or "rgw") under key; return
     a Served whose url goes through endpoint (a proxy) when given."""

@@ -21,25 +21,12 @@ python3-torch is installed by scripts/test.sh; without it these tests skip.
 """
 
 import importlib.util
-import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, MiB, mount, pack, run_apbundle
+from conftest import MiB, mount, pack, run_apbundle, run_program as run
 
-PROGRAMS = REPO / "tests" / "e2e" / "programs.py"
 BUDGET = "16M"
-
-
-def run(*args):
-    p = subprocess.run([sys.executable, str(PROGRAMS)] + [str(a) for a in args],
-                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True, timeout=120)
-    assert p.returncode == 0, "programs.py %s failed (%d):\n%s" % (
-        " ".join(map(str, args)), p.returncode, p.stderr)
-    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
