@@ -54,15 +54,23 @@ install_clang_runtime() {
 install_llama() {
     local dir
     dir="$(dirname "${BASH_SOURCE[0]}")/llama"
+    NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm_ci_pinned "$dir" node-llama-cpp --omit=optional || return
+    rm -f "$dir/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libggml-cpu-sapphirerapids.so"
+}
+
+# npm_ci_pinned DIR WHAT [NPM OPTIONS]: Node.js from Debian if the machine
+# has none, then `npm ci` in DIR (what its package-lock.json pins) unless
+# the install is newer than the lock file.
+npm_ci_pinned() {
+    local dir=$1 what=$2
+    shift 2
     if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
         install_missing nodejs npm
     fi
     if [ ! "$dir/node_modules/.package-lock.json" -nt "$dir/package-lock.json" ]; then
-        echo "installing node-llama-cpp in $dir"
-        (cd "$dir" && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm ci --omit=optional \
-            --no-audit --no-fund --loglevel=error) || return
+        echo "installing $what in $dir"
+        (cd "$dir" && npm ci "$@" --no-audit --no-fund --loglevel=error) || return
     fi
-    rm -f "$dir/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libggml-cpu-sapphirerapids.so"
 }
 
 # install_onnx: onnxruntime-node 1.31.1 (its prebuilt CPU library for
@@ -75,15 +83,7 @@ install_llama() {
 # (prebuilt libraries for every platform), ~5 s. npm ci runs only when the
 # lock file is newer than the install.
 install_onnx() {
-    local dir
-    dir="$(dirname "${BASH_SOURCE[0]}")/onnx"
-    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-        install_missing nodejs npm
-    fi
-    if [ ! "$dir/node_modules/.package-lock.json" -nt "$dir/package-lock.json" ]; then
-        echo "installing onnxruntime-node in $dir"
-        (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) || return
-    fi
+    npm_ci_pinned "$(dirname "${BASH_SOURCE[0]}")/onnx" onnxruntime-node --ignore-scripts
 }
 
 # install_torch: Debian's PyTorch (python3-torch 1.13) for
