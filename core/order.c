@@ -345,7 +345,9 @@ size_t apb_order_note_read(struct apb_order *o, uint64_t first, uint64_t last,
 	apb_mutex_lock(&o->mu);
 	for (uint64_t c = first; c <= last; c++) {
 		uint32_t p;
-		bool in_order = o->total && position_of(o, c, &p);
+		/* Only a replay looks chunks up: a stopped one (or none,
+		 * total 0) covers no read and counts no hits. */
+		bool in_order = o->replaying && position_of(o, c, &p);
 
 		covered = covered && in_order;
 		if (!record(o, c))
