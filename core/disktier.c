@@ -548,18 +548,18 @@ static void write_failed(struct apb_disktier *t, int rc)
 
 /* ---- reading an extent from disk -------------------------------------- */
 
-/* The checked header of extent k's file at generation gen, if kept. */
+/* The checked header of extent k's file at generation gen, if kept. mu
+ * held (the reader's, taken to hold the extent). */
 static bool header_get(struct apb_disktier *t, uint64_t k, uint32_t gen,
 		       struct header *out)
 {
 	struct header_slot *hs = &t->hcache[k % HCACHE];
 	bool hit;
 
-	apb_mutex_lock(&t->mu);
+	apb_assert_held(&t->mu);
 	hit = hs->valid && hs->index == k && hs->gen == gen;
 	if (hit)
 		*out = hs->h;
-	apb_mutex_unlock(&t->mu);
 	return hit;
 }
 
@@ -663,12 +663,14 @@ static int read_file(struct apb_disktier *t, uint64_t k, bool fresh,
 /* Bytes [lo, hi) of the object, inside extent k, from its file into the
  * reader's iovecs rv (rcnt of them, byte 0 of which is the object's byte
  * lo): the whole blocks around them are read (the parts outside [lo, hi)
- * into a bounce buffer) and checked. 0, -EBADMSG for a file that fails a
- * check, -ENOENT for no file (evicted meanwhile), another negative errno
- * for a read that failed. scratch has room for rcnt + 2 entries. */
+ * into a bounce buffer) and checked. hb holds the file's checked header
+ * when cached (header_get), else receives it. 0, -EBADMSG for a file that
+ * fails a check, -ENOENT for no file (evicted meanwhile), another negative
+ * errno for a read that failed. scratch has room for rcnt + 2 entries. */
 static int read_extent(struct apb_disktier *t, uint64_t k, uint32_t gen,
-		       bool fresh, uint64_t lo, uint64_t hi,
-		       const struct iovec *rv, int rcnt, struct iovec *scratch)
+		       bool fresh, union header_block *hb, bool cached,
+		       uint64_t lo, uint64_t hi, const struct iovec *rv,
+		       int rcnt, struct iovec *scratch)
 {
 	uint64_t ks = k * EXTENT;
 	uint32_t len = extent_len(t, k);
@@ -677,27 +679,22 @@ static int read_extent(struct apb_disktier *t, uint64_t k, uint32_t gen,
 	uint64_t rs = ks + b0 * BLOCK;
 	uint64_t re = ks + b1 * BLOCK < ks + len ? ks + b1 * BLOCK : ks + len;
 	size_t head = (size_t)(lo - rs), tail = (size_t)(re - hi);
-	union header_block hb;
-	const struct header *h = &hb.h;
-	void *bounce = NULL;
-	bool cached;
+	const struct header *h = &hb->h;
+	/* head and tail are each under a block: no allocation per read */
+	_Alignas(APB_ALIGN) char bounce[2 * BLOCK];
 	int n = 0, rc;
 
-	if (head + tail > 0 &&
-	    posix_memalign(&bounce, APB_ALIGN, head + tail) != 0)
-		return -ENOMEM;
 	if (head)
 		scratch[n++] = (struct iovec){bounce, head};
 	for (int i = 0; i < rcnt; i++)
 		scratch[n++] = rv[i];
 	if (tail)
-		scratch[n++] = (struct iovec){(char *)bounce + head, tail};
-	cached = header_get(t, k, gen, &hb.h);
+		scratch[n++] = (struct iovec){bounce + head, tail};
 	{
 		struct iovec io[n + 1];
 
 		memcpy(io, scratch, sizeof(*io) * (size_t)n);
-		rc = read_file(t, k, fresh, cached ? NULL : hb.bytes,
+		rc = read_file(t, k, fresh, cached ? NULL : hb->bytes,
 			       HEADER + (rs - ks), io, n);
 	}
 	if (rc == 0 && !cached)
@@ -712,7 +709,6 @@ static int read_extent(struct apb_disktier *t, uint64_t k, uint32_t gen,
 	}
 	if (rc == 0 && !cached)
 		header_put(t, k, gen, h);
-	free(bounce);
 	return rc;
 }
 
@@ -861,6 +857,7 @@ long apb_disktier_preadv(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
 {
 	struct iovec small[2 * (SMALL_IOV + 2)];
 	struct iovec *rv = small, *scratch;
+	union header_block hb;
 	uint64_t end = pos + want;
 	uint64_t k = pos / EXTENT;
 	long rc = (long)want;
@@ -882,7 +879,7 @@ long apb_disktier_preadv(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
 		uint64_t k1;
 		uint32_t gen;
 		size_t need;
-		bool fresh, claim;
+		bool fresh, claim, cached;
 		int rcnt, r;
 
 		apb_mutex_lock(&t->mu);
@@ -892,11 +889,12 @@ long apb_disktier_preadv(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
 			hold(t, e);
 			gen = e->gen;
 			fresh = e->fresh;
+			cached = header_get(t, k, gen, &hb.h);
 			apb_mutex_unlock(&t->mu);
 			rcnt = iov_slice(iov, iovcnt, skip, (size_t)(lo - pos),
 					 (size_t)(hi - lo), rv);
-			r = read_extent(t, k, gen, fresh, lo, hi, rv, rcnt,
-					scratch);
+			r = read_extent(t, k, gen, fresh, &hb, cached, lo, hi,
+					rv, rcnt, scratch);
 			apb_mutex_lock(&t->mu);
 			if (r == 0) {
 				t->st.hits++;
