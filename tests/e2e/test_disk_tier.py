@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import apbformat
+import remote
 from conftest import (MiB, direct_read, mount, pack, read_all,
                       run_daemon_expect_failure, write_sources)
 
@@ -95,32 +96,14 @@ def tier_files(cache_dir):
     return out
 
 
-class Served:
-    def __init__(self, url, options, replace, proxy):
-        self.url, self.options, self.replace, self.proxy = url, options, replace, proxy
-
-
 def serve(request, server, path, key):
-    """path on server ("nginx" or "rgw") under key, reached through a fault
-    proxy that counts the requests."""
-    make_proxy = request.getfixturevalue("fault_proxy")
-    if server == "nginx":
-        web = request.getfixturevalue("nginx_server")
-        shutil.copyfile(path, os.path.join(web.root, key))
-
-        def replace(new):
-            tmp = os.path.join(web.root, key + ".tmp")
-            shutil.copyfile(new, tmp)
-            os.replace(tmp, os.path.join(web.root, key))
-
-        proxy = make_proxy(web.endpoint)
-        return Served(proxy.endpoint + "/" + key, {}, replace, proxy)
-    s3 = request.getfixturevalue("s3_env")
-    s3.put_object(key, str(path))
-    proxy = make_proxy(s3.endpoint)
-    return Served("s3://%s/%s" % (s3.bucket, key),
-                  {"s3_endpoint": proxy.endpoint, "s3_region": s3.region},
-                  lambda new: s3.put_object(key, str(new)), proxy)
+    """remote.serve through a fault proxy that counts the requests, as
+    s.proxy."""
+    upstream = request.getfixturevalue("nginx_server" if server == "nginx" else "s3_env")
+    proxy = request.getfixturevalue("fault_proxy")(upstream.endpoint)
+    s = remote.serve(request, server, path, key, proxy.endpoint)
+    s.proxy = proxy
+    return s
 
 
 def read_models(d, models=MODELS):

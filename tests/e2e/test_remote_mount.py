@@ -16,6 +16,7 @@ import apbformat
 from conftest import (MOUNT_TIMEOUT_S, MiB, direct_read, is_mounted, mount, pack,
                       read_all, run_apbundle, run_daemon_expect_failure, start_daemon,
                       wait_until, write_sources)
+from remote import serve
 
 KiB = 1024
 WAIT_S = 30.0
@@ -37,36 +38,6 @@ def bundles(tmp_path_factory):
     src = write_sources(d / "src", MODELS)
     inputs = ["%s=%s" % (name, src[name]) for name in sorted(MODELS)]
     return {f: pack(d / ("%s.apbundle" % f), *inputs, **kw) for f, kw in FORMATS.items()}
-
-
-class Served:
-    """One bundle on one server: url, mount options, and how to replace it."""
-
-    def __init__(self, url, options, replace):
-        self.url, self.options, self.replace = url, options, replace
-
-
-def serve(request, server, path, key, endpoint=None):
-    """Put the file at path on server ("nginx" or "rgw") under key; return
-    a Served whose url goes through endpoint (a proxy) when given."""
-    if server == "nginx":
-        web = request.getfixturevalue("nginx_server")
-        shutil.copyfile(path, os.path.join(web.root, key))
-
-        def replace(new):
-            tmp = os.path.join(web.root, key + ".tmp")
-            shutil.copyfile(new, tmp)
-            os.replace(tmp, os.path.join(web.root, key))   # nginx's ETag: mtime and size
-
-        url = web.url(key)
-        if endpoint:
-            url = endpoint + url[url.index("/", len("http://")):]
-        return Served(url, {}, replace)
-    s3 = request.getfixturevalue("s3_env")
-    s3.put_object(key, str(path))
-    return Served("s3://%s/%s" % (s3.bucket, key),
-                  {"s3_endpoint": endpoint or s3.endpoint, "s3_region": s3.region},
-                  lambda new: s3.put_object(key, str(new)))
 
 
 def cli_env(s):
