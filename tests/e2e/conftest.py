@@ -195,6 +195,12 @@ def run_on_pty(argv, env=None, timeout=120):
     return os.waitstatus_to_exitcode(status), out
 
 
+def stored_sizes(bundle):
+    """{name: stored size} of the entries `apbundle list` shows for bundle."""
+    lines = run_apbundle("list", bundle, check=True).stdout.splitlines()[1:]
+    return {f[0]: int(f[2]) for f in (line.split() for line in lines)}
+
+
 def run_program(*args):
     """tests/e2e/programs.py ARGS (a real program's load and inference, in
     a process of its own): the JSON of its last line of output."""

@@ -24,7 +24,7 @@ import importlib.util
 
 import pytest
 
-from conftest import MiB, mount, pack, run_apbundle, run_program as run
+from conftest import MiB, mount, pack, run_program as run, stored_sizes
 
 BUDGET = "16M"
 
@@ -50,11 +50,6 @@ def files(tmp_path_factory, torch):
 def native(files):
     return {"load": run("torch-forward", files["model.pt"]),
             "from_file": run("torch-from-file", files["weights.f32"])}
-
-
-def stored_sizes(bundle):
-    lines = run_apbundle("list", bundle, check=True).stdout.splitlines()[1:]
-    return {f[0]: int(f[2]) for f in (line.split() for line in lines)}
 
 
 def check_paged(st, stored, size):
