@@ -3,6 +3,7 @@ libfuse's "fuse: unknown option(s): `-o foo=1'" (docs/USAGE.md, "Mount
 options"): exit status 2, nothing mounted, and before the bundle is opened,
 so a typo is reported even when the bundle is missing or a slow URL."""
 
+import os
 import subprocess
 
 import pytest
@@ -46,3 +47,7 @@ def test_libfuse_options_still_pass(bundle, binaries):
     """Options libfuse knows (here mount options) are still handed to it."""
     with mount(bundle, {"noatime": True, "nosuid": True}) as d:
         assert read_all(d.path("m.bin")) == DATA
+        mnt = os.path.realpath(str(d.mnt))
+        with open("/proc/self/mountinfo") as f:
+            flags = [line.split()[5].split(",") for line in f if line.split()[4] == mnt]
+        assert len(flags) == 1 and {"noatime", "nosuid"} <= set(flags[0]), flags
