@@ -63,52 +63,47 @@ def check_common(fig):
             assert leg.get_window_extent(r).x0 >= ax.get_window_extent(r).x1
 
 
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Every figure a test made is closed after it, passed or failed."""
+    yield
+    plt.close("all")
+
+
 def test_seq_cold_and_hot_on_separate_axes_zero_labelled():
     r = benchplot.Results(doc())
     fig = benchplot.plot_seq(plt, r, r.systems)
-    try:
-        check_common(fig)
-        titles = [ax.get_title() for ax in fig.axes]
-        assert [t.split(":")[0] for t in titles] == ["cold", "cold", "hot", "hot"]
-        # apbundlefs v2 cold is 0 in both models: labelled, not an empty slot.
-        assert labels(fig) == ["0", "0"]
-        # Each axis scales to its own data: hot is 10x cold.
-        assert fig.axes[2].get_ylim()[1] > 5 * fig.axes[0].get_ylim()[1]
-    finally:
-        plt.close(fig)
+    check_common(fig)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert [t.split(":")[0] for t in titles] == ["cold", "cold", "hot", "hot"]
+    # apbundlefs v2 cold is 0 in both models: labelled, not an empty slot.
+    assert labels(fig) == ["0", "0"]
+    # Each axis scales to its own data: hot is 10x cold.
+    assert fig.axes[2].get_ylim()[1] > 5 * fig.axes[0].get_ylim()[1]
 
 
 def test_missing_values_say_na():
     r = benchplot.Results(doc())
     fig = benchplot.plot_tree(plt, r, r.systems)
-    try:
-        check_common(fig)
-        assert labels(fig) == ["n/a"]  # native has no mount time
-    finally:
-        plt.close(fig)
+    check_common(fig)
+    assert labels(fig) == ["n/a"]  # native has no mount time
 
 
 def test_fio_legend_outside():
     r = benchplot.Results(doc())
     fig = benchplot.plot_fio(plt, r, r.systems)
-    try:
-        check_common(fig)
-        assert all(ax.get_legend() is not None for ax in fig.axes)
-    finally:
-        plt.close(fig)
+    check_common(fig)
+    assert all(ax.get_legend() is not None for ax in fig.axes)
 
 
 def test_scan_shows_bytes_read_per_byte_served():
     r = benchplot.Results(doc())
     fig = benchplot.plot_scan(plt, r)
-    try:
-        check_common(fig)
-        titles = [ax.get_title() for ax in fig.axes]
-        assert titles[0].startswith("hit rate: prefetched chunks count as hits")
-        assert titles[1].startswith("bundle bytes read per byte served")
-        assert labels(fig) == ["0", "0"]  # the prefetch=off hit rates
-    finally:
-        plt.close(fig)
+    check_common(fig)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0].startswith("hit rate: prefetched chunks count as hits")
+    assert titles[1].startswith("bundle bytes read per byte served")
+    assert labels(fig) == ["0", "0"]  # the prefetch=off hit rates
 
 
 def test_replot_a_stored_run(tmp_path):
