@@ -104,37 +104,6 @@ static cJSON *io_json(const struct apb_report_source *src,
 	return o;
 }
 
-/* A bundle read from a URL: what its requests cost (bundle.h). */
-static cJSON *remote_json(const struct apb_bundle_remote_stats *rs)
-{
-	cJSON *o = cJSON_CreateObject();
-
-	cJSON_AddNumberToObject(o, "requests", (double)rs->requests);
-	cJSON_AddNumberToObject(o, "retries", (double)rs->retries);
-	cJSON_AddNumberToObject(o, "connects", (double)rs->connects);
-	cJSON_AddNumberToObject(o, "bytes", (double)rs->bytes);
-	cJSON_AddNumberToObject(o, "errors", (double)rs->errors);
-	cJSON_AddBoolToObject(o, "changed", rs->changed);
-	return o;
-}
-
-/* A bundle with a disk tier (cache_dir=): what the tier did. */
-static cJSON *disk_tier_json(const struct apb_bundle_disk_tier_stats *ts)
-{
-	cJSON *o = cJSON_CreateObject();
-
-	cJSON_AddNumberToObject(o, "hits", (double)ts->hits);
-	cJSON_AddNumberToObject(o, "misses", (double)ts->misses);
-	cJSON_AddNumberToObject(o, "bytes_read", (double)ts->bytes_read);
-	cJSON_AddNumberToObject(o, "bytes_written", (double)ts->bytes_written);
-	cJSON_AddNumberToObject(o, "evictions", (double)ts->evictions);
-	cJSON_AddNumberToObject(o, "errors", (double)ts->errors);
-	cJSON_AddNumberToObject(o, "bytes_used", (double)ts->bytes_used);
-	cJSON_AddNumberToObject(o, "capacity", (double)ts->capacity);
-	cJSON_AddBoolToObject(o, "writing", ts->writing);
-	return o;
-}
-
 static cJSON *model_json(const struct apb_report_source *src, size_t i)
 {
 	struct apb_cache_model_stats ms;
@@ -189,6 +158,93 @@ static int put_json(FILE *f, cJSON *item)
 	return rc;
 }
 
+/* One series of .metrics. */
+struct metric {
+	const char *name, *type, *help;
+	uint64_t value;
+};
+
+/* A section of counters shown both in .stats (under key, a bool when
+ * flag) and in .metrics (as m): one table each, so the two cannot drift. */
+struct series {
+	const char *key;
+	bool flag;
+	struct metric m;
+};
+
+#define REMOTE_SERIES 6
+#define DISK_TIER_SERIES 9 /* the larger: one array holds either */
+
+/* A bundle read from a URL: what its requests cost (bundle.h). */
+static void remote_series(const struct apb_bundle_remote_stats *rs,
+			  struct series s[REMOTE_SERIES])
+{
+	const struct series t[REMOTE_SERIES] = {
+		{"requests", false, {"apbundlefs_remote_requests_total", "counter",
+		 "HTTP requests sent for the bundle's URL, the mount's first "
+		 "one and retries included.", rs->requests}},
+		{"retries", false, {"apbundlefs_remote_retries_total", "counter",
+		 "Requests that repeated one after a transient failure.",
+		 rs->retries}},
+		{"connects", false, {"apbundlefs_remote_connects_total", "counter",
+		 "TCP connections made to the server.", rs->connects}},
+		{"bytes", false, {"apbundlefs_remote_bytes_total", "counter",
+		 "Bytes fetched after the mount's first request.", rs->bytes}},
+		{"errors", false, {"apbundlefs_remote_errors_total", "counter",
+		 "Reads from the server that failed after their retries.",
+		 rs->errors}},
+		{"changed", true, {"apbundlefs_remote_changed", "gauge",
+		 "1 once a read found the object changed or removed since "
+		 "mount, else 0.", rs->changed ? 1 : 0}},
+	};
+
+	memcpy(s, t, sizeof(t));
+}
+
+/* A bundle with a disk tier (cache_dir=): what the tier did. */
+static void disk_tier_series(const struct apb_bundle_disk_tier_stats *ts,
+			     struct series s[DISK_TIER_SERIES])
+{
+	const struct series t[DISK_TIER_SERIES] = {
+		{"hits", false, {"apbundlefs_disk_tier_hits_total", "counter",
+		 "Extent reads served from the disk tier.", ts->hits}},
+		{"misses", false, {"apbundlefs_disk_tier_misses_total", "counter",
+		 "Extents fetched from the server for want of a file.",
+		 ts->misses}},
+		{"bytes_read", false, {"apbundlefs_disk_tier_read_bytes_total",
+		 "counter", "Bytes read from the disk tier for readers.",
+		 ts->bytes_read}},
+		{"bytes_written", false, {"apbundlefs_disk_tier_written_bytes_total",
+		 "counter", "Bytes of extent files written.", ts->bytes_written}},
+		{"evictions", false, {"apbundlefs_disk_tier_evictions_total",
+		 "counter", "Extent files deleted for room.", ts->evictions}},
+		{"errors", false, {"apbundlefs_disk_tier_errors_total", "counter",
+		 "Extent files that failed their check, and failed writes.",
+		 ts->errors}},
+		{"bytes_used", false, {"apbundlefs_disk_tier_used_bytes", "gauge",
+		 "Bytes of extent files in cache_dir.", ts->bytes_used}},
+		{"capacity", false, {"apbundlefs_disk_tier_capacity_bytes", "gauge",
+		 "The disk tier's bound (cache_dir_size).", ts->capacity}},
+		{"writing", true, {"apbundlefs_disk_tier_writing", "gauge",
+		 "1 while the tier writes extents, 0 after a write failed.",
+		 ts->writing}},
+	};
+
+	memcpy(s, t, sizeof(t));
+}
+
+static cJSON *series_json(const struct series *s, size_t n)
+{
+	cJSON *o = cJSON_CreateObject();
+
+	for (size_t i = 0; i < n; i++)
+		if (s[i].flag)
+			cJSON_AddBoolToObject(o, s[i].key, s[i].m.value != 0);
+		else
+			cJSON_AddNumberToObject(o, s[i].key, (double)s[i].m.value);
+	return o;
+}
+
 /*
  * The document is printed section by section, each model's object on its own
  * line, instead of as one cJSON tree: at 100,000 models the tree of the whole
@@ -201,6 +257,7 @@ char *apb_report_json(const struct apb_report_source *src, size_t *len)
 {
 	struct apb_bundle_remote_stats rs;
 	struct apb_bundle_disk_tier_stats ts;
+	struct series series[DISK_TIER_SERIES];
 	struct apb_cache_stats cs;
 	char *text = NULL;
 	size_t size = 0;
@@ -219,12 +276,16 @@ char *apb_report_json(const struct apb_report_source *src, size_t *len)
 	     fputs(",\n\"prefetch\":", f) < 0 ||
 	     put_json(f, prefetch_json(src, &cs)) ||
 	     fputs(",\n\"io\":", f) < 0 || put_json(f, io_json(src, &cs));
-	if (!rc && apb_bundle_remote_stats(src->bundle, &rs) == 0)
+	if (!rc && apb_bundle_remote_stats(src->bundle, &rs) == 0) {
+		remote_series(&rs, series);
 		rc = fputs(",\n\"remote\":", f) < 0 ||
-		     put_json(f, remote_json(&rs));
-	if (!rc && apb_bundle_disk_tier_stats(src->bundle, &ts) == 0)
+		     put_json(f, series_json(series, REMOTE_SERIES));
+	}
+	if (!rc && apb_bundle_disk_tier_stats(src->bundle, &ts) == 0) {
+		disk_tier_series(&ts, series);
 		rc = fputs(",\n\"disk_tier\":", f) < 0 ||
-		     put_json(f, disk_tier_json(&ts));
+		     put_json(f, series_json(series, DISK_TIER_SERIES));
+	}
 	rc = rc || fputs(",\n\"models\":{", f) < 0;
 	for (size_t i = 0; !rc && i < apb_bundle_count(src->bundle); i++)
 		rc = fputs(i ? ",\n" : "\n", f) < 0 ||
@@ -280,11 +341,6 @@ static void put_labels(FILE *f, const struct apb_report_source *src,
 	}
 	fputc('}', f);
 }
-
-struct metric {
-	const char *name, *type, *help;
-	uint64_t value;
-};
 
 static void put_metric(FILE *f, const struct apb_report_source *src,
 		       const struct metric *m)
@@ -350,71 +406,18 @@ static void put_model_family(FILE *f, const struct apb_report_source *src,
 	}
 }
 
-/* The remote counters, for a bundle read from a URL (as .stats' remote). */
-static void put_remote_metrics(FILE *f, const struct apb_report_source *src)
+static void put_series(FILE *f, const struct apb_report_source *src,
+		       const struct series *s, size_t n)
 {
-	struct apb_bundle_remote_stats rs;
-
-	if (apb_bundle_remote_stats(src->bundle, &rs) != 0)
-		return;
-	const struct metric m[] = {
-		{"apbundlefs_remote_requests_total", "counter",
-		 "HTTP requests sent for the bundle's URL, the mount's first "
-		 "one and retries included.", rs.requests},
-		{"apbundlefs_remote_retries_total", "counter",
-		 "Requests that repeated one after a transient failure.",
-		 rs.retries},
-		{"apbundlefs_remote_connects_total", "counter",
-		 "TCP connections made to the server.", rs.connects},
-		{"apbundlefs_remote_bytes_total", "counter",
-		 "Bytes fetched after the mount's first request.", rs.bytes},
-		{"apbundlefs_remote_errors_total", "counter",
-		 "Reads from the server that failed after their retries.",
-		 rs.errors},
-		{"apbundlefs_remote_changed", "gauge",
-		 "1 once a read found the object changed or removed since "
-		 "mount, else 0.", rs.changed ? 1 : 0},
-	};
-	for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
-		put_metric(f, src, &m[i]);
-}
-
-/* The disk tier's series, for a bundle with one (cache_dir=). */
-static void put_disk_tier_metrics(FILE *f, const struct apb_report_source *src)
-{
-	struct apb_bundle_disk_tier_stats ts;
-
-	if (apb_bundle_disk_tier_stats(src->bundle, &ts) != 0)
-		return;
-	const struct metric m[] = {
-		{"apbundlefs_disk_tier_hits_total", "counter",
-		 "Extent reads served from the disk tier.", ts.hits},
-		{"apbundlefs_disk_tier_misses_total", "counter",
-		 "Extents fetched from the server for want of a file.",
-		 ts.misses},
-		{"apbundlefs_disk_tier_read_bytes_total", "counter",
-		 "Bytes read from the disk tier for readers.", ts.bytes_read},
-		{"apbundlefs_disk_tier_written_bytes_total", "counter",
-		 "Bytes of extent files written.", ts.bytes_written},
-		{"apbundlefs_disk_tier_evictions_total", "counter",
-		 "Extent files deleted for room.", ts.evictions},
-		{"apbundlefs_disk_tier_errors_total", "counter",
-		 "Extent files that failed their check, and failed writes.",
-		 ts.errors},
-		{"apbundlefs_disk_tier_used_bytes", "gauge",
-		 "Bytes of extent files in cache_dir.", ts.bytes_used},
-		{"apbundlefs_disk_tier_capacity_bytes", "gauge",
-		 "The disk tier's bound (cache_dir_size).", ts.capacity},
-		{"apbundlefs_disk_tier_writing", "gauge",
-		 "1 while the tier writes extents, 0 after a write failed.",
-		 ts.writing},
-	};
-	for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
-		put_metric(f, src, &m[i]);
+	for (size_t i = 0; i < n; i++)
+		put_metric(f, src, &s[i].m);
 }
 
 char *apb_report_metrics(const struct apb_report_source *src, size_t *len)
 {
+	struct apb_bundle_remote_stats rs;
+	struct apb_bundle_disk_tier_stats ts;
+	struct series series[DISK_TIER_SERIES];
 	struct apb_cache_stats cs;
 	char *text = NULL;
 	size_t size = 0;
@@ -486,8 +489,14 @@ char *apb_report_metrics(const struct apb_report_source *src, size_t *len)
 	};
 	for (size_t i = 0; i < sizeof(global) / sizeof(global[0]); i++)
 		put_metric(f, src, &global[i]);
-	put_remote_metrics(f, src);
-	put_disk_tier_metrics(f, src);
+	if (apb_bundle_remote_stats(src->bundle, &rs) == 0) {
+		remote_series(&rs, series);
+		put_series(f, src, series, REMOTE_SERIES);
+	}
+	if (apb_bundle_disk_tier_stats(src->bundle, &ts) == 0) {
+		disk_tier_series(&ts, series);
+		put_series(f, src, series, DISK_TIER_SERIES);
+	}
 	put_model_family(f, src, "apbundlefs_model_hits_total", "counter",
 			 "Chunk hits per model.", MODEL_HITS);
 	put_model_family(f, src, "apbundlefs_model_reuse_hits_total",
