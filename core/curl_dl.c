@@ -21,8 +21,10 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 
+#include "dl.h"
 #include "error.h"
 
 #define MIN_VERSION 0x075700 /* 7.87.0, as meson.build asks of the headers */
@@ -33,65 +35,60 @@ static struct apb_curl table;  /* written by load() only */
 static int load_rc;            /* 0, or load()'s negative errno */
 static char load_err[512];     /* load()'s message when load_rc != 0 */
 
-/* dlsym() into a function pointer: POSIX guarantees the conversion. */
-#define SYM(lib, field, name)                                              \
-	do {                                                               \
-		*(void **)(&(field)) = dlsym(lib, name);                   \
-		if (!(field)) {                                            \
-			missing = name;                                    \
-			goto fail;                                         \
-		}                                                          \
-	} while (0)
+/* What load() takes from the library: the table, and two functions only
+ * load() calls. */
+struct loaded {
+	struct apb_curl t;
+	curl_version_info_data *(*version_info)(CURLversion v);
+	CURLcode (*global_init)(long flags);
+};
+
+#define SYM(name, field) {name, offsetof(struct loaded, field)}
+
+static const struct apb_dl_sym syms[] = {
+	SYM("curl_version_info", version_info),
+	SYM("curl_global_init", global_init),
+	SYM("curl_easy_init", t.easy_init),
+	SYM("curl_easy_setopt", t.easy_setopt),
+	SYM("curl_easy_perform", t.easy_perform),
+	SYM("curl_easy_getinfo", t.easy_getinfo),
+	SYM("curl_easy_cleanup", t.easy_cleanup),
+	SYM("curl_easy_strerror", t.easy_strerror),
+	SYM("curl_slist_append", t.slist_append),
+	SYM("curl_slist_free_all", t.slist_free_all),
+};
 
 static void load(void)
 {
-	CURLcode (*global_init)(long flags);
-	curl_version_info_data *(*version_info)(CURLversion v);
 	const curl_version_info_data *v;
-	const char *missing = NULL;
+	struct loaded l;
+	char why[400];
 	CURLcode c;
 	void *lib;
 
-	/* RTLD_LOCAL: its symbols and its TLS library's stay out of the
-	 * global namespace, where they could bind a later dlopen()'s. */
-	lib = dlopen(APB_CURL_SONAME, RTLD_LAZY | RTLD_LOCAL);
-	if (!lib) {
+	if (apb_dl_load(APB_CURL_SONAME, syms, sizeof(syms) / sizeof(syms[0]),
+			&l, &lib, why, sizeof(why)) != 0) {
 		load_rc = -ENOENT;
-		snprintf(load_err, sizeof(load_err), INSTALL_HINT ": %s", dlerror());
+		snprintf(load_err, sizeof(load_err), INSTALL_HINT ": %s", why);
 		return;
 	}
-	SYM(lib, version_info, "curl_version_info");
-	v = version_info(CURLVERSION_NOW);
+	v = l.version_info(CURLVERSION_NOW);
 	if (!v || v->version_num < MIN_VERSION) {
 		load_rc = -ENOENT;
 		snprintf(load_err, sizeof(load_err),
 			 INSTALL_HINT " 7.87 or later: " APB_CURL_SONAME " is %s",
 			 v && v->version ? v->version : "of an unknown version");
-		goto close;
+		dlclose(lib);
+		return;
 	}
-	SYM(lib, global_init, "curl_global_init");
-	SYM(lib, table.easy_init, "curl_easy_init");
-	SYM(lib, table.easy_setopt, "curl_easy_setopt");
-	SYM(lib, table.easy_perform, "curl_easy_perform");
-	SYM(lib, table.easy_getinfo, "curl_easy_getinfo");
-	SYM(lib, table.easy_cleanup, "curl_easy_cleanup");
-	SYM(lib, table.easy_strerror, "curl_easy_strerror");
-	SYM(lib, table.slist_append, "curl_slist_append");
-	SYM(lib, table.slist_free_all, "curl_slist_free_all");
-	c = global_init(CURL_GLOBAL_DEFAULT);
+	c = l.global_init(CURL_GLOBAL_DEFAULT);
 	if (c != CURLE_OK) {
 		load_rc = -EIO;
 		snprintf(load_err, sizeof(load_err), APB_CURL_SONAME ": curl_global_init: %s",
-			 table.easy_strerror(c));
+			 l.t.easy_strerror(c));
 		return; /* its state may be half made: keep it loaded */
 	}
-	return;
-fail:
-	load_rc = -ENOENT;
-	snprintf(load_err, sizeof(load_err), INSTALL_HINT ": " APB_CURL_SONAME " has no %s",
-		 missing);
-close:
-	dlclose(lib);
+	table = l.t;
 }
 
 int apb_curl_get(const struct apb_curl **out, char *err, size_t err_len)

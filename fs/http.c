@@ -27,8 +27,9 @@
 
 #include <microhttpd.h>
 
+#include "../core/dl.h"
+
 #include <arpa/inet.h>
-#include <dlfcn.h>
 #include <errno.h>
 #include <netdb.h>
 #include <stddef.h>
@@ -72,10 +73,7 @@ struct apbfs_http {
 
 static int load_mhd(struct mhd *m, char *err, size_t err_len)
 {
-	static const struct {
-		const char *name;
-		size_t off;
-	} syms[] = {
+	static const struct apb_dl_sym syms[] = {
 		{"MHD_start_daemon", offsetof(struct mhd, start_daemon)},
 		{"MHD_stop_daemon", offsetof(struct mhd, stop_daemon)},
 		{"MHD_create_response_from_buffer_with_free_callback",
@@ -84,28 +82,15 @@ static int load_mhd(struct mhd *m, char *err, size_t err_len)
 		{"MHD_queue_response", offsetof(struct mhd, queue_response)},
 		{"MHD_destroy_response", offsetof(struct mhd, destroy_response)},
 	};
+	char why[400];
+	int rc;
 
-	m->lib = dlopen(MHD_SONAME, RTLD_NOW | RTLD_LOCAL);
-	if (!m->lib) {
+	rc = apb_dl_load(MHD_SONAME, syms, sizeof(syms) / sizeof(syms[0]), m,
+			 &m->lib, why, sizeof(why));
+	if (rc)
 		snprintf(err, err_len, "cannot load %s (Debian: apt-get install "
-			 "libmicrohttpd12): %s", MHD_SONAME, dlerror());
-		return -ENOENT;
-	}
-	for (size_t i = 0; i < sizeof(syms) / sizeof(syms[0]); i++) {
-		void *f = dlsym(m->lib, syms[i].name);
-
-		if (!f) {
-			snprintf(err, err_len, "%s has no %s: too old",
-				 MHD_SONAME, syms[i].name);
-			dlclose(m->lib);
-			m->lib = NULL;
-			return -ENOENT;
-		}
-		/* POSIX guarantees a function's address survives the trip
-		 * through void *; copy it, not cast it, past -Wpedantic. */
-		memcpy((char *)m + syms[i].off, &f, sizeof(f));
-	}
-	return 0;
+			 "libmicrohttpd12): %s", MHD_SONAME, why);
+	return rc;
 }
 
 static bool is_loopback(const struct sockaddr *sa)
