@@ -49,7 +49,7 @@ import sys
 import time
 
 from benchlib import (BUILD, MIB, PACKER, DAEMON, ROOT, MemCgroup, Mount, RamDisk,
-                      close_cgroups, close_disks, close_mounts, drop_caches, machine_summary,
+                      close_all, drop_caches, machine_summary,
                       source_tree, start)
 
 QUICK = os.environ.get("QUICK") == "1"
@@ -85,10 +85,8 @@ def log(*a):
 
 def cleanup():
     """Mounts first (their daemons live in a cgroup), then cgroups, then the
-    RAM disk."""
-    close_mounts()
-    close_cgroups()
-    close_disks()
+    RAM disk: benchlib.close_all()."""
+    close_all()
 
 
 # ---------------------------------------------------------------- runs

@@ -472,31 +472,29 @@ class MemCgroup:
         os.rmdir(self.path)
 
 
+def _close_each(objs, where):
+    """close() each of objs (a live list, copied first: close() removes
+    from it), going on past a failure, which it names by where(obj)."""
+    for o in list(objs):
+        try:
+            o.close()
+        except Exception as e:  # go on closing the others
+            print("cleanup:", where(o), e, file=sys.stderr, flush=True)
+
+
 def close_cgroups():
     """Every MemCgroup not yet removed."""
-    for cg in list(CGROUPS):
-        try:
-            cg.close()
-        except OSError as e:
-            print("cleanup:", cg.path, e, file=sys.stderr, flush=True)
+    _close_each(CGROUPS, lambda cg: cg.path)
 
 
 def close_mounts():
     """Every mount not yet closed."""
-    for m in list(LIVE):
-        try:
-            m.close()
-        except Exception as e:  # go on closing the others
-            print("cleanup:", m.mnt, e, file=sys.stderr, flush=True)
+    _close_each(LIVE, lambda m: m.mnt)
 
 
 def close_disks():
     """Every RamDisk not yet closed."""
-    for d in list(DISKS):
-        try:
-            d.close()
-        except Exception as e:
-            print("cleanup:", d.root, e, file=sys.stderr, flush=True)
+    _close_each(DISKS, lambda d: d.root)
 
 
 def close_all():
