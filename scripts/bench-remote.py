@@ -56,6 +56,7 @@ BENCH_DIR (/var/tmp/apb-bench-remote, -quick for QUICK); OUT
 (docs/bench/remote; QUICK: BENCH_DIR/out); APB_BUILD (build).
 Writes OUT/results.md, OUT/results.json, OUT/remote.png.
 """
+import contextlib
 import ctypes
 import filecmp
 import json
@@ -255,11 +256,24 @@ def mount_apb(url, mnt, logdir, opts=""):
     return Mount([DAEMON, "-f", "-o", o, url, mnt], mnt, logdir)
 
 
-def mount_rclone(dir_url, mnt, cache_dir, logdir):
-    return Mount([RCLONE, "mount", ":http:", mnt, "--http-url", dir_url, "--read-only",
-                  "--vfs-cache-mode", "full", "--cache-dir", cache_dir, "--config",
-                  os.path.join(cache_dir, "rclone.conf"), "--log-level", "ERROR"],
-                 mnt, logdir)
+@contextlib.contextmanager
+def rclone_mounted(b, link):
+    """rclone mount of nginx's directory over link, with an empty cache dir
+    of its own (removed after): yields the Mount (its mnt, mount_seconds)."""
+    cache = tempfile.mkdtemp(prefix="rclone-", dir=b.work)
+    mnt = os.path.join(b.mntdir, "rclone")
+    try:
+        m = Mount([RCLONE, "mount", ":http:", mnt, "--http-url",
+                   b.endpoint("nginx", link) + "/", "--read-only",
+                   "--vfs-cache-mode", "full", "--cache-dir", cache, "--config",
+                   os.path.join(cache, "rclone.conf"), "--log-level", "ERROR"],
+                  mnt, b.logdir)
+        try:
+            yield m
+        finally:
+            m.close()
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 class TorchLoader:
@@ -397,23 +411,15 @@ def case_seq(b, model_src, model_size, bundle_name):
             if RCLONE:
                 who = "rclone nginx"
                 b.warm_server(bundle_name)
-                cache = tempfile.mkdtemp(prefix="rclone-", dir=b.work)
-                mnt = os.path.join(b.mntdir, "rclone")
                 n0 = b.nginx_requests()
-                try:
-                    m = mount_rclone(b.endpoint("nginx", link) + "/", mnt, cache, b.logdir)
-                    try:
-                        path = os.path.join(mnt, bundle_name)
-                        # the same bytes apbundlefs serves as its model:
-                        # the bundle's, read from start to end
-                        dt = read_seq(path, os.path.getsize(os.path.join(b.www, bundle_name)))
-                        if not filecmp.cmp(path, os.path.join(b.www, bundle_name),
-                                           shallow=False):
-                            raise RuntimeError("rclone: the bytes read differ from the bundle")
-                    finally:
-                        m.close()
-                finally:
-                    shutil.rmtree(cache, ignore_errors=True)
+                with rclone_mounted(b, link) as m:
+                    path = os.path.join(m.mnt, bundle_name)
+                    # the same bytes apbundlefs serves as its model:
+                    # the bundle's, read from start to end
+                    dt = read_seq(path, os.path.getsize(os.path.join(b.www, bundle_name)))
+                    if not filecmp.cmp(path, os.path.join(b.www, bundle_name),
+                                       shallow=False):
+                        raise RuntimeError("rclone: the bytes read differ from the bundle")
                 b.add("seq", link, who, dt, mount=m.mount_seconds,
                       requests=b.nginx_requests() - n0)
                 log(f"seq {link} {who}: {dt:.3f} s (+ mount {m.mount_seconds:.3f} s)")
@@ -457,18 +463,10 @@ def case_ttfb(b, model_src, bundle_name):
             b.add("ttfb", "shaped", f"apbundlefs {server}", dt)
         if RCLONE:
             b.warm_server(bundle_name)
-            cache = tempfile.mkdtemp(prefix="rclone-", dir=b.work)
-            mnt = os.path.join(b.mntdir, "rclone")
-            try:
-                t0 = time.perf_counter()
-                m = mount_rclone(b.endpoint("nginx", "shaped") + "/", mnt, cache, b.logdir)
-                try:
-                    got = read_first(os.path.join(mnt, bundle_name))
-                    dt = time.perf_counter() - t0
-                finally:
-                    m.close()
-            finally:
-                shutil.rmtree(cache, ignore_errors=True)
+            t0 = time.perf_counter()
+            with rclone_mounted(b, "shaped") as m:
+                got = read_first(os.path.join(m.mnt, bundle_name))
+                dt = time.perf_counter() - t0
             with open(os.path.join(b.www, bundle_name), "rb") as f:
                 if got != f.read(4096):
                     raise RuntimeError("rclone: wrong first bytes")
@@ -522,18 +520,10 @@ def case_torch(b, torch_src, bundle_name):
                     m.close()
             if RCLONE:
                 b.warm_server(bundle_name)
-                cache = tempfile.mkdtemp(prefix="rclone-", dir=b.work)
-                mnt = os.path.join(b.mntdir, "rclone")
-                try:
-                    t0 = time.perf_counter()
-                    m = mount_rclone(b.endpoint("nginx", "shaped") + "/", mnt, cache, b.logdir)
-                    try:
-                        load("rclone nginx", os.path.join(mnt, "model.pt"),
-                             time.perf_counter() - t0)
-                    finally:
-                        m.close()
-                finally:
-                    shutil.rmtree(cache, ignore_errors=True)
+                t0 = time.perf_counter()
+                with rclone_mounted(b, "shaped") as m:
+                    load("rclone nginx", os.path.join(m.mnt, "model.pt"),
+                         time.perf_counter() - t0)
     finally:
         loader.close()
 
