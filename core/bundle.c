@@ -216,7 +216,7 @@ static int parse_any(const struct apb_source *src, enum apb_layout *layout,
 {
 	size_t head_len;
 	const uint8_t *head = apb_source_head(src, &head_len);
-	struct apb_v2_table_ref table;
+	struct apb_v2_table_ref table = {0};
 	uint32_t version;
 	int rc;
 

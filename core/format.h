@@ -52,6 +52,12 @@ struct apb_block_entry {
 #define APB_V2_ENTRY_LEN 24u
 #define APB_BLOCK_ZSTD 1u
 #define APB_V2_TABLE_ALIGN 8u
+/* A version 2 manifest's "chunk_size" when its top level gives none. */
+#define APB_V2_BLOCK_DEFAULT (64u << 10)
+/* A version 2 model's offset or stored size that its manifest entry
+ * leaves to the block table (apb_v2_table_read() fills it in); no JSON
+ * integer is this large. */
+#define APB_V2_FROM_TABLE UINT64_MAX
 
 /* What a parser hands back. On success the caller owns both arrays and
  * frees them with apb_manifest_free(); on failure the parser has freed
@@ -70,9 +76,11 @@ struct apb_manifest {
 
 void apb_manifest_free(struct apb_manifest *m);
 
-/* Where the manifest of version 2 says its block table is. */
+/* Where the manifest of version 2 says its block table is, and the
+ * manifest's text buffer, done with, handed on for the table to reuse. */
 struct apb_v2_table_ref {
 	uint64_t offset, count, xxh3;
+	uint8_t *spare; /* malloc'ed; apb_v2_table_read() takes it */
 };
 
 /* The JSON manifest of versions 1 and 2 (manifest_json.c); for version 2
@@ -98,14 +106,15 @@ int apb_manifest_read(const struct apb_source *src, uint64_t off, uint64_t len,
 /*
  * Version 2 (v2.c). apb_v2_table_read() checks the table's place against
  * the file and data_start, reads it with one pread(), verifies its XXH3
- * and decodes it into m->blocks. apb_v2_check_blocks() runs after the
+ * and decodes it into m->blocks, which reuse table->spare (always taken:
+ * reused or freed). apb_v2_check_blocks() runs after the
  * shared checks (extents are then known not to overflow) and enforces every
  * per-entry rule of the format. Both return 0 or a negative errno with one
  * line in err.
  */
 int apb_v2_table_read(const struct apb_source *src,
-		      const struct apb_v2_table_ref *table,
-		      struct apb_manifest *m, char *err, size_t err_len);
+		      struct apb_v2_table_ref *table, struct apb_manifest *m,
+		      char *err, size_t err_len);
 int apb_v2_check_blocks(const struct apb_manifest *m, char *err,
 			size_t err_len);
 

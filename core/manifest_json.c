@@ -23,9 +23,18 @@
  * Version 2 manifest rules, in addition (docs/FORMAT.md):
  *   - the top level has "chunk_table": {"offset", "count", "checksum"},
  *     exact integers and an "xxh3-64:" checksum as above;
- *   - every model also has "stored_size", "compression" ("none" or "zstd";
- *     anything else is refused by name), "chunk_size" (a multiple of 4096
- *     in 4096 .. 16 MiB) and "first_chunk"; an empty model stores 0 bytes;
+ *   - every model also has a "compression" ("none" or "zstd"; anything
+ *     else is refused by name), a "chunk_size" (a multiple of 4096 in
+ *     4096 .. 16 MiB), a "stored_size" and a "first_chunk"; an empty model
+ *     stores 0 bytes;
+ *   - each of those four and "offset" may be left out and then takes its
+ *     default: "compression" and "chunk_size" the top level's (themselves
+ *     optional, "none" and 65536), "first_chunk" the table entry after the
+ *     previous model's blocks; "offset" and "stored_size" are left to the
+ *     block table (APB_V2_FROM_TABLE here, the extent of the model's
+ *     blocks once v2.c has read it). The writer leaves every one of them
+ *     out, so that a model is spelled with fewer keys than in version 1
+ *     and the open's parse, most of its time, is shorter;
  *   - those keys keep the spelling of the format: "chunk_table" is the
  *     block table, "chunk_size" a model's block size, "first_chunk" its
  *     first entry in the block table (docs/FORMAT.md);
@@ -409,23 +418,89 @@ static int v2_block_table(const char *obj, struct apb_v2_table_ref *t, char *err
 	return rc;
 }
 
-/* model_count, models and (version 2) chunk_table; returns the array and
- * its checked length. */
+/* What a version 2 model leaves out (docs/FORMAT.md): the top level's
+ * "compression" and "chunk_size", and the table entry after the previous
+ * model's blocks. */
+struct v2_defaults {
+	enum apb_compression compression;
+	uint64_t block_size;
+	uint64_t next_block;
+};
+
+/* A "compression" value v, present. */
+static int json_compression(const char *v, struct where w,
+			    enum apb_compression *out, char *err,
+			    size_t err_len)
+{
+	char ws[WHERE_MAX], q[APB_QUOTE_MAX], *s = NULL;
+	size_t len;
+	int rc;
+
+	/* The plain spellings first, straight from the text (strncmp()
+	 * stops at the NUL after it). */
+	if (strncmp(v, "\"none\"", 6) == 0) {
+		*out = APB_COMPRESSION_NONE;
+	} else if (strncmp(v, "\"zstd\"", 6) == 0) {
+		*out = APB_COMPRESSION_ZSTD;
+	} else if (apb_json_type(v) == APB_JSON_STRING &&
+		   apb_json_string_is(v, "none")) {
+		*out = APB_COMPRESSION_NONE;
+	} else if (apb_json_type(v) == APB_JSON_STRING &&
+		   apb_json_string_is(v, "zstd")) {
+		*out = APB_COMPRESSION_ZSTD;
+	} else {
+		rc = json_str(v, "compression", w, &s, &len, err, err_len);
+		if (rc)
+			return rc;
+		rc = apb_errf(err, err_len,
+			      "%s: unknown compression '%s' (this apbundlefs reads none and zstd)",
+			      where_str(w, ws), apb_name_quote(s, len, q, 64));
+		free(s);
+		return rc;
+	}
+	return 0;
+}
+
+/* A "chunk_size" value v, present. */
+static int json_block_size(const char *v, struct where w, uint64_t *out,
+			   char *err, size_t err_len)
+{
+	char ws[WHERE_MAX];
+	int rc = json_u64(v, "chunk_size", w, out, err, err_len);
+
+	if (rc)
+		return rc;
+	if (*out < APB_BLOCK_SIZE_MIN || *out > APB_BLOCK_SIZE_MAX)
+		return apb_errf(err, err_len,
+				"%s: chunk_size %llu is outside %u .. %u",
+				where_str(w, ws), (unsigned long long)*out,
+				APB_BLOCK_SIZE_MIN, APB_BLOCK_SIZE_MAX);
+	if (*out % APB_ALIGN)
+		return apb_errf(err, err_len,
+				"%s: chunk_size %llu is not a multiple of %u",
+				where_str(w, ws), (unsigned long long)*out,
+				APB_ALIGN);
+	return 0;
+}
+
+/* model_count, models and (version 2) chunk_table and the models'
+ * defaults; returns the array and its checked length. */
 static int top_level(const char *root, unsigned version,
 		     const struct apb_json_hints *hints, const char **models,
-		     size_t *count, struct apb_v2_table_ref *table, char *err,
-		     size_t err_len)
+		     size_t *count, struct apb_v2_table_ref *table,
+		     struct v2_defaults *d, char *err, size_t err_len)
 {
 	static const struct key keys[] = {KEY("model_count"), KEY("models"),
-					  KEY("chunk_table")};
+					  KEY("chunk_table"), KEY("compression"),
+					  KEY("chunk_size")};
 	const struct apb_json_hint *h;
 	const struct where top = {NULL, TOP_LEVEL};
-	const char *v[3];
+	const char *v[5];
 	uint64_t n;
 	size_t len;
 	int rc;
 
-	rc = pick_keys(root, keys, v, version == 2 ? 3 : 2, top, hints, NULL,
+	rc = pick_keys(root, keys, v, version == 2 ? 5 : 2, top, hints, NULL,
 		       NULL, err, err_len);
 	if (rc)
 		return rc;
@@ -447,8 +522,16 @@ static int top_level(const char *root, unsigned version,
 		return apb_errf(err, err_len,
 				"manifest: 'model_count' is %llu but 'models' has %zu entries",
 				(unsigned long long)n, len);
+	*d = (struct v2_defaults){APB_COMPRESSION_NONE, APB_V2_BLOCK_DEFAULT,
+				  0};
 	if (version == 2) {
 		rc = v2_block_table(v[2], table, err, err_len);
+		if (!rc && v[3])
+			rc = json_compression(v[3], top, &d->compression, err,
+					      err_len);
+		if (!rc && v[4])
+			rc = json_block_size(v[4], top, &d->block_size, err,
+					     err_len);
 		if (rc)
 			return rc;
 	}
@@ -458,60 +541,37 @@ static int top_level(const char *root, unsigned version,
 }
 
 /* A version 2 model's "compression", "chunk_size", "stored_size" and
- * "first_chunk" (v[0 .. 4)). */
+ * "first_chunk" (v[0 .. 4)), each absent one from d; d then points past
+ * the model's blocks. */
 static int v2_model_fields(const char *const *v, struct where w,
-			   struct apb_model *m, char *err, size_t err_len)
+			   struct v2_defaults *d, struct apb_model *m,
+			   char *err, size_t err_len)
 {
-	char ws[WHERE_MAX], q[APB_QUOTE_MAX], *s = NULL;
-	size_t len;
-	int rc;
+	char ws[WHERE_MAX];
+	int rc = 0;
 
-	/* The plain spellings first, straight from the text (strncmp()
-	 * stops at the NUL after it). */
-	if (v[0] && strncmp(v[0], "\"none\"", 6) == 0) {
-		m->compression = APB_COMPRESSION_NONE;
-	} else if (v[0] && strncmp(v[0], "\"zstd\"", 6) == 0) {
-		m->compression = APB_COMPRESSION_ZSTD;
-	} else if (v[0] && apb_json_type(v[0]) == APB_JSON_STRING &&
-		   apb_json_string_is(v[0], "none")) {
-		m->compression = APB_COMPRESSION_NONE;
-	} else if (v[0] && apb_json_type(v[0]) == APB_JSON_STRING &&
-		   apb_json_string_is(v[0], "zstd")) {
-		m->compression = APB_COMPRESSION_ZSTD;
-	} else {
-		rc = json_str(v[0], "compression", w, &s, &len, err, err_len);
-		if (rc)
-			return rc;
-		rc = apb_errf(err, err_len,
-			      "%s: unknown compression '%s' (this apbundlefs reads none and zstd)",
-			      where_str(w, ws), apb_name_quote(s, len, q, 64));
-		free(s);
-		return rc;
-	}
-	rc = json_u64(v[1], "chunk_size", w, &m->block_size, err, err_len);
-	if (!rc)
+	m->compression = d->compression;
+	if (v[0])
+		rc = json_compression(v[0], w, &m->compression, err, err_len);
+	m->block_size = d->block_size;
+	if (!rc && v[1])
+		rc = json_block_size(v[1], w, &m->block_size, err, err_len);
+	m->stored_size = APB_V2_FROM_TABLE;
+	if (!rc && v[2])
 		rc = json_u64(v[2], "stored_size", w, &m->stored_size, err,
 			      err_len);
-	if (!rc)
+	m->first_block = d->next_block;
+	if (!rc && v[3])
 		rc = json_u64(v[3], "first_chunk", w, &m->first_block, err,
 			      err_len);
 	if (rc)
 		return rc;
-	if (m->block_size < APB_BLOCK_SIZE_MIN ||
-	    m->block_size > APB_BLOCK_SIZE_MAX)
-		return apb_errf(err, err_len,
-				"%s: chunk_size %llu is outside %u .. %u",
-				where_str(w, ws),
-				(unsigned long long)m->block_size,
-				APB_BLOCK_SIZE_MIN, APB_BLOCK_SIZE_MAX);
-	if (m->block_size % APB_ALIGN)
-		return apb_errf(err, err_len,
-				"%s: chunk_size %llu is not a multiple of %u",
-				where_str(w, ws),
-				(unsigned long long)m->block_size, APB_ALIGN);
 	m->block_count = m->size / m->block_size +
 			 (m->size % m->block_size != 0);
-	if (m->size == 0 && m->stored_size != 0)
+	/* No overflow: first_block < 2^53 and block_count <= size / 4096. */
+	d->next_block = m->first_block + m->block_count;
+	if (m->size == 0 && m->stored_size != 0 &&
+	    m->stored_size != APB_V2_FROM_TABLE)
 		return apb_errf(err, err_len,
 				"%s: size is 0 but stored_size is %llu (an empty model stores nothing)",
 				where_str(w, ws),
@@ -522,7 +582,8 @@ static int v2_model_fields(const char *const *v, struct where w,
 /* One entry of "models", which ends at *end; its name is decoded at *pool,
  * which then moves past it. */
 static int parse_model(const char *obj, size_t i, unsigned version,
-		       unsigned char *order, struct apb_model *m, char **pool,
+		       struct v2_defaults *d, unsigned char *order,
+		       struct apb_model *m, char **pool,
 		       const char **end, char *err, size_t err_len)
 {
 	static const struct key keys[] = {
@@ -548,7 +609,9 @@ static int parse_model(const char *obj, size_t i, unsigned version,
 		return rc;
 	m->name = w.name = *pool;
 	*pool += len + 1;
-	rc = json_u64(v[1], "offset", w, &m->offset, err, err_len);
+	m->offset = APB_V2_FROM_TABLE;
+	if (v[1] || version == 1)
+		rc = json_u64(v[1], "offset", w, &m->offset, err, err_len);
 	if (!rc)
 		rc = json_u64(v[2], "size", w, &m->size, err, err_len);
 	if (!rc)
@@ -560,7 +623,7 @@ static int parse_model(const char *obj, size_t i, unsigned version,
 	/* Version 2 places blocks, not models: a zstd model may start
 	 * anywhere, and raw blocks carry the alignment rule. */
 	if (version == 2)
-		return v2_model_fields(v + 4, w, m, err, err_len);
+		return v2_model_fields(v + 4, w, d, m, err, err_len);
 	if (m->offset % APB_ALIGN)
 		return apb_errf(err, err_len,
 				"%s: offset %llu is not a multiple of %u",
@@ -577,13 +640,15 @@ static int json_models(const char *root, size_t text_len, unsigned version,
 		       char *err, size_t err_len)
 {
 	struct apb_json_iter it;
+	struct v2_defaults d;
 	const char *arr = NULL, *key, *val, *end = NULL;
 	char *pool, *at;
 	unsigned char order[ORDER_MAX];
 	size_t n = 0, i = 0;
 	int rc;
 
-	rc = top_level(root, version, hints, &arr, &n, table, err, err_len);
+	rc = top_level(root, version, hints, &arr, &n, table, &d, err,
+		       err_len);
 	if (rc)
 		return rc;
 	m->models = calloc(n ? n : 1, sizeof *m->models);
@@ -597,7 +662,7 @@ static int json_models(const char *root, size_t text_len, unsigned version,
 	memset(order, 0xff, sizeof order); /* no guess yet */
 	apb_json_iter(&it, arr);
 	for (; rc == 0 && apb_json_next(&it, &key, &val); i++) {
-		rc = parse_model(val, i, version, order, &m->models[i], &at,
+		rc = parse_model(val, i, version, &d, order, &m->models[i], &at,
 				 &end, err, err_len);
 		if (rc == 0)
 			apb_json_resume(&it, end);
@@ -646,8 +711,11 @@ int apb_json_manifest_parse(const struct apb_source *src, unsigned version,
 		goto out;
 	rc = json_models(root, (size_t)len, version, &hints, m, &ref, err,
 			 err_len);
-	if (rc == 0 && table)
+	if (rc == 0 && table) {
 		*table = ref;
+		table->spare = text; /* for the block table (v2.c) */
+		text = NULL;
+	}
 out:
 	free(text);
 	if (rc)

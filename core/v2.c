@@ -11,7 +11,10 @@
  *     "chunk_table"."checksum" (checked before any entry is believed);
  *   - a model's entries "first_chunk" .. "first_chunk" + block_count - 1
  *     lie in the table (an empty model's "first_chunk" is at most the
- *     count; the manifest keys keep their on-disk spelling);
+ *     count; the manifest keys keep their on-disk spelling); an offset or
+ *     stored size the model's manifest entry leaves out is then taken
+ *     from them (the first entry's offset, the last entry's end), which
+ *     must not end before the offset;
  *   - flags: bit 0 (zstd) only, and only in a "zstd" model;
  *   - a raw entry starts on a multiple of 4096 and stores exactly the
  *     block's uncompressed length; a zstd entry is 1 ..
@@ -115,15 +118,59 @@ static bool entries_are_raw(void)
 	       *(const uint8_t *)&one == 1;
 }
 
-int apb_v2_table_read(const struct apb_source *src,
-		      const struct apb_v2_table_ref *table,
-		      struct apb_manifest *m, char *err, size_t err_len)
+/* Each model's entries must lie in the table; an offset or stored size
+ * its manifest entry left out is then its blocks' extent, and an empty
+ * model's is nothing at the end of the manifest (docs/FORMAT.md). */
+static int model_extents(struct apb_manifest *mf, char *err, size_t err_len)
 {
-	uint64_t off = table->offset, count = table->count;
-	uint64_t xxh3 = table->xxh3, size = apb_source_size(src);
-	uint64_t len, got;
-	uint8_t *raw;
-	int rc;
+	char q[APB_QUOTE_MAX];
+
+	for (size_t i = 0; i < mf->count; i++) {
+		struct apb_model *m = &mf->models[i];
+		const struct apb_block_entry *last;
+		uint64_t n = mf->block_count, end;
+
+		if (m->first_block > n || m->block_count > n - m->first_block)
+			return apb_errf(err, err_len,
+					"model '%s': its %llu blocks from table entry %llu run past the block table (%llu entries)",
+					apb_mq(m, q),
+					(unsigned long long)m->block_count,
+					(unsigned long long)m->first_block,
+					(unsigned long long)n);
+		if (m->block_count == 0) {
+			if (m->offset == APB_V2_FROM_TABLE)
+				m->offset = mf->data_start;
+			if (m->stored_size == APB_V2_FROM_TABLE)
+				m->stored_size = 0;
+			continue;
+		}
+		if (m->offset == APB_V2_FROM_TABLE)
+			m->offset = mf->blocks[m->first_block].offset;
+		if (m->stored_size != APB_V2_FROM_TABLE)
+			continue;
+		last = &mf->blocks[m->first_block + m->block_count - 1];
+		end = last->offset + last->length;
+		if (end < last->offset || end < m->offset)
+			return apb_errf(err, err_len,
+					"model '%s': its last block (table entry %llu, %u bytes at offset %llu) does not end between its offset %llu and 2^64",
+					apb_mq(m, q),
+					(unsigned long long)(m->first_block +
+							     m->block_count - 1),
+					last->length,
+					(unsigned long long)last->offset,
+					(unsigned long long)m->offset);
+		m->stored_size = end - m->offset;
+	}
+	return 0;
+}
+
+/* The table's count and place against the limit, the manifest and the
+ * file. */
+static int table_place(const struct apb_v2_table_ref *table,
+		       const struct apb_manifest *m, uint64_t size, char *err,
+		       size_t err_len)
+{
+	uint64_t off = table->offset, count = table->count, len;
 
 	if (count > APB_BLOCKS_MAX)
 		return apb_errf(err, err_len,
@@ -146,7 +193,34 @@ int apb_v2_table_read(const struct apb_source *src,
 				(unsigned long long)len,
 				(unsigned long long)off,
 				(unsigned long long)size);
-	m->blocks = malloc(count ? (size_t)count * sizeof *m->blocks : 1);
+	return 0;
+}
+
+int apb_v2_table_read(const struct apb_source *src,
+		      struct apb_v2_table_ref *table, struct apb_manifest *m,
+		      char *err, size_t err_len)
+{
+	uint64_t off = table->offset, count = table->count;
+	uint64_t xxh3 = table->xxh3, size = apb_source_size(src);
+	uint64_t len, got;
+	uint8_t *raw, *spare = table->spare;
+	int rc;
+
+	table->spare = NULL;
+	rc = table_place(table, m, size, err, err_len);
+	if (rc) {
+		free(spare);
+		return rc;
+	}
+	len = count * APB_V2_ENTRY_LEN; /* <= 384 MiB: no overflow */
+	/* The entries go into the manifest's buffer, resized: the parse has
+	 * touched its pages, and a fresh buffer's first touch is what costs
+	 * (10,000 entries: 59 pages, about 0.1 ms on a VM whose host faults
+	 * each page in, docs/PERFORMANCE.md). */
+	m->blocks = realloc(spare, count ? (size_t)count * sizeof *m->blocks
+					  : 1);
+	if (!m->blocks)
+		free(spare);
 	/* Where the table's bytes are the entries' (a little-endian host
 	 * with no padding) they are read straight into them: a copy of the
 	 * table would cost its pages' first touch again. */
@@ -191,7 +265,7 @@ out:
 		return rc;
 	m->block_count = count;
 	m->table_offset = off;
-	return 0;
+	return model_extents(m, err, err_len);
 }
 
 /* ---- the rules that tie entries to models ------------------------------ */
@@ -276,17 +350,10 @@ static int check_entry(const struct apb_model *m, uint64_t i,
 static int check_model(const struct apb_manifest *mf,
 		       const struct apb_model *m, char *err, size_t err_len)
 {
-	uint64_t n = mf->block_count, prev_end = m->offset;
-	char q[APB_QUOTE_MAX];
+	uint64_t prev_end = m->offset;
 	int rc;
 
-	if (m->first_block > n || m->block_count > n - m->first_block)
-		return apb_errf(err, err_len,
-				"model '%s': its %llu blocks from table entry %llu run past the block table (%llu entries)",
-				apb_mq(m, q),
-				(unsigned long long)m->block_count,
-				(unsigned long long)m->first_block,
-				(unsigned long long)n);
+	/* The entries lie in the table (model_extents()). */
 	for (uint64_t i = 0; i < m->block_count; i++) {
 		const struct apb_block_entry *e = &mf->blocks[m->first_block + i];
 
@@ -308,52 +375,72 @@ static int cmp_by_first_block(const void *a, const void *b)
 	return strcmp(x->name, y->name);
 }
 
-/* The models' entry ranges, in table order, must tile the table exactly. */
+/* The next model in table order, cur, must start where the previous
+ * one, far, ended (*next); cur becomes far. */
+static int tile_step(const struct apb_model *cur,
+		     const struct apb_model **far, uint64_t *next, char *err,
+		     size_t err_len)
+{
+	char qa[APB_QUOTE_MAX], qb[APB_QUOTE_MAX];
+
+	if (cur->first_block < *next)
+		return apb_errf(err, err_len,
+				"block table entry %llu is used by models '%s' and '%s'",
+				(unsigned long long)cur->first_block,
+				apb_mq(*far, qa), apb_mq(cur, qb));
+	if (cur->first_block > *next)
+		return apb_errf(err, err_len,
+				"block table entries %llu .. %llu are used by no model",
+				(unsigned long long)*next,
+				(unsigned long long)(cur->first_block - 1));
+	*far = cur;
+	*next = cur->first_block + cur->block_count;
+	return 0;
+}
+
+/* The models' entry ranges, in table order, must tile the table exactly.
+ * Writers lay the entries out in manifest order: then the models are
+ * walked as they are, and only another order pays for a sorted copy. */
 static int check_coverage(const struct apb_manifest *mf, char *err,
 			  size_t err_len)
 {
-	const struct apb_model **by = malloc((mf->count ? mf->count : 1) *
-					     sizeof *by);
-	const struct apb_model *far = NULL;
+	const struct apb_model **by = NULL, *far = NULL, *prev = NULL;
 	uint64_t next = 0; /* first entry not yet used */
+	bool ordered = true;
 	size_t n = 0;
-	char qa[APB_QUOTE_MAX], qb[APB_QUOTE_MAX];
 	int rc = 0;
 
-	if (!by)
-		return apb_fail(-ENOMEM, err, err_len, "out of memory");
-	for (size_t i = 0; i < mf->count; i++)
-		if (mf->models[i].block_count)
-			by[n++] = &mf->models[i];
-	/* Writers lay models' entries out in manifest order: checking that
-	 * is O(n), sorting O(n log n). */
-	for (size_t i = 1; i < n; i++)
-		if (cmp_by_first_block(&by[i - 1], &by[i]) > 0) {
-			qsort(by, n, sizeof *by, cmp_by_first_block);
-			break;
-		}
-	for (size_t i = 0; i < n && rc == 0; i++) {
-		const struct apb_model *cur = by[i];
+	for (size_t i = 0; i < mf->count && ordered; i++) {
+		const struct apb_model *cur = &mf->models[i];
 
-		if (cur->first_block < next)
-			rc = apb_errf(err, err_len,
-				      "block table entry %llu is used by models '%s' and '%s'",
-				      (unsigned long long)cur->first_block,
-				      apb_mq(far, qa), apb_mq(cur, qb));
-		else if (cur->first_block > next)
-			rc = apb_errf(err, err_len,
-				      "block table entries %llu .. %llu are used by no model",
-				      (unsigned long long)next,
-				      (unsigned long long)(cur->first_block - 1));
-		far = cur;
-		next = cur->first_block + cur->block_count;
+		if (!cur->block_count)
+			continue;
+		ordered = !prev || cmp_by_first_block(&prev, &cur) < 0;
+		prev = cur;
+	}
+	if (ordered) {
+		for (size_t i = 0; i < mf->count && rc == 0; i++)
+			if (mf->models[i].block_count)
+				rc = tile_step(&mf->models[i], &far, &next,
+					       err, err_len);
+	} else {
+		by = malloc(mf->count * sizeof *by);
+		if (!by)
+			return apb_fail(-ENOMEM, err, err_len,
+					"out of memory");
+		for (size_t i = 0; i < mf->count; i++)
+			if (mf->models[i].block_count)
+				by[n++] = &mf->models[i];
+		qsort(by, n, sizeof *by, cmp_by_first_block);
+		for (size_t i = 0; i < n && rc == 0; i++)
+			rc = tile_step(by[i], &far, &next, err, err_len);
+		free(by);
 	}
 	if (rc == 0 && next < mf->block_count)
 		rc = apb_errf(err, err_len,
 			      "block table entries %llu .. %llu are used by no model",
 			      (unsigned long long)next,
 			      (unsigned long long)(mf->block_count - 1));
-	free(by);
 	return rc;
 }
 

@@ -95,7 +95,6 @@
 
 #define COPY_BUF_BYTES (1u << 20)
 #define LAYOUT_ROUNDS_MAX 64
-#define V2_BLOCK_DEFAULT (64u << 10)
 #define BATCH_BYTES (1u << 20)   /* input bytes per unit of pool work */
 #define WINDOW_BYTES (64u << 20) /* soft cap on the slots' buffers */
 
@@ -342,8 +341,11 @@ static bool add_sum(cJSON *o, const char *key, uint64_t xxh3)
 	return cJSON_AddStringToObject(o, key, sum) != NULL;
 }
 
-/* A model's keys: format 1 in its historical order, format 2 as in
- * docs/FORMAT.md. */
+/* A model's keys: format 1 in its historical order; format 2 leaves out
+ * every key that has a default (docs/FORMAT.md): its offset and stored
+ * size are its blocks' extent in the table, its first table entry
+ * follows the previous model's, its compression and chunk_size are the
+ * top level's. */
 static bool render_model(const struct job *j, const struct entry *e, cJSON *m)
 {
 	if (j->o->format == 1)
@@ -353,14 +355,7 @@ static bool render_model(const struct job *j, const struct entry *e, cJSON *m)
 		       add_sum(m, "checksum", e->xxh3);
 	return cJSON_AddStringToObject(m, "name", e->name) &&
 	       add_u64(m, "size", e->size) &&
-	       add_sum(m, "checksum", e->xxh3) &&
-	       add_u64(m, "offset", e->offset) &&
-	       add_u64(m, "stored_size", e->stored) &&
-	       cJSON_AddStringToObject(m, "compression",
-				       j->o->compression == APB_WRITER_ZSTD
-					       ? "zstd" : "none") &&
-	       add_u64(m, "chunk_size", j->block_size) &&
-	       add_u64(m, "first_chunk", e->first_block);
+	       add_sum(m, "checksum", e->xxh3);
 }
 
 /* Print the manifest for the current offsets and checksums. */
@@ -377,6 +372,12 @@ static int render_manifest(const struct job *j, char **out)
 		if (!table || !add_u64(table, "offset", j->table_off) ||
 		    !add_u64(table, "count", j->entries) ||
 		    !add_sum(table, "checksum", j->table_xxh3))
+			goto out;
+		if (j->o->compression == APB_WRITER_ZSTD &&
+		    !cJSON_AddStringToObject(root, "compression", "zstd"))
+			goto out;
+		if (j->block_size != APB_V2_BLOCK_DEFAULT &&
+		    !add_u64(root, "chunk_size", j->block_size))
 			goto out;
 	}
 	models = cJSON_AddArrayToObject(root, "models");
@@ -969,7 +970,7 @@ static int count_blocks(struct job *j)
 {
 	bool zstd = j->o->compression == APB_WRITER_ZSTD;
 
-	j->block_size = j->o->block_size ? j->o->block_size : V2_BLOCK_DEFAULT;
+	j->block_size = j->o->block_size ? j->o->block_size : APB_V2_BLOCK_DEFAULT;
 	for (size_t i = 0; i < j->n; i++) {
 		struct entry *e = &j->e[i];
 		uint64_t blocks = (e->size + j->block_size - 1) / j->block_size;

@@ -202,6 +202,45 @@ ENTRY_V2 = 24
 FLAG_ZSTD = 1
 
 
+def v2_with_defaults(doc, entries, manifest_end):
+    """A copy of v2 manifest doc whose models spell every key: one that is
+    left out takes its default (docs/FORMAT.md). "compression" and
+    "chunk_size" are the top level's ("none" and 65536 when it has none),
+    "first_chunk" the entry after the previous model's blocks, "offset" and
+    "stored_size" the extent of the model's blocks in entries (the table:
+    (offset, length, ...) tuples), an empty model's manifest_end (16 +
+    the manifest's length) and 0."""
+    doc = json.loads(json.dumps(doc))
+    comp, bs, nxt = doc.get("compression", "none"), doc.get("chunk_size", 65536), 0
+    for m in doc["models"]:
+        m.setdefault("compression", comp)
+        m.setdefault("chunk_size", bs)
+        m.setdefault("first_chunk", nxt)
+        nxt = m["first_chunk"] + -(-m["size"] // m["chunk_size"])
+        if m["size"] == 0:
+            m.setdefault("offset", manifest_end)
+            m.setdefault("stored_size", 0)
+            continue
+        first, last = entries[m["first_chunk"]], entries[nxt - 1]
+        m.setdefault("offset", first[0])
+        m.setdefault("stored_size", last[0] + last[1] - m["offset"])
+    return doc
+
+
+def read_v2_manifest(path):
+    """A version 2 bundle's manifest, its defaults spelled out
+    (v2_with_defaults()), and its table entries."""
+    with open(path, "rb") as f:
+        head = f.read(HEADER_V2)
+        magic, (version, n) = head[:8], struct.unpack("<II", head[8:16])
+        assert (magic, version) == (MAGIC, 2), (magic, version)
+        doc = json.loads(f.read(n))
+        t = doc["chunk_table"]
+        f.seek(t["offset"])
+        entries = list(struct.iter_unpack("<QIIQ", f.read(ENTRY_V2 * t["count"])))
+    return v2_with_defaults(doc, entries, HEADER_V2 + n), entries
+
+
 def _load_zstd():
     size, ptr = ctypes.c_size_t, ctypes.c_void_p
     return _load_lib("zstd", "libzstd1", {

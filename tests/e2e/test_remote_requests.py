@@ -65,6 +65,8 @@ class Layout:
 
     def __init__(self, path, name):
         _, version, _, doc = apbformat.read_v1_manifest(path)
+        if version == 2:
+            doc = apbformat.read_v2_manifest(path)[0]
         m = next(e for e in doc["models"] if e["name"] == name)
         self.size, self.offset = m["size"], m["offset"]
         self.metadata = [(0, 64 * KiB - 1)]   # the open's request (remote.c's head_bytes)

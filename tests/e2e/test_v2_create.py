@@ -31,16 +31,24 @@ def data_for(size, seed):
     return text[:half] + apbformat.random_bytes(size - half, seed)
 
 
-def read_v2(path):
-    """(manifest, table entries, file bytes) of a format 2 file."""
-    raw = path.read_bytes()
+def written_manifest(raw):
+    """The manifest of format 2 file bytes raw, as written."""
     magic, version, n = struct.unpack_from("<8sII", raw)
     assert (magic, version) == (b"APBUNDLE", 2)
-    doc = json.loads(raw[16:16 + n].decode())     # trailing spaces are valid JSON
-    t = doc["chunk_table"]
+    return json.loads(raw[16:16 + n].decode())     # trailing spaces are valid JSON
+
+
+def read_v2(path):
+    """(manifest with every default spelled out, table entries, file bytes)
+    of a format 2 file."""
+    raw = path.read_bytes()
+    written = written_manifest(raw)
+    t = written["chunk_table"]
     table = raw[t["offset"]:t["offset"] + 24 * t["count"]]
     assert apbformat.checksum_str(table) == t["checksum"]
-    return doc, [ENTRY.unpack_from(table, 24 * i) for i in range(t["count"])], raw
+    entries = [ENTRY.unpack_from(table, 24 * i) for i in range(t["count"])]
+    doc = apbformat.v2_with_defaults(written, entries, 16 + struct.unpack_from("<I", raw, 12)[0])
+    return doc, entries, raw
 
 
 def check_v2_bytes(path, models, compression, bs):
@@ -48,6 +56,16 @@ def check_v2_bytes(path, models, compression, bs):
     each block's XXH3 of its uncompressed bytes, raw blocks 4096-aligned and
     equal to the source, frames only in zstd models and only when shorter."""
     doc, entries, raw = read_v2(path)
+    # Every key with a default is left out: a model spells its name, size
+    # and checksum, fewer keys than in version 1.
+    written = written_manifest(raw)
+    assert set(written) == ({"model_count", "chunk_table", "models"}
+                            | ({"compression"} if compression == "zstd" else set())
+                            | ({"chunk_size"} if bs != 65536 else set()))
+    assert written.get("compression", "none") == compression
+    assert written.get("chunk_size", 65536) == bs
+    for m in written["models"]:
+        assert set(m) == {"name", "size", "checksum"}, m
     assert doc["model_count"] == len(models)
     assert [m["name"] for m in doc["models"]] == sorted(models)
     used = 0

@@ -51,6 +51,17 @@ def seeds():
                       ("e", EMPTY, {"compression": "zstd"})],
                      block_size=8192, slack=0, force_raw={("d/z.bin", 1)})
     yield "v2-mixed", mixed.to_bytes()
+    # the writer's spelling: each model key with a default left out
+    compact = V2Bundle(mixed.models, block_size=8192, slack=0,
+                       force_raw={("d/z.bin", 1)})
+    compact.doc.update(compression="zstd", chunk_size=8192)
+    for e in compact.entries:
+        del e["chunk_size"], e["first_chunk"], e["stored_size"]
+        if e["size"]:
+            del e["offset"]
+        if e["compression"] == "zstd":
+            del e["compression"]
+    yield "v2-defaults", compact.to_bytes()
     # broken on purpose: the paths that refuse
     good = V1Bundle([("a.bin", A), ("b.bin", B)], slack=0)
     yield "bad-v1-overlap", _overlap(good)

@@ -55,6 +55,10 @@ struct v2 {
 				       * "" leaves it out */
 	const char *table_sum;        /* replaces its checksum */
 	uint64_t file_size;           /* 0: just past the table */
+	const char *top_comp;         /* the top level's "compression" */
+	uint64_t top_cs;              /* the top level's "chunk_size" */
+	bool compact;                 /* models leave out keys equal to
+				       * their defaults, as the writer does */
 };
 
 static uint64_t align_up(uint64_t n, uint64_t a)
@@ -152,16 +156,67 @@ static struct buf v2_table(const struct v2 *v)
 	return t;
 }
 
+/* Model i's object as v->compact says: every key, or those that differ
+ * from their defaults (docs/FORMAT.md) given next, the entry after the
+ * previous model's blocks. */
+static size_t v2_model_json(const struct v2 *v, size_t i, uint64_t next,
+			    char *out, size_t cap)
+{
+	const char *comp = v->top_comp ? v->top_comp : "none";
+	uint64_t cs = v->top_cs ? v->top_cs : 65536;
+	size_t o = 0;
+
+	/* The extent of the model's blocks, the defaults of offset and
+	 * stored_size; an empty model has none (so no offset is left out). */
+	bool blocks = v->cs[i] && v->size[i] && v->first[i] < v->ne;
+	const struct v2_entry *e = blocks ? &v->e[v->first[i]] : NULL;
+	const struct v2_entry *last =
+		blocks && v->first[i] + (v->size[i] - 1) / v->cs[i] < v->ne
+			? &v->e[v->first[i] + (v->size[i] - 1) / v->cs[i]]
+			: NULL;
+
+	o += snprintf(out + o, cap - o,
+		      "{'name':'%s','size':%zu,'checksum':'xxh3-64:%016llx'",
+		      v->name[i], v->size[i],
+		      (unsigned long long)XXH3_64bits(v->data[i], v->size[i]));
+	if (!v->compact || !e || v->off[i] != e->off)
+		o += snprintf(out + o, cap - o, ",'offset':%llu",
+			      (unsigned long long)v->off[i]);
+	if (!v->compact ||
+	    (last ? v->stored[i] != last->off + last->len - v->off[i]
+		  : v->stored[i] != 0))
+		o += snprintf(out + o, cap - o, ",'stored_size':%llu",
+			      (unsigned long long)v->stored[i]);
+	if (!v->compact || strcmp(v->comp[i], comp) != 0)
+		o += snprintf(out + o, cap - o, ",'compression':'%s'",
+			      v->comp[i]);
+	if (!v->compact || v->cs[i] != cs)
+		o += snprintf(out + o, cap - o, ",'chunk_size':%llu",
+			      (unsigned long long)v->cs[i]);
+	if (!v->compact || v->first[i] != next)
+		o += snprintf(out + o, cap - o, ",'first_chunk':%llu",
+			      (unsigned long long)v->first[i]);
+	o += snprintf(out + o, cap - o, "}");
+	return o;
+}
+
 static struct buf v2_bytes(const struct v2 *v)
 {
 	struct buf b = {0}, t = v2_table(v);
 	char man[8192], sum[40];
 	size_t o = 0;
+	uint64_t next = 0;
 	char *m;
 
 	snprintf(sum, sizeof sum, "xxh3-64:%016llx",
 		 (unsigned long long)XXH3_64bits(t.p, t.len));
 	o += snprintf(man + o, sizeof man - o, "{'model_count':%zu,", v->n);
+	if (v->top_comp)
+		o += snprintf(man + o, sizeof man - o, "'compression':'%s',",
+			      v->top_comp);
+	if (v->top_cs)
+		o += snprintf(man + o, sizeof man - o, "'chunk_size':%llu,",
+			      (unsigned long long)v->top_cs);
 	if (v->table_json && *v->table_json)
 		o += snprintf(man + o, sizeof man - o, "'chunk_table':%s,",
 			      v->table_json);
@@ -175,20 +230,16 @@ static struct buf v2_bytes(const struct v2 *v)
 			      v->table_sum ? v->table_sum : sum);
 	o += snprintf(man + o, sizeof man - o, "'models':[");
 	for (size_t i = 0; i < v->n; i++) {
+		if (i)
+			o += snprintf(man + o, sizeof man - o, ",");
 		if (v->model_json[i])
-			o += snprintf(man + o, sizeof man - o, "%s%s",
-				      i ? "," : "", v->model_json[i]);
+			o += snprintf(man + o, sizeof man - o, "%s",
+				      v->model_json[i]);
 		else
-			o += snprintf(man + o, sizeof man - o,
-				      "%s{'name':'%s','size':%zu,'checksum':'xxh3-64:%016llx',"
-				      "'offset':%llu,'stored_size':%llu,'compression':'%s',"
-				      "'chunk_size':%llu,'first_chunk':%llu}",
-				      i ? "," : "", v->name[i], v->size[i],
-				      (unsigned long long)XXH3_64bits(v->data[i], v->size[i]),
-				      (unsigned long long)v->off[i],
-				      (unsigned long long)v->stored[i], v->comp[i],
-				      (unsigned long long)v->cs[i],
-				      (unsigned long long)v->first[i]);
+			o += v2_model_json(v, i, next, man + o, sizeof man - o);
+		if (v->cs[i]) /* 0 in a test of that rule */
+			next = v->first[i] +
+			       (v->size[i] + v->cs[i] - 1) / v->cs[i];
 	}
 	o += snprintf(man + o, sizeof man - o, "]}   ");
 	CHECK(o < sizeof man);
@@ -795,12 +846,121 @@ static void empty_model(struct v2 *v, const char *model_json)
 	v->model_json[0] = model_json;
 }
 
-static void rejects_missing_compression(void)
+/* An empty model that gives no v2 key gets the defaults: none, 64 KiB
+ * blocks, nothing stored, the first entry. */
+static void empty_model_without_v2_keys_opens(void)
+{
+	struct v2 v;
+	struct buf file;
+	struct apb_bundle *b;
+	const struct apb_model *m;
+
+	empty_model(&v, MODEL_A(""));
+	file = v2_bytes(&v);
+	CHECK_EQ(open_buf(&file, &b), 0);
+	m = apb_bundle_model(b, 0);
+	CHECK_EQ(m->compression, APB_COMPRESSION_NONE);
+	CHECK_EQ(m->block_size, 65536);
+	CHECK_EQ(m->stored_size, 0);
+	CHECK_EQ(m->first_block, 0);
+	CHECK_EQ(m->block_count, 0);
+	apb_bundle_close(b);
+	free(file.p);
+	v2_free(&v);
+}
+
+/* Models that leave out every key equal to its default read as those
+ * that spell them, whatever the top level's defaults and whichever
+ * model differs from them. */
+static void v2_keys_left_out_take_their_defaults(void)
+{
+	static const struct {
+		const char *top_comp;
+		uint64_t top_cs, cs_a, cs_b;
+	} cases[] = {
+		{NULL, 0, 65536, 65536},   {NULL, 0, 4096, 65536},
+		{"zstd", 0, 65536, 65536}, {"none", 4096, 4096, 8192},
+		{"zstd", 8192, 8192, 8192},
+	};
+	static uint8_t a[200000], c[70000];
+
+	text(a, sizeof a, 3);
+	pattern(c, sizeof c, 4);
+	for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+		struct v2 full = {0}, compact;
+		struct buf f1, f2;
+		struct apb_bundle *b1, *b2;
+
+		v2_add(&full, "a", a, sizeof a, "zstd", cases[k].cs_a);
+		v2_add(&full, "b", c, sizeof c, "none", cases[k].cs_b);
+		v2_add(&full, "c", NULL, 0, "none", cases[k].cs_b);
+		v2_add(&full, "d", c, 5000, "zstd", cases[k].cs_a);
+		v2_layout(&full);
+		full.top_comp = cases[k].top_comp;
+		full.top_cs = cases[k].top_cs;
+		compact = full;
+		compact.compact = true;
+		f1 = v2_bytes(&full);
+		f2 = v2_bytes(&compact);
+		CHECK(apb_le32(f2.p + 12) < apb_le32(f1.p + 12)); /* manifest length */
+		CHECK_EQ(open_buf(&f1, &b1), 0);
+		CHECK_EQ(open_buf(&f2, &b2), 0);
+		for (size_t i = 0; i < full.n; i++) {
+			const struct apb_model *m1 = apb_bundle_model(b1, i);
+			const struct apb_model *m2 = apb_bundle_model(b2, i);
+
+			CHECK_EQ(m2->compression, m1->compression);
+			CHECK_EQ(m2->block_size, m1->block_size);
+			CHECK_EQ(m2->block_count, m1->block_count);
+			CHECK_EQ(m2->stored_size, m1->stored_size);
+			if (full.size[i]) /* an empty model's is the manifest's end */
+				CHECK_EQ(m2->offset, m1->offset);
+			CHECK_EQ(m2->first_block, m1->first_block);
+			CHECK_EQ(m2->first_block, full.first[i]);
+		}
+		check_all_reads(b2, &full);
+		apb_bundle_close(b1);
+		apb_bundle_close(b2);
+		free(f1.p);
+		free(f2.p);
+		v2_free(&full);
+	}
+}
+
+static void rejects_bad_top_level_defaults(void)
 {
 	struct v2 v;
 
-	empty_model(&v, MODEL_A(",'stored_size':0,'chunk_size':4096,'first_chunk':0"));
-	expect_v2_error(&v, "model 'a': 'compression' is missing");
+	base(&v);
+	v.top_comp = "lz4";
+	expect_v2_error(&v, "manifest: unknown compression 'lz4' (this apbundlefs reads none and zstd)");
+	base(&v);
+	v.top_cs = 6000;
+	expect_v2_error(&v, "manifest: chunk_size 6000 is not a multiple of 4096");
+	base(&v);
+	v.top_cs = 32u << 20;
+	expect_v2_error(&v, "manifest: chunk_size 33554432 is outside 4096 .. 16777216");
+}
+
+/* A model without first_chunk starts after the previous model's blocks,
+ * here an empty model's that names entry 1. */
+static void derived_first_chunk_follows_the_previous_model(void)
+{
+	static uint8_t b[3 * 4096 + 100];
+	static char b_json[512];
+	struct v2 v = {0};
+
+	pattern(b, sizeof b, 2);
+	v2_add(&v, "a", NULL, 0, "none", 4096);
+	v2_add(&v, "b", b, sizeof b, "none", 4096);
+	v2_layout(&v);
+	v.compact = true;
+	v.top_cs = 4096;
+	v.first[0] = 1;
+	/* b's object as if its entries really followed a's. */
+	v2_model_json(&v, 1, v.first[1], b_json, sizeof b_json);
+	v.model_json[1] = b_json;
+	expect_v2_error(&v, "model 'b': its 4 blocks from table entry 1 run past the block table (4 entries)");
 }
 
 static void rejects_compression_that_is_not_a_string(void)
@@ -818,14 +978,6 @@ static void rejects_unknown_compression(void)
 	base(&v);
 	v.comp[1] = "lz4";
 	expect_v2_error(&v, "model 'b': unknown compression 'lz4' (this apbundlefs reads none and zstd)");
-}
-
-static void rejects_missing_block_size(void)
-{
-	struct v2 v;
-
-	empty_model(&v, MODEL_A(",'compression':'none','stored_size':0,'first_chunk':0"));
-	expect_v2_error(&v, "model 'a': 'chunk_size' is missing");
 }
 
 static void rejects_block_size_out_of_range(void)
@@ -849,20 +1001,26 @@ static void rejects_block_size_not_multiple_of_4096(void)
 	expect_v2_error(&v, "model 'b': chunk_size 6000 is not a multiple of 4096");
 }
 
-static void rejects_missing_stored_size(void)
+/* A stored size left out is the extent of the model's blocks from its
+ * offset, which they must not end before. */
+static void rejects_offset_past_the_models_blocks(void)
 {
+	static char a_json[512];
 	struct v2 v;
 
-	empty_model(&v, MODEL_A(",'compression':'none','chunk_size':4096,'first_chunk':0"));
-	expect_v2_error(&v, "model 'a': 'stored_size' is missing");
-}
-
-static void rejects_missing_first_block(void)
-{
-	struct v2 v;
-
-	empty_model(&v, MODEL_A(",'compression':'none','chunk_size':4096,'stored_size':0"));
-	expect_v2_error(&v, "model 'a': 'first_chunk' is missing");
+	base(&v);
+	v.compact = true;
+	v.top_cs = 4096;
+	v.off[0] = v.e[3].off + v.e[3].len + 1;
+	snprintf(a_json, sizeof a_json,
+		 "{'name':'a','size':%zu,'checksum':'xxh3-64:%016llx','offset':%llu,'compression':'zstd'}",
+		 v.size[0],
+		 (unsigned long long)XXH3_64bits(v.data[0], v.size[0]),
+		 (unsigned long long)v.off[0]);
+	v.model_json[0] = a_json;
+	expect_v2_errorf(&v, "model 'a': its last block (table entry 3, %u bytes at offset %llu) does not end between its offset %llu and 2^64",
+			 v.e[3].len, (unsigned long long)v.e[3].off,
+			 (unsigned long long)v.off[0]);
 }
 
 static void rejects_empty_model_with_stored_bytes(void)
@@ -1266,14 +1424,15 @@ int main(void)
 	RUN(rejects_block_table_past_end_of_file);
 	RUN(rejects_malformed_block_table_checksum);
 	RUN(rejects_block_table_checksum_mismatch);
-	RUN(rejects_missing_compression);
+	RUN(empty_model_without_v2_keys_opens);
+	RUN(v2_keys_left_out_take_their_defaults);
+	RUN(rejects_bad_top_level_defaults);
+	RUN(derived_first_chunk_follows_the_previous_model);
 	RUN(rejects_compression_that_is_not_a_string);
 	RUN(rejects_unknown_compression);
-	RUN(rejects_missing_block_size);
 	RUN(rejects_block_size_out_of_range);
 	RUN(rejects_block_size_not_multiple_of_4096);
-	RUN(rejects_missing_stored_size);
-	RUN(rejects_missing_first_block);
+	RUN(rejects_offset_past_the_models_blocks);
 	RUN(rejects_empty_model_with_stored_bytes);
 	RUN(rejects_duplicate_v2_key);
 	RUN(rejects_blocks_past_the_table);

@@ -741,12 +741,11 @@ static uint64_t sum_of(const cJSON *o, const char *key)
 
 /* Check one model's blocks against its source; marks the stored bytes. */
 static void check_v2_blocks(const unsigned char *f, unsigned char *used,
-			    const unsigned char *table, const cJSON *m,
+			    const unsigned char *table, uint64_t off,
+			    uint64_t stored, uint64_t first,
 			    const struct v2_source *src, const char *comp,
 			    uint64_t cs, struct v2_counts *n)
 {
-	uint64_t off = num(m, "offset"), stored = num(m, "stored_size");
-	uint64_t first = num(m, "first_chunk");
 	uint64_t blocks = (src->size + cs - 1) / cs, end = off;
 	bool zstd = strcmp(comp, "zstd") == 0;
 	unsigned char *buf = malloc(cs);
@@ -800,6 +799,7 @@ static struct v2_counts check_v2_layout(const char *path,
 	struct v2_counts n = {0, 0};
 	uint64_t mlen, t, entries, next_block = 0;
 	cJSON *root, *table, *models;
+	bool zstd = strcmp(comp, "zstd") == 0;
 
 	CHECK(used);
 	CHECK(len >= 16);
@@ -813,8 +813,15 @@ static struct v2_counts check_v2_layout(const char *path,
 	CHECK_EQ(f[16 + jlen - 1], '}');
 	root = cJSON_ParseWithLength((const char *)f + 16, jlen);
 	CHECK(root);
-	CHECK_EQ(cJSON_GetArraySize(root), 3);
+	/* The models' defaults (docs/FORMAT.md) at the top level, when
+	 * they are not the format's. */
+	CHECK_EQ(cJSON_GetArraySize(root), 3 + zstd + (cs != 65536));
 	CHECK_EQ(num(root, "model_count"), count);
+	if (zstd)
+		CHECK(strcmp(cJSON_GetObjectItemCaseSensitive(root, "compression")
+				     ->valuestring, "zstd") == 0);
+	if (cs != 65536)
+		CHECK_EQ(num(root, "chunk_size"), cs);
 	table = cJSON_GetObjectItemCaseSensitive(root, "chunk_table");
 	CHECK(cJSON_IsObject(table));
 	CHECK_EQ(cJSON_GetArraySize(table), 3);
@@ -830,21 +837,32 @@ static struct v2_counts check_v2_layout(const char *path,
 	CHECK_EQ(cJSON_GetArraySize(models), count);
 	for (int i = 0; i < count; i++) {
 		const cJSON *m = cJSON_GetArrayItem(models, i);
+		uint64_t stored;
 
-		CHECK_EQ(cJSON_GetArraySize(m), 8);
+		uint64_t blocks = (src[i].size + cs - 1) / cs, off;
+
+		/* Every key with a default is left out: the offset and
+		 * stored size (the extent of the model's blocks), the
+		 * compression and chunk_size (the top level's), first_chunk
+		 * (the entry after the previous model's). */
+		CHECK_EQ(cJSON_GetArraySize(m), 3);
 		CHECK(strcmp(cJSON_GetObjectItemCaseSensitive(m, "name")
 				     ->valuestring, src[i].name) == 0);
 		CHECK_EQ(num(m, "size"), src[i].size);
 		CHECK(sum_of(m, "checksum") ==
 		      XXH3_64bits(src[i].data, src[i].size));
-		CHECK(strcmp(cJSON_GetObjectItemCaseSensitive(m, "compression")
-				     ->valuestring, comp) == 0);
-		CHECK_EQ(num(m, "chunk_size"), cs);
-		CHECK_EQ(num(m, "first_chunk"), next_block);
-		CHECK(num(m, "offset") >= 16 + mlen);
-		CHECK(num(m, "offset") + num(m, "stored_size") <= t);
-		check_v2_blocks(f, used, f + t, m, &src[i], comp, cs, &n);
-		next_block += (src[i].size + cs - 1) / cs;
+		if (blocks) {
+			const unsigned char *e = f + t + next_block * 24;
+			const unsigned char *last = e + (blocks - 1) * 24;
+
+			off = le64(e);
+			stored = le64(last) + le32(last + 8) - off;
+			CHECK(off >= 16 + mlen);
+			CHECK(off + stored <= t);
+			check_v2_blocks(f, used, f + t, off, stored,
+					next_block, &src[i], comp, cs, &n);
+		}
+		next_block += blocks;
 	}
 	CHECK_EQ(entries, next_block); /* every entry belongs to a model */
 	for (size_t k = 0; k < len; k++) /* padding is zeros */
