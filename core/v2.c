@@ -204,6 +204,7 @@ int apb_v2_table_read(const struct apb_source *src,
 	uint64_t xxh3 = table->xxh3, size = apb_source_size(src);
 	uint64_t len, got;
 	uint8_t *raw, *spare = table->spare;
+	struct apb_block_entry *blocks;
 	int rc;
 
 	table->spare = NULL;
@@ -217,10 +218,10 @@ int apb_v2_table_read(const struct apb_source *src,
 	 * touched its pages, and a fresh buffer's first touch is what costs
 	 * (10,000 entries: 59 pages, about 0.1 ms on a VM whose host faults
 	 * each page in, docs/PERFORMANCE.md). */
-	m->blocks = realloc(spare, count ? (size_t)count * sizeof *m->blocks
-					  : 1);
-	if (!m->blocks)
-		free(spare);
+	blocks = realloc(spare, count ? (size_t)count * sizeof *blocks : 1);
+	if (!blocks)
+		free(spare); /* realloc() failed: spare is still ours */
+	m->blocks = blocks;
 	/* Where the table's bytes are the entries' (a little-endian host
 	 * with no padding) they are read straight into them: a copy of the
 	 * table would cost its pages' first touch again. */
