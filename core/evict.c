@@ -217,19 +217,6 @@ struct ghost {
 	bool in_s;                        /* else: a demoted LIR chunk's */
 };
 
-struct auto_model {
-	uint64_t uses;                    /* gets, x16, halved every epoch */
-	uint64_t span;                    /* highest index used + 1 */
-	uint32_t epoch;
-	uint64_t last_index;
-	uint32_t start;                   /* clock at the run's start */
-	uint32_t period;                  /* gets between restarts, EWMA */
-	int32_t seq;                      /* sequential score */
-	uint32_t req;
-	uint32_t first;
-	bool seen;
-};
-
 struct apb_evict {
 	/* Immutable after apb_evict_new(). */
 	const struct evict_ops *ops;
@@ -269,13 +256,6 @@ struct apb_evict {
 					   * for the ghosts it makes */
 	struct ghost *ghost_oldest, *ghost_newest;
 	uint32_t nghosts;
-	struct auto_model *models;        /* [model_mask + 1] */
-	uint32_t model_mask;
-	uint32_t epoch;
-	uint64_t clock;
-	uint64_t decay_period;
-	uint32_t lir_reach;               /* decaying max recency of LIR hits */
-	uint32_t stale_room;
 };
 
 /* ---- lists: the cold list and LRU's ---------------------------------- */
@@ -461,8 +441,6 @@ static struct apb_evict_node *lfu_pop_victim(struct apb_evict *e,
 /* ---- auto: LIRS with an adaptive LIR set ----------------------------- */
 
 enum { AUTO_UNTRACKED = 0, AUTO_LIR = 1, AUTO_HIR = 2 };
-#include <stdio.h>
-static unsigned long dbg[16];
 
 /* HIR chunks that leave S unused for each slot the LIR set takes back. */
 #define AUTO_EXPIRIES_PER_SLOT 4u
@@ -652,8 +630,6 @@ static void auto_prune(struct apb_evict *e)
  * moves from the LIR list to Q's tail. A bottom chunk used often goes back
  * to the top instead, its uses halved: recency alone judges a chunk by its
  * last reuse distance, and a popular chunk with one long gap would go. */
-static uint32_t sc_period;
-static uint32_t model_period(struct apb_evict *e, uint32_t model);
 static void auto_demote_bottom(struct apb_evict *e)
 {
 	struct apb_evict_node *b;
@@ -661,16 +637,14 @@ static void auto_demote_bottom(struct apb_evict *e)
 	auto_prune(e);
 	b = node_of_s(e->s_bottom);
 	for (int i = 0; i < AUTO_SECOND_CHANCES &&
-			(b->auto_uses >= AUTO_SECOND_CHANCE_USES || (sc_period && model_period(e, b->model) && model_period(e, b->model) < sc_period)); i++) {
+			b->auto_uses >= AUTO_SECOND_CHANCE_USES; i++) {
 		b->auto_uses /= 2;
-		dbg[7]++;
 		s_unlink(e, &b->auto_s);
 		s_push_top(e, &b->auto_s);
 		auto_prune(e);
 		b = node_of_s(e->s_bottom);
 	}
 	assert(b->auto_status == AUTO_LIR && e->lir > 0);
-	dbg[b->model == 0 ? 5 : 6]++;
 	b->auto_status = AUTO_HIR;
 	b->auto_demoted = true;
 	e->lir--;
@@ -697,173 +671,6 @@ static void auto_promote(struct apb_evict *e, struct apb_evict_node *n)
 		auto_demote_bottom(e);
 }
 
-static void dbg_lir(struct apb_evict *e)
-{
-	uint32_t loop = 0, small = 0, hl = 0, hs = 0;
-
-	if (!getenv("DBG"))
-		return;
-	for (struct apb_evict_link *l = e->s_bottom; l; l = l->up) {
-		if (l->ghost)
-			continue;
-		struct apb_evict_node *n = node_of_s(l);
-		if (n->auto_status == AUTO_LIR) { if (n->model == 0) loop++; else small++; }
-		else { if (n->model == 0) hl++; else hs++; }
-	}
-	fprintf(stderr, "clock %llu lir loop %u small %u lir_max %u nq %u hir-in-s loop %u small %u ghosts %u | promo fill %lu gin %lu gdem %lu hin %lu block %lu demote-loop %lu demote-small %lu sc %lu stale %lu room %u reach %u repl %lu same %lu hits loop %lu small %lu\n",
-		(unsigned long long)e->clock, loop, small, e->lir_max, e->nq, hl, hs, e->nghosts,
-		dbg[0], dbg[1], dbg[2], dbg[3], dbg[4], dbg[5], dbg[6], dbg[7], dbg[8], e->stale_room, e->lir_reach, dbg[9], dbg[10], dbg[11], dbg[12]);
-}
-
-static uint32_t stale_decay = 16, stale_mult = 2, stale_on = 0, per_num = 5, per_den = 4, per_on = 1, span_div = 4;
-
-/* Demote S's bottom LIR chunk while it has gone unused for longer than
- * stale_mult times the LIR set's reach. */
-static void auto_demote_stale(struct apb_evict *e)
-{
-	for (int i = 0; i < 2 && stale_on; i++) {
-		struct apb_evict_node *b;
-		uint64_t t = (uint64_t)e->lir_reach * stale_mult;
-
-		auto_prune(e);
-		if (!e->s_bottom || e->lir_reach == 0)
-			return;
-		b = node_of_s(e->s_bottom);
-		if ((uint32_t)e->clock - b->auto_last <= t || t < e->cap)
-			return;
-		dbg[8]++;
-		b->auto_uses = 0;
-		auto_demote_bottom(e);
-		e->stale_room++;
-	}
-}
-
-static struct auto_model *auto_model_of(struct apb_evict *e, uint32_t model)
-{
-	struct auto_model *m = &e->models[model & e->model_mask];
-	uint32_t age = e->epoch - m->epoch;
-
-	m->uses = age >= 64 ? 0 : m->uses >> age;
-	m->epoch = e->epoch;
-	return m;
-}
-
-static void auto_model_used(struct apb_evict *e, struct apb_evict_node *n)
-{
-	struct auto_model *m = auto_model_of(e, n->model);
-
-	m->uses += 16;
-	if (n->index + 1 > m->span)
-		m->span = n->index + 1;
-	if (n->index == m->last_index + 1 || n->index == 0) {
-		if (m->seq < 64)
-			m->seq++;
-	} else if (n->index != m->last_index) {
-		m->seq = m->seq > 8 ? m->seq - 8 : 0;
-	}
-	if (!m->seen) {
-		m->seen = true;
-		m->req = 1;
-		m->first = (uint32_t)e->clock;
-	} else if (n->index <= m->last_index) {
-		m->req++;
-	}
-	if (m->start && n->index <= m->last_index) {
-		uint32_t gap = (uint32_t)e->clock - m->start;
-		m->period = m->period ? m->period / 2 + gap / 2 : gap;
-		m->start = (uint32_t)e->clock;
-	} else if (!m->start) {
-		m->start = (uint32_t)e->clock;
-	}
-	m->last_index = n->index;
-	if (++e->clock % e->decay_period == 0)
-		e->epoch++;
-	if (e->clock % e->cap == 0)
-		e->lir_reach -= e->lir_reach / stale_decay;
-	if (e->clock % 1024 == 0)
-		dbg_lir(e);
-}
-
-static uint32_t model_period(struct apb_evict *e, uint32_t model)
-{
-	return auto_model_of(e, model)->period;
-}
-
-/* Will n, used for the first time since its load, be used again before S's
- * bottom LIR chunk is? */
-static bool auto_replaces_bottom(struct apb_evict *e, struct apb_evict_node *n)
-{
-	struct auto_model *m = auto_model_of(e, n->model);
-	struct apb_evict_node *b;
-
-	if (!per_on || !m->period || m->span < e->cap / span_div)
-		return false;
-	auto_prune(e);
-	if (!e->s_bottom)
-		return false;
-	b = node_of_s(e->s_bottom);
-	if (getenv("REQ")) {
-		struct auto_model *bm;
-		double ra, rb;
-		if (b->model == n->model)
-			return false;
-		bm = auto_model_of(e, b->model);
-		ra = m->req / ((double)((uint32_t)e->clock - m->first) + m->period);
-		rb = bm->req / ((double)((uint32_t)e->clock - bm->first) + m->period);
-		return rb * per_num < ra * per_den;
-	}
-	return (uint64_t)((uint32_t)e->clock - b->auto_last) * per_den >
-	       (uint64_t)m->period * per_num;
-}
-
-static int same_skip = 0;
-static uint32_t fill_pct = 100;
-/* Would promoting n only swap it for a chunk of its own sequential model? */
-static bool auto_same_loop(struct apb_evict *e, struct apb_evict_node *n)
-{
-	struct apb_evict_node *bn;
-
-	if (!same_skip)
-		return false;
-	auto_prune(e);
-	if (e->lir < e->lir_max || !e->s_bottom)
-		return false;
-	bn = node_of_s(e->s_bottom);
-	if (bn->model != n->model || auto_model_of(e, n->model)->seq < 16)
-		return false;
-	dbg[10]++;
-	return true;
-}
-
-/* May n take an LIR slot from S's bottom? */
-static bool auto_may_promote(struct apb_evict *e, struct apb_evict_node *n)
-{
-	struct auto_model *a, *b;
-	struct apb_evict_node *bn;
-
-	if (getenv("NOADM"))
-		return true;
-	auto_prune(e);
-	if (e->lir < e->lir_max || !e->s_bottom)
-		return true;
-	bn = node_of_s(e->s_bottom);
-	if (bn->model == n->model)
-		return true;
-	a = auto_model_of(e, n->model);
-	b = auto_model_of(e, bn->model);
-	if (getenv("PADM")) {
-		if (!b->period || (a->period && a->period < b->period))
-			return true;
-		dbg[4]++;
-		return false;
-	}
-	if ((double)a->uses * (double)b->span >=
-	       (double)b->uses * (double)a->span)
-		return true;
-	dbg[4]++;
-	return false;
-}
-
 static void auto_init(struct apb_evict *e, struct apb_evict_node *n)
 {
 	(void)e;
@@ -877,36 +684,15 @@ static void auto_first_use(struct apb_evict *e, struct apb_evict_node *n)
 	struct ghost *g = *ghost_link(e, n->model, n->index);
 
 	e->tracked++;
-	if (g && auto_same_loop(e, n)) {
-		ghost_release(e, g, true);
-		n->auto_status = AUTO_HIR;
-		n->auto_in_s = true;
-		s_push_top(e, &n->auto_s);
-	} else if (g) {
+	if (g) {
 		/* Evicted while S held it: reused within the LIR set's
 		 * recency, and a larger Q would have kept it. Demoted from
 		 * LIR, then evicted: the LIR set was too small for it. */
 		auto_retarget(e, g->in_s ? -1 : +1);
-		dbg[g->in_s ? 1 : 2]++;
 		ghost_release(e, g, true);
-		if (auto_may_promote(e, n)) {
-			auto_promote(e, n);
-		} else {
-			n->auto_status = AUTO_HIR;
-			n->auto_in_s = true;
-			s_push_top(e, &n->auto_s);
-		}
-	} else if ((uint64_t)e->lir * 100 < (uint64_t)e->lir_max * fill_pct && (e->tracked + e->ncold < e->cap || e->stale_room > 0)) {
-		if (e->tracked + e->ncold >= e->cap)
-			e->stale_room--;
-		dbg[0]++;
-		auto_promote(e, n); /* filling: free slots, LIR set not full */
-	} else if (auto_replaces_bottom(e, n)) {
-		dbg[9]++;
-		if (getenv("SCP"))
-			sc_period = model_period(e, n->model);
 		auto_promote(e, n);
-		sc_period = 0;
+	} else if (e->lir < e->lir_max && e->tracked + e->ncold < e->cap) {
+		auto_promote(e, n); /* filling: free slots, LIR set not full */
 	} else {
 		n->auto_status = AUTO_HIR;
 		n->auto_in_s = true;
@@ -922,32 +708,15 @@ static void auto_touch(struct apb_evict *e, struct apb_evict_node *n)
 		n->auto_uses = 0;
 	if (n->auto_uses < UINT16_MAX)
 		n->auto_uses++;
-	auto_model_used(e, n);
-	if (n->auto_status != AUTO_UNTRACKED)
-		dbg[n->model == 0 ? 11 : 12]++;
-	if (n->auto_status == AUTO_LIR) {
-		uint32_t r = (uint32_t)e->clock - n->auto_last;
-		if (r > e->lir_reach)
-			e->lir_reach = r;
-	}
-	n->auto_last = (uint32_t)e->clock;
 	if (n->auto_status == AUTO_UNTRACKED) {
-		auto_demote_stale(e);
 		auto_first_use(e, n);
 	} else if (n->auto_status == AUTO_LIR) {
-		s_unlink(e, &n->auto_s);
-		s_push_top(e, &n->auto_s);
-	} else if (n->auto_in_s && auto_same_loop(e, n)) {
 		s_unlink(e, &n->auto_s);
 		s_push_top(e, &n->auto_s);
 	} else if (n->auto_in_s) { /* HIR, reused within the LIR recency */
 		auto_retarget(e, -1);
 		s_unlink(e, &n->auto_s);
-		dbg[3]++;
-		if (auto_may_promote(e, n))
-			auto_promote(e, n);
-		else
-			s_push_top(e, &n->auto_s);
+		auto_promote(e, n);
 	} else {
 		n->auto_in_s = true;
 		s_push_top(e, &n->auto_s);
@@ -1065,7 +834,7 @@ static uint32_t pow2_at_least(uint32_t n)
 /* auto's ghosts, half as many as slots, and its constants. */
 static int auto_alloc(struct apb_evict *e)
 {
-	uint32_t nghosts = getenv("GH") ? e->cap * atoi(getenv("GH")) / 4 : e->cap / 2 > 1 ? e->cap / 2 : 1;
+	uint32_t nghosts = e->cap / 2 > 1 ? e->cap / 2 : 1;
 
 	/* Q holds at least one run (what one miss loads at once), else each
 	 * miss of a sequential reader would take most of its slots from the
@@ -1084,20 +853,6 @@ static int auto_alloc(struct apb_evict *e)
 	if (!e->ghosts || !e->ghost_buckets)
 		return -ENOMEM;
 	e->ghost_cap = nghosts;
-	e->model_mask = 4095;
-	e->models = calloc(4096, sizeof(*e->models));
-	if (getenv("SD")) stale_decay = atoi(getenv("SD"));
-	if (getenv("SM")) stale_mult = atoi(getenv("SM"));
-	if (getenv("STALE")) stale_on = 1;
-	if (getenv("PN")) per_num = atoi(getenv("PN"));
-	if (getenv("PD")) per_den = atoi(getenv("PD"));
-	if (getenv("NOPER")) per_on = 0;
-	if (getenv("SAME")) same_skip = 1;
-	if (getenv("FILL")) fill_pct = atoi(getenv("FILL"));
-	if (getenv("SPD")) span_div = atoi(getenv("SPD"));
-	e->decay_period = getenv("DECAY") ? strtoull(getenv("DECAY"), 0, 10) * e->cap / 4 : e->cap;
-	if (!e->models)
-		return -ENOMEM;
 	return 0;
 }
 
@@ -1145,7 +900,6 @@ void apb_evict_free(struct apb_evict *e)
 	free(e->heap);
 	free(e->ghosts);
 	free(e->ghost_buckets);
-	free(e->models);
 	free(e);
 }
 

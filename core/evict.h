@@ -56,7 +56,6 @@ struct apb_evict_node {
 			bool auto_listed;     /* on its Q or LIR list */
 			bool auto_demoted;    /* HIR since S's bottom gave way */
 			uint16_t auto_uses;   /* gets since loaded, saturating */
-			uint32_t auto_last;   /* the set's clock at its last get */
 		};
 	};
 	bool cold;                    /* on the cold list */
