@@ -194,30 +194,72 @@ __attribute__((format(printf, 3, 4))) static void logf_(struct apb_remote *r,
 
 /* ---- URLs ---- */
 
+/* The value of every parameter of the query at q ('?' .. the '#' or the
+ * end) as "***" at out; returns the end of what it wrote. A parameter
+ * without '=' is all value. */
+static char *redact_query(const char *q, char *out)
+{
+	const char *end = q + strcspn(q, "#");
+
+	*out++ = *q++; /* '?' */
+	for (;;) {
+		size_t n = strcspn(q, "&#");
+		const char *eq = memchr(q, '=', n);
+
+		if (eq) {
+			memcpy(out, q, (size_t)(eq + 1 - q));
+			out += eq + 1 - q;
+		}
+		if (n) {
+			memcpy(out, "***", 3);
+			out += 3;
+		}
+		q += n;
+		if (q >= end)
+			break;
+		*out++ = *q++; /* '&' */
+	}
+	strcpy(out, end); /* the fragment, never sent */
+	return out + strlen(end);
+}
+
 /* The authority ends at the first '/', '?' or '#'; its userinfo at the
  * last '@' in it (an unescaped '@' in a password is the user's mistake,
- * but hiding too much is the safe side of it). */
+ * but hiding too much is the safe side of it). The query's values go too:
+ * a presigned URL carries its signature and credential there. */
 char *apb_bundle_redact(const char *where)
 {
 	const char *auth = strstr(where, "://");
-	const char *at, *colon;
-	size_t head;
-	char *out;
+	const char *at, *colon, *rest, *q;
+	size_t len = strlen(where);
+	char *out, *o;
 
 	if (!apb_bundle_is_url(where) || !auth)
 		return strdup(where);
 	auth += 3;
 	at = memrchr(auth, '@', strcspn(auth, "/?#"));
 	colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
-	if (!colon)
-		return strdup(where);
-	head = (size_t)(colon + 1 - where);
-	out = malloc(head + 3 + strlen(at) + 1);
+	/* at most 3 more bytes for the password and for each parameter */
+	out = malloc(4 * len + 8);
 	if (!out)
 		return NULL;
-	memcpy(out, where, head);
-	memcpy(out + head, "***", 3);
-	strcpy(out + head + 3, at);
+	if (colon) {
+		memcpy(out, where, (size_t)(colon + 1 - where));
+		o = out + (colon + 1 - where);
+		memcpy(o, "***", 3);
+		o += 3;
+		rest = at;
+	} else {
+		o = out;
+		rest = where;
+	}
+	q = memchr(auth, '?', strcspn(auth, "#"));
+	if (q) {
+		memcpy(o, rest, (size_t)(q - rest));
+		redact_query(q, o + (q - rest));
+	} else {
+		strcpy(o, rest);
+	}
 	return out;
 }
 

@@ -868,11 +868,11 @@ static int add_fsname(struct fuse_args *args, const char *bundle)
 	return rc ? rc : fuse_opt_add_arg(args, "-osubtype=apbundlefs");
 }
 
-/* A password in the bundle's URL would stay readable by every user in
- * /proc/PID/cmdline (ps): the argument is overwritten in place with the
- * redacted URL as soon as the command line is parsed (cl.bundle is a copy),
- * cut to the argument's length for a password shorter than "***" (the cut
- * falls after it). */
+/* A password or a signed query in the bundle's URL would stay readable
+ * by every user in /proc/PID/cmdline (ps): the argument is overwritten in
+ * place with the redacted URL as soon as the command line is parsed
+ * (cl.bundle is a copy), cut to the argument's length where a secret was
+ * shorter than "***" (the cut falls after the first). */
 static void hide_password(int argc, char *argv[], const char *bundle,
 			  const char *shown)
 {

@@ -92,8 +92,9 @@ APB_API
 bool apb_bundle_is_url(const char *s);
 
 /* where as it may be shown (the mount table, logs, messages): a URL's
- * password (scheme://USER:PASSWORD@HOST/...) replaced by "***", anything
- * else as it is. A new string to free(), or NULL without memory. */
+ * password (scheme://USER:PASSWORD@HOST/...) and the value of each
+ * parameter of its query (a presigned URL's signature) replaced by "***",
+ * anything else as it is. A new string to free(), or NULL without memory. */
 APB_API
 char *apb_bundle_redact(const char *where);
 

@@ -180,6 +180,37 @@ def test_password_in_url_is_not_shown(nginx_server, bundle, tmp_path):
     assert PASSWORD not in log, log
 
 
+SIGNATURE = "AKIAEXAMPLE7", "d3adb33fsig"
+
+
+def test_signed_query_in_url_is_not_shown(nginx_server, bundle, tmp_path):
+    """A presigned URL's credential and signature (query values) are shown
+    as *** in /proc/mounts, the daemon's cmdline, .stats, .metrics and a
+    refusal; the bytes still come (nginx ignores the query)."""
+    query = "?X-Amz-Credential=%s&X-Amz-Signature=%s" % SIGNATURE
+    url = served(nginx_server, bundle, "signed.apbundle") + query
+    shown = url.replace(query, "?X-Amz-Credential=***&X-Amz-Signature=***")
+    with mount(url, {"max_memory": "4M", "prefetch": "off"}) as d:
+        assert read_all(d.path("a.bin")) == MODELS["a.bin"]
+        with open("/proc/self/mounts") as f:
+            line = next(x for x in f if x.split()[1] == str(d.mnt))
+        assert line.split()[0] == shown, line
+        with open("/proc/%d/cmdline" % d.pid, "rb") as f:
+            cmdline = f.read()
+        assert shown.encode() in cmdline, cmdline
+        with open(d.path(".stats")) as f:
+            assert json.loads(f.read())["mount"]["bundle"] == shown
+        everything = cmdline.decode() + line + d.metrics_raw()
+    everything += d.log()
+    missing = nginx_server.url("no-such.apbundle")
+    p = run_apbundle("list", missing + query)
+    assert (p.returncode, p.stderr) == (
+        1, "apbundle: %s?X-Amz-Credential=***&X-Amz-Signature=***: not found (HTTP 404)\n"
+        % missing)
+    for secret in SIGNATURE:
+        assert secret not in everything + p.stderr
+
+
 def test_password_in_url_not_in_refusals(nginx_server, tmp_path):
     url = with_password(nginx_server.url("no-such-creds.apbundle"))
     mnt = tmp_path / "mnt"

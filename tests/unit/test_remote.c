@@ -178,16 +178,24 @@ static void check_redact(const char *in, const char *want)
 	free(got);
 }
 
-/* The password of a URL's userinfo, and only it, is hidden. */
+/* The password of a URL's userinfo and the values of its query are
+ * hidden, nothing else. */
 static void test_redact(void)
 {
 	check_redact("http://u:secret@h:8080/x.apbundle", "http://u:***@h:8080/x.apbundle");
-	check_redact("HTTPS://user:p%40ss@host/a/b?q=1", "HTTPS://user:***@host/a/b?q=1");
+	check_redact("HTTPS://user:p%40ss@host/a/b?q=1", "HTTPS://user:***@host/a/b?q=***");
+	check_redact("https://h/m.apbundle?X-Amz-Credential=AKIA%2F1&X-Amz-Signature=ab12",
+		     "https://h/m.apbundle?X-Amz-Credential=***&X-Amz-Signature=***");
+	check_redact("http://h/x?token", "http://h/x?***");          /* all value */
+	check_redact("http://h/x?a=&&b=1#frag?c=2", "http://h/x?a=***&&b=***#frag?c=2");
+	check_redact("http://h/x?", "http://h/x?");
+	check_redact("http://h/x#f?a=1", "http://h/x#f?a=1");         /* a fragment only */
+	check_redact("http://u:p@h?k=v", "http://u:***@h?k=***");     /* no path */
 	check_redact("http://u:a@b@h/x", "http://u:***@h/x");      /* the last '@' ends it */
 	check_redact("http://u:@h/x", "http://u:***@h/x");         /* an empty password */
 	check_redact("http://user@h/x", "http://user@h/x");        /* no password */
 	check_redact("http://h:80/x@y:z", "http://h:80/x@y:z");    /* '@' in the path */
-	check_redact("http://h/x?a=b:c@d", "http://h/x?a=b:c@d");  /* ... and the query */
+	check_redact("http://h/x?a=b:c@d", "http://h/x?a=***");    /* ... and the query */
 	check_redact("s3://bucket/key:x@y", "s3://bucket/key:x@y");
 	check_redact("./http://u:p@h/x", "./http://u:p@h/x");      /* a local path */
 	check_redact("/srv/u:p@h.apbundle", "/srv/u:p@h.apbundle");
