@@ -394,16 +394,6 @@ size_t apb_order_note_read(struct apb_order *o, uint64_t first, uint64_t last,
 	return n;
 }
 
-bool apb_order_replaying(struct apb_order *o)
-{
-	bool r;
-
-	apb_mutex_lock(&o->mu);
-	r = o->replaying;
-	apb_mutex_unlock(&o->mu);
-	return r;
-}
-
 int apb_order_recorded(struct apb_order *o, struct apb_order_run **runs,
 		       size_t *n)
 {

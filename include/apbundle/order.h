@@ -94,11 +94,6 @@ size_t apb_order_note_read(struct apb_order *o, uint64_t first, uint64_t last,
 			   uint64_t window_chunks, struct apb_order_run *out,
 			   size_t max, struct apb_order_note *note);
 
-/* Whether the replay is on: there is a learned order and the reader has
- * not left it. */
-APB_API
-bool apb_order_replaying(struct apb_order *o);
-
 /* A copy of what this session recorded (malloc()ed, caller frees; NULL
  * with *n 0 when nothing was read). 0 or -ENOMEM. */
 APB_API
