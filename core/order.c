@@ -57,8 +57,9 @@
  *
  * One mutex, mu, protects everything but the immutable learned order and
  * its index; held for arithmetic only (the recording's array grows by
- * realloc under it, doubling, at most log2(APB_ORDER_CHUNKS) times). No
- * other lock is taken under it.
+ * realloc under it, doubling, at most log2(APB_ORDER_CHUNKS) times, and
+ * apb_order_recorded() copies it under it, once a session). No other lock
+ * is taken under it.
  */
 #include "apbundle/order.h"
 #include "lock.h"
@@ -175,6 +176,12 @@ int apb_order_new(uint64_t nchunks, const struct apb_order_run *learned,
 	o = calloc(1, sizeof(*o));
 	if (!o)
 		return -ENOMEM;
+	/* The mutex first, so that every failure below can undo all with
+	 * apb_order_free() (free(NULL) is fine for what is not there yet). */
+	if (apb_mutex_init(&o->mu) != 0) {
+		free(o);
+		return -ENOMEM;
+	}
 	o->nchunks = nchunks;
 	o->nlearned = n;
 	/* One extra element each: calloc(0) may return NULL. */
@@ -191,19 +198,11 @@ int apb_order_new(uint64_t nchunks, const struct apb_order_run *learned,
 	if (rc)
 		goto fail;
 	o->total = (uint32_t)apb_order_chunks(learned, n);
-	rc = -ENOMEM;
-	if (apb_mutex_init(&o->mu) != 0)
-		goto fail;
 	o->replaying = o->total > 0;
 	*out = o;
 	return 0;
 fail:
-	free(o->seen);
-	free(o->queued);
-	free(o->learned);
-	free(o->pos);
-	free(o->by_first);
-	free(o);
+	apb_order_free(o);
 	return rc;
 }
 
@@ -397,33 +396,23 @@ size_t apb_order_note_read(struct apb_order *o, uint64_t first, uint64_t last,
 int apb_order_recorded(struct apb_order *o, struct apb_order_run **runs,
 		       size_t *n)
 {
-	struct apb_order_run *copy = NULL;
-	size_t k;
+	int rc = 0;
 
 	*runs = NULL;
 	*n = 0;
-	/* Allocate outside mu; the recording only grows, so retry if it
-	 * grew meanwhile. */
-	for (;;) {
-		apb_mutex_lock(&o->mu);
-		k = o->nrec;
-		apb_mutex_unlock(&o->mu);
-		if (k == 0)
-			return 0;
-		free(copy);
-		copy = malloc((k + 16) * sizeof(*copy));
-		if (!copy)
-			return -ENOMEM;
-		apb_mutex_lock(&o->mu);
-		if (o->nrec <= k + 16) {
-			k = o->nrec;
-			memcpy(copy, o->rec, k * sizeof(*copy));
-			apb_mutex_unlock(&o->mu);
-			break;
+	/* Allocated under mu, as record() grows the recording: the one
+	 * caller copies it at the model's last close, when no read is left
+	 * to wait for mu. */
+	apb_mutex_lock(&o->mu);
+	if (o->nrec) {
+		*runs = malloc(o->nrec * sizeof(**runs));
+		if (*runs) {
+			memcpy(*runs, o->rec, o->nrec * sizeof(**runs));
+			*n = o->nrec;
+		} else {
+			rc = -ENOMEM;
 		}
-		apb_mutex_unlock(&o->mu);
 	}
-	*runs = copy;
-	*n = k;
-	return 0;
+	apb_mutex_unlock(&o->mu);
+	return rc;
 }
