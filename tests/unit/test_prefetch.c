@@ -763,6 +763,7 @@ static void test_a_full_queue_refuses_the_job(void)
 
 static void test_cancel_drops_the_queued_ranges_of_a_tag(void)
 {
+	const uint32_t job = apb_prefetch_job_chunks(PCS);
 	struct source s;
 	struct apb_cache *c;
 	struct apb_prefetcher *p;
@@ -771,25 +772,28 @@ static void test_cancel_drops_the_queued_ranges_of_a_tag(void)
 	source_init(&s, 1024 * PCS);
 	c = cache_make(&s, 1024, 0, 1);
 	p = prefetcher_make(c, 1);
-	/* The one worker takes an untagged job and blocks in the loader. */
+	/* The one worker takes the first job of a tag 7 range five chunks
+	 * longer than a job and blocks in the loader; the worker queued the
+	 * rest of the range again, and it keeps the tag. */
 	source_gate(&s, true);
-	CHECK_EQ(apb_prefetcher_submit(p, 0, 0, 1), 0);
+	CHECK_EQ(apb_prefetcher_submit_tagged(p, 0, 0, job + 5, 7), 0);
 	wait_for_calls(&s, 1);
-	/* Queued behind it: tag 7 (two ranges, one of them more than a job
-	 * long), an untagged range, tag 8. */
-	CHECK_EQ(apb_prefetcher_submit_tagged(p, 0, 10, 2, 7), 0);
-	CHECK_EQ(apb_prefetcher_submit(p, 0, 20, 1), 0);
-	CHECK_EQ(apb_prefetcher_submit_tagged(p, 0, 30, 40, 7), 0);
-	CHECK_EQ(apb_prefetcher_submit_tagged(p, 0, 100, 1, 8), 0);
+	/* Queued behind it: tag 7 (two more ranges), an untagged range,
+	 * tag 8. */
+	CHECK_EQ(apb_prefetcher_submit_tagged(p, 0, job + 10, 2, 7), 0);
+	CHECK_EQ(apb_prefetcher_submit(p, 0, job + 20, 1), 0);
+	CHECK_EQ(apb_prefetcher_submit_tagged(p, 0, job + 30, 40, 7), 0);
+	CHECK_EQ(apb_prefetcher_submit_tagged(p, 0, job + 100, 1, 8), 0);
 	CHECK_EQ(apb_prefetcher_cancel(p, 0), 0);  /* tag 0 is no tag */
-	CHECK_EQ(apb_prefetcher_cancel(p, 7), 42);
+	CHECK_EQ(apb_prefetcher_cancel(p, 7), 5 + 2 + 40);
 	CHECK_EQ(apb_prefetcher_cancel(p, 7), 0);
 	source_gate(&s, false);
 	apb_prefetcher_drain(p);
 	apb_cache_stats(c, &st);
-	/* Chunk 0, the untagged 20 and tag 8's 100: loaded; tag 7's not. */
-	CHECK_EQ(st.prefetch_issued, 3);
-	CHECK_EQ(source_calls(&s), 3);
+	/* The job in flight (it finishes), the untagged range and tag 8's:
+	 * loaded; the rest of tag 7: not. */
+	CHECK_EQ(st.prefetch_issued, job + 2);
+	CHECK_EQ(source_calls(&s), job + 2);
 	done(&s, c, p);
 }
 
