@@ -198,25 +198,40 @@ static void progress_init(struct progress *p)
 	p->last_permille = -1;
 }
 
-/* One updating line "\r  37% 1.2 GiB / 3.2 GiB", redrawn every 0.1%. */
-static void progress_show(void *arg, uint64_t done, uint64_t total)
+/* Start redrawing the updating line: "\r  37% 1.2 GiB / 3.2 GiB", once
+ * every 0.1%. Returns whether it did; the caller may add to the line,
+ * then ends it with progress_end(). */
+static bool progress_begin(struct progress *p, uint64_t done, uint64_t total)
 {
-	struct progress *p = arg;
 	char a[32], b[32];
 	int permille;
 
 	if (!p->tty || total <= PROGRESS_MIN_BYTES)
-		return;
-	done += p->base;
+		return false;
 	permille = (int)(done * 1000 / total);
 	if (permille == p->last_permille)
-		return;
+		return false;
 	p->last_permille = permille;
 	p->shown = true;
-	fprintf(stderr, "\r%4d%% %s / %s\033[K", permille / 10,
+	fprintf(stderr, "\r%4d%% %s / %s", permille / 10,
 		apb_size_format(done, a, sizeof(a)),
 		apb_size_format(total, b, sizeof(b)));
+	return true;
+}
+
+/* Clear what is left of the previous, longer line and show this one. */
+static void progress_end(void)
+{
+	fputs("\033[K", stderr);
 	fflush(stderr);
+}
+
+static void progress_show(void *arg, uint64_t done, uint64_t total)
+{
+	struct progress *p = arg;
+
+	if (progress_begin(p, done + p->base, total))
+		progress_end();
 }
 
 static void progress_clear(struct progress *p)
@@ -276,21 +291,11 @@ static char *clock_format(uint64_t secs, char *buf, size_t len)
  * which batches of compressed blocks make jumpy). */
 static void create_tty_line(struct create_ctx *x, uint64_t done, uint64_t total)
 {
-	struct progress *p = &x->p;
 	uint64_t ms = mono_ms() - x->start_ms;
-	char a[32], b[32], r[32], eta[32];
-	int permille;
+	char r[32], eta[32];
 
-	if (!p->tty || total <= PROGRESS_MIN_BYTES)
+	if (!progress_begin(&x->p, done, total))
 		return;
-	permille = (int)(done * 1000 / total);
-	if (permille == p->last_permille)
-		return;
-	p->last_permille = permille;
-	p->shown = true;
-	fprintf(stderr, "\r%4d%% %s / %s", permille / 10,
-		apb_size_format(done, a, sizeof(a)),
-		apb_size_format(total, b, sizeof(b)));
 	if (ms > 0 && done > 0) {
 		double rate = (double)done * 1000.0 / (double)ms;
 
@@ -299,8 +304,7 @@ static void create_tty_line(struct create_ctx *x, uint64_t done, uint64_t total)
 			clock_format((uint64_t)((double)(total - done) / rate + 0.5),
 				     eta, sizeof(eta)));
 	}
-	fputs("\033[K", stderr);
-	fflush(stderr);
+	progress_end();
 }
 
 static void create_progress_cb(void *arg, uint64_t done, uint64_t total)
