@@ -166,7 +166,6 @@ def odirect_pread(fd, length, offset):
         buf.close()
 
 
-
 def run_on_pty(argv, env=None, timeout=120):
     """Run argv with stdin, stdout and stderr a new pseudo-terminal, as from
     an interactive shell; (exit status, everything written to the
@@ -201,6 +200,18 @@ def stored_sizes(bundle):
     return {f[0]: int(f[2]) for f in (line.split() for line in lines)}
 
 
+def check_paged(st, budget, size, stored):
+    """.stats of a mount with max_memory=budget bytes that served a file of
+    size bytes (stored bytes in the bundle) to a program: the cache was
+    smaller than the file, stayed in its budget, evicted, and read every
+    stored byte from the bundle without an error."""
+    assert st["cache"]["memory_limit"] == budget < size
+    assert st["cache"]["memory_used"] <= st["cache"]["memory_limit"]
+    assert st["cache"]["evictions"] > 0, "no eviction: the cache did not page"
+    assert st["io"]["backing_bytes_read"] >= stored
+    assert st["io"]["errors"] == 0
+
+
 def run_program(*args):
     """tests/e2e/programs.py ARGS (a real program's load and inference, in
     a process of its own): the JSON of its last line of output."""
@@ -211,6 +222,7 @@ def run_program(*args):
     assert p.returncode == 0, "programs.py %s failed (%d):\n%s" % (
         " ".join(map(str, args)), p.returncode, p.stderr)
     return json.loads(p.stdout.strip().splitlines()[-1])
+
 
 def read_all(path, bufsize=MiB):
     """Read a file start to end in bufsize reads, as a loader would."""

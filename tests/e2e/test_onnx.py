@@ -26,7 +26,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, MiB, mount, pack, run_apbundle
+from conftest import REPO, MiB, check_paged, mount, pack, stored_sizes
 
 ONNX = REPO / "scripts" / "onnx"
 ASSETS = ONNX / "node_modules" / "@gutenye" / "ocr-models" / "assets"
@@ -104,8 +104,7 @@ def test_same_outputs_through_a_budget_below_the_models(tmp_path, binaries, imag
                                                         compress):
     bundle = pack(tmp_path / "ocr.apbundle", "det.onnx=%s" % DET, "rec.onnx=%s" % REC,
                   "keys.txt=%s" % KEYS, compress=compress)
-    listing = run_apbundle("list", bundle, check=True).stdout.splitlines()[1:]
-    stored = {f[0]: int(f[2]) for f in (line.split() for line in listing)}
+    stored = stored_sizes(bundle)
     if compress == "zstd":
         # the weights compress a little: the mount decompresses every block
         assert stored["rec.onnx"] < REC.stat().st_size and stored["det.onnx"] < DET.stat().st_size
@@ -113,8 +112,5 @@ def test_same_outputs_through_a_budget_below_the_models(tmp_path, binaries, imag
         got = results(d.path("det.onnx"), d.path("rec.onnx"), d.path("keys.txt"), images)
         st = d.stats()
     assert got == native
-    assert st["cache"]["memory_limit"] == 2 * MiB < DET.stat().st_size
-    assert st["cache"]["memory_used"] <= st["cache"]["memory_limit"]
-    assert st["cache"]["evictions"] > 0, "no eviction: the cache did not page"
-    assert st["io"]["backing_bytes_read"] >= sum(stored.values())
-    assert st["io"]["errors"] == 0
+    # the budget is below the smaller model; every stored byte was read
+    check_paged(st, 2 * MiB, DET.stat().st_size, sum(stored.values()))

@@ -24,7 +24,7 @@ import importlib.util
 
 import pytest
 
-from conftest import MiB, mount, pack, run_program as run, stored_sizes
+from conftest import MiB, check_paged, mount, pack, run_program as run, stored_sizes
 
 BUDGET = "16M"
 
@@ -52,14 +52,6 @@ def native(files):
             "from_file": run("torch-from-file", files["weights.f32"])}
 
 
-def check_paged(st, stored, size):
-    assert st["cache"]["memory_limit"] == 16 * MiB < size
-    assert st["cache"]["memory_used"] <= st["cache"]["memory_limit"]
-    assert st["cache"]["evictions"] > 0, "no eviction: the cache did not page"
-    assert st["io"]["backing_bytes_read"] >= stored
-    assert st["io"]["errors"] == 0
-
-
 def test_both_ways_compute_the_same(native):
     # the two loaders agree on the file: from_file maps the weights torch.load read
     assert native["load"] == native["from_file"]
@@ -79,7 +71,7 @@ def test_torch_load_through_a_budget_below_the_model(tmp_path, binaries, files, 
         got = run("torch-forward", d.path("model.pt"))
         st = d.stats()
     assert got == native["load"]
-    check_paged(st, stored, size)
+    check_paged(st, 16 * MiB, size, stored)
 
 
 @pytest.mark.timeout_s(300)
@@ -93,7 +85,7 @@ def test_torch_from_file_maps_the_mount(tmp_path, binaries, files, native, compr
         got = run("torch-from-file", d.path("weights.f32"))
         st = d.stats()
     assert got == native["from_file"]
-    check_paged(st, stored, size)
+    check_paged(st, 16 * MiB, size, stored)
 
 
 @pytest.mark.timeout_s(300)
@@ -112,4 +104,4 @@ def test_torch_load_mmap_through_a_budget_below_the_model(tmp_path, binaries, to
         got = run("torch-forward", d.path("model.pt"), "--mmap")
         st = d.stats()
     assert got == native["load"]
-    check_paged(st, stored, size)
+    check_paged(st, 16 * MiB, size, stored)
