@@ -176,22 +176,30 @@ def run_on_pty(argv, env=None, timeout=120):
             os.execve(argv[0], [str(a) for a in argv], os.environ if env is None else env)
         finally:
             os._exit(127)
-    out = b""
     try:
-        while True:
-            r, _, _ = select.select([fd], [], [], timeout)
-            assert r, out
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            out += chunk
+        out = read_terminal(fd, timeout)
     finally:
         os.close(fd)
         _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), out
+
+
+def read_terminal(fd, timeout=120):
+    """Everything written to the pseudo-terminal whose master is fd, until
+    the last process with it open closes it. Fails if it stays silent for
+    timeout seconds."""
+    out = b""
+    while True:
+        r, _, _ = select.select([fd], [], [], timeout)
+        assert r, out
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: every process closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
 
 
 def stored_sizes(bundle):

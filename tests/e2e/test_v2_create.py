@@ -14,7 +14,8 @@ import subprocess
 import pytest
 
 import apbformat
-from conftest import APBUNDLE, KiB, MiB, mount, pack, run_apbundle, wait_until, write_sources
+from conftest import (APBUNDLE, KiB, MiB, mount, pack, read_terminal, run_apbundle, wait_until,
+                      write_sources)
 
 ENTRY = struct.Struct("<QIIQ")      # offset, length, flags, xxh3
 
@@ -264,15 +265,7 @@ def _run_on_terminal(*args):
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
         os.close(slave)
         slave = -1
-        tty = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:                  # EIO: the command closed the terminal
-                break
-            if not chunk:
-                break
-            tty += chunk
+        tty = read_terminal(master)
         out = proc.stdout.read()
         proc.wait(timeout=60)
         return proc.returncode, out.decode(), tty.decode(errors="replace")
