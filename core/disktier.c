@@ -548,10 +548,23 @@ static void write_failed(struct apb_disktier *t, int rc)
 
 /* ---- reading an extent from disk -------------------------------------- */
 
-/* The checked header of extent k's file at generation gen, if kept. mu
- * held (the reader's, taken to hold the extent). */
+/* The check blocks [*b0, *b1) of extent k that bytes [lo, hi) of the
+ * object touch. */
+static void block_span(uint64_t k, uint64_t lo, uint64_t hi, uint64_t *b0,
+		       uint64_t *b1)
+{
+	uint64_t ks = k * EXTENT;
+
+	*b0 = (lo - ks) / BLOCK;
+	*b1 = (hi - ks + BLOCK - 1) / BLOCK;
+}
+
+/* The sums of check blocks [b0, b1) from the checked header of extent k's
+ * file at generation gen, if kept, into out: only what the read checks
+ * (8 bytes per block read), not the whole 2.1 KiB header, is copied under
+ * mu, held (the reader's, taken to hold the extent). */
 static bool header_get(struct apb_disktier *t, uint64_t k, uint32_t gen,
-		       struct header *out)
+		       uint64_t b0, uint64_t b1, uint64_t *out)
 {
 	struct header_slot *hs = &t->hcache[k % HCACHE];
 	bool hit;
@@ -559,7 +572,8 @@ static bool header_get(struct apb_disktier *t, uint64_t k, uint32_t gen,
 	apb_assert_held(&t->mu);
 	hit = hs->valid && hs->index == k && hs->gen == gen;
 	if (hit)
-		*out = hs->h;
+		memcpy(out, hs->h.block_sum + b0,
+		       sizeof(*out) * (size_t)(b1 - b0));
 	return hit;
 }
 
@@ -663,27 +677,30 @@ static int read_file(struct apb_disktier *t, uint64_t k, bool fresh,
 /* Bytes [lo, hi) of the object, inside extent k, from its file into the
  * reader's iovecs rv (rcnt of them, byte 0 of which is the object's byte
  * lo): the whole blocks around them are read (the parts outside [lo, hi)
- * into a bounce buffer) and checked. hb holds the file's checked header
- * when cached (header_get), else receives it. 0, -EBADMSG for a file that
- * fails a check, -ENOENT for no file (evicted meanwhile), another negative
- * errno for a read that failed. scratch has room for rcnt + 2 entries. */
+ * into a bounce buffer) and checked. kept holds the sums of those blocks
+ * when the file's checked header is kept (header_get), else NULL: the
+ * header is read, checked and kept. 0, -EBADMSG for a file that fails a
+ * check, -ENOENT for no file (evicted meanwhile), another negative errno
+ * for a read that failed. scratch has room for rcnt + 2 entries. */
 static int read_extent(struct apb_disktier *t, uint64_t k, uint32_t gen,
-		       bool fresh, union header_block *hb, bool cached,
-		       uint64_t lo, uint64_t hi, const struct iovec *rv,
-		       int rcnt, struct iovec *scratch)
+		       bool fresh, const uint64_t *kept, uint64_t lo,
+		       uint64_t hi, const struct iovec *rv, int rcnt,
+		       struct iovec *scratch)
 {
 	uint64_t ks = k * EXTENT;
 	uint32_t len = extent_len(t, k);
-	uint64_t b0 = (lo - ks) / BLOCK;
-	uint64_t b1 = (hi - ks + BLOCK - 1) / BLOCK;
-	uint64_t rs = ks + b0 * BLOCK;
-	uint64_t re = ks + b1 * BLOCK < ks + len ? ks + b1 * BLOCK : ks + len;
-	size_t head = (size_t)(lo - rs), tail = (size_t)(re - hi);
-	const struct header *h = &hb->h;
+	uint64_t b0, b1, rs, re;
+	size_t head, tail;
+	union header_block hb;
 	/* head and tail are each under a block: no allocation per read */
 	_Alignas(APB_ALIGN) char bounce[2 * BLOCK];
 	int n = 0, rc;
 
+	block_span(k, lo, hi, &b0, &b1);
+	rs = ks + b0 * BLOCK;
+	re = ks + b1 * BLOCK < ks + len ? ks + b1 * BLOCK : ks + len;
+	head = (size_t)(lo - rs);
+	tail = (size_t)(re - hi);
 	if (head)
 		scratch[n++] = (struct iovec){bounce, head};
 	for (int i = 0; i < rcnt; i++)
@@ -694,21 +711,21 @@ static int read_extent(struct apb_disktier *t, uint64_t k, uint32_t gen,
 		struct iovec io[n + 1];
 
 		memcpy(io, scratch, sizeof(*io) * (size_t)n);
-		rc = read_file(t, k, fresh, cached ? NULL : hb->bytes,
+		rc = read_file(t, k, fresh, kept ? NULL : hb.bytes,
 			       HEADER + (rs - ks), io, n);
 	}
-	if (rc == 0 && !cached)
-		rc = check_header(t, h, k);
+	if (rc == 0 && !kept)
+		rc = check_header(t, &hb.h, k);
 	if (rc == 0) {
 		uint64_t sums[BLOCKS_PER_EXTENT];
 
 		block_sums(scratch, n, (size_t)(re - rs), sums);
-		if (memcmp(sums, h->block_sum + b0,
+		if (memcmp(sums, kept ? kept : hb.h.block_sum + b0,
 			   sizeof(*sums) * (size_t)(b1 - b0)) != 0)
 			rc = -EBADMSG;
 	}
-	if (rc == 0 && !cached)
-		header_put(t, k, gen, h);
+	if (rc == 0 && !kept)
+		header_put(t, k, gen, &hb.h);
 	return rc;
 }
 
@@ -857,7 +874,7 @@ long apb_disktier_preadv(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
 {
 	struct iovec small[2 * (SMALL_IOV + 2)];
 	struct iovec *rv = small, *scratch;
-	union header_block hb;
+	uint64_t kept[BLOCKS_PER_EXTENT];
 	uint64_t end = pos + want;
 	uint64_t k = pos / EXTENT;
 	long rc = (long)want;
@@ -876,12 +893,13 @@ long apb_disktier_preadv(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
 		struct extent *e = &t->ext[k];
 		uint64_t lo = k * EXTENT > pos ? k * EXTENT : pos;
 		uint64_t hi = (k + 1) * EXTENT < end ? (k + 1) * EXTENT : end;
-		uint64_t k1;
+		uint64_t k1, b0, b1;
 		uint32_t gen;
 		size_t need;
 		bool fresh, claim, cached;
 		int rcnt, r;
 
+		block_span(k, lo, hi, &b0, &b1);
 		apb_mutex_lock(&t->mu);
 		while (e->state == EXT_LOADING)
 			apb_cond_wait(&t->cv, &t->mu);
@@ -889,12 +907,12 @@ long apb_disktier_preadv(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
 			hold(t, e);
 			gen = e->gen;
 			fresh = e->fresh;
-			cached = header_get(t, k, gen, &hb.h);
+			cached = header_get(t, k, gen, b0, b1, kept);
 			apb_mutex_unlock(&t->mu);
 			rcnt = iov_slice(iov, iovcnt, skip, (size_t)(lo - pos),
 					 (size_t)(hi - lo), rv);
-			r = read_extent(t, k, gen, fresh, &hb, cached, lo, hi,
-					rv, rcnt, scratch);
+			r = read_extent(t, k, gen, fresh, cached ? kept : NULL,
+					lo, hi, rv, rcnt, scratch);
 			apb_mutex_lock(&t->mu);
 			if (r == 0) {
 				t->st.hits++;
