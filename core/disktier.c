@@ -260,6 +260,23 @@ static int iov_slice(const struct iovec *iov, int cnt, size_t skip,
 	return n;
 }
 
+/* The iovecs of a range rounded out around a reader's: head bytes of
+ * bounce, the reader's rcnt iovecs rv, then tail bytes of bounce after
+ * the head, into out (room for rcnt + 2). Returns the count. */
+static int iov_around(struct iovec *out, char *bounce, size_t head,
+		      const struct iovec *rv, int rcnt, size_t tail)
+{
+	int n = 0;
+
+	if (head)
+		out[n++] = (struct iovec){bounce, head};
+	for (int i = 0; i < rcnt; i++)
+		out[n++] = rv[i];
+	if (tail)
+		out[n++] = (struct iovec){bounce + head, tail};
+	return n;
+}
+
 /* The XXH3-64 of each BLOCK of the first len bytes of iov (the last block
  * may be short) into out, walking the iovecs once. */
 static void block_sums(const struct iovec *iov, int n, size_t len,
@@ -694,19 +711,14 @@ static int read_extent(struct apb_disktier *t, uint64_t k, uint32_t gen,
 	union header_block hb;
 	/* head and tail are each under a block: no allocation per read */
 	_Alignas(APB_ALIGN) char bounce[2 * BLOCK];
-	int n = 0, rc;
+	int n, rc;
 
 	block_span(k, lo, hi, &b0, &b1);
 	rs = ks + b0 * BLOCK;
 	re = ks + b1 * BLOCK < ks + len ? ks + b1 * BLOCK : ks + len;
 	head = (size_t)(lo - rs);
 	tail = (size_t)(re - hi);
-	if (head)
-		scratch[n++] = (struct iovec){bounce, head};
-	for (int i = 0; i < rcnt; i++)
-		scratch[n++] = rv[i];
-	if (tail)
-		scratch[n++] = (struct iovec){bounce + head, tail};
+	n = iov_around(scratch, bounce, head, rv, rcnt, tail);
 	{
 		struct iovec io[n + 1];
 
@@ -803,7 +815,7 @@ static long load_run(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
 	size_t head = (size_t)(lo - rs), tail = (size_t)(re - hi);
 	char *bounce = NULL;
 	long r;
-	int n = 0;
+	int n;
 
 	if (head + tail > 0) {
 		bounce = malloc(head + tail);
@@ -812,12 +824,7 @@ static long load_run(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
 			goto out;
 		}
 	}
-	if (head)
-		scratch[n++] = (struct iovec){bounce, head};
-	for (int i = 0; i < rcnt; i++)
-		scratch[n++] = rv[i];
-	if (tail)
-		scratch[n++] = (struct iovec){bounce + head, tail};
+	n = iov_around(scratch, bounce, head, rv, rcnt, tail);
 	r = fetch(arg, scratch, n, rs);
 	if (r < 0)
 		goto out;
