@@ -82,11 +82,13 @@
  * per GiB of object; plus one per file of another object found at open,
  * plus the set's own (LFU: 8 bytes per entry), plus HCACHE (16) checked
  * headers, 2.1 KiB each, so a sequential reader's next page-in in the
- * same extent skips the header read. A read allocates its bounce buffers
- * (a fetch's: the bytes of its extents outside the reader's range, at
- * most BOUNCE_MAX, 4 MiB, for all fetches in flight together; a fetch
- * that would go past it is not written to disk, only read into the
- * reader's buffers; a read's: under two check blocks) and an iovec array.
+ * same extent skips the header read. A fetch allocates its bounce buffer
+ * (the bytes of its extents outside the reader's range, at most
+ * BOUNCE_MAX, 4 MiB, for all fetches in flight together; a fetch that
+ * would go past it is not written to disk, only read into the reader's
+ * buffers); a read from disk bounces its partial blocks (under two check
+ * blocks) through the stack; a read of more than SMALL_IOV iovecs
+ * allocates its iovec arrays.
  */
 #include "disktier.h"
 
