@@ -23,7 +23,6 @@ from conftest import (MiB, direct_read, mount, pack, read_all,
 KiB = 1024
 EXTENT = MiB
 HEADER = 4096
-WAIT_S = 30.0
 
 MODELS = {
     "a.bin": apbformat.random_bytes(3 * MiB + 12345, 21),
@@ -106,6 +105,14 @@ def serve(request, server, path, key):
     return s
 
 
+def cache_opts(tmp_path, **more):
+    """A fresh cache_dir under tmp_path, and mount options naming it with a
+    64M bound and OPTS (and more)."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    return cache, dict(cache_dir=str(cache), cache_dir_size="64M", **OPTS, **more)
+
+
 def read_models(d, models=MODELS):
     for name, data in models.items():
         assert read_all(d.path(name)) == data, name
@@ -127,9 +134,7 @@ def tier(d):
 @pytest.mark.parametrize("server", ["nginx", "rgw"])
 def test_exact_bytes_then_warm_second_mount(request, bundle, tmp_path, server):
     s = serve(request, server, bundle, "warm-%s.apbundle" % server)
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    opts = dict(s.options, cache_dir=str(cache), cache_dir_size="64M", **OPTS)
+    cache, opts = cache_opts(tmp_path, **s.options)
     want = extents_of(bundle)
     written = sum(file_bytes(extent_len(bundle, k)) for k in want)
     with mount(s.url, opts) as d:
@@ -166,9 +171,7 @@ def test_exact_bytes_then_warm_second_mount(request, bundle, tmp_path, server):
 
 def test_object_replaced_never_serves_old_bytes(request, bundle, bundle2, tmp_path):
     s = serve(request, "nginx", bundle, "swap-tier.apbundle")
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    opts = dict(cache_dir=str(cache), cache_dir_size="64M", **OPTS)
+    cache, opts = cache_opts(tmp_path)
     with mount(s.url, opts) as d:
         read_models(d)
     old_dirs = sorted(p.name for p in cache.iterdir())
@@ -189,9 +192,7 @@ def test_object_replaced_never_serves_old_bytes(request, bundle, bundle2, tmp_pa
 
 def test_v2_zstd_warm_second_mount(request, bundle_v2, tmp_path):
     s = serve(request, "nginx", bundle_v2, "warm-v2.apbundle")
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    opts = dict(cache_dir=str(cache), cache_dir_size="64M", **OPTS)
+    cache, opts = cache_opts(tmp_path)
     with mount(s.url, opts) as d:
         read_models(d)
         t = tier(d)
@@ -211,9 +212,7 @@ def test_two_mounts_at_once_share_a_cache_dir(request, bundle, tmp_path):
     reading everything twice: every byte right, no file ever fails its
     check (each is written whole under its own name and renamed)."""
     s = serve(request, "nginx", bundle, "shared.apbundle")
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    opts = dict(cache_dir=str(cache), cache_dir_size="64M", **OPTS)
+    cache, opts = cache_opts(tmp_path)
     with mount(s.url, opts) as d1, mount(s.url, opts) as d2:
         for _ in range(2):
             read_models(d1)
@@ -243,9 +242,7 @@ def test_damaged_extent_file_is_dropped(request, bundle, tmp_path, damage):
     cut short is dropped at mount. Either way: exact bytes, one error, one
     log line, and exactly that extent fetched again, in one ranged GET."""
     s = serve(request, "nginx", bundle, "damage-%s.apbundle" % damage)
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    opts = dict(cache_dir=str(cache), cache_dir_size="64M", prefetch="off", **OPTS)
+    cache, opts = cache_opts(tmp_path, prefetch="off")
     with mount(s.url, opts) as d:
         read_models(d)
     off, size = layout(bundle)["a.bin"]
@@ -329,9 +326,7 @@ def test_read_only_cache_dir_serves_what_it_holds(request, bundle, tmp_path):
     cached models come from disk with no request; a model not cached is
     fetched, its write fails with EROFS once, and the bytes are right."""
     s = serve(request, "nginx", bundle, "ro.apbundle")
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    opts = dict(cache_dir=str(cache), cache_dir_size="64M", prefetch="off", **OPTS)
+    cache, opts = cache_opts(tmp_path, prefetch="off")
     with mount(s.url, opts) as d:
         assert read_all(d.path("b.bin")) == MODELS["b.bin"]
     ro = tmp_path / "ro"
