@@ -9,8 +9,8 @@
  *
  *     cache_dir/<U>-<V>/<k as 16 hex digits>
  *
- * where U is the XXH3-64 of the URL without credentials and the scope (the
- * S3 endpoint), and V the XXH3-64 of U, the identity (ETag, or
+ * where U is the XXH3-64 of the URL requests go to (an s3:// URL resolved
+ * to its endpoint's) without credentials, and V the XXH3-64 of U, the identity (ETag, or
  * Last-Modified) and the size: a changed object gets a new directory, so
  * the bytes of one version are never read as another's. At open, the
  * directories of the same U with another V (older versions of this URL)
@@ -1261,7 +1261,6 @@ int apb_disktier_open(const struct apb_disktier_config *cfg,
 	struct apb_disktier *t;
 	struct scan s = {0};
 	char url[4096];
-	const char *scope = cfg->scope ? cfg->scope : "";
 	uint64_t u, v;
 	int rc;
 
@@ -1292,15 +1291,15 @@ int apb_disktier_open(const struct apb_disktier_config *cfg,
 	}
 	pthread_cond_init(&t->cv, NULL);
 	{
-		const char *up[] = {url, scope};
-		const char *vp[] = {url, scope, cfg->identity};
+		const char *up[] = {url};
+		const char *vp[] = {url, cfg->identity};
 		char uhex[17];
 
-		u = hash_parts(up, 2, 0, NULL);
+		u = hash_parts(up, 1, 0, NULL);
 		snprintf(uhex, sizeof(uhex), "%016" PRIx64, u);
 		const char *vp2[] = {uhex, cfg->identity};
 		v = hash_parts(vp2, 2, cfg->size, NULL);
-		hash_parts(vp, 3, cfg->size, &t->key);
+		hash_parts(vp, 2, cfg->size, &t->key);
 	}
 	snprintf(t->dirname, sizeof(t->dirname), "%016" PRIx64 "-%016" PRIx64,
 		 u, v);

@@ -38,11 +38,11 @@ struct apb_disktier_config {
 	uint64_t capacity;      /* cache_dir_size: bytes of extent files, at
 				 * least APB_DISKTIER_EXTENT + HEADER */
 	enum apb_eviction policy;
-	/* What names the object: its URL (credentials in it are left out
-	 * of the key), a scope the URL alone does not say (the S3 endpoint,
-	 * or NULL), its identity (apb_remote_identity()) and size. */
+	/* What names the object: the URL requests go to
+	 * (apb_remote_url(): an s3:// URL's names its endpoint; credentials
+	 * in it are left out of the key), its identity
+	 * (apb_remote_identity()) and size. */
 	const char *url;
-	const char *scope;
 	const char *identity;
 	uint64_t size;
 	/* Where the tier's lines go (at most a few per mount); NULL:

@@ -1298,6 +1298,11 @@ const char *apb_remote_identity(const struct apb_remote *r)
 	return r->identity;
 }
 
+const char *apb_remote_url(const struct apb_remote *r)
+{
+	return r->url;
+}
+
 const void *apb_remote_head(const struct apb_remote *r, size_t *len)
 {
 	*len = r->head_len;

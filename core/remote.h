@@ -80,6 +80,10 @@ uint64_t apb_remote_size(const struct apb_remote *r);
  * it (quotes included), or "last-modified: DATE" when there was none. */
 const char *apb_remote_identity(const struct apb_remote *r);
 
+/* The URL requests go to: an s3:// URL resolved to its endpoint's (path-
+ * or virtual-hosted, as the requests), any other as given. */
+const char *apb_remote_url(const struct apb_remote *r);
+
 /* The object's first min(head_bytes, size) bytes, fetched at open. */
 const void *apb_remote_head(const struct apb_remote *r, size_t *len);
 

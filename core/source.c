@@ -282,13 +282,12 @@ static int open_remote(struct apb_source *s, const char *url,
 		return rc;
 	}
 	if (o && o->cache_dir) {
-		/* An S3 URL names its object only with the endpoint. */
-		const char *scope = o->s3_endpoint ? o->s3_endpoint
-				    : getenv("AWS_ENDPOINT_URL_S3");
+		/* the URL requests go to: an s3:// URL's names the endpoint
+		 * the remote resolved (option, environment or profile) */
 		struct apb_disktier_config tc = {
 			.dir = o->cache_dir, .capacity = o->cache_dir_size,
-			.policy = o->cache_dir_eviction, .url = url,
-			.scope = scope ? scope : getenv("AWS_ENDPOINT_URL"),
+			.policy = o->cache_dir_eviction,
+			.url = apb_remote_url(s->rem->r),
 			.identity = apb_remote_identity(s->rem->r),
 			.size = apb_remote_size(s->rem->r),
 			.log = s->rem->log, .log_arg = s->rem->log_arg,

@@ -207,6 +207,30 @@ def test_v2_zstd_warm_second_mount(request, bundle_v2, tmp_path):
     assert len(s.proxy.requests) - n0 == 1, ranges(s.proxy, n0)
 
 
+def test_s3_endpoint_from_the_profile_is_the_same_object(request, bundle, tmp_path,
+                                                         monkeypatch):
+    """The tier names an object by the URL the remote requests: an s3:// URL
+    whose endpoint comes from the AWS profile (endpoint_url) is the same
+    object as with -o s3_endpoint=, so a mount that names the endpoint the
+    other way starts warm (and does not take it for another object)."""
+    s = serve(request, "rgw", bundle, "profile-tier.apbundle")
+    cache, opts = cache_opts(tmp_path, **s.options)
+    with mount(s.url, opts) as d:
+        read_models(d)
+    conf = tmp_path / "aws-config"
+    conf.write_text("[default]\nregion = %s\nendpoint_url = %s\n"
+                    % (s.options["s3_region"], s.options["s3_endpoint"]))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(conf))
+    n0 = len(s.proxy.requests)
+    del opts["s3_endpoint"], opts["s3_region"]
+    with mount(s.url, opts) as d:
+        read_models(d)
+        t = tier(d)
+        assert (t["misses"], t["errors"]) == (0, 0), t
+    assert len(s.proxy.requests) - n0 == 1, ranges(s.proxy, n0)
+    assert len(list(cache.iterdir())) == 1
+
+
 def test_two_mounts_at_once_share_a_cache_dir(request, bundle, tmp_path):
     """Two mounts of one object on one cache_dir at the same time, both
     reading everything twice: every byte right, no file ever fails its
