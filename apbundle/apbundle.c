@@ -264,7 +264,8 @@ struct create_ctx {
 	bool json_started;
 };
 
-static uint64_t mono_ms(void)
+/* See apbundle_cmd.h. */
+uint64_t apb_cmd_mono_ms(void)
 {
 	struct timespec ts;
 
@@ -291,13 +292,13 @@ static char *clock_format(uint64_t secs, char *buf, size_t len)
  * which batches of compressed blocks make jumpy). */
 static void create_tty_line(struct create_ctx *x, uint64_t done, uint64_t total)
 {
-	uint64_t ms = mono_ms() - x->start_ms;
+	uint64_t ms = apb_cmd_mono_ms() - x->start_ms;
 	char r[32], eta[32];
 
 	if (!progress_begin(&x->p, done, total))
 		return;
 	if (ms > 0 && done > 0) {
-		double rate = (double)done * 1000.0 / (double)ms;
+		double rate = apb_cmd_rate(done, ms);
 
 		fprintf(stderr, "  %s/s  ETA %s",
 			apb_size_format((uint64_t)rate, r, sizeof(r)),
@@ -310,7 +311,7 @@ static void create_tty_line(struct create_ctx *x, uint64_t done, uint64_t total)
 static void create_progress_cb(void *arg, uint64_t done, uint64_t total)
 {
 	struct create_ctx *x = arg;
-	uint64_t now = mono_ms();
+	uint64_t now = apb_cmd_mono_ms();
 
 	x->total = total;
 	if (x->mode == CREATE_PROGRESS_AUTO) {
@@ -339,7 +340,7 @@ static void create_summary(const struct create_ctx *x, const char *out,
 {
 	struct stat st;
 	uint64_t written = stat(out, &st) == 0 ? (uint64_t)st.st_size : 0;
-	uint64_t ms = mono_ms() - x->start_ms;
+	uint64_t ms = apb_cmd_mono_ms() - x->start_ms;
 	char a[32], b[32], ratio[32] = "-";
 
 	if (x->total)
@@ -501,7 +502,7 @@ static int run_create(int argc, char **argv)
 							 err, sizeof(err));
 	if (rc == 0) {
 		progress_init(&x.p);
-		x.start_ms = mono_ms();
+		x.start_ms = apb_cmd_mono_ms();
 		o.progress = create_progress_cb;
 		o.progress_arg = &x;
 		o.cancel = &got_signal;

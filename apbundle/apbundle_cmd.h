@@ -78,8 +78,12 @@ void apb_cmd_json_string(FILE *f, const char *s);
 int apb_cmd_list(int argc, char **argv);
 
 /* delta per second over ms milliseconds, 0 for ms 0: the rates of
- * `stats --watch` (apbundle_stats.c). */
+ * `stats --watch` and of create's progress line (apbundle_stats.c). */
 double apb_cmd_rate(uint64_t delta, uint64_t ms);
+
+/* CLOCK_MONOTONIC in milliseconds: what rates and intervals are measured
+ * with (apbundle.c). */
+uint64_t apb_cmd_mono_ms(void);
 
 /* `apbundle stats [--watch[=SECONDS] [--count N]] [--top N] MOUNTPOINT`
  * (apbundle_stats.c). */

@@ -434,14 +434,6 @@ static void print_rates(const struct sample *now, const struct sample *prev)
 	       apb_cmd_rate(s, ms) / MB);
 }
 
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Read and parse path; on failure print why and return -1. */
 static int take_sample(const char *path, struct sample *out)
 {
@@ -454,7 +446,7 @@ static int take_sample(const char *path, struct sample *out)
 			rc == -ENOENT ? " (is it an apbundlefs mount?)" : "");
 		return -1;
 	}
-	out->at_ms = now_ms();
+	out->at_ms = apb_cmd_mono_ms();
 	out->root = cJSON_ParseWithLength(text, len);
 	free(text);
 	if (!cJSON_IsObject(out->root)) {
@@ -609,7 +601,7 @@ int apb_cmd_stats(int argc, char **argv)
 	if (o.watch)
 		setvbuf(stdout, NULL, _IOFBF, 1 << 16);
 	for (unsigned long i = 0;; i++) {
-		uint64_t deadline = now_ms() + o.interval_ms;
+		uint64_t deadline = apb_cmd_mono_ms() + o.interval_ms;
 
 		if (take_sample(path, &now) != 0)
 			goto out;
