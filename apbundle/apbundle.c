@@ -80,9 +80,8 @@ static void print_main_usage(FILE *f)
 	      f);
 }
 
-/* A usage error: the reason, the synopsis, exit status 2. */
-__attribute__((format(printf, 2, 3)))
-static int usage_error(const struct apb_cmd *c, const char *fmt, ...)
+/* See apbundle_cmd.h. */
+int apb_cmd_usage_error(const struct apb_cmd *c, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -99,46 +98,10 @@ static int usage_error(const struct apb_cmd *c, const char *fmt, ...)
 	return EXIT_USAGE;
 }
 
-static void print_command_help(const struct apb_cmd *c)
-{
-	printf("Usage: %s%s", c->synopsis, c->help);
-}
-
 /* See apbundle_cmd.h. */
 void apb_cmd_print_help(const struct apb_cmd *c)
 {
-	print_command_help(c);
-}
-
-/* See apbundle_cmd.h. */
-int apb_cmd_usage_error(const struct apb_cmd *c, const char *fmt, ...)
-{
-	char reason[ERR_LEN];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(reason, sizeof(reason), fmt, ap);
-	va_end(ap);
-	return usage_error(c, "%s", reason);
-}
-
-/* getopt_long over a subcommand's arguments; argv[0] is its name. The
- * options every subcommand has: -h/--help. Returns -1 at the end, 'h'
- * for help, '?' after printing a usage error, or the option's value. */
-static int next_option(const struct apb_cmd *c, int argc, char **argv,
-		       const struct option *longs, const char *shorts,
-		       int *status)
-{
-	int opt = getopt_long(argc, argv, shorts, longs, NULL);
-
-	if (opt == '?') {
-		*status = usage_error(c, "unknown option '%s'", argv[optind - 1]);
-	} else if (opt == ':') {
-		*status = usage_error(c, "option '%s' needs a value",
-				      argv[optind - 1]);
-		opt = '?';
-	}
-	return opt;
+	printf("Usage: %s%s", c->synopsis, c->help);
 }
 
 /* See apbundle_cmd.h. */
@@ -146,7 +109,17 @@ int apb_cmd_next_option(const struct apb_cmd *c, int argc, char **argv,
 			const struct option *longs, const char *shorts,
 			int *status)
 {
-	return next_option(c, argc, argv, longs, shorts, status);
+	int opt = getopt_long(argc, argv, shorts, longs, NULL);
+
+	if (opt == '?') {
+		*status = apb_cmd_usage_error(c, "unknown option '%s'",
+					      argv[optind - 1]);
+	} else if (opt == ':') {
+		*status = apb_cmd_usage_error(c, "option '%s' needs a value",
+					      argv[optind - 1]);
+		opt = '?';
+	}
+	return opt;
 }
 
 /* ================================================================== */
@@ -408,14 +381,15 @@ static int create_options(const struct apb_cmd *c, int argc, char **argv,
 	};
 	int opt, status = -1;
 
-	while ((opt = next_option(c, argc, argv, longs, ":h", &status)) != -1) {
+	while ((opt = apb_cmd_next_option(c, argc, argv, longs, ":h",
+					  &status)) != -1) {
 		switch (opt) {
 		case 'h':
-			print_command_help(c);
+			apb_cmd_print_help(c);
 			return 0;
 		case 'c':
 			if (parse_compress(optarg, o) != 0)
-				return usage_error(c, "--compress: '%s' is not "
+				return apb_cmd_usage_error(c, "--compress: '%s' is not "
 					"none, zstd or zstd:LEVEL (1-%d)",
 					optarg, ZSTD_LEVEL_MAX);
 			break;
@@ -425,15 +399,15 @@ static int create_options(const struct apb_cmd *c, int argc, char **argv,
 			    o->block_size < APB_BLOCK_SIZE_MIN ||
 			    o->block_size > APB_BLOCK_SIZE_MAX ||
 			    o->block_size % APB_BLOCK_SIZE_MIN)
-				return usage_error(c, "--%s: '%s' is not "
+				return apb_cmd_usage_error(c, "--%s: '%s' is not "
 					"a multiple of 4096 bytes from 4K to 16M",
 					opt == 'S' ? "chunk-size" : "block-size",
 					optarg);
 			break;
 		case 'f':
 			if (strcmp(optarg, "1") && strcmp(optarg, "2"))
-				return usage_error(c, "--format: '%s' is not 1 or 2",
-						   optarg);
+				return apb_cmd_usage_error(c, "--format: '%s' "
+					"is not 1 or 2", optarg);
 			o->format = (unsigned)(optarg[0] - '0');
 			break;
 		case 'p':
@@ -444,8 +418,8 @@ static int create_options(const struct apb_cmd *c, int argc, char **argv,
 			else if (strcmp(optarg, "none") == 0)
 				*progress = CREATE_PROGRESS_NONE;
 			else
-				return usage_error(c, "--progress: '%s' is not "
-						   "auto, json or none", optarg);
+				return apb_cmd_usage_error(c, "--progress: '%s' "
+					"is not auto, json or none", optarg);
 			break;
 		default:
 			return status;
@@ -485,10 +459,11 @@ static int run_create(int argc, char **argv)
 	if (status >= 0)
 		return status;
 	if (argc - optind < 2)
-		return usage_error(c, argc == optind ? "missing OUT.apbundle"
-						     : "missing INPUT");
+		return apb_cmd_usage_error(c, argc == optind
+						   ? "missing OUT.apbundle"
+						   : "missing INPUT");
 	if (apb_writer_options_check(&o, err, sizeof(err)) != 0)
-		return usage_error(c, "%s", err);
+		return apb_cmd_usage_error(c, "%s", err);
 	out = argv[optind++];
 
 	catch_signals();
@@ -542,10 +517,12 @@ int apb_cmd_operands(const struct apb_cmd *c, int argc, char **argv, int nargs,
 	};
 	int opt, status = -1;
 
-	while ((opt = next_option(c, argc, argv, out_path ? with_output : plain,
-				  out_path ? ":ho:" : ":h", &status)) != -1) {
+	while ((opt = apb_cmd_next_option(c, argc, argv,
+					  out_path ? with_output : plain,
+					  out_path ? ":ho:" : ":h",
+					  &status)) != -1) {
 		if (opt == 'h') {
-			print_command_help(c);
+			apb_cmd_print_help(c);
 			return 0;
 		}
 		if (opt == 'o' && out_path) {
@@ -555,8 +532,9 @@ int apb_cmd_operands(const struct apb_cmd *c, int argc, char **argv, int nargs,
 		return status;
 	}
 	if (argc - optind != nargs)
-		return usage_error(c, argc - optind < nargs ? "missing operand"
-							    : "too many operands");
+		return apb_cmd_usage_error(c, argc - optind < nargs
+						   ? "missing operand"
+						   : "too many operands");
 	return -1;
 }
 
@@ -569,10 +547,10 @@ static void remote_log(void *arg, enum apb_log_level level, const char *msg)
 		fprintf(stderr, "apbundle: %s\n", msg);
 }
 
-/* path may be a URL (S3 settings from the environment and the AWS
- * profile files; docs/USAGE.md). *shown gets path as messages show it (a
- * URL without its password, apb_bundle_redact()), for the caller to free. */
-static struct apb_bundle *open_bundle(const char *path, char **shown)
+/* See apbundle_cmd.h. path may be a URL (S3 settings from the
+ * environment and the AWS profile files; docs/USAGE.md); *shown is
+ * apb_bundle_redact()'s. */
+struct apb_bundle *apb_cmd_open_bundle(const char *path, char **shown)
 {
 	struct apb_bundle_options o = {.log = remote_log};
 	struct apb_bundle *b = NULL;
@@ -593,12 +571,6 @@ static struct apb_bundle *open_bundle(const char *path, char **shown)
 		return NULL;
 	}
 	return b;
-}
-
-/* See apbundle_cmd.h. */
-struct apb_bundle *apb_cmd_open_bundle(const char *path, char **shown)
-{
-	return open_bundle(path, shown);
 }
 
 /* See apbundle_cmd.h. */
@@ -694,7 +666,7 @@ static int run_verify(int argc, char **argv)
 
 	if (status >= 0)
 		return status;
-	b = open_bundle(argv[optind], &shown);
+	b = apb_cmd_open_bundle(argv[optind], &shown);
 	if (!b)
 		return EXIT_FAILURE;
 	v.path = shown;
@@ -755,7 +727,7 @@ static int run_extract(int argc, char **argv)
 		return status;
 	to_stdout = out && strcmp(out, "-") == 0;
 	name = argv[optind + 1];
-	b = open_bundle(argv[optind], &shown);
+	b = apb_cmd_open_bundle(argv[optind], &shown);
 	if (!b)
 		return EXIT_FAILURE;
 	path = shown; /* from here on, for messages only */
@@ -926,11 +898,12 @@ static int run_help(int argc, char **argv)
 		return EXIT_SUCCESS;
 	}
 	if (argc > 2)
-		return usage_error(apb_cmd_find("help"), "too many operands");
+		return apb_cmd_usage_error(apb_cmd_find("help"),
+					   "too many operands");
 	c = apb_cmd_find(argv[1]);
 	if (!c)
-		return usage_error(NULL, "unknown command '%s'", argv[1]);
-	print_command_help(c);
+		return apb_cmd_usage_error(NULL, "unknown command '%s'", argv[1]);
+	apb_cmd_print_help(c);
 	return EXIT_SUCCESS;
 }
 
@@ -952,7 +925,7 @@ int main(int argc, char **argv)
 	}
 	c = apb_cmd_find(argv[1]);
 	if (!c)
-		return usage_error(NULL, "unknown command '%s'", argv[1]);
-	opterr = 0; /* next_option() words the errors */
+		return apb_cmd_usage_error(NULL, "unknown command '%s'", argv[1]);
+	opterr = 0; /* apb_cmd_next_option() words the errors */
 	return c->run(argc - 1, argv + 1);
 }
