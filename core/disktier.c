@@ -864,13 +864,10 @@ static long load_run(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
 		apb_mutex_unlock(&t->mu);
 	}
 out:
-	if (r < 0) {
-		apb_mutex_lock(&t->mu);
+	apb_mutex_lock(&t->mu);
+	if (r < 0)
 		for (uint64_t k = k0; k < k1; k++)
 			t->ext[k].state = EXT_EMPTY;
-		apb_mutex_unlock(&t->mu);
-	}
-	apb_mutex_lock(&t->mu);
 	pthread_cond_broadcast(&t->cv);
 	apb_mutex_unlock(&t->mu);
 	free(bounce);
