@@ -770,7 +770,7 @@ static int setup(struct apbfs *fs, const char *path,
 	apbfs_handles_init(fs);
 	rc = apbfs_order_init(fs);
 	if (rc)
-		fprintf(stderr, "apbundlefs: %s: %s\n", path, strerror(-rc));
+		fprintf(stderr, "apbundlefs: %s: %s\n", shown, strerror(-rc));
 	return rc;
 }
 
