@@ -179,8 +179,8 @@ static int bind_spec(const char *spec, bool allow_remote, char *shown,
 		rc = -EPERM;
 		goto out;
 	}
+	errno = 0; /* before socket(): a failure there keeps its errno */
 	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	errno = 0;
 	if (fd < 0 ||
 	    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
 	    bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 16) != 0 ||
