@@ -19,6 +19,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -171,6 +172,20 @@ static void usage(void)
 	exit(2);
 }
 
+/* The decimal number s spells up to stop (at most max), or usage(): a
+ * typo in a count or a range must not become 0 or a wrapped huge value. */
+static uint64_t num(const char *s, char stop, uint64_t max)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (s[0] < '0' || s[0] > '9' || errno || *end != stop || v > max)
+		usage();
+	return v;
+}
+
 int main(int argc, char **argv)
 {
 	struct apb_remote_options o = {.log = on_log};
@@ -188,22 +203,22 @@ int main(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "o:t:n:vp:r:T:B:S:m:H:", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'o': out = optarg; break;
-		case 't': nthreads = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'n': repeat = (unsigned)strtoul(optarg, NULL, 10); break;
+		case 't': nthreads = (unsigned)num(optarg, '\0', UINT_MAX); break;
+		case 'n': repeat = (unsigned)num(optarg, '\0', UINT_MAX); break;
 		case 'v': vec = true; break;
-		case 'p': o.pool_size = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'r': o.max_retries = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'T': o.retry_total_ms = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'B': o.retry_base_ms = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'S': o.stall_timeout_ms = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'm': o.max_request_bytes = strtoull(optarg, NULL, 10); break;
-		case 'H': o.head_bytes = strtoull(optarg, NULL, 10); break;
+		case 'p': o.pool_size = (unsigned)num(optarg, '\0', UINT_MAX); break;
+		case 'r': o.max_retries = (unsigned)num(optarg, '\0', UINT_MAX); break;
+		case 'T': o.retry_total_ms = (unsigned)num(optarg, '\0', UINT_MAX); break;
+		case 'B': o.retry_base_ms = (unsigned)num(optarg, '\0', UINT_MAX); break;
+		case 'S': o.stall_timeout_ms = (unsigned)num(optarg, '\0', UINT_MAX); break;
+		case 'm': o.max_request_bytes = num(optarg, '\0', SIZE_MAX); break;
+		case 'H': o.head_bytes = num(optarg, '\0', SIZE_MAX); break;
 		case 'E': o.s3_endpoint = optarg; break;
 		case 'R': o.s3_region = optarg; break;
 		case 'P': o.s3_profile = optarg; break;
 		case 'Y': o.s3_style = APB_REMOTE_STYLE_PATH; break;
 		case 'V': o.s3_style = APB_REMOTE_STYLE_VIRTUAL; break;
-		case 'K': pause_after = strtol(optarg, NULL, 10); break;
+		case 'K': pause_after = (long)num(optarg, '\0', LONG_MAX); break;
 		default: usage();
 		}
 	}
@@ -223,14 +238,14 @@ int main(int argc, char **argv)
 		char *colon = strchr(argv[i], ':');
 		if (!colon)
 			usage();
-		uint64_t len = strtoull(colon + 1, NULL, 10);
+		uint64_t len = num(colon + 1, '\0', UINT64_MAX);
 		if (strncmp(argv[i], "all:", 4) == 0) {
 			if (!len)
 				usage();
 			for (uint64_t off = 0; off < size; off += len)
 				if (!add_range(off, size - off < len ? size - off : len))
 					return 2;
-		} else if (!add_range(strtoull(argv[i], NULL, 10), len)) {
+		} else if (!add_range(num(argv[i], ':', UINT64_MAX), len)) {
 			return 2;
 		}
 	}
