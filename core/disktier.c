@@ -236,15 +236,13 @@ static void tier_log(const struct apb_disktier *t, enum apb_log_level level,
 
 /* ---- iovec arithmetic ------------------------------------------------- */
 
-/* The iovecs covering bytes [off, off + len) of iov (which starts at byte
- * skip of iov[0]) into out, which has room for cnt entries. Returns the
- * count. */
-static int iov_slice(const struct iovec *iov, int cnt, size_t skip,
-		     size_t off, size_t len, struct iovec *out)
+/* The iovecs covering bytes [off, off + len) of iov into out, which has
+ * room for cnt entries. Returns the count. */
+static int iov_slice(const struct iovec *iov, int cnt, size_t off, size_t len,
+		     struct iovec *out)
 {
 	int n = 0;
 
-	off += skip;
 	for (int i = 0; i < cnt && len > 0; i++) {
 		size_t l = iov[i].iov_len;
 
@@ -835,7 +833,7 @@ static long load_run(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
 		uint32_t len = extent_len(t, k);
 		uint32_t bytes = file_bytes(len);
 		struct iovec piece[n];
-		int m = iov_slice(scratch, n, 0, (size_t)(k * EXTENT - rs), len,
+		int m = iov_slice(scratch, n, (size_t)(k * EXTENT - rs), len,
 				  piece);
 		int rc = 0;
 		bool room;
@@ -876,15 +874,19 @@ out:
 
 long apb_disktier_preadv(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
 			 void *fetch_arg, uint64_t pos, const struct iovec *iov,
-			 int iovcnt, size_t skip, size_t want)
+			 int iovcnt)
 {
 	struct iovec small[2 * (SMALL_IOV + 2)];
 	struct iovec *rv = small, *scratch;
 	uint64_t kept[BLOCKS_PER_EXTENT];
-	uint64_t end = pos + want;
-	uint64_t k = pos / EXTENT;
-	long rc = (long)want;
+	uint64_t end, k = pos / EXTENT;
+	size_t want = 0;
+	long rc;
 
+	for (int i = 0; i < iovcnt; i++)
+		want += iov[i].iov_len;
+	end = pos + want;
+	rc = (long)want;
 	if (want == 0)
 		return 0;
 	if (pos > t->size || want > t->size - pos)
@@ -915,7 +917,7 @@ long apb_disktier_preadv(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
 			fresh = e->fresh;
 			cached = header_get(t, k, gen, b0, b1, kept);
 			apb_mutex_unlock(&t->mu);
-			rcnt = iov_slice(iov, iovcnt, skip, (size_t)(lo - pos),
+			rcnt = iov_slice(iov, iovcnt, (size_t)(lo - pos),
 					 (size_t)(hi - lo), rv);
 			r = read_extent(t, k, gen, fresh, cached ? kept : NULL,
 					lo, hi, rv, rcnt, scratch);
@@ -961,7 +963,7 @@ long apb_disktier_preadv(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
 			t->st.misses += k1 - k;
 		}
 		apb_mutex_unlock(&t->mu);
-		rcnt = iov_slice(iov, iovcnt, skip, (size_t)(lo - pos),
+		rcnt = iov_slice(iov, iovcnt, (size_t)(lo - pos),
 				 (size_t)(hi - lo), rv);
 		if (claim) {
 			rc = load_run(t, fetch, fetch_arg, k, k1, lo, hi, rv,

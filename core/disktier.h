@@ -67,12 +67,13 @@ void apb_disktier_close(struct apb_disktier *t);
 typedef ssize_t (*apb_disktier_fetch_fn)(void *arg, const struct iovec *iov,
 					 int iovcnt, uint64_t off);
 
-/* want bytes at pos into iov from byte skip of iov[0] on, from the disk
- * where the tier holds them and through fetch where it does not: want, or
- * the fetch's negative errno. Thread-safe. */
+/* The bytes at pos of the object into iov (apb_remote_preadv()'s
+ * contract), from the disk where the tier holds them and through fetch
+ * where it does not: their total, or the fetch's negative errno.
+ * Thread-safe. */
 long apb_disktier_preadv(struct apb_disktier *t, apb_disktier_fetch_fn fetch,
 			 void *fetch_arg, uint64_t pos, const struct iovec *iov,
-			 int iovcnt, size_t skip, size_t want);
+			 int iovcnt);
 
 void apb_disktier_stats(struct apb_disktier *t,
 			struct apb_bundle_disk_tier_stats *st);

@@ -155,8 +155,7 @@ static long remote_preadv(const struct apb_source *s, uint64_t pos,
 		if (batch == 0)
 			return -EIO; /* iovecs shorter than want */
 		r = s->rem->tier ? apb_disktier_preadv(s->rem->tier, tier_fetch,
-						       s->rem->r, pos + done,
-						       v, n, 0, batch)
+						       s->rem->r, pos + done, v, n)
 				 : apb_remote_preadv(s->rem->r, v, n, pos + done);
 		if (r < 0)
 			return remote_error(s, r);
