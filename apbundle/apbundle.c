@@ -98,8 +98,8 @@ int apb_cmd_usage_error(const struct apb_cmd *c, const char *fmt, ...)
 	return EXIT_USAGE;
 }
 
-/* See apbundle_cmd.h. */
-void apb_cmd_print_help(const struct apb_cmd *c)
+/* Print "Usage: SYNOPSIS HELP" of c to stdout (for -h/--help). */
+static void print_help(const struct apb_cmd *c)
 {
 	printf("Usage: %s%s", c->synopsis, c->help);
 }
@@ -111,7 +111,11 @@ int apb_cmd_next_option(const struct apb_cmd *c, int argc, char **argv,
 {
 	int opt = getopt_long(argc, argv, shorts, longs, NULL);
 
-	if (opt == '?') {
+	if (opt == 'h') {
+		print_help(c);
+		*status = 0;
+		opt = '?';
+	} else if (opt == '?') {
 		*status = apb_cmd_usage_error(c, "unknown option '%s'",
 					      argv[optind - 1]);
 	} else if (opt == ':') {
@@ -384,9 +388,6 @@ static int create_options(const struct apb_cmd *c, int argc, char **argv,
 	while ((opt = apb_cmd_next_option(c, argc, argv, longs, ":h",
 					  &status)) != -1) {
 		switch (opt) {
-		case 'h':
-			apb_cmd_print_help(c);
-			return 0;
 		case 'c':
 			if (parse_compress(optarg, o) != 0)
 				return apb_cmd_usage_error(c, "--compress: '%s' is not "
@@ -521,10 +522,6 @@ int apb_cmd_operands(const struct apb_cmd *c, int argc, char **argv, int nargs,
 					  out_path ? with_output : plain,
 					  out_path ? ":ho:" : ":h",
 					  &status)) != -1) {
-		if (opt == 'h') {
-			apb_cmd_print_help(c);
-			return 0;
-		}
 		if (opt == 'o' && out_path) {
 			*out_path = optarg;
 			continue;
@@ -903,7 +900,7 @@ static int run_help(int argc, char **argv)
 	c = apb_cmd_find(argv[1]);
 	if (!c)
 		return apb_cmd_usage_error(NULL, "unknown command '%s'", argv[1]);
-	apb_cmd_print_help(c);
+	print_help(c);
 	return EXIT_SUCCESS;
 }
 

@@ -48,17 +48,15 @@ int apb_cmd_operands(const struct apb_cmd *c, int argc, char **argv, int nargs,
  */
 int apb_cmd_print_name(FILE *f, const char *name, int width);
 
-/* Print "Usage: SYNOPSIS HELP" of c to stdout (for -h/--help). */
-void apb_cmd_print_help(const struct apb_cmd *c);
-
 /* A usage error: "apbundle: REASON", c's synopsis, on stderr. Returns the
  * exit status of a usage error, 2. */
 __attribute__((format(printf, 2, 3)))
 int apb_cmd_usage_error(const struct apb_cmd *c, const char *fmt, ...);
 
 /* getopt_long over a subcommand's arguments (argv[0] is its name; opterr
- * is 0). Returns -1 at the end, '?' after printing a usage error (*status
- * is then the exit status) or the option's value. */
+ * is 0). Returns -1 at the end, '?' after printing a usage error or, for
+ * 'h' (every subcommand's --help), the help (*status is then the exit
+ * status: 2 or 0), or the option's value. */
 int apb_cmd_next_option(const struct apb_cmd *c, int argc, char **argv,
 			const struct option *longs, const char *shorts,
 			int *status);

@@ -231,9 +231,6 @@ int apb_cmd_list(int argc, char **argv)
 	while ((opt = apb_cmd_next_option(c, argc, argv, longs, ":h",
 					  &status)) != -1) {
 		switch (opt) {
-		case 'h':
-			apb_cmd_print_help(c);
-			return 0;
 		case 'j':
 		case 't':
 			if (fmt != LIST_TABLE)

@@ -544,9 +544,6 @@ static int stats_options(const struct apb_cmd *c, int argc, char **argv,
 	while ((opt = apb_cmd_next_option(c, argc, argv, longs, ":h",
 					  &status)) != -1) {
 		switch (opt) {
-		case 'h':
-			apb_cmd_print_help(c);
-			return 0;
 		case 'w':
 			o->watch = true;
 			if (optarg && parse_interval(optarg, &o->interval_ms))
