@@ -205,3 +205,11 @@ def test_stats_command_on_non_mount(tmp_path, binaries):
     p = run_apbundle("stats", tmp_path)
     assert p.returncode != 0
     assert str(tmp_path) in p.stderr
+
+
+@pytest.mark.parametrize("cmd", ["create", "list", "verify", "extract", "stats"])
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_subcommand_help_is_usage_on_stdout(cmd, flag):
+    p = run_apbundle(cmd, flag)
+    assert (p.returncode, p.stderr) == (0, "")
+    assert p.stdout.startswith("Usage: apbundle %s " % cmd), p.stdout
