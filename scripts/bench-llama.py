@@ -48,7 +48,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import (BUILD, MIB, PACKER, DAEMON, ROOT, MemCgroup, Mount, RamDisk,
+from benchlib import (log, BUILD, MIB, PACKER, DAEMON, ROOT, MemCgroup, Mount, RamDisk,
                       close_all, drop_caches, machine_summary,
                       source_tree, start)
 
@@ -77,10 +77,6 @@ BENCH_DIR = os.environ.get("BENCH_DIR", "/var/tmp/apb-bench-llama" + ("-quick" i
 OUT = os.environ.get("OUT") or (os.path.join(BENCH_DIR, "out") if QUICK else
                                 os.path.join(ROOT, "docs", "bench", "llama"))
 LLAMA = os.path.join(ROOT, "scripts", "llama")
-
-
-def log(*a):
-    print(*a, file=sys.stderr, flush=True)
 
 
 def cleanup():

@@ -47,7 +47,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import (BUILD, DAEMON, MIB, PACKER, ROOT, close_all,
+from benchlib import (log, BUILD, DAEMON, MIB, PACKER, ROOT, close_all,
                       machine_summary, mount_apb, source_tree, start)
 
 SMOKE = os.environ.get("SMOKE") == "1"
@@ -85,10 +85,6 @@ REFERENCE_HATCH = {"OPT": "//", "A0": ".."}
 TRACES = [("loop 1.25", ["loop", "--ratio", "1.25"]), ("loop 2", ["loop", "--ratio", "2"]),
           ("loop 4", ["loop", "--ratio", "4"]), ("zipf", ["zipf"]), ("loopzipf", ["loopzipf"]),
           ("recency", ["recency"]), ("stream", ["stream"])]
-
-
-def log(*a):
-    print(*a, file=sys.stderr, flush=True)
 
 
 def replay(trace, prefetch):

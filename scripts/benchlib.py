@@ -62,6 +62,11 @@ def write_random(path, mib):
             f.write(os.urandom(MIB))
 
 
+def log(*a):
+    """Progress on stderr, at once (stdout may be a report or a pipe)."""
+    print(*a, file=sys.stderr, flush=True)
+
+
 def median(xs):
     """The median of the values that are not None; None if there are none."""
     xs = [x for x in xs if x is not None]

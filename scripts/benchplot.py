@@ -17,6 +17,8 @@ Every figure is meant to be read at a glance:
 """
 import os
 
+from benchlib import median
+
 # What the short names of the systems mean (docs/PERFORMANCE.md).
 ABBREVIATIONS = (
     "kc = mounted with -o kernel_cache (the kernel's page cache keeps file pages across opens); "
@@ -34,14 +36,6 @@ def subtitle(meta):
     if meta.get("cpu"):
         parts.append(f"{meta['cpu']}, {meta.get('cores', '?')} cores")
     return ", ".join(parts)
-
-
-def median(xs):
-    xs = sorted(x for x in xs if x is not None)
-    if not xs:
-        return None
-    n = len(xs)
-    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
 class Results:
