@@ -67,7 +67,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import (MIB, PACKER, DAEMON, ROOT, Mount, close_mounts, drop_caches,
+from benchlib import (log, MIB, PACKER, DAEMON, ROOT, Mount, close_mounts, drop_caches,
                       machine_summary, median, read_seq, source_tree, start)
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -100,10 +100,6 @@ RCLONE = None if os.environ.get("RCLONE") == "0" else shutil.which("rclone")
 TARGET_SHAPED_VS_CURL = 0.9
 TARGET_LOOP_VS_RCLONE = 1.5
 TARGET_TIER_VS_NATIVE = 0.7
-
-
-def log(*a):
-    print(*a, file=sys.stderr, flush=True)
 
 
 def run(argv, **kw):
@@ -393,15 +389,12 @@ def case_seq(b, model_src, model_size, bundle_name):
                 b.warm_server(bundle_name)
                 url, opts = b.apb_url(server, link, bundle_name)
                 mnt = os.path.join(b.mntdir, "apb")
-                m = mount_apb(url, mnt, b.logdir, opts)
-                try:
+                with mount_apb(url, mnt, b.logdir, opts) as m:
                     path = os.path.join(mnt, "model")
                     dt = read_seq(path, model_size)
                     st = stats_remote(m)
                     if not filecmp.cmp(path, model_src, shallow=False):
                         raise RuntimeError(f"{who}: the bytes read differ from {model_src}")
-                finally:
-                    m.close()
                 b.add("seq", link, who, dt, mount=m.mount_seconds,
                       requests=st.get("requests"), connects=st.get("connects"),
                       remote_bytes=st.get("bytes"))
@@ -452,12 +445,9 @@ def case_ttfb(b, model_src, bundle_name):
             url, opts = b.apb_url(server, "shaped", bundle_name)
             mnt = os.path.join(b.mntdir, "apb")
             t0 = time.perf_counter()
-            m = mount_apb(url, mnt, b.logdir, opts)
-            try:
+            with mount_apb(url, mnt, b.logdir, opts) as m:
                 got = read_first(os.path.join(mnt, "model"))
                 dt = time.perf_counter() - t0
-            finally:
-                m.close()
             if got != first:
                 raise RuntimeError(f"apbundlefs {server}: wrong first bytes")
             b.add("ttfb", "shaped", f"apbundlefs {server}", dt)
@@ -512,12 +502,9 @@ def case_torch(b, torch_src, bundle_name):
                 url, opts = b.apb_url(server, "shaped", bundle_name)
                 mnt = os.path.join(b.mntdir, "apb")
                 t0 = time.perf_counter()
-                m = mount_apb(url, mnt, b.logdir, opts)
-                try:
+                with mount_apb(url, mnt, b.logdir, opts) as m:
                     load(f"apbundlefs {server}", os.path.join(mnt, "model.pt"),
                          time.perf_counter() - t0)
-                finally:
-                    m.close()
             if RCLONE:
                 b.warm_server(bundle_name)
                 t0 = time.perf_counter()
@@ -584,12 +571,9 @@ def case_pipeline(b, model_src, model_size, bundle_name):
         for readers in (1, 2, 4):
             who = f"apbundlefs nginx, {readers} reader{'s' if readers > 1 else ''}"
             b.warm_server(bundle_name)
-            m = mount_apb(url, os.path.join(b.mntdir, "apb"), b.logdir)
-            try:
+            with mount_apb(url, os.path.join(b.mntdir, "apb"), b.logdir) as m:
                 dt = par_read(os.path.join(m.mnt, "model"), readers, model_size)
                 st = stats_remote(m)
-            finally:
-                m.close()
             b.add("pipeline", "shaped", who, dt, requests=st.get("requests"),
                   connects=st.get("connects"))
         log("pipeline run", i + 1, {k[2]: round(v["runs"][-1], 3) for k, v in b.rows.items()
@@ -625,33 +609,24 @@ def case_tier(b, model_src, model_size, bundle_name):
         # what apbundlefs reads from that disk at best: the same bundle
         # mounted from its local file, cold
         drop_caches()
-        m = mount_apb(os.path.join(b.www, bundle_name), os.path.join(b.mntdir, "local"),
-                      b.logdir)
-        try:
+        with mount_apb(os.path.join(b.www, bundle_name), os.path.join(b.mntdir, "local"),
+                       b.logdir) as m:
             b.add("tier", "local", "apbundlefs local file",
                   read_seq(os.path.join(m.mnt, "model"), model_size))
-        finally:
-            m.close()
         shutil.rmtree(tier, ignore_errors=True)
         os.makedirs(tier)
         opts = f"cache_dir={tier},cache_dir_size={2 * model_size // MIB + 64}M"
         mnt = os.path.join(b.mntdir, "apb")
         b.warm_server(bundle_name)
-        m = mount_apb(url, mnt, b.logdir, opts)     # fills the tier
-        try:
+        with mount_apb(url, mnt, b.logdir, opts) as m:     # fills the tier
             read_seq(os.path.join(mnt, "model"), model_size)
-        finally:
-            m.close()
         drop_caches()
-        m = mount_apb(url, mnt, b.logdir, opts)
-        try:
+        with mount_apb(url, mnt, b.logdir, opts) as m:
             path = os.path.join(mnt, "model")
             dt = read_seq(path, model_size)
             st = m.stats()
             if not filecmp.cmp(path, model_src, shallow=False):
                 raise RuntimeError("tier: the bytes read differ from the model")
-        finally:
-            m.close()
         rem = st.get("remote", {})
         tier_st = st.get("disk_tier", {})
         if not tier_st.get("hits") or tier_st.get("misses"):
